@@ -1,0 +1,59 @@
+# executioner — developer entry points. `make run` and `make test` work on a fresh machine.
+CARGO ?= cargo
+BIN := target/release/executioner
+STATE ?= .executioner
+
+.PHONY: build run test test-long lint fmt schemas bench fuzz clean-state
+
+build:
+	$(CARGO) build --release
+
+# The demo: build, then reconcile manifests/ with the controller (embedded SQLite in $(STATE)/).
+run: build
+	@echo "== validating manifests/"
+	@$(BIN) validate manifests/
+	@if $(BIN) controller --help >/dev/null 2>&1; then \
+		echo "== controller on manifests/ (status files: manifests/.status/NAME.yaml; Ctrl-C to stop)"; \
+		$(BIN) --state-dir $(STATE) controller --manifests manifests; \
+	else \
+		for f in manifests/*.yaml; do echo "== graph of $$f"; $(BIN) graph $$f; done; \
+		if $(BIN) run --help >/dev/null 2>&1; then \
+			for f in manifests/*.yaml; do echo "== run $$f"; $(BIN) --state-dir $(STATE) run $$f || true; done; \
+		fi; \
+	fi
+
+# The whole suite (unit, property and integration tests that run the real binary).
+test:
+	$(CARGO) test --all-targets
+
+# Longer soak variants (documented in docs/testing.md).
+test-long:
+	EXECUTIONER_LONG_TESTS=1 $(CARGO) test --all-targets -- --include-ignored
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+# Regenerate the committed JSON Schemas from the Rust types.
+schemas:
+	$(CARGO) run --quiet -- schema --out-dir schemas
+
+# Side-by-side timing with ninja and make on the same DAGs (see bench/README.md).
+bench: build
+	@command -v ninja >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq ninja-build) || echo "ninja not installed; its column will be empty"
+	python3 bench/bench.py --executioner $(BIN) $(BENCH_ARGS)
+
+# Bounded fuzzing of the manifest loader (needs nightly Rust and cargo-fuzz; see docs/fuzzing.md).
+fuzz:
+	@if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then \
+		cd fuzz && cargo +nightly fuzz run load_manifest -- -max_total_time=$${FUZZ_SECONDS:-60}; \
+	else \
+		echo "fuzz: nightly Rust or cargo-fuzz is not available here; running the fuzz corpus smoke test instead"; \
+		$(CARGO) test --test hostile_input; \
+	fi
+
+clean-state:
+	rm -rf $(STATE) manifests/.status

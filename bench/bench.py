@@ -1,0 +1,615 @@
+#!/usr/bin/env python3
+"""Benchmark harness for executioner (DESIGN.md section 8, "Quality bars").
+
+This file owns `make bench`: it measures the per-job scheduling overhead of
+`executioner run` against a spawn floor and against ninja and make (the
+"ninja-class floor"), the peak memory of a run, and the time to validate and
+plan a large DAG. Standard library only (Python 3.11).
+
+For each DAG shape and size N it writes, under bench/out/work/<shape>-<N>/:
+  pipeline.yaml   the executioner manifest (N jobs of command "true")
+  build.ninja     the same DAG for ninja (outputs are never created, so every
+                  invocation re-runs all N edges)
+  Makefile        the same DAG for make (.PHONY targets, recipe `@true`)
+
+Shapes:
+  fanout   j0, then j1..j(N-1) each depending on j0
+  chain    j(i) depends on j(i-1)
+  layered  layers of width 10; each job of layer k depends on 2 distinct jobs
+           of layer k-1 (positions p and (p + 1 + k % 9) % width)
+
+Per repetition the tools run interleaved (executioner, ninja, make, floor,
+executioner, ...) so drifting machine load hits all of them alike; medians are
+reported. The spawn floor is measured in-process: os.posix_spawn of
+`/bin/sh -c true` (what executioner and ninja spawn for a string command) with
+a pool of --workers slots reaped by os.waitpid(-1, 0), releasing jobs in DAG
+order (declaration order among ready jobs), with no other bookkeeping.
+Edges are respected (not ignored) so that a chain gets no parallelism the
+other tools cannot have. Note that GNU make execs `true` directly (no shell
+for a recipe without shell syntax), so make can come out slightly below the
+floor; `--floor-cmd true` measures a floor without the shell.
+
+Results: a table on stdout and bench/out/results.json. The DESIGN targets are
+shown as PASS/OVER markers for information only; the exit status is 0 unless a
+command failed (or the executioner binary is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"
+WORK = OUT / "work"
+
+LAYER_WIDTH = 10
+# DESIGN.md section 8.
+TARGET_OVERHEAD_MS_PER_JOB = 0.3
+TARGET_PEAK_RSS_MIB = 40.0
+TARGET_PLAN_S = 1.0
+BIG_N = 10_000
+# A baseline whose first run of a case exceeds this is not repeated for that case.
+SLOW_BASELINE_S = 60.0
+
+
+class BenchError(RuntimeError):
+    """A benchmarked command failed; the whole benchmark fails loudly."""
+
+
+# --------------------------------------------------------------------------
+# DAG generation
+
+
+def make_dag(shape: str, n: int) -> list[list[int]]:
+    """Return deps[i] = indices of the jobs job i depends on (all < i)."""
+    if shape == "fanout":
+        return [[]] + [[0] for _ in range(1, n)]
+    if shape == "chain":
+        return [[]] + [[i - 1] for i in range(1, n)]
+    if shape == "layered":
+        deps: list[list[int]] = []
+        for i in range(n):
+            layer, pos = divmod(i, LAYER_WIDTH)
+            if layer == 0:
+                deps.append([])
+                continue
+            base = (layer - 1) * LAYER_WIDTH  # the previous layer is always full
+            offset = 1 + layer % (LAYER_WIDTH - 1)  # 1..width-1, so never == pos
+            a, b = pos, (pos + offset) % LAYER_WIDTH
+            deps.append(sorted({base + a, base + b}))
+        return deps
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def job_id(i: int) -> str:
+    return f"j{i}"
+
+
+def write_manifest(path: Path, name: str, deps: list[list[int]]) -> None:
+    lines = [
+        "apiVersion: executioner.dev/v1",
+        "kind: Pipeline",
+        "metadata:",
+        f"  name: {name}",
+        "spec:",
+        "  jobs:",
+    ]
+    for i, d in enumerate(deps):
+        lines.append(f"    - id: {job_id(i)}")
+        lines.append('      command: "true"')
+        if d:
+            lines.append(f"      dependencies: [{', '.join(job_id(j) for j in d)}]")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_ninja(path: Path, deps: list[list[int]]) -> None:
+    # The outputs j0..jN are never created, so ninja considers every edge dirty
+    # on every invocation and spawns N processes each time. Dependencies are
+    # order/implicit inputs (`|`), which ninja accepts as outputs of other edges.
+    lines = ["rule run", "  command = true", ""]
+    for i, d in enumerate(deps):
+        implicit = (" | " + " ".join(job_id(j) for j in d)) if d else ""
+        lines.append(f"build {job_id(i)}: run{implicit}")
+    lines.append("")
+    lines.append("build all: phony " + " ".join(job_id(i) for i in range(len(deps))))
+    lines.append("default all")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_makefile(path: Path, deps: list[list[int]]) -> None:
+    ids = [job_id(i) for i in range(len(deps))]
+    lines = [
+        ".PHONY: all " + " ".join(ids),
+        "all: " + " ".join(ids),
+        "",
+    ]
+    for i, d in enumerate(deps):
+        lines.append(f"{ids[i]}: " + " ".join(job_id(j) for j in d))
+        lines.append("\t@true")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@dataclass
+class Case:
+    shape: str
+    n: int
+    dir: Path
+    deps: list[list[int]]
+
+    @property
+    def name(self) -> str:
+        return f"bench-{self.shape}-{self.n}"
+
+
+def generate_case(shape: str, n: int) -> Case:
+    d = WORK / f"{shape}-{n}"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    deps = make_dag(shape, n)
+    case = Case(shape, n, d, deps)
+    write_manifest(d / "pipeline.yaml", case.name, deps)
+    write_ninja(d / "build.ninja", deps)
+    write_makefile(d / "Makefile", deps)
+    return case
+
+
+# --------------------------------------------------------------------------
+# Runners. Each returns elapsed seconds (and executioner also its peak RSS).
+
+
+def run_timed(argv: list[str], cwd: Path | None = None,
+              measure_rss: bool = False) -> tuple[float, int]:
+    """Run argv with output discarded; return (seconds, ru_maxrss KiB).
+
+    Uses os.wait4 instead of Popen.wait so the child's rusage is available.
+    Raises BenchError (with the command's output from a second, untimed run)
+    when it exits non-zero.
+
+    About ru_maxrss: Linux carries the high-water mark of the memory a process
+    had before exec() into its ru_maxrss. Popen normally uses vfork, whose
+    child shares (and so reports) this Python's *lifetime* peak. With
+    measure_rss the child is made with a real fork() (a no-op preexec_fn
+    forces it), so the carried-over part is only this Python's current
+    anonymous memory (~10 MiB); rss_spawn_floor() measures it, and readings at
+    that floor mean "at most this much".
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, cwd=cwd, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=_force_fork if measure_rss else None,
+    )
+    _, status, rusage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        fail(argv, cwd, proc.returncode)
+    return elapsed, rusage.ru_maxrss
+
+
+def _force_fork() -> None:
+    """preexec_fn that does nothing; its presence makes Popen fork, not vfork."""
+
+
+def rss_spawn_floor() -> int:
+    """ru_maxrss (KiB) that any child spawned with measure_rss reports at least."""
+    return max(run_timed(["true"], measure_rss=True)[1] for _ in range(3))
+
+
+def fail(argv: list[str], cwd: Path | None, code: int) -> None:
+    """Re-run a failed command with its output captured, then raise."""
+    rerun = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, errors="replace")
+    tail = (rerun.stdout + rerun.stderr).strip().splitlines()[-20:]
+    raise BenchError(
+        f"command failed with exit code {code}: {shlex.join(argv)}"
+        + (f"\n  (in {cwd})" if cwd else "")
+        + "\n  output of an untimed re-run (last lines):\n    "
+        + "\n    ".join(tail or ["<no output>"])
+    )
+
+
+def fresh_state_dir(case: Case, tag: str) -> Path:
+    d = case.dir / f"state-{tag}"
+    if d.exists():
+        shutil.rmtree(d)
+    return d  # executioner creates it (0700)
+
+
+def run_executioner(exe: str, case: Case, workers: int, rep: int) -> tuple[float, int]:
+    state = fresh_state_dir(case, f"run{rep}")
+    argv = [exe, "--state-dir", str(state), "run", str(case.dir / "pipeline.yaml"),
+            "--workers", str(workers), "-q"]
+    try:
+        return run_timed(argv, cwd=case.dir, measure_rss=True)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def run_validate(exe: str, case: Case) -> float:
+    state = fresh_state_dir(case, "validate")
+    argv = [exe, "--state-dir", str(state), "validate", str(case.dir / "pipeline.yaml")]
+    try:
+        return run_timed(argv, cwd=case.dir)[0]
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def run_dry_run(exe: str, case: Case, workers: int) -> float:
+    state = fresh_state_dir(case, "dryrun")
+    argv = [exe, "--state-dir", str(state), "run", str(case.dir / "pipeline.yaml"),
+            "--dry-run", "--workers", str(workers), "-q"]
+    try:
+        return run_timed(argv, cwd=case.dir)[0]
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def run_ninja(ninja: str, case: Case, workers: int) -> float:
+    return run_timed([ninja, "-C", str(case.dir), f"-j{workers}", "-f", "build.ninja"])[0]
+
+
+def run_make(make: str, case: Case, workers: int) -> float:
+    return run_timed([make, "-C", str(case.dir), f"-j{workers}", "-f", "Makefile", "-s"])[0]
+
+
+def run_floor(case: Case, workers: int, argv: list[str]) -> float:
+    """Spawn N processes with `workers` slots, in DAG order, no bookkeeping."""
+    deps = case.deps
+    n = len(deps)
+    children: list[list[int]] = [[] for _ in range(n)]
+    pending = [len(d) for d in deps]
+    for i, d in enumerate(deps):
+        for j in d:
+            children[j].append(i)
+    ready = [i for i in range(n) if pending[i] == 0]
+    heapq.heapify(ready)  # declaration order first, as executioner does
+    env = dict(os.environ)
+    path = shutil.which(argv[0]) or argv[0]
+    running: dict[int, int] = {}
+    done = 0
+
+    t0 = time.perf_counter()
+    while done < n:
+        while ready and len(running) < workers:
+            i = heapq.heappop(ready)
+            running[os.posix_spawn(path, argv, env)] = i
+        pid, status = os.waitpid(-1, 0)
+        i = running.pop(pid)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise BenchError(f"floor: {shlex.join(argv)} exited with status {status}")
+        done += 1
+        for c in children[i]:
+            pending[c] -= 1
+            if pending[c] == 0:
+                heapq.heappush(ready, c)
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------
+# Measurement loop
+
+
+@dataclass
+class Result:
+    shape: str
+    n: int
+    samples: dict[str, list[float]] = field(default_factory=dict)  # seconds
+    exec_rss_kib: list[int] = field(default_factory=list)
+    rss_floor_kib: int | None = None  # what any fork()ed child reports; see run_timed
+    notes: list[str] = field(default_factory=list)
+
+    def median_ms(self, tool: str) -> float | None:
+        s = self.samples.get(tool)
+        return statistics.median(s) * 1000 if s else None
+
+    def overhead_ms_per_job(self, tool: str) -> float | None:
+        t, f = self.median_ms(tool), self.median_ms("floor")
+        return None if t is None or f is None else (t - f) / self.n
+
+    def peak_rss_mib(self) -> float | None:
+        return max(self.exec_rss_kib) / 1024 if self.exec_rss_kib else None
+
+    def rss_at_floor(self) -> bool:
+        """True when the reading is the spawning Python's footprint, not executioner's."""
+        if not self.exec_rss_kib or self.rss_floor_kib is None:
+            return False
+        return max(self.exec_rss_kib) <= self.rss_floor_kib + 512
+
+    def rss_text(self) -> str:
+        mib = self.peak_rss_mib()
+        if mib is None:
+            return "-"
+        return f"<={mib:.1f}" if self.rss_at_floor() else f"{mib:.1f}"
+
+    def to_json(self) -> dict:
+        tools = sorted(self.samples)
+        return {
+            "shape": self.shape,
+            "n": self.n,
+            "samples_ms": {t: [round(s * 1000, 3) for s in self.samples[t]] for t in tools},
+            "median_ms": {t: round(self.median_ms(t), 3) for t in tools},
+            "overhead_ms_per_job": {
+                t: round(self.overhead_ms_per_job(t), 4)
+                for t in ("executioner", "ninja", "make") if self.overhead_ms_per_job(t) is not None
+            },
+            "exec_over_ninja": ratio(self.median_ms("executioner"), self.median_ms("ninja")),
+            "exec_peak_rss_kib": max(self.exec_rss_kib) if self.exec_rss_kib else None,
+            "exec_rss_kib_samples": self.exec_rss_kib,
+            "rss_spawn_floor_kib": self.rss_floor_kib,
+            "exec_rss_at_floor": self.rss_at_floor(),
+            "notes": self.notes,
+        }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def bench_case(case: Case, args, exe: str | None, ninja: str | None, make: str | None) -> Result:
+    res = Result(case.shape, case.n)
+    tools: list[str] = []
+    if exe:
+        tools.append("executioner")
+    if ninja:
+        tools.append("ninja")
+    if make:
+        tools.append("make")
+    tools.append("floor")
+    for t in tools:
+        res.samples[t] = []
+    stopped: set[str] = set()
+    if exe:
+        res.rss_floor_kib = rss_spawn_floor()
+
+    for rep in range(args.repeats):
+        for tool in tools:
+            if tool in stopped:
+                continue
+            if tool == "executioner":
+                secs, rss = run_executioner(exe, case, args.workers, rep)
+                res.exec_rss_kib.append(rss)
+            elif tool == "ninja":
+                secs = run_ninja(ninja, case, args.workers)
+            elif tool == "make":
+                secs = run_make(make, case, args.workers)
+            else:
+                secs = run_floor(case, args.workers, args.floor_argv)
+            res.samples[tool].append(secs)
+            if tool in ("make", "ninja") and rep == 0 and secs > SLOW_BASELINE_S:
+                stopped.add(tool)
+                res.notes.append(f"{tool} took {secs:.0f} s once (> {SLOW_BASELINE_S:.0f} s): "
+                                 "not repeated; its column is that single run")
+        progress(f"  {case.shape:8} N={case.n:<6} rep {rep + 1}/{args.repeats} "
+                 + " ".join(f"{t}={res.samples[t][-1] * 1000:.0f}ms"
+                            for t in tools if res.samples[t]))
+
+    if exe:
+        res.samples["validate"] = [run_validate(exe, case) for _ in range(args.repeats)]
+        res.samples["dry_run"] = [run_dry_run(exe, case, args.workers) for _ in range(args.repeats)]
+    return res
+
+
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# Reporting
+
+
+def fmt(v: float | None, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(results: list[Result], have_exec: bool, have_ninja: bool, have_make: bool) -> None:
+    cols: list[tuple[str, callable]] = [
+        ("shape", lambda r: r.shape),
+        ("N", lambda r: str(r.n)),
+    ]
+    if have_exec:
+        cols.append(("exec ms", lambda r: fmt(r.median_ms("executioner"))))
+    if have_ninja:
+        cols.append(("ninja ms", lambda r: fmt(r.median_ms("ninja"))))
+    if have_make:
+        cols.append(("make ms", lambda r: fmt(r.median_ms("make"))))
+    cols.append(("floor ms", lambda r: fmt(r.median_ms("floor"))))
+    if have_exec:
+        cols.append(("exec ms/job", lambda r: fmt(r.overhead_ms_per_job("executioner"), "+.3f")))
+    if have_ninja:
+        cols.append(("ninja ms/job", lambda r: fmt(r.overhead_ms_per_job("ninja"), "+.3f")))
+    if have_make:
+        cols.append(("make ms/job", lambda r: fmt(r.overhead_ms_per_job("make"), "+.3f")))
+    if have_exec and have_ninja:
+        cols.append(("exec/ninja", lambda r: fmt(ratio(r.median_ms("executioner"),
+                                                        r.median_ms("ninja")), ".2f")))
+    if have_exec:
+        cols.append(("RSS MiB", lambda r: r.rss_text()))
+        cols.append(("validate ms", lambda r: fmt(r.median_ms("validate"))))
+        cols.append(("dry-run ms", lambda r: fmt(r.median_ms("dry_run"))))
+
+    rows = [[c[0] for c in cols]] + [[c[1](r) for c in cols] for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    for k, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(row[1:], widths[1:])]
+        print("  ".join(cells))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+    print("(medians; ms/job = (median - median floor) / N; floor = posix_spawn of "
+          "the same N processes, same parallelism, DAG order)")
+    if have_exec and any(r.rss_at_floor() for r in results):
+        print("(RSS '<=X': the reading equals what any child forked by this script reports, "
+              "because Linux counts the pre-exec memory; executioner used at most that)")
+    for r in results:
+        for note in r.notes:
+            print(f"note: {r.shape} N={r.n}: {note}")
+
+
+def print_targets(results: list[Result]) -> None:
+    def mark(ok: bool) -> str:
+        return "PASS" if ok else "OVER"
+
+    print()
+    print(f"DESIGN targets (informational): <= {TARGET_OVERHEAD_MS_PER_JOB} ms/job above the floor; "
+          f"{BIG_N}-job peak memory < {TARGET_PEAK_RSS_MIB:.0f} MiB; "
+          f"{BIG_N}-job validate and plan < {TARGET_PLAN_S:.0f} s")
+    for r in results:
+        parts = []
+        ovh = r.overhead_ms_per_job("executioner")
+        if ovh is not None:
+            parts.append(f"overhead {ovh:+.3f} ms/job {mark(ovh <= TARGET_OVERHEAD_MS_PER_JOB)}")
+        if r.n >= BIG_N:
+            rss = r.peak_rss_mib()
+            if rss is not None:
+                parts.append(f"peak RSS {r.rss_text()} MiB {mark(rss < TARGET_PEAK_RSS_MIB)}")
+            for tool, label in (("validate", "validate"), ("dry_run", "plan (run --dry-run)")):
+                ms = r.median_ms(tool)
+                if ms is not None:
+                    parts.append(f"{label} {ms:.0f} ms {mark(ms < TARGET_PLAN_S * 1000)}")
+        if parts:
+            print(f"  {r.shape:8} N={r.n:<6} " + "; ".join(parts))
+    if not any(r.n >= BIG_N for r in results):
+        print(f"  (no N={BIG_N} case in this run: memory and validate/plan targets not checked)")
+
+
+def tool_version(argv: list[str]) -> str | None:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def write_json(results: list[Result], args, exe, ninja, make) -> Path:
+    doc = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "config": {
+            "sizes": args.sizes,
+            "shapes": args.shapes,
+            "repeats": args.repeats,
+            "workers": args.workers,
+            "floor_argv": args.floor_argv,
+            "only_baselines": args.only_baselines,
+        },
+        "tools": {
+            "executioner": exe and {"path": exe, "version": tool_version([exe, "--version"])},
+            "ninja": ninja and {"path": ninja, "version": tool_version([ninja, "--version"])},
+            "make": make and {"path": make, "version": tool_version([make, "--version"])},
+        },
+        "targets": {
+            "overhead_ms_per_job": TARGET_OVERHEAD_MS_PER_JOB,
+            "peak_rss_mib_at_10000": TARGET_PEAK_RSS_MIB,
+            "validate_and_plan_s_at_10000": TARGET_PLAN_S,
+        },
+        "results": [r.to_json() for r in results],
+    }
+    path = OUT / "results.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------
+# CLI
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Benchmark executioner against a spawn floor, ninja and make (DESIGN.md §8).")
+    p.add_argument("--executioner", default=str(REPO / "target" / "release" / "executioner"),
+                   help="path to the executioner binary (default: target/release/executioner)")
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated job counts (default 100,1000,10000; --quick: 100,1000)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="repetitions per tool and case (default 5; --quick: 3)")
+    p.add_argument("--shapes", default="fanout,chain,layered",
+                   help="comma-separated DAG shapes: fanout, chain, layered")
+    p.add_argument("--workers", type=int, default=2, help="parallelism for every tool (default 2)")
+    p.add_argument("--quick", action="store_true", help="sizes 100,1000 and 3 repeats")
+    p.add_argument("--only-baselines", action="store_true",
+                   help="skip executioner: measure only ninja, make and the spawn floor")
+    p.add_argument("--floor-cmd", default="/bin/sh -c true",
+                   help="the process the floor spawns per job (default: '/bin/sh -c true', "
+                        "what a string command costs)")
+    args = p.parse_args(argv)
+
+    args.sizes = [int(s) for s in (args.sizes or ("100,1000" if args.quick else "100,1000,10000"))
+                  .split(",") if s.strip()]
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    args.floor_argv = shlex.split(args.floor_cmd)
+    for s in args.shapes:
+        if s not in ("fanout", "chain", "layered"):
+            p.error(f"unknown shape {s!r} (fanout, chain, layered)")
+    if any(n < 1 for n in args.sizes):
+        p.error("sizes must be positive")
+    if args.repeats < 1 or args.workers < 1:
+        p.error("--repeats and --workers must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    exe = None
+    if not args.only_baselines:
+        exe = args.executioner
+        if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
+            print(f"error: executioner binary not found at {exe}\n"
+                  "  build it with `cargo build --release` (make bench does), pass --executioner PATH,"
+                  " or use --only-baselines", file=sys.stderr)
+            return 2
+        exe = os.path.abspath(exe)
+
+    ninja = shutil.which("ninja")
+    if not ninja:
+        print("warning: `ninja` is not on PATH; continuing without the ninja column.\n"
+              "  `make bench` installs it (apt-get install -y ninja-build).", file=sys.stderr)
+    make = shutil.which("make")
+    if not make:
+        print("warning: `make` is not on PATH; continuing without the make column.", file=sys.stderr)
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    progress(f"bench: shapes={','.join(args.shapes)} sizes={','.join(map(str, args.sizes))} "
+             f"repeats={args.repeats} workers={args.workers} "
+             f"tools={','.join(t for t, on in (('executioner', exe), ('ninja', ninja), ('make', make)) if on)},floor")
+
+    results: list[Result] = []
+    try:
+        for shape in args.shapes:
+            for n in args.sizes:
+                case = generate_case(shape, n)
+                results.append(bench_case(case, args, exe, ninja, make))
+    except BenchError as e:
+        print(f"\nbench FAILED: {e}", file=sys.stderr)
+        return 1
+
+    print()
+    print_table(results, bool(exe), bool(ninja), bool(make))
+    if exe:
+        print_targets(results)
+    path = write_json(results, args, exe, ninja, make)
+    print(f"\nresults: {path.relative_to(REPO)}")
+    print("noise: expect +-50% between invocations on a 2-core machine; compare medians of one run.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

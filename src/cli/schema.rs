@@ -1,0 +1,44 @@
+//! `executioner schema [--out-dir DIR]`: the generated JSON Schemas.
+
+use std::path::Path;
+
+use super::{CliError, CliResult, Exit};
+
+/// The schema files and their contents, as committed in `schemas/`.
+pub fn schema_files() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "pipeline.schema.json",
+            pretty(&crate::spec::pipeline_schema()),
+        ),
+        (
+            "config.schema.json",
+            pretty(&crate::config::config_schema()),
+        ),
+    ]
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+pub fn run(out_dir: Option<&Path>) -> CliResult {
+    match out_dir {
+        None => {
+            print!("{}", pretty(&crate::spec::pipeline_schema()));
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| CliError::usage(format!("{}: {e}", dir.display())))?;
+            for (name, text) in schema_files() {
+                let path = dir.join(name);
+                std::fs::write(&path, text)
+                    .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+                println!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(Exit::Success)
+}

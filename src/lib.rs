@@ -1,0 +1,17 @@
+//! executioner: a declarative job orchestrator. Pipelines of shell jobs (a DAG with retries,
+//! timeouts, layered environment, checks and notifications) declared as Kubernetes-style manifests,
+//! run in the foreground (`executioner run`) or reconciled from a watched folder (`executioner
+//! controller`).
+//!
+//! The binary is a thin shell over [`cli::run`]; every other module is library code that returns
+//! errors and never prints or exits.
+
+pub mod cli;
+pub mod config;
+pub mod dag;
+pub mod env;
+pub mod schedule;
+pub mod scheduler;
+pub mod spec;
+pub mod status;
+pub mod validate;

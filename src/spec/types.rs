@@ -1,0 +1,588 @@
+//! The v1 Pipeline manifest as the user writes it (desired state): plain data with serde and schemars.
+//!
+//! Nothing here runs, resolves or validates across fields; that is `validate` (semantic rules) and the
+//! engine (meaning). Field docs become the descriptions an editor shows on hover, so they are written
+//! for the manifest's author.
+
+use std::collections::BTreeMap;
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::duration::Duration;
+use super::names::{JobId, PipelineName};
+
+/// The only `apiVersion` this build reads.
+pub const API_VERSION: &str = "executioner.dev/v1";
+
+/// A Pipeline manifest: a DAG of shell jobs with dependencies, retries, timeouts, environment,
+/// checks and notifications.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "executioner Pipeline", example = example_manifest())]
+pub struct Manifest {
+    /// Optional path or URL of this schema, for editors (JSON has no comments for a modeline).
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// Always `executioner.dev/v1`.
+    pub api_version: ApiVersion,
+    /// Always `Pipeline`.
+    pub kind: Kind,
+    pub metadata: Metadata,
+    pub spec: PipelineSpec,
+}
+
+/// The manifest's API version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ApiVersion {
+    #[serde(rename = "executioner.dev/v1")]
+    V1,
+}
+
+/// The manifest's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Kind {
+    Pipeline,
+}
+
+/// Identity of the pipeline. Labels and annotations never start a new generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// The pipeline's name, unique within the manifests folder; a lowercase DNS label.
+    pub name: PipelineName,
+    /// Free-form key/value pairs for humans and tools.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Free-form notes for humans and tools.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What the pipeline runs and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// What the pipeline is for, shown in status and notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Folder the jobs run in. Default: the manifest's folder; a relative path starts there.
+    /// `${VAR}` is interpolated from the pipeline environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = "./work")]
+    pub working_dir: Option<String>,
+    /// Jobs of this pipeline running at once. Default: the controller's (or `run --workers`) worker count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_parallel: Option<u32>,
+    /// Deadline for a whole run; jobs still running are stopped and the rest skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Pipeline-level environment, above the inherited one and below each job's. Values may use
+    /// `${NAME}` and `${NAME:-default}`; `$$` is a literal `$`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub env: EnvMap,
+    /// Which variables of the executioner's own environment jobs inherit: `all` (default), `none`,
+    /// `minimal` (PATH, HOME, USER, LANG, TZ, SHELL, TMPDIR) or a list of names.
+    #[serde(default, skip_serializing_if = "InheritEnv::is_default")]
+    pub inherit_env: InheritEnv,
+    /// Job fields applied to every job that leaves them out.
+    #[serde(default, skip_serializing_if = "JobDefaults::is_empty")]
+    pub defaults: JobDefaults,
+    /// What a spec change does to a run in progress: `queue` (finish it, then run the new
+    /// generation) or `replace` (cancel it and start the new generation).
+    #[serde(default, skip_serializing_if = "OnSpecChange::is_default")]
+    pub on_spec_change: OnSpecChange,
+    /// When true, no new job starts after the first failure; those left are skipped (`FailFast`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_fast: bool,
+    /// Cron schedule (5 fields, optionally prefixed `TZ=Area/City `): one run per tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = "0 2 * * *", example = "TZ=Europe/Paris 30 6 * * 1-5")]
+    pub schedule: Option<String>,
+    /// Notifications sent when a run ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+    /// The jobs; the order breaks ties between jobs ready at the same moment.
+    #[schemars(length(min = 1))]
+    pub jobs: Vec<JobSpec>,
+}
+
+/// Environment variables in declaration order (later keys may refer to earlier ones).
+pub type EnvMap = IndexMap<String, EnvValue>;
+
+/// One job: a command with its dependencies and policies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobSpec {
+    /// Unique within the pipeline: A-Z, a-z, 0-9, `_`, `.`, `-`.
+    pub id: JobId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A string runs under `sh -c` unchanged (the shell expands `$VAR` from the job's environment);
+    /// an array is executed directly, each element interpolated and kept one argument.
+    pub command: Command,
+    /// Jobs that must be terminal before this one may start (see `trigger`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<JobId>,
+    /// When the job runs, given its dependencies' outcomes. Default `allSucceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+    /// Folder the job runs in; relative to the pipeline's `workingDir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Deadline for one attempt; the job's whole process group is stopped when it passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Job-level environment, above the pipeline's.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub env: EnvMap,
+    /// Retry policy for failed attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Checks run before the command; a failure fails the attempt without running it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_checks: Option<Vec<Check>>,
+    /// Checks run after the command exits 0; a failure fails the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_checks: Option<Vec<Check>>,
+    /// When true, this job's failure does not fail the run and counts as success for its dependents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_on_error: Option<bool>,
+    /// Notifications about this job alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+}
+
+/// Fields that jobs inherit when they leave them out.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobDefaults {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_checks: Option<Vec<Check>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_checks: Option<Vec<Check>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_on_error: Option<bool>,
+}
+
+impl JobDefaults {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// A command: a shell string or an argument vector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Command {
+    /// Run by `sh -c` as written.
+    Shell(String),
+    /// Executed directly: the first element is the program, no shell involved.
+    Exec(Vec<String>),
+}
+
+/// Retry policy: how many more attempts, how long to wait, and which failures qualify.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 = no retry).
+    #[serde(default)]
+    #[schemars(range(max = 1000))]
+    pub limit: u32,
+    /// Wait before the first retry. Default 0s.
+    #[serde(default, skip_serializing_if = "Duration::is_zero")]
+    pub delay: Duration,
+    /// Multiplier applied to the delay after each retry (exponential backoff). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub factor: Option<f64>,
+    /// Upper bound of the computed delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<Duration>,
+    /// Random spread applied to each delay, as a fraction: 0.2 = +-20%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub jitter: Option<f64>,
+    /// Retry only when the command exits with one of these codes (default: any non-zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exit_codes: Option<Vec<i32>>,
+    /// Whether a timed-out attempt is retried. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<bool>,
+    /// Stop retrying once this much time has passed since the first attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Duration>,
+}
+
+/// When a job runs, given the outcomes of its dependencies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Trigger {
+    /// Every dependency succeeded (or failed with `continueOnError`). The default.
+    #[default]
+    AllSucceeded,
+    /// Every dependency is terminal, whatever its outcome.
+    AllDone,
+    /// Every dependency failed.
+    AllFailed,
+    /// At least one dependency succeeded.
+    AnySucceeded,
+    /// At least one dependency failed.
+    AnyFailed,
+    /// No dependency failed (skipped ones are fine).
+    NoneFailed,
+    /// Always runs once its dependencies are terminal.
+    Always,
+}
+
+/// A pre- or post-check: exactly one of the check kinds, optionally with `wait` (pre-checks only).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Check {
+    /// Passes when the file exists (and has at least `minSize` bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_exists: Option<FileExistsCheck>,
+    /// Passes when the path does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_not_exists: Option<PathCheck>,
+    /// Passes when this attempt's output matches the regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_contains: Option<PatternCheck>,
+    /// Passes when this attempt's output does not match the regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_not_contains: Option<PatternCheck>,
+    /// Passes when the command exits 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Command>,
+    /// Passes when a TCP connection opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpCheck>,
+    /// Passes when an HTTP GET answers with the expected status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpCheck>,
+    /// Passes when that pipeline's latest run succeeded (within the given age).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_succeeded: Option<PipelineSucceededCheck>,
+    /// Runs `executioner-check-NAME` with the check's JSON context on stdin; exit 0 passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginCheck>,
+    /// Turns a pre-check into a sensor: polled until it passes or the timeout passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitPolicy>,
+}
+
+/// The check kinds, for messages and dispatch.
+pub const CHECK_KINDS: [&str; 9] = [
+    "fileExists",
+    "fileNotExists",
+    "logContains",
+    "logNotContains",
+    "command",
+    "tcp",
+    "http",
+    "pipelineSucceeded",
+    "plugin",
+];
+
+/// One check kind with its parameters, borrowed from a [`Check`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CheckKind<'a> {
+    FileExists(&'a FileExistsCheck),
+    FileNotExists(&'a PathCheck),
+    LogContains(&'a PatternCheck),
+    LogNotContains(&'a PatternCheck),
+    Command(&'a Command),
+    Tcp(&'a TcpCheck),
+    Http(&'a HttpCheck),
+    PipelineSucceeded(&'a PipelineSucceededCheck),
+    Plugin(&'a PluginCheck),
+}
+
+impl Check {
+    /// Every kind set on this check (validation requires exactly one).
+    pub fn kinds(&self) -> Vec<CheckKind<'_>> {
+        let mut kinds = Vec::with_capacity(1);
+        if let Some(c) = &self.file_exists {
+            kinds.push(CheckKind::FileExists(c));
+        }
+        if let Some(c) = &self.file_not_exists {
+            kinds.push(CheckKind::FileNotExists(c));
+        }
+        if let Some(c) = &self.log_contains {
+            kinds.push(CheckKind::LogContains(c));
+        }
+        if let Some(c) = &self.log_not_contains {
+            kinds.push(CheckKind::LogNotContains(c));
+        }
+        if let Some(c) = &self.command {
+            kinds.push(CheckKind::Command(c));
+        }
+        if let Some(c) = &self.tcp {
+            kinds.push(CheckKind::Tcp(c));
+        }
+        if let Some(c) = &self.http {
+            kinds.push(CheckKind::Http(c));
+        }
+        if let Some(c) = &self.pipeline_succeeded {
+            kinds.push(CheckKind::PipelineSucceeded(c));
+        }
+        if let Some(c) = &self.plugin {
+            kinds.push(CheckKind::Plugin(c));
+        }
+        kinds
+    }
+}
+
+impl CheckKind<'_> {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::FileExists(_) => "fileExists",
+            CheckKind::FileNotExists(_) => "fileNotExists",
+            CheckKind::LogContains(_) => "logContains",
+            CheckKind::LogNotContains(_) => "logNotContains",
+            CheckKind::Command(_) => "command",
+            CheckKind::Tcp(_) => "tcp",
+            CheckKind::Http(_) => "http",
+            CheckKind::PipelineSucceeded(_) => "pipelineSucceeded",
+            CheckKind::Plugin(_) => "plugin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileExistsCheck {
+    /// Path, relative to the job's working folder.
+    pub path: String,
+    /// Smallest acceptable size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathCheck {
+    /// Path, relative to the job's working folder.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatternCheck {
+    /// A regular expression (Rust `regex` syntax) matched against each line of this attempt's output.
+    #[schemars(example = "ORA-[0-9]+")]
+    pub pattern: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpCheck {
+    pub host: String,
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// Connect timeout. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpCheck {
+    /// An `http://` URL (TLS is not spoken by this check).
+    pub url: String,
+    /// Expected status code. Default: any 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 599))]
+    pub expect_status: Option<u16>,
+    /// Request timeout. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PipelineSucceededCheck {
+    /// The other pipeline's `metadata.name`.
+    pub name: PipelineName,
+    /// How recent its successful run must be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PluginCheck {
+    /// Runs the executable `executioner-check-NAME`.
+    pub name: JobId,
+    /// Passed to the plugin in its JSON context.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Polling of a pre-check until it passes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaitPolicy {
+    /// Give up (reason `CheckTimeout`) after this long.
+    pub timeout: Duration,
+    /// Time between polls. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+}
+
+/// An environment value: a plain value, or a secret read when the job starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EnvValue {
+    /// A string (numbers and booleans are taken as their text).
+    Plain(ScalarValue),
+    /// A secret: injected into the job, shown as `***` everywhere.
+    Secret(SecretSource),
+}
+
+/// A scalar written in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ScalarValue {
+    String(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl ScalarValue {
+    pub fn to_text(&self) -> String {
+        match self {
+            ScalarValue::String(s) => s.clone(),
+            ScalarValue::Integer(i) => i.to_string(),
+            ScalarValue::Float(f) => f.to_string(),
+            ScalarValue::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// Where a secret comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum SecretSource {
+    /// The named variable of the executioner's own environment.
+    FromEnv(String),
+    /// The contents of a file (a trailing newline is removed).
+    FromFile(String),
+}
+
+/// Which inherited variables jobs see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum InheritEnv {
+    Mode(InheritMode),
+    /// Exactly these names.
+    Names(Vec<String>),
+}
+
+impl InheritEnv {
+    pub fn is_default(&self) -> bool {
+        *self == InheritEnv::Mode(InheritMode::All)
+    }
+}
+
+impl Default for InheritEnv {
+    fn default() -> Self {
+        InheritEnv::Mode(InheritMode::All)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum InheritMode {
+    /// The whole environment (as the original tool).
+    All,
+    /// Nothing: jobs see only what the manifest sets.
+    None,
+    /// PATH, HOME, USER, LANG, TZ, SHELL and TMPDIR.
+    Minimal,
+}
+
+/// What a spec change does to a run in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnSpecChange {
+    /// Let the current run finish on its pinned spec, then run the new generation.
+    #[default]
+    Queue,
+    /// Cancel the current run and start the new generation.
+    Replace,
+}
+
+impl OnSpecChange {
+    pub fn is_default(&self) -> bool {
+        *self == OnSpecChange::Queue
+    }
+}
+
+/// Notification channels.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Notify {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailNotify>,
+    /// Runs a program with the run summary as JSON on stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandNotify>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmailNotify {
+    /// Recipients.
+    #[schemars(length(min = 1))]
+    pub to: Vec<String>,
+    /// When to send. Default `[failure]`.
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<NotifyOn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommandNotify {
+    /// The program and its arguments (executed directly, no shell).
+    #[schemars(length(min = 1))]
+    pub command: Vec<String>,
+    /// When to run it. Default `[failure]`.
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<NotifyOn>,
+}
+
+fn default_notify_on() -> Vec<NotifyOn> {
+    vec![NotifyOn::Failure]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum NotifyOn {
+    Success,
+    Failure,
+    Always,
+}
+
+fn example_manifest() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": API_VERSION,
+        "kind": "Pipeline",
+        "metadata": {"name": "nightly-etl"},
+        "spec": {
+            "jobs": [
+                {"id": "extract", "command": "python extract.py"},
+                {"id": "load", "command": ["psql", "-f", "load.sql"], "dependencies": ["extract"]}
+            ]
+        }
+    })
+}

@@ -1,0 +1,314 @@
+//! Integration tests of the manifest commands (issue 2): validate, schema, convert, graph, init,
+//! completions, against the real binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Workspace, repo, text};
+
+/// (line, message fragment) of each of the six mistakes in tests/fixtures/invalid/five-mistakes.*
+fn expected(format: &str) -> Vec<(usize, &'static str)> {
+    match format {
+        "yaml" => vec![
+            (8, "undefined variable ${NOPE}"),
+            (12, "unknown field `dependecies`"),
+            (15, "dependency cycle: b -> c -> b"),
+            (18, "unknown job `extrct`"),
+            (19, "duplicate job id `a`"),
+            (21, "greater than the maximum"),
+        ],
+        "json" => vec![
+            (7, "undefined variable ${NOPE}"),
+            (9, "unknown field `dependecies`"),
+            (10, "dependency cycle: b -> c -> b"),
+            (11, "unknown job `extrct`"),
+            (12, "duplicate job id `a`"),
+            (12, "greater than the maximum"),
+        ],
+        _ => vec![
+            (9, "undefined variable ${NOPE}"),
+            (14, "unknown field `dependecies`"),
+            (19, "dependency cycle: b -> c -> b"),
+            (24, "unknown job `extrct`"),
+            (27, "duplicate job id `a`"),
+            (29, "greater than the maximum"),
+        ],
+    }
+}
+
+#[test]
+fn validate_reports_every_mistake_with_its_position_in_each_format() {
+    let ws = Workspace::new();
+    for format in ["yaml", "json", "toml"] {
+        let file = repo().join(format!("tests/fixtures/invalid/five-mistakes.{format}"));
+        let out = ws.run(&["validate", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{format}");
+        let stdout = text(&out.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        let want = expected(format);
+        assert_eq!(lines.len(), want.len(), "{format}: {stdout}");
+        for (line, (want_line, fragment)) in lines.iter().zip(want) {
+            let prefix = format!("{}:{want_line}:", file.display());
+            assert!(
+                line.starts_with(&prefix),
+                "{format}: {line} should start with {prefix}"
+            );
+            assert!(
+                line.contains(fragment),
+                "{format}: {line} should say {fragment}"
+            );
+        }
+        assert!(stdout.contains("did you mean `dependencies`?"), "{stdout}");
+    }
+}
+
+#[test]
+fn validate_accepts_folders_and_reports_duplicate_names() {
+    let ws = Workspace::new();
+    let body = |name: &str| {
+        format!(
+            "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata: {{name: {name}}}\nspec:\n  jobs: [{{id: a, command: \"true\"}}]\n"
+        )
+    };
+    ws.write("m/one.yaml", &body("same"));
+    ws.write("m/two.yml", &body("same"));
+    ws.write("m/.hidden.yaml", "garbage: [");
+    ws.write("m/notes.txt", "not a manifest");
+    let out = ws.run(&["validate", "m"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("DuplicateName"),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::remove_file(ws.path().join("m/two.yml")).unwrap();
+    let out = ws.run(&["validate", "m"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+#[test]
+fn validate_exit_codes() {
+    let ws = Workspace::new();
+    let out = ws.run(&["validate", "missing.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    ws.write("x.txt", "a: 1");
+    assert_eq!(ws.run(&["validate", "x.txt"]).status.code(), Some(2));
+    let ok = repo().join("examples/sample.yaml");
+    assert_eq!(
+        ws.run(&["validate", ok.to_str().unwrap()]).status.code(),
+        Some(0)
+    );
+    assert_eq!(ws.run(&["validate"]).status.code(), Some(2));
+}
+
+#[test]
+fn multi_document_yaml_validates_each_document() {
+    let ws = Workspace::new();
+    ws.write(
+        "multi.yaml",
+        "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata: {name: one}\nspec:\n  jobs: [{id: a, command: \"true\"}]\n---\napiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata: {name: two}\nspec:\n  jobs: [{id: a, command: \"true\", timeout: 0}]\n",
+    );
+    let out = ws.run(&["validate", "multi.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("pipeline/one is valid"), "{stdout}");
+    assert!(stdout.contains("multi.yaml:11:"), "{stdout}");
+    assert!(stdout.contains("must be greater than zero"), "{stdout}");
+}
+
+#[test]
+fn schema_command_equals_committed_schemas() {
+    let ws = Workspace::new();
+    let out = ws.run(&["schema"]);
+    assert_eq!(out.status.code(), Some(0));
+    let committed = std::fs::read_to_string(repo().join("schemas/pipeline.schema.json")).unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        committed,
+        "schemas/ drifted from the types: run `make schemas` and commit"
+    );
+    let out = ws.run(&["schema", "--out-dir", "s"]);
+    assert_eq!(out.status.code(), Some(0));
+    for name in ["pipeline.schema.json", "config.schema.json"] {
+        let fresh = std::fs::read_to_string(ws.path().join("s").join(name)).unwrap();
+        let committed = std::fs::read_to_string(repo().join("schemas").join(name)).unwrap();
+        assert_eq!(
+            fresh, committed,
+            "schemas/{name} drifted: run `make schemas` and commit"
+        );
+    }
+}
+
+/// Every v1 file in manifests/ and examples/ has a schema modeline and validates against the
+/// committed schema with the jsonschema crate, and with `executioner validate`.
+#[test]
+fn examples_and_manifests_validate_against_the_committed_schema() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/pipeline.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::draft202012::new(&schema).expect("committed schema compiles");
+    let ws = Workspace::new();
+    let mut checked = 0;
+    for folder in ["manifests", "examples"] {
+        for entry in std::fs::read_dir(repo().join(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            let Some(format) = executioner::spec::Format::from_path(&path) else {
+                continue;
+            };
+            let raw = std::fs::read_to_string(&path).unwrap();
+            let first = raw.lines().next().unwrap_or_default();
+            let modeline = match format {
+                executioner::spec::Format::Yaml => {
+                    first.starts_with("# yaml-language-server: $schema=")
+                }
+                executioner::spec::Format::Toml => first.starts_with("#:schema "),
+                executioner::spec::Format::Json => raw.contains("\"$schema\""),
+            };
+            assert!(modeline, "{} has no schema modeline", path.display());
+            let out = ws.run(&["validate", path.to_str().unwrap()]);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}: {}",
+                path.display(),
+                text(&out.stdout)
+            );
+            for doc in executioner::spec::source::parse(&raw, format).unwrap() {
+                if executioner::spec::legacy::is_legacy(&doc.value) {
+                    continue;
+                }
+                let errors: Vec<String> = validator
+                    .iter_errors(&doc.value)
+                    .map(|e| e.to_string())
+                    .collect();
+                assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} documents checked");
+}
+
+#[test]
+fn convert_turns_the_original_format_into_a_valid_manifest() {
+    let ws = Workspace::new();
+    let original = repo().join("examples/original.json");
+    let out = ws.run(&["convert", original.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    assert!(yaml.starts_with("# yaml-language-server: $schema="));
+    for fragment in [
+        "name: legacy-report",
+        "maxParallel: 2",
+        "failFast: true",
+        "REPORT_DIR: /tmp/legacy-report",
+        "limit: 2",
+        "factor: 2.0",
+        "onExitCodes:",
+        "fileExists:",
+        "ops@example.com",
+        "timeout: 10m",
+    ] {
+        assert!(yaml.contains(fragment), "missing {fragment:?} in\n{yaml}");
+    }
+    ws.write("converted.yaml", &yaml);
+    let out = ws.run(&["validate", "converted.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // `validate` also takes the original format directly.
+    let out = ws.run(&["validate", original.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("original format"));
+}
+
+#[test]
+fn hostile_inputs_fail_fast_and_cleanly() {
+    let ws = Workspace::new();
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty.yaml", Vec::new()),
+        (
+            "binary.yaml",
+            (0..2048u32).map(|i| (i * 7 % 256) as u8).collect(),
+        ),
+        ("huge.yaml", "# padding\n".repeat(1_200_000).into_bytes()),
+        ("bomb.yaml", bomb.into_bytes()),
+        (
+            "deep.yaml",
+            format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+        ),
+        (
+            "deep.json",
+            format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+        ),
+        (
+            "deep.toml",
+            format!("a = {}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+        ),
+        ("dupkey.yaml", b"apiVersion: a\napiVersion: b\n".to_vec()),
+        ("dupkey.json", b"{\"kind\": 1, \"kind\": 2}".to_vec()),
+        ("badutf8.yaml", b"apiVersion: \xff\xfe\n".to_vec()),
+        (
+            "crlf.yaml",
+            b"apiVersion: executioner.dev/v1\r\nkind: Nope\r\n".to_vec(),
+        ),
+    ];
+    for (name, bytes) in &cases {
+        let path = ws.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = ws.run_limited(&["validate", name], Duration::from_secs(10));
+        let code = out.status.code();
+        assert!(matches!(code, Some(1) | Some(2)), "{name}: exit {code:?}");
+        let stdout = text(&out.stdout);
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        assert!(
+            stdout.contains(name) || stderr.contains(name),
+            "{name}: the message names the file: {stdout}{stderr}"
+        );
+    }
+    // A BOM and CRLF line ends are fine in a valid manifest.
+    ws.write(
+        "bom.yaml",
+        "\u{feff}apiVersion: executioner.dev/v1\r\nkind: Pipeline\r\nmetadata: {name: x}\r\nspec:\r\n  jobs: [{id: a, command: \"true\"}]\r\n",
+    );
+    assert_eq!(ws.run(&["validate", "bom.yaml"]).status.code(), Some(0));
+}
+
+#[test]
+fn graph_init_and_completions() {
+    let ws = Workspace::new();
+    let triggers = repo().join("examples/triggers.yaml");
+    let out = ws.run(&["graph", triggers.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let mermaid = text(&out.stdout);
+    assert!(mermaid.starts_with("flowchart TD"));
+    assert!(mermaid.contains("j_ok --> j_needs_hall"), "{mermaid}");
+    let out = ws.run(&["graph", triggers.to_str().unwrap(), "--format", "dot"]);
+    let dot = text(&out.stdout);
+    assert!(dot.contains("\"broken\" -> \"on-failure\";"), "{dot}");
+
+    // By name, from the manifests folder.
+    std::fs::create_dir_all(ws.path().join("manifests")).unwrap();
+    std::fs::copy(&triggers, ws.path().join("manifests/t.yaml")).unwrap();
+    let out = ws.run(&["graph", "example-triggers"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let out = ws.run(&["init", "new"]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = ws.run(&["validate", "new/pipeline.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // Never overwrites.
+    assert_eq!(ws.run(&["init", "new"]).status.code(), Some(2));
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = ws.run(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(text(&out.stdout).contains("executioner"));
+    }
+}
