@@ -9,9 +9,12 @@
 pub mod cli;
 pub mod config;
 pub mod dag;
+pub mod engine;
 pub mod env;
+pub mod process;
 pub mod schedule;
 pub mod scheduler;
 pub mod spec;
 pub mod status;
+pub mod store;
 pub mod validate;

@@ -6,7 +6,10 @@
 mod compat;
 mod convert;
 mod graph;
+mod history;
 mod init;
+mod render;
+mod run;
 mod schema;
 mod validate;
 
@@ -116,6 +119,12 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GraphFormat {
     Mermaid,
     Dot,
@@ -155,6 +164,57 @@ pub enum Command {
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+    /// Run one pipeline in the foreground.
+    Run(run::RunArgs),
+    /// Continue a run (same id, a new round) with the spec it was started with.
+    Resume {
+        run: i64,
+        /// Run again only the jobs that failed.
+        #[arg(long)]
+        failed_only: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Run history, newest first; `runs show RUN` for one run.
+    Runs {
+        #[command(subcommand)]
+        show: Option<RunsCommand>,
+        /// Only runs of this pipeline.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// How many runs (the newest).
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// A job's log, or the run's own log.
+    Logs {
+        run: i64,
+        job: Option<String>,
+        /// Keep printing until the run ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Mark failed or skipped jobs of a finished run as succeeded (an audit event is recorded).
+    MarkSuccess {
+        run: i64,
+        #[arg(required = true, value_delimiter = ',')]
+        jobs: Vec<String>,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// One run with every job: phase, reason, attempts, exit code, times, log path.
+    Show {
+        run: i64,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
 }
 
 /// Entry point of the binary: returns the process exit code.
@@ -197,12 +257,137 @@ fn dispatch(cli: Cli) -> CliResult {
         } => graph::run(&target, format, &manifests),
         Command::Convert { file } => convert::run(&file),
         Command::Init { dir, print } => init::run(&dir, print),
+        Command::Run(args) => run::run(args, &cli.global),
+        Command::Resume {
+            run,
+            failed_only,
+            output,
+        } => run::resume(run, failed_only, output, &cli.global),
+        Command::Runs {
+            show: Some(RunsCommand::Show { run, output }),
+            ..
+        } => history::show(run, output, &cli.global),
+        Command::Runs {
+            show: None,
+            pipeline,
+            limit,
+            output,
+        } => history::list(pipeline.as_deref(), limit, output, &cli.global),
+        Command::Logs { run, job, follow } => {
+            history::logs(run, job.as_deref(), follow, &cli.global)
+        }
+        Command::MarkSuccess { run, jobs, reason } => {
+            history::mark_success(run, &jobs, reason.as_deref(), &cli.global)
+        }
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "executioner", &mut std::io::stdout());
             Ok(Exit::Success)
         }
     }
+}
+
+/// The configuration, with the command-line flags that override it.
+pub fn load_config(global: &GlobalArgs) -> Result<crate::config::Config, CliError> {
+    crate::config::Config::load(global.config.as_deref())
+        .map_err(|e| CliError::usage(error_chain(&e)))
+}
+
+/// The state folder: `--state-dir` (or `EXECUTIONER_STATE_DIR`) over the configuration.
+pub fn state_dir(global: &GlobalArgs, config: &crate::config::Config) -> PathBuf {
+    let dir = global
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| config.state_dir.clone());
+    if dir.is_absolute() {
+        dir
+    } else {
+        std::env::current_dir().map_or(dir.clone(), |cwd| cwd.join(&dir))
+    }
+}
+
+/// The validation policy from the configuration's `security` section.
+pub fn security_policy(config: &crate::config::Config) -> crate::validate::SecurityPolicy {
+    crate::validate::SecurityPolicy {
+        allow_shell: config.security.allow_shell,
+        allowed_commands: config.security.allowed_commands.clone(),
+    }
+}
+
+/// A store error as a CLI error: corruption is exit 3, anything else exit 2.
+pub fn store_error(e: crate::store::StoreError) -> CliError {
+    let exit = if e.is_corruption() {
+        Exit::Corrupt
+    } else {
+        Exit::Usage
+    };
+    CliError::new(exit, error_chain(&e))
+}
+
+fn durability(config: &crate::config::Config) -> crate::store::Durability {
+    match config.durability {
+        crate::config::Durability::Normal => crate::store::Durability::Normal,
+        crate::config::Durability::Full => crate::store::Durability::Full,
+    }
+}
+
+/// Opens (creating if needed) the state database.
+pub async fn open_store(
+    state_dir: &std::path::Path,
+    config: &crate::config::Config,
+) -> Result<crate::store::Store, CliError> {
+    crate::store::Store::open(state_dir, durability(config))
+        .await
+        .map_err(store_error)
+}
+
+/// Opens the state database if there is one (read commands never create a state folder).
+pub async fn open_store_existing(
+    state_dir: &std::path::Path,
+    config: &crate::config::Config,
+) -> Result<Option<crate::store::Store>, CliError> {
+    if !state_dir.join("executioner.db").exists() {
+        return Ok(None);
+    }
+    open_store(state_dir, config).await.map(Some)
+}
+
+/// A multi-threaded tokio runtime for the commands that need one.
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::usage(format!("cannot start the async runtime: {e}")))
+}
+
+/// First SIGINT/SIGTERM cancels (graceful stop); a second one kills at once.
+pub fn watch_signals(
+    cancel: tokio_util::sync::CancellationToken,
+    kill_now: tokio_util::sync::CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| CliError::usage(format!("cannot handle SIGINT: {e}")))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| CliError::usage(format!("cannot handle SIGTERM: {e}")))?;
+    Ok(tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            seen += 1;
+            if seen == 1 {
+                eprintln!(
+                    "stopping: jobs get SIGTERM, then SIGKILL after the grace period (signal again to kill at once)"
+                );
+                cancel.cancel();
+            } else {
+                kill_now.cancel();
+            }
+        }
+    }))
 }
 
 #[cfg(test)]

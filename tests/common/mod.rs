@@ -101,3 +101,84 @@ pub fn text(bytes: &[u8]) -> String {
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Pids of live processes whose environment contains `marker` (as `KEY=VALUE` text).
+pub fn processes_with_marker(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) {
+            // Zombies are gone as far as jobs are concerned, but still report them: they mean
+            // nobody reaped the process.
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Waits until no process carries `marker`, up to `limit`; returns the survivors.
+pub fn wait_no_marker(marker: &str, limit: Duration) -> Vec<i32> {
+    let start = std::time::Instant::now();
+    loop {
+        let left = processes_with_marker(marker);
+        if left.is_empty() || start.elapsed() > limit {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A unique marker for one test's jobs: `EXECUTIONER_TEST_MARKER=<name>-<pid>-<nanos>`.
+pub fn marker(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "EXECUTIONER_TEST_MARKER={name}-{}-{nanos}",
+        std::process::id()
+    )
+}
+
+/// Parses `run -o json` / `runs show -o json` output.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\nstdout: {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })
+}
+
+/// `(phase, reason, attempts)` of a job in a run object.
+pub fn job_state(run: &serde_json::Value, id: &str) -> (String, String, i64) {
+    let job = run["jobs"]
+        .as_array()
+        .and_then(|jobs| jobs.iter().find(|j| j["id"] == id))
+        .unwrap_or_else(|| panic!("no job {id} in {run}"));
+    (
+        job["phase"].as_str().unwrap_or_default().to_owned(),
+        job["reason"].as_str().unwrap_or_default().to_owned(),
+        job["attempts"].as_i64().unwrap_or_default(),
+    )
+}
+
+/// A v1 manifest with the given jobs YAML (indented under `jobs:`) and extra spec lines.
+pub fn manifest(name: &str, spec_extra: &str, jobs: &str) -> String {
+    format!(
+        "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n{spec_extra}  jobs:\n{jobs}"
+    )
+}

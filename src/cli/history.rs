@@ -1,0 +1,280 @@
+//! `executioner runs`, `runs show`, `logs` and `mark-success`: reading and correcting the history.
+
+use std::io::{Read, Seek, Write};
+use std::time::Duration;
+
+use crate::status::{JobPhase, RunPhase};
+use crate::store::RunId;
+
+use super::{CliError, CliResult, Exit, GlobalArgs, OutputFormat, render};
+
+pub fn list(
+    pipeline: Option<&str>,
+    limit: i64,
+    output: OutputFormat,
+    global: &GlobalArgs,
+) -> CliResult {
+    let config = super::load_config(global)?;
+    let state_dir = super::state_dir(global, &config);
+    super::runtime()?.block_on(async {
+        let store = super::open_store_existing(&state_dir, &config).await?;
+        let Some(store) = store else {
+            match output {
+                OutputFormat::Json => println!("[]"),
+                OutputFormat::Table => println!("no runs yet"),
+            }
+            return Ok(Exit::Success);
+        };
+        let runs = store
+            .runs(pipeline, limit.max(1))
+            .await
+            .map_err(super::store_error)?;
+        match output {
+            OutputFormat::Json => {
+                let items: Vec<serde_json::Value> = runs.iter().map(render::run_json).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&items).unwrap_or_default()
+                );
+            }
+            OutputFormat::Table => {
+                if runs.is_empty() {
+                    println!("no runs yet");
+                } else {
+                    println!("{}", render::runs_table(&runs));
+                }
+            }
+        }
+        Ok(Exit::Success)
+    })
+}
+
+pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResult {
+    let config = super::load_config(global)?;
+    let state_dir = super::state_dir(global, &config);
+    super::runtime()?.block_on(async {
+        let store = super::open_store_existing(&state_dir, &config)
+            .await?
+            .ok_or_else(|| {
+                CliError::usage(format!("run {run_id} does not exist (no history yet)"))
+            })?;
+        let run = store
+            .run(run_id)
+            .await
+            .map_err(super::store_error)?
+            .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
+        let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
+        match output {
+            OutputFormat::Json => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&render::run_with_jobs_json(
+                        &run, &jobs, &state_dir
+                    ))
+                    .unwrap_or_default()
+                );
+            }
+            OutputFormat::Table => {
+                println!(
+                    "run {} of {}: {} ({}), round {}, started {}, took {}",
+                    run.id,
+                    run.pipeline,
+                    run.phase,
+                    run.reason.map_or("-".into(), |r| r.to_string()),
+                    run.rounds,
+                    run.started_at
+                        .map_or("-".into(), crate::status::format_time),
+                    render::duration_text(run.started_at, run.finished_at)
+                );
+                println!("{}", render::jobs_table(&jobs));
+                let attempts = store.attempts(run_id).await.map_err(super::store_error)?;
+                let mut table = comfy_table::Table::new();
+                table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+                table.set_header([
+                    "JOB", "ATTEMPT", "ROUND", "PHASE", "REASON", "EXIT", "CPU USER", "CPU SYS",
+                    "MAX RSS", "MESSAGE",
+                ]);
+                for a in &attempts {
+                    table.add_row([
+                        a.job_id.clone(),
+                        a.number.to_string(),
+                        a.round.to_string(),
+                        a.phase.to_string(),
+                        a.reason.map_or("-".into(), |r| r.to_string()),
+                        match (a.exit_code, a.signal) {
+                            (Some(c), _) => c.to_string(),
+                            (None, Some(s)) => format!("signal {s}"),
+                            _ => "-".into(),
+                        },
+                        a.user_time_us
+                            .map_or("-".into(), |us| format!("{:.3}s", us as f64 / 1e6)),
+                        a.system_time_us
+                            .map_or("-".into(), |us| format!("{:.3}s", us as f64 / 1e6)),
+                        a.max_rss_kib
+                            .map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+                        a.message.clone().unwrap_or_default(),
+                    ]);
+                }
+                if !attempts.is_empty() {
+                    println!("attempts:\n{table}");
+                }
+                for j in &jobs {
+                    println!(
+                        "log {}: {}",
+                        j.job_id,
+                        crate::engine::job_log_path(&state_dir, &run.pipeline, run.id, &j.job_id)
+                            .display()
+                    );
+                }
+                let events = store.events(run_id).await.map_err(super::store_error)?;
+                for e in events {
+                    println!(
+                        "event {} {} {}: {} by {}",
+                        crate::status::format_time(e.at),
+                        e.kind,
+                        e.job_id.unwrap_or_default(),
+                        e.reason.unwrap_or_default(),
+                        e.actor.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Ok(Exit::Success)
+    })
+}
+
+pub fn logs(run_id: RunId, job: Option<&str>, follow: bool, global: &GlobalArgs) -> CliResult {
+    let config = super::load_config(global)?;
+    let state_dir = super::state_dir(global, &config);
+    let (path, pipeline_done) = super::runtime()?.block_on(async {
+        let store = super::open_store_existing(&state_dir, &config)
+            .await?
+            .ok_or_else(|| {
+                CliError::usage(format!("run {run_id} does not exist (no history yet)"))
+            })?;
+        let run = store
+            .run(run_id)
+            .await
+            .map_err(super::store_error)?
+            .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
+        let path = match job {
+            Some(id) => {
+                let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
+                if !jobs.iter().any(|j| j.job_id == id) {
+                    return Err(CliError::usage(format!("run {run_id} has no job {id:?}")));
+                }
+                crate::engine::job_log_path(&state_dir, &run.pipeline, run.id, id)
+            }
+            None => crate::engine::run_log_dir(&state_dir, &run.pipeline, run.id).join("run.log"),
+        };
+        Ok::<_, CliError>((path, run.phase.is_terminal()))
+    })?;
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => {
+            // The job has not started yet: wait for its log to appear.
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                if let Ok(f) = std::fs::File::open(&path) {
+                    break f;
+                }
+            }
+        }
+        Err(e) => return Err(CliError::usage(format!("{}: {e}", path.display()))),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+        if n == 0 {
+            if !follow || pipeline_done {
+                break;
+            }
+            // Follow until the run ends: poll the file (cheap) and the run's phase (rarely).
+            std::thread::sleep(Duration::from_millis(200));
+            let pos = file.stream_position().unwrap_or(0);
+            if !run_still_going(run_id, global) {
+                file.seek(std::io::SeekFrom::Start(pos)).ok();
+                let _ = std::io::copy(&mut file, &mut out);
+                break;
+            }
+            continue;
+        }
+        if out.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = out.flush();
+    Ok(Exit::Success)
+}
+
+fn run_still_going(run_id: RunId, global: &GlobalArgs) -> bool {
+    let Ok(config) = super::load_config(global) else {
+        return false;
+    };
+    let state_dir = super::state_dir(global, &config);
+    let Ok(rt) = super::runtime() else {
+        return false;
+    };
+    rt.block_on(async {
+        match super::open_store_existing(&state_dir, &config).await {
+            Ok(Some(store)) => matches!(
+                store.run(run_id).await,
+                Ok(Some(run)) if !run.phase.is_terminal()
+            ),
+            _ => false,
+        }
+    })
+}
+
+pub fn mark_success(
+    run_id: RunId,
+    jobs: &[String],
+    reason: Option<&str>,
+    global: &GlobalArgs,
+) -> CliResult {
+    if jobs.is_empty() {
+        return Err(CliError::usage("mark-success needs at least one job id"));
+    }
+    let config = super::load_config(global)?;
+    let state_dir = super::state_dir(global, &config);
+    super::runtime()?.block_on(async {
+        let store = super::open_store_existing(&state_dir, &config)
+            .await?
+            .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist (no history yet)")))?;
+        let run = store
+            .run(run_id)
+            .await
+            .map_err(super::store_error)?
+            .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
+        if run.phase == RunPhase::Running {
+            return Err(CliError::usage(format!("run {run_id} is still running; mark-success applies to finished runs")));
+        }
+        let rows = store.jobs(run_id).await.map_err(super::store_error)?;
+        let mut targets: Vec<&str> = Vec::new();
+        for id in jobs {
+            match rows.iter().find(|r| &r.job_id == id) {
+                None => return Err(CliError::usage(format!("run {run_id} has no job {id:?}"))),
+                Some(r) if r.phase == JobPhase::Succeeded => {
+                    println!("{id}: already Succeeded");
+                }
+                Some(_) => targets.push(id),
+            }
+        }
+        if targets.is_empty() {
+            return Ok(Exit::Success);
+        }
+        let actor = std::env::var("USER").unwrap_or_else(|_| format!("uid {}", nix::unistd::getuid()));
+        let reason = reason.unwrap_or("marked successful by hand");
+        store
+            .mark_success(run_id, &targets, reason, &actor)
+            .await
+            .map_err(super::store_error)?;
+        for id in &targets {
+            println!("{id}: marked Succeeded (run {run_id}); `executioner resume {run_id}` runs what depends on it");
+        }
+        Ok(Exit::Success)
+    })
+}

@@ -1,0 +1,576 @@
+//! `executioner run FILE` and `executioner resume RUN`: one run in the foreground, with live
+//! progress, a summary table and the exit code of its outcome.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use indexmap::IndexMap;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{self, EngineOptions, Plan, RunEvent, RunRequest, resume};
+use crate::scheduler::Start;
+use crate::spec::Manifest;
+use crate::status::{JobPhase, RunPhase};
+use crate::store::{NewJob, NewRun, Owner, RunId, Store};
+use crate::validate::Options;
+
+use super::{CliError, CliResult, Exit, GlobalArgs, OutputFormat, render};
+
+/// The arguments of `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The manifest (YAML, TOML or JSON, v1 or the original tool's format).
+    pub file: PathBuf,
+    /// Jobs running at once (default: configuration `workers`, else the number of CPUs).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Print the plan (levels, what would run or be skipped) and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Extra environment, the highest layer: `--env K=V` (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Jobs not to run (comma-separated or repeated); they count as satisfied for dependents.
+    #[arg(long, value_delimiter = ',', value_name = "ID,...")]
+    pub skip: Vec<String>,
+    /// Start nothing new after the first failure.
+    #[arg(long, conflicts_with = "continue_on_error")]
+    pub fail_fast: bool,
+    /// Keep going after failures (overrides `failFast: true`).
+    #[arg(long)]
+    pub continue_on_error: bool,
+    /// Continue run RUN as a new round instead of starting a new run.
+    #[arg(long, value_name = "RUN")]
+    pub resume_from: Option<RunId>,
+    /// With --resume-from: run again only the jobs that failed.
+    #[arg(long, requires = "resume_from")]
+    pub failed_only: bool,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+fn parse_env(pairs: &[String]) -> Result<IndexMap<String, String>, CliError> {
+    let mut out = IndexMap::new();
+    for pair in pairs {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("--env {pair:?}: expected K=V")))?;
+        if !crate::env::is_valid_name(k) {
+            return Err(CliError::usage(format!(
+                "--env {pair:?}: {k:?} is not a valid variable name"
+            )));
+        }
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
+    let config = super::load_config(global)?;
+    let cli_env = parse_env(&args.env)?;
+    let options = Options {
+        cli_env: cli_env.clone(),
+        security: super::security_policy(&config),
+        ..Options::default()
+    };
+    let valid = super::validate::load_one(&args.file, &options)?;
+    let mut manifest = valid.manifest;
+    if args.fail_fast {
+        manifest.spec.fail_fast = true;
+    }
+    if args.continue_on_error {
+        manifest.spec.fail_fast = false;
+    }
+    for id in &args.skip {
+        if !manifest.spec.jobs.iter().any(|j| j.id.as_str() == id) {
+            return Err(CliError::usage(format!(
+                "--skip {id}: no such job in {}",
+                valid.file.display()
+            )));
+        }
+    }
+    let base_dir = args
+        .file
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let process_env: IndexMap<String, String> = std::env::vars().collect();
+    let plan = Plan::new(&manifest, &base_dir, &process_env, cli_env.clone())
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    let workers = args
+        .workers
+        .filter(|w| *w > 0)
+        .unwrap_or_else(|| config.workers());
+
+    if args.dry_run {
+        print!("{}", dry_run_text(&plan, &args.skip, workers));
+        return Ok(Exit::Success);
+    }
+
+    let runtime = super::runtime()?;
+    runtime.block_on(async move {
+        let state_dir = super::state_dir(global, &config);
+        let store = super::open_store(&state_dir, &config).await?;
+        let owner = owner();
+        let (run_id, request) = match args.resume_from {
+            None => {
+                let spec_json = pinned_json(&manifest, &base_dir, &cli_env, &args.skip);
+                let hash = engine::plan::spec_hash(&manifest);
+                let run_id = create_run(&store, &plan, &spec_json, &hash, &owner).await?;
+                let starts = plan
+                    .jobs
+                    .iter()
+                    .map(|j| if args.skip.contains(&j.id) { Start::SkipByUser } else { Start::Run })
+                    .collect();
+                (
+                    run_id,
+                    RunRequest {
+                        run_id,
+                        round: 1,
+                        starts,
+                        previous_attempts: vec![0; plan.jobs.len()],
+                        lost: vec![0; plan.jobs.len()],
+                    },
+                )
+            }
+            Some(run_id) => {
+                let pinned = store
+                    .run(run_id)
+                    .await
+                    .map_err(super::store_error)?
+                    .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
+                if let Some(diff) = spec_differences(&pinned.spec_json, &manifest) {
+                    eprintln!("the manifest differs from the spec run {run_id} was started with; using the new spec:\n{diff}");
+                }
+                match prepare_round(&store, &pinned, &plan, args.failed_only, &owner).await? {
+                    Some(request) => (run_id, request),
+                    None => return Ok(Exit::Success),
+                }
+            }
+        };
+        drive(&store, plan, request, run_id, &state_dir, &config, workers, args.output, global).await
+    })
+}
+
+/// `executioner resume RUN [--failed-only]`: the same run id, a new round, the pinned spec.
+pub fn resume(
+    run_id: RunId,
+    failed_only: bool,
+    output: OutputFormat,
+    global: &GlobalArgs,
+) -> CliResult {
+    let config = super::load_config(global)?;
+    let runtime = super::runtime()?;
+    runtime.block_on(async move {
+        let state_dir = super::state_dir(global, &config);
+        let store = super::open_store(&state_dir, &config).await?;
+        let run = store
+            .run(run_id)
+            .await
+            .map_err(super::store_error)?
+            .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
+        let pinned: serde_json::Value = serde_json::from_str(&run.spec_json).map_err(|e| {
+            CliError::new(
+                Exit::Corrupt,
+                format!("run {run_id}: pinned spec unreadable: {e}"),
+            )
+        })?;
+        let manifest: Manifest =
+            serde_json::from_value(pinned["manifest"].clone()).map_err(|e| {
+                CliError::new(
+                    Exit::Corrupt,
+                    format!("run {run_id}: pinned spec unreadable: {e}"),
+                )
+            })?;
+        let base_dir = PathBuf::from(pinned["baseDir"].as_str().unwrap_or("."));
+        let cli_env: IndexMap<String, String> =
+            serde_json::from_value(pinned["env"].clone()).unwrap_or_default();
+        let process_env: IndexMap<String, String> = std::env::vars().collect();
+        let plan = Plan::new(&manifest, &base_dir, &process_env, cli_env)
+            .map_err(|e| CliError::failed(e.to_string()))?;
+        let owner = owner();
+        let Some(request) = prepare_round(&store, &run, &plan, failed_only, &owner).await? else {
+            return Ok(Exit::Success);
+        };
+        let workers = config.workers();
+        drive(
+            &store, plan, request, run_id, &state_dir, &config, workers, output, global,
+        )
+        .await
+    })
+}
+
+/// Recovery and the next round of an existing run; `None` when there is nothing to do.
+async fn prepare_round(
+    store: &Store,
+    run: &crate::store::RunRow,
+    plan: &Plan,
+    failed_only: bool,
+    owner: &Owner,
+) -> Result<Option<RunRequest>, CliError> {
+    if run.phase == RunPhase::Running {
+        if resume::owner_alive(run) {
+            return Err(CliError::usage(format!(
+                "run {} is still running (pid {} on {})",
+                run.id,
+                run.owner_pid.unwrap_or_default(),
+                run.owner_host.clone().unwrap_or_default()
+            )));
+        }
+        let lost = resume::recover(store, run)
+            .await
+            .map_err(super::store_error)?;
+        if !lost.is_empty() {
+            eprintln!(
+                "run {}: its executioner died; attempts of {} recorded Lost",
+                run.id,
+                lost.join(", ")
+            );
+        }
+    } else if run.phase == RunPhase::Succeeded {
+        println!("run {} already succeeded; nothing to resume", run.id);
+        return Ok(None);
+    }
+    let rows = store.jobs(run.id).await.map_err(super::store_error)?;
+    let decided = resume::plan_resume(plan, &rows, failed_only);
+    if decided.rerun.is_empty() {
+        println!("run {}: no job to run again", run.id);
+        return Ok(None);
+    }
+    let rerun: Vec<&str> = decided.rerun.iter().map(String::as_str).collect();
+    let round = store
+        .begin_round(run.id, &rerun, owner)
+        .await
+        .map_err(super::store_error)?;
+    let previous_attempts = resume::previous_attempts(store, run.id, plan)
+        .await
+        .map_err(super::store_error)?;
+    let rows = store.jobs(run.id).await.map_err(super::store_error)?;
+    let lost = plan
+        .jobs
+        .iter()
+        .map(|j| rows.iter().find(|r| r.job_id == j.id).map_or(0, |r| r.lost))
+        .collect();
+    eprintln!(
+        "run {}: round {round}, running again: {}",
+        run.id,
+        decided.rerun.join(", ")
+    );
+    Ok(Some(RunRequest {
+        run_id: run.id,
+        round,
+        starts: decided.starts,
+        previous_attempts,
+        lost,
+    }))
+}
+
+async fn create_run(
+    store: &Store,
+    plan: &Plan,
+    spec_json: &str,
+    hash: &str,
+    owner: &Owner,
+) -> Result<RunId, CliError> {
+    // Log files live at logs/PIPELINE/RUN/JOB.log; the run id is the database's to allocate, so
+    // the row keeps the file name and readers rebuild the path (engine::job_log_path).
+    let files: Vec<String> = plan.jobs.iter().map(|j| format!("{}.log", j.id)).collect();
+    let jobs: Vec<NewJob<'_>> = plan
+        .jobs
+        .iter()
+        .zip(&files)
+        .map(|(j, log)| NewJob {
+            id: &j.id,
+            log_path: log,
+        })
+        .collect();
+    store
+        .create_run(&NewRun {
+            pipeline: &plan.pipeline,
+            generation: 0,
+            spec_json,
+            spec_hash: hash,
+            jobs: &jobs,
+            owner,
+        })
+        .await
+        .map_err(super::store_error)
+}
+
+/// What a run pins: the manifest, where relative paths start, and the command-line layers.
+fn pinned_json(
+    manifest: &Manifest,
+    base_dir: &Path,
+    cli_env: &IndexMap<String, String>,
+    skip: &[String],
+) -> String {
+    let base = if base_dir.is_absolute() {
+        base_dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|c| c.join(base_dir))
+            .unwrap_or_else(|_| base_dir.to_path_buf())
+    };
+    serde_json::json!({
+        "manifest": manifest,
+        "baseDir": base,
+        "env": cli_env,
+        "skip": skip,
+    })
+    .to_string()
+}
+
+/// The differences between a run's pinned manifest and `manifest`, one line each, if any.
+fn spec_differences(pinned_json: &str, manifest: &Manifest) -> Option<String> {
+    let pinned: serde_json::Value = serde_json::from_str(pinned_json).ok()?;
+    let old: Manifest = serde_json::from_value(pinned["manifest"].clone()).ok()?;
+    if old.spec == manifest.spec {
+        return None;
+    }
+    let mut lines = Vec::new();
+    let old_jobs: HashMap<&str, &crate::spec::JobSpec> =
+        old.spec.jobs.iter().map(|j| (j.id.as_str(), j)).collect();
+    let new_jobs: HashMap<&str, &crate::spec::JobSpec> = manifest
+        .spec
+        .jobs
+        .iter()
+        .map(|j| (j.id.as_str(), j))
+        .collect();
+    for j in &manifest.spec.jobs {
+        match old_jobs.get(j.id.as_str()) {
+            None => lines.push(format!("  + job {} (new)", j.id)),
+            Some(o) if *o != j => lines.push(format!("  ~ job {} (changed)", j.id)),
+            Some(_) => {}
+        }
+    }
+    for j in &old.spec.jobs {
+        if !new_jobs.contains_key(j.id.as_str()) {
+            lines.push(format!("  - job {} (removed)", j.id));
+        }
+    }
+    let mut old_rest = old.spec.clone();
+    let mut new_rest = manifest.spec.clone();
+    old_rest.jobs.clear();
+    new_rest.jobs.clear();
+    if old_rest != new_rest {
+        lines.push("  ~ pipeline settings changed".into());
+    }
+    Some(lines.join("\n"))
+}
+
+fn owner() -> Owner {
+    let pid = std::process::id();
+    Owner {
+        pid,
+        host: resume::hostname(),
+        start_time: crate::process::read_start_time(pid as i32),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    store: &Store,
+    plan: Plan,
+    request: RunRequest,
+    run_id: RunId,
+    state_dir: &Path,
+    config: &crate::config::Config,
+    workers: usize,
+    output: OutputFormat,
+    global: &GlobalArgs,
+) -> CliResult {
+    let plan = Arc::new(plan);
+    let options = EngineOptions {
+        state_dir: state_dir.to_path_buf(),
+        workers: Arc::new(Semaphore::new(workers)),
+        shutdown_grace: config.shutdown_grace.as_std(),
+        plugin_dirs: config.plugin_dirs.clone(),
+    };
+    let cancel = CancellationToken::new();
+    let kill_now = CancellationToken::new();
+    let signals = super::watch_signals(cancel.clone(), kill_now.clone())?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let quiet = global.quiet || output == OutputFormat::Json;
+    let names: Vec<String> = plan.jobs.iter().map(|j| j.id.clone()).collect();
+    let printer = tokio::spawn(print_progress(
+        rx,
+        names,
+        quiet,
+        run_id,
+        plan.pipeline.clone(),
+    ));
+    let report = engine::execute(
+        store,
+        plan.clone(),
+        request,
+        &options,
+        tx,
+        cancel.clone(),
+        kill_now,
+    )
+    .await;
+    let _ = printer.await;
+    signals.abort();
+    let report = report.map_err(|e| CliError::new(Exit::Usage, super::error_chain(&e)))?;
+
+    let run = store.run(run_id).await.map_err(super::store_error)?;
+    let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
+    match (output, run) {
+        (OutputFormat::Json, Some(run)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&render::run_with_jobs_json(&run, &jobs, state_dir))
+                    .unwrap_or_default()
+            );
+        }
+        (_, _) if !global.quiet => {
+            println!("{}", render::jobs_table(&jobs));
+            println!(
+                "run {run_id} of {} {} ({})",
+                plan.pipeline, report.phase, report.reason
+            );
+        }
+        _ => {}
+    }
+    Ok(match report.phase {
+        RunPhase::Succeeded => Exit::Success,
+        RunPhase::Cancelled => Exit::Interrupted,
+        RunPhase::Failed | RunPhase::Pending | RunPhase::Running => Exit::Failed,
+    })
+}
+
+/// Prints one line per state change; on a terminal, also a live status line.
+async fn print_progress(
+    mut rx: mpsc::UnboundedReceiver<RunEvent>,
+    names: Vec<String>,
+    quiet: bool,
+    run_id: RunId,
+    pipeline: String,
+) {
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let total = names.len();
+    let mut running: HashMap<usize, i64> = HashMap::new();
+    let mut done = 0usize;
+    if !quiet {
+        eprintln!("run {run_id} of {pipeline}: {total} jobs");
+    }
+    while let Some(event) = rx.recv().await {
+        if quiet {
+            continue;
+        }
+        let line = match &event {
+            RunEvent::JobSkipped { job, reason } => {
+                done += 1;
+                format!("{:<24} Skipped ({reason})", names[*job])
+            }
+            RunEvent::AttemptStarted { job, attempt } => {
+                running.insert(*job, *attempt);
+                format!("{:<24} Running (attempt {attempt})", names[*job])
+            }
+            RunEvent::JobWaiting { job } => {
+                format!("{:<24} Waiting (pre-check sensor)", names[*job])
+            }
+            RunEvent::AttemptFailedWillRetry {
+                job,
+                attempt,
+                reason,
+                delay,
+            } => {
+                running.remove(job);
+                format!(
+                    "{:<24} attempt {attempt} failed ({reason}); retry in {:.1}s",
+                    names[*job],
+                    delay.as_secs_f64()
+                )
+            }
+            RunEvent::JobFinished {
+                job,
+                phase,
+                reason,
+                exit_code,
+            } => {
+                running.remove(job);
+                done += 1;
+                let code = exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
+                let phase_text = match phase {
+                    JobPhase::Succeeded => "Succeeded".to_string(),
+                    other => other.to_string(),
+                };
+                format!("{:<24} {phase_text} ({reason}{code})", names[*job])
+            }
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut err = std::io::stderr().lock();
+        if tty {
+            let _ = write!(err, "\r\x1b[2K");
+        }
+        let _ = writeln!(err, "[{elapsed:>7.2}s] {line}");
+        if tty {
+            let _ = write!(
+                err,
+                "[{elapsed:>7.2}s] {done}/{total} done, {} running",
+                running.len()
+            );
+            let _ = err.flush();
+        }
+    }
+    if tty && !quiet {
+        eprint!("\r\x1b[2K");
+    }
+}
+
+/// The `--dry-run` plan: levels of the DAG, with what would be skipped and why.
+fn dry_run_text(plan: &Plan, skip: &[String], workers: usize) -> String {
+    let levels = plan.dag.levels().unwrap_or_default();
+    let depth = levels.iter().copied().max().map_or(0, |m| m + 1);
+    let mut out = format!(
+        "plan of pipeline/{}: {} jobs in {depth} levels, {} at once{}\n",
+        plan.pipeline,
+        plan.jobs.len(),
+        plan.max_parallel.map_or(workers, |m| m.min(workers)),
+        if plan.fail_fast { ", fail-fast" } else { "" }
+    );
+    let skipped_by_user: Vec<bool> = plan.jobs.iter().map(|j| skip.contains(&j.id)).collect();
+    for level in 0..depth {
+        out.push_str(&format!("level {level}:\n"));
+        for (i, job) in plan
+            .jobs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| levels[*i] == level)
+        {
+            let deps: Vec<&str> = job
+                .dependencies
+                .iter()
+                .map(|d| plan.jobs[*d].id.as_str())
+                .collect();
+            let mut line = format!("  {}", job.id);
+            if skipped_by_user[i] {
+                line.push_str("  [SKIPPED: --skip]");
+            } else {
+                line.push_str("  would run");
+            }
+            if !deps.is_empty() {
+                line.push_str(&format!(" after {}", deps.join(", ")));
+            }
+            if job.trigger != crate::spec::Trigger::AllSucceeded {
+                line.push_str(&format!(" (trigger {:?})", job.trigger));
+            }
+            if job.retry.limit > 0 {
+                line.push_str(&format!(", up to {} retries", job.retry.limit));
+            }
+            if let Some(t) = job.timeout {
+                line.push_str(&format!(", timeout {}", crate::spec::Duration::from(t)));
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out
+}

@@ -1,0 +1,963 @@
+//! Runs one pipeline run to completion: the scheduler's decisions become attempts (pre-checks,
+//! command, post-checks), every state change is recorded in the store before it is acted on, and
+//! progress is reported as [`RunEvent`]s for whoever displays it.
+//!
+//! One loop per run owns all the run's state and has one `select!`: attempt completions (a
+//! `JoinSet`), retry timers, a free worker, the run deadline and cancellation. Attempts are tasks
+//! that own their child process; they record their own start (row before spawn, pid after) and the
+//! loop records their end, in one transaction with the job's new phase, before any dependent is
+//! released. See docs/engine.md.
+
+pub mod checks;
+pub mod plan;
+pub mod resume;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::env;
+use crate::process::{self, ExitStatus, Output, SpawnSpec, Stdin};
+use crate::scheduler::retry::{self, Failure};
+use crate::scheduler::{Decision, JobRules, Outcome, Scheduler, Start};
+use crate::spec::Command;
+use crate::status::{JobPhase, Reason, RunPhase};
+use crate::store::{AttemptEnd, AttemptId, RunId, Store, StoreError};
+
+pub use plan::{Plan, PlanError};
+
+/// A job lost this many times fails (`LostTooOften`) instead of running again.
+pub const MAX_LOST: i64 = 3;
+
+/// What the engine shares with other runs and needs from its caller.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub state_dir: PathBuf,
+    /// Global worker limit, shared by every run of the process.
+    pub workers: Arc<Semaphore>,
+    /// Grace period between SIGTERM and SIGKILL.
+    pub shutdown_grace: Duration,
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+/// One run (or resume round) to execute.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub run_id: RunId,
+    pub round: i64,
+    /// How each job enters this round (run, skip, keep an earlier result).
+    pub starts: Vec<Start>,
+    /// Attempts already made per job in earlier rounds (attempt numbers continue after them).
+    pub previous_attempts: Vec<i64>,
+    /// Times each job was lost so far.
+    pub lost: Vec<i64>,
+}
+
+/// Progress, in the past tense, for display.
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    JobSkipped {
+        job: usize,
+        reason: Reason,
+    },
+    AttemptStarted {
+        job: usize,
+        attempt: i64,
+    },
+    JobWaiting {
+        job: usize,
+    },
+    AttemptFailedWillRetry {
+        job: usize,
+        attempt: i64,
+        reason: Reason,
+        delay: Duration,
+    },
+    JobFinished {
+        job: usize,
+        phase: JobPhase,
+        reason: Reason,
+        exit_code: Option<i32>,
+    },
+}
+
+/// The end of a run.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run_id: RunId,
+    pub phase: RunPhase,
+    pub reason: Reason,
+}
+
+/// Why the engine stopped without finishing the run (the store failed: a critical error).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("recording run {run}: {source}")]
+    Store {
+        run: RunId,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot create the log folder {}: {source}", path.display())]
+    Logs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Folder of a run's logs: `STATE/logs/PIPELINE/RUN`. Names are validated, so it stays inside.
+pub fn run_log_dir(state_dir: &Path, pipeline: &str, run: RunId) -> PathBuf {
+    state_dir.join("logs").join(pipeline).join(run.to_string())
+}
+
+/// `STATE/logs/PIPELINE/RUN/JOB.log`.
+pub fn job_log_path(state_dir: &Path, pipeline: &str, run: RunId, job: &str) -> PathBuf {
+    run_log_dir(state_dir, pipeline, run).join(format!("{job}.log"))
+}
+
+/// How the run should stop early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Halt {
+    Cancelled,
+    RunTimeout,
+}
+
+/// How one attempt ended.
+#[derive(Debug)]
+enum AttemptOutcome {
+    Succeeded,
+    Failed {
+        failure: Failure,
+        reason: Reason,
+        message: String,
+    },
+    /// Stopped by the loop (cancellation or run timeout).
+    Stopped,
+}
+
+#[derive(Debug)]
+struct AttemptResult {
+    job: usize,
+    attempt_id: Option<AttemptId>,
+    number: i64,
+    outcome: AttemptOutcome,
+    exit: Option<process::Exited>,
+    spawn_error: Option<String>,
+}
+
+/// Per-job bookkeeping of the loop.
+#[derive(Debug, Clone)]
+struct JobTrack {
+    counted: u32,
+    next_number: i64,
+    first_start: Option<Instant>,
+}
+
+/// Runs `request` of `plan` to its end.
+pub async fn execute(
+    store: &Store,
+    plan: Arc<Plan>,
+    request: RunRequest,
+    options: &EngineOptions,
+    events: mpsc::UnboundedSender<RunEvent>,
+    cancel: CancellationToken,
+    kill_now: CancellationToken,
+) -> Result<RunReport, EngineError> {
+    let run = request.run_id;
+    let store_err = |source| EngineError::Store { run, source };
+    let log_dir = run_log_dir(&options.state_dir, &plan.pipeline, run);
+    create_private_dir(&log_dir).map_err(|source| EngineError::Logs {
+        path: log_dir.clone(),
+        source,
+    })?;
+    let mut run_log = RunLog::open(&log_dir.join("run.log"));
+    run_log.line(&format!(
+        "round {} of run {run} of {} started",
+        request.round, plan.pipeline
+    ));
+
+    let n = plan.jobs.len();
+    let mut starts = request.starts.clone();
+    // A job lost too often fails instead of running again.
+    let mut lost_out: Vec<usize> = Vec::new();
+    for (i, start) in starts.iter_mut().enumerate() {
+        if *start == Start::Run && request.lost.get(i).copied().unwrap_or(0) >= MAX_LOST {
+            *start = Start::Keep(Outcome::Failed {
+                ignored: plan.jobs[i].continue_on_error,
+            });
+            lost_out.push(i);
+        }
+    }
+    for &i in &lost_out {
+        store
+            .set_job(
+                run,
+                &plan.jobs[i].id,
+                JobPhase::Failed,
+                Some(Reason::LostTooOften),
+                Some("lost 3 times"),
+            )
+            .await
+            .map_err(store_err)?;
+        let _ = events.send(RunEvent::JobFinished {
+            job: i,
+            phase: JobPhase::Failed,
+            reason: Reason::LostTooOften,
+            exit_code: None,
+        });
+    }
+
+    let rules: Vec<JobRules> = plan
+        .jobs
+        .iter()
+        .zip(&starts)
+        .map(|(j, s)| JobRules {
+            trigger: j.trigger,
+            continue_on_error: j.continue_on_error,
+            start: *s,
+        })
+        .collect();
+    let (mut scheduler, decisions) = Scheduler::new(plan.dag.clone(), rules, plan.fail_fast);
+    record_decisions(store, &plan, run, &decisions, &events, &mut run_log)
+        .await
+        .map_err(store_err)?;
+
+    let mut tracks: Vec<JobTrack> = (0..n)
+        .map(|i| JobTrack {
+            counted: 0,
+            next_number: request.previous_attempts.get(i).copied().unwrap_or(0) + 1,
+            first_start: None,
+        })
+        .collect();
+    let max_parallel = plan.max_parallel.unwrap_or(usize::MAX).max(1);
+    let deadline = plan.timeout.map(|t| tokio::time::Instant::now() + t);
+    // Each attempt holds its worker permit until the loop has recorded its end, so no other job
+    // can take the worker before this one's outcome is known (fail-fast, declaration order).
+    let mut attempts: JoinSet<(AttemptResult, tokio::sync::OwnedSemaphorePermit)> = JoinSet::new();
+    let mut running = 0usize;
+    let mut retry_at: BTreeSet<(tokio::time::Instant, usize)> = BTreeSet::new();
+    // Not a child of `cancel`: attempts are stopped by the loop, after it has halted the
+    // scheduler, so that no stopped attempt is mistaken for a failure that releases dependents.
+    let attempt_cancel = CancellationToken::new();
+    let mut halted: Option<Halt> = None;
+    let mut any_failed = false;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+
+    loop {
+        // Start what can start. Retries first (they were ready earlier), then new jobs.
+        while running < max_parallel && halted.is_none() {
+            let due = retry_at
+                .first()
+                .copied()
+                .filter(|(at, _)| *at <= tokio::time::Instant::now());
+            let job = match due {
+                Some(entry) => {
+                    retry_at.remove(&entry);
+                    Some(entry.1)
+                }
+                None if scheduler.has_ready() => None,
+                None => break,
+            };
+            let Ok(permit) = options.workers.clone().try_acquire_owned() else {
+                if let Some(j) = job {
+                    retry_at.insert((tokio::time::Instant::now(), j));
+                }
+                break;
+            };
+            let job = match job {
+                Some(j) => j,
+                None => match scheduler.next_ready() {
+                    Some(j) => j,
+                    None => break,
+                },
+            };
+            let track = &mut tracks[job];
+            let number = track.next_number;
+            track.next_number += 1;
+            track.counted += 1;
+            track.first_start.get_or_insert_with(Instant::now);
+            let ctx = AttemptSpec {
+                store: store.clone(),
+                plan: plan.clone(),
+                run,
+                round: request.round,
+                job,
+                number,
+                counted: i64::from(track.counted),
+                log_path: job_log_path(&options.state_dir, &plan.pipeline, run, &plan.jobs[job].id),
+                grace: options.shutdown_grace,
+                plugin_dirs: options.plugin_dirs.clone(),
+                cancel: attempt_cancel.clone(),
+                kill_now: kill_now.clone(),
+                events: events.clone(),
+            };
+            let _ = events.send(RunEvent::AttemptStarted {
+                job,
+                attempt: number,
+            });
+            running += 1;
+            attempts.spawn(async move { (run_attempt(ctx).await, permit) });
+        }
+
+        if running == 0 {
+            if halted.is_some() {
+                // Retries still waiting will not happen.
+                for (_, job) in std::mem::take(&mut retry_at) {
+                    finish_job(
+                        store,
+                        &plan,
+                        run,
+                        job,
+                        JobPhase::Cancelled,
+                        Reason::Cancelled,
+                        None,
+                        &events,
+                        &mut run_log,
+                    )
+                    .await
+                    .map_err(store_err)?;
+                    scheduler.finished(job, Outcome::Cancelled);
+                }
+                break;
+            }
+            if retry_at.is_empty() && !scheduler.has_ready() {
+                break;
+            }
+        }
+
+        let next_retry = retry_at.first().map(|(at, _)| *at);
+        let wants_worker = running < max_parallel
+            && halted.is_none()
+            && (scheduler.has_ready()
+                || next_retry.is_some_and(|at| at <= tokio::time::Instant::now()));
+        tokio::select! {
+            biased;
+            Some(joined) = attempts.join_next(), if running > 0 => {
+                running -= 1;
+                let (result, _permit) = match joined {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // An attempt task panicked: a defect, but the run must still end cleanly.
+                        run_log.line(&format!("internal error in an attempt: {e}"));
+                        continue;
+                    }
+                };
+                let job = result.job;
+                let (decision, phase) = settle_attempt(&plan, &mut tracks, &result, halted, &mut rng);
+                let end = attempt_end(&result, &phase);
+                match decision {
+                    Settled::Retry { delay, reason } => {
+                        if let Some(id) = result.attempt_id {
+                            store.attempt_finished(id, &end, None).await.map_err(store_err)?;
+                        }
+                        run_log.line(&format!("{} attempt {} failed ({reason}); retrying in {delay:?}", plan.jobs[job].id, result.number));
+                        let _ = events.send(RunEvent::AttemptFailedWillRetry { job, attempt: result.number, reason, delay });
+                        retry_at.insert((tokio::time::Instant::now() + delay, job));
+                    }
+                    Settled::Final { phase, reason, outcome } => {
+                        let exit_code = result.exit.as_ref().and_then(|e| match e.status {
+                            ExitStatus::Code(c) => Some(c),
+                            ExitStatus::Signal(_) => None,
+                        });
+                        if let Some(id) = result.attempt_id {
+                            store.attempt_finished(id, &end, Some((phase, Some(reason)))).await.map_err(store_err)?;
+                        } else {
+                            store.set_job(run, &plan.jobs[job].id, phase, Some(reason), None).await.map_err(store_err)?;
+                        }
+                        run_log.line(&format!("{} {phase} ({reason})", plan.jobs[job].id));
+                        let _ = events.send(RunEvent::JobFinished { job, phase, reason, exit_code });
+                        if outcome.counts_as_run_failure() {
+                            any_failed = true;
+                        }
+                        let decisions = scheduler.finished(job, outcome.scheduler());
+                        record_decisions(store, &plan, run, &decisions, &events, &mut run_log).await.map_err(store_err)?;
+                    }
+                }
+            }
+            _ = sleep_until_opt(next_retry), if next_retry.is_some() && halted.is_none() => {}
+            _ = wait_for_worker(&options.workers), if wants_worker && options.workers.available_permits() == 0 => {}
+            _ = sleep_until_opt(deadline), if deadline.is_some() && halted.is_none() => {
+                halted = Some(Halt::RunTimeout);
+                run_log.line("run timeout: stopping running jobs, skipping the rest");
+                let decisions = scheduler.halt_with(Reason::RunTimeout);
+                record_decisions(store, &plan, run, &decisions, &events, &mut run_log).await.map_err(store_err)?;
+                attempt_cancel.cancel();
+            }
+            _ = cancel.cancelled(), if halted.is_none() => {
+                halted = Some(Halt::Cancelled);
+                run_log.line("cancelled: stopping running jobs, skipping the rest");
+                let decisions = scheduler.halt_with(Reason::Cancelled);
+                record_decisions(store, &plan, run, &decisions, &events, &mut run_log).await.map_err(store_err)?;
+                attempt_cancel.cancel();
+            }
+        }
+    }
+
+    let (phase, reason) = match halted {
+        Some(Halt::Cancelled) => (RunPhase::Cancelled, Reason::Cancelled),
+        Some(Halt::RunTimeout) => (RunPhase::Failed, Reason::RunTimeout),
+        None if any_failed => (RunPhase::Failed, Reason::JobsFailed),
+        None => (RunPhase::Succeeded, Reason::AllSucceeded),
+    };
+    store
+        .finish_run(run, phase, Some(reason))
+        .await
+        .map_err(store_err)?;
+    run_log.line(&format!("run {run} {phase} ({reason})"));
+    Ok(RunReport {
+        run_id: run,
+        phase,
+        reason,
+    })
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when a worker permit is free again (without taking it: the start loop takes it).
+async fn wait_for_worker(workers: &Arc<Semaphore>) {
+    if let Ok(permit) = workers.acquire().await {
+        drop(permit);
+    }
+}
+
+/// What the loop does after an attempt.
+enum Settled {
+    Retry {
+        delay: Duration,
+        reason: Reason,
+    },
+    Final {
+        phase: JobPhase,
+        reason: Reason,
+        outcome: FinalOutcome,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FinalOutcome {
+    Succeeded,
+    Failed { ignored: bool },
+    Cancelled,
+}
+
+impl FinalOutcome {
+    fn scheduler(self) -> Outcome {
+        match self {
+            FinalOutcome::Succeeded => Outcome::Succeeded,
+            FinalOutcome::Failed { ignored } => Outcome::Failed { ignored },
+            FinalOutcome::Cancelled => Outcome::Cancelled,
+        }
+    }
+
+    fn counts_as_run_failure(self) -> bool {
+        matches!(self, FinalOutcome::Failed { ignored: false })
+    }
+}
+
+fn settle_attempt(
+    plan: &Plan,
+    tracks: &mut [JobTrack],
+    result: &AttemptResult,
+    halted: Option<Halt>,
+    rng: &mut impl Rng,
+) -> (Settled, JobPhase) {
+    let job = &plan.jobs[result.job];
+    let track = &tracks[result.job];
+    match &result.outcome {
+        AttemptOutcome::Succeeded => (
+            Settled::Final {
+                phase: JobPhase::Succeeded,
+                reason: Reason::Completed,
+                outcome: FinalOutcome::Succeeded,
+            },
+            JobPhase::Succeeded,
+        ),
+        AttemptOutcome::Stopped => match halted {
+            Some(Halt::RunTimeout) => (
+                Settled::Final {
+                    phase: JobPhase::Failed,
+                    reason: Reason::Timeout,
+                    outcome: FinalOutcome::Failed {
+                        ignored: job.continue_on_error,
+                    },
+                },
+                JobPhase::Failed,
+            ),
+            Some(Halt::Cancelled) | None => (
+                Settled::Final {
+                    phase: JobPhase::Cancelled,
+                    reason: Reason::Cancelled,
+                    outcome: FinalOutcome::Cancelled,
+                },
+                JobPhase::Cancelled,
+            ),
+        },
+        AttemptOutcome::Failed {
+            failure, reason, ..
+        } => {
+            let delay = retry::next_delay(&job.retry, track.counted, rng.random::<f64>());
+            let elapsed = track.first_start.map_or(Duration::ZERO, |t| t.elapsed());
+            if halted.is_none()
+                && retry::should_retry(&job.retry, *failure, track.counted, elapsed, delay)
+            {
+                (
+                    Settled::Retry {
+                        delay,
+                        reason: *reason,
+                    },
+                    JobPhase::Failed,
+                )
+            } else {
+                (
+                    Settled::Final {
+                        phase: JobPhase::Failed,
+                        reason: *reason,
+                        outcome: FinalOutcome::Failed {
+                            ignored: job.continue_on_error,
+                        },
+                    },
+                    JobPhase::Failed,
+                )
+            }
+        }
+    }
+}
+
+fn attempt_end(result: &AttemptResult, phase: &JobPhase) -> AttemptEnd {
+    let (exit_code, signal) = match result.exit.as_ref().map(|e| e.status) {
+        Some(ExitStatus::Code(c)) => (Some(c), None),
+        Some(ExitStatus::Signal(s)) => (None, Some(s)),
+        None => (None, None),
+    };
+    let usage = result.exit.as_ref().map(|e| e.usage).unwrap_or_default();
+    let (reason, message) = match &result.outcome {
+        AttemptOutcome::Succeeded => (Reason::Completed, None),
+        AttemptOutcome::Failed {
+            reason, message, ..
+        } => (*reason, Some(message.clone())),
+        AttemptOutcome::Stopped => (Reason::Cancelled, None),
+    };
+    AttemptEnd {
+        phase: *phase,
+        reason: Some(reason),
+        exit_code,
+        signal,
+        user_time: usage.user,
+        system_time: usage.system,
+        max_rss_kib: usage.max_rss_kib,
+        message: message.or_else(|| result.spawn_error.clone()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish_job(
+    store: &Store,
+    plan: &Plan,
+    run: RunId,
+    job: usize,
+    phase: JobPhase,
+    reason: Reason,
+    exit_code: Option<i32>,
+    events: &mpsc::UnboundedSender<RunEvent>,
+    run_log: &mut RunLog,
+) -> Result<(), StoreError> {
+    store
+        .set_job(run, &plan.jobs[job].id, phase, Some(reason), None)
+        .await?;
+    run_log.line(&format!("{} {phase} ({reason})", plan.jobs[job].id));
+    let _ = events.send(RunEvent::JobFinished {
+        job,
+        phase,
+        reason,
+        exit_code,
+    });
+    Ok(())
+}
+
+async fn record_decisions(
+    store: &Store,
+    plan: &Plan,
+    run: RunId,
+    decisions: &[Decision],
+    events: &mpsc::UnboundedSender<RunEvent>,
+    run_log: &mut RunLog,
+) -> Result<(), StoreError> {
+    for Decision::Skipped { job, reason } in decisions {
+        store
+            .set_job(
+                run,
+                &plan.jobs[*job].id,
+                JobPhase::Skipped,
+                Some(*reason),
+                None,
+            )
+            .await?;
+        run_log.line(&format!("{} Skipped ({reason})", plan.jobs[*job].id));
+        let _ = events.send(RunEvent::JobSkipped {
+            job: *job,
+            reason: *reason,
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// One attempt
+
+struct AttemptSpec {
+    store: Store,
+    plan: Arc<Plan>,
+    run: RunId,
+    round: i64,
+    job: usize,
+    number: i64,
+    counted: i64,
+    log_path: PathBuf,
+    grace: Duration,
+    plugin_dirs: Vec<PathBuf>,
+    cancel: CancellationToken,
+    kill_now: CancellationToken,
+    events: mpsc::UnboundedSender<RunEvent>,
+}
+
+async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
+    let mut result = AttemptResult {
+        job: spec.job,
+        attempt_id: None,
+        number: spec.number,
+        outcome: AttemptOutcome::Stopped,
+        exit: None,
+        spawn_error: None,
+    };
+    let fail = |failure, reason, message: String| AttemptOutcome::Failed {
+        failure,
+        reason,
+        message,
+    };
+    let job = &spec.plan.jobs[spec.job];
+
+    // Record before acting: the attempt row is committed before anything runs.
+    match spec
+        .store
+        .attempt_started(spec.run, &job.id, spec.round, spec.number, spec.counted)
+        .await
+    {
+        Ok(id) => result.attempt_id = Some(id),
+        Err(e) => {
+            result.outcome = fail(
+                Failure::Env,
+                Reason::SpawnFailed,
+                format!("cannot record the attempt: {e}"),
+            );
+            return result;
+        }
+    }
+
+    let env = match spec.plan.job_env(spec.job, spec.run, spec.number) {
+        Ok(env) => env,
+        Err(e) => {
+            result.outcome = fail(Failure::Env, Reason::InvalidEnv, e.to_string());
+            return result;
+        }
+    };
+    let cwd = match env::interpolate("workingDir", &job.working_dir, &env) {
+        Ok(dir) => PathBuf::from(dir),
+        Err(e) => {
+            result.outcome = fail(Failure::Env, Reason::InvalidEnv, e.to_string());
+            return result;
+        }
+    };
+    let (log_file, offset) =
+        match open_log(&spec.log_path, &job.id, spec.number, spec.round, spec.run) {
+            Ok(v) => v,
+            Err(e) => {
+                result.outcome = fail(
+                    Failure::Spawn,
+                    Reason::SpawnFailed,
+                    format!("cannot open the log {}: {e}", spec.log_path.display()),
+                );
+                return result;
+            }
+        };
+    let check_ctx = checks::CheckContext {
+        pipeline: &spec.plan.pipeline,
+        run_id: spec.run,
+        job: &job.id,
+        attempt: spec.number,
+        env: &env,
+        cwd: &cwd,
+        log: Some((&spec.log_path, offset)),
+        plugin_dirs: &spec.plugin_dirs,
+        store: &spec.store,
+    };
+
+    // Pre-checks (a `wait` turns one into a sensor, polled until it passes).
+    for check in &job.pre_checks {
+        let verdict = match &check.wait {
+            None => checks::run_check(check, &check_ctx).await,
+            Some(wait) => {
+                let _ = spec
+                    .store
+                    .set_job(
+                        spec.run,
+                        &job.id,
+                        JobPhase::Waiting,
+                        None,
+                        Some("waiting for a pre-check"),
+                    )
+                    .await;
+                let _ = spec.events.send(RunEvent::JobWaiting { job: spec.job });
+                let until = tokio::time::Instant::now() + wait.timeout.as_std();
+                let interval = wait
+                    .interval
+                    .map_or(Duration::from_secs(10), |d| d.as_std());
+                loop {
+                    let v = checks::run_check(check, &check_ctx).await;
+                    if v.passed {
+                        break v;
+                    }
+                    if tokio::time::Instant::now() + interval > until {
+                        result.outcome = fail(
+                            Failure::CheckTimeout,
+                            Reason::CheckTimeout,
+                            format!(
+                                "pre-check still failing after {}: {}",
+                                wait.timeout, v.message
+                            ),
+                        );
+                        return result;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = spec.cancel.cancelled() => return result,
+                    }
+                }
+            }
+        };
+        append_log(
+            &spec.log_path,
+            &format!("pre-check {}: {}", check_name(check), verdict.message),
+        );
+        if !verdict.passed {
+            result.outcome = fail(Failure::PreCheck, Reason::PreCheckFailed, verdict.message);
+            return result;
+        }
+    }
+    if spec.cancel.is_cancelled() {
+        return result;
+    }
+
+    let argv: Vec<String> = match &job.command {
+        Command::Shell(s) => vec!["sh".into(), "-c".into(), s.clone()],
+        Command::Exec(args) => {
+            let mut out = Vec::with_capacity(args.len());
+            for a in args {
+                match env::interpolate("command", a, &env) {
+                    Ok(v) => out.push(v),
+                    Err(e) => {
+                        result.outcome = fail(Failure::Env, Reason::InvalidEnv, e.to_string());
+                        return result;
+                    }
+                }
+            }
+            out
+        }
+    };
+    let Some((program, args)) = argv.split_first() else {
+        result.outcome = fail(Failure::Spawn, Reason::SpawnFailed, "empty command".into());
+        return result;
+    };
+    let spawn_spec = SpawnSpec {
+        program: program.into(),
+        args: args.iter().map(Into::into).collect(),
+        env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        cwd: cwd.clone(),
+        stdin: Stdin::Null,
+        output: Output::File(log_file),
+    };
+    let mut child = match process::spawn(spawn_spec) {
+        Ok(c) => c,
+        Err(e) => {
+            append_log(&spec.log_path, &format!("cannot start: {e}"));
+            result.spawn_error = Some(e.to_string());
+            result.outcome = fail(Failure::Spawn, Reason::SpawnFailed, e.to_string());
+            return result;
+        }
+    };
+    if let Some(id) = result.attempt_id {
+        // Recorded right after the spawn, so recovery can find and stop the group.
+        let _ = spec
+            .store
+            .attempt_spawned(id, child.pid(), child.pgid(), child.start_time())
+            .await;
+    }
+
+    let timeout = job.timeout;
+    let timed_out = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    enum End {
+        Exited(Result<process::Exited, process::ProcessError>),
+        TimedOut,
+        Cancelled,
+    }
+    let end = tokio::select! {
+        r = child.wait() => End::Exited(r),
+        _ = timed_out => End::TimedOut,
+        _ = spec.cancel.cancelled() => End::Cancelled,
+    };
+    let exited = match end {
+        End::Exited(r) => r,
+        End::TimedOut | End::Cancelled => {
+            let stopped = tokio::select! {
+                r = child.stop(spec.grace) => r,
+                _ = spec.kill_now.cancelled() => {
+                    child.kill_group();
+                    child.wait().await
+                }
+            };
+            if matches!(end, End::TimedOut) {
+                let limit = timeout.unwrap_or_default();
+                append_log(
+                    &spec.log_path,
+                    &format!("timed out after {limit:?}; process group stopped"),
+                );
+                result.exit = stopped.ok();
+                result.outcome = fail(
+                    Failure::Timeout,
+                    Reason::Timeout,
+                    format!("timed out after {limit:?}"),
+                );
+            } else {
+                result.exit = stopped.ok();
+                result.outcome = AttemptOutcome::Stopped;
+            }
+            return result;
+        }
+    };
+    let exited = match exited {
+        Ok(e) => e,
+        Err(e) => {
+            result.outcome = fail(Failure::Spawn, Reason::SpawnFailed, e.to_string());
+            return result;
+        }
+    };
+    let status = exited.status;
+    result.exit = Some(exited);
+    match status {
+        ExitStatus::Code(0) => {}
+        ExitStatus::Code(code) => {
+            result.outcome = fail(
+                Failure::ExitCode(code),
+                Reason::ExitCode,
+                format!("exited with code {code}"),
+            );
+            return result;
+        }
+        ExitStatus::Signal(sig) => {
+            result.outcome = fail(
+                Failure::Signal(sig),
+                Reason::Signaled,
+                format!("killed by signal {sig}"),
+            );
+            return result;
+        }
+    }
+
+    for check in &job.post_checks {
+        let verdict = checks::run_check(check, &check_ctx).await;
+        append_log(
+            &spec.log_path,
+            &format!("post-check {}: {}", check_name(check), verdict.message),
+        );
+        if !verdict.passed {
+            result.outcome = fail(Failure::PostCheck, Reason::PostCheckFailed, verdict.message);
+            return result;
+        }
+    }
+    result.outcome = AttemptOutcome::Succeeded;
+    result
+}
+
+fn check_name(check: &crate::spec::Check) -> &'static str {
+    check.kinds().first().map_or("check", |k| k.name())
+}
+
+/// Opens the job's log for appending (0600, never through a symlink), writes this attempt's
+/// marker line, and returns the file with the offset where the attempt's output starts.
+fn open_log(
+    path: &Path,
+    job: &str,
+    number: i64,
+    round: i64,
+    run: RunId,
+) -> std::io::Result<(std::fs::File, u64)> {
+    let mut file = open_private_append(path)?;
+    let now = crate::status::now_rfc3339();
+    writeln!(
+        file,
+        "==> executioner: job {job}, attempt {number} (run {run}, round {round}) started at {now}"
+    )?;
+    let offset = file.metadata()?.len();
+    Ok((file, offset))
+}
+
+fn append_log(path: &Path, text: &str) {
+    if let Ok(mut f) = open_private_append(path) {
+        let _ = writeln!(f, "==> executioner: {text}");
+    }
+}
+
+/// Opens a file for appending with mode 0600, refusing symlinks.
+pub fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Creates a folder (and parents) with mode 0700 for the parts it creates.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// The run's own event log (`run.log`); best effort, never fails the run.
+struct RunLog {
+    file: Option<std::fs::File>,
+}
+
+impl RunLog {
+    fn open(path: &Path) -> Self {
+        Self {
+            file: open_private_append(path).ok(),
+        }
+    }
+
+    fn line(&mut self, text: &str) {
+        if let Some(f) = &mut self.file {
+            let _ = writeln!(f, "{} {text}", crate::status::now_rfc3339());
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! From a validated manifest to what the engine executes: each job's command, environment layers,
+//! working folder, timeout, retry policy, checks and trigger, with pipeline defaults applied.
+//!
+//! Environment values are resolved per attempt (the `EXECUTIONER_*` variables change), from layers
+//! prepared once here. Secrets are read here, once per run, and listed for masking.
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+
+use crate::dag::Dag;
+use crate::env::{self, EnvError};
+use crate::spec::{
+    Check, Command, Duration, EnvValue, InheritEnv, InheritMode, JobSpec, Manifest, RetryPolicy,
+    SecretSource, Trigger,
+};
+
+/// Default attempt timeout when neither the job nor `defaults` sets one (none: jobs may run long).
+pub const NO_RETRY: RetryPolicy = RetryPolicy {
+    limit: 0,
+    delay: Duration::ZERO,
+    factor: None,
+    max_delay: None,
+    jitter: None,
+    on_exit_codes: None,
+    on_timeout: None,
+    deadline: None,
+};
+
+/// One job, ready to execute.
+#[derive(Debug, Clone)]
+pub struct PlannedJob {
+    pub id: String,
+    pub command: Command,
+    pub dependencies: Vec<usize>,
+    pub trigger: Trigger,
+    pub continue_on_error: bool,
+    pub timeout: Option<std::time::Duration>,
+    pub retry: RetryPolicy,
+    pub pre_checks: Vec<Check>,
+    pub post_checks: Vec<Check>,
+    /// Job-level environment layer (templates).
+    pub env: IndexMap<String, String>,
+    /// The job's folder (absolute; may contain `${VAR}` until resolved per attempt).
+    pub working_dir: String,
+}
+
+/// A whole pipeline, ready to execute.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub pipeline: String,
+    pub jobs: Vec<PlannedJob>,
+    pub dag: Dag,
+    pub max_parallel: Option<usize>,
+    pub timeout: Option<std::time::Duration>,
+    pub fail_fast: bool,
+    /// Inherited variables (after `inheritEnv` filtering), the lowest layer.
+    pub inherited: IndexMap<String, String>,
+    /// Pipeline layer (templates; secrets already read).
+    pub pipeline_env: IndexMap<String, String>,
+    /// Command-line layer (`--env`), the highest.
+    pub cli_env: IndexMap<String, String>,
+    /// Values that must never be shown (secrets), for masking.
+    pub secrets: Vec<String>,
+}
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("dependency graph: {0}")]
+    Dag(#[from] crate::dag::DagError),
+    #[error("secret {name}: {message}")]
+    Secret { name: String, message: String },
+}
+
+impl Plan {
+    /// Resolves `manifest` whose file lives in `base_dir`, with the given process environment and
+    /// `--env` values.
+    pub fn new(
+        manifest: &Manifest,
+        base_dir: &Path,
+        process_env: &IndexMap<String, String>,
+        cli_env: IndexMap<String, String>,
+    ) -> Result<Plan, PlanError> {
+        let spec = &manifest.spec;
+        let index: IndexMap<&str, usize> = spec
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.id.as_str(), i))
+            .collect();
+        let deps: Vec<Vec<usize>> = spec
+            .jobs
+            .iter()
+            .map(|j| {
+                j.dependencies
+                    .iter()
+                    .filter_map(|d| index.get(d.as_str()).copied())
+                    .collect()
+            })
+            .collect();
+        let dag = Dag::new(deps.clone())?;
+
+        let inherited = inherited_env(&spec.inherit_env, process_env);
+        let mut secrets = Vec::new();
+        let pipeline_env = layer(&spec.env, process_env, &mut secrets)?;
+        let base_dir = absolute(base_dir);
+        let pipeline_dir = match &spec.working_dir {
+            Some(wd) => join_template(&base_dir, wd),
+            None => base_dir.to_string_lossy().into_owned(),
+        };
+
+        let mut jobs = Vec::with_capacity(spec.jobs.len());
+        for (i, job) in spec.jobs.iter().enumerate() {
+            jobs.push(plan_job(
+                job,
+                deps[i].clone(),
+                manifest,
+                &pipeline_dir,
+                process_env,
+                &mut secrets,
+            )?);
+        }
+        secrets.retain(|s| !s.is_empty());
+        Ok(Plan {
+            pipeline: manifest.metadata.name.to_string(),
+            jobs,
+            dag,
+            max_parallel: spec.max_parallel.map(|m| m as usize),
+            timeout: spec.timeout.map(Duration::as_std),
+            fail_fast: spec.fail_fast,
+            inherited,
+            pipeline_env,
+            cli_env,
+            secrets,
+        })
+    }
+
+    /// The complete environment of one attempt of job `index`.
+    pub fn job_env(
+        &self,
+        index: usize,
+        run_id: i64,
+        attempt: i64,
+    ) -> Result<IndexMap<String, String>, EnvError> {
+        let job = &self.jobs[index];
+        let mut base = self.inherited.clone();
+        base.insert("EXECUTIONER_RUN_ID".into(), run_id.to_string());
+        base.insert("EXECUTIONER_PIPELINE".into(), self.pipeline.clone());
+        base.insert("EXECUTIONER_JOB_ID".into(), job.id.clone());
+        base.insert("EXECUTIONER_ATTEMPT".into(), attempt.to_string());
+        let with_pipeline = env::apply_layer(&base, &self.pipeline_env)?;
+        let with_job = env::apply_layer(&with_pipeline, &job.env)?;
+        let mut full = env::apply_layer(&with_job, &self.cli_env)?;
+        // The run's identity cannot be overridden by a layer.
+        full.insert("EXECUTIONER_RUN_ID".into(), run_id.to_string());
+        full.insert("EXECUTIONER_PIPELINE".into(), self.pipeline.clone());
+        full.insert("EXECUTIONER_JOB_ID".into(), job.id.clone());
+        full.insert("EXECUTIONER_ATTEMPT".into(), attempt.to_string());
+        Ok(full)
+    }
+
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.jobs.iter().position(|j| j.id == id)
+    }
+}
+
+fn plan_job(
+    job: &JobSpec,
+    deps: Vec<usize>,
+    manifest: &Manifest,
+    pipeline_dir: &str,
+    process_env: &IndexMap<String, String>,
+    secrets: &mut Vec<String>,
+) -> Result<PlannedJob, PlanError> {
+    let defaults = &manifest.spec.defaults;
+    let working_dir = match &job.working_dir {
+        Some(wd) => join_template(Path::new(pipeline_dir), wd),
+        None => pipeline_dir.to_owned(),
+    };
+    Ok(PlannedJob {
+        id: job.id.to_string(),
+        command: job.command.clone(),
+        dependencies: deps,
+        trigger: job.trigger.or(defaults.trigger).unwrap_or_default(),
+        continue_on_error: job
+            .continue_on_error
+            .or(defaults.continue_on_error)
+            .unwrap_or(false),
+        timeout: job.timeout.or(defaults.timeout).map(Duration::as_std),
+        retry: job
+            .retry
+            .clone()
+            .or_else(|| defaults.retry.clone())
+            .unwrap_or(NO_RETRY),
+        pre_checks: job
+            .pre_checks
+            .clone()
+            .or_else(|| defaults.pre_checks.clone())
+            .unwrap_or_default(),
+        post_checks: job
+            .post_checks
+            .clone()
+            .or_else(|| defaults.post_checks.clone())
+            .unwrap_or_default(),
+        env: layer(&job.env, process_env, secrets)?,
+        working_dir,
+    })
+}
+
+/// A layer's templates; secrets are read now, escaped (`$` -> `$$`) so that they are taken as
+/// written, and remembered for masking.
+fn layer(
+    values: &IndexMap<String, EnvValue>,
+    process_env: &IndexMap<String, String>,
+    secrets: &mut Vec<String>,
+) -> Result<IndexMap<String, String>, PlanError> {
+    let mut out = IndexMap::with_capacity(values.len());
+    for (name, value) in values {
+        let text = match value {
+            EnvValue::Plain(v) => v.to_text(),
+            EnvValue::Secret(source) => {
+                let secret = read_secret(name, source, process_env)?;
+                secrets.push(secret.clone());
+                secret.replace('$', "$$")
+            }
+        };
+        out.insert(name.clone(), text);
+    }
+    Ok(out)
+}
+
+fn read_secret(
+    name: &str,
+    source: &SecretSource,
+    process_env: &IndexMap<String, String>,
+) -> Result<String, PlanError> {
+    match source {
+        SecretSource::FromEnv(var) => {
+            process_env
+                .get(var)
+                .cloned()
+                .ok_or_else(|| PlanError::Secret {
+                    name: name.to_owned(),
+                    message: format!("environment variable {var} is not set"),
+                })
+        }
+        SecretSource::FromFile(path) => std::fs::read_to_string(path)
+            .map(|s| s.strip_suffix('\n').unwrap_or(&s).to_owned())
+            .map_err(|e| PlanError::Secret {
+                name: name.to_owned(),
+                message: format!("cannot read {path}: {e}"),
+            }),
+    }
+}
+
+/// The inherited layer, per `inheritEnv`.
+pub fn inherited_env(
+    mode: &InheritEnv,
+    process_env: &IndexMap<String, String>,
+) -> IndexMap<String, String> {
+    match mode {
+        InheritEnv::Mode(InheritMode::All) => process_env.clone(),
+        InheritEnv::Mode(InheritMode::None) => IndexMap::new(),
+        InheritEnv::Mode(InheritMode::Minimal) => env::MINIMAL_INHERITED
+            .iter()
+            .filter_map(|n| process_env.get(*n).map(|v| ((*n).to_owned(), v.clone())))
+            .collect(),
+        InheritEnv::Names(names) => names
+            .iter()
+            .filter_map(|n| process_env.get(n).map(|v| (n.clone(), v.clone())))
+            .collect(),
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(path))
+            .unwrap_or_else(|_| path.to_owned())
+    }
+}
+
+/// Joins a possibly relative, possibly templated folder onto `base` (absolute templates stay).
+fn join_template(base: &Path, dir: &str) -> String {
+    if dir.starts_with('/') || dir.starts_with("${") {
+        dir.to_owned()
+    } else {
+        base.join(dir).to_string_lossy().into_owned()
+    }
+}
+
+/// The pipeline's canonical spec (for hashing and pinning): stable JSON of `spec`.
+pub fn canonical_spec(manifest: &Manifest) -> String {
+    serde_json::to_string(&manifest.spec).unwrap_or_default()
+}
+
+/// Hex SHA-256 of the canonical spec.
+pub fn spec_hash(manifest: &Manifest) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(canonical_spec(manifest).as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,549 @@
+//! Supervision of one child process: start it in its own process group with exactly the
+//! environment, working directory, stdin and output it is given; reap it with the kernel's
+//! accounting (exit status, CPU time, peak memory); stop it (SIGTERM to the group, a grace period,
+//! SIGKILL). It also answers crash recovery's question "is this recorded pid still that process?".
+//!
+//! It knows nothing of pipelines, jobs, retries, timeouts, specs or the store: callers decide when
+//! to stop a child and what its outcome means.
+//!
+//! Choices worth knowing:
+//! - Every child leads a new process group (pgid == pid), so stopping it reaches everything it
+//!   started, however deep, unless a descendant deliberately left the group (`setsid`, `setpgid`).
+//! - Reaping is per child: a pidfd (`pidfd_open`) watched by tokio, then `wait4` on that one pid,
+//!   which also yields its rusage. There is no SIGCHLD handler and no `wait(-1)`, so other code in
+//!   the process may spawn and reap its own children; `tokio::process` is not used because it
+//!   reaps on its own and does not report rusage.
+//! - When the leader exits, the rest of its group is SIGKILLed: a job is over when its command is,
+//!   so background grandchildren (`sleep 100 &`) never outlive it. The group is signalled *before*
+//!   the leader is reaped: an unreaped leader keeps its pid, hence the group id, from being reused,
+//!   so the signal can never hit an unrelated group. For the same reason nothing is ever signalled
+//!   after the leader has been reaped.
+//! - [`Output::File`] hands the file itself to the child as stdout and stderr: the kernel writes,
+//!   nothing is copied through us, so output is complete and memory flat at any volume.
+//!   [`Output::Capture`] (for small check commands) reads both into memory, keeping the first
+//!   [`CAPTURE_LIMIT`] bytes; once the leader has exited the pipe is drained for at most
+//!   [`CAPTURE_DRAIN`], since a descendant that escaped the group could hold it open forever.
+//! - Dropping a [`Child`] that was not reaped SIGKILLs its group and reaps it on a detached task
+//!   of the runtime it was spawned on (the one task without an owner: it ends when the kernel
+//!   reports the exit, which SIGKILL makes prompt).
+
+mod lookup;
+mod sys;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::{Pid, getpgrp};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// At most this many bytes of [`Output::Capture`] output are kept; the rest is read and dropped.
+pub const CAPTURE_LIMIT: usize = 1024 * 1024;
+
+/// How long captured output is still read after the leader has exited.
+pub const CAPTURE_DRAIN: Duration = Duration::from_secs(1);
+
+/// What the child reads on its standard input.
+pub enum Stdin {
+    /// `/dev/null`.
+    Null,
+    /// These bytes, written by a task, then end of file. A child that stops reading early is not
+    /// an error.
+    Bytes(Vec<u8>),
+}
+
+impl fmt::Debug for Stdin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stdin::Null => f.write_str("Null"),
+            Stdin::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+        }
+    }
+}
+
+/// Where the child's stdout and stderr go (both to the same place, interleaved as written).
+#[derive(Debug)]
+pub enum Output {
+    /// Straight into this file (open it in append mode): the child writes to it directly.
+    File(File),
+    /// `/dev/null`.
+    Null,
+    /// Into memory, at most [`CAPTURE_LIMIT`] bytes; returned in [`Exited::captured`].
+    Capture,
+}
+
+/// Everything needed to start one child.
+#[derive(Debug)]
+pub struct SpawnSpec {
+    /// A path (with a slash: relative to `cwd`) or a name looked up in the `PATH` of `env`.
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    /// The complete environment: the child gets exactly this, nothing inherited.
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub stdin: Stdin,
+    pub output: Output,
+}
+
+/// How the leader ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitStatus::Code(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signal(number) => match Signal::try_from(number) {
+                Ok(signal) => write!(f, "killed by {signal}"),
+                Err(_) => write!(f, "killed by signal {number}"),
+            },
+        }
+    }
+}
+
+/// The kernel's accounting for the leader and the descendants it waited for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub user: Duration,
+    pub system: Duration,
+    pub max_rss_kib: u64,
+}
+
+/// A reaped child.
+#[derive(Debug, Clone)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub usage: Usage,
+    /// The captured output with [`Output::Capture`], else `None`.
+    pub captured: Option<Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("waiting for pid {pid}: {source}")]
+    Wait { pid: i32, source: std::io::Error },
+}
+
+/// A running (or exited, not yet reaped) child, leader of its own process group.
+#[derive(Debug)]
+pub struct Child {
+    pid: i32,
+    start_time: Option<u64>,
+    pidfd: AsyncFd<sys::PidFd>,
+    /// The runtime whose reactor `pidfd` is registered with, for reaping on drop.
+    runtime: Handle,
+    state: State,
+    stdin_writer: Option<JoinHandle<()>>,
+    capture: Option<Capture>,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Not reaped: the pid and the group id are still ours.
+    Running,
+    /// Reaped; captured output may still be draining.
+    Reaped {
+        status: ExitStatus,
+        usage: Usage,
+        drain_until: Instant,
+    },
+    Finished(Exited),
+}
+
+/// The task reading [`Output::Capture`] output, and how to tell it to stop.
+#[derive(Debug)]
+struct Capture {
+    reader: JoinHandle<Vec<u8>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Capture {
+    /// The captured bytes once the pipe is closed, or whatever was read by `drain_until`.
+    /// Cancel-safe.
+    async fn collect(&mut self, drain_until: Instant) -> Vec<u8> {
+        if let Ok(result) = tokio::time::timeout_at(drain_until, &mut self.reader).await {
+            return result.unwrap_or_default();
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.reader).await.unwrap_or_default()
+    }
+}
+
+impl Child {
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Equal to [`Child::pid`]: the child leads its own group.
+    pub fn pgid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Field 22 of `/proc/PID/stat` (clock ticks since boot), read right after spawn; with the pid
+    /// it identifies the process across pid reuse (see [`is_same_process`]).
+    pub fn start_time(&self) -> Option<u64> {
+        self.start_time
+    }
+
+    /// Waits for the leader to exit, SIGKILLs what is left of its group, reaps the leader and
+    /// returns its exit. Cancel-safe; once it has returned `Ok` it returns the same again.
+    pub async fn wait(&mut self) -> Result<Exited, ProcessError> {
+        loop {
+            match &self.state {
+                State::Finished(exited) => return Ok(exited.clone()),
+                State::Running => {
+                    let (status, usage) = self.reap().await?;
+                    self.state = State::Reaped {
+                        status,
+                        usage,
+                        drain_until: Instant::now() + CAPTURE_DRAIN,
+                    };
+                    if let Some(writer) = self.stdin_writer.take() {
+                        writer.abort();
+                    }
+                }
+                &State::Reaped {
+                    status,
+                    usage,
+                    drain_until,
+                } => {
+                    let captured = match &mut self.capture {
+                        Some(capture) => Some(capture.collect(drain_until).await),
+                        None => None,
+                    };
+                    self.capture = None;
+                    self.state = State::Finished(Exited {
+                        status,
+                        usage,
+                        captured,
+                    });
+                }
+            }
+        }
+    }
+
+    /// SIGTERM (and SIGCONT, so a stopped group can act on it) to the whole group, wait up to
+    /// `grace` for the leader to exit, then SIGKILL the group; returns the exit. A leader that has
+    /// already exited is just reaped. Either way no member of the group is left.
+    pub async fn stop(&mut self, grace: Duration) -> Result<Exited, ProcessError> {
+        // If the leader cannot be asked about (only if someone else reaped it), signal nothing:
+        // its group id may be another's by now; `wait` reports the error.
+        if matches!(self.state, State::Running) && !self.leader_exited().unwrap_or(true) {
+            self.signal_group(Signal::SIGTERM);
+            self.signal_group(Signal::SIGCONT);
+            if let Ok(result) = tokio::time::timeout(grace, self.wait()).await {
+                return result;
+            }
+            self.signal_group(Signal::SIGKILL);
+        }
+        self.wait().await
+    }
+
+    /// SIGKILL to the whole group now; a no-op once the leader has been reaped.
+    pub fn kill_group(&self) {
+        self.signal_group(Signal::SIGKILL);
+    }
+
+    /// Signals the group unless the leader has been reaped (its id could then belong to another
+    /// group). Failures are ignored: ESRCH means nobody is left, and there is no other to expect.
+    fn signal_group(&self, signal: Signal) {
+        if matches!(self.state, State::Running) {
+            let _ = killpg(Pid::from_raw(self.pid), signal);
+        }
+    }
+
+    /// Whether the leader has exited (asking does not reap it).
+    fn leader_exited(&self) -> io::Result<bool> {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::PIDFd(self.pidfd.get_ref().as_fd()), flags) {
+            Ok(WaitStatus::StillAlive) => Ok(false),
+            Ok(_) => Ok(true),
+            Err(errno) => Err(io::Error::from(errno)),
+        }
+    }
+
+    async fn reap(&self) -> Result<(ExitStatus, Usage), ProcessError> {
+        loop {
+            let mut ready = self
+                .pidfd
+                .readable()
+                .await
+                .map_err(|source| self.wait_error(source))?;
+            if !self
+                .leader_exited()
+                .map_err(|source| self.wait_error(source))?
+            {
+                ready.clear_ready();
+                continue;
+            }
+            // Still unreaped, so the group id cannot have been reused: safe to signal.
+            self.signal_group(Signal::SIGKILL);
+            match sys::wait4_nohang(self.pid).map_err(|source| self.wait_error(source))? {
+                Some((status, rusage)) => {
+                    return Ok((self.exit_status(status)?, usage_of(&rusage)));
+                }
+                None => ready.clear_ready(),
+            }
+        }
+    }
+
+    fn exit_status(&self, raw: libc::c_int) -> Result<ExitStatus, ProcessError> {
+        if libc::WIFEXITED(raw) {
+            Ok(ExitStatus::Code(libc::WEXITSTATUS(raw)))
+        } else if libc::WIFSIGNALED(raw) {
+            Ok(ExitStatus::Signal(libc::WTERMSIG(raw)))
+        } else {
+            Err(self.wait_error(io::Error::other(format!("unexpected wait status {raw:#x}"))))
+        }
+    }
+
+    fn wait_error(&self, source: io::Error) -> ProcessError {
+        ProcessError::Wait {
+            pid: self.pid,
+            source,
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(writer) = self.stdin_writer.take() {
+            writer.abort();
+        }
+        if let Some(capture) = self.capture.take() {
+            capture.reader.abort();
+        }
+        if !matches!(self.state, State::Running) {
+            return;
+        }
+        self.kill_group();
+        if !matches!(sys::wait4_nohang(self.pid), Ok(None)) {
+            return;
+        }
+        let Ok(pidfd) = self.pidfd.get_ref().try_clone() else {
+            return;
+        };
+        let pid = self.pid;
+        self.runtime.spawn(async move {
+            let Ok(pidfd) = pidfd.watch() else {
+                return;
+            };
+            while let Ok(mut ready) = pidfd.readable().await {
+                match sys::wait4_nohang(pid) {
+                    Ok(None) => ready.clear_ready(),
+                    Ok(Some(_)) | Err(_) => return,
+                }
+            }
+        });
+    }
+}
+
+/// Starts `spec` as the leader of a new process group. Must be called inside a tokio runtime with
+/// I/O enabled.
+pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
+    let program = spec.program.to_string_lossy().into_owned();
+    let spawn_error = |source| ProcessError::Spawn {
+        program: program.clone(),
+        source,
+    };
+    let runtime = Handle::try_current().map_err(|_| {
+        spawn_error(io::Error::other(
+            "process::spawn must be called inside a tokio runtime",
+        ))
+    })?;
+    let cwd = std::path::absolute(&spec.cwd).map_err(spawn_error)?;
+    if !cwd.is_dir() {
+        return Err(spawn_error(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("working directory {} does not exist", cwd.display()),
+        )));
+    }
+    let path = lookup::resolve(&spec.program, &spec.env, &cwd).map_err(spawn_error)?;
+
+    let (stdout, stderr, capture_pipe) = match spec.output {
+        Output::File(file) => {
+            let stdout = file.try_clone().map_err(spawn_error)?;
+            (Stdio::from(stdout), Stdio::from(file), None)
+        }
+        Output::Null => (Stdio::null(), Stdio::null(), None),
+        Output::Capture => {
+            let (reader, writer) = io::pipe().map_err(spawn_error)?;
+            let stderr = writer.try_clone().map_err(spawn_error)?;
+            (Stdio::from(writer), Stdio::from(stderr), Some(reader))
+        }
+    };
+    let stdin_bytes = match spec.stdin {
+        Stdin::Null => None,
+        Stdin::Bytes(bytes) => Some(bytes),
+    };
+
+    // The Command is a temporary: it holds our copies of the pipes' write ends, which must be
+    // closed as soon as the child has its own, or the capture would never see end of file.
+    let mut child = Command::new(&path)
+        .arg0(&spec.program)
+        .args(&spec.args)
+        .env_clear()
+        .envs(spec.env)
+        .current_dir(&cwd)
+        .process_group(0)
+        .stdin(if stdin_bytes.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .map_err(spawn_error)?;
+    let Ok(pid) = i32::try_from(child.id()) else {
+        return Err(spawn_error(io::Error::other("pid out of range")));
+    };
+    let pidfd = sys::PidFd::open(pid)
+        .and_then(sys::PidFd::watch)
+        .map_err(|source| {
+            // Without a pidfd the child cannot be supervised: do not leave it running.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = child.wait();
+            spawn_error(source)
+        })?;
+    let start_time = read_start_time(pid);
+
+    let stdin_writer = match (child.stdin.take(), stdin_bytes) {
+        (Some(stdin), Some(bytes)) if !bytes.is_empty() => {
+            let sender = pipe::Sender::from_owned_fd(OwnedFd::from(stdin));
+            sender
+                .ok()
+                .map(|sender| runtime.spawn(write_stdin(sender, bytes)))
+        }
+        _ => None,
+    };
+    let capture = match capture_pipe {
+        Some(reader) => {
+            let receiver =
+                pipe::Receiver::from_owned_fd(OwnedFd::from(reader)).map_err(spawn_error);
+            let receiver = match receiver {
+                Ok(receiver) => receiver,
+                Err(error) => {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ = child.wait();
+                    return Err(error);
+                }
+            };
+            let (stop, stopped) = oneshot::channel();
+            Some(Capture {
+                reader: runtime.spawn(read_capped(receiver, stopped)),
+                stop: Some(stop),
+            })
+        }
+        None => None,
+    };
+    // Dropping std's Child neither waits nor signals: the pidfd takes over from here.
+    drop(child);
+    Ok(Child {
+        pid,
+        start_time,
+        pidfd,
+        runtime,
+        state: State::Running,
+        stdin_writer,
+        capture,
+    })
+}
+
+async fn write_stdin(mut sender: pipe::Sender, bytes: Vec<u8>) {
+    // A child that exits or closes stdin before reading everything is its own business (EPIPE).
+    let _ = sender.write_all(&bytes).await;
+}
+
+async fn read_capped(mut receiver: pipe::Receiver, mut stop: oneshot::Receiver<()>) -> Vec<u8> {
+    let mut captured = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            read = receiver.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let room = CAPTURE_LIMIT.saturating_sub(captured.len());
+                    captured.extend_from_slice(&chunk[..n.min(room)]);
+                }
+            },
+        }
+    }
+    captured
+}
+
+fn usage_of(rusage: &libc::rusage) -> Usage {
+    let duration = |tv: libc::timeval| {
+        let secs = u64::try_from(tv.tv_sec).unwrap_or(0);
+        let micros = u32::try_from(tv.tv_usec).unwrap_or(0);
+        Duration::new(secs, 0) + Duration::from_micros(u64::from(micros))
+    };
+    Usage {
+        user: duration(rusage.ru_utime),
+        system: duration(rusage.ru_stime),
+        max_rss_kib: u64::try_from(rusage.ru_maxrss).unwrap_or(0),
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot. `None` if
+/// there is no such process.
+pub fn read_start_time(pid: i32) -> Option<u64> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may itself contain spaces or ')'.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // Field 3 (the state) is the first after the name, so field 22 is the 20th.
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a process with this pid exists (running or not yet reaped) and started at
+/// `start_time`, so a reused pid is never mistaken for the recorded process.
+pub fn is_same_process(pid: i32, start_time: u64) -> bool {
+    read_start_time(pid) == Some(start_time)
+}
+
+/// SIGKILLs a process group left over by a dead executioner if its leader is still the recorded
+/// process (see [`is_same_process`]); returns whether it signalled. Never signals our own group.
+pub fn kill_leftover_group(pgid: i32, start_time: u64) -> bool {
+    if pgid <= 1 || pgid == getpgrp().as_raw() || !is_same_process(pgid, start_time) {
+        return false;
+    }
+    killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,134 @@
+//! The schema, as an ordered list of SQL scripts, and the runner that applies the missing ones.
+//!
+//! A script is never edited once it has landed: a change is a new script at the end. The version of a
+//! database is the number of scripts applied to it, kept in `PRAGMA user_version` (in the file header,
+//! so it is readable before anything else is trusted). Each script runs in its own `BEGIN IMMEDIATE`
+//! transaction together with the version bump, so concurrent openers apply it exactly once.
+
+use std::path::Path;
+
+use sqlx::{AssertSqlSafe, Connection, Row, SqliteConnection};
+
+use super::{StoreError, sql_error};
+
+/// Migration `i` (0-based) takes a database from version `i` to `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: runs, jobs, attempts, events.
+    r#"
+CREATE TABLE runs (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline         TEXT    NOT NULL,
+    generation       INTEGER NOT NULL,
+    spec_json        TEXT    NOT NULL,
+    spec_hash        TEXT    NOT NULL,
+    phase            TEXT    NOT NULL,
+    reason           TEXT,
+    rounds           INTEGER NOT NULL,
+    owner_pid        INTEGER,
+    owner_host       TEXT,
+    owner_start_time INTEGER,
+    created_at       TEXT    NOT NULL,
+    started_at       TEXT,
+    finished_at      TEXT
+);
+CREATE INDEX runs_pipeline_id ON runs (pipeline, id);
+CREATE INDEX runs_running ON runs (id) WHERE phase = 'Running';
+
+CREATE TABLE jobs (
+    run_id      INTEGER NOT NULL REFERENCES runs (id),
+    job_id      TEXT    NOT NULL,
+    position    INTEGER NOT NULL,
+    phase       TEXT    NOT NULL,
+    reason      TEXT,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    lost        INTEGER NOT NULL DEFAULT 0,
+    exit_code   INTEGER,
+    started_at  TEXT,
+    finished_at TEXT,
+    log_path    TEXT    NOT NULL,
+    message     TEXT,
+    PRIMARY KEY (run_id, job_id)
+);
+
+CREATE TABLE attempts (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id             INTEGER NOT NULL,
+    job_id             TEXT    NOT NULL,
+    round              INTEGER NOT NULL,
+    number             INTEGER NOT NULL,
+    phase              TEXT    NOT NULL,
+    reason             TEXT,
+    pid                INTEGER,
+    pgid               INTEGER,
+    process_start_time INTEGER,
+    exit_code          INTEGER,
+    signal             INTEGER,
+    started_at         TEXT    NOT NULL,
+    finished_at        TEXT,
+    user_time_us       INTEGER,
+    system_time_us     INTEGER,
+    max_rss_kib        INTEGER,
+    message            TEXT,
+    FOREIGN KEY (run_id, job_id) REFERENCES jobs (run_id, job_id)
+);
+CREATE INDEX attempts_run_job ON attempts (run_id, job_id);
+
+CREATE TABLE events (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    job_id TEXT,
+    kind   TEXT    NOT NULL,
+    reason TEXT,
+    actor  TEXT,
+    at     TEXT    NOT NULL,
+    detail TEXT
+);
+CREATE INDEX events_run ON events (run_id, id);
+"#,
+];
+
+/// The schema version this build writes and understands.
+pub(super) const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Applies every missing migration, one transaction each. A database newer than this build is left
+/// untouched and reported.
+pub(super) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
+    loop {
+        let context = "migrating the schema";
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(sql_error(path, context))?;
+        let found: i64 = sqlx::query("PRAGMA user_version")
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(sql_error(path, context))?;
+        if found > LATEST {
+            return Err(StoreError::NewerSchema {
+                path: path.to_owned(),
+                found,
+                supported: LATEST,
+            });
+        }
+        let Ok(index) = usize::try_from(found) else {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: format!("negative schema version {found}"),
+            });
+        };
+        let Some(script) = MIGRATIONS.get(index) else {
+            return Ok(());
+        };
+        sqlx::raw_sql(*script)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_error(path, context))?;
+        // PRAGMA takes no bound parameters; the value is an integer we computed.
+        sqlx::query(AssertSqlSafe(format!("PRAGMA user_version = {}", found + 1)))
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_error(path, context))?;
+        tx.commit().await.map_err(sql_error(path, context))?;
+    }
+}

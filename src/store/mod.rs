@@ -1,0 +1,1001 @@
+//! The state database: runs, their jobs, every attempt, and the audit events, in SQLite. This is the
+//! only module with SQL. It records what the engine tells it, in the order it is told, and decides
+//! nothing: which transition is allowed, when to retry and what a lost job means belong to the
+//! engine and the scheduler.
+//!
+//! Writes that touch several rows run in one `BEGIN IMMEDIATE` transaction (the write lock is taken
+//! up front, so concurrent processes wait on the busy timeout instead of failing with "database is
+//! locked"). SQL text is constant so sqlx's per-connection statement cache keeps it prepared. Times
+//! are stored as RFC 3339 UTC strings with milliseconds.
+
+mod migrations;
+mod open;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteRow};
+use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use tokio::sync::{Mutex, MutexGuard};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::status::{JobPhase, Reason, RunPhase};
+
+/// The database file inside the state folder.
+pub const DB_FILE: &str = "executioner.db";
+
+pub type RunId = i64;
+pub type AttemptId = i64;
+
+/// How hard a commit tries to survive a power loss (config `durability`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous=NORMAL`: a killed process loses nothing committed; a power loss may roll back
+    /// the last commits.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is synced to disk.
+    Full,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot access {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state database {} is corrupt: {detail}", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "state database {} has schema version {found}; this executioner supports up to {supported}",
+        path.display()
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("unsafe state at {}: {detail}", path.display())]
+    Unsafe { path: PathBuf, detail: String },
+    #[error("state database failed while {context}")]
+    Sql {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("{what} not found")]
+    NotFound { what: String },
+}
+
+impl StoreError {
+    /// The database cannot be used by this build and must not be touched (exit code 3).
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            StoreError::Corrupt { .. } | StoreError::NewerSchema { .. } => true,
+            StoreError::Io { .. }
+            | StoreError::Unsafe { .. }
+            | StoreError::Sql { .. }
+            | StoreError::NotFound { .. } => false,
+        }
+    }
+}
+
+/// The process that drives a run (so recovery can tell a live owner from a dead one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub host: String,
+    /// The process's start time as the OS reports it, to tell a reused pid apart.
+    pub start_time: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct NewRun<'a> {
+    pub pipeline: &'a str,
+    pub generation: i64,
+    pub spec_json: &'a str,
+    pub spec_hash: &'a str,
+    /// In declaration order, which becomes each job's `position`.
+    pub jobs: &'a [NewJob<'a>],
+    pub owner: &'a Owner,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct NewJob<'a> {
+    pub id: &'a str,
+    pub log_path: &'a str,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptEnd {
+    /// Succeeded, Failed, Cancelled or Lost.
+    pub phase: JobPhase,
+    pub reason: Option<Reason>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub user_time: Duration,
+    pub system_time: Duration,
+    pub max_rss_kib: u64,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    pub id: RunId,
+    pub pipeline: String,
+    pub generation: i64,
+    pub spec_json: String,
+    pub spec_hash: String,
+    pub phase: RunPhase,
+    pub reason: Option<Reason>,
+    /// 1 for the first round, +1 per resume.
+    pub rounds: i64,
+    pub owner_pid: Option<i64>,
+    pub owner_host: Option<String>,
+    pub owner_start_time: Option<i64>,
+    pub created_at: OffsetDateTime,
+    pub started_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRow {
+    pub run_id: RunId,
+    pub job_id: String,
+    pub position: i64,
+    pub phase: JobPhase,
+    pub reason: Option<Reason>,
+    /// Attempts counted against `retry.limit` in the current round.
+    pub attempts: i64,
+    /// Times the job was lost with its executioner.
+    pub lost: i64,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+    pub log_path: String,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRow {
+    pub id: AttemptId,
+    pub run_id: RunId,
+    pub job_id: String,
+    pub round: i64,
+    /// 1-based across the run.
+    pub number: i64,
+    /// Running, Succeeded, Failed, Cancelled or Lost.
+    pub phase: JobPhase,
+    pub reason: Option<Reason>,
+    pub pid: Option<i64>,
+    pub pgid: Option<i64>,
+    pub process_start_time: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub started_at: OffsetDateTime,
+    pub finished_at: Option<OffsetDateTime>,
+    pub user_time_us: Option<i64>,
+    pub system_time_us: Option<i64>,
+    pub max_rss_kib: Option<i64>,
+    pub message: Option<String>,
+}
+
+/// One audit log entry, such as a mark-success with its reason and user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub id: i64,
+    pub run_id: RunId,
+    pub job_id: Option<String>,
+    pub kind: String,
+    pub reason: Option<String>,
+    pub actor: Option<String>,
+    pub at: OffsetDateTime,
+    /// JSON, e.g. `{"previousPhase":"Failed"}`.
+    pub detail: Option<String>,
+}
+
+/// The event kind recorded by [`Store::mark_success`].
+pub const EVENT_MARKED_SUCCESS: &str = "MarkedSuccess";
+
+/// A handle on the state database; cheap to clone (the connections are shared).
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// Readers: in WAL mode they never wait for a writer.
+    pool: SqlitePool,
+    /// The one connection this process writes through. SQLite admits one writer at a time anyway,
+    /// and a dedicated connection spares the engine's per-attempt writes the pool's acquire and
+    /// release round trips.
+    writer: Arc<Mutex<WriterSlot>>,
+    path: Arc<Path>,
+}
+
+macro_rules! select_runs {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, pipeline, generation, spec_json, spec_hash, phase, reason, rounds, ",
+            "owner_pid, owner_host, owner_start_time, created_at, started_at, finished_at ",
+            "FROM runs ",
+            $tail
+        )
+    };
+}
+
+macro_rules! select_attempts {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, run_id, job_id, round, number, phase, reason, pid, pgid, ",
+            "process_start_time, exit_code, signal, started_at, finished_at, user_time_us, ",
+            "system_time_us, max_rss_kib, message FROM attempts ",
+            $tail
+        )
+    };
+}
+
+impl Store {
+    /// Opens (creating if needed) `STATE_DIR/executioner.db`. An existing file is checked before
+    /// anything writes to it: a foreign, damaged or newer database is reported and left untouched.
+    pub async fn open(state_dir: &Path, durability: Durability) -> Result<Store, StoreError> {
+        let opened = open::open(state_dir, durability).await?;
+        Ok(Store {
+            pool: opened.pool,
+            writer: Arc::new(Mutex::new(WriterSlot {
+                conn: Some(opened.writer),
+                options: opened.options,
+            })),
+            path: opened.path.into(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes every connection (of every clone of this handle); the last connection to the file
+    /// checkpoints it and removes the WAL.
+    pub async fn close(self) {
+        let writer = self.writer.lock().await.conn.take();
+        if let Some(conn) = writer {
+            // Nothing is left to commit; a failure to close cleanly loses nothing.
+            let _ = conn.close().await;
+        }
+        self.pool.close().await;
+    }
+
+    pub async fn create_run(&self, new: &NewRun<'_>) -> Result<RunId, StoreError> {
+        let context = "creating a run";
+        let now = timestamp(OffsetDateTime::now_utc());
+        let mut writing = self.writing(context).await?;
+        let mut tx = writing.begin(context).await?;
+        let run = sqlx::query(
+            "INSERT INTO runs (pipeline, generation, spec_json, spec_hash, phase, rounds, \
+             owner_pid, owner_host, owner_start_time, created_at, started_at) \
+             VALUES (?, ?, ?, ?, 'Running', 1, ?, ?, ?, ?, ?)",
+        )
+        .bind(new.pipeline)
+        .bind(new.generation)
+        .bind(new.spec_json)
+        .bind(new.spec_hash)
+        .bind(i64::from(new.owner.pid))
+        .bind(new.owner.host.as_str())
+        .bind(new.owner.start_time.map(saturating_i64))
+        .bind(&now)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(self.sql(context))?
+        .last_insert_rowid();
+        for (position, job) in new.jobs.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO jobs (run_id, job_id, position, phase, log_path) \
+                 VALUES (?, ?, ?, 'Pending', ?)",
+            )
+            .bind(run)
+            .bind(job.id)
+            .bind(saturating_i64(position as u64))
+            .bind(job.log_path)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.sql(context))?;
+        }
+        tx.commit().await.map_err(self.sql(context))?;
+        writing.release();
+        Ok(run)
+    }
+
+    /// Resume: a new round on the same run id. Jobs listed in `rerun` go back to Pending with their
+    /// counters (`attempts`, `lost`), exit code, times and message cleared; the others keep their
+    /// rows. The run becomes Running with `rounds + 1`, no finish time and the new owner. Returns
+    /// the new round number. One transaction; an unknown run or job changes nothing.
+    pub async fn begin_round(
+        &self,
+        run: RunId,
+        rerun: &[&str],
+        owner: &Owner,
+    ) -> Result<i64, StoreError> {
+        let context = "starting a new round";
+        let mut writing = self.writing(context).await?;
+        let mut tx = writing.begin(context).await?;
+        let round: Option<i64> = sqlx::query(
+            "UPDATE runs SET phase = 'Running', reason = NULL, rounds = rounds + 1, \
+             finished_at = NULL, owner_pid = ?, owner_host = ?, owner_start_time = ? \
+             WHERE id = ? RETURNING rounds",
+        )
+        .bind(i64::from(owner.pid))
+        .bind(owner.host.as_str())
+        .bind(owner.start_time.map(saturating_i64))
+        .bind(run)
+        .fetch_optional(&mut *tx)
+        .await
+        .and_then(|row| row.map(|row| row.try_get(0)).transpose())
+        .map_err(self.sql(context))?;
+        let Some(round) = round else {
+            return Err(StoreError::NotFound {
+                what: format!("run {run}"),
+            });
+        };
+        for job in rerun {
+            let done = sqlx::query(
+                "UPDATE jobs SET phase = 'Pending', reason = NULL, attempts = 0, lost = 0, \
+                 exit_code = NULL, started_at = NULL, finished_at = NULL, message = NULL \
+                 WHERE run_id = ? AND job_id = ?",
+            )
+            .bind(run)
+            .bind(*job)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.sql(context))?;
+            if done.rows_affected() == 0 {
+                return Err(job_not_found(run, job));
+            }
+        }
+        tx.commit().await.map_err(self.sql(context))?;
+        writing.release();
+        Ok(round)
+    }
+
+    /// Sets a job's phase, reason and message. `started_at` is set on the first move to Running
+    /// or Waiting; `finished_at` is set by a terminal phase and cleared by any other.
+    pub async fn set_job(
+        &self,
+        run: RunId,
+        job: &str,
+        phase: JobPhase,
+        reason: Option<Reason>,
+        message: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = timestamp(OffsetDateTime::now_utc());
+        let starts = matches!(phase, JobPhase::Running | JobPhase::Waiting);
+        let query = sqlx::query(
+            "UPDATE jobs SET phase = ?1, reason = ?2, message = ?3, \
+             started_at = CASE WHEN ?4 THEN coalesce(started_at, ?6) ELSE started_at END, \
+             finished_at = CASE WHEN ?5 THEN ?6 ELSE NULL END \
+             WHERE run_id = ?7 AND job_id = ?8",
+        )
+        .bind(phase.as_str())
+        .bind(reason.map(Reason::as_str))
+        .bind(message)
+        .bind(starts)
+        .bind(phase.is_terminal())
+        .bind(&now)
+        .bind(run)
+        .bind(job);
+        if self.write_one(query, "updating a job").await? == 0 {
+            return Err(job_not_found(run, job));
+        }
+        Ok(())
+    }
+
+    /// Record-before-act: inserts the attempt (phase Running, no pid yet) and sets the job Running
+    /// with `attempts = counted`, in one transaction committed before the caller spawns anything.
+    pub async fn attempt_started(
+        &self,
+        run: RunId,
+        job: &str,
+        round: i64,
+        number: i64,
+        counted: i64,
+    ) -> Result<AttemptId, StoreError> {
+        let now = timestamp(OffsetDateTime::now_utc());
+        // The INSERT runs only when the UPDATE found the job.
+        let query = sqlx::query(
+            "BEGIN IMMEDIATE; \
+             UPDATE jobs SET phase = 'Running', reason = NULL, attempts = ?1, exit_code = NULL, \
+             message = NULL, started_at = coalesce(started_at, ?2), finished_at = NULL \
+             WHERE run_id = ?3 AND job_id = ?4; \
+             INSERT INTO attempts (run_id, job_id, round, number, phase, started_at) \
+             SELECT ?3, ?4, ?5, ?6, 'Running', ?2 WHERE changes() = 1 RETURNING id; \
+             COMMIT;",
+        )
+        .bind(counted)
+        .bind(&now)
+        .bind(run)
+        .bind(job)
+        .bind(round)
+        .bind(number);
+        let context = "recording an attempt";
+        let rows = self.write_script(query, context).await?;
+        match rows.first() {
+            Some(row) => row.try_get(0).map_err(self.sql(context)),
+            None => Err(job_not_found(run, job)),
+        }
+    }
+
+    /// The attempt's process exists: its pid, process group and start time (to recognise it, and
+    /// not a reused pid, after a crash).
+    pub async fn attempt_spawned(
+        &self,
+        attempt: AttemptId,
+        pid: i32,
+        pgid: i32,
+        start_time: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "UPDATE attempts SET pid = ?, pgid = ?, process_start_time = ? WHERE id = ?",
+        )
+        .bind(pid)
+        .bind(pgid)
+        .bind(start_time.map(saturating_i64))
+        .bind(attempt);
+        if self.write_one(query, "recording a spawned attempt").await? == 0 {
+            return Err(attempt_not_found(attempt));
+        }
+        Ok(())
+    }
+
+    /// The attempt's end and, when `job` is given, the job's new phase and reason with the attempt's
+    /// exit code and message (`finished_at` set by a terminal phase, cleared by another). One
+    /// transaction.
+    pub async fn attempt_finished(
+        &self,
+        attempt: AttemptId,
+        end: &AttemptEnd,
+        job: Option<(JobPhase, Option<Reason>)>,
+    ) -> Result<(), StoreError> {
+        let now = timestamp(OffsetDateTime::now_utc());
+        let query = sqlx::query(
+            "BEGIN IMMEDIATE; \
+             UPDATE attempts SET phase = ?1, reason = ?2, exit_code = ?3, signal = ?4, \
+             finished_at = ?5, user_time_us = ?6, system_time_us = ?7, max_rss_kib = ?8, \
+             message = ?9 WHERE id = ?10 RETURNING id; \
+             UPDATE jobs SET phase = ?12, reason = ?13, exit_code = ?3, message = ?9, \
+             finished_at = CASE WHEN ?14 THEN ?5 ELSE NULL END \
+             WHERE ?11 AND run_id = (SELECT run_id FROM attempts WHERE id = ?10) \
+             AND job_id = (SELECT job_id FROM attempts WHERE id = ?10); \
+             COMMIT;",
+        )
+        .bind(end.phase.as_str())
+        .bind(end.reason.map(Reason::as_str))
+        .bind(end.exit_code)
+        .bind(end.signal)
+        .bind(&now)
+        .bind(micros(end.user_time))
+        .bind(micros(end.system_time))
+        .bind(saturating_i64(end.max_rss_kib))
+        .bind(end.message.as_deref())
+        .bind(attempt)
+        .bind(job.is_some())
+        .bind(job.map(|(phase, _)| phase.as_str()))
+        .bind(job.and_then(|(_, reason)| reason).map(Reason::as_str))
+        .bind(job.is_some_and(|(phase, _)| phase.is_terminal()));
+        let rows = self
+            .write_script(query, "recording an attempt's end")
+            .await?;
+        if rows.is_empty() {
+            return Err(attempt_not_found(attempt));
+        }
+        Ok(())
+    }
+
+    /// Sets the run's phase and reason; a terminal phase sets `finished_at`.
+    pub async fn finish_run(
+        &self,
+        run: RunId,
+        phase: RunPhase,
+        reason: Option<Reason>,
+    ) -> Result<(), StoreError> {
+        let now = timestamp(OffsetDateTime::now_utc());
+        let query = sqlx::query(
+            "UPDATE runs SET phase = ?1, reason = ?2, \
+             finished_at = CASE WHEN ?3 THEN ?4 ELSE NULL END WHERE id = ?5",
+        )
+        .bind(phase.as_str())
+        .bind(reason.map(Reason::as_str))
+        .bind(phase.is_terminal())
+        .bind(&now)
+        .bind(run);
+        if self.write_one(query, "finishing a run").await? == 0 {
+            return Err(StoreError::NotFound {
+                what: format!("run {run}"),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn run(&self, run: RunId) -> Result<Option<RunRow>, StoreError> {
+        let row = sqlx::query(select_runs!("WHERE id = ?"))
+            .bind(run)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.sql("reading a run"))?;
+        row.map(|row| self.run_row(&row)).transpose()
+    }
+
+    /// Runs, newest first, of one pipeline or all; a negative `limit` means no limit.
+    pub async fn runs(
+        &self,
+        pipeline: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        let query = match pipeline {
+            Some(pipeline) => {
+                sqlx::query(select_runs!("WHERE pipeline = ? ORDER BY id DESC LIMIT ?"))
+                    .bind(pipeline)
+            }
+            None => sqlx::query(select_runs!("ORDER BY id DESC LIMIT ?")),
+        };
+        let rows = query
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.sql("listing runs"))?;
+        rows.iter().map(|row| self.run_row(row)).collect()
+    }
+
+    /// The newest run of a pipeline.
+    pub async fn latest_run(&self, pipeline: &str) -> Result<Option<RunRow>, StoreError> {
+        let row = sqlx::query(select_runs!("WHERE pipeline = ? ORDER BY id DESC LIMIT 1"))
+            .bind(pipeline)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.sql("reading the latest run"))?;
+        row.map(|row| self.run_row(&row)).transpose()
+    }
+
+    /// Runs whose phase is Running, oldest first (for crash recovery).
+    pub async fn unfinished_runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(select_runs!("WHERE phase = 'Running' ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.sql("listing unfinished runs"))?;
+        rows.iter().map(|row| self.run_row(row)).collect()
+    }
+
+    /// A run's jobs in declaration order.
+    pub async fn jobs(&self, run: RunId) -> Result<Vec<JobRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT run_id, job_id, position, phase, reason, attempts, lost, exit_code, \
+             started_at, finished_at, log_path, message FROM jobs \
+             WHERE run_id = ? ORDER BY position",
+        )
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.sql("reading jobs"))?;
+        rows.iter().map(|row| self.job_row(row)).collect()
+    }
+
+    /// Every attempt of a run, in the order they started.
+    pub async fn attempts(&self, run: RunId) -> Result<Vec<AttemptRow>, StoreError> {
+        let rows = sqlx::query(select_attempts!("WHERE run_id = ? ORDER BY id"))
+            .bind(run)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.sql("reading attempts"))?;
+        rows.iter().map(|row| self.attempt_row(row)).collect()
+    }
+
+    /// Attempts of this run still recorded Running (crash recovery).
+    pub async fn open_attempts(&self, run: RunId) -> Result<Vec<AttemptRow>, StoreError> {
+        let rows = sqlx::query(select_attempts!(
+            "WHERE run_id = ? AND phase = 'Running' ORDER BY id"
+        ))
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.sql("reading open attempts"))?;
+        rows.iter().map(|row| self.attempt_row(row)).collect()
+    }
+
+    /// Crash recovery, one transaction: each attempt still Running becomes Lost (reason Lost,
+    /// finished now), and its job gets `lost + 1` and phase Lost. Attempts that already ended are
+    /// left alone, so calling this twice counts a loss once.
+    pub async fn mark_lost(&self, attempts: &[AttemptId]) -> Result<(), StoreError> {
+        let context = "recording lost attempts";
+        let now = timestamp(OffsetDateTime::now_utc());
+        let mut writing = self.writing(context).await?;
+        let mut tx = writing.begin(context).await?;
+        for attempt in attempts {
+            let job = sqlx::query(
+                "UPDATE attempts SET phase = 'Lost', reason = 'Lost', finished_at = ? \
+                 WHERE id = ? AND phase = 'Running' RETURNING run_id, job_id",
+            )
+            .bind(&now)
+            .bind(attempt)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(self.sql(context))?;
+            let Some(job) = job else { continue };
+            let run: RunId = job.try_get(0).map_err(self.sql(context))?;
+            let job: String = job.try_get(1).map_err(self.sql(context))?;
+            sqlx::query(
+                "UPDATE jobs SET phase = 'Lost', reason = 'Lost', lost = lost + 1, \
+                 finished_at = ? WHERE run_id = ? AND job_id = ?",
+            )
+            .bind(&now)
+            .bind(run)
+            .bind(job)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.sql(context))?;
+        }
+        tx.commit().await.map_err(self.sql(context))?;
+        writing.release();
+        Ok(())
+    }
+
+    /// One transaction: each job becomes Succeeded with reason MarkedSuccess (its message is the
+    /// given reason), and one `MarkedSuccess` event per job records the reason, the actor and the
+    /// phase it had. An unknown job changes nothing. Whether the marking is allowed is the caller's
+    /// decision.
+    pub async fn mark_success(
+        &self,
+        run: RunId,
+        jobs: &[&str],
+        reason: &str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let context = "marking jobs succeeded";
+        let now = timestamp(OffsetDateTime::now_utc());
+        let mut writing = self.writing(context).await?;
+        let mut tx = writing.begin(context).await?;
+        for job in jobs {
+            let previous: Option<String> =
+                sqlx::query("SELECT phase FROM jobs WHERE run_id = ? AND job_id = ?")
+                    .bind(run)
+                    .bind(*job)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .and_then(|row| row.map(|row| row.try_get(0)).transpose())
+                    .map_err(self.sql(context))?;
+            let Some(previous) = previous else {
+                return Err(job_not_found(run, job));
+            };
+            sqlx::query(
+                "UPDATE jobs SET phase = 'Succeeded', reason = 'MarkedSuccess', \
+                 message = nullif(?1, ''), finished_at = coalesce(finished_at, ?2) \
+                 WHERE run_id = ?3 AND job_id = ?4",
+            )
+            .bind(reason)
+            .bind(&now)
+            .bind(run)
+            .bind(*job)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.sql(context))?;
+            let detail = serde_json::json!({ "previousPhase": previous }).to_string();
+            sqlx::query(
+                "INSERT INTO events (run_id, job_id, kind, reason, actor, at, detail) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(run)
+            .bind(*job)
+            .bind(EVENT_MARKED_SUCCESS)
+            .bind(reason)
+            .bind(actor)
+            .bind(&now)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.sql(context))?;
+        }
+        tx.commit().await.map_err(self.sql(context))?;
+        writing.release();
+        Ok(())
+    }
+
+    /// A run's audit events, oldest first.
+    pub async fn events(&self, run: RunId) -> Result<Vec<EventRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, run_id, job_id, kind, reason, actor, at, detail FROM events \
+             WHERE run_id = ? ORDER BY id",
+        )
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.sql("reading events"))?;
+        rows.iter()
+            .map(|row| {
+                let row = Decoder { row, store: self };
+                Ok(EventRow {
+                    id: row.get("id")?,
+                    run_id: row.get("run_id")?,
+                    job_id: row.get("job_id")?,
+                    kind: row.get("kind")?,
+                    reason: row.get("reason")?,
+                    actor: row.get("actor")?,
+                    at: row.time("at")?,
+                    detail: row.get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes the writer connection (reconnecting if the last write lost it).
+    async fn writing(&self, context: &'static str) -> Result<Writing<'_>, StoreError> {
+        let mut slot = self.writer.lock().await;
+        let conn = match slot.conn.take() {
+            Some(conn) => conn,
+            None => slot
+                .options
+                .connect()
+                .await
+                .map_err(self.sql(context))?,
+        };
+        Ok(Writing {
+            slot,
+            conn,
+            path: &self.path,
+        })
+    }
+
+    /// Runs one statement on the writer (autocommit: a single statement is its own transaction, and
+    /// SQLite waits for the write lock with the busy timeout). Returns the number of rows changed.
+    async fn write_one(
+        &self,
+        query: Query<'_, Sqlite, SqliteArguments>,
+        context: &'static str,
+    ) -> Result<u64, StoreError> {
+        let mut writing = self.writing(context).await?;
+        let done = query
+            .execute(&mut writing.conn)
+            .await
+            .map_err(self.sql(context))?;
+        writing.release();
+        Ok(done.rows_affected())
+    }
+
+    /// Runs a write transaction written as one script, `BEGIN IMMEDIATE; ...; COMMIT;`, in a
+    /// single round trip to the connection's worker thread (the engine makes these calls for every
+    /// attempt, and each round trip costs tens of microseconds). Returns the rows of its RETURNING
+    /// clauses. A script that fails or is cancelled before its COMMIT loses the connection, which
+    /// rolls the transaction back (see [`Writing`]).
+    async fn write_script(
+        &self,
+        query: Query<'_, Sqlite, SqliteArguments>,
+        context: &'static str,
+    ) -> Result<Vec<SqliteRow>, StoreError> {
+        let mut writing = self.writing(context).await?;
+        let rows = query
+            .fetch_all(&mut writing.conn)
+            .await
+            .map_err(self.sql(context))?;
+        writing.release();
+        Ok(rows)
+    }
+
+    fn sql(&self, context: &'static str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+        sql_error(&self.path, context)
+    }
+
+    fn run_row(&self, row: &SqliteRow) -> Result<RunRow, StoreError> {
+        let row = Decoder { row, store: self };
+        Ok(RunRow {
+            id: row.get("id")?,
+            pipeline: row.get("pipeline")?,
+            generation: row.get("generation")?,
+            spec_json: row.get("spec_json")?,
+            spec_hash: row.get("spec_hash")?,
+            phase: row.parse("phase")?,
+            reason: row.parse_opt("reason")?,
+            rounds: row.get("rounds")?,
+            owner_pid: row.get("owner_pid")?,
+            owner_host: row.get("owner_host")?,
+            owner_start_time: row.get("owner_start_time")?,
+            created_at: row.time("created_at")?,
+            started_at: row.time_opt("started_at")?,
+            finished_at: row.time_opt("finished_at")?,
+        })
+    }
+
+    fn job_row(&self, row: &SqliteRow) -> Result<JobRow, StoreError> {
+        let row = Decoder { row, store: self };
+        Ok(JobRow {
+            run_id: row.get("run_id")?,
+            job_id: row.get("job_id")?,
+            position: row.get("position")?,
+            phase: row.parse("phase")?,
+            reason: row.parse_opt("reason")?,
+            attempts: row.get("attempts")?,
+            lost: row.get("lost")?,
+            exit_code: row.get("exit_code")?,
+            started_at: row.time_opt("started_at")?,
+            finished_at: row.time_opt("finished_at")?,
+            log_path: row.get("log_path")?,
+            message: row.get("message")?,
+        })
+    }
+
+    fn attempt_row(&self, row: &SqliteRow) -> Result<AttemptRow, StoreError> {
+        let row = Decoder { row, store: self };
+        Ok(AttemptRow {
+            id: row.get("id")?,
+            run_id: row.get("run_id")?,
+            job_id: row.get("job_id")?,
+            round: row.get("round")?,
+            number: row.get("number")?,
+            phase: row.parse("phase")?,
+            reason: row.parse_opt("reason")?,
+            pid: row.get("pid")?,
+            pgid: row.get("pgid")?,
+            process_start_time: row.get("process_start_time")?,
+            exit_code: row.get("exit_code")?,
+            signal: row.get("signal")?,
+            started_at: row.time("started_at")?,
+            finished_at: row.time_opt("finished_at")?,
+            user_time_us: row.get("user_time_us")?,
+            system_time_us: row.get("system_time_us")?,
+            max_rss_kib: row.get("max_rss_kib")?,
+            message: row.get("message")?,
+        })
+    }
+}
+
+/// The writer connection, or none after a write lost it.
+#[derive(Debug)]
+struct WriterSlot {
+    conn: Option<SqliteConnection>,
+    options: SqliteConnectOptions,
+}
+
+/// A write in progress on the writer connection, taken out of its slot. [`Writing::release`] puts it
+/// back once the write has committed. Dropped instead (an error, a cancelled call), it closes the
+/// connection, which makes SQLite roll back whatever was left uncommitted, so no open transaction
+/// can leak into the next write; that write reconnects.
+struct Writing<'a> {
+    slot: MutexGuard<'a, WriterSlot>,
+    conn: SqliteConnection,
+    path: &'a Path,
+}
+
+impl Writing<'_> {
+    /// `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction that read first
+    /// could not wait for the lock later and would fail with "database is locked".
+    async fn begin(
+        &mut self,
+        context: &'static str,
+    ) -> Result<Transaction<'_, Sqlite>, StoreError> {
+        self.conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(sql_error(self.path, context))
+    }
+
+    fn release(self) {
+        let Writing { mut slot, conn, .. } = self;
+        slot.conn = Some(conn);
+    }
+}
+
+/// Reads typed columns; a value that does not decode means the file is not what we wrote.
+struct Decoder<'a> {
+    row: &'a SqliteRow,
+    store: &'a Store,
+}
+
+impl Decoder<'_> {
+    fn corrupt(&self, column: &str, detail: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            path: self.store.path.to_path_buf(),
+            detail: format!("column {column}: {detail}"),
+        }
+    }
+
+    fn get<T>(&self, column: &str) -> Result<T, StoreError>
+    where
+        T: for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+    {
+        self.row
+            .try_get(column)
+            .map_err(|err| self.corrupt(column, err))
+    }
+
+    fn parse<T>(&self, column: &str) -> Result<T, StoreError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let text: String = self.get(column)?;
+        text.parse().map_err(|err| self.corrupt(column, err))
+    }
+
+    fn parse_opt<T>(&self, column: &str) -> Result<Option<T>, StoreError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        self.get::<Option<String>>(column)?
+            .map(|text| text.parse().map_err(|err| self.corrupt(column, err)))
+            .transpose()
+    }
+
+    fn time(&self, column: &str) -> Result<OffsetDateTime, StoreError> {
+        let text: String = self.get(column)?;
+        OffsetDateTime::parse(&text, &Rfc3339).map_err(|err| self.corrupt(column, err))
+    }
+
+    fn time_opt(&self, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.get::<Option<String>>(column)?
+            .map(|text| OffsetDateTime::parse(&text, &Rfc3339).map_err(|err| self.corrupt(column, err)))
+            .transpose()
+    }
+}
+
+/// `2026-11-27T02:00:00.123Z`: UTC, milliseconds, so the text sorts like the time.
+fn timestamp(at: OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn job_not_found(run: RunId, job: &str) -> StoreError {
+    StoreError::NotFound {
+        what: format!("job {job:?} of run {run}"),
+    }
+}
+
+fn attempt_not_found(attempt: AttemptId) -> StoreError {
+    StoreError::NotFound {
+        what: format!("attempt {attempt}"),
+    }
+}
+
+/// The primary SQLite result code of a database error (the low byte of the extended code).
+fn primary_code(err: &sqlx::Error) -> Option<i32> {
+    let code = err.as_database_error()?.code()?;
+    code.parse::<i32>().ok().map(|code| code & 0xff)
+}
+
+const SQLITE_CORRUPT: i32 = 11;
+const SQLITE_NOTADB: i32 = 26;
+
+/// Maps a sqlx error; SQLite reporting a damaged file becomes [`StoreError::Corrupt`].
+fn sql_error<'a>(
+    path: &'a Path,
+    context: &'static str,
+) -> impl Fn(sqlx::Error) -> StoreError + 'a {
+    move |source| match primary_code(&source) {
+        Some(SQLITE_CORRUPT | SQLITE_NOTADB) => StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: source.to_string(),
+        },
+        _ => StoreError::Sql { context, source },
+    }
+}

@@ -1,0 +1,547 @@
+//! Integration tests of `executioner run` (issue 3): real child processes, a real SQLite file.
+#![allow(unsafe_code)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Workspace, job_state, json, manifest, marker, text, wait_no_marker};
+
+fn run_json(
+    ws: &Workspace,
+    file: &str,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut args = vec!["run", file, "-o", "json"];
+    args.extend_from_slice(extra);
+    let out = ws.run(&args);
+    let stderr = text(&out.stderr);
+    (out.status.code(), json(&out), stderr)
+}
+
+#[test]
+fn failure_propagation_and_reasons() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest(
+            "propagation",
+            "",
+            "    - {id: a, command: exit 3}\n    - {id: b, command: \"true\", dependencies: [a]}\n    - {id: c, command: \"true\", dependencies: [b]}\n    - {id: d, command: \"true\"}\n",
+        ),
+    );
+    let (code, run, _) = run_json(&ws, "p.yaml", &["--workers", "1"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(run["phase"], "Failed");
+    assert_eq!(job_state(&run, "a").0, "Failed");
+    assert_eq!(job_state(&run, "a").1, "ExitCode");
+    assert_eq!(run["jobs"][0]["exitCode"], 3);
+    assert_eq!(
+        job_state(&run, "b"),
+        ("Skipped".into(), "UpstreamFailed".into(), 0)
+    );
+    assert_eq!(
+        job_state(&run, "c"),
+        ("Skipped".into(), "UpstreamFailed".into(), 0)
+    );
+    // Independent branches keep running after a failure.
+    assert_eq!(job_state(&run, "d").0, "Succeeded");
+}
+
+#[test]
+fn fail_fast_and_continue_on_error_flags() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest(
+            "failfast",
+            "",
+            "    - {id: a, command: exit 1}\n    - {id: b, command: \"true\"}\n",
+        ),
+    );
+    let (code, run, _) = run_json(&ws, "p.yaml", &["--workers", "1", "--fail-fast"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        job_state(&run, "b"),
+        ("Skipped".into(), "FailFast".into(), 0)
+    );
+    // The original's format converts to failFast: true; --continue-on-error turns it off, and
+    // the run still fails (exit 1) because a job failed.
+    ws.write(
+        "legacy.json",
+        r#"{"working_dir": ".", "jobs": [{"id": "a", "command": "exit 1"}, {"id": "b", "command": "true"}]}"#,
+    );
+    let (code, run, _) = run_json(&ws, "legacy.json", &["--continue-on-error"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(job_state(&run, "b").0, "Succeeded");
+    let (code, run, _) = run_json(&ws, "legacy.json", &[]);
+    assert_eq!(code, Some(1));
+    assert_eq!(job_state(&run, "b").1, "FailFast");
+}
+
+#[test]
+fn trigger_rules_and_continue_on_error() {
+    let ws = Workspace::new();
+    let example = common::repo().join("examples/triggers.yaml");
+    let (code, run, _) = run_json(&ws, example.to_str().unwrap(), &["--workers", "2"]);
+    assert_eq!(code, Some(1), "broken fails the run");
+    assert_eq!(job_state(&run, "ok").0, "Succeeded");
+    assert_eq!(job_state(&run, "broken").0, "Failed");
+    assert_eq!(job_state(&run, "tolerated").0, "Failed");
+    assert_eq!(job_state(&run, "after-tolerated").0, "Succeeded");
+    assert_eq!(
+        job_state(&run, "needs-all"),
+        ("Skipped".into(), "UpstreamFailed".into(), 0)
+    );
+    assert_eq!(job_state(&run, "on-failure").0, "Succeeded");
+    assert_eq!(job_state(&run, "finally").0, "Succeeded");
+
+    // Every rule against one success and one failure upstream.
+    let rules = [
+        ("allSucceeded", "Skipped"),
+        ("allDone", "Succeeded"),
+        ("allFailed", "Skipped"),
+        ("anySucceeded", "Succeeded"),
+        ("anyFailed", "Succeeded"),
+        ("noneFailed", "Skipped"),
+        ("always", "Succeeded"),
+    ];
+    let mut jobs = String::from(
+        "    - {id: good, command: \"true\"}\n    - {id: bad, command: \"false\", continueOnError: false}\n",
+    );
+    for (rule, _) in rules {
+        jobs.push_str(&format!(
+            "    - {{id: t-{rule}, command: \"true\", dependencies: [good, bad], trigger: {rule}}}\n"
+        ));
+    }
+    ws.write("t.yaml", &manifest("triggers-all", "", &jobs));
+    let (_, run, _) = run_json(&ws, "t.yaml", &[]);
+    for (rule, phase) in rules {
+        assert_eq!(job_state(&run, &format!("t-{rule}")).0, phase, "{rule}");
+    }
+    // A failure with continueOnError alone: the run succeeds.
+    ws.write(
+        "c.yaml",
+        &manifest("tolerant", "", "    - {id: a, command: exit 4, continueOnError: true}\n    - {id: b, command: \"true\", dependencies: [a]}\n"),
+    );
+    let (code, run, _) = run_json(&ws, "c.yaml", &[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(run["phase"], "Succeeded");
+    assert_eq!(job_state(&run, "b").0, "Succeeded");
+}
+
+#[test]
+fn skip_counts_as_satisfied() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest("skipping", "", "    - {id: a, command: \"touch a-ran\"}\n    - {id: b, command: \"touch b-ran\", dependencies: [a]}\n"),
+    );
+    let (code, run, _) = run_json(&ws, "p.yaml", &["--skip", "a"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        job_state(&run, "a"),
+        ("Skipped".into(), "SkippedByUser".into(), 0)
+    );
+    assert_eq!(job_state(&run, "b").0, "Succeeded");
+    assert!(!ws.path().join("a-ran").exists());
+    assert!(ws.path().join("b-ran").exists());
+    // Unknown ids are an error, not silently accepted.
+    let out = ws.run(&["run", "p.yaml", "--skip", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn retries_with_backoff_exit_code_filter_and_deadline() {
+    let ws = Workspace::new();
+    // Fails twice, then succeeds; delays 200 ms then 400 ms.
+    ws.write(
+        "flaky.yaml",
+        &manifest(
+            "flaky",
+            "",
+            "    - id: flaky\n      command: n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; [ $n -ge 3 ]\n      retry: {limit: 3, delay: 200ms, factor: 2}\n",
+        ),
+    );
+    let start = Instant::now();
+    let (code, run, _) = run_json(&ws, "flaky.yaml", &[]);
+    let elapsed = start.elapsed();
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        job_state(&run, "flaky"),
+        ("Succeeded".into(), "Completed".into(), 3)
+    );
+    assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+
+    // Exit 3 is not retried when only 1 is listed.
+    ws.write(
+        "codes.yaml",
+        &manifest(
+            "codes",
+            "",
+            "    - id: three\n      command: echo x >> tries; exit 3\n      retry: {limit: 3, onExitCodes: [1]}\n    - id: one\n      command: echo x >> tries1; exit 1\n      retry: {limit: 2, onExitCodes: [1]}\n",
+        ),
+    );
+    let (code, run, _) = run_json(&ws, "codes.yaml", &[]);
+    assert_eq!(code, Some(1));
+    assert_eq!(job_state(&run, "three").2, 1);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("tries"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+    assert_eq!(job_state(&run, "one").2, 3);
+
+    // The deadline stops retrying: delays of 1 s cannot fit three retries in 1.5 s.
+    ws.write(
+        "deadline.yaml",
+        &manifest(
+            "deadline",
+            "",
+            "    - id: d\n      command: exit 1\n      retry: {limit: 10, delay: 1s, deadline: 1500ms}\n",
+        ),
+    );
+    let (code, run, _) = run_json(&ws, "deadline.yaml", &[]);
+    assert_eq!(code, Some(1));
+    assert_eq!(job_state(&run, "d").2, 2, "{run}");
+}
+
+#[test]
+fn job_timeout_kills_the_whole_process_group() {
+    let ws = Workspace::new();
+    let mark = marker("timeout");
+    ws.write(
+        "t.yaml",
+        &manifest(
+            "timeouts",
+            "",
+            "    - id: slow\n      command: sleep 100 & sleep 100 & echo started; wait\n      timeout: 500ms\n",
+        ),
+    );
+    let (code, run, _) = run_json(&ws, "t.yaml", &["--env", &mark]);
+    assert_eq!(code, Some(1));
+    assert_eq!(job_state(&run, "slow").0, "Failed");
+    assert_eq!(job_state(&run, "slow").1, "Timeout");
+    assert!(
+        wait_no_marker(&mark, Duration::from_secs(5)).is_empty(),
+        "grandchildren survived"
+    );
+}
+
+#[test]
+fn run_timeout_stops_running_and_skips_the_rest() {
+    let ws = Workspace::new();
+    let mark = marker("runtimeout");
+    ws.write(
+        "t.yaml",
+        &manifest(
+            "run-timeout",
+            "  timeout: 500ms\n",
+            "    - {id: long, command: sleep 30}\n    - {id: after, command: \"true\", dependencies: [long]}\n",
+        ),
+    );
+    let start = Instant::now();
+    let (code, run, _) = run_json(&ws, "t.yaml", &["--env", &mark]);
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert_eq!(code, Some(1));
+    assert_eq!(run["reason"], "RunTimeout");
+    assert_eq!(job_state(&run, "long").1, "Timeout");
+    assert_eq!(
+        job_state(&run, "after"),
+        ("Skipped".into(), "RunTimeout".into(), 0)
+    );
+    assert!(wait_no_marker(&mark, Duration::from_secs(5)).is_empty());
+}
+
+#[test]
+fn pre_and_post_checks() {
+    let ws = Workspace::new();
+    ws.write(
+        "c.yaml",
+        &manifest(
+            "checks",
+            "",
+            "    - id: pre\n      command: touch pre-ran\n      preChecks: [{fileExists: {path: missing.txt}}]\n    - id: post\n      command: echo 'ORA-01555 snapshot too old'\n      postChecks: [{logNotContains: {pattern: 'ORA-[0-9]+'}}]\n    - id: good\n      command: echo all good > out.txt; echo done\n      postChecks:\n        - fileExists: {path: out.txt, minSize: 3}\n        - logContains: {pattern: '^done$'}\n        - command: [test, -s, out.txt]\n",
+        ),
+    );
+    let (code, run, _) = run_json(&ws, "c.yaml", &[]);
+    assert_eq!(code, Some(1));
+    assert_eq!(job_state(&run, "pre").1, "PreCheckFailed");
+    assert!(
+        !ws.path().join("pre-ran").exists(),
+        "the command ran despite a failed pre-check"
+    );
+    assert_eq!(job_state(&run, "post").1, "PostCheckFailed");
+    assert_eq!(job_state(&run, "good").0, "Succeeded");
+
+    // A sensor: the file arrives while the pre-check waits.
+    let example = common::repo().join("examples/checks.yaml");
+    std::fs::copy(&example, ws.path().join("sensor.yaml")).unwrap();
+    let (code, run, stderr) = run_json(&ws, "sensor.yaml", &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(job_state(&run, "consume").0, "Succeeded");
+}
+
+#[test]
+fn environment_layers_interpolation_and_inherit_modes() {
+    let ws = Workspace::new();
+    let example = common::repo().join("examples/environment.yaml");
+    let (code, _, _) = run_json(&ws, example.to_str().unwrap(), &["--env", "GREETING=hi"]);
+    assert_eq!(code, Some(0));
+    let out = ws.run(&["logs", "1", "show"]);
+    let log = text(&out.stdout);
+    assert!(log.contains("hi /srv/etl/out/show $5"), "{log}");
+    let out = ws.run(&["logs", "1", "argv"]);
+    assert!(text(&out.stdout).contains("/srv/etl|hi"));
+
+    // inheritEnv modes: all / none / minimal / list.
+    for (mode, visible) in [
+        ("all", true),
+        ("none", false),
+        ("minimal", false),
+        ("[SECRET_PROBE]", true),
+    ] {
+        ws.write(
+            "inherit.yaml",
+            &manifest(
+                "inherit",
+                &format!("  inheritEnv: {mode}\n"),
+                "    - id: probe\n      command: [/usr/bin/env]\n",
+            ),
+        );
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.current_dir(ws.path())
+            .env("SECRET_PROBE", "probe-value")
+            .args([
+                "--state-dir",
+                ws.state_dir().to_str().unwrap(),
+                "run",
+                "inherit.yaml",
+                "-o",
+                "json",
+            ]);
+        let out = common::run_with_timeout(cmd, Duration::from_secs(60));
+        let run = json(&out);
+        let id = run["id"].as_i64().unwrap().to_string();
+        let log = text(&ws.run(&["logs", &id, "probe"]).stdout);
+        assert_eq!(
+            log.contains("SECRET_PROBE=probe-value"),
+            visible,
+            "{mode}: {log}"
+        );
+        assert!(log.contains("EXECUTIONER_JOB_ID=probe"), "{mode}");
+        assert_eq!(
+            log.contains("PATH="),
+            mode != "none" && mode != "[SECRET_PROBE]",
+            "{mode}: {log}"
+        );
+    }
+}
+
+#[test]
+fn injection_payloads_in_values_never_execute() {
+    let ws = Workspace::new();
+    let payloads = [
+        "$(touch canary1)",
+        "`touch canary2`",
+        "x; touch canary3",
+        "'; touch canary4; '",
+        "\"; touch canary5; \"",
+    ];
+    let mut env = String::from("  env:\n");
+    for (i, p) in payloads.iter().enumerate() {
+        env.push_str(&format!(
+            "    P{i}: {}\n",
+            serde_json::to_string(p).unwrap()
+        ));
+    }
+    ws.write(
+        "inj.yaml",
+        &manifest(
+            "injection",
+            &env,
+            "    - id: shell\n      command: echo \"$P0 $P1 $P2 $P3 $P4\"\n    - id: argv\n      command: [echo, \"${P0}\", \"${P1}\", \"${P2}\"]\n",
+        ),
+    );
+    let mut cli = Vec::new();
+    for (i, p) in payloads.iter().enumerate() {
+        cli.push(format!("C{i}={p}"));
+    }
+    let mut args = vec!["run", "inj.yaml", "-o", "json"];
+    for c in &cli {
+        args.push("--env");
+        args.push(c);
+    }
+    let out = ws.run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for i in 1..=5 {
+        assert!(
+            !ws.path().join(format!("canary{i}")).exists(),
+            "payload {i} executed"
+        );
+    }
+    let log = text(&ws.run(&["logs", "1", "shell"]).stdout);
+    assert!(log.contains("$(touch canary1)"), "{log}");
+}
+
+#[test]
+fn large_output_is_complete_and_memory_stays_flat() {
+    let ws = Workspace::new();
+    ws.write(
+        "big.yaml",
+        &manifest(
+            "big-output",
+            "",
+            "    - id: big\n      command: head -c 200000000 /dev/zero; printf 'last line without newline'\n",
+        ),
+    );
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.current_dir(ws.path())
+        .args([
+            "--state-dir",
+            ws.state_dir().to_str().unwrap(),
+            "-q",
+            "run",
+            "big.yaml",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own child; status and usage point to valid, writable memory.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    let max_rss_mib = usage.ru_maxrss / 1024;
+    assert!(
+        max_rss_mib < 100,
+        "peak RSS {max_rss_mib} MiB while a job printed 200 MB"
+    );
+    let log = ws.state_dir().join("logs/big-output/1/big.log");
+    let len = std::fs::metadata(&log).unwrap().len();
+    assert!(len > 200_000_000, "log has {len} bytes");
+    let tail = {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&log).unwrap();
+        f.seek(SeekFrom::End(-200)).unwrap();
+        let mut s = String::new();
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).unwrap();
+        s.push_str(&String::from_utf8_lossy(&buf));
+        s
+    };
+    assert!(tail.contains("last line without newline"), "{tail}");
+}
+
+#[test]
+fn sigterm_to_run_leaves_no_job_process() {
+    let ws = Workspace::new();
+    let mark = marker("sigterm");
+    ws.write(
+        "s.yaml",
+        &manifest(
+            "sigterm",
+            "",
+            "    - {id: a, command: \"sleep 100 & sleep 100; wait\"}\n    - {id: b, command: \"trap '' TERM; sleep 100\"}\n    - {id: c, command: \"true\", dependencies: [a]}\n",
+        ),
+    );
+    let mut child = std::process::Command::new(common::bin())
+        .current_dir(ws.path())
+        .env("EXECUTIONER_STATE_DIR", ws.state_dir())
+        .args(["run", "s.yaml", "--workers", "4", "--env", &mark])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the jobs run, then SIGTERM executioner.
+    let start = Instant::now();
+    while common::processes_with_marker(&mark).len() < 3
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(common::processes_with_marker(&mark).len() >= 3);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        wait_no_marker(&mark, Duration::from_secs(5)).is_empty(),
+        "job processes survived"
+    );
+    let out = ws.run(&["runs", "show", "1", "-o", "json"]);
+    let run = json(&out);
+    assert_eq!(run["phase"], "Cancelled");
+    assert_eq!(job_state(&run, "a").0, "Cancelled");
+    assert_eq!(job_state(&run, "c").1, "Cancelled");
+}
+
+#[test]
+fn parallel_workers_and_eager_dependents() {
+    let ws = Workspace::new();
+    ws.write(
+        "par.yaml",
+        &manifest(
+            "parallel",
+            "",
+            "    - {id: a, command: sleep 1}\n    - {id: b, command: sleep 1}\n    - {id: c, command: sleep 1}\n    - {id: d, command: sleep 1}\n",
+        ),
+    );
+    let start = Instant::now();
+    let (code, _, _) = run_json(&ws, "par.yaml", &["--workers", "4"]);
+    let elapsed = start.elapsed();
+    assert_eq!(code, Some(0));
+    assert!(
+        elapsed < Duration::from_millis(3000),
+        "four 1 s jobs with 4 workers took {elapsed:?}"
+    );
+
+    // The dependent of the fast job starts while its slow siblings still run.
+    ws.write(
+        "eager.yaml",
+        &manifest(
+            "eager",
+            "",
+            "    - {id: fast, command: sleep 0.1}\n    - {id: slow1, command: sleep 2 && date +%s%N > slow1.end}\n    - {id: slow2, command: sleep 2}\n    - {id: after-fast, command: date +%s%N > after.start, dependencies: [fast]}\n",
+        ),
+    );
+    let (code, _, _) = run_json(&ws, "eager.yaml", &["--workers", "4"]);
+    assert_eq!(code, Some(0));
+    let read = |f: &str| {
+        std::fs::read_to_string(ws.path().join(f))
+            .unwrap()
+            .trim()
+            .parse::<u128>()
+            .unwrap()
+    };
+    assert!(
+        read("after.start") < read("slow1.end"),
+        "the dependent waited for unrelated jobs"
+    );
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_runs_nothing() {
+    let ws = Workspace::new();
+    ws.write(
+        "d.yaml",
+        &manifest("dry", "", "    - {id: a, command: touch ran}\n    - {id: b, command: touch ran, dependencies: [a]}\n"),
+    );
+    let out = ws.run(&["run", "d.yaml", "--dry-run", "--skip", "a"]);
+    assert_eq!(out.status.code(), Some(0));
+    let plan = text(&out.stdout);
+    assert!(
+        plan.contains("level 0:") && plan.contains("level 1:"),
+        "{plan}"
+    );
+    assert!(plan.contains("[SKIPPED: --skip]"), "{plan}");
+    assert!(!ws.path().join("ran").exists());
+    assert!(!ws.state_dir().join("executioner.db").exists());
+}
