@@ -125,10 +125,13 @@ pub(super) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<
             .await
             .map_err(sql_error(path, context))?;
         // PRAGMA takes no bound parameters; the value is an integer we computed.
-        sqlx::query(AssertSqlSafe(format!("PRAGMA user_version = {}", found + 1)))
-            .execute(&mut *tx)
-            .await
-            .map_err(sql_error(path, context))?;
+        sqlx::query(AssertSqlSafe(format!(
+            "PRAGMA user_version = {}",
+            found + 1
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_error(path, context))?;
         tx.commit().await.map_err(sql_error(path, context))?;
     }
 }

@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteRow};
 use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
-use tokio::sync::{Mutex, MutexGuard};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::status::{JobPhase, Reason, RunPhase};
 
@@ -737,11 +737,7 @@ impl Store {
         let mut slot = self.writer.lock().await;
         let conn = match slot.conn.take() {
             Some(conn) => conn,
-            None => slot
-                .options
-                .connect()
-                .await
-                .map_err(self.sql(context))?,
+            None => slot.options.connect().await.map_err(self.sql(context))?,
         };
         Ok(Writing {
             slot,
@@ -937,7 +933,9 @@ impl Decoder<'_> {
 
     fn time_opt(&self, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
         self.get::<Option<String>>(column)?
-            .map(|text| OffsetDateTime::parse(&text, &Rfc3339).map_err(|err| self.corrupt(column, err)))
+            .map(|text| {
+                OffsetDateTime::parse(&text, &Rfc3339).map_err(|err| self.corrupt(column, err))
+            })
             .transpose()
     }
 }
@@ -987,10 +985,7 @@ const SQLITE_CORRUPT: i32 = 11;
 const SQLITE_NOTADB: i32 = 26;
 
 /// Maps a sqlx error; SQLite reporting a damaged file becomes [`StoreError::Corrupt`].
-fn sql_error<'a>(
-    path: &'a Path,
-    context: &'static str,
-) -> impl Fn(sqlx::Error) -> StoreError + 'a {
+fn sql_error<'a>(path: &'a Path, context: &'static str) -> impl Fn(sqlx::Error) -> StoreError + 'a {
     move |source| match primary_code(&source) {
         Some(SQLITE_CORRUPT | SQLITE_NOTADB) => StoreError::Corrupt {
             path: path.to_owned(),

@@ -196,19 +196,13 @@ async fn verify_once(path: &Path) -> Result<(), StoreError> {
         .immutable(!in_use)
         .busy_timeout(BUSY_TIMEOUT);
     let context = "checking the database";
-    let mut conn = options
-        .connect()
-        .await
-        .map_err(sql_error(path, context))?;
+    let mut conn = options.connect().await.map_err(sql_error(path, context))?;
     let result = check_contents(&mut conn, path).await;
     conn.close().await.map_err(sql_error(path, context))?;
     result
 }
 
-async fn check_contents(
-    conn: &mut sqlx::SqliteConnection,
-    path: &Path,
-) -> Result<(), StoreError> {
+async fn check_contents(conn: &mut sqlx::SqliteConnection, path: &Path) -> Result<(), StoreError> {
     let context = "checking the database";
     let rows = sqlx::query("PRAGMA quick_check")
         .fetch_all(&mut *conn)

@@ -84,7 +84,11 @@ async fn open_creates_private_folder_and_file() {
     assert_eq!(store.path(), dir.join(DB_FILE));
     assert_eq!(mode(store.path()), 0o600);
     let wal = open::sibling(store.path(), "-wal");
-    assert_eq!(mode(&wal), 0o600, "SQLite gives the WAL the database's mode");
+    assert_eq!(
+        mode(&wal),
+        0o600,
+        "SQLite gives the WAL the database's mode"
+    );
 
     let journal: String = sqlx::query("PRAGMA journal_mode")
         .fetch_one(&store.pool)
@@ -139,9 +143,15 @@ async fn run_round_trip() {
     assert_eq!(row.finished_at, None);
 
     let jobs = store.jobs(run).await.expect("jobs");
-    let ids: Vec<_> = jobs.iter().map(|j| (j.job_id.as_str(), j.position)).collect();
+    let ids: Vec<_> = jobs
+        .iter()
+        .map(|j| (j.job_id.as_str(), j.position))
+        .collect();
     assert_eq!(ids, [("extract", 0), ("load", 1), ("report", 2)]);
-    assert!(jobs.iter().all(|j| j.phase == JobPhase::Pending && j.attempts == 0));
+    assert!(
+        jobs.iter()
+            .all(|j| j.phase == JobPhase::Pending && j.attempts == 0)
+    );
     assert_eq!(jobs[1].log_path, "logs/p/1/load.log");
 
     // First attempt of extract fails and will be retried; the second succeeds.
@@ -196,10 +206,16 @@ async fn run_round_trip() {
     let attempts = store.attempts(run).await.expect("attempts");
     assert_eq!(attempts.len(), 2);
     let a = &attempts[0];
-    assert_eq!((a.id, a.job_id.as_str(), a.round, a.number), (first, "extract", 1, 1));
+    assert_eq!(
+        (a.id, a.job_id.as_str(), a.round, a.number),
+        (first, "extract", 1, 1)
+    );
     assert_eq!(a.phase, JobPhase::Failed);
     assert_eq!(a.reason, Some(Reason::ExitCode));
-    assert_eq!((a.pid, a.pgid, a.process_start_time), (Some(4242), Some(4242), Some(99)));
+    assert_eq!(
+        (a.pid, a.pgid, a.process_start_time),
+        (Some(4242), Some(4242), Some(99))
+    );
     assert_eq!((a.exit_code, a.signal), (Some(1), None));
     assert_eq!((a.user_time_us, a.system_time_us), (Some(1500), Some(250)));
     assert_eq!(a.max_rss_kib, Some(2048));
@@ -215,25 +231,47 @@ async fn run_round_trip() {
         .await
         .expect("started");
     store
-        .attempt_finished(third, &end(JobPhase::Cancelled, Reason::Cancelled, -1), None)
+        .attempt_finished(
+            third,
+            &end(JobPhase::Cancelled, Reason::Cancelled, -1),
+            None,
+        )
         .await
         .expect("finished");
-    assert_eq!(store.jobs(run).await.expect("jobs")[1].phase, JobPhase::Running);
+    assert_eq!(
+        store.jobs(run).await.expect("jobs")[1].phase,
+        JobPhase::Running
+    );
 
     // Waiting sets started_at; a terminal phase sets finished_at.
     store
-        .set_job(run, "report", JobPhase::Waiting, None, Some("waiting for input"))
+        .set_job(
+            run,
+            "report",
+            JobPhase::Waiting,
+            None,
+            Some("waiting for input"),
+        )
         .await
         .expect("set");
     let job = &store.jobs(run).await.expect("jobs")[2];
     assert!(job.started_at.is_some());
     assert_eq!(job.message.as_deref(), Some("waiting for input"));
     store
-        .set_job(run, "report", JobPhase::Skipped, Some(Reason::UpstreamFailed), None)
+        .set_job(
+            run,
+            "report",
+            JobPhase::Skipped,
+            Some(Reason::UpstreamFailed),
+            None,
+        )
         .await
         .expect("set");
     let job = &store.jobs(run).await.expect("jobs")[2];
-    assert_eq!((job.phase, job.reason), (JobPhase::Skipped, Some(Reason::UpstreamFailed)));
+    assert_eq!(
+        (job.phase, job.reason),
+        (JobPhase::Skipped, Some(Reason::UpstreamFailed))
+    );
     assert!(job.finished_at.is_some());
     assert_eq!(job.message, None);
 
@@ -242,9 +280,18 @@ async fn run_round_trip() {
         .await
         .expect("finish");
     let row = store.run(run).await.expect("run").expect("exists");
-    assert_eq!((row.phase, row.reason), (RunPhase::Failed, Some(Reason::JobsFailed)));
+    assert_eq!(
+        (row.phase, row.reason),
+        (RunPhase::Failed, Some(Reason::JobsFailed))
+    );
     assert!(row.finished_at.is_some());
-    assert!(store.unfinished_runs().await.expect("unfinished").is_empty());
+    assert!(
+        store
+            .unfinished_runs()
+            .await
+            .expect("unfinished")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -254,7 +301,9 @@ async fn unknown_rows_are_not_found() {
     let run = new_run(&store, "p").await;
     assert!(store.run(run + 1).await.expect("run").is_none());
     assert!(matches!(
-        store.set_job(run, "nope", JobPhase::Running, None, None).await,
+        store
+            .set_job(run, "nope", JobPhase::Running, None, None)
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
@@ -295,7 +344,10 @@ async fn runs_are_listed_newest_first() {
         listed(store.runs(Some("a"), 10).await.expect("runs")),
         [ids[4], ids[2], ids[0]]
     );
-    assert_eq!(listed(store.runs(Some("b"), -1).await.expect("runs")), [ids[3], ids[1]]);
+    assert_eq!(
+        listed(store.runs(Some("b"), -1).await.expect("runs")),
+        [ids[3], ids[1]]
+    );
     assert!(store.runs(Some("c"), 10).await.expect("runs").is_empty());
     assert_eq!(
         store.latest_run("b").await.expect("latest").map(|r| r.id),
@@ -329,12 +381,22 @@ async fn begin_round_resets_only_the_listed_jobs() {
             (JobPhase::Failed, Reason::ExitCode, 2)
         };
         store
-            .attempt_finished(attempt, &end(phase, reason, code), Some((phase, Some(reason))))
+            .attempt_finished(
+                attempt,
+                &end(phase, reason, code),
+                Some((phase, Some(reason))),
+            )
             .await
             .expect("finished");
     }
     store
-        .set_job(run, "report", JobPhase::Skipped, Some(Reason::UpstreamFailed), None)
+        .set_job(
+            run,
+            "report",
+            JobPhase::Skipped,
+            Some(Reason::UpstreamFailed),
+            None,
+        )
         .await
         .expect("skip");
     store
@@ -354,7 +416,10 @@ async fn begin_round_resets_only_the_listed_jobs() {
     assert_eq!(round, 2);
 
     let row = store.run(run).await.expect("run").expect("exists");
-    assert_eq!((row.phase, row.reason, row.rounds), (RunPhase::Running, None, 2));
+    assert_eq!(
+        (row.phase, row.reason, row.rounds),
+        (RunPhase::Running, None, 2)
+    );
     assert_eq!(row.finished_at, None);
     assert_eq!(row.owner_pid, Some(777));
     assert_eq!(row.owner_host.as_deref(), Some("other"));
@@ -381,7 +446,10 @@ async fn begin_round_resets_only_the_listed_jobs() {
         store.begin_round(run + 1, &[], &new_owner).await,
         Err(StoreError::NotFound { .. })
     ));
-    assert_eq!(store.run(run).await.expect("run").expect("exists").rounds, 2);
+    assert_eq!(
+        store.run(run).await.expect("run").expect("exists").rounds,
+        2
+    );
 }
 
 #[tokio::test]
@@ -394,7 +462,13 @@ async fn mark_success_records_events() {
         .await
         .expect("fail");
     store
-        .set_job(run, "report", JobPhase::Skipped, Some(Reason::UpstreamFailed), None)
+        .set_job(
+            run,
+            "report",
+            JobPhase::Skipped,
+            Some(Reason::UpstreamFailed),
+            None,
+        )
         .await
         .expect("skip");
     store
@@ -421,15 +495,26 @@ async fn mark_success_records_events() {
         assert_eq!(event.reason.as_deref(), Some("loaded by hand"));
         assert_eq!(event.actor.as_deref(), Some("alice"));
     }
-    assert_eq!(events[0].detail.as_deref(), Some(r#"{"previousPhase":"Failed"}"#));
-    assert_eq!(events[1].detail.as_deref(), Some(r#"{"previousPhase":"Skipped"}"#));
+    assert_eq!(
+        events[0].detail.as_deref(),
+        Some(r#"{"previousPhase":"Failed"}"#)
+    );
+    assert_eq!(
+        events[1].detail.as_deref(),
+        Some(r#"{"previousPhase":"Skipped"}"#)
+    );
 
     // All or nothing.
     assert!(matches!(
-        store.mark_success(run, &["extract", "nope"], "", "bob").await,
+        store
+            .mark_success(run, &["extract", "nope"], "", "bob")
+            .await,
         Err(StoreError::NotFound { .. })
     ));
-    assert_eq!(store.jobs(run).await.expect("jobs")[0].phase, JobPhase::Pending);
+    assert_eq!(
+        store.jobs(run).await.expect("jobs")[0].phase,
+        JobPhase::Pending
+    );
     assert_eq!(store.events(run).await.expect("events").len(), 2);
 }
 
@@ -438,10 +523,22 @@ async fn mark_lost_counts_each_loss_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open(&state_dir(&tmp)).await;
     let run = new_run(&store, "p").await;
-    let a = store.attempt_started(run, "extract", 1, 1, 1).await.expect("a");
-    store.attempt_spawned(a, 100, 100, Some(5)).await.expect("spawned");
-    let b = store.attempt_started(run, "load", 1, 2, 1).await.expect("b");
-    let c = store.attempt_started(run, "report", 1, 3, 1).await.expect("c");
+    let a = store
+        .attempt_started(run, "extract", 1, 1, 1)
+        .await
+        .expect("a");
+    store
+        .attempt_spawned(a, 100, 100, Some(5))
+        .await
+        .expect("spawned");
+    let b = store
+        .attempt_started(run, "load", 1, 2, 1)
+        .await
+        .expect("b");
+    let c = store
+        .attempt_started(run, "report", 1, 3, 1)
+        .await
+        .expect("c");
     store
         .attempt_finished(
             c,
@@ -470,8 +567,14 @@ async fn mark_lost_counts_each_loss_once() {
     assert_eq!(attempts[2].phase, JobPhase::Succeeded);
     let jobs = store.jobs(run).await.expect("jobs");
     for job in &jobs[..2] {
-        assert_eq!((job.phase, job.reason, job.lost), (JobPhase::Lost, Some(Reason::Lost), 1));
-        assert_eq!(job.attempts, 1, "a loss is not counted against the retry limit");
+        assert_eq!(
+            (job.phase, job.reason, job.lost),
+            (JobPhase::Lost, Some(Reason::Lost), 1)
+        );
+        assert_eq!(
+            job.attempts, 1,
+            "a loss is not counted against the retry limit"
+        );
     }
     assert_eq!((jobs[2].phase, jobs[2].lost), (JobPhase::Succeeded, 0));
 }
@@ -648,7 +751,10 @@ async fn writable_state_is_refused() {
         .await
         .expect_err("world-writable");
     assert!(matches!(err, StoreError::Unsafe { .. }), "{err:?}");
-    assert!(err.to_string().contains("writable by group or others"), "{err}");
+    assert!(
+        err.to_string().contains("writable by group or others"),
+        "{err}"
+    );
     assert!(!dir.join(DB_FILE).exists());
 
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod");
@@ -720,7 +826,12 @@ fn child_test_name() -> String {
 
 fn spawn_child(dir: &Path, mode: &str, start_ms: u128) -> std::process::Child {
     Command::new(std::env::current_exe().expect("current exe"))
-        .args([child_test_name().as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            child_test_name().as_str(),
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DIR, dir)
         .env(CHILD_MODE, mode)
         .env(CHILD_START_MS, start_ms.to_string())
@@ -789,7 +900,9 @@ async fn concurrent_processes_create_distinct_runs() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = state_dir(&tmp);
     let start = unix_ms() + 500;
-    let children: Vec<_> = (0..20).map(|_| spawn_child(&dir, "normal", start)).collect();
+    let children: Vec<_> = (0..20)
+        .map(|_| spawn_child(&dir, "normal", start))
+        .collect();
     let mut ids = Vec::new();
     for child in children {
         let output = child.wait_with_output().expect("wait");
@@ -805,7 +918,10 @@ async fn concurrent_processes_create_distinct_runs() {
     ids.dedup();
     assert_eq!(ids.len(), 20);
     let store = open(&dir).await;
-    assert_eq!(store.runs(Some("procs"), 100).await.expect("runs").len(), 20);
+    assert_eq!(
+        store.runs(Some("procs"), 100).await.expect("runs").len(),
+        20
+    );
 }
 
 #[tokio::test]
@@ -820,7 +936,11 @@ async fn a_killed_writer_loses_nothing_committed() {
     assert!(open::sibling(&dir.join(DB_FILE), "-wal").exists());
 
     let store = open(&dir).await;
-    let row = store.run(run).await.expect("run").expect("committed run survives");
+    let row = store
+        .run(run)
+        .await
+        .expect("run")
+        .expect("committed run survives");
     assert_eq!(row.phase, RunPhase::Running);
     assert_eq!(store.unfinished_runs().await.expect("unfinished").len(), 1);
     let open_attempts = store.open_attempts(run).await.expect("open");

@@ -1,0 +1,405 @@
+//! Integration tests of the run history (issue 4): resume, mark-success, concurrency, recovery
+//! after kill -9, corrupt databases, and the JSON shapes — with a real database file.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Workspace, job_state, json, manifest, marker, text, wait_no_marker};
+
+const DIAMOND: &str = "    - {id: a, command: \"echo a >> ran\"}\n    - {id: b, command: \"echo b >> ran; test -e fixed\", dependencies: [a]}\n    - {id: c, command: \"echo c >> ran\", dependencies: [b]}\n    - {id: d, command: \"echo d >> ran; test -e fixed\"}\n    - {id: e, command: \"echo e >> ran\"}\n";
+
+fn ran(ws: &Workspace) -> Vec<String> {
+    let list = std::fs::read_to_string(ws.path().join("ran")).unwrap_or_default();
+    let _ = std::fs::remove_file(ws.path().join("ran"));
+    list.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn resume_reruns_what_did_not_succeed_on_the_same_run_id() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", &manifest("resumable", "", DIAMOND));
+    let out = ws.run(&["run", "p.yaml", "--workers", "1", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(ran(&ws), ["a", "b", "d", "e"]);
+    std::fs::write(ws.path().join("fixed"), "").unwrap();
+
+    // Plain resume: failed (b, d) and skipped (c) run again; a and e keep their success.
+    let out = ws.run(&["resume", "1", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let run = json(&out);
+    assert_eq!(run["id"], 1);
+    assert_eq!(run["rounds"], 2);
+    assert_eq!(run["phase"], "Succeeded");
+    let mut again = ran(&ws);
+    again.sort();
+    assert_eq!(again, ["b", "c", "d"]);
+
+    // A succeeded run: nothing to do, exit 0.
+    let out = ws.run(&["resume", "1"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("already succeeded"));
+    assert!(ran(&ws).is_empty());
+
+    // An unknown run: exit 2, and no run is created under that id.
+    let out = ws.run(&["resume", "999"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = ws.run(&["runs", "-o", "json"]);
+    assert_eq!(json(&out).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn resume_failed_only_keeps_skipped_jobs() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", &manifest("failed-only", "", DIAMOND));
+    assert_eq!(
+        ws.run(&["run", "p.yaml", "--workers", "1"]).status.code(),
+        Some(1)
+    );
+    ran(&ws);
+    std::fs::write(ws.path().join("fixed"), "").unwrap();
+    let out = ws.run(&[
+        "run",
+        "p.yaml",
+        "--resume-from",
+        "1",
+        "--failed-only",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let run = json(&out);
+    let mut again = ran(&ws);
+    again.sort();
+    assert_eq!(again, ["b", "d"], "only the failed jobs run again");
+    assert_eq!(job_state(&run, "c").0, "Skipped");
+}
+
+#[test]
+fn resume_from_lists_differences_with_the_pinned_spec() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", &manifest("drift", "", DIAMOND));
+    assert_eq!(
+        ws.run(&["run", "p.yaml", "--workers", "1"]).status.code(),
+        Some(1)
+    );
+    std::fs::write(ws.path().join("fixed"), "").unwrap();
+    let changed = DIAMOND.replace("echo e >> ran", "echo E >> ran")
+        + "    - {id: f, command: \"echo f >> ran\"}\n";
+    ws.write("p.yaml", &manifest("drift", "", &changed));
+    let out = ws.run(&["run", "p.yaml", "--resume-from", "1"]);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("~ job e (changed)"), "{stderr}");
+    assert!(stderr.contains("+ job f (new)"), "{stderr}");
+}
+
+#[test]
+fn mark_success_then_resume_runs_exactly_the_downstream_jobs() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest(
+            "marking",
+            "",
+            "    - {id: a, command: \"echo a >> ran\"}\n    - {id: b, command: \"echo b >> ran; exit 1\", dependencies: [a]}\n    - {id: c, command: \"echo c >> ran\", dependencies: [b]}\n    - {id: d, command: \"echo d >> ran\", dependencies: [c]}\n    - {id: e, command: \"echo e >> ran\"}\n",
+        ),
+    );
+    assert_eq!(
+        ws.run(&["run", "p.yaml", "--workers", "1"]).status.code(),
+        Some(1)
+    );
+    ran(&ws);
+    let out = ws.run(&[
+        "mark-success",
+        "1",
+        "b",
+        "--reason",
+        "fixed by hand in the warehouse",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = ws.run(&["resume", "1", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(ran(&ws), ["c", "d"]);
+    let run = json(&out);
+    assert_eq!(job_state(&run, "b").1, "MarkedSuccess");
+    // The audit event, with its reason.
+    let out = ws.run(&["runs", "show", "1"]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("MarkedSuccess") && shown.contains("fixed by hand in the warehouse"),
+        "{shown}"
+    );
+    // Unknown job: usage error.
+    assert_eq!(ws.run(&["mark-success", "1", "zzz"]).status.code(), Some(2));
+}
+
+#[test]
+fn concurrent_runs_get_distinct_ids() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest("concurrent", "", "    - {id: a, command: \"true\"}\n    - {id: b, command: \"true\", dependencies: [a]}\n    - {id: c, command: \"true\", dependencies: [a]}\n"),
+    );
+    let children: Vec<_> = (0..20)
+        .map(|_| {
+            std::process::Command::new(common::bin())
+                .current_dir(ws.path())
+                .args([
+                    "--state-dir",
+                    ws.state_dir().to_str().unwrap(),
+                    "run",
+                    "p.yaml",
+                    "-o",
+                    "json",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("locked"), "{stderr}");
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        ids.push(json(&out)["id"].as_i64().unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20);
+    let out = ws.run(&["runs", "--limit", "100", "-o", "json"]);
+    let runs = json(&out);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 20);
+    assert!(runs.iter().all(|r| r["phase"] == "Succeeded"));
+}
+
+#[test]
+fn kill_9_then_resume_recovers_without_duplicates_or_orphans() {
+    let ws = Workspace::new();
+    let mark = marker("kill9");
+    // Each attempt takes a per-job flock for its whole life (children inherit it): a second
+    // attempt of the same job alive at the same time cannot get it and writes CONFLICT.
+    let mut jobs = String::new();
+    for i in 0..20 {
+        let deps = if i >= 4 {
+            format!(", dependencies: [j{}]", i - 4)
+        } else {
+            String::new()
+        };
+        jobs.push_str(&format!(
+            "    - {{id: j{i}, command: \"exec 9>lock.$EXECUTIONER_JOB_ID; flock -n 9 || {{ echo CONFLICT $EXECUTIONER_JOB_ID >> ledger; exit 99; }}; echo start,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT,$$ >> ledger; sleep 0.4 & sleep 0.4; wait; echo end,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT,$$ >> ledger\"{deps}}}\n"
+        ));
+    }
+    ws.write("p.yaml", &manifest("crashy", "", &jobs));
+    let mut child = std::process::Command::new(common::bin())
+        .current_dir(ws.path())
+        .args([
+            "--state-dir",
+            ws.state_dir().to_str().unwrap(),
+            "run",
+            "p.yaml",
+            "--workers",
+            "4",
+            "--env",
+            &mark,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let some jobs finish and others run, then kill -9.
+    let ledger = ws.path().join("ledger");
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+        if text.lines().filter(|l| l.starts_with("end,")).count() >= 5 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "jobs did not progress"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = ws.run(&["resume", "1", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let run = json(&out);
+    assert_eq!(run["phase"], "Succeeded");
+    assert!(
+        wait_no_marker(&mark, Duration::from_secs(5)).is_empty(),
+        "processes of the first run survived"
+    );
+
+    let ledger = std::fs::read_to_string(&ledger).unwrap();
+    assert!(
+        !ledger.contains("CONFLICT"),
+        "two attempts of a job were alive at once:\n{ledger}"
+    );
+    // Every job ended; every attempt started at most once and ended at most once.
+    let mut seen = std::collections::HashSet::new();
+    for line in ledger.lines() {
+        assert!(seen.insert(line.to_owned()), "duplicate ledger line {line}");
+    }
+    for i in 0..20 {
+        assert!(
+            ledger.contains(&format!("end,j{i},")),
+            "j{i} never ended:\n{ledger}"
+        );
+    }
+    // Interrupted attempts are recorded Lost.
+    let out = ws.run(&["runs", "show", "1"]);
+    let shown = text(&out.stdout);
+    assert!(shown.contains("Lost"), "{shown}");
+}
+
+#[test]
+fn corrupt_databases_are_refused_and_left_untouched() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest("corrupt", "", "    - {id: a, command: \"true\"}\n"),
+    );
+    assert_eq!(ws.run(&["run", "p.yaml"]).status.code(), Some(0));
+    let db = ws.state_dir().join("executioner.db");
+    let good = std::fs::read(&db).unwrap();
+    let _ = std::fs::remove_file(ws.state_dir().join("executioner.db-wal"));
+    let _ = std::fs::remove_file(ws.state_dir().join("executioner.db-shm"));
+    let mut zeroed = good.clone();
+    zeroed[..100].fill(0);
+    let garbage: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    for (name, bytes) in [
+        ("truncated", good[..1000.min(good.len())].to_vec()),
+        ("zeroed", zeroed),
+        ("garbage", garbage),
+    ] {
+        std::fs::write(&db, &bytes).unwrap();
+        for args in [
+            vec!["run", "p.yaml"],
+            vec!["runs"],
+            vec!["runs", "show", "1"],
+        ] {
+            let out = ws.run(&args);
+            assert_eq!(
+                out.status.code(),
+                Some(3),
+                "{name} {args:?}: {}",
+                text(&out.stderr)
+            );
+            assert!(!text(&out.stderr).is_empty());
+        }
+        assert_eq!(std::fs::read(&db).unwrap(), bytes, "{name}: file changed");
+    }
+}
+
+#[test]
+fn json_shapes_of_runs_and_runs_show() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest(
+            "shapes",
+            "",
+            "    - {id: a, command: \"true\"}\n    - {id: b, command: exit 2}\n",
+        ),
+    );
+    ws.run(&["run", "p.yaml"]);
+    ws.run(&["run", "p.yaml"]);
+    let runs = json(&ws.run(&["runs", "-o", "json"]));
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["id"], 2, "newest first");
+    for r in runs {
+        let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "id",
+                "pipeline",
+                "generation",
+                "phase",
+                "reason",
+                "startedAt",
+                "finishedAt",
+                "rounds"
+            ]
+        );
+    }
+    let limited = json(&ws.run(&["runs", "--limit", "1", "-o", "json"]));
+    assert_eq!(limited.as_array().unwrap().len(), 1);
+    assert_eq!(limited[0]["id"], 2, "--limit keeps the newest");
+    let show = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
+    let keys: Vec<&str> = show
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "id",
+            "pipeline",
+            "generation",
+            "phase",
+            "reason",
+            "startedAt",
+            "finishedAt",
+            "rounds",
+            "jobs"
+        ]
+    );
+    let job = &show["jobs"][1];
+    let keys: Vec<&str> = job
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "id",
+            "phase",
+            "reason",
+            "attempts",
+            "exitCode",
+            "startedAt",
+            "finishedAt",
+            "log"
+        ]
+    );
+    assert_eq!(job["exitCode"], 2);
+    assert_eq!(job["phase"], "Failed");
+    assert!(std::path::Path::new(job["log"].as_str().unwrap()).exists());
+    // The original's flags map onto the same commands.
+    let out = ws.run(&["--list-runs", "shapes"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("shapes"));
+    let out = ws.run(&["--show-run", "1"]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn state_folder_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest("private", "", "    - {id: a, command: \"true\"}\n"),
+    );
+    assert_eq!(ws.run(&["run", "p.yaml"]).status.code(), Some(0));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&ws.state_dir()), 0o700);
+    assert_eq!(mode(&ws.state_dir().join("executioner.db")), 0o600);
+    assert_eq!(mode(&ws.state_dir().join("logs/private/1")), 0o700);
+    assert_eq!(mode(&ws.state_dir().join("logs/private/1/a.log")), 0o600);
+    assert_eq!(mode(&ws.state_dir().join("logs/private/1/run.log")), 0o600);
+}
