@@ -12,6 +12,7 @@ mod render;
 mod run;
 mod schema;
 mod validate;
+mod wait;
 
 use std::ffi::OsString;
 use std::fmt;

@@ -11,11 +11,11 @@ use indexmap::IndexMap;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{self, EngineOptions, Plan, RunEvent, RunRequest, resume};
-use crate::scheduler::Start;
+use crate::engine::launch::{self, Pinned, Round};
+use crate::engine::{self, EngineOptions, Plan, RunEvent, RunRequest};
 use crate::spec::Manifest;
 use crate::status::{JobPhase, RunPhase};
-use crate::store::{NewJob, NewRun, Owner, RunId, Store};
+use crate::store::{RunId, Store};
 use crate::validate::Options;
 
 use super::{CliError, CliResult, Exit, GlobalArgs, OutputFormat, render};
@@ -116,27 +116,14 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
     runtime.block_on(async move {
         let state_dir = super::state_dir(global, &config);
         let store = super::open_store(&state_dir, &config).await?;
-        let owner = owner();
+        let owner = launch::this_process();
         let (run_id, request) = match args.resume_from {
             None => {
-                let spec_json = pinned_json(&manifest, &base_dir, &cli_env, &args.skip);
-                let hash = engine::plan::spec_hash(&manifest);
-                let run_id = create_run(&store, &plan, &spec_json, &hash, &owner).await?;
-                let starts = plan
-                    .jobs
-                    .iter()
-                    .map(|j| if args.skip.contains(&j.id) { Start::SkipByUser } else { Start::Run })
-                    .collect();
-                (
-                    run_id,
-                    RunRequest {
-                        run_id,
-                        round: 1,
-                        starts,
-                        previous_attempts: vec![0; plan.jobs.len()],
-                        lost: vec![0; plan.jobs.len()],
-                    },
-                )
+                let pinned = Pinned::new(manifest, &base_dir, cli_env, args.skip.clone());
+                let request = launch::new_run(&store, &plan, &pinned, 0, &owner)
+                    .await
+                    .map_err(super::store_error)?;
+                (request.run_id, request)
             }
             Some(run_id) => {
                 let pinned = store
@@ -147,7 +134,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
                 if let Some(diff) = spec_differences(&pinned.spec_json, &manifest) {
                     eprintln!("the manifest differs from the spec run {run_id} was started with; using the new spec:\n{diff}");
                 }
-                match prepare_round(&store, &pinned, &plan, args.failed_only, &owner).await? {
+                match round(&store, &pinned, &plan, args.failed_only, &owner).await? {
                     Some(request) => (run_id, request),
                     None => return Ok(Exit::Success),
                 }
@@ -174,27 +161,11 @@ pub fn resume(
             .await
             .map_err(super::store_error)?
             .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
-        let pinned: serde_json::Value = serde_json::from_str(&run.spec_json).map_err(|e| {
-            CliError::new(
-                Exit::Corrupt,
-                format!("run {run_id}: pinned spec unreadable: {e}"),
-            )
-        })?;
-        let manifest: Manifest =
-            serde_json::from_value(pinned["manifest"].clone()).map_err(|e| {
-                CliError::new(
-                    Exit::Corrupt,
-                    format!("run {run_id}: pinned spec unreadable: {e}"),
-                )
-            })?;
-        let base_dir = PathBuf::from(pinned["baseDir"].as_str().unwrap_or("."));
-        let cli_env: IndexMap<String, String> =
-            serde_json::from_value(pinned["env"].clone()).unwrap_or_default();
-        let process_env: IndexMap<String, String> = std::env::vars().collect();
-        let plan = Plan::new(&manifest, &base_dir, &process_env, cli_env)
-            .map_err(|e| CliError::failed(e.to_string()))?;
-        let owner = owner();
-        let Some(request) = prepare_round(&store, &run, &plan, failed_only, &owner).await? else {
+        let pinned = Pinned::from_run(&run)
+            .map_err(|e| CliError::new(Exit::Corrupt, format!("run {run_id}: pinned spec unreadable: {e}")))?;
+        let plan = pinned.plan().map_err(|e| CliError::failed(e.to_string()))?;
+        let owner = launch::this_process();
+        let Some(request) = round(&store, &run, &plan, failed_only, &owner).await? else {
             return Ok(Exit::Success);
         };
         let workers = config.workers();
@@ -206,123 +177,37 @@ pub fn resume(
 }
 
 /// Recovery and the next round of an existing run; `None` when there is nothing to do.
-async fn prepare_round(
+async fn round(
     store: &Store,
     run: &crate::store::RunRow,
     plan: &Plan,
     failed_only: bool,
-    owner: &Owner,
+    owner: &crate::store::Owner,
 ) -> Result<Option<RunRequest>, CliError> {
-    if run.phase == RunPhase::Running {
-        if resume::owner_alive(run) {
-            return Err(CliError::usage(format!(
-                "run {} is still running (pid {} on {})",
-                run.id,
-                run.owner_pid.unwrap_or_default(),
-                run.owner_host.clone().unwrap_or_default()
-            )));
+    match launch::next_round(store, run, plan, failed_only, owner)
+        .await
+        .map_err(super::store_error)?
+    {
+        Round::OwnedElsewhere { pid, host } => Err(CliError::usage(format!(
+            "run {} is still running (pid {pid} on {host})",
+            run.id
+        ))),
+        Round::AlreadySucceeded => {
+            println!("run {} already succeeded; nothing to resume", run.id);
+            Ok(None)
         }
-        let lost = resume::recover(store, run)
-            .await
-            .map_err(super::store_error)?;
-        if !lost.is_empty() {
-            eprintln!(
-                "run {}: its executioner died; attempts of {} recorded Lost",
-                run.id,
-                lost.join(", ")
-            );
+        Round::NothingToDo => {
+            println!("run {}: no job to run again", run.id);
+            Ok(None)
         }
-    } else if run.phase == RunPhase::Succeeded {
-        println!("run {} already succeeded; nothing to resume", run.id);
-        return Ok(None);
+        Round::Next { request, rerun, lost } => {
+            if !lost.is_empty() {
+                eprintln!("run {}: its executioner died; attempts of {} recorded Lost", run.id, lost.join(", "));
+            }
+            eprintln!("run {}: round {}, running again: {}", run.id, request.round, rerun.join(", "));
+            Ok(Some(request))
+        }
     }
-    let rows = store.jobs(run.id).await.map_err(super::store_error)?;
-    let decided = resume::plan_resume(plan, &rows, failed_only);
-    if decided.rerun.is_empty() {
-        println!("run {}: no job to run again", run.id);
-        return Ok(None);
-    }
-    let rerun: Vec<&str> = decided.rerun.iter().map(String::as_str).collect();
-    let round = store
-        .begin_round(run.id, &rerun, owner)
-        .await
-        .map_err(super::store_error)?;
-    let previous_attempts = resume::previous_attempts(store, run.id, plan)
-        .await
-        .map_err(super::store_error)?;
-    let rows = store.jobs(run.id).await.map_err(super::store_error)?;
-    let lost = plan
-        .jobs
-        .iter()
-        .map(|j| rows.iter().find(|r| r.job_id == j.id).map_or(0, |r| r.lost))
-        .collect();
-    eprintln!(
-        "run {}: round {round}, running again: {}",
-        run.id,
-        decided.rerun.join(", ")
-    );
-    Ok(Some(RunRequest {
-        run_id: run.id,
-        round,
-        starts: decided.starts,
-        previous_attempts,
-        lost,
-    }))
-}
-
-async fn create_run(
-    store: &Store,
-    plan: &Plan,
-    spec_json: &str,
-    hash: &str,
-    owner: &Owner,
-) -> Result<RunId, CliError> {
-    // Log files live at logs/PIPELINE/RUN/JOB.log; the run id is the database's to allocate, so
-    // the row keeps the file name and readers rebuild the path (engine::job_log_path).
-    let files: Vec<String> = plan.jobs.iter().map(|j| format!("{}.log", j.id)).collect();
-    let jobs: Vec<NewJob<'_>> = plan
-        .jobs
-        .iter()
-        .zip(&files)
-        .map(|(j, log)| NewJob {
-            id: &j.id,
-            log_path: log,
-        })
-        .collect();
-    store
-        .create_run(&NewRun {
-            pipeline: &plan.pipeline,
-            generation: 0,
-            spec_json,
-            spec_hash: hash,
-            jobs: &jobs,
-            owner,
-        })
-        .await
-        .map_err(super::store_error)
-}
-
-/// What a run pins: the manifest, where relative paths start, and the command-line layers.
-fn pinned_json(
-    manifest: &Manifest,
-    base_dir: &Path,
-    cli_env: &IndexMap<String, String>,
-    skip: &[String],
-) -> String {
-    let base = if base_dir.is_absolute() {
-        base_dir.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|c| c.join(base_dir))
-            .unwrap_or_else(|_| base_dir.to_path_buf())
-    };
-    serde_json::json!({
-        "manifest": manifest,
-        "baseDir": base,
-        "env": cli_env,
-        "skip": skip,
-    })
-    .to_string()
 }
 
 /// The differences between a run's pinned manifest and `manifest`, one line each, if any.
@@ -361,15 +246,6 @@ fn spec_differences(pinned_json: &str, manifest: &Manifest) -> Option<String> {
         lines.push("  ~ pipeline settings changed".into());
     }
     Some(lines.join("\n"))
-}
-
-fn owner() -> Owner {
-    let pid = std::process::id();
-    Owner {
-        pid,
-        host: resume::hostname(),
-        start_time: crate::process::read_start_time(pid as i32),
-    }
 }
 
 #[allow(clippy::too_many_arguments)]

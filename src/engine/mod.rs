@@ -9,6 +9,7 @@
 //! released. See docs/engine.md.
 
 pub mod checks;
+pub mod launch;
 pub mod plan;
 pub mod resume;
 

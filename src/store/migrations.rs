@@ -85,6 +85,20 @@ CREATE TABLE events (
 );
 CREATE INDEX events_run ON events (run_id, id);
 "#,
+    // 2: pipelines known to the controller (identity, generation, requests).
+    r#"
+CREATE TABLE pipelines (
+    name            TEXT    PRIMARY KEY,
+    generation      INTEGER NOT NULL,
+    spec_hash       TEXT    NOT NULL,
+    source          TEXT    NOT NULL,
+    deleted         INTEGER NOT NULL DEFAULT 0,
+    rerun_requested INTEGER NOT NULL DEFAULT 0,
+    last_tick       TEXT,
+    updated_at      TEXT    NOT NULL
+);
+CREATE INDEX runs_pipeline_generation ON runs (pipeline, generation, id);
+"#,
 ];
 
 /// The schema version this build writes and understands.
@@ -93,8 +107,17 @@ pub(super) const LATEST: i64 = MIGRATIONS.len() as i64;
 /// Applies every missing migration, one transaction each. A database newer than this build is left
 /// untouched and reported.
 pub(super) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
+    let context = "migrating the schema";
+    // The usual case, up to date, needs no write lock.
+    let current: i64 = sqlx::query("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(sql_error(path, context))?;
+    if current == LATEST {
+        return Ok(());
+    }
     loop {
-        let context = "migrating the schema";
         let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -118,6 +141,7 @@ pub(super) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<
             });
         };
         let Some(script) = MIGRATIONS.get(index) else {
+            tx.commit().await.map_err(sql_error(path, context))?;
             return Ok(());
         };
         sqlx::raw_sql(*script)

@@ -3,13 +3,18 @@
 //! nothing: which transition is allowed, when to retry and what a lost job means belong to the
 //! engine and the scheduler.
 //!
-//! Writes that touch several rows run in one `BEGIN IMMEDIATE` transaction (the write lock is taken
-//! up front, so concurrent processes wait on the busy timeout instead of failing with "database is
-//! locked"). SQL text is constant so sqlx's per-connection statement cache keeps it prepared. Times
-//! are stored as RFC 3339 UTC strings with milliseconds.
+//! Reads go through a small pool; writes through one dedicated connection per process (SQLite admits
+//! one writer at a time anyway). Writes that touch several rows run in one `BEGIN IMMEDIATE`
+//! transaction: the write lock is taken up front, so concurrent processes wait on the busy timeout
+//! instead of failing with "database is locked". The writes the engine makes for every attempt are
+//! each a single script sent in one round trip. SQL text is constant so sqlx's per-connection
+//! statement cache keeps it prepared. Times are stored as RFC 3339 UTC strings with milliseconds.
 
 mod migrations;
 mod open;
+mod pipelines;
+
+pub use pipelines::PipelineRow;
 #[cfg(test)]
 mod tests;
 
@@ -252,6 +257,7 @@ impl Store {
             writer: Arc::new(Mutex::new(WriterSlot {
                 conn: Some(opened.writer),
                 options: opened.options,
+                closed: false,
             })),
             path: opened.path.into(),
         })
@@ -262,10 +268,14 @@ impl Store {
         &self.path
     }
 
-    /// Closes every connection (of every clone of this handle); the last connection to the file
-    /// checkpoints it and removes the WAL.
+    /// Closes every connection (of every clone of this handle: their later calls fail); the last
+    /// connection to the file checkpoints it and removes the WAL.
     pub async fn close(self) {
-        let writer = self.writer.lock().await.conn.take();
+        let writer = {
+            let mut slot = self.writer.lock().await;
+            slot.closed = true;
+            slot.conn.take()
+        };
         if let Some(conn) = writer {
             // Nothing is left to commit; a failure to close cleanly loses nothing.
             let _ = conn.close().await;
@@ -347,7 +357,7 @@ impl Store {
         };
         for job in rerun {
             let done = sqlx::query(
-                "UPDATE jobs SET phase = 'Pending', reason = NULL, attempts = 0, lost = 0, \
+                "UPDATE jobs SET phase = 'Pending', reason = NULL, attempts = 0, \
                  exit_code = NULL, started_at = NULL, finished_at = NULL, message = NULL \
                  WHERE run_id = ? AND job_id = ?",
             )
@@ -735,6 +745,12 @@ impl Store {
     /// Takes the writer connection (reconnecting if the last write lost it).
     async fn writing(&self, context: &'static str) -> Result<Writing<'_>, StoreError> {
         let mut slot = self.writer.lock().await;
+        if slot.closed {
+            return Err(StoreError::Sql {
+                context,
+                source: sqlx::Error::PoolClosed,
+            });
+        }
         let conn = match slot.conn.take() {
             Some(conn) => conn,
             None => slot.options.connect().await.map_err(self.sql(context))?,
@@ -766,7 +782,10 @@ impl Store {
     /// single round trip to the connection's worker thread (the engine makes these calls for every
     /// attempt, and each round trip costs tens of microseconds). Returns the rows of its RETURNING
     /// clauses. A script that fails or is cancelled before its COMMIT loses the connection, which
-    /// rolls the transaction back (see [`Writing`]).
+    /// rolls the transaction back (see [`Writing`]). A cancelled call's outcome is unknown until
+    /// the next write: the dropped connection's worker thread finishes the statement it is running
+    /// (which may be the COMMIT), but it holds the write lock since its BEGIN IMMEDIATE, so every
+    /// later write is ordered after it.
     async fn write_script(
         &self,
         query: Query<'_, Sqlite, SqliteArguments>,
@@ -853,6 +872,8 @@ impl Store {
 struct WriterSlot {
     conn: Option<SqliteConnection>,
     options: SqliteConnectOptions,
+    /// Set by [`Store::close`]: no reconnecting after that.
+    closed: bool,
 }
 
 /// A write in progress on the writer connection, taken out of its slot. [`Writing::release`] puts it

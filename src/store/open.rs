@@ -1,6 +1,6 @@
 //! Opening the state database: the state folder and file with private permissions, a check that an
-//! existing file is a healthy database of ours made before anything can write to it, then the pool
-//! in WAL mode and the migrations.
+//! existing file is a healthy database of ours made before anything can write to it, then WAL mode,
+//! the migrations, and the connections.
 //!
 //! A file that fails the check is left byte-for-byte as it was, and no `-wal`/`-shm` files appear
 //! next to it: it is evidence, and never silently recreated.
@@ -19,7 +19,7 @@ use super::migrations::{self, LATEST};
 use super::{DB_FILE, Durability, StoreError, primary_code, sql_error};
 
 /// How long a connection waits for another process's write lock before giving up.
-pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const MAX_READERS: u32 = 4;
 
@@ -245,7 +245,7 @@ fn check_header(header: &[u8], len: u64) -> Result<(), String> {
         n if n >= 512 && n.is_power_of_two() => u64::from(n),
         n => return Err(format!("invalid page size {n} in the header")),
     };
-    if len % page_size != 0 {
+    if !len.is_multiple_of(page_size) {
         return Err(format!(
             "file size {len} is not a multiple of the page size {page_size} (truncated?)"
         ));

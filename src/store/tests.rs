@@ -983,34 +983,65 @@ fn corruption_errors_map_to_exit_code_3() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_cancelled_write_is_all_or_nothing() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open(&state_dir(&tmp)).await;
     let run = new_run(&store, "p").await;
-    for number in 1..=30 {
-        // Cancel at varying points: before, during or after the script's commit.
-        let delay = Duration::from_micros(number as u64 * 7);
-        let _ = tokio::time::timeout(
-            delay,
-            store.attempt_started(run, "extract", 1, number, number),
-        )
-        .await;
+    let mut cancelled = 0;
+    for number in 1..=40 {
+        // Poll by hand and drop the call after a varying time, so it is cancelled before, during
+        // or after the script's commit on the connection's worker thread.
+        let mut call = std::pin::pin!(store.attempt_started(run, "extract", 1, number, number));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut done = false;
+        for _ in 0..=number % 4 {
+            if let Poll::Ready(result) = call.as_mut().poll(&mut cx) {
+                result.expect("attempt");
+                done = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_micros((number % 8) as u64 * 25));
+        }
+        if !done {
+            cancelled += 1;
+        }
     }
+    assert!(cancelled > 0, "nothing was cancelled");
+    // A dropped call's connection may still be finishing its current statement; it holds the
+    // write lock since its BEGIN IMMEDIATE, so the next write is ordered after it.
+    store
+        .set_job(run, "report", JobPhase::Pending, None, None)
+        .await
+        .expect("barrier write");
     let attempts = store.attempts(run).await.expect("attempts");
     let job = store.jobs(run).await.expect("jobs").remove(0);
     match attempts.iter().map(|a| a.number).max() {
         // The job row and the attempt row were committed together, or not at all.
-        Some(last) => {
-            assert_eq!((job.phase, job.attempts), (JobPhase::Running, last));
-        }
+        Some(last) => assert_eq!((job.phase, job.attempts), (JobPhase::Running, last)),
         None => assert_eq!(job.phase, JobPhase::Pending),
     }
-    eprintln!("XP committed {} of 30", attempts.len());
     // No transaction was left open on the writer (the write would wait for its lock, then fail).
     store
-        .attempt_started(run, "extract", 1, 31, 31)
+        .attempt_started(run, "extract", 1, 41, 41)
         .await
         .expect("write after cancellations");
-    assert_eq!(store.jobs(run).await.expect("jobs")[0].attempts, 31);
+    assert_eq!(store.jobs(run).await.expect("jobs")[0].attempts, 41);
+}
+
+#[tokio::test]
+async fn a_closed_store_refuses_further_calls() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(&state_dir(&tmp)).await;
+    let run = new_run(&store, "p").await;
+    let clone = store.clone();
+    store.close().await;
+    assert!(matches!(
+        clone.finish_run(run, RunPhase::Cancelled, None).await,
+        Err(StoreError::Sql { .. })
+    ));
+    assert!(matches!(clone.run(run).await, Err(StoreError::Sql { .. })));
 }

@@ -1,0 +1,154 @@
+//! The controller's pipelines: identity (name), the generation of the spec it last saw, and the
+//! requests made to it (`rerun`). A generation increases when the canonical spec hash changes.
+
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use super::{Decoder, RunRow, Store, StoreError, timestamp};
+
+/// One pipeline as the controller last observed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineRow {
+    pub name: String,
+    pub generation: i64,
+    pub spec_hash: String,
+    /// The manifest file it came from (a name inside the manifests folder).
+    pub source: String,
+    pub deleted: bool,
+    pub rerun_requested: bool,
+    /// The last schedule tick a run was started for.
+    pub last_tick: Option<OffsetDateTime>,
+}
+
+impl Store {
+    /// Records that pipeline `name` has spec `spec_hash` (from `source`) and returns its
+    /// generation: 1 for a new pipeline, +1 when the hash changed or the pipeline comes back after
+    /// a deletion, unchanged otherwise.
+    pub async fn observe_pipeline(
+        &self,
+        name: &str,
+        spec_hash: &str,
+        source: &str,
+    ) -> Result<i64, StoreError> {
+        let now = timestamp(OffsetDateTime::now_utc());
+        let query = sqlx::query(
+            "INSERT INTO pipelines (name, generation, spec_hash, source, deleted, updated_at) \
+             VALUES (?1, 1, ?2, ?3, 0, ?4) \
+             ON CONFLICT (name) DO UPDATE SET \
+               generation = CASE WHEN spec_hash <> excluded.spec_hash OR deleted = 1 \
+                                 THEN generation + 1 ELSE generation END, \
+               updated_at = CASE WHEN spec_hash <> excluded.spec_hash OR deleted = 1 OR source <> excluded.source \
+                                 THEN excluded.updated_at ELSE updated_at END, \
+               spec_hash = excluded.spec_hash, source = excluded.source, deleted = 0 \
+             RETURNING generation",
+        )
+        .bind(name)
+        .bind(spec_hash)
+        .bind(source)
+        .bind(&now);
+        let rows = self.write_script(query, "recording a pipeline").await?;
+        let generation = rows
+            .first()
+            .map(|r| r.try_get::<i64, _>("generation"))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt {
+                path: self.path.to_path_buf(),
+                detail: format!("pipelines.generation: {e}"),
+            })?
+            .unwrap_or(1);
+        Ok(generation)
+    }
+
+    /// Every pipeline ever observed (deleted ones included), by name.
+    pub async fn pipelines(&self) -> Result<Vec<PipelineRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, generation, spec_hash, source, deleted, rerun_requested, last_tick \
+             FROM pipelines ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.sql("listing pipelines"))?;
+        rows.iter().map(|r| self.pipeline_row(r)).collect()
+    }
+
+    pub async fn pipeline(&self, name: &str) -> Result<Option<PipelineRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, generation, spec_hash, source, deleted, rerun_requested, last_tick \
+             FROM pipelines WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.sql("reading a pipeline"))?;
+        row.map(|r| self.pipeline_row(&r)).transpose()
+    }
+
+    pub async fn mark_pipeline_deleted(&self, name: &str) -> Result<(), StoreError> {
+        let now = timestamp(OffsetDateTime::now_utc());
+        let query = sqlx::query(
+            "UPDATE pipelines SET deleted = 1, rerun_requested = 0, updated_at = ?1 WHERE name = ?2",
+        )
+        .bind(&now)
+        .bind(name);
+        self.write_one(query, "deleting a pipeline").await?;
+        Ok(())
+    }
+
+    /// Asks for a new run of the current generation; false when the pipeline is unknown.
+    pub async fn request_rerun(&self, name: &str) -> Result<bool, StoreError> {
+        let query = sqlx::query(
+            "UPDATE pipelines SET rerun_requested = 1 WHERE name = ? AND deleted = 0",
+        )
+        .bind(name);
+        Ok(self.write_one(query, "requesting a rerun").await? > 0)
+    }
+
+    /// Consumes a rerun request; true when there was one.
+    pub async fn take_rerun(&self, name: &str) -> Result<bool, StoreError> {
+        let query = sqlx::query(
+            "UPDATE pipelines SET rerun_requested = 0 WHERE name = ? AND rerun_requested = 1",
+        )
+        .bind(name);
+        Ok(self.write_one(query, "taking a rerun request").await? > 0)
+    }
+
+    pub async fn set_last_tick(&self, name: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        let query = sqlx::query("UPDATE pipelines SET last_tick = ?1 WHERE name = ?2")
+            .bind(timestamp(at))
+            .bind(name);
+        self.write_one(query, "recording a schedule tick").await?;
+        Ok(())
+    }
+
+    /// The newest run of one generation of a pipeline.
+    pub async fn latest_run_of_generation(
+        &self,
+        pipeline: &str,
+        generation: i64,
+    ) -> Result<Option<RunRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, pipeline, generation, spec_json, spec_hash, phase, reason, rounds, \
+             owner_pid, owner_host, owner_start_time, created_at, started_at, finished_at \
+             FROM runs WHERE pipeline = ? AND generation = ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(pipeline)
+        .bind(generation)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.sql("reading a generation's run"))?;
+        row.map(|r| self.run_row(&r)).transpose()
+    }
+
+    fn pipeline_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRow, StoreError> {
+        let row = Decoder { row, store: self };
+        Ok(PipelineRow {
+            name: row.get("name")?,
+            generation: row.get("generation")?,
+            spec_hash: row.get("spec_hash")?,
+            source: row.get("source")?,
+            deleted: row.get::<i64>("deleted")? != 0,
+            rerun_requested: row.get::<i64>("rerun_requested")? != 0,
+            last_tick: row.time_opt("last_tick")?,
+        })
+    }
+}
