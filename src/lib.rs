@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod dag;
 pub mod engine;
 pub mod env;

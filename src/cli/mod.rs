@@ -4,6 +4,7 @@
 //! values and are rendered once, with their chain, by [`main`].
 
 mod compat;
+mod controller;
 mod convert;
 mod graph;
 mod history;
@@ -197,6 +198,35 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Watch a manifests folder and reconcile: every pipeline's current generation is run to a
+    /// terminal state; status files go to MANIFESTS/.status/NAME.yaml.
+    Controller {
+        /// Manifests folder (default: configuration manifests_dir, i.e. manifests/).
+        #[arg(long)]
+        manifests: Option<PathBuf>,
+        /// Reconcile until every current manifest's run is terminal, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Pipelines: phase, generation, last run, job progress (works without a running controller).
+    Status {
+        name: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: controller::StatusFormat,
+        /// Refresh every second.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        manifests: Option<PathBuf>,
+    },
+    /// Block until the current generation's run of NAME is terminal (0 Succeeded, 1 Failed, 2 timeout).
+    Wait {
+        name: String,
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
+    /// Ask the controller for a new run of the current generation.
+    Rerun { name: String },
     /// Mark failed or skipped jobs of a finished run as succeeded (an audit event is recorded).
     MarkSuccess {
         run: i64,
@@ -277,6 +307,23 @@ fn dispatch(cli: Cli) -> CliResult {
         Command::Logs { run, job, follow } => {
             history::logs(run, job.as_deref(), follow, &cli.global)
         }
+        Command::Controller { manifests, once } => {
+            controller::run_controller(manifests.as_deref(), once, &cli.global)
+        }
+        Command::Status {
+            name,
+            output,
+            watch,
+            manifests,
+        } => controller::status(
+            name.as_deref(),
+            output,
+            watch,
+            manifests.as_deref(),
+            &cli.global,
+        ),
+        Command::Wait { name, timeout } => wait::wait_for(&name, None, timeout, &cli.global),
+        Command::Rerun { name } => controller::rerun(&name, &cli.global),
         Command::MarkSuccess { run, jobs, reason } => {
             history::mark_success(run, &jobs, reason.as_deref(), &cli.global)
         }
@@ -286,6 +333,11 @@ fn dispatch(cli: Cli) -> CliResult {
             Ok(Exit::Success)
         }
     }
+}
+
+/// A duration flag: `90s`, `1h30m` or seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::spec::Duration::parse(text).map(crate::spec::Duration::as_std)
 }
 
 /// The configuration, with the command-line flags that override it.

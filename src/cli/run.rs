@@ -161,8 +161,12 @@ pub fn resume(
             .await
             .map_err(super::store_error)?
             .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
-        let pinned = Pinned::from_run(&run)
-            .map_err(|e| CliError::new(Exit::Corrupt, format!("run {run_id}: pinned spec unreadable: {e}")))?;
+        let pinned = Pinned::from_run(&run).map_err(|e| {
+            CliError::new(
+                Exit::Corrupt,
+                format!("run {run_id}: pinned spec unreadable: {e}"),
+            )
+        })?;
         let plan = pinned.plan().map_err(|e| CliError::failed(e.to_string()))?;
         let owner = launch::this_process();
         let Some(request) = round(&store, &run, &plan, failed_only, &owner).await? else {
@@ -200,11 +204,24 @@ async fn round(
             println!("run {}: no job to run again", run.id);
             Ok(None)
         }
-        Round::Next { request, rerun, lost } => {
+        Round::Next {
+            request,
+            rerun,
+            lost,
+        } => {
             if !lost.is_empty() {
-                eprintln!("run {}: its executioner died; attempts of {} recorded Lost", run.id, lost.join(", "));
+                eprintln!(
+                    "run {}: its executioner died; attempts of {} recorded Lost",
+                    run.id,
+                    lost.join(", ")
+                );
             }
-            eprintln!("run {}: round {}, running again: {}", run.id, request.round, rerun.join(", "));
+            eprintln!(
+                "run {}: round {}, running again: {}",
+                run.id,
+                request.round,
+                rerun.join(", ")
+            );
             Ok(Some(request))
         }
     }

@@ -61,7 +61,12 @@ impl Pinned {
     /// The plan of this spec, against the current process environment.
     pub fn plan(&self) -> Result<Plan, PlanError> {
         let process_env: IndexMap<String, String> = std::env::vars().collect();
-        Plan::new(&self.manifest, &self.base_dir, &process_env, self.env.clone())
+        Plan::new(
+            &self.manifest,
+            &self.base_dir,
+            &process_env,
+            self.env.clone(),
+        )
     }
 }
 
@@ -167,7 +172,9 @@ pub async fn next_round(
     if decided.rerun.is_empty() {
         if run.phase == RunPhase::Running {
             // Everything had ended before the crash: close the run as its jobs say.
-            let failed = rows.iter().any(|r| r.phase == crate::status::JobPhase::Failed);
+            let failed = rows
+                .iter()
+                .any(|r| r.phase == crate::status::JobPhase::Failed);
             let (phase, reason) = if failed {
                 (RunPhase::Failed, crate::status::Reason::JobsFailed)
             } else {

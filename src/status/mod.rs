@@ -1,6 +1,8 @@
 //! Observed state: the phases and reasons of runs and jobs, as recorded in the store, shown by the
 //! CLI and written to status files. Only the engine decides transitions; this module names them.
 
+pub mod file;
+
 use std::fmt;
 use std::str::FromStr;
 

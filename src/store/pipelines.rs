@@ -96,10 +96,9 @@ impl Store {
 
     /// Asks for a new run of the current generation; false when the pipeline is unknown.
     pub async fn request_rerun(&self, name: &str) -> Result<bool, StoreError> {
-        let query = sqlx::query(
-            "UPDATE pipelines SET rerun_requested = 1 WHERE name = ? AND deleted = 0",
-        )
-        .bind(name);
+        let query =
+            sqlx::query("UPDATE pipelines SET rerun_requested = 1 WHERE name = ? AND deleted = 0")
+                .bind(name);
         Ok(self.write_one(query, "requesting a rerun").await? > 0)
     }
 

@@ -1,0 +1,326 @@
+//! `executioner controller`, `status` and `rerun`: the declarative side of the CLI.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::controller::{self, ControllerEvent, ControllerOptions, lock};
+use crate::status::file::PipelineStatusDoc;
+use crate::validate::Options;
+
+use super::{CliError, CliResult, Exit, GlobalArgs, LogFormat};
+
+/// `--manifests`, else the configuration's `manifests_dir`, made absolute.
+pub fn manifests_dir(flag: Option<&Path>, config: &crate::config::Config) -> PathBuf {
+    let dir = flag.map_or_else(|| config.manifests_dir.clone(), Path::to_path_buf);
+    if dir.is_absolute() {
+        dir
+    } else {
+        std::env::current_dir().map_or(dir.clone(), |cwd| cwd.join(&dir))
+    }
+}
+
+pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs) -> CliResult {
+    let config = super::load_config(global)?;
+    let state_dir = super::state_dir(global, &config);
+    let manifests_dir = manifests_dir(manifests, &config);
+    let json = global.log_format == Some(LogFormat::Json)
+        || (global.log_format.is_none()
+            && config.log_format == crate::config::LogFormatConfig::Json);
+    let quiet = global.quiet;
+    super::runtime()?.block_on(async move {
+        let store = super::open_store(&state_dir, &config).await?;
+        let _lock = lock::acquire(&state_dir).map_err(|e| CliError::usage(e.to_string()))?;
+        if nix::unistd::geteuid().is_root() {
+            if !config.security.allow_root {
+                return Err(CliError::usage(
+                    "refusing to run the controller as root (security.allow_root = false)",
+                ));
+            }
+            log_line(
+                json,
+                "warn",
+                "running as root: every job runs as root too",
+                &[],
+            );
+        }
+        let cancel = CancellationToken::new();
+        let kill_now = CancellationToken::new();
+        let signals = super::watch_signals(cancel.clone(), kill_now.clone())?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let printer = tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if !quiet {
+                    print_event(&event, json);
+                }
+            }
+        });
+        let status_dir = manifests_dir.join(".status");
+        let result = controller::run(
+            ControllerOptions {
+                manifests_dir,
+                state_dir,
+                config,
+                once,
+            },
+            store,
+            tx,
+            cancel.clone(),
+            kill_now,
+        )
+        .await;
+        let _ = printer.await;
+        signals.abort();
+        let all_ok = result.map_err(|e| CliError::usage(super::error_chain(&e)))?;
+        if !quiet && !json {
+            eprintln!("status files: {}", status_dir.display());
+        }
+        Ok(if cancel.is_cancelled() {
+            Exit::Interrupted
+        } else if all_ok || !once {
+            Exit::Success
+        } else {
+            Exit::Failed
+        })
+    })
+}
+
+fn log_line(json: bool, level: &str, message: &str, fields: &[(&str, serde_json::Value)]) {
+    let mut err = std::io::stderr().lock();
+    if json {
+        let mut obj = serde_json::Map::new();
+        obj.insert("time".into(), crate::status::now_rfc3339().into());
+        obj.insert("level".into(), level.into());
+        obj.insert("message".into(), message.into());
+        for (k, v) in fields {
+            obj.insert((*k).into(), v.clone());
+        }
+        let _ = writeln!(err, "{}", serde_json::Value::Object(obj));
+    } else {
+        let extra: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_owned)))
+            .collect();
+        let _ = writeln!(
+            err,
+            "{} {level:<5} {message} {}",
+            crate::status::now_rfc3339(),
+            extra.join(" ")
+        );
+    }
+}
+
+fn print_event(event: &ControllerEvent, json: bool) {
+    use serde_json::json as j;
+    match event {
+        ControllerEvent::Started { manifests, workers } => log_line(
+            json,
+            "info",
+            "controller started",
+            &[("manifests", j!(manifests)), ("workers", j!(workers))],
+        ),
+        ControllerEvent::RunStarted {
+            pipeline,
+            run,
+            generation,
+            why,
+        } => log_line(
+            json,
+            "info",
+            "run started",
+            &[
+                ("pipeline", j!(pipeline)),
+                ("run", j!(run)),
+                ("generation", j!(generation)),
+                ("why", j!(why)),
+            ],
+        ),
+        ControllerEvent::RunResumed {
+            pipeline,
+            run,
+            lost,
+        } => log_line(
+            json,
+            "warn",
+            "run resumed after a crash",
+            &[
+                ("pipeline", j!(pipeline)),
+                ("run", j!(run)),
+                ("lost", j!(lost)),
+            ],
+        ),
+        ControllerEvent::RunFinished {
+            pipeline,
+            run,
+            phase,
+        } => log_line(
+            json,
+            "info",
+            "run finished",
+            &[
+                ("pipeline", j!(pipeline)),
+                ("run", j!(run)),
+                ("phase", j!(phase.as_str())),
+            ],
+        ),
+        ControllerEvent::Cancelling { pipeline, run, why } => log_line(
+            json,
+            "info",
+            "cancelling run",
+            &[
+                ("pipeline", j!(pipeline)),
+                ("run", j!(run)),
+                ("why", j!(why)),
+            ],
+        ),
+        ControllerEvent::Invalid { source, message } => log_line(
+            json,
+            "error",
+            "invalid manifest",
+            &[("source", j!(source)), ("error", j!(message))],
+        ),
+        ControllerEvent::Deleted { pipeline } => log_line(
+            json,
+            "info",
+            "pipeline deleted",
+            &[("pipeline", j!(pipeline))],
+        ),
+        ControllerEvent::Warning(message) => log_line(json, "warn", message, &[]),
+        ControllerEvent::Stopping => log_line(json, "info", "stopping: cancelling runs", &[]),
+    }
+}
+
+/// The status documents, from the store and the folder (no controller needed).
+pub fn statuses(
+    manifests: Option<&Path>,
+    global: &GlobalArgs,
+) -> Result<Vec<PipelineStatusDoc>, CliError> {
+    let config = super::load_config(global)?;
+    let state_dir = super::state_dir(global, &config);
+    let manifests_dir = manifests_dir(manifests, &config);
+    let options = Options {
+        security: super::security_policy(&config),
+        ..Options::default()
+    };
+    super::runtime()?.block_on(async move {
+        let store = super::open_store_existing(&state_dir, &config).await?;
+        controller::observe::snapshot(store.as_ref(), &state_dir, &manifests_dir, &options)
+            .await
+            .map_err(super::store_error)
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+pub fn status(
+    name: Option<&str>,
+    format: StatusFormat,
+    watch: bool,
+    manifests: Option<&Path>,
+    global: &GlobalArgs,
+) -> CliResult {
+    loop {
+        let mut docs = statuses(manifests, global)?;
+        if let Some(n) = name {
+            docs.retain(|d| d.metadata.name == n);
+            if docs.is_empty() {
+                return Err(CliError::usage(format!("pipeline/{n} not found")));
+            }
+        }
+        let text = match format {
+            StatusFormat::Json => {
+                let value = match (name, docs.first()) {
+                    (Some(_), Some(d)) => serde_json::to_value(d).unwrap_or_default(),
+                    _ => serde_json::to_value(&docs).unwrap_or_default(),
+                };
+                serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
+            }
+            StatusFormat::Yaml => docs
+                .iter()
+                .map(PipelineStatusDoc::to_yaml)
+                .collect::<Vec<_>>()
+                .join("---\n"),
+            StatusFormat::Table => {
+                let mut table = comfy_table::Table::new();
+                table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+                table.set_header([
+                    "PIPELINE",
+                    "PHASE",
+                    "GENERATION",
+                    "RUN",
+                    "PROGRESS",
+                    "SOURCE",
+                ]);
+                for d in &docs {
+                    let p = &d.status.progress;
+                    table.add_row([
+                        d.metadata.name.clone(),
+                        d.status.phase.clone(),
+                        d.metadata.generation.to_string(),
+                        d.status.run_id.map_or("-".into(), |r| r.to_string()),
+                        format!(
+                            "{}/{} succeeded, {} failed, {} running, {} skipped",
+                            p.succeeded, p.total, p.failed, p.running, p.skipped
+                        ),
+                        d.metadata.source.clone(),
+                    ]);
+                }
+                let mut out = table.to_string();
+                out.push('\n');
+                for d in &docs {
+                    if let Some(c) = d
+                        .status
+                        .conditions
+                        .iter()
+                        .find(|c| c.kind == "Valid" && c.status == "False")
+                    {
+                        out.push_str(&format!("{}: {}\n", d.metadata.name, c.message));
+                    }
+                }
+                out
+            }
+        };
+        if watch {
+            print!("\x1b[2J\x1b[H{text}");
+        } else {
+            print!("{text}");
+        }
+        let _ = std::io::stdout().flush();
+        if !watch {
+            return Ok(Exit::Success);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+pub fn rerun(name: &str, global: &GlobalArgs) -> CliResult {
+    crate::spec::PipelineName::parse(name).map_err(|e| CliError::usage(e.to_string()))?;
+    let config = super::load_config(global)?;
+    let state_dir = super::state_dir(global, &config);
+    super::runtime()?.block_on(async move {
+        let store = super::open_store_existing(&state_dir, &config)
+            .await?
+            .ok_or_else(|| {
+                CliError::usage(format!(
+                    "pipeline/{name} not found (no controller has seen it)"
+                ))
+            })?;
+        if controller::request_rerun(&store, &state_dir, name)
+            .await
+            .map_err(super::store_error)?
+        {
+            println!("pipeline/{name} rerun requested");
+            Ok(Exit::Success)
+        } else {
+            Err(CliError::usage(format!("pipeline/{name} not found")))
+        }
+    })
+}

@@ -1,0 +1,765 @@
+//! The controller: watches a manifests folder and reconciles it with the store. Dropping, editing
+//! or deleting a manifest is the only input; each pipeline's current generation is driven to one
+//! terminal run, schedules start one run per tick, and a status file per pipeline says where it is.
+//!
+//! One actor owns all the state and has one `select!`: folder events (debounced), the periodic
+//! resync, schedule ticks, retries of files caught half-written, runs finishing, status flushes and
+//! shutdown. Reconcile is level-triggered: it reads the folder and the store and converges, whatever
+//! woke it. Runs execute on the engine, sharing one worker semaphore. See docs/controller.md.
+
+pub mod lock;
+pub mod observe;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indexmap::IndexMap;
+use notify::Watcher;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::engine::launch::{self, Pinned, Round};
+use crate::engine::{self, EngineError, EngineOptions, RunReport};
+use crate::spec::OnSpecChange;
+use crate::status::RunPhase;
+use crate::status::file::{status_path, write_atomic};
+use crate::store::{RunId, Store, StoreError};
+use crate::validate::Options;
+
+use observe::{Desired, Folder, Invalid, Transitions};
+
+/// Quiet time after a folder event before reconciling.
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
+/// How long a file that is being written (modified, not yet closed) is left alone at most.
+pub const WRITE_QUIET: Duration = Duration::from_secs(2);
+/// When a file fails to parse, it is read again after this before it is reported Invalid.
+pub const PARSE_RETRY: Duration = Duration::from_millis(300);
+/// How often status files of running pipelines are refreshed.
+pub const STATUS_FLUSH: Duration = Duration::from_millis(100);
+
+/// What the controller needs.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    pub manifests_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub config: Config,
+    /// Exit once every current manifest's run is terminal.
+    pub once: bool,
+}
+
+/// What happened, for the log.
+#[derive(Debug, Clone)]
+pub enum ControllerEvent {
+    Started {
+        manifests: PathBuf,
+        workers: usize,
+    },
+    RunStarted {
+        pipeline: String,
+        run: RunId,
+        generation: i64,
+        why: &'static str,
+    },
+    RunResumed {
+        pipeline: String,
+        run: RunId,
+        lost: Vec<String>,
+    },
+    RunFinished {
+        pipeline: String,
+        run: RunId,
+        phase: RunPhase,
+    },
+    Cancelling {
+        pipeline: String,
+        run: RunId,
+        why: &'static str,
+    },
+    Invalid {
+        source: String,
+        message: String,
+    },
+    Deleted {
+        pipeline: String,
+    },
+    Warning(String),
+    Stopping,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("cannot read the manifests folder {}: {source}", path.display())]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why the controller woke up (besides timers).
+#[derive(Debug)]
+enum Wake {
+    Files(notify::Result<notify::Event>),
+}
+
+struct Active {
+    run: RunId,
+    generation: i64,
+    cancel: CancellationToken,
+    cancelling: bool,
+}
+
+type RunDone = (String, RunId, Result<RunReport, EngineError>);
+
+/// The reconcile actor.
+struct Controller {
+    opts: ControllerOptions,
+    store: Store,
+    events: mpsc::UnboundedSender<ControllerEvent>,
+    engine: EngineOptions,
+    kill_now: CancellationToken,
+    active: HashMap<String, Active>,
+    runs: JoinSet<RunDone>,
+    folder: Folder,
+    /// Files modified and not yet closed, with the time of the last event.
+    writing: HashMap<PathBuf, Instant>,
+    /// Sources whose parse failure is being retried, with when it was first seen.
+    parse_failures: HashMap<String, Instant>,
+    reported_invalid: HashMap<String, String>,
+    transitions: Transitions,
+    recovered: bool,
+    options: Options,
+}
+
+/// Runs the controller until `cancel` (or, with `once`, until every run is terminal).
+/// Returns true when every pipeline's current run succeeded and no manifest is invalid.
+pub async fn run(
+    opts: ControllerOptions,
+    store: Store,
+    events: mpsc::UnboundedSender<ControllerEvent>,
+    cancel: CancellationToken,
+    kill_now: CancellationToken,
+) -> Result<bool, ControllerError> {
+    let workers = opts.config.workers();
+    let requests = opts.state_dir.join("requests");
+    let _ = engine::create_private_dir(&requests);
+    std::fs::create_dir_all(&opts.manifests_dir).map_err(|source| ControllerError::Folder {
+        path: opts.manifests_dir.clone(),
+        source,
+    })?;
+    let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
+    let watcher = {
+        let tx = wake_tx.clone();
+        notify::recommended_watcher(move |res| {
+            let _ = tx.send(Wake::Files(res));
+        })
+        .and_then(|mut w| {
+            w.watch(&opts.manifests_dir, notify::RecursiveMode::NonRecursive)?;
+            w.watch(&requests, notify::RecursiveMode::NonRecursive)?;
+            Ok(w)
+        })
+    };
+    let resync = match &watcher {
+        Ok(_) => opts
+            .config
+            .resync_interval
+            .as_std()
+            .max(Duration::from_millis(100)),
+        Err(e) => {
+            let _ = events.send(ControllerEvent::Warning(format!(
+                "cannot watch {} ({e}); falling back to a rescan every second",
+                opts.manifests_dir.display()
+            )));
+            Duration::from_secs(1)
+        }
+    };
+    let _ = events.send(ControllerEvent::Started {
+        manifests: opts.manifests_dir.clone(),
+        workers,
+    });
+    let security = crate::validate::SecurityPolicy {
+        allow_shell: opts.config.security.allow_shell,
+        allowed_commands: opts.config.security.allowed_commands.clone(),
+    };
+    let mut c = Controller {
+        engine: EngineOptions {
+            state_dir: opts.state_dir.clone(),
+            workers: Arc::new(Semaphore::new(workers)),
+            shutdown_grace: opts.config.shutdown_grace.as_std(),
+            plugin_dirs: opts.config.plugin_dirs.clone(),
+        },
+        options: Options {
+            security,
+            ..Options::default()
+        },
+        opts,
+        store,
+        events,
+        kill_now,
+        active: HashMap::new(),
+        runs: JoinSet::new(),
+        folder: Folder::default(),
+        writing: HashMap::new(),
+        parse_failures: HashMap::new(),
+        reported_invalid: HashMap::new(),
+        transitions: Transitions::default(),
+        recovered: false,
+    };
+
+    let mut next_reconcile: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+    let mut resync_at = tokio::time::Instant::now() + resync;
+    let mut flush_at = tokio::time::Instant::now() + STATUS_FLUSH;
+    let mut stopping = false;
+    loop {
+        if !stopping
+            && let Some(at) = next_reconcile
+            && at <= tokio::time::Instant::now()
+        {
+            next_reconcile = None;
+            let requeue = c.reconcile().await?;
+            if let Some(after) = requeue {
+                next_reconcile = Some(tokio::time::Instant::now() + after);
+            }
+            if c.opts.once && c.is_settled() && next_reconcile.is_none() {
+                break;
+            }
+        }
+        if stopping && c.active.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            Some(done) = c.runs.join_next(), if !c.runs.is_empty() => {
+                if let Ok((name, run, result)) = done {
+                    c.finished(&name, run, result).await?;
+                }
+                if !stopping {
+                    next_reconcile = Some(tokio::time::Instant::now());
+                }
+            }
+            Some(wake) = wake_rx.recv() => {
+                let Wake::Files(res) = wake;
+                match res {
+                    Ok(event) => c.note_event(&event),
+                    Err(e) => {
+                        let _ = c.events.send(ControllerEvent::Warning(format!("watcher error ({e}); full rescan")));
+                    }
+                }
+                let at = tokio::time::Instant::now() + DEBOUNCE;
+                next_reconcile = Some(next_reconcile.map_or(at, |n| n.max(at)));
+            }
+            _ = sleep_until_opt(next_reconcile), if next_reconcile.is_some() && !stopping => {}
+            _ = tokio::time::sleep_until(resync_at) => {
+                resync_at = tokio::time::Instant::now() + resync;
+                if !stopping {
+                    next_reconcile = Some(tokio::time::Instant::now());
+                }
+            }
+            _ = tokio::time::sleep_until(flush_at) => {
+                flush_at = tokio::time::Instant::now() + STATUS_FLUSH;
+                let running: Vec<String> = c.active.keys().cloned().collect();
+                for name in running {
+                    c.write_status(&name).await?;
+                }
+            }
+            _ = cancel.cancelled(), if !stopping => {
+                stopping = true;
+                let _ = c.events.send(ControllerEvent::Stopping);
+                for (name, a) in &mut c.active {
+                    a.cancel.cancel();
+                    a.cancelling = true;
+                    let _ = c.events.send(ControllerEvent::Cancelling { pipeline: name.clone(), run: a.run, why: "controller stopping" });
+                }
+            }
+        }
+    }
+    drop(watcher);
+    c.write_all_statuses().await?;
+    Ok(c.all_succeeded().await?)
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Controller {
+    /// Tracks files being written: modified but not yet closed.
+    fn note_event(&mut self, event: &notify::Event) {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+        for path in &event.paths {
+            match event.kind {
+                EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => {
+                    self.writing.insert(path.clone(), Instant::now());
+                }
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Modify(ModifyKind::Name(RenameMode::To))
+                | EventKind::Remove(_) => {
+                    self.writing.remove(path);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// True when nothing runs and every valid pipeline's current generation has a terminal run.
+    fn is_settled(&self) -> bool {
+        self.active.is_empty() && self.parse_failures.is_empty()
+    }
+
+    async fn all_succeeded(&self) -> Result<bool, StoreError> {
+        if !self.folder.invalid.is_empty() {
+            return Ok(false);
+        }
+        for name in self.folder.desired.keys() {
+            match self.store.latest_run(name).await? {
+                Some(r) if r.phase == RunPhase::Succeeded => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads the folder, keeping the previous view of files still being written or failing to
+    /// parse for the first time. Returns when to look again, if sooner than the resync.
+    fn read_folder(&mut self) -> Result<(Folder, Option<Duration>), ControllerError> {
+        let dir = &self.opts.manifests_dir;
+        let files = match crate::validate::manifest_files(dir) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(ControllerError::Folder {
+                    path: dir.clone(),
+                    source,
+                });
+            }
+        };
+        let now = Instant::now();
+        self.writing
+            .retain(|_, t| now.duration_since(*t) < WRITE_QUIET);
+        let mut folder = Folder::default();
+        let mut requeue: Option<Duration> = None;
+        let keep_previous = |source: &str, folder: &mut Folder, prev: &Folder| {
+            for d in prev.desired.values().filter(|d| d.source == source) {
+                folder
+                    .desired
+                    .entry(d.name.clone())
+                    .or_insert_with(|| d.clone());
+            }
+            for i in prev.invalid.iter().filter(|i| i.source == source) {
+                folder.invalid.push(i.clone());
+            }
+        };
+        let mut seen_sources = HashSet::new();
+        for file in files {
+            let source = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            seen_sources.insert(source.clone());
+            if let Some(t) = self.writing.get(&file) {
+                keep_previous(&source, &mut folder, &self.folder);
+                let left = WRITE_QUIET.saturating_sub(now.duration_since(*t));
+                requeue = Some(requeue.map_or(left, |r| r.min(left)));
+                continue;
+            }
+            let mut one = Folder::default();
+            observe::read_file(&file, &self.options, &mut one);
+            let syntax_failure = one.invalid.iter().any(|i| i.syntax);
+            if syntax_failure {
+                let first = *self.parse_failures.entry(source.clone()).or_insert(now);
+                if now.duration_since(first) < PARSE_RETRY {
+                    keep_previous(&source, &mut folder, &self.folder);
+                    let left = PARSE_RETRY.saturating_sub(now.duration_since(first));
+                    requeue = Some(requeue.map_or(left, |r| r.min(left)));
+                    continue;
+                }
+            } else {
+                self.parse_failures.remove(&source);
+            }
+            for (name, d) in one.desired {
+                if let Some(first) = folder.desired.get(&name) {
+                    folder.invalid.push(Invalid {
+                        name: None,
+                        source: d.source.clone(),
+                        message: format!(
+                            "{}: pipeline name `{name}` is already used by {}",
+                            file.display(),
+                            first.source
+                        ),
+                        syntax: false,
+                        reason: "DuplicateName",
+                    });
+                } else {
+                    folder.desired.insert(name, d);
+                }
+            }
+            folder.invalid.extend(one.invalid);
+        }
+        self.parse_failures.retain(|s, _| seen_sources.contains(s));
+        Ok((folder, requeue))
+    }
+
+    /// One level-triggered pass. Returns when to come back early, if at all.
+    async fn reconcile(&mut self) -> Result<Option<Duration>, ControllerError> {
+        let (folder, mut requeue) = self.read_folder()?;
+        self.folder = folder;
+
+        if !self.recovered {
+            self.recovered = true;
+            self.recover().await?;
+        }
+
+        let desired: Vec<Desired> = self.folder.desired.values().cloned().collect();
+        for d in &desired {
+            let generation = self
+                .store
+                .observe_pipeline(&d.name, &d.spec_hash, &d.source)
+                .await?;
+            if let Some(a) = self.active.get_mut(&d.name) {
+                if a.generation < generation
+                    && d.manifest.spec.on_spec_change == OnSpecChange::Replace
+                    && !a.cancelling
+                {
+                    a.cancel.cancel();
+                    a.cancelling = true;
+                    let _ = self.events.send(ControllerEvent::Cancelling {
+                        pipeline: d.name.clone(),
+                        run: a.run,
+                        why: "replaced by a new generation",
+                    });
+                }
+                continue;
+            }
+            let latest = self
+                .store
+                .latest_run_of_generation(&d.name, generation)
+                .await?;
+            let tick = self.schedule_due(d).await?;
+            if let Some(wait) = tick.1 {
+                requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+            }
+            match latest {
+                None => self.launch(d, generation, "new generation").await?,
+                Some(r) if !r.phase.is_terminal() => {
+                    // Left running by another process; the foreground `run` owning it goes on.
+                }
+                Some(_) => {
+                    if self.store.take_rerun(&d.name).await? {
+                        self.launch(d, generation, "rerun requested").await?;
+                    } else if tick.0 {
+                        self.launch(d, generation, "schedule").await?;
+                    }
+                }
+            }
+        }
+
+        // Pipelines whose manifest is gone.
+        let named_invalid: HashSet<String> = self
+            .folder
+            .invalid
+            .iter()
+            .filter_map(|i| i.name.clone())
+            .collect();
+        for row in self.store.pipelines().await? {
+            if row.deleted
+                || self.folder.desired.contains_key(&row.name)
+                || named_invalid.contains(&row.name)
+            {
+                continue;
+            }
+            if let Some(a) = self.active.get_mut(&row.name)
+                && !a.cancelling
+            {
+                a.cancel.cancel();
+                a.cancelling = true;
+                let _ = self.events.send(ControllerEvent::Cancelling {
+                    pipeline: row.name.clone(),
+                    run: a.run,
+                    why: "manifest deleted",
+                });
+            }
+            self.store.mark_pipeline_deleted(&row.name).await?;
+            let _ = std::fs::remove_file(status_path(&self.opts.manifests_dir, &row.name));
+            let _ = self.events.send(ControllerEvent::Deleted {
+                pipeline: row.name.clone(),
+            });
+        }
+
+        // Invalid manifests: reported once per change.
+        let mut now_invalid = HashMap::new();
+        for i in &self.folder.invalid {
+            now_invalid.insert(i.source.clone(), i.message.clone());
+            if self.reported_invalid.get(&i.source) != Some(&i.message) {
+                let _ = self.events.send(ControllerEvent::Invalid {
+                    source: i.source.clone(),
+                    message: i.message.clone(),
+                });
+            }
+        }
+        self.reported_invalid = now_invalid;
+
+        self.write_all_statuses().await?;
+        Ok(requeue)
+    }
+
+    /// Whether a schedule tick is due now, and how long until the next one.
+    async fn schedule_due(&mut self, d: &Desired) -> Result<(bool, Option<Duration>), StoreError> {
+        let Some(text) = &d.manifest.spec.schedule else {
+            return Ok((false, None));
+        };
+        let Ok(schedule) = crate::schedule::Schedule::parse(text) else {
+            return Ok((false, None));
+        };
+        if schedule.time_zone.as_deref().is_some_and(|z| z != "UTC") {
+            // Ticks are computed in UTC; see README "Schedules".
+        }
+        let now = chrono::Utc::now();
+        let row = self.store.pipeline(&d.name).await?;
+        let last_tick = row.and_then(|r| r.last_tick);
+        let previous = schedule.cron.find_previous_occurrence(&now, true).ok();
+        let next = schedule.cron.find_next_occurrence(&now, false).ok();
+        let wait = next.map(|n| {
+            (n - now).to_std().unwrap_or(Duration::from_secs(1)) + Duration::from_millis(5)
+        });
+        let to_time = |t: chrono::DateTime<chrono::Utc>| {
+            time::OffsetDateTime::from_unix_timestamp(t.timestamp())
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        };
+        match (last_tick, previous) {
+            // First sight: ticks before now are not owed.
+            (None, Some(prev)) => {
+                self.store.set_last_tick(&d.name, to_time(prev)).await?;
+                Ok((false, wait))
+            }
+            (Some(last), Some(prev)) if to_time(prev) > last => {
+                // Missed ticks while down collapse into this one run.
+                self.store.set_last_tick(&d.name, to_time(prev)).await?;
+                Ok((true, wait))
+            }
+            _ => Ok((false, wait)),
+        }
+    }
+
+    /// Runs left Running by a controller (or run) that died: recovered and continued when they
+    /// belong to a current generation, closed as Cancelled otherwise.
+    async fn recover(&mut self) -> Result<(), ControllerError> {
+        for run in self.store.unfinished_runs().await? {
+            if engine::resume::owner_alive(&run) {
+                continue;
+            }
+            let current = match self.folder.desired.get(&run.pipeline) {
+                Some(d) => {
+                    let generation = self
+                        .store
+                        .observe_pipeline(&d.name, &d.spec_hash, &d.source)
+                        .await?;
+                    generation == run.generation && !self.active.contains_key(&run.pipeline)
+                }
+                None => false,
+            };
+            if !current {
+                engine::resume::recover(&self.store, &run).await?;
+                self.store
+                    .finish_run(
+                        run.id,
+                        RunPhase::Cancelled,
+                        Some(crate::status::Reason::Cancelled),
+                    )
+                    .await?;
+                continue;
+            }
+            let Ok(pinned) = Pinned::from_run(&run) else {
+                continue;
+            };
+            let Ok(plan) = pinned.plan() else { continue };
+            let owner = launch::this_process();
+            match launch::next_round(&self.store, &run, &plan, false, &owner).await? {
+                Round::Next { request, lost, .. } => {
+                    let _ = self.events.send(ControllerEvent::RunResumed {
+                        pipeline: run.pipeline.clone(),
+                        run: run.id,
+                        lost,
+                    });
+                    self.spawn_run(run.pipeline.clone(), plan, request, run.generation);
+                }
+                Round::AlreadySucceeded | Round::NothingToDo | Round::OwnedElsewhere { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn launch(
+        &mut self,
+        d: &Desired,
+        generation: i64,
+        why: &'static str,
+    ) -> Result<(), StoreError> {
+        let pinned = Pinned::new(
+            d.manifest.clone(),
+            &self.opts.manifests_dir,
+            IndexMap::new(),
+            Vec::new(),
+        );
+        let plan = match pinned.plan() {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.events.send(ControllerEvent::Warning(format!(
+                    "pipeline {}: cannot start a run: {e}",
+                    d.name
+                )));
+                return Ok(());
+            }
+        };
+        let owner = launch::this_process();
+        let request = launch::new_run(&self.store, &plan, &pinned, generation, &owner).await?;
+        let _ = self.events.send(ControllerEvent::RunStarted {
+            pipeline: d.name.clone(),
+            run: request.run_id,
+            generation,
+            why,
+        });
+        self.spawn_run(d.name.clone(), plan, request, generation);
+        Ok(())
+    }
+
+    fn spawn_run(
+        &mut self,
+        name: String,
+        plan: engine::Plan,
+        request: engine::RunRequest,
+        generation: i64,
+    ) {
+        let cancel = CancellationToken::new();
+        let run = request.run_id;
+        self.active.insert(
+            name.clone(),
+            Active {
+                run,
+                generation,
+                cancel: cancel.clone(),
+                cancelling: false,
+            },
+        );
+        let store = self.store.clone();
+        let options = self.engine.clone();
+        let kill_now = self.kill_now.clone();
+        self.runs.spawn(async move {
+            // Progress reaches the status file through the periodic flush.
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let result = engine::execute(
+                &store,
+                Arc::new(plan),
+                request,
+                &options,
+                tx,
+                cancel,
+                kill_now,
+            )
+            .await;
+            (name, run, result)
+        });
+    }
+
+    async fn finished(
+        &mut self,
+        name: &str,
+        run: RunId,
+        result: Result<RunReport, EngineError>,
+    ) -> Result<(), ControllerError> {
+        self.active.remove(name);
+        match result {
+            Ok(report) => {
+                let _ = self.events.send(ControllerEvent::RunFinished {
+                    pipeline: name.to_owned(),
+                    run,
+                    phase: report.phase,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.write_status(name).await?;
+        Ok(())
+    }
+
+    async fn write_all_statuses(&mut self) -> Result<(), StoreError> {
+        let mut names: Vec<String> = self.folder.desired.keys().cloned().collect();
+        for i in &self.folder.invalid {
+            if let Some(n) = &i.name
+                && !names.contains(n)
+            {
+                names.push(n.clone());
+            }
+        }
+        for name in names {
+            self.write_status(&name).await?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the status file when its content differs from what the store says (so a file
+    /// deleted or edited behind the controller's back is restored).
+    async fn write_status(&mut self, name: &str) -> Result<(), StoreError> {
+        let (source, invalid) = match self.folder.desired.get(name) {
+            Some(d) => (d.source.clone(), None),
+            None => match self
+                .folder
+                .invalid
+                .iter()
+                .find(|i| i.name.as_deref() == Some(name))
+            {
+                Some(i) => (i.source.clone(), Some(i.clone())),
+                None => return Ok(()),
+            },
+        };
+        // A valid manifest may sit beside an invalid edit of... the same name: validity wins.
+        let row = self.store.pipeline(name).await?;
+        let doc = observe::pipeline_status(
+            &self.store,
+            &self.opts.state_dir,
+            name,
+            &source,
+            row.as_ref(),
+            invalid.as_ref(),
+            &mut self.transitions,
+        )
+        .await?;
+        let text = doc.to_yaml();
+        let path = status_path(&self.opts.manifests_dir, name);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str())
+            && let Err(e) = write_atomic(&path, &text)
+        {
+            let _ = self.events.send(ControllerEvent::Warning(format!(
+                "cannot write {}: {e}",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Asks a running controller for a new run of `name` (through the store and a request file the
+/// controller watches). False when the pipeline is unknown.
+pub async fn request_rerun(
+    store: &Store,
+    state_dir: &Path,
+    name: &str,
+) -> Result<bool, StoreError> {
+    if !store.request_rerun(name).await? {
+        return Ok(false);
+    }
+    let dir = state_dir.join("requests");
+    let _ = engine::create_private_dir(&dir);
+    let _ = std::fs::write(dir.join(format!("rerun-{name}")), b"");
+    Ok(true)
+}

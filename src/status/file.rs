@@ -1,0 +1,119 @@
+//! The status file of a pipeline (`manifests/.status/NAME.yaml`): its types, and writing it
+//! atomically (temp file, fsync, rename, fsync of the folder). No environment values or secrets
+//! ever go in it: only phases, counts, times and paths.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+/// `kind: PipelineStatus` document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineStatusDoc {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: StatusMetadata,
+    pub status: PipelineStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusMetadata {
+    pub name: String,
+    /// The manifest file, relative to the manifests folder.
+    pub source: String,
+    pub generation: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineStatus {
+    /// Pending | Running | Succeeded | Failed | Cancelled | Invalid
+    pub phase: String,
+    pub observed_generation: Option<i64>,
+    pub run_id: Option<i64>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub progress: Progress,
+    pub conditions: Vec<Condition>,
+    pub jobs: IndexMap<String, JobStatus>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub total: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub running: usize,
+    pub pending: usize,
+    pub skipped: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// "True" | "False" | "Unknown"
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    pub phase: String,
+    pub attempts: i64,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub log: Option<String>,
+}
+
+/// The status file of pipeline `name` in a manifests folder.
+pub fn status_path(manifests_dir: &Path, name: &str) -> PathBuf {
+    manifests_dir.join(".status").join(format!("{name}.yaml"))
+}
+
+impl PipelineStatusDoc {
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Writes `text` to `path` atomically: a hidden temp file in the same folder, fsync, rename,
+/// fsync of the folder. The folder is created (0755) if missing; a symlink at `path` is replaced,
+/// never written through.
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no parent folder"))?;
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| std::io::Error::other("bad file name"))?;
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

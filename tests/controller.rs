@@ -1,0 +1,467 @@
+//! End-to-end tests of the controller (issue 5): a real controller process, real files, real jobs.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Workspace, manifest, marker, text, wait_no_marker};
+
+/// A controller running on `ws/manifests` for the life of the value.
+struct Running {
+    child: Option<Child>,
+}
+
+impl Running {
+    fn start(ws: &Workspace, extra_env: &[(&str, &str)]) -> Running {
+        std::fs::create_dir_all(ws.path().join("manifests")).unwrap();
+        let mut cmd = Command::new(common::bin());
+        cmd.current_dir(ws.path())
+            .args([
+                "--state-dir",
+                ws.state_dir().to_str().unwrap(),
+                "controller",
+                "--manifests",
+                "manifests",
+            ])
+            .env("EXECUTIONER_RESYNC_INTERVAL", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(ws.path().join("controller.log"))
+                    .unwrap(),
+            ));
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        // Wait until it holds its lock (it writes its pid there).
+        let lock = ws.state_dir().join("controller.lock");
+        let pid = child.id().to_string();
+        wait_until(Duration::from_secs(20), || {
+            std::fs::read_to_string(&lock).is_ok_and(|t| t.trim() == pid)
+        });
+        Running { child: Some(child) }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        c.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn status_file(ws: &Workspace, name: &str) -> PathBuf {
+    ws.path()
+        .join("manifests/.status")
+        .join(format!("{name}.yaml"))
+}
+
+/// `status NAME -o json` as a value (None while unknown).
+fn status(ws: &Workspace, name: &str) -> Option<serde_json::Value> {
+    let out = ws.run(&["status", name, "-o", "json", "--manifests", "manifests"]);
+    if out.status.code() != Some(0) {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn wait_phase(ws: &Workspace, name: &str, phase: &str, generation: i64) -> serde_json::Value {
+    let mut last = None;
+    let start = Instant::now();
+    loop {
+        if let Some(s) = status(ws, name) {
+            if s["status"]["phase"] == phase && s["status"]["observedGeneration"] == generation {
+                return s;
+            }
+            last = Some(s);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{name} never reached {phase}/{generation}: {last:?}\n{}",
+            std::fs::read_to_string(ws.path().join("controller.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_count(ws: &Workspace, name: &str) -> usize {
+    let out = ws.run(&["runs", "--pipeline", name, "--limit", "1000", "-o", "json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+const HELLO_JOBS: &str =
+    "    - {id: a, command: \"echo a\"}\n    - {id: b, command: \"echo b\", dependencies: [a]}\n";
+
+#[test]
+fn drop_edit_and_relabel_a_manifest() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    ws.write("manifests/hello.yaml", &manifest("hello", "", HELLO_JOBS));
+    let s = wait_phase(&ws, "hello", "Succeeded", 1);
+    assert_eq!(s["metadata"]["generation"], 1);
+    assert_eq!(s["status"]["progress"]["succeeded"], 2);
+    assert!(status_file(&ws, "hello").exists());
+
+    // A spec edit: generation 2 and a second run.
+    ws.write(
+        "manifests/hello.yaml",
+        &manifest("hello", "", &HELLO_JOBS.replace("echo b", "echo B")),
+    );
+    wait_phase(&ws, "hello", "Succeeded", 2);
+    assert_eq!(run_count(&ws, "hello"), 2);
+
+    // A label-only edit: no new generation, no new run.
+    let labelled = manifest("hello", "", &HELLO_JOBS.replace("echo b", "echo B"))
+        .replace("  name: hello\n", "  name: hello\n  labels: {team: data}\n");
+    ws.write("manifests/hello.yaml", &labelled);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(run_count(&ws, "hello"), 2);
+    assert_eq!(status(&ws, "hello").unwrap()["metadata"]["generation"], 2);
+
+    // A status file deleted behind the controller's back is rewritten at the next resync.
+    std::fs::remove_file(status_file(&ws, "hello")).unwrap();
+    wait_until(Duration::from_secs(10), || {
+        status_file(&ws, "hello").exists()
+    });
+}
+
+#[test]
+fn invalid_manifest_is_reported_and_others_are_unaffected() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    ws.write("manifests/good.yaml", &manifest("good", "", HELLO_JOBS));
+    ws.write(
+        "manifests/broken.yaml",
+        &manifest(
+            "broken",
+            "",
+            "    - {id: a, command: \"true\", dependencies: [nope]}\n",
+        ),
+    );
+    wait_phase(&ws, "good", "Succeeded", 1);
+    let start = Instant::now();
+    let s = loop {
+        if let Some(s) = status(&ws, "broken")
+            && s["status"]["phase"] == "Invalid"
+        {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let valid = s["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Valid")
+        .unwrap()
+        .clone();
+    assert_eq!(valid["status"], "False");
+    let message = valid["message"].as_str().unwrap();
+    assert!(message.contains("broken.yaml:7:"), "{message}");
+    assert!(message.contains("unknown job `nope`"), "{message}");
+    // The status file says the same.
+    let file = std::fs::read_to_string(status_file(&ws, "broken")).unwrap();
+    assert!(file.contains("phase: Invalid"), "{file}");
+
+    // Fixing it starts a run.
+    ws.write(
+        "manifests/broken.yaml",
+        &manifest("broken", "", "    - {id: a, command: \"true\"}\n"),
+    );
+    wait_phase(&ws, "broken", "Succeeded", 1);
+}
+
+#[test]
+fn deleting_a_manifest_cancels_its_run() {
+    let ws = Workspace::new();
+    let mark = marker("ctl-delete");
+    let _c = Running::start(&ws, &[]);
+    let spec = format!(
+        "  env:\n    {}: \"{}\"\n",
+        mark.split('=').next().unwrap(),
+        mark.split('=').nth(1).unwrap()
+    );
+    ws.write(
+        "manifests/long.yaml",
+        &manifest("long", &spec, "    - {id: sleeper, command: \"sleep 100 & sleep 100; wait\"}\n    - {id: after, command: \"true\", dependencies: [sleeper]}\n"),
+    );
+    wait_until(Duration::from_secs(20), || {
+        !common::processes_with_marker(&mark).is_empty()
+    });
+    std::fs::remove_file(ws.path().join("manifests/long.yaml")).unwrap();
+    wait_until(Duration::from_secs(20), || {
+        let out = ws.run(&["runs", "show", "1", "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .is_ok_and(|r| r["phase"] == "Cancelled")
+    });
+    assert!(
+        wait_no_marker(&mark, Duration::from_secs(15)).is_empty(),
+        "job processes survived"
+    );
+    wait_until(Duration::from_secs(10), || {
+        !status_file(&ws, "long").exists()
+    });
+}
+
+#[test]
+fn partial_writes_and_editor_saves_make_one_generation_each() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    let path = ws.path().join("manifests/edited.yaml");
+    let version = |n: usize| {
+        manifest(
+            "edited",
+            "",
+            &format!(
+                "    - {{id: a, command: \"echo version {n}\"}}\n    - {{id: b, command: \"true\", dependencies: [a]}}\n"
+            ),
+        )
+    };
+
+    // 1-3: written one byte at a time, 1 ms apart, through one open file.
+    for n in 1..=3 {
+        let mut f = std::fs::File::create(&path).unwrap();
+        for byte in version(n).as_bytes() {
+            f.write_all(&[*byte]).unwrap();
+            f.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(f);
+        wait_phase(&ws, "edited", "Succeeded", n as i64);
+    }
+    // 4-6: the way vim saves (write a swap file, write a temp file, rename over the original).
+    for n in 4..=6 {
+        ws.write("manifests/.edited.yaml.swp", "swap file garbage: [");
+        let tmp = ws.path().join("manifests/4913");
+        std::fs::write(&tmp, version(n)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        std::fs::remove_file(ws.path().join("manifests/.edited.yaml.swp")).unwrap();
+        wait_phase(&ws, "edited", "Succeeded", n as i64);
+    }
+    // 7-9: sed -i.
+    for n in 7..=9 {
+        let status = Command::new("sed")
+            .args([
+                "-i",
+                &format!("s/echo version {}/echo version {n}/", n - 1),
+                path.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        wait_phase(&ws, "edited", "Succeeded", n as i64);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Exactly one run per completed save, each of a complete version.
+    assert_eq!(run_count(&ws, "edited"), 9);
+    let out = ws.run(&[
+        "runs",
+        "--pipeline",
+        "edited",
+        "--limit",
+        "100",
+        "-o",
+        "json",
+    ]);
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for r in runs.as_array().unwrap() {
+        assert_eq!(r["phase"], "Succeeded", "{r}");
+    }
+}
+
+#[test]
+fn kill_9_of_the_controller_mid_run_then_restart() {
+    let ws = Workspace::new();
+    let mark = marker("ctl-kill9");
+    let (key, value) = mark.split_once('=').unwrap();
+    let mut jobs = String::new();
+    for i in 0..20 {
+        let deps = if i >= 4 {
+            format!(", dependencies: [j{}]", i - 4)
+        } else {
+            String::new()
+        };
+        jobs.push_str(&format!(
+            "    - {{id: j{i}, command: \"exec 9>../lock.$EXECUTIONER_JOB_ID; flock -n 9 || {{ echo CONFLICT $EXECUTIONER_JOB_ID >> ../ledger; exit 99; }}; echo start,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT >> ../ledger; sleep 0.3 & sleep 0.3; wait; echo end,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT >> ../ledger\"{deps}}}\n"
+        ));
+    }
+    let mut c = Running::start(&ws, &[]);
+    ws.write(
+        "manifests/crashy.yaml",
+        &manifest(
+            "crashy",
+            &format!("  maxParallel: 4\n  env:\n    {key}: \"{value}\"\n"),
+            &jobs,
+        ),
+    );
+    let ledger = ws.path().join("ledger");
+    wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&ledger)
+            .unwrap_or_default()
+            .matches("end,")
+            .count()
+            >= 5
+    });
+    c.kill9();
+    let _c2 = Running::start(&ws, &[]);
+    let s = wait_phase(&ws, "crashy", "Succeeded", 1);
+    assert!(
+        wait_no_marker(&mark, Duration::from_secs(10)).is_empty(),
+        "orphans survived"
+    );
+    let ledger_text = std::fs::read_to_string(&ledger).unwrap();
+    assert!(
+        !ledger_text.contains("CONFLICT"),
+        "two attempts at once:\n{ledger_text}"
+    );
+    for i in 0..20 {
+        assert!(
+            ledger_text.contains(&format!("end,j{i},")),
+            "j{i} never ended"
+        );
+    }
+    // Every job terminal, and the status file equals the store.
+    assert_eq!(s["status"]["progress"]["succeeded"], 20);
+    let file = std::fs::read_to_string(status_file(&ws, "crashy")).unwrap();
+    let run_id = s["status"]["runId"].as_i64().unwrap();
+    assert!(file.contains(&format!("runId: {run_id}")), "{file}");
+    assert!(file.contains("phase: Succeeded"));
+    assert!(file.contains("succeeded: 20"), "{file}");
+}
+
+#[test]
+fn a_second_controller_exits_2_naming_the_first() {
+    let ws = Workspace::new();
+    let first = Running::start(&ws, &[]);
+    let start = Instant::now();
+    let out = ws.run_limited(
+        &["controller", "--manifests", "manifests"],
+        Duration::from_secs(10),
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("pid {}", first.pid())), "{stderr}");
+}
+
+#[test]
+fn once_mode_and_status_shapes() {
+    let ws = Workspace::new();
+    ws.write("manifests/ok.yaml", &manifest("ok", "", HELLO_JOBS));
+    ws.write(
+        "manifests/bad.yaml",
+        &manifest("bad", "", "    - {id: a, command: exit 3}\n"),
+    );
+    let out = ws.run_limited(
+        &["controller", "--manifests", "manifests", "--once"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1), "a failed pipeline: exit 1");
+    let out = ws.run(&["status", "-o", "json", "--manifests", "manifests"]);
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 2);
+    for s in all {
+        assert_eq!(s["apiVersion"], "executioner.dev/v1");
+        assert_eq!(s["kind"], "PipelineStatus");
+        for key in ["name", "source", "generation"] {
+            assert!(s["metadata"].get(key).is_some(), "{key}");
+        }
+        for key in [
+            "phase",
+            "observedGeneration",
+            "runId",
+            "startedAt",
+            "finishedAt",
+            "progress",
+            "conditions",
+            "jobs",
+        ] {
+            assert!(s["status"].get(key).is_some(), "{key}");
+        }
+        for key in [
+            "total",
+            "succeeded",
+            "failed",
+            "running",
+            "pending",
+            "skipped",
+        ] {
+            assert!(s["status"]["progress"].get(key).is_some(), "{key}");
+        }
+        for c in s["status"]["conditions"].as_array().unwrap() {
+            for key in ["type", "status", "reason", "message", "lastTransitionTime"] {
+                assert!(c.get(key).is_some(), "{key}");
+            }
+        }
+    }
+    assert_eq!(all[0]["metadata"]["name"], "bad");
+    assert_eq!(all[0]["status"]["phase"], "Failed");
+    assert_eq!(all[1]["status"]["phase"], "Succeeded");
+    // The status files hold no environment values.
+    let file = std::fs::read_to_string(status_file(&ws, "ok")).unwrap();
+    assert!(!file.contains("PATH"), "{file}");
+    // wait on a finished pipeline.
+    assert_eq!(
+        ws.run(&["wait", "ok", "--timeout", "5s"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        ws.run(&["wait", "bad", "--timeout", "5s"]).status.code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn rerun_starts_a_new_run_of_the_same_generation() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    ws.write("manifests/again.yaml", &manifest("again", "", HELLO_JOBS));
+    wait_phase(&ws, "again", "Succeeded", 1);
+    let out = ws.run(&["rerun", "again"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(20), || run_count(&ws, "again") == 2);
+    wait_phase(&ws, "again", "Succeeded", 1);
+    assert_eq!(ws.run(&["rerun", "nope"]).status.code(), Some(2));
+}
