@@ -1,5 +1,7 @@
 //! End-to-end tests of the controller (issue 5): a real controller process, real files, real jobs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Write;
@@ -464,4 +466,68 @@ fn rerun_starts_a_new_run_of_the_same_generation() {
     wait_until(Duration::from_secs(20), || run_count(&ws, "again") == 2);
     wait_phase(&ws, "again", "Succeeded", 1);
     assert_eq!(ws.run(&["rerun", "nope"]).status.code(), Some(2));
+}
+
+#[test]
+fn apply_wait_and_unchanged() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    ws.write("src/good.yaml", &manifest("applied-good", "", HELLO_JOBS));
+    ws.write(
+        "src/bad.yaml",
+        &manifest("applied-bad", "", "    - {id: a, command: exit 4}\n"),
+    );
+    let out = ws.run_limited(
+        &[
+            "apply",
+            "-f",
+            "src/good.yaml",
+            "--manifests",
+            "manifests",
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+        Duration::from_secs(90),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("pipeline/applied-good created"));
+    let out = ws.run_limited(
+        &[
+            "apply",
+            "-f",
+            "src/bad.yaml",
+            "--manifests",
+            "manifests",
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+        Duration::from_secs(90),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = ws.run(&["apply", "-f", "src/good.yaml", "--manifests", "manifests"]);
+    assert!(
+        text(&out.stdout).contains("pipeline/applied-good unchanged"),
+        "{}",
+        text(&out.stdout)
+    );
+    // delete through the CLI: the controller forgets it.
+    let out = ws.run(&["delete", "applied-bad", "--manifests", "manifests"]);
+    assert_eq!(out.status.code(), Some(0));
+    wait_until(Duration::from_secs(10), || {
+        !status_file(&ws, "applied-bad").exists()
+    });
 }

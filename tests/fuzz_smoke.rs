@@ -5,6 +5,8 @@
 //! The three `fn`s below mirror `fuzz/fuzz_targets/*.rs` line for line (this test cannot depend
 //! on the fuzz crate, which needs nightly); change both together.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;

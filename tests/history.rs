@@ -1,6 +1,8 @@
 //! Integration tests of the run history (issue 4): resume, mark-success, concurrency, recovery
 //! after kill -9, corrupt databases, and the JSON shapes — with a real database file.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! Integration tests of the manifest commands (issue 2): validate, schema, convert, graph, init,
 //! completions, against the real binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! Integration tests of `executioner run` (issue 3): real child processes, a real SQLite file.
 #![allow(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -387,6 +388,7 @@ fn injection_payloads_in_values_never_execute() {
 }
 
 #[test]
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also gives its rusage
 fn large_output_is_complete_and_memory_stays_flat() {
     let ws = Workspace::new();
     ws.write(

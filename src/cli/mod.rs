@@ -3,6 +3,7 @@
 //! This is the only module that prints or decides an exit code. Library errors arrive here as
 //! values and are rendered once, with their chain, by [`main`].
 
+mod apply;
 mod compat;
 mod controller;
 mod convert;
@@ -208,6 +209,16 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Validate manifests, then write them atomically into the manifests folder.
+    Apply(apply::ApplyArgs),
+    /// Remove a pipeline's manifest from the manifests folder; the controller cancels its run.
+    Delete {
+        /// The pipeline's name (metadata.name).
+        name: String,
+        /// Manifests folder (default: configuration manifests_dir, i.e. manifests/).
+        #[arg(long, value_name = "DIR")]
+        manifests: Option<PathBuf>,
+    },
     /// Pipelines: phase, generation, last run, job progress (works without a running controller).
     Status {
         name: Option<String>,
@@ -324,6 +335,10 @@ fn dispatch(cli: Cli) -> CliResult {
         ),
         Command::Wait { name, timeout } => wait::wait_for(&name, None, timeout, &cli.global),
         Command::Rerun { name } => controller::rerun(&name, &cli.global),
+        Command::Apply(args) => apply::run(&args, &cli.global),
+        Command::Delete { name, manifests } => {
+            apply::delete(&name, manifests.as_deref(), &cli.global)
+        }
         Command::MarkSuccess { run, jobs, reason } => {
             history::mark_success(run, &jobs, reason.as_deref(), &cli.global)
         }

@@ -426,6 +426,16 @@ impl Controller {
                 .store
                 .observe_pipeline(&d.name, &d.spec_hash, &d.source)
                 .await?;
+            if self.active.contains_key(&d.name) {
+                // A tick while the pipeline runs becomes one queued rerun.
+                let (due, wait) = self.schedule_due(d).await?;
+                if due {
+                    self.store.request_rerun(&d.name).await?;
+                }
+                if let Some(wait) = wait {
+                    requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+                }
+            }
             if let Some(a) = self.active.get_mut(&d.name) {
                 if a.generation < generation
                     && d.manifest.spec.on_spec_change == OnSpecChange::Replace
@@ -521,9 +531,6 @@ impl Controller {
         let Ok(schedule) = crate::schedule::Schedule::parse(text) else {
             return Ok((false, None));
         };
-        if schedule.time_zone.as_deref().is_some_and(|z| z != "UTC") {
-            // Ticks are computed in UTC; see README "Schedules".
-        }
         let now = chrono::Utc::now();
         let row = self.store.pipeline(&d.name).await?;
         let last_tick = row.and_then(|r| r.last_tick);

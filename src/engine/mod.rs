@@ -910,9 +910,10 @@ fn open_log(
 ) -> std::io::Result<(std::fs::File, u64)> {
     let mut file = open_private_append(path)?;
     let now = crate::status::now_rfc3339();
-    writeln!(
-        file,
-        "==> executioner: job {job}, attempt {number} (run {run}, round {round}) started at {now}"
+    // One write per line: the file is shared with the child, and a line must never be split.
+    file.write_all(
+        format!("==> executioner: job {job}, attempt {number} (run {run}, round {round}) started at {now}\n")
+            .as_bytes(),
     )?;
     let offset = file.metadata()?.len();
     Ok((file, offset))
@@ -920,7 +921,7 @@ fn open_log(
 
 fn append_log(path: &Path, text: &str) {
     if let Ok(mut f) = open_private_append(path) {
-        let _ = writeln!(f, "==> executioner: {text}");
+        let _ = f.write_all(format!("==> executioner: {text}\n").as_bytes());
     }
 }
 
@@ -958,7 +959,7 @@ impl RunLog {
 
     fn line(&mut self, text: &str) {
         if let Some(f) = &mut self.file {
-            let _ = writeln!(f, "{} {text}", crate::status::now_rfc3339());
+            let _ = f.write_all(format!("{} {text}\n", crate::status::now_rfc3339()).as_bytes());
         }
     }
 }

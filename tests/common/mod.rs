@@ -1,5 +1,6 @@
 //! Shared helpers for the integration tests: run the real binary in a temporary folder.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,0 +1,798 @@
+//! `executioner apply -f PATH` and `executioner delete NAME`: the imperative way into the
+//! declarative controller. Both only change files in the manifests folder; the controller notices.
+//! This module does not talk to the controller nor touch status files; only `--wait` reads the
+//! store, once, before writing.
+//!
+//! Choices, kubectl-like:
+//! - `-f` takes a file, a folder (its manifest files, not recursive, as the controller reads them)
+//!   or `-` (standard input, YAML, possibly several documents, at most 10 MiB).
+//! - All or nothing before the first write: every document is validated (with the configuration's
+//!   security policy), names must be unique within one apply, and every target is decided, before
+//!   anything is written. Any problem prints every diagnostic and writes nothing (exit 1). The
+//!   writes themselves are atomic one by one, not as a set.
+//! - Identity is `metadata.name`. The manifests folder is scanned for the file holding that name:
+//!   none means `created` (written to `NAME.yaml`, or `NAME-2.yaml`, ... when that path is taken by
+//!   something else); an equal typed manifest means `unchanged` (comments and layout do not count)
+//!   and nothing is written; otherwise `configured`, and that file is replaced. A file holding
+//!   several documents is never rewritten: the user is told to edit it. A name defined twice in the
+//!   folder is an error too (which file would win is the controller's `DuplicateName` problem).
+//! - A replaced file keeps its path and therefore its format: YAML stays YAML, a `.toml` or `.json`
+//!   manifest is rewritten as TOML or JSON. New files are YAML.
+//! - Content: the source file's bytes, comments included, when the document is the whole file and
+//!   the file has the target's format; otherwise the typed manifest rendered in the target's format
+//!   (YAML with the schema modeline). The original tool's format is always written converted, as v1.
+//!   Relative paths in a manifest (`workingDir`, checks) start at its folder, so after `apply` they
+//!   start at the manifests folder.
+//! - Writes: a hidden temp file in the manifests folder (the controller ignores hidden files),
+//!   fsync, rename over the target (a new file is linked into place instead, so it never clobbers a
+//!   file that appeared meanwhile), fsync of the folder. Mode 0644. Symlinks are never followed nor
+//!   written through. The folder is created when missing.
+//! - `--wait` waits for each pipeline of the apply in turn, all within one `--timeout`; the exit
+//!   code is the worst of them. It waits for the generation the controller will give to what was
+//!   written (the recorded one + 1 when the spec hash differs, as the controller counts), read from
+//!   the store before writing: so the previous generation's finished run is never taken for the
+//!   new one's, even when the controller has not seen the change yet.
+//! - `delete NAME` removes the single-document file defining the pipeline; the controller cancels
+//!   its run. It does not touch the status file or the history.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::engine::plan::spec_hash;
+use crate::spec::{self, Format, LoadError, Manifest, PipelineName, Pos, RawDoc};
+use crate::validate::{self, Diagnostic, Options, Severity};
+
+use super::{CliError, CliResult, Exit, GlobalArgs};
+
+/// Modeline written at the top of rendered YAML manifests, for editors.
+const YAML_MODELINE: &str = "# yaml-language-server: $schema=../schemas/pipeline.schema.json\n";
+/// The same for TOML (taplo's directive).
+const TOML_MODELINE: &str = "#:schema ../schemas/pipeline.schema.json\n";
+/// How many `NAME-N.yaml` candidates are tried for a new pipeline.
+const MAX_NAME_SUFFIX: usize = 1000;
+
+/// The arguments of `apply`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApplyArgs {
+    /// File, folder or `-` (stdin, YAML)
+    #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+    pub file: PathBuf,
+    /// Manifests folder (default: config manifests_dir, i.e. manifests/)
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+    /// Then wait until each applied pipeline's current run is terminal.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long, for all pipelines together (90s, 1h30m, seconds).
+    #[arg(long, requires = "wait", value_parser = super::parse_duration, value_name = "D")]
+    pub timeout: Option<Duration>,
+    /// Validate and print what would change; write nothing.
+    #[arg(long, conflicts_with = "wait")]
+    pub dry_run: bool,
+}
+
+pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
+    let config = super::load_config(global)?;
+    let dir = args
+        .manifests
+        .clone()
+        .unwrap_or_else(|| config.manifests_dir.clone());
+    let options = Options {
+        security: super::security_policy(&config),
+        ..Options::default()
+    };
+
+    let sources = read_sources(&args.file)?;
+    let incoming = validate_all(&sources, &options)?;
+    let folder = Folder::scan(&dir)?;
+    if !global.quiet {
+        for (path, e) in folder.unparsable() {
+            eprintln!(
+                "warning: {}: ignored, cannot be parsed: {}",
+                path.display(),
+                load_message(e)
+            );
+        }
+    }
+    let plan = plan(&incoming, &folder)?;
+    let generations = if args.wait {
+        expected_generations(&incoming, global, &config)?
+    } else {
+        Vec::new()
+    };
+
+    let suffix = if args.dry_run { " (dry run)" } else { "" };
+    if !args.dry_run && plan.iter().any(|s| s.action.writes()) {
+        fs::create_dir_all(&dir).map_err(|e| {
+            CliError::usage(format!("{}: cannot create folder: {e}", dir.display()))
+        })?;
+    }
+    for step in &plan {
+        if !args.dry_run {
+            step.action.perform(&dir)?;
+        }
+        if !global.quiet {
+            println!("pipeline/{} {}{suffix}", step.name, step.action.verb());
+        }
+    }
+
+    if !args.wait {
+        return Ok(Exit::Success);
+    }
+    let deadline = args.timeout.map(|t| Instant::now() + t);
+    let mut worst = Exit::Success;
+    for (step, generation) in plan.iter().zip(generations) {
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let exit = match super::wait::wait_for(step.name.as_str(), generation, timeout, global) {
+            Ok(exit) => exit,
+            Err(e) => {
+                eprintln!("error: {e}");
+                e.exit
+            }
+        };
+        if severity(exit) > severity(worst) {
+            worst = exit;
+        }
+        if exit == Exit::Interrupted {
+            break;
+        }
+    }
+    Ok(worst)
+}
+
+/// The generation each document will have once the controller has read what this apply writes:
+/// the recorded one when its spec hash is the same (labels and comments do not count), the next one
+/// otherwise; `None` for a pipeline the store does not know yet (it will be generation 1).
+fn expected_generations(
+    incoming: &[Incoming<'_>],
+    global: &GlobalArgs,
+    config: &Config,
+) -> Result<Vec<Option<i64>>, CliError> {
+    let state_dir = super::state_dir(global, config);
+    super::runtime()?.block_on(async {
+        let Some(store) = super::open_store_existing(&state_dir, config).await? else {
+            return Ok(vec![None; incoming.len()]);
+        };
+        let mut generations = Vec::with_capacity(incoming.len());
+        for doc in incoming {
+            let row = store
+                .pipeline(doc.name().as_str())
+                .await
+                .map_err(super::store_error)?;
+            generations.push(row.map(|row| {
+                if row.deleted || row.spec_hash != spec_hash(&doc.manifest) {
+                    row.generation + 1
+                } else {
+                    row.generation
+                }
+            }));
+        }
+        Ok(generations)
+    })
+}
+
+/// Orders exit codes for `--wait` over several pipelines: the worst one is returned.
+fn severity(exit: Exit) -> u8 {
+    match exit {
+        Exit::Success => 0,
+        Exit::Failed => 1,
+        Exit::Usage => 2,
+        Exit::Corrupt => 3,
+        Exit::Interrupted => 4,
+    }
+}
+
+pub fn delete(name: &str, manifests: Option<&Path>, global: &GlobalArgs) -> CliResult {
+    let name = PipelineName::parse(name).map_err(|e| CliError::usage(e.to_string()))?;
+    let config = super::load_config(global)?;
+    let dir = manifests.map_or_else(|| config.manifests_dir.clone(), Path::to_path_buf);
+    let folder = Folder::scan(&dir)?;
+    let found = folder.find(name.as_str());
+    let (file, docs) = match found.as_slice() {
+        [] => {
+            return Err(CliError::usage(format!(
+                "pipeline/{name} not found in {}",
+                dir.display()
+            )));
+        }
+        [one] => *one,
+        several => return Err(CliError::failed(defined_twice(&name, several))),
+    };
+    if docs > 1 {
+        return Err(CliError::failed(format!(
+            "pipeline/{name}: {} holds {docs} manifests and is not rewritten; edit that file to remove it",
+            file.display()
+        )));
+    }
+    let not_removed =
+        |e: io::Error| CliError::usage(format!("{}: cannot remove: {e}", file.display()));
+    if is_symlink(file) {
+        return Err(not_removed(io::Error::other(
+            "is a symbolic link, not followed",
+        )));
+    }
+    fs::remove_file(file).map_err(not_removed)?;
+    sync_dir(&dir).map_err(not_removed)?;
+    if !global.quiet {
+        println!("pipeline/{name} deleted");
+    }
+    Ok(Exit::Success)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading and validating what is applied
+
+/// One file given to `apply` (or standard input), read once: what is validated is what is copied.
+struct Source {
+    path: PathBuf,
+    /// Standard input: never copied as written (there is no file to keep).
+    stdin: bool,
+    format: Format,
+    bytes: Vec<u8>,
+    docs: Result<Vec<RawDoc>, LoadError>,
+}
+
+fn read_sources(file: &Path) -> Result<Vec<Source>, CliError> {
+    if file == Path::new("-") {
+        let mut bytes = Vec::new();
+        io::stdin()
+            .lock()
+            .take(spec::source::MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| CliError::usage(format!("cannot read standard input: {e}")))?;
+        return Ok(vec![Source::parse(file, true, Format::Yaml, bytes)]);
+    }
+    let meta = fs::metadata(file)
+        .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", file.display())))?;
+    if meta.is_dir() {
+        let files = validate::manifest_files(file)
+            .map_err(|e| CliError::usage(format!("{}: cannot read folder: {e}", file.display())))?;
+        if files.is_empty() {
+            return Err(CliError::usage(format!(
+                "{}: no manifest files in this folder",
+                file.display()
+            )));
+        }
+        files.iter().map(|f| read_source(f)).collect()
+    } else {
+        read_source(file).map(|s| vec![s])
+    }
+}
+
+fn read_source(path: &Path) -> Result<Source, CliError> {
+    let format = Format::from_path(path).ok_or_else(|| {
+        CliError::usage(
+            LoadError::UnknownFormat {
+                path: path.to_owned(),
+            }
+            .to_string(),
+        )
+    })?;
+    let unreadable =
+        |e: io::Error| CliError::usage(format!("{}: cannot read: {e}", path.display()));
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .map_err(unreadable)?
+        .take(spec::source::MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    Ok(Source::parse(path, false, format, bytes))
+}
+
+impl Source {
+    fn parse(path: &Path, stdin: bool, format: Format, bytes: Vec<u8>) -> Self {
+        let docs = if bytes.len() as u64 > spec::source::MAX_FILE_BYTES {
+            Err(LoadError::TooLarge {
+                path: path.to_owned(),
+            })
+        } else {
+            spec::parse_bytes(path, &bytes, format)
+        };
+        Self {
+            path: path.to_owned(),
+            stdin,
+            format,
+            bytes,
+            docs,
+        }
+    }
+}
+
+/// A valid document to apply.
+struct Incoming<'a> {
+    source: &'a Source,
+    manifest: Manifest,
+    /// Where `metadata.name` is written, for the duplicate-name diagnostic.
+    name_pos: Pos,
+    /// The source file is this document alone, in v1 shape: it can be copied as written.
+    whole_file: bool,
+}
+
+impl Incoming<'_> {
+    fn name(&self) -> &PipelineName {
+        &self.manifest.metadata.name
+    }
+
+    /// What to write at a path of `format`.
+    fn content(&self, format: Format) -> Result<Vec<u8>, CliError> {
+        if self.whole_file && self.source.format == format {
+            return Ok(self.source.bytes.clone());
+        }
+        render(&self.manifest, format).map_err(|e| {
+            CliError::failed(format!(
+                "pipeline/{}: cannot render the manifest: {e}",
+                self.name()
+            ))
+        })
+    }
+}
+
+/// Validates every document of every source; prints all diagnostics and fails when any is invalid
+/// or when a name is given twice.
+fn validate_all<'a>(
+    sources: &'a [Source],
+    options: &Options,
+) -> Result<Vec<Incoming<'a>>, CliError> {
+    let mut incoming = Vec::new();
+    let mut diagnostics = Vec::new();
+    let mut invalid = 0usize;
+    for source in sources {
+        let docs = match &source.docs {
+            Ok(docs) => docs,
+            Err(e) => {
+                invalid += 1;
+                diagnostics.push(load_diagnostic(&source.path, e));
+                continue;
+            }
+        };
+        for doc in docs {
+            match validate::validate_doc(doc, options) {
+                Ok(valid) => {
+                    diagnostics.extend(valid.warnings);
+                    incoming.push(Incoming {
+                        source,
+                        manifest: valid.manifest,
+                        name_pos: doc.pos_of("/metadata/name"),
+                        whole_file: docs.len() == 1 && !doc.legacy && !source.stdin,
+                    });
+                }
+                Err(found) => {
+                    invalid += 1;
+                    diagnostics.extend(found);
+                }
+            }
+        }
+    }
+
+    let mut first: HashMap<&str, &Incoming<'_>> = HashMap::new();
+    for doc in &incoming {
+        if let Some(earlier) = first.get(doc.name().as_str()) {
+            invalid += 1;
+            diagnostics.push(Diagnostic {
+                file: doc.source.path.clone(),
+                pos: doc.name_pos,
+                severity: Severity::Error,
+                message: format!(
+                    "pipeline name `{}` is already used by {}:{} (DuplicateName)",
+                    doc.name(),
+                    earlier.source.path.display(),
+                    earlier.name_pos
+                ),
+            });
+        } else {
+            first.insert(doc.name().as_str(), doc);
+        }
+    }
+
+    for d in &diagnostics {
+        eprintln!("{d}");
+    }
+    if invalid > 0 {
+        return Err(CliError::failed(format!(
+            "{invalid} invalid manifest{}; nothing was applied",
+            if invalid == 1 { "" } else { "s" }
+        )));
+    }
+    Ok(incoming)
+}
+
+/// A file that could be read but not parsed, as a diagnostic (as `validate` reports it).
+fn load_diagnostic(path: &Path, e: &LoadError) -> Diagnostic {
+    let pos = match e {
+        LoadError::Syntax { pos, .. } => *pos,
+        LoadError::Io { .. } | LoadError::TooLarge { .. } | LoadError::UnknownFormat { .. } => {
+            Pos::START
+        }
+    };
+    Diagnostic {
+        file: path.to_owned(),
+        pos,
+        severity: Severity::Error,
+        message: load_message(e),
+    }
+}
+
+/// A load error's message without the path it starts with.
+fn load_message(e: &LoadError) -> String {
+    match e {
+        LoadError::Syntax { message, .. } => message.clone(),
+        LoadError::TooLarge { .. } => format!(
+            "larger than {} MiB, refused",
+            spec::source::MAX_FILE_BYTES / 1024 / 1024
+        ),
+        LoadError::Io { source, .. } => format!("cannot read: {source}"),
+        LoadError::UnknownFormat { .. } => "unknown manifest format".into(),
+    }
+}
+
+/// The typed manifest as the text of a `format` file.
+fn render(manifest: &Manifest, format: Format) -> Result<Vec<u8>, String> {
+    let mut text = match format {
+        Format::Yaml => {
+            let body = serde_saphyr::to_string(manifest).map_err(|e| e.to_string())?;
+            format!("{YAML_MODELINE}{body}")
+        }
+        Format::Toml => {
+            let body = toml::to_string(manifest).map_err(|e| e.to_string())?;
+            format!("{TOML_MODELINE}{body}")
+        }
+        Format::Json => serde_json::to_string_pretty(manifest).map_err(|e| e.to_string())?,
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text.into_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The manifests folder as it is
+
+/// The manifest files of the manifests folder, parsed (not validated: an invalid manifest still
+/// has a name, and applying a fixed version replaces it).
+struct Folder {
+    dir: PathBuf,
+    files: Vec<FolderFile>,
+}
+
+struct FolderFile {
+    path: PathBuf,
+    format: Format,
+    docs: Result<Vec<FolderDoc>, LoadError>,
+}
+
+struct FolderDoc {
+    name: Option<String>,
+    /// `None` when the document does not fit the manifest types (then it differs from anything
+    /// applied).
+    manifest: Option<Manifest>,
+}
+
+impl Folder {
+    /// A missing folder is an empty one (`apply` creates it).
+    fn scan(dir: &Path) -> Result<Self, CliError> {
+        let paths = match validate::manifest_files(dir) {
+            Ok(paths) => paths,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(CliError::usage(format!(
+                    "{}: cannot read the manifests folder: {e}",
+                    dir.display()
+                )));
+            }
+        };
+        let files = paths
+            .into_iter()
+            .filter_map(|path| {
+                let format = Format::from_path(&path)?;
+                let docs = spec::read_file(&path).map(|docs| {
+                    docs.into_iter()
+                        .map(|doc| FolderDoc {
+                            name: doc
+                                .value
+                                .pointer("/metadata/name")
+                                .and_then(|v| v.as_str())
+                                .map(str::to_owned),
+                            manifest: serde_json::from_value(doc.value).ok(),
+                        })
+                        .collect()
+                });
+                Some(FolderFile { path, format, docs })
+            })
+            .collect();
+        Ok(Self {
+            dir: dir.to_owned(),
+            files,
+        })
+    }
+
+    /// Every (file, documents in that file) defining `name`: once per definition.
+    fn find<'a>(&'a self, name: &'a str) -> Vec<(&'a Path, usize)> {
+        self.definitions(name)
+            .map(|(file, docs, _)| (file.path.as_path(), docs))
+            .collect()
+    }
+
+    fn definitions<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = (&'a FolderFile, usize, &'a FolderDoc)> + 'a {
+        self.files.iter().flat_map(move |file| {
+            let docs = file.docs.as_deref().unwrap_or_default();
+            docs.iter()
+                .filter(move |d| d.name.as_deref() == Some(name))
+                .map(move |d| (file, docs.len(), d))
+        })
+    }
+
+    fn unparsable(&self) -> impl Iterator<Item = (&Path, &LoadError)> {
+        self.files
+            .iter()
+            .filter_map(|f| f.docs.as_ref().err().map(|e| (f.path.as_path(), e)))
+    }
+
+    fn unparsable_at(&self, path: &Path) -> Option<&LoadError> {
+        self.files
+            .iter()
+            .find(|f| f.path == path)
+            .and_then(|f| f.docs.as_ref().err())
+    }
+}
+
+fn defined_twice(name: &PipelineName, files: &[(&Path, usize)]) -> String {
+    let list: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
+    format!(
+        "pipeline/{name} is defined more than once in the manifests folder ({}); fix that first",
+        list.join(", ")
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deciding, then writing
+
+/// What applying one document does to the manifests folder.
+enum Action {
+    /// A new file, which must not exist yet.
+    Create { path: PathBuf, content: Vec<u8> },
+    /// The single-document file holding the pipeline, replaced.
+    Replace { path: PathBuf, content: Vec<u8> },
+    /// The folder already says the same.
+    Keep,
+}
+
+impl Action {
+    fn verb(&self) -> &'static str {
+        match self {
+            Action::Create { .. } => "created",
+            Action::Replace { .. } => "configured",
+            Action::Keep => "unchanged",
+        }
+    }
+
+    fn writes(&self) -> bool {
+        match self {
+            Action::Create { .. } | Action::Replace { .. } => true,
+            Action::Keep => false,
+        }
+    }
+
+    fn perform(&self, dir: &Path) -> Result<(), CliError> {
+        let (path, content, replace) = match self {
+            Action::Create { path, content } => (path, content, false),
+            Action::Replace { path, content } => (path, content, true),
+            Action::Keep => return Ok(()),
+        };
+        write_atomic(dir, path, content, replace)
+            .map_err(|e| CliError::usage(format!("{}: cannot write: {e}", path.display())))
+    }
+}
+
+struct Step {
+    name: PipelineName,
+    action: Action,
+}
+
+/// Decides every document's action; any conflict fails the whole apply before a write.
+fn plan(incoming: &[Incoming<'_>], folder: &Folder) -> Result<Vec<Step>, CliError> {
+    let mut errors = Vec::new();
+    let mut steps = Vec::new();
+    let mut claimed: HashSet<PathBuf> = HashSet::new();
+    for doc in incoming {
+        let name = doc.name();
+        let found: Vec<_> = folder.definitions(name.as_str()).collect();
+        let action = match found.as_slice() {
+            [] => match new_path(folder, &claimed, name) {
+                Ok(path) => doc
+                    .content(Format::Yaml)
+                    .map(|content| Action::Create { path, content }),
+                Err(message) => Err(CliError::failed(message)),
+            },
+            [(_, _, existing)] if existing.manifest.as_ref() == Some(&doc.manifest) => {
+                Ok(Action::Keep)
+            }
+            [(file, docs, _)] if *docs > 1 => Err(CliError::failed(format!(
+                "pipeline/{name}: {} holds {docs} manifests and is not rewritten by apply; edit that file instead",
+                file.path.display()
+            ))),
+            [(file, _, _)] => doc.content(file.format).map(|content| Action::Replace {
+                path: file.path.clone(),
+                content,
+            }),
+            several => {
+                let files: Vec<(&Path, usize)> = several
+                    .iter()
+                    .map(|(f, n, _)| (f.path.as_path(), *n))
+                    .collect();
+                Err(CliError::failed(defined_twice(name, &files)))
+            }
+        };
+        match action {
+            Ok(action) => {
+                if let Action::Create { path, .. } | Action::Replace { path, .. } = &action {
+                    claimed.insert(path.clone());
+                }
+                steps.push(Step {
+                    name: name.clone(),
+                    action,
+                });
+            }
+            Err(e) => errors.push(e.message),
+        }
+    }
+    if errors.is_empty() {
+        return Ok(steps);
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    Err(CliError::failed("nothing was applied"))
+}
+
+/// `NAME.yaml`, or the first free `NAME-N.yaml`. A path is taken when anything is there (a file
+/// of another pipeline, a symlink, a folder) or another document of this apply claimed it.
+fn new_path(
+    folder: &Folder,
+    claimed: &HashSet<PathBuf>,
+    name: &PipelineName,
+) -> Result<PathBuf, String> {
+    let dir = &folder.dir;
+    for n in 1..=MAX_NAME_SUFFIX {
+        let file = if n == 1 {
+            format!("{name}.yaml")
+        } else {
+            format!("{name}-{n}.yaml")
+        };
+        let path = dir.join(file);
+        if n == 1
+            && let Some(e) = folder.unparsable_at(&path)
+        {
+            // It may well be this pipeline, half edited: writing a second file would define it twice.
+            return Err(format!(
+                "pipeline/{name}: {} cannot be parsed ({}); fix or remove it first",
+                path.display(),
+                load_message(e)
+            ));
+        }
+        if !claimed.contains(&path) && fs::symlink_metadata(&path).is_err() {
+            return Ok(path);
+        }
+    }
+    Err(format!(
+        "pipeline/{name}: no free file name from {name}.yaml to {name}-{MAX_NAME_SUFFIX}.yaml"
+    ))
+}
+
+/// Writes `content` to `target` through a hidden temp file in `dir`: fsync, then rename (or, for a
+/// new file, link, which fails instead of clobbering), then fsync of the folder.
+fn write_atomic(dir: &Path, target: &Path, content: &[u8], replace: bool) -> io::Result<()> {
+    if is_symlink(target) {
+        return Err(io::Error::other(
+            "is a symbolic link; apply does not write through links",
+        ));
+    }
+    let (temp, mut file) = create_temp(dir, target)?;
+    let written = (|| {
+        file.write_all(content)?;
+        // Explicit, whatever the umask: manifests are meant to be read by the controller's user.
+        file.set_permissions(fs::Permissions::from_mode(0o644))?;
+        file.sync_all()?;
+        drop(file);
+        if replace {
+            fs::rename(&temp, target)
+        } else {
+            match fs::hard_link(&temp, target) {
+                // A filesystem without hard links: rename, having checked the name is still free.
+                Err(e)
+                    if e.kind() != io::ErrorKind::AlreadyExists
+                        && fs::symlink_metadata(target).is_err() =>
+                {
+                    fs::rename(&temp, target)
+                }
+                linked => linked,
+            }
+        }
+    })();
+    // After a rename the temp name is gone; after a link (or a failure) it must go.
+    let removed = match fs::remove_file(&temp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    written?;
+    removed?;
+    sync_dir(dir)
+}
+
+/// A new hidden file next to the target: `.NAME.yaml.PID.N.tmp`.
+fn create_temp(dir: &Path, target: &Path) -> io::Result<(PathBuf, fs::File)> {
+    let base = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("manifest");
+    let pid = std::process::id();
+    for n in 0..100 {
+        let temp = dir.join(format!(".{base}.{pid}.{n}.tmp"));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&temp)
+        {
+            Ok(file) => return Ok((temp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("cannot create a temporary file"))
+}
+
+fn is_symlink(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// Makes a rename or removal in `dir` durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every example, rendered in each format, reads back as the same typed manifest.
+    #[test]
+    fn rendering_round_trips_in_every_format() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut seen = 0;
+        for file in validate::manifest_files(&examples).unwrap() {
+            let docs = spec::read_file(&file).unwrap();
+            for doc in &docs {
+                let manifest: Manifest = serde_json::from_value(doc.value.clone()).unwrap();
+                for (format, ext) in [
+                    (Format::Yaml, "yaml"),
+                    (Format::Toml, "toml"),
+                    (Format::Json, "json"),
+                ] {
+                    let text = render(&manifest, format)
+                        .unwrap_or_else(|e| panic!("{}: {ext}: {e}", file.display()));
+                    let path = PathBuf::from(format!("rendered.{ext}"));
+                    let back = spec::parse_bytes(&path, &text, format).unwrap_or_else(|e| {
+                        panic!(
+                            "{}: {ext}: {e}\n{}",
+                            file.display(),
+                            String::from_utf8_lossy(&text)
+                        )
+                    });
+                    assert_eq!(back.len(), 1);
+                    let again: Manifest = serde_json::from_value(back[0].value.clone()).unwrap();
+                    assert_eq!(again, manifest, "{}: {ext}", file.display());
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 3 * 8, "{seen}");
+    }
+}
