@@ -29,6 +29,13 @@ other tools cannot have. Note that GNU make execs `true` directly (no shell
 for a recipe without shell syntax), so make can come out slightly below the
 floor; `--floor-cmd true` measures a floor without the shell.
 
+After the tables (or alone with --reaction; skipped with --no-reaction) it
+measures the controller's reaction time: `executioner controller` watches a
+temporary folder; one-job manifests are dropped into it (written to a hidden
+temp file, then renamed in) one at a time, and each job writes `date +%s%N`
+to a marker file. Reaction = the job's timestamp - time.time_ns() taken right
+before the rename. DESIGN target: median < 50 ms.
+
 Results: a table on stdout and bench/out/results.json. The DESIGN targets are
 shown as PASS/OVER markers for information only; the exit status is 0 unless a
 command failed (or the executioner binary is missing).
@@ -39,13 +46,16 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import math
 import os
 import platform
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +72,15 @@ TARGET_PLAN_S = 1.0
 BIG_N = 10_000
 # A baseline whose first run of a case exceeds this is not repeated for that case.
 SLOW_BASELINE_S = 60.0
+# Reaction time (DESIGN.md section 8): median < 50 ms from drop to first job start.
+TARGET_REACTION_MS = 50.0
+REACTION_RESYNC_S = 30  # EXECUTIONER_RESYNC_INTERVAL: a missed event would cost 30 s, not hide
+REACTION_TIMEOUT_S = 10.0  # per drop
+REACTION_POLL_S = 0.001
+REACTION_GAP_S = 0.2  # between drops
+REACTION_SETTLE_S = 0.5  # after the lock holds the pid (the watch is set up right after)
+REACTION_START_S = 60.0  # for the controller to take its lock
+REACTION_STOP_S = 15.0  # SIGTERM -> SIGKILL
 
 
 class BenchError(RuntimeError):
@@ -300,6 +319,218 @@ def run_floor(case: Case, workers: int, argv: list[str]) -> float:
 
 
 # --------------------------------------------------------------------------
+# Reaction time: a manifest dropped into a watched folder -> its first job starts
+
+
+@dataclass
+class Reaction:
+    """Outcome of bench_reaction; `skipped` or `error` set when there are no numbers."""
+    repeats: int
+    samples_ms: list[float] = field(default_factory=list)  # one per drop that started in time
+    timeouts: list[int] = field(default_factory=list)  # drop indices whose job never started
+    skipped: str | None = None  # the binary cannot do it (no `controller` subcommand)
+    error: str | None = None  # the controller failed (did not start, died, ...)
+    controller_exit: int | None = None
+
+    def stats(self) -> dict[str, float] | None:
+        if not self.samples_ms:
+            return None
+        s = sorted(self.samples_ms)
+        p90 = s[max(0, math.ceil(0.9 * len(s)) - 1)]  # nearest rank
+        return {"median": statistics.median(s), "p90": p90, "min": s[0], "max": s[-1]}
+
+    def passed(self) -> bool | None:
+        st = self.stats()
+        if st is None:
+            return None
+        return st["median"] < TARGET_REACTION_MS and not self.timeouts
+
+    def to_json(self) -> dict:
+        st = self.stats()
+        return {
+            "repeats": self.repeats,
+            "resync_interval_s": REACTION_RESYNC_S,
+            "samples_ms": [round(v, 3) for v in self.samples_ms],
+            "median_ms": st and round(st["median"], 3),
+            "p90_ms": st and round(st["p90"], 3),
+            "min_ms": st and round(st["min"], 3),
+            "max_ms": st and round(st["max"], 3),
+            "timeouts": self.timeouts,
+            "timeout_s": REACTION_TIMEOUT_S,
+            "target_median_ms": TARGET_REACTION_MS,
+            "pass": self.passed(),
+            "skipped": self.skipped,
+            "error": self.error,
+            "controller_exit": self.controller_exit,
+        }
+
+
+def has_controller(exe: str) -> bool:
+    try:
+        out = subprocess.run([exe, "controller", "--help"], stdin=subprocess.DEVNULL,
+                             capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return "<no output>"
+    return "\n    ".join(text or ["<no output>"])
+
+
+def wait_for_lock(proc: subprocess.Popen, lock: Path, timeout: float) -> bool:
+    """True once `lock` holds the controller's pid; False if it exited or the time ran out."""
+    want = str(proc.pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if lock.read_text().strip() == want:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.01)
+    return False
+
+
+def read_stamp(marker: Path) -> int | None:
+    """The job's `date +%s%N`, once the file is complete (non-empty, newline-terminated)."""
+    try:
+        text = marker.read_text()
+    except OSError:
+        return None
+    if not text.endswith("\n"):
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def reaction_manifest(i: int, marker: Path) -> str:
+    # json.dumps gives double-quoted flow scalars, which are valid YAML. The marker path is the
+    # script's $0; executioner's interpolation leaves `$0` alone (only ${NAME} and $$ are special).
+    cmd = ["sh", "-c", 'date +%s%N > "$0"', str(marker)]
+    return "\n".join([
+        "apiVersion: executioner.dev/v1",
+        "kind: Pipeline",
+        "metadata:",
+        f"  name: react-{i}",
+        "spec:",
+        "  jobs:",
+        "    - id: stamp",
+        f"      command: [{', '.join(json.dumps(c) for c in cmd)}]",
+    ]) + "\n"
+
+
+def stop_controller(proc: subprocess.Popen) -> int | None:
+    """SIGTERM, wait up to REACTION_STOP_S, then SIGKILL. Returns the exit code."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=REACTION_STOP_S)
+    except subprocess.TimeoutExpired:
+        progress(f"  reaction: controller still running {REACTION_STOP_S:.0f} s after SIGTERM; "
+                 "sending SIGKILL")
+        proc.kill()
+        return proc.wait()
+
+
+def bench_reaction(exe: str, repeats: int) -> Reaction:
+    """Drop `repeats` one-job manifests into a running controller's folder, one at a time.
+
+    Each manifest is written to a hidden temp file (ignored by the controller) and renamed into
+    place; t0 = time.time_ns() right before the rename. The job writes `date +%s%N` to a marker
+    file; reaction = that stamp - t0. Both are wall-clock nanoseconds of the same machine.
+    """
+    res = Reaction(repeats)
+    if not has_controller(exe):
+        res.skipped = f"{exe} has no `controller` subcommand (`controller --help` failed)"
+        return res
+
+    with tempfile.TemporaryDirectory(prefix="executioner-reaction-") as tmp:
+        root = Path(tmp)
+        state, manifests, markers = root / "state", root / "manifests", root / "markers"
+        manifests.mkdir()
+        markers.mkdir()
+        log = root / "controller.log"
+        env = dict(os.environ, EXECUTIONER_RESYNC_INTERVAL=str(REACTION_RESYNC_S))
+        argv = [exe, "--state-dir", str(state), "controller", "--manifests", str(manifests)]
+        progress(f"reaction: {shlex.join(argv)} (EXECUTIONER_RESYNC_INTERVAL={REACTION_RESYNC_S}), "
+                 f"{repeats} drops")
+        with open(log, "wb") as out:
+            # cwd = the temp dir, so no ./executioner.toml of the caller's is picked up.
+            proc = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        try:
+            if not wait_for_lock(proc, state / "controller.lock", REACTION_START_S):
+                if proc.poll() is None:
+                    res.error = (f"the controller did not write its pid to {state}/controller.lock "
+                                 f"within {REACTION_START_S:.0f} s")
+                else:
+                    res.error = f"the controller exited with code {proc.returncode} before locking"
+                res.error += f"\n  controller output (last lines):\n    {log_tail(log)}"
+                return res
+            # The lock is taken before the folder watch is set up: let it settle.
+            time.sleep(REACTION_SETTLE_S)
+            for i in range(repeats):
+                if i:
+                    time.sleep(REACTION_GAP_S)
+                marker = markers / f"react-{i}.stamp"
+                tmpfile = manifests / f".tmp-{i}"
+                tmpfile.write_text(reaction_manifest(i, marker))
+                t0 = time.time_ns()
+                os.rename(tmpfile, manifests / f"react-{i}.yaml")
+                deadline = time.monotonic() + REACTION_TIMEOUT_S
+                stamp = None
+                while stamp is None and time.monotonic() < deadline:
+                    time.sleep(REACTION_POLL_S)
+                    stamp = read_stamp(marker)
+                if proc.poll() is not None:
+                    res.error = (f"the controller exited with code {proc.returncode} during drop {i}"
+                                 f"\n  controller output (last lines):\n    {log_tail(log)}")
+                    return res
+                if stamp is None:
+                    res.timeouts.append(i)
+                    progress(f"  reaction: drop {i + 1}/{repeats}: job not started after "
+                             f"{REACTION_TIMEOUT_S:.0f} s")
+                    continue
+                ms = (stamp - t0) / 1e6
+                res.samples_ms.append(ms)
+                progress(f"  reaction: drop {i + 1}/{repeats}: {ms:.1f} ms")
+        finally:
+            res.controller_exit = stop_controller(proc)
+    return res
+
+
+def print_reaction(r: Reaction) -> None:
+    print()
+    print(f"Reaction time: manifest renamed into the watched folder -> its job's first instruction "
+          f"(controller, resync {REACTION_RESYNC_S} s)")
+    if r.skipped:
+        print(f"  skipped: {r.skipped}")
+        return
+    st = r.stats()
+    if st:
+        print(f"  drops {len(r.samples_ms)}/{r.repeats}   median {st['median']:.1f} ms   "
+              f"p90 {st['p90']:.1f} ms   min {st['min']:.1f} ms   max {st['max']:.1f} ms")
+    if r.timeouts:
+        print(f"  {len(r.timeouts)} drop(s) never started within {REACTION_TIMEOUT_S:.0f} s: "
+              + ", ".join(f"react-{i}" for i in r.timeouts))
+    if r.error:
+        print(f"  FAILED: {r.error}")
+    if st:
+        print(f"  DESIGN target (informational): median < {TARGET_REACTION_MS:.0f} ms: "
+              f"{'PASS' if r.passed() else 'OVER'}")
+
+
+# --------------------------------------------------------------------------
 # Measurement loop
 
 
@@ -493,7 +724,8 @@ def tool_version(argv: list[str]) -> str | None:
         return None
 
 
-def write_json(results: list[Result], args, exe, ninja, make) -> Path:
+def write_json(results: list[Result], args, exe, ninja, make,
+               reaction: Reaction | None = None) -> Path:
     doc = {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": {
@@ -508,6 +740,9 @@ def write_json(results: list[Result], args, exe, ninja, make) -> Path:
             "workers": args.workers,
             "floor_argv": args.floor_argv,
             "only_baselines": args.only_baselines,
+            "dag_tables": args.run_dag,
+            "reaction": args.run_reaction,
+            "reaction_repeats": args.reaction_repeats,
         },
         "tools": {
             "executioner": exe and {"path": exe, "version": tool_version([exe, "--version"])},
@@ -518,8 +753,10 @@ def write_json(results: list[Result], args, exe, ninja, make) -> Path:
             "overhead_ms_per_job": TARGET_OVERHEAD_MS_PER_JOB,
             "peak_rss_mib_at_10000": TARGET_PEAK_RSS_MIB,
             "validate_and_plan_s_at_10000": TARGET_PLAN_S,
+            "reaction_median_ms": TARGET_REACTION_MS,
         },
         "results": [r.to_json() for r in results],
+        "reaction": reaction.to_json() if reaction else None,
     }
     path = OUT / "results.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
@@ -545,6 +782,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="sizes 100,1000 and 3 repeats")
     p.add_argument("--only-baselines", action="store_true",
                    help="skip executioner: measure only ninja, make and the spawn floor")
+    reaction = p.add_mutually_exclusive_group()
+    reaction.add_argument("--reaction", action="store_true",
+                          help="run only the reaction-time benchmark (controller, manifest drops); "
+                               "by default it runs after the DAG tables")
+    reaction.add_argument("--no-reaction", action="store_true",
+                          help="skip the reaction-time benchmark")
+    p.add_argument("--reaction-repeats", type=int, default=20,
+                   help="manifests dropped for the reaction time (default 20)")
     p.add_argument("--floor-cmd", default="/bin/sh -c true",
                    help="the process the floor spawns per job (default: '/bin/sh -c true', "
                         "what a string command costs)")
@@ -562,6 +807,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("sizes must be positive")
     if args.repeats < 1 or args.workers < 1:
         p.error("--repeats and --workers must be at least 1")
+    if args.reaction_repeats < 1:
+        p.error("--reaction-repeats must be at least 1")
+    if args.reaction and args.only_baselines:
+        p.error("--reaction needs the executioner binary; it cannot go with --only-baselines")
+    args.run_dag = not args.reaction
+    args.run_reaction = not args.no_reaction and not args.only_baselines
     return args
 
 
@@ -577,6 +828,13 @@ def main(argv: list[str] | None = None) -> int:
                   " or use --only-baselines", file=sys.stderr)
             return 2
         exe = os.path.abspath(exe)
+
+    if not args.run_dag:
+        reaction = bench_reaction(exe, args.reaction_repeats)
+        print_reaction(reaction)
+        path = write_json([], args, exe, None, None, reaction)
+        print(f"\nresults: {path.relative_to(REPO)}")
+        return 1 if reaction.error else 0
 
     ninja = shutil.which("ninja")
     if not ninja:
@@ -605,10 +863,15 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results, bool(exe), bool(ninja), bool(make))
     if exe:
         print_targets(results)
-    path = write_json(results, args, exe, ninja, make)
+    sys.stdout.flush()
+    reaction = None
+    if exe and args.run_reaction:
+        reaction = bench_reaction(exe, args.reaction_repeats)
+        print_reaction(reaction)
+    path = write_json(results, args, exe, ninja, make, reaction)
     print(f"\nresults: {path.relative_to(REPO)}")
     print("noise: expect +-50% between invocations on a 2-core machine; compare medians of one run.")
-    return 0
+    return 1 if reaction and reaction.error else 0
 
 
 if __name__ == "__main__":

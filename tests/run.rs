@@ -547,3 +547,62 @@ fn dry_run_prints_the_plan_and_runs_nothing() {
     assert!(!ws.path().join("ran").exists());
     assert!(!ws.state_dir().join("executioner.db").exists());
 }
+
+#[test]
+fn secrets_are_masked_in_logs_and_absent_from_the_database_and_status_files() {
+    let ws = Workspace::new();
+    let secret = "s3cr3t-Pa55-value";
+    let text_manifest = manifest(
+        "secretive",
+        "  env:\n    PW: {fromEnv: TEST_SECRET_PW}\n    URL: postgres://app:${PW}@db/x\n",
+        "    - id: leak\n      command: echo \"the password is $PW\"; echo \"url $URL\" >&2; printf '%s' \"$PW\" | cut -c1-4\n",
+    );
+    ws.write("s.yaml", &text_manifest);
+    ws.write("manifests/s.yaml", &text_manifest);
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.current_dir(ws.path())
+            .env("TEST_SECRET_PW", secret)
+            .args(["--state-dir", ws.state_dir().to_str().unwrap()])
+            .args(args);
+        common::run_with_timeout(cmd, Duration::from_secs(60))
+    };
+    let out = run(&["run", "s.yaml", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let log = std::fs::read_to_string(ws.state_dir().join("logs/secretive/1/leak.log")).unwrap();
+    assert!(log.contains("the password is ***"), "{log}");
+    assert!(log.contains("url postgres://app:***@db/x"), "{log}");
+    assert!(!log.contains(secret), "{log}");
+    assert!(log.contains("s3cr"), "a prefix alone is not masked: {log}");
+    // The controller's status file, and every state file, hold no secret.
+    let out = run(&["controller", "--manifests", "manifests", "--once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut checked = 0;
+    for dir in [ws.state_dir(), ws.path().join("manifests/.status")] {
+        for entry in walk(&dir) {
+            let bytes = std::fs::read(&entry).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} contains the secret",
+                entry.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "{checked}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -10,6 +10,7 @@
 
 pub mod checks;
 pub mod launch;
+mod mask;
 pub mod plan;
 pub mod resume;
 
@@ -780,15 +781,38 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
         result.outcome = fail(Failure::Spawn, Reason::SpawnFailed, "empty command".into());
         return result;
     };
+    // With secrets in the environment, output goes through a pipe and a masking copier;
+    // without, the log file itself is the child's stdout and stderr (no copying at all).
+    let (output, copier) = if spec.plan.secrets.is_empty() {
+        (Output::File(log_file), None)
+    } else {
+        match mask::start(log_file, &spec.plan.secrets) {
+            Ok((write_end, task)) => (Output::File(write_end), Some(task)),
+            Err(e) => {
+                result.outcome = fail(
+                    Failure::Spawn,
+                    Reason::SpawnFailed,
+                    format!("cannot create the output pipe: {e}"),
+                );
+                return result;
+            }
+        }
+    };
     let spawn_spec = SpawnSpec {
         program: program.into(),
         args: args.iter().map(Into::into).collect(),
         env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         cwd: cwd.clone(),
         stdin: Stdin::Null,
-        output: Output::File(log_file),
+        output,
     };
-    let mut child = match process::spawn(spawn_spec) {
+    let spawned = process::spawn(spawn_spec);
+    // The copier ends when every writer is gone: the child's group is killed when its leader
+    // exits, so waiting for it never hangs on a background grandchild.
+    let copier = copier.map(|task| async move {
+        let _ = task.await;
+    });
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             append_log(&spec.log_path, &format!("cannot start: {e}"));
@@ -851,6 +875,9 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
             return result;
         }
     };
+    if let Some(copier) = copier {
+        copier.await;
+    }
     let exited = match exited {
         Ok(e) => e,
         Err(e) => {
