@@ -144,24 +144,56 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// A loaded configuration and where each value came from (`state_dir` -> `env EXECUTIONER_STATE_DIR`).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub sources: std::collections::BTreeMap<String, String>,
+}
+
 impl Config {
     /// Loads defaults < system file < project file (or `explicit`) < `EXECUTIONER_*` environment.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_layers(explicit, &[]).map(|l| l.config)
+    }
+
+    /// Loads every layer, then the command-line `flags` (key path, value, flag name) on top; only
+    /// flags actually given are passed, so an absent flag never overrides a file.
+    pub fn load_layers(
+        explicit: Option<&Path>,
+        flags: &[(&str, serde_json::Value, &str)],
+    ) -> Result<Loaded, ConfigError> {
         let mut value = serde_json::to_value(Config::default()).unwrap_or_default();
-        let system = Path::new("/etc/executioner/config.toml");
+        let mut sources = std::collections::BTreeMap::new();
+        record_sources(&value, "", "default", &mut sources);
+        let mut apply = |value: &mut serde_json::Value, layer: serde_json::Value, source: &str| {
+            record_sources(&layer, "", source, &mut sources);
+            merge(value, layer);
+        };
+        // EXECUTIONER_SYSTEM_CONFIG moves the system file (for tests and unusual installs).
+        let system = std::env::var_os("EXECUTIONER_SYSTEM_CONFIG").map_or_else(
+            || PathBuf::from("/etc/executioner/config.toml"),
+            PathBuf::from,
+        );
         if system.is_file() {
-            merge(&mut value, read_file(system)?);
+            apply(
+                &mut value,
+                read_file(&system)?,
+                &system.display().to_string(),
+            );
         }
         match explicit {
-            Some(path) => merge(&mut value, read_file(path)?),
+            Some(path) => apply(&mut value, read_file(path)?, &path.display().to_string()),
             None => {
                 let local = Path::new("executioner.toml");
                 if local.is_file() {
-                    merge(&mut value, read_file(local)?);
+                    apply(&mut value, read_file(local)?, "executioner.toml");
                 }
             }
         }
-        for (key, raw) in std::env::vars() {
+        let mut vars: Vec<(String, String)> = std::env::vars().collect();
+        vars.sort();
+        for (key, raw) in vars {
             let Some(rest) = key.strip_prefix("EXECUTIONER_") else {
                 continue;
             };
@@ -178,12 +210,55 @@ impl Config {
                 .and_then(|t| t.get("v").cloned())
                 .and_then(|v| serde_json::to_value(v).ok())
                 .unwrap_or(serde_json::Value::String(raw));
-            set_path(&mut value, &path, parsed);
+            let mut layer = serde_json::Value::Object(serde_json::Map::new());
+            set_path(&mut layer, &path, parsed);
+            let mut probe = value.clone();
+            merge(&mut probe, layer.clone());
+            serde_json::from_value::<Config>(probe).map_err(|e| ConfigError::Invalid {
+                path: PathBuf::from(format!("environment {key}")),
+                message: e.to_string(),
+            })?;
+            apply(&mut value, layer, &format!("env {key}"));
         }
-        serde_json::from_value(value).map_err(|e| ConfigError::Invalid {
-            path: PathBuf::from("<environment>"),
+        for (key, flag_value, flag) in flags {
+            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+            let mut layer = serde_json::Value::Object(serde_json::Map::new());
+            set_path(&mut layer, &path, flag_value.clone());
+            apply(&mut value, layer, &format!("flag {flag}"));
+        }
+        let config = serde_json::from_value(value).map_err(|e| ConfigError::Invalid {
+            path: PathBuf::from("<command line>"),
             message: e.to_string(),
-        })
+        })?;
+        Ok(Loaded { config, sources })
+    }
+
+    /// The effective configuration as `key = value` lines with their sources; secrets masked.
+    pub fn describe(loaded: &Loaded) -> Vec<(String, String, String)> {
+        let value = serde_json::to_value(&loaded.config).unwrap_or_default();
+        let mut leaves = std::collections::BTreeMap::new();
+        record_sources(&value, "", "", &mut leaves);
+        leaves
+            .keys()
+            .map(|key| {
+                let v = key
+                    .split('.')
+                    .try_fold(&value, |node, part| node.get(part))
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null);
+                let shown = if key.contains("password") && !key.ends_with("password_env") {
+                    "***".to_owned()
+                } else {
+                    v.to_string()
+                };
+                let source = loaded
+                    .sources
+                    .get(key)
+                    .cloned()
+                    .unwrap_or_else(|| "default".into());
+                (key.clone(), shown, source)
+            })
+            .collect()
     }
 
     /// Worker count: configured, or the number of CPUs.
@@ -192,6 +267,30 @@ impl Config {
             .map(|w| w as usize)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .max(1)
+    }
+}
+
+/// Records `source` for every leaf of `layer` (arrays are leaves).
+fn record_sources(
+    layer: &serde_json::Value,
+    prefix: &str,
+    source: &str,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
+    match layer {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                record_sources(v, &key, source, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_owned(), source.to_owned());
+        }
     }
 }
 
@@ -208,11 +307,17 @@ fn is_known_key(path: &[String]) -> bool {
 }
 
 fn set_path(value: &mut serde_json::Value, path: &[String], new: serde_json::Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut node = value;
-    for part in &path[..path.len() - 1] {
+    for part in parents {
+        if !node.get(part).is_some_and(serde_json::Value::is_object) {
+            node[part.as_str()] = serde_json::Value::Object(serde_json::Map::new());
+        }
         node = &mut node[part.as_str()];
     }
-    node[path[path.len() - 1].as_str()] = new;
+    node[last.as_str()] = new;
 }
 
 fn read_file(path: &Path) -> Result<serde_json::Value, ConfigError> {

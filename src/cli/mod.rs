@@ -102,7 +102,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// State folder (database, logs, lock). Default .executioner/ in the working directory.
-    #[arg(long, global = true, value_name = "DIR", env = "EXECUTIONER_STATE_DIR")]
+    #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Log line format.
     #[arg(long, global = true, value_enum)]
@@ -238,6 +238,11 @@ pub enum Command {
     },
     /// Ask the controller for a new run of the current generation.
     Rerun { name: String },
+    /// The effective configuration and where each value came from (secrets masked).
+    Config {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
     /// Mark failed or skipped jobs of a finished run as succeeded (an audit event is recorded).
     MarkSuccess {
         run: i64,
@@ -335,6 +340,28 @@ fn dispatch(cli: Cli) -> CliResult {
         ),
         Command::Wait { name, timeout } => wait::wait_for(&name, None, timeout, &cli.global),
         Command::Rerun { name } => controller::rerun(&name, &cli.global),
+        Command::Config { output } => {
+            let loaded = load_config_layers(&cli.global)?;
+            let rows = crate::config::Config::describe(&loaded);
+            match output {
+                OutputFormat::Json => {
+                    let items: Vec<serde_json::Value> = rows
+                        .iter()
+                        .map(|(k, v, src)| serde_json::json!({"key": k, "value": serde_json::from_str::<serde_json::Value>(v).unwrap_or(serde_json::json!(v)), "source": src}))
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&items).unwrap_or_default()
+                    );
+                }
+                OutputFormat::Table => {
+                    for (k, v, src) in rows {
+                        println!("{k} = {v}    # {src}");
+                    }
+                }
+            }
+            Ok(Exit::Success)
+        }
         Command::Apply(args) => apply::run(&args, &cli.global),
         Command::Delete { name, manifests } => {
             apply::delete(&name, manifests.as_deref(), &cli.global)
@@ -357,7 +384,23 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 
 /// The configuration, with the command-line flags that override it.
 pub fn load_config(global: &GlobalArgs) -> Result<crate::config::Config, CliError> {
-    crate::config::Config::load(global.config.as_deref())
+    load_config_layers(global).map(|l| l.config)
+}
+
+/// The configuration with the source of every value.
+pub fn load_config_layers(global: &GlobalArgs) -> Result<crate::config::Loaded, CliError> {
+    let mut flags: Vec<(&str, serde_json::Value, &str)> = Vec::new();
+    if let Some(dir) = &global.state_dir {
+        flags.push(("state_dir", serde_json::json!(dir), "--state-dir"));
+    }
+    if let Some(format) = global.log_format {
+        let name = match format {
+            LogFormat::Pretty => "pretty",
+            LogFormat::Json => "json",
+        };
+        flags.push(("log_format", serde_json::json!(name), "--log-format"));
+    }
+    crate::config::Config::load_layers(global.config.as_deref(), &flags)
         .map_err(|e| CliError::usage(error_chain(&e)))
 }
 
@@ -367,6 +410,8 @@ pub fn state_dir(global: &GlobalArgs, config: &crate::config::Config) -> PathBuf
         .state_dir
         .clone()
         .unwrap_or_else(|| config.state_dir.clone());
+    // (The flag is also a configuration layer; it is read here first for commands that do not
+    // load the configuration twice.)
     if dir.is_absolute() {
         dir
     } else {

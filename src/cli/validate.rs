@@ -8,7 +8,11 @@ use crate::validate::{self, Diagnostic, FileOutcome, Options, Severity, Validate
 use super::{CliError, CliResult, Exit, GlobalArgs};
 
 pub fn run(paths: &[PathBuf], global: &GlobalArgs) -> CliResult {
-    let options = Options::default();
+    let config = super::load_config(global)?;
+    let options = Options {
+        security: super::security_policy(&config),
+        ..Options::default()
+    };
     let mut files = Vec::new();
     let mut unreadable = false;
     for path in paths {

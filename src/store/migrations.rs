@@ -99,6 +99,37 @@ CREATE TABLE pipelines (
 );
 CREATE INDEX runs_pipeline_generation ON runs (pipeline, generation, id);
 "#,
+    // 3: the notification outbox, and the run rounds whose notifications were queued. Rounds that
+    // ended before this migration are marked queued, so an upgrade sends nothing about the past.
+    r#"
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id          INTEGER NOT NULL REFERENCES runs (id),
+    round           INTEGER NOT NULL,
+    channel         TEXT    NOT NULL CHECK (channel IN ('email', 'command')),
+    scope           TEXT    NOT NULL,
+    target          TEXT    NOT NULL,
+    payload         TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT    NOT NULL,
+    sent_at         TEXT,
+    failed_at       TEXT,
+    last_error      TEXT,
+    created_at      TEXT    NOT NULL,
+    UNIQUE (run_id, round, channel, scope, target)
+);
+CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE sent_at IS NULL AND failed_at IS NULL;
+
+CREATE TABLE outbox_rounds (
+    run_id    INTEGER NOT NULL REFERENCES runs (id),
+    round     INTEGER NOT NULL,
+    queued_at TEXT    NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+INSERT INTO outbox_rounds (run_id, round, queued_at)
+    SELECT id, rounds, coalesce(finished_at, created_at) FROM runs
+    WHERE phase IN ('Succeeded', 'Failed', 'Cancelled');
+"#,
 ];
 
 /// The schema version this build writes and understands.

@@ -12,6 +12,7 @@
 
 mod migrations;
 mod open;
+pub mod outbox;
 mod pipelines;
 
 pub use pipelines::PipelineRow;

@@ -1,0 +1,284 @@
+//! The notification outbox: messages queued after a run round reached its terminal state, and
+//! their delivery state. Queuing a round's messages and marking the round queued is one
+//! transaction, and a message is unique per (run, round, channel, scope, target), so queuing twice
+//! queues nothing new. A sender claims a message (a lease on `next_attempt_at`) before sending it,
+//! so two processes never send the same message at once.
+//!
+//! What a message says, when it is due again after a failure and when to give up are the notify
+//! module's decisions; this module records them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use super::{Decoder, RunId, RunRow, Store, StoreError, timestamp};
+
+pub type OutboxId = i64;
+
+/// How a message is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboxChannel {
+    Email,
+    Command,
+}
+
+impl OutboxChannel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxChannel::Email => "email",
+            OutboxChannel::Command => "command",
+        }
+    }
+}
+
+impl fmt::Display for OutboxChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OutboxChannel {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "email" => Ok(OutboxChannel::Email),
+            "command" => Ok(OutboxChannel::Command),
+            other => Err(format!("unknown outbox channel {other:?}")),
+        }
+    }
+}
+
+/// One message to queue.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOutboxEntry<'a> {
+    pub channel: OutboxChannel,
+    /// What the message is about: empty for the run, else a job id.
+    pub scope: &'a str,
+    /// The recipient address, or the command as JSON.
+    pub target: &'a str,
+    /// What the sender needs, as JSON.
+    pub payload: &'a str,
+}
+
+/// Where a message stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxState {
+    /// Not sent yet: due at `next_attempt_at` (or leased by a sender until then).
+    Pending {
+        next_attempt_at: OffsetDateTime,
+        last_error: Option<String>,
+    },
+    Sent {
+        at: OffsetDateTime,
+    },
+    /// Given up: the message cannot be sent (a bad address) or failed too often.
+    GaveUp {
+        at: OffsetDateTime,
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub id: OutboxId,
+    pub run_id: RunId,
+    pub round: i64,
+    pub channel: OutboxChannel,
+    pub scope: String,
+    pub target: String,
+    pub payload: String,
+    /// Sends tried so far.
+    pub attempts: i64,
+    pub state: OutboxState,
+    pub created_at: OffsetDateTime,
+}
+
+macro_rules! select_outbox {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, run_id, round, channel, scope, target, payload, attempts, next_attempt_at, ",
+            "sent_at, failed_at, last_error, created_at FROM outbox ",
+            $tail
+        )
+    };
+}
+
+impl Store {
+    /// Queues a run round's messages and marks the round queued, in one transaction. Messages
+    /// already queued are left as they are. Returns how many were new.
+    pub async fn enqueue_notifications(
+        &self,
+        run: RunId,
+        round: i64,
+        entries: &[NewOutboxEntry<'_>],
+    ) -> Result<usize, StoreError> {
+        let context = "queuing notifications";
+        let now = timestamp(OffsetDateTime::now_utc());
+        let mut writing = self.writing(context).await?;
+        let mut tx = writing.begin(context).await?;
+        let mut queued = 0;
+        for entry in entries {
+            let done = sqlx::query(
+                "INSERT INTO outbox (run_id, round, channel, scope, target, payload, \
+                 next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
+                 ON CONFLICT (run_id, round, channel, scope, target) DO NOTHING",
+            )
+            .bind(run)
+            .bind(round)
+            .bind(entry.channel.as_str())
+            .bind(entry.scope)
+            .bind(entry.target)
+            .bind(entry.payload)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.sql(context))?;
+            queued += usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
+        }
+        sqlx::query(
+            "INSERT INTO outbox_rounds (run_id, round, queued_at) VALUES (?, ?, ?) \
+             ON CONFLICT (run_id, round) DO NOTHING",
+        )
+        .bind(run)
+        .bind(round)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .map_err(self.sql(context))?;
+        tx.commit().await.map_err(self.sql(context))?;
+        writing.release();
+        Ok(queued)
+    }
+
+    /// Runs whose latest round is terminal but whose notifications were never queued (the process
+    /// died between the two commits), oldest first.
+    pub async fn runs_not_queued(&self) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, pipeline, generation, spec_json, spec_hash, phase, reason, rounds, \
+             owner_pid, owner_host, owner_start_time, created_at, started_at, finished_at \
+             FROM runs WHERE phase IN ('Succeeded', 'Failed', 'Cancelled') AND NOT EXISTS \
+             (SELECT 1 FROM outbox_rounds q WHERE q.run_id = runs.id AND q.round = runs.rounds) \
+             ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.sql("listing runs without notifications"))?;
+        rows.iter().map(|row| self.run_row(row)).collect()
+    }
+
+    /// Pending messages due at `now`, oldest first, at most `limit`.
+    pub async fn due_outbox(
+        &self,
+        now: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = sqlx::query(select_outbox!(
+            "WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ? \
+             ORDER BY next_attempt_at, id LIMIT ?"
+        ))
+        .bind(timestamp(now))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.sql("reading due notifications"))?;
+        rows.iter().map(|row| self.outbox_row(row)).collect()
+    }
+
+    /// Every message of a run, in the order they were queued.
+    pub async fn outbox(&self, run: RunId) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = sqlx::query(select_outbox!("WHERE run_id = ? ORDER BY id"))
+            .bind(run)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.sql("reading notifications"))?;
+        rows.iter().map(|row| self.outbox_row(row)).collect()
+    }
+
+    /// Takes a due message for sending: counts the attempt and moves `next_attempt_at` to
+    /// `lease_until`, so no other sender takes it meanwhile. Returns the attempt number, or `None`
+    /// when the message is no longer due (sent, given up, or taken by another sender).
+    pub async fn claim_outbox(
+        &self,
+        id: OutboxId,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+    ) -> Result<Option<i64>, StoreError> {
+        let query = sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?1 \
+             WHERE id = ?2 AND sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ?3 \
+             RETURNING attempts",
+        )
+        .bind(timestamp(lease_until))
+        .bind(id)
+        .bind(timestamp(now));
+        let context = "claiming a notification";
+        let rows = self.write_script(query, context).await?;
+        rows.first()
+            .map(|row| row.try_get(0))
+            .transpose()
+            .map_err(self.sql(context))
+    }
+
+    /// The message was delivered.
+    pub async fn outbox_sent(&self, id: OutboxId) -> Result<(), StoreError> {
+        let query = sqlx::query("UPDATE outbox SET sent_at = ?1, last_error = NULL WHERE id = ?2")
+            .bind(timestamp(OffsetDateTime::now_utc()))
+            .bind(id);
+        self.write_one(query, "recording a sent notification")
+            .await?;
+        Ok(())
+    }
+
+    /// The send failed: due again at `retry_at`, or given up when `None`.
+    pub async fn outbox_failed(
+        &self,
+        id: OutboxId,
+        error: &str,
+        retry_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let query = sqlx::query(
+            "UPDATE outbox SET last_error = ?1, next_attempt_at = coalesce(?2, next_attempt_at), \
+             failed_at = CASE WHEN ?2 IS NULL THEN ?3 ELSE NULL END WHERE id = ?4",
+        )
+        .bind(error)
+        .bind(retry_at.map(timestamp))
+        .bind(timestamp(now))
+        .bind(id);
+        self.write_one(query, "recording a failed notification")
+            .await?;
+        Ok(())
+    }
+
+    fn outbox_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, StoreError> {
+        let decoder = Decoder { row, store: self };
+        let state = match (decoder.time_opt("sent_at")?, decoder.time_opt("failed_at")?) {
+            (Some(at), _) => OutboxState::Sent { at },
+            (None, Some(at)) => OutboxState::GaveUp {
+                at,
+                error: decoder
+                    .get::<Option<String>>("last_error")?
+                    .unwrap_or_default(),
+            },
+            (None, None) => OutboxState::Pending {
+                next_attempt_at: decoder.time("next_attempt_at")?,
+                last_error: decoder.get("last_error")?,
+            },
+        };
+        Ok(OutboxEntry {
+            id: decoder.get("id")?,
+            run_id: decoder.get("run_id")?,
+            round: decoder.get("round")?,
+            channel: decoder.parse("channel")?,
+            scope: decoder.get("scope")?,
+            target: decoder.get("target")?,
+            payload: decoder.get("payload")?,
+            attempts: decoder.get("attempts")?,
+            state,
+            created_at: decoder.time("created_at")?,
+        })
+    }
+}

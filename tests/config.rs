@@ -1,0 +1,178 @@
+//! Configuration layering, `executioner config`, and the security policy (issue 6).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Workspace, manifest, text};
+
+fn config_json(
+    ws: &Workspace,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut cmd = Command::new(common::bin());
+    cmd.current_dir(ws.path())
+        .env("EXECUTIONER_SYSTEM_CONFIG", ws.path().join("system.toml"))
+        .args(args)
+        .args(["config", "-o", "json"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = common::run_with_timeout(cmd, Duration::from_secs(30));
+    let value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code(), value, text(&out.stderr))
+}
+
+fn entry<'a>(all: &'a serde_json::Value, key: &str) -> (&'a serde_json::Value, &'a str) {
+    let e = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == key)
+        .unwrap_or_else(|| panic!("no {key}"));
+    (&e["value"], e["source"].as_str().unwrap())
+}
+
+#[test]
+fn five_layers_in_order_and_absent_flags_do_not_override() {
+    let ws = Workspace::new();
+    ws.write(
+        "system.toml",
+        "log_level = \"debug\"\nmanifests_dir = \"sys-manifests\"\nworkers = 1\nstate_dir = \"sys-state\"\n",
+    );
+    ws.write(
+        "executioner.toml",
+        "manifests_dir = \"proj-manifests\"\nworkers = 2\nstate_dir = \"proj-state\"\nlog_format = \"json\"\n",
+    );
+    let env = [
+        ("EXECUTIONER_WORKERS", "3"),
+        ("EXECUTIONER_STATE_DIR", "env-state"),
+        ("EXECUTIONER_SMTP__PORT", "2525"),
+    ];
+    let (code, all, stderr) = config_json(&ws, &env, &["--state-dir", "flag-state"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        entry(&all, "resync_interval"),
+        (&serde_json::json!("30s"), "default")
+    );
+    assert_eq!(
+        entry(&all, "log_level").1,
+        ws.path().join("system.toml").display().to_string()
+    );
+    assert_eq!(
+        entry(&all, "manifests_dir"),
+        (&serde_json::json!("proj-manifests"), "executioner.toml")
+    );
+    assert_eq!(
+        entry(&all, "workers"),
+        (&serde_json::json!(3), "env EXECUTIONER_WORKERS")
+    );
+    assert_eq!(
+        entry(&all, "smtp.port"),
+        (&serde_json::json!(2525), "env EXECUTIONER_SMTP__PORT")
+    );
+    assert_eq!(
+        entry(&all, "state_dir"),
+        (&serde_json::json!("flag-state"), "flag --state-dir")
+    );
+    // --log-format was not given: the file's value stands.
+    assert_eq!(
+        entry(&all, "log_format"),
+        (&serde_json::json!("json"), "executioner.toml")
+    );
+    let (_, all, _) = config_json(&ws, &env, &["--log-format", "pretty"]);
+    assert_eq!(
+        entry(&all, "log_format"),
+        (&serde_json::json!("pretty"), "flag --log-format")
+    );
+    // --config replaces the project file.
+    ws.write("other.yaml", "workers: 7\nshutdown_grace: 2s\n");
+    let (_, all, _) = config_json(&ws, &[], &["--config", "other.yaml"]);
+    assert_eq!(
+        entry(&all, "workers"),
+        (&serde_json::json!(7), "other.yaml")
+    );
+    assert_eq!(
+        entry(&all, "manifests_dir").0,
+        "sys-manifests",
+        "the project file is not read with --config (the system file still is)"
+    );
+}
+
+#[test]
+fn bad_configuration_names_the_key_and_file() {
+    let ws = Workspace::new();
+    ws.write("executioner.toml", "workerz = 2\n");
+    let (code, _, stderr) = config_json(&ws, &[], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("executioner.toml") && stderr.contains("workerz"),
+        "{stderr}"
+    );
+    ws.write("executioner.toml", "workers = \"many\"\n");
+    let (code, _, stderr) = config_json(&ws, &[], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("executioner.toml"), "{stderr}");
+    std::fs::remove_file(ws.path().join("executioner.toml")).unwrap();
+    let (code, _, stderr) = config_json(&ws, &[("EXECUTIONER_WORKERS", "many")], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("EXECUTIONER_WORKERS"), "{stderr}");
+}
+
+#[test]
+fn secrets_are_masked_in_config_output() {
+    let ws = Workspace::new();
+    ws.write(
+        "executioner.toml",
+        "[smtp]\nusername = \"ops\"\npassword_env = \"SMTP_PW\"\n",
+    );
+    let (code, all, _) = config_json(&ws, &[("SMTP_PW", "very-secret")], &[]);
+    assert_eq!(code, Some(0));
+    assert!(!all.to_string().contains("very-secret"));
+    assert_eq!(entry(&all, "smtp.password_env").0, "SMTP_PW");
+}
+
+#[test]
+fn security_policy_rejects_shell_and_unlisted_commands_with_positions() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest("secured", "", "    - {id: shell, command: \"echo hi\"}\n    - {id: argv, command: [rm, -rf, /tmp/x]}\n    - {id: ok, command: [echo, hi]}\n"),
+    );
+    ws.write(
+        "executioner.toml",
+        "[security]\nallow_shell = false\nallowed_commands = [\"echo\", \"/usr/bin/*\"]\n",
+    );
+    let out = ws.run(&["validate", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("p.yaml:7:") && stdout.contains("shell commands are not allowed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("p.yaml:8:") && stdout.contains("`rm` is not in security.allowed_commands"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("p.yaml:9:"), "{stdout}");
+    // `run` refuses it too.
+    assert_eq!(ws.run(&["run", "p.yaml"]).status.code(), Some(1));
+}
+
+#[test]
+fn a_state_folder_writable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.state_dir()).unwrap();
+    std::fs::set_permissions(ws.state_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    ws.write(
+        "p.yaml",
+        &manifest("unsafe", "", "    - {id: a, command: \"true\"}\n"),
+    );
+    let out = ws.run(&["run", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
