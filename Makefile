@@ -24,11 +24,11 @@ run: build
 
 # The whole suite (unit, property and integration tests that run the real binary).
 test:
-	$(CARGO) test --all-targets
+	$(CARGO) test --all-targets --features failpoints
 
 # Longer soak variants (documented in docs/testing.md).
 test-long:
-	EXECUTIONER_LONG_TESTS=1 $(CARGO) test --all-targets -- --include-ignored
+	EXECUTIONER_LONG_TESTS=1 $(CARGO) test --all-targets --features failpoints -- --include-ignored
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -49,10 +49,12 @@ bench: build
 # Bounded fuzzing of the manifest loader (needs nightly Rust and cargo-fuzz; see docs/fuzzing.md).
 fuzz:
 	@if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then \
-		cd fuzz && cargo +nightly fuzz run load_manifest -- -max_total_time=$${FUZZ_SECONDS:-60}; \
+		cd fuzz && for t in load_manifest env_interpolate cron_schedule; do \
+			mkdir -p corpus/$$t && cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$${FUZZ_SECONDS:-60} || exit 1; \
+		done; \
 	else \
-		echo "fuzz: nightly Rust or cargo-fuzz is not available here; running the fuzz corpus smoke test instead"; \
-		$(CARGO) test --test hostile_input; \
+		echo "fuzz: nightly Rust or cargo-fuzz is not available here; replaying seeds and mutations instead"; \
+		$(CARGO) test --test fuzz_smoke; \
 	fi
 
 clean-state:

@@ -352,6 +352,7 @@ pub async fn execute(
                     }
                 };
                 let job = result.job;
+                crate::failpoint::hit("exited");
                 let (decision, phase) = settle_attempt(&plan, &mut tracks, &result, halted, &mut rng);
                 let end = attempt_end(&result, &phase);
                 match decision {
@@ -373,6 +374,7 @@ pub async fn execute(
                         } else {
                             store.set_job(run, &plan.jobs[job].id, phase, Some(reason), None).await.map_err(store_err)?;
                         }
+                        crate::failpoint::hit("finished");
                         run_log.line(&format!("{} {phase} ({reason})", plan.jobs[job].id));
                         let _ = events.send(RunEvent::JobFinished { job, phase, reason, exit_code });
                         if outcome.counts_as_run_failure() {
@@ -656,7 +658,10 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
         .attempt_started(spec.run, &job.id, spec.round, spec.number, spec.counted)
         .await
     {
-        Ok(id) => result.attempt_id = Some(id),
+        Ok(id) => {
+            result.attempt_id = Some(id);
+            crate::failpoint::hit("attempt-recorded");
+        }
         Err(e) => {
             result.outcome = fail(
                 Failure::Env,
@@ -821,6 +826,7 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
             return result;
         }
     };
+    crate::failpoint::hit("spawned");
     if let Some(id) = result.attempt_id {
         // Recorded right after the spawn, so recovery can find and stop the group.
         let _ = spec

@@ -183,3 +183,131 @@ pub fn manifest(name: &str, spec_extra: &str, jobs: &str) -> String {
         "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n{spec_extra}  jobs:\n{jobs}"
     )
 }
+
+// ---------------------------------------------------------------------------------------------
+// A controller process for end-to-end tests.
+
+use std::path::PathBuf as ControllerPathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+/// A controller running on `ws/manifests` for the life of the value.
+pub struct Running {
+    pub child: Option<Child>,
+}
+
+impl Running {
+    pub fn start(ws: &Workspace, extra_env: &[(&str, &str)]) -> Running {
+        std::fs::create_dir_all(ws.path().join("manifests")).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.current_dir(ws.path())
+            .args([
+                "--state-dir",
+                ws.state_dir().to_str().unwrap(),
+                "controller",
+                "--manifests",
+                "manifests",
+            ])
+            .env("EXECUTIONER_RESYNC_INTERVAL", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(ws.path().join("controller.log"))
+                    .unwrap(),
+            ));
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        // Wait until it holds its lock (it writes its pid there).
+        let lock = ws.state_dir().join("controller.lock");
+        let pid = child.id().to_string();
+        wait_until(Duration::from_secs(20), || {
+            std::fs::read_to_string(&lock).is_ok_and(|t| t.trim() == pid)
+        });
+        Running { child: Some(child) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        c.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn status_file(ws: &Workspace, name: &str) -> ControllerPathBuf {
+    ws.path()
+        .join("manifests/.status")
+        .join(format!("{name}.yaml"))
+}
+
+/// `status NAME -o json` as a value (None while unknown).
+pub fn status(ws: &Workspace, name: &str) -> Option<serde_json::Value> {
+    let out = ws.run(&["status", name, "-o", "json", "--manifests", "manifests"]);
+    if out.status.code() != Some(0) {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+pub fn wait_phase(ws: &Workspace, name: &str, phase: &str, generation: i64) -> serde_json::Value {
+    let mut last = None;
+    let start = Instant::now();
+    loop {
+        if let Some(s) = status(ws, name) {
+            if s["status"]["phase"] == phase && s["status"]["observedGeneration"] == generation {
+                return s;
+            }
+            last = Some(s);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{name} never reached {phase}/{generation}: {last:?}\n{}",
+            std::fs::read_to_string(ws.path().join("controller.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn run_count(ws: &Workspace, name: &str) -> usize {
+    let out = ws.run(&["runs", "--pipeline", name, "--limit", "1000", "-o", "json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+

@@ -1,0 +1,38 @@
+//! Crash points for the reliability tests: with the `failpoints` feature, `EXECUTIONER_FAILPOINT
+//! =NAME[:N]` makes the process SIGKILL itself the Nth time (default 1st) execution reaches point
+//! NAME, exactly as `kill -9` would. Without the feature, `hit` compiles to nothing.
+
+/// Marks a point where a crash must be survivable.
+#[inline]
+pub fn hit(name: &str) {
+    #[cfg(feature = "failpoints")]
+    armed::hit(name);
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+#[cfg(feature = "failpoints")]
+mod armed {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+
+    pub fn hit(name: &str) {
+        let target = TARGET.get_or_init(|| {
+            let raw = std::env::var("EXECUTIONER_FAILPOINT").ok()?;
+            let (point, nth) = match raw.split_once(':') {
+                Some((p, n)) => (p.to_owned(), n.parse().unwrap_or(1)),
+                None => (raw, 1),
+            };
+            Some((point, nth))
+        });
+        if let Some((point, nth)) = target
+            && point == name
+            && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *nth
+        {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
