@@ -580,6 +580,13 @@ fn semantic_errors(doc: &RawDoc, options: &Options, out: &mut Vec<(Pos, String)>
     let mut id_list: Vec<Option<String>> = Vec::with_capacity(jobs.len());
     for (i, job) in jobs.iter().enumerate() {
         let id = job.get("id").and_then(Value::as_str).map(str::to_owned);
+        // `.` and `..` match the schema's character class; the type refuses them.
+        if let Some(id) = &id
+            && regex_lite_match_id(id)
+            && let Err(e) = JobId::parse(id)
+        {
+            out.push((doc.pos_of(&format!("/spec/jobs/{i}/id")), e.to_string()));
+        }
         if let Some(id) = &id {
             if let Some(first) = ids.get(id) {
                 out.push((
@@ -751,6 +758,15 @@ fn semantic_errors(doc: &RawDoc, options: &Options, out: &mut Vec<(Pos, String)>
 
     env_errors(doc, spec, &jobs, options, out);
     security_errors(doc, &jobs, &options.security, out);
+}
+
+/// True when `id` is made only of the characters the schema allows (so the schema said nothing).
+fn regex_lite_match_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= crate::spec::names::MAX_NAME_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 fn env_layer(value: Option<&Value>) -> IndexMap<String, (String, bool)> {

@@ -8,7 +8,10 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Running, Workspace, manifest, marker, run_count, status, status_file, text, wait_no_marker, wait_phase, wait_until};
+use common::{
+    Running, Workspace, manifest, marker, run_count, status, status_file, text, wait_no_marker,
+    wait_phase, wait_until,
+};
 
 const HELLO_JOBS: &str =
     "    - {id: a, command: \"echo a\"}\n    - {id: b, command: \"echo b\", dependencies: [a]}\n";

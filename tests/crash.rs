@@ -17,22 +17,39 @@ fn ledger_manifest(name: &str, n: usize, mark: &str, sleep: &str) -> String {
     let (key, value) = mark.split_once('=').unwrap();
     let mut jobs = String::new();
     for i in 0..n {
-        let deps = if i >= 4 { format!(", dependencies: [j{}]", i - 4) } else { String::new() };
+        let deps = if i >= 4 {
+            format!(", dependencies: [j{}]", i - 4)
+        } else {
+            String::new()
+        };
         jobs.push_str(&format!(
             "    - {{id: j{i}, command: \"exec 9>../lock.$EXECUTIONER_JOB_ID; flock -n 9 || {{ echo CONFLICT $EXECUTIONER_JOB_ID >> ../ledger; exit 99; }}; echo start,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT,$$ >> ../ledger; sleep {sleep} & sleep {sleep}; wait; echo end,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT,$$ >> ../ledger\"{deps}}}\n"
         ));
     }
-    manifest(name, &format!("  maxParallel: 4\n  env:\n    {key}: \"{value}\"\n"), &jobs)
+    manifest(
+        name,
+        &format!("  maxParallel: 4\n  env:\n    {key}: \"{value}\"\n"),
+        &jobs,
+    )
 }
 
 /// The checks every crash test ends with.
 fn check_after_recovery(ws: &Workspace, name: &str, n: usize, mark: &str) {
     let s = wait_phase(ws, name, "Succeeded", 1);
-    assert!(wait_no_marker(mark, Duration::from_secs(10)).is_empty(), "orphan job processes");
+    assert!(
+        wait_no_marker(mark, Duration::from_secs(10)).is_empty(),
+        "orphan job processes"
+    );
     let ledger = std::fs::read_to_string(ws.path().join("ledger")).unwrap_or_default();
-    assert!(!ledger.contains("CONFLICT"), "two attempts alive at once:\n{ledger}");
+    assert!(
+        !ledger.contains("CONFLICT"),
+        "two attempts alive at once:\n{ledger}"
+    );
     for i in 0..n {
-        assert!(ledger.contains(&format!("end,j{i},")), "j{i} never ended:\n{ledger}");
+        assert!(
+            ledger.contains(&format!("end,j{i},")),
+            "j{i} never ended:\n{ledger}"
+        );
     }
     let mut lines = std::collections::HashSet::new();
     for line in ledger.lines() {
@@ -55,7 +72,10 @@ fn crash_at_each_named_point_then_recover() {
         let ws = Workspace::new();
         let mark = marker(&format!("crash-{}", point.replace(':', "-")));
         let mut first = Running::start(&ws, &[("EXECUTIONER_FAILPOINT", point)]);
-        ws.write("manifests/crashy.yaml", &ledger_manifest("crashy", 12, &mark, "0.1"));
+        ws.write(
+            "manifests/crashy.yaml",
+            &ledger_manifest("crashy", 12, &mark, "0.1"),
+        );
         // The controller kills itself at the point.
         let start = Instant::now();
         let died = loop {
@@ -64,7 +84,10 @@ fn crash_at_each_named_point_then_recover() {
             {
                 break status;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "{point}: never reached");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{point}: never reached"
+            );
             std::thread::sleep(Duration::from_millis(10));
         };
         assert!(!died.success(), "{point}: {died:?}");
@@ -84,13 +107,23 @@ fn xorshift(state: &mut u64) -> u64 {
 
 #[test]
 fn kill_9_at_random_moments_of_a_50_job_run() {
-    let seed: u64 = std::env::var("EXECUTIONER_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_1234);
-    let kills: usize = if std::env::var_os("EXECUTIONER_LONG_TESTS").is_some() { 60 } else { 20 };
+    let seed: u64 = std::env::var("EXECUTIONER_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_1234);
+    let kills: usize = if std::env::var_os("EXECUTIONER_LONG_TESTS").is_some() {
+        60
+    } else {
+        20
+    };
     let mut rng = seed;
     let ws = Workspace::new();
     let mark = marker("crash-random");
     let mut controller = Running::start(&ws, &[]);
-    ws.write("manifests/crashy.yaml", &ledger_manifest("crashy", 50, &mark, "0.05"));
+    ws.write(
+        "manifests/crashy.yaml",
+        &ledger_manifest("crashy", 50, &mark, "0.05"),
+    );
     let mut done_kills = 0;
     for _ in 0..kills {
         let delay = Duration::from_millis(20 + xorshift(&mut rng) % 150);
@@ -98,12 +131,16 @@ fn kill_9_at_random_moments_of_a_50_job_run() {
         controller.kill9();
         done_kills += 1;
         controller = Running::start(&ws, &[]);
-        let finished = common::status(&ws, "crashy").is_some_and(|s| s["status"]["phase"] == "Succeeded");
+        let finished =
+            common::status(&ws, "crashy").is_some_and(|s| s["status"]["phase"] == "Succeeded");
         if finished {
             break;
         }
     }
-    assert!(done_kills >= 5, "the run finished before enough crashes ({done_kills})");
+    assert!(
+        done_kills >= 5,
+        "the run finished before enough crashes ({done_kills})"
+    );
     check_after_recovery(&ws, "crashy", 50, &mark);
     drop(controller);
 }

@@ -266,8 +266,20 @@ pub enum RunsCommand {
 
 /// Entry point of the binary: returns the process exit code.
 pub fn main() -> i32 {
+    raise_fd_limit();
     let args = compat::translate(std::env::args_os().collect());
     run(args) as i32
+}
+
+/// Every running job holds a few descriptors (its pidfd, a log file while spawning): raise the
+/// soft limit to the hard one so that a thousand parallel jobs do not hit EMFILE.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 /// Parses `args` and runs the command, printing errors; returns the exit code.

@@ -310,6 +310,19 @@ async fn drive(
     let _ = printer.await;
     signals.abort();
     let report = report.map_err(|e| CliError::new(Exit::Usage, super::error_chain(&e)))?;
+    // Notifications go through the outbox after the terminal state is committed; a failure to
+    // deliver is reported but never changes the run's result.
+    match crate::notify::enqueue_for_run(store, run_id, state_dir).await {
+        Ok(0) => {}
+        Ok(_) => match crate::notify::deliver_due(store, config).await {
+            Ok((_, 0)) => {}
+            Ok((sent, failed)) => {
+                eprintln!("notifications: {sent} sent, {failed} failed (retried later)")
+            }
+            Err(e) => eprintln!("notifications: {}", super::error_chain(&e)),
+        },
+        Err(e) => eprintln!("notifications: {}", super::error_chain(&e)),
+    }
 
     let run = store.run(run_id).await.map_err(super::store_error)?;
     let jobs = store.jobs(run_id).await.map_err(super::store_error)?;

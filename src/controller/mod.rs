@@ -127,6 +127,8 @@ struct Controller {
     kill_now: CancellationToken,
     active: HashMap<String, Active>,
     runs: JoinSet<RunDone>,
+    /// The outbox delivery pass, when one is under way.
+    deliveries: JoinSet<()>,
     folder: Folder,
     /// Files modified and not yet closed, with the time of the last event.
     writing: HashMap<PathBuf, Instant>,
@@ -136,7 +138,18 @@ struct Controller {
     transitions: Transitions,
     recovered: bool,
     options: Options,
+    /// What the store was last told of each pipeline: (spec hash, source, generation), so that
+    /// an unchanged pipeline costs no write per pass.
+    observed: HashMap<String, (String, String, i64)>,
+    /// Pipelines whose current generation (the value) already has a terminal run.
+    settled: HashMap<String, i64>,
+    /// Pipelines whose status file may be stale.
+    dirty: HashSet<String>,
+    /// Each manifest file's parse, by (size, mtime, mtime ns, inode).
+    parsed: HashMap<PathBuf, (FileStamp, Folder)>,
 }
+
+type FileStamp = (u64, i64, i64, u64);
 
 /// Runs the controller until `cancel` (or, with `once`, until every run is terminal).
 /// Returns true when every pipeline's current run succeeded and no manifest is invalid.
@@ -205,13 +218,19 @@ pub async fn run(
         kill_now,
         active: HashMap::new(),
         runs: JoinSet::new(),
+        deliveries: JoinSet::new(),
         folder: Folder::default(),
         writing: HashMap::new(),
         parse_failures: HashMap::new(),
         reported_invalid: HashMap::new(),
         transitions: Transitions::default(),
         recovered: false,
+        observed: HashMap::new(),
+        settled: HashMap::new(),
+        dirty: HashSet::new(),
+        parsed: HashMap::new(),
     };
+    let mut full_pass = true;
 
     let mut next_reconcile: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     let mut resync_at = tokio::time::Instant::now() + resync;
@@ -223,7 +242,7 @@ pub async fn run(
             && at <= tokio::time::Instant::now()
         {
             next_reconcile = None;
-            let requeue = c.reconcile().await?;
+            let requeue = c.reconcile(std::mem::take(&mut full_pass)).await?;
             if let Some(after) = requeue {
                 next_reconcile = Some(tokio::time::Instant::now() + after);
             }
@@ -244,22 +263,29 @@ pub async fn run(
                     next_reconcile = Some(tokio::time::Instant::now());
                 }
             }
+            Some(_) = c.deliveries.join_next(), if !c.deliveries.is_empty() => {}
             Some(wake) = wake_rx.recv() => {
                 let Wake::Files(res) = wake;
                 match res {
+                    // Reading the folder (our own readdir) shows up as an access: not a change.
+                    Ok(event) if !relevant(&event) => continue,
                     Ok(event) => c.note_event(&event),
                     Err(e) => {
                         let _ = c.events.send(ControllerEvent::Warning(format!("watcher error ({e}); full rescan")));
+                        full_pass = true;
                     }
                 }
                 let at = tokio::time::Instant::now() + DEBOUNCE;
                 next_reconcile = Some(next_reconcile.map_or(at, |n| n.max(at)));
+                // A watcher error may mean lost events: look at everything.
             }
             _ = sleep_until_opt(next_reconcile), if next_reconcile.is_some() && !stopping => {}
             _ = tokio::time::sleep_until(resync_at) => {
                 resync_at = tokio::time::Instant::now() + resync;
                 if !stopping {
+                    full_pass = true;
                     next_reconcile = Some(tokio::time::Instant::now());
+                    c.deliver();
                 }
             }
             _ = tokio::time::sleep_until(flush_at) => {
@@ -283,6 +309,21 @@ pub async fn run(
     drop(watcher);
     c.write_all_statuses().await?;
     Ok(c.all_succeeded().await?)
+}
+
+/// Whether a folder event can mean a changed manifest or request (reads and opens cannot).
+fn relevant(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Any
+        | EventKind::Create(_)
+        | EventKind::Modify(_)
+        | EventKind::Remove(_)
+        | EventKind::Other => true,
+    }
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -373,8 +414,23 @@ impl Controller {
                 requeue = Some(requeue.map_or(left, |r| r.min(left)));
                 continue;
             }
-            let mut one = Folder::default();
-            observe::read_file(&file, &self.options, &mut one);
+            // Unchanged files (same size, mtime and inode) are not parsed again: a pass over a
+            // folder of thousands of manifests costs a stat each.
+            let stamp = std::fs::metadata(&file).ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.len(), m.mtime(), m.mtime_nsec(), m.ino())
+            });
+            let one = match (stamp, self.parsed.get(&file)) {
+                (Some(st), Some((cached, entries))) if *cached == st => entries.clone(),
+                _ => {
+                    let mut one = Folder::default();
+                    observe::read_file(&file, &self.options, &mut one);
+                    if let Some(st) = stamp {
+                        self.parsed.insert(file.clone(), (st, one.clone()));
+                    }
+                    one
+                }
+            };
             let syntax_failure = one.invalid.iter().any(|i| i.syntax);
             if syntax_failure {
                 let first = *self.parse_failures.entry(source.clone()).or_insert(now);
@@ -407,25 +463,58 @@ impl Controller {
             folder.invalid.extend(one.invalid);
         }
         self.parse_failures.retain(|s, _| seen_sources.contains(s));
+        self.parsed.retain(|path, _| {
+            path.file_name()
+                .is_some_and(|n| seen_sources.contains(n.to_string_lossy().as_ref()))
+        });
         Ok((folder, requeue))
     }
 
     /// One level-triggered pass. Returns when to come back early, if at all.
-    async fn reconcile(&mut self) -> Result<Option<Duration>, ControllerError> {
+    async fn reconcile(&mut self, full: bool) -> Result<Option<Duration>, ControllerError> {
         let (folder, mut requeue) = self.read_folder()?;
         self.folder = folder;
 
         if !self.recovered {
             self.recovered = true;
             self.recover().await?;
+            // Runs that ended before a crash but whose notifications were never queued.
+            if let Err(e) = crate::notify::enqueue_missed(&self.store, &self.opts.state_dir).await {
+                let _ = self
+                    .events
+                    .send(ControllerEvent::Warning(format!("notifications: {e}")));
+            }
+            self.deliver();
         }
 
+        let rows: HashMap<String, crate::store::PipelineRow> = self
+            .store
+            .pipelines()
+            .await?
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
         let desired: Vec<Desired> = self.folder.desired.values().cloned().collect();
         for d in &desired {
-            let generation = self
-                .store
-                .observe_pipeline(&d.name, &d.spec_hash, &d.source)
-                .await?;
+            let known = self
+                .observed
+                .get(&d.name)
+                .filter(|(hash, source, _)| *hash == d.spec_hash && *source == d.source)
+                .map(|(_, _, g)| *g)
+                .filter(|_| rows.get(&d.name).is_some_and(|r| !r.deleted));
+            let generation = match known {
+                Some(g) => g,
+                None => {
+                    let g = self
+                        .store
+                        .observe_pipeline(&d.name, &d.spec_hash, &d.source)
+                        .await?;
+                    self.observed
+                        .insert(d.name.clone(), (d.spec_hash.clone(), d.source.clone(), g));
+                    self.dirty.insert(d.name.clone());
+                    g
+                }
+            };
             if self.active.contains_key(&d.name) {
                 // A tick while the pipeline runs becomes one queued rerun.
                 let (due, wait) = self.schedule_due(d).await?;
@@ -451,6 +540,13 @@ impl Controller {
                 }
                 continue;
             }
+            let rerun_requested = rows.get(&d.name).is_some_and(|r| r.rerun_requested);
+            if self.settled.get(&d.name) == Some(&generation)
+                && !rerun_requested
+                && d.manifest.spec.schedule.is_none()
+            {
+                continue;
+            }
             let latest = self
                 .store
                 .latest_run_of_generation(&d.name, generation)
@@ -465,7 +561,8 @@ impl Controller {
                     // Left running by another process; the foreground `run` owning it goes on.
                 }
                 Some(_) => {
-                    if self.store.take_rerun(&d.name).await? {
+                    self.settled.insert(d.name.clone(), generation);
+                    if rerun_requested && self.store.take_rerun(&d.name).await? {
                         self.launch(d, generation, "rerun requested").await?;
                     } else if tick.0 {
                         self.launch(d, generation, "schedule").await?;
@@ -481,7 +578,7 @@ impl Controller {
             .iter()
             .filter_map(|i| i.name.clone())
             .collect();
-        for row in self.store.pipelines().await? {
+        for row in rows.values() {
             if row.deleted
                 || self.folder.desired.contains_key(&row.name)
                 || named_invalid.contains(&row.name)
@@ -500,6 +597,8 @@ impl Controller {
                 });
             }
             self.store.mark_pipeline_deleted(&row.name).await?;
+            self.observed.remove(&row.name);
+            self.settled.remove(&row.name);
             let _ = std::fs::remove_file(status_path(&self.opts.manifests_dir, &row.name));
             let _ = self.events.send(ControllerEvent::Deleted {
                 pipeline: row.name.clone(),
@@ -511,15 +610,33 @@ impl Controller {
         for i in &self.folder.invalid {
             now_invalid.insert(i.source.clone(), i.message.clone());
             if self.reported_invalid.get(&i.source) != Some(&i.message) {
+                if let Some(n) = &i.name {
+                    self.dirty.insert(n.clone());
+                }
                 let _ = self.events.send(ControllerEvent::Invalid {
                     source: i.source.clone(),
                     message: i.message.clone(),
                 });
             }
         }
+        // Fixed manifests: their status must drop the Invalid phase.
+        for source in self.reported_invalid.keys() {
+            if !now_invalid.contains_key(source) {
+                for d in self.folder.desired.values().filter(|d| &d.source == source) {
+                    self.dirty.insert(d.name.clone());
+                }
+            }
+        }
         self.reported_invalid = now_invalid;
 
-        self.write_all_statuses().await?;
+        if full {
+            self.write_all_statuses().await?;
+        } else {
+            let dirty: Vec<String> = self.dirty.drain().collect();
+            for name in dirty {
+                self.write_status(&name).await?;
+            }
+        }
         Ok(requeue)
     }
 
@@ -636,6 +753,8 @@ impl Controller {
             generation,
             why,
         });
+        self.settled.remove(&d.name);
+        self.dirty.insert(d.name.clone());
         self.spawn_run(d.name.clone(), plan, request, generation);
         Ok(())
     }
@@ -685,6 +804,13 @@ impl Controller {
         result: Result<RunReport, EngineError>,
     ) -> Result<(), ControllerError> {
         self.active.remove(name);
+        if let Err(e) = crate::notify::enqueue_for_run(&self.store, run, &self.opts.state_dir).await
+        {
+            let _ = self.events.send(ControllerEvent::Warning(format!(
+                "notifications of run {run}: {e}"
+            )));
+        }
+        self.deliver();
         match result {
             Ok(report) => {
                 let _ = self.events.send(ControllerEvent::RunFinished {
@@ -697,6 +823,30 @@ impl Controller {
         }
         self.write_status(name).await?;
         Ok(())
+    }
+
+    /// Sends what is due in the outbox on a task of its own (an SMTP timeout never blocks the
+    /// loop); at most one delivery pass at a time.
+    fn deliver(&mut self) {
+        if !self.deliveries.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let config = self.opts.config.clone();
+        let events = self.events.clone();
+        self.deliveries.spawn(async move {
+            match crate::notify::deliver_due(&store, &config).await {
+                Ok((_, 0)) => {}
+                Ok((sent, failed)) => {
+                    let _ = events.send(ControllerEvent::Warning(format!(
+                        "notifications: {sent} sent, {failed} failed (retried later)"
+                    )));
+                }
+                Err(e) => {
+                    let _ = events.send(ControllerEvent::Warning(format!("notifications: {e}")));
+                }
+            }
+        });
     }
 
     async fn write_all_statuses(&mut self) -> Result<(), StoreError> {

@@ -113,7 +113,12 @@ pub(super) fn body(summary: &RunSummary, attachments: &[AttachmentPayload]) -> S
         c.total, c.succeeded, c.failed, c.skipped, c.cancelled
     ));
 
-    let in_phase = |phase: JobPhase| summary.jobs.iter().filter(move |j| j.phase == phase.as_str());
+    let in_phase = |phase: JobPhase| {
+        summary
+            .jobs
+            .iter()
+            .filter(move |j| j.phase == phase.as_str())
+    };
     if in_phase(JobPhase::Failed).next().is_some() {
         line(String::new());
         line("Failed jobs:".into());
@@ -225,10 +230,9 @@ pub(super) fn message(
     let from: Mailbox = from
         .parse()
         .map_err(|e| Failure::retry(format!("smtp.from {from:?} is not an address: {e}")))?;
-    let to: Mailbox = payload
-        .to
-        .parse()
-        .map_err(|e| Failure::permanent(format!("recipient {:?} is not an address: {e}", payload.to)))?;
+    let to: Mailbox = payload.to.parse().map_err(|e| {
+        Failure::permanent(format!("recipient {:?} is not an address: {e}", payload.to))
+    })?;
     let mut parts = MultiPart::mixed().singlepart(SinglePart::plain(payload.body.clone()));
     for attachment in &payload.attachments {
         parts = parts.singlepart(
@@ -269,10 +273,11 @@ impl Mailer {
     pub(super) fn new(smtp: &SmtpConfig, options: &DeliverOptions) -> Result<Mailer, Failure> {
         let timeout = smtp.timeout.as_std();
         let host_name = host_name();
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str())
-            .port(smtp.port)
-            .timeout(Some(timeout))
-            .hello_name(ClientId::Domain(host_name.clone()));
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str())
+                .port(smtp.port)
+                .timeout(Some(timeout))
+                .hello_name(ClientId::Domain(host_name.clone()));
         builder = match smtp.tls {
             SmtpTls::None => builder,
             SmtpTls::Starttls => builder.tls(Tls::Required(tls_parameters(smtp, options)?)),
@@ -349,9 +354,8 @@ fn tls_parameters(smtp: &SmtpConfig, options: &DeliverOptions) -> Result<TlsPara
         let pem = std::fs::read(path).map_err(|e| {
             Failure::retry(format!("cannot read the CA file {}: {e}", path.display()))
         })?;
-        let certificate = Certificate::from_pem(&pem).map_err(|e| {
-            Failure::retry(format!("CA file {}: {e}", path.display()))
-        })?;
+        let certificate = Certificate::from_pem(&pem)
+            .map_err(|e| Failure::retry(format!("CA file {}: {e}", path.display())))?;
         builder = builder.add_root_certificate(certificate);
     }
     builder

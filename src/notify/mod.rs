@@ -175,7 +175,14 @@ pub async fn enqueue_for_run(
 pub async fn enqueue_missed(store: &Store, state_dir: &Path) -> Result<usize, NotifyError> {
     let mut queued = 0;
     for run in store.runs_not_queued().await? {
-        queued += enqueue_run(store, &run, state_dir).await?;
+        queued += match enqueue_run(store, &run, state_dir).await {
+            // A run whose pinned spec cannot be read asks for nothing we can know; mark it
+            // queued so it is not looked at again at every start.
+            Err(NotifyError::PinnedSpec { .. }) => {
+                store.enqueue_notifications(run.id, run.rounds, &[]).await?
+            }
+            other => other?,
+        };
     }
     Ok(queued)
 }
@@ -192,8 +199,11 @@ async fn enqueue_run(store: &Store, run: &RunRow, state_dir: &Path) -> Result<us
         source,
     })?;
     let jobs = store.jobs(run.id).await?;
-    let messages = messages_for_run(run, &pinned, &jobs, state_dir)
-        .map_err(|source| NotifyError::Encode { run: run.id, source })?;
+    let messages =
+        messages_for_run(run, &pinned, &jobs, state_dir).map_err(|source| NotifyError::Encode {
+            run: run.id,
+            source,
+        })?;
     let entries: Vec<NewOutboxEntry<'_>> = messages
         .iter()
         .map(|m| NewOutboxEntry {
@@ -259,14 +269,7 @@ fn messages_for_run(
             state_dir,
         );
         let focus = std::slice::from_ref(row);
-        push_messages(
-            &mut out,
-            notify,
-            succeeded,
-            &row.job_id,
-            &summary,
-            focus,
-        )?;
+        push_messages(&mut out, notify, succeeded, &row.job_id, &summary, focus)?;
     }
     Ok(out)
 }
@@ -441,8 +444,8 @@ pub async fn deliver_due_with(
         };
         let outcome = match entry.channel {
             OutboxChannel::Email => {
-                let mailer = mailer
-                    .get_or_insert_with(|| email::Mailer::new(&config.smtp, options));
+                let mailer =
+                    mailer.get_or_insert_with(|| email::Mailer::new(&config.smtp, options));
                 match mailer {
                     Ok(mailer) => mailer.send(&entry).await,
                     Err(failure) => Err(failure.clone()),

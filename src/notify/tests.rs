@@ -118,15 +118,23 @@ fn a_failed_run_emails_each_recipient_with_the_failed_log_attached() {
         serde_json::json!({"email": {"to": ["a@example.com", " b@example.com "], "on": ["failure"]}}),
         serde_json::json!(null),
     );
-    let messages =
-        messages_for_run(&run_row(RunPhase::Failed), &pinned, &failed_jobs(), state.path())
-            .unwrap();
+    let messages = messages_for_run(
+        &run_row(RunPhase::Failed),
+        &pinned,
+        &failed_jobs(),
+        state.path(),
+    )
+    .unwrap();
     assert_eq!(messages.len(), 2);
     let targets: Vec<&str> = messages.iter().map(|m| m.target.as_str()).collect();
     assert_eq!(targets, ["a@example.com", "b@example.com"]);
     let payload: EmailPayload = serde_json::from_str(&messages[0].payload).unwrap();
     assert_eq!(payload.subject, "[etl] Run #7 FAILED");
-    assert!(payload.body.contains("  - load: ExitCode, exit code 3, 1 attempt(s)"));
+    assert!(
+        payload
+            .body
+            .contains("  - load: ExitCode, exit code 3, 1 attempt(s)")
+    );
     assert!(payload.body.contains("message: exit code 3 | second line"));
     assert!(payload.body.contains("logs/etl/7/load.log"));
     assert!(payload.body.contains("  - report: UpstreamFailed"));
@@ -162,14 +170,22 @@ fn a_job_notify_fires_on_its_own_outcome() {
         serde_json::json!(null),
         serde_json::json!({"email": {"to": ["owner@example.com"], "on": ["failure"]}}),
     );
-    let messages =
-        messages_for_run(&run_row(RunPhase::Failed), &pinned, &failed_jobs(), state.path())
-            .unwrap();
+    let messages = messages_for_run(
+        &run_row(RunPhase::Failed),
+        &pinned,
+        &failed_jobs(),
+        state.path(),
+    )
+    .unwrap();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].scope, "load");
     let payload: EmailPayload = serde_json::from_str(&messages[0].payload).unwrap();
     assert_eq!(payload.subject, "[etl] Run #7 job load FAILED");
-    assert!(payload.body.starts_with("Job load of pipeline etl, run #7 (round 1): Failed"));
+    assert!(
+        payload
+            .body
+            .starts_with("Job load of pipeline etl, run #7 (round 1): Failed")
+    );
     assert_eq!(payload.attachments.len(), 1);
 
     // The same job succeeding does not fire a failure notify.
@@ -201,7 +217,11 @@ fn at_most_three_logs_are_attached() {
     let messages =
         messages_for_run(&run_row(RunPhase::Failed), &pinned, &jobs, state.path()).unwrap();
     let payload: EmailPayload = serde_json::from_str(&messages[0].payload).unwrap();
-    let names: Vec<&str> = payload.attachments.iter().map(|a| a.name.as_str()).collect();
+    let names: Vec<&str> = payload
+        .attachments
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
     assert_eq!(names, ["j0.log", "j1.log", "j2.log"]);
     assert!(payload.body.contains("  - j4: ExitCode"));
 }

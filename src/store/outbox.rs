@@ -282,3 +282,173 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use sqlx::{ConnectOptions, Connection};
+
+    use super::*;
+    use crate::status::{Reason, RunPhase};
+    use crate::store::{Durability, NewJob, NewRun, Owner};
+
+    async fn finished_run(store: &Store, phase: RunPhase) -> RunId {
+        let owner = Owner {
+            pid: std::process::id(),
+            host: "test-host".into(),
+            start_time: None,
+        };
+        let run = store
+            .create_run(&NewRun {
+                pipeline: "p",
+                generation: 1,
+                spec_json: "{}",
+                spec_hash: "h",
+                jobs: &[NewJob {
+                    id: "a",
+                    log_path: "a.log",
+                }],
+                owner: &owner,
+            })
+            .await
+            .unwrap();
+        store
+            .finish_run(run, phase, Some(Reason::AllSucceeded))
+            .await
+            .unwrap();
+        run
+    }
+
+    fn email(target: &str) -> NewOutboxEntry<'_> {
+        NewOutboxEntry {
+            channel: OutboxChannel::Email,
+            scope: "",
+            target,
+            payload: "{}",
+        }
+    }
+
+    #[tokio::test]
+    async fn queuing_twice_queues_once_and_marks_the_round() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
+        let run = finished_run(&store, RunPhase::Failed).await;
+        assert_eq!(store.runs_not_queued().await.unwrap().len(), 1);
+        let entries = [email("a@x"), email("b@x"), email("a@x")];
+        assert_eq!(
+            store.enqueue_notifications(run, 1, &entries).await.unwrap(),
+            2
+        );
+        assert_eq!(
+            store.enqueue_notifications(run, 1, &entries).await.unwrap(),
+            0
+        );
+        assert!(store.runs_not_queued().await.unwrap().is_empty());
+        // The same message about another round (a resume) is a new message.
+        assert_eq!(
+            store
+                .enqueue_notifications(run, 2, &entries[..1])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.outbox(run).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_claimed_message_is_not_due_until_its_lease_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
+        let run = finished_run(&store, RunPhase::Failed).await;
+        store
+            .enqueue_notifications(run, 1, &[email("a@x")])
+            .await
+            .unwrap();
+        let now = OffsetDateTime::now_utc();
+        let due = store.due_outbox(now, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        let id = due[0].id;
+        let lease = now + time::Duration::minutes(5);
+        assert_eq!(store.claim_outbox(id, now, lease).await.unwrap(), Some(1));
+        assert_eq!(store.claim_outbox(id, now, lease).await.unwrap(), None);
+        assert!(store.due_outbox(now, 10).await.unwrap().is_empty());
+        // A sender that died: the message is due again once the lease has passed.
+        let later = lease + time::Duration::seconds(1);
+        assert_eq!(store.due_outbox(later, 10).await.unwrap().len(), 1);
+        assert_eq!(store.claim_outbox(id, later, later).await.unwrap(), Some(2));
+
+        store
+            .outbox_failed(id, "no route", Some(later + time::Duration::minutes(1)))
+            .await
+            .unwrap();
+        let entry = &store.outbox(run).await.unwrap()[0];
+        assert!(matches!(
+            &entry.state,
+            OutboxState::Pending { last_error: Some(e), .. } if e == "no route"
+        ));
+        store.outbox_failed(id, "bad address", None).await.unwrap();
+        let entry = &store.outbox(run).await.unwrap()[0];
+        assert!(
+            matches!(&entry.state, OutboxState::GaveUp { error, .. } if error == "bad address")
+        );
+        let far = later + time::Duration::days(30);
+        assert!(store.due_outbox(far, 10).await.unwrap().is_empty());
+        assert_eq!(store.claim_outbox(id, far, far).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn sent_is_final() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
+        let run = finished_run(&store, RunPhase::Succeeded).await;
+        store
+            .enqueue_notifications(run, 1, &[email("a@x")])
+            .await
+            .unwrap();
+        let now = OffsetDateTime::now_utc();
+        let id = store.due_outbox(now, 10).await.unwrap()[0].id;
+        store.claim_outbox(id, now, now).await.unwrap();
+        store.outbox_sent(id).await.unwrap();
+        let entry = &store.outbox(run).await.unwrap()[0];
+        assert!(matches!(entry.state, OutboxState::Sent { .. }));
+        let far = now + time::Duration::days(30);
+        assert!(store.due_outbox(far, 10).await.unwrap().is_empty());
+        assert_eq!(store.claim_outbox(id, far, far).await.unwrap(), None);
+    }
+
+    /// Upgrading a database of version 2 marks the runs that had already ended as queued, so
+    /// nothing is sent about the past.
+    #[tokio::test]
+    async fn the_migration_marks_past_runs_queued() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
+        let ended = finished_run(&store, RunPhase::Failed).await;
+        let path = store.path().to_path_buf();
+        store.close().await;
+        // Back to version 2, as a database written before the outbox existed.
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::raw_sql("DROP TABLE outbox; DROP TABLE outbox_rounds; PRAGMA user_version = 2;")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+
+        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
+        assert!(store.runs_not_queued().await.unwrap().is_empty());
+        let later = finished_run(&store, RunPhase::Succeeded).await;
+        let missing: Vec<RunId> = store
+            .runs_not_queued()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(missing, [later]);
+        assert_ne!(ended, later);
+    }
+}

@@ -310,4 +310,3 @@ pub fn run_count(ws: &Workspace, name: &str) -> usize {
         .and_then(|v| v.as_array().map(Vec::len))
         .unwrap_or(0)
 }
-
