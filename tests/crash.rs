@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Running, Workspace, manifest, marker, status_file, wait_no_marker, wait_phase};
 
@@ -77,7 +77,7 @@ fn crash_at_each_named_point_then_recover() {
             &ledger_manifest("crashy", 12, &mark, "0.1"),
         );
         // The controller kills itself at the point.
-        let start = Instant::now();
+        let start = std::time::Instant::now();
         let died = loop {
             if let Some(child) = first.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
