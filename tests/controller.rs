@@ -413,3 +413,69 @@ fn apply_wait_and_unchanged() {
         !status_file(&ws, "applied-bad").exists()
     });
 }
+
+#[test]
+fn json_log_lines_carry_pipeline_and_run_fields() {
+    let ws = Workspace::new();
+    ws.write("manifests/logged.yaml", &manifest("logged", "", HELLO_JOBS));
+    let out = ws.run_limited(
+        &[
+            "--log-format",
+            "json",
+            "controller",
+            "--manifests",
+            "manifests",
+            "--once",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<serde_json::Value> = text(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let started = lines
+        .iter()
+        .find(|l| l["message"] == "run started")
+        .unwrap();
+    assert_eq!(started["pipeline"], "logged");
+    assert_eq!(started["run"], 1);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "run finished" && l["phase"] == "Succeeded")
+    );
+    // Each run also keeps its own event log.
+    let run_log = std::fs::read_to_string(ws.state_dir().join("logs/logged/1/run.log")).unwrap();
+    assert!(
+        run_log.contains("a Succeeded") && run_log.contains("run 1 Succeeded"),
+        "{run_log}"
+    );
+}
+
+/// A schedule tick starts a run (up to a minute of waiting: `make test-long`).
+#[test]
+#[ignore = "waits for a cron tick (up to 60 s); run with make test-long"]
+fn a_schedule_tick_starts_one_run() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    ws.write(
+        "manifests/ticking.yaml",
+        &manifest(
+            "ticking",
+            "  schedule: \"* * * * *\"\n",
+            "    - {id: a, command: \"true\"}\n",
+        ),
+    );
+    wait_phase(&ws, "ticking", "Succeeded", 1);
+    let start = Instant::now();
+    while run_count(&ws, "ticking") < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(75),
+            "no run at the tick"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(run_count(&ws, "ticking"), 2, "one run per tick");
+}

@@ -606,3 +606,100 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn tcp_http_plugin_and_pipeline_checks() {
+    let ws = Workspace::new();
+    // A one-shot HTTP server and an open TCP port on loopback.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for _ in 0..2 {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+            }
+        }
+    });
+    // A plugin: passes when its params say so, and echoes its context.
+    let plugins = ws.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let plugin = plugins.join("executioner-check-quota");
+    std::fs::write(&plugin, "#!/bin/sh\ncat > ../plugin-context.json\ngrep -q '\"ok\":true' ../plugin-context.json && echo quota fine\n").unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    ws.write(
+        "executioner.toml",
+        &format!("plugin_dirs = [\"{}\"]\n", plugins.display()),
+    );
+    ws.write(
+        "up.yaml",
+        &manifest("upstream", "", "    - {id: a, command: \"true\"}\n"),
+    );
+    assert_eq!(ws.run(&["run", "up.yaml"]).status.code(), Some(0));
+    ws.write(
+        "w/c.yaml",
+        &manifest(
+            "checks-ext",
+            "",
+            &format!(
+                "    - id: tcp\n      command: \"true\"\n      preChecks: [{{tcp: {{host: 127.0.0.1, port: {port}}}}}]\n    - id: http\n      command: \"true\"\n      preChecks: [{{http: {{url: \"http://127.0.0.1:{port}/health\", expectStatus: 204}}}}]\n    - id: plugin-ok\n      command: \"true\"\n      preChecks: [{{plugin: {{name: quota, params: {{ok: true}}}}}}]\n    - id: plugin-no\n      command: \"true\"\n      preChecks: [{{plugin: {{name: quota, params: {{ok: false}}}}}}]\n    - id: upstream-ok\n      command: \"true\"\n      preChecks: [{{pipelineSucceeded: {{name: upstream, within: 1h}}}}]\n    - id: upstream-missing\n      command: \"true\"\n      preChecks: [{{pipelineSucceeded: {{name: never-ran}}}}]\n    - id: closed-port\n      command: \"true\"\n      preChecks: [{{tcp: {{host: 127.0.0.1, port: 1, timeout: 1s}}}}]\n"
+            ),
+        ),
+    );
+    let (code, run, stderr) = run_json(&ws, "w/c.yaml", &["--workers", "1"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    for (job, phase) in [
+        ("tcp", "Succeeded"),
+        ("http", "Succeeded"),
+        ("plugin-ok", "Succeeded"),
+        ("plugin-no", "Failed"),
+        ("upstream-ok", "Succeeded"),
+        ("upstream-missing", "Failed"),
+        ("closed-port", "Failed"),
+    ] {
+        assert_eq!(job_state(&run, job).0, phase, "{job}: {run}");
+    }
+    let context: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ws.path().join("plugin-context.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(context["pipeline"], "checks-ext");
+    assert_eq!(context["params"]["ok"], false);
+    server.join().unwrap();
+}
+
+#[test]
+fn logs_follow_streams_until_the_run_ends() {
+    let ws = Workspace::new();
+    ws.write(
+        "f.yaml",
+        &manifest(
+            "follow",
+            "",
+            "    - {id: talk, command: \"echo one; sleep 1; echo two\"}\n",
+        ),
+    );
+    let mut run = std::process::Command::new(common::bin())
+        .current_dir(ws.path())
+        .args([
+            "--state-dir",
+            ws.state_dir().to_str().unwrap(),
+            "-q",
+            "run",
+            "f.yaml",
+        ])
+        .spawn()
+        .unwrap();
+    let log = ws.state_dir().join("logs/follow/1/talk.log");
+    let start = Instant::now();
+    while !log.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = ws.run_limited(&["logs", "1", "talk", "--follow"], Duration::from_secs(30));
+    let text = text(&out.stdout);
+    assert!(text.contains("one") && text.contains("two"), "{text}");
+    assert!(run.wait().unwrap().success());
+}
