@@ -266,9 +266,28 @@ pub enum RunsCommand {
 
 /// Entry point of the binary: returns the process exit code.
 pub fn main() -> i32 {
+    quiet_broken_pipe();
     raise_fd_limit();
     let args = compat::translate(std::env::args_os().collect());
     run(args) as i32
+}
+
+/// `executioner runs | head` closes our stdout early: end quietly, as other CLI tools do, instead
+/// of reporting a panic. (SIGPIPE stays ignored: the process writes to children's pipes.)
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// Every running job holds a few descriptors (its pidfd, a log file while spawning): raise the
