@@ -199,17 +199,7 @@ fn kill_9_of_the_controller_mid_run_then_restart() {
     let ws = Workspace::new();
     let mark = marker("ctl-kill9");
     let (key, value) = mark.split_once('=').unwrap();
-    let mut jobs = String::new();
-    for i in 0..20 {
-        let deps = if i >= 4 {
-            format!(", dependencies: [j{}]", i - 4)
-        } else {
-            String::new()
-        };
-        jobs.push_str(&format!(
-            "    - {{id: j{i}, command: \"exec 9>../lock.$EXECUTIONER_JOB_ID; flock -n 9 || {{ echo CONFLICT $EXECUTIONER_JOB_ID >> ../ledger; exit 99; }}; echo start,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT >> ../ledger; sleep 0.3 & sleep 0.3; wait; echo end,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT >> ../ledger\"{deps}}}\n"
-        ));
-    }
+    let jobs = common::ledger_jobs(20, "../", "0.3");
     let mut c = Running::start(&ws, &[]);
     ws.write(
         "manifests/crashy.yaml",

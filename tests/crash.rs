@@ -15,17 +15,7 @@ use common::{Running, Workspace, manifest, marker, status_file, wait_no_marker, 
 /// whole life and writes start/end lines to `ledger`; a second live attempt writes CONFLICT.
 fn ledger_manifest(name: &str, n: usize, mark: &str, sleep: &str) -> String {
     let (key, value) = mark.split_once('=').unwrap();
-    let mut jobs = String::new();
-    for i in 0..n {
-        let deps = if i >= 4 {
-            format!(", dependencies: [j{}]", i - 4)
-        } else {
-            String::new()
-        };
-        jobs.push_str(&format!(
-            "    - {{id: j{i}, command: \"exec 9>../lock.$EXECUTIONER_JOB_ID; flock -n 9 || {{ echo CONFLICT $EXECUTIONER_JOB_ID >> ../ledger; exit 99; }}; echo start,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT,$$ >> ../ledger; sleep {sleep} & sleep {sleep}; wait; echo end,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT,$$ >> ../ledger\"{deps}}}\n"
-        ));
-    }
+    let jobs = common::ledger_jobs(n, "../", sleep);
     manifest(
         name,
         &format!("  maxParallel: 4\n  env:\n    {key}: \"{value}\"\n"),

@@ -184,17 +184,7 @@ fn kill_9_then_resume_recovers_without_duplicates_or_orphans() {
     let mark = marker("kill9");
     // Each attempt takes a per-job flock for its whole life (children inherit it): a second
     // attempt of the same job alive at the same time cannot get it and writes CONFLICT.
-    let mut jobs = String::new();
-    for i in 0..20 {
-        let deps = if i >= 4 {
-            format!(", dependencies: [j{}]", i - 4)
-        } else {
-            String::new()
-        };
-        jobs.push_str(&format!(
-            "    - {{id: j{i}, command: \"exec 9>lock.$EXECUTIONER_JOB_ID; flock -n 9 || {{ echo CONFLICT $EXECUTIONER_JOB_ID >> ledger; exit 99; }}; echo start,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT,$$ >> ledger; sleep 0.4 & sleep 0.4; wait; echo end,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT,$$ >> ledger\"{deps}}}\n"
-        ));
-    }
+    let jobs = common::ledger_jobs(20, "", "0.4");
     ws.write("p.yaml", &manifest("crashy", "", &jobs));
     let mut child = std::process::Command::new(common::bin())
         .current_dir(ws.path())

@@ -49,20 +49,29 @@ pub fn list(
     })
 }
 
+/// The store and one run of it; an unknown run (or no history at all) is a usage error.
+async fn open_run(
+    state_dir: &std::path::Path,
+    config: &crate::config::Config,
+    run_id: RunId,
+) -> Result<(crate::store::Store, crate::store::RunRow), CliError> {
+    let missing = || CliError::usage(format!("run {run_id} does not exist"));
+    let store = super::open_store_existing(state_dir, config)
+        .await?
+        .ok_or_else(missing)?;
+    let run = store
+        .run(run_id)
+        .await
+        .map_err(super::store_error)?
+        .ok_or_else(missing)?;
+    Ok((store, run))
+}
+
 pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResult {
     let config = super::load_config(global)?;
     let state_dir = super::state_dir(global, &config);
     super::runtime()?.block_on(async {
-        let store = super::open_store_existing(&state_dir, &config)
-            .await?
-            .ok_or_else(|| {
-                CliError::usage(format!("run {run_id} does not exist (no history yet)"))
-            })?;
-        let run = store
-            .run(run_id)
-            .await
-            .map_err(super::store_error)?
-            .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
+        let (store, run) = open_run(&state_dir, &config, run_id).await?;
         let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
         match output {
             OutputFormat::Json => {
@@ -147,16 +156,7 @@ pub fn logs(run_id: RunId, job: Option<&str>, follow: bool, global: &GlobalArgs)
     let config = super::load_config(global)?;
     let state_dir = super::state_dir(global, &config);
     let (path, pipeline_done) = super::runtime()?.block_on(async {
-        let store = super::open_store_existing(&state_dir, &config)
-            .await?
-            .ok_or_else(|| {
-                CliError::usage(format!("run {run_id} does not exist (no history yet)"))
-            })?;
-        let run = store
-            .run(run_id)
-            .await
-            .map_err(super::store_error)?
-            .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
+        let (store, run) = open_run(&state_dir, &config, run_id).await?;
         let path = match job {
             Some(id) => {
                 let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
@@ -241,14 +241,7 @@ pub fn mark_success(
     let config = super::load_config(global)?;
     let state_dir = super::state_dir(global, &config);
     super::runtime()?.block_on(async {
-        let store = super::open_store_existing(&state_dir, &config)
-            .await?
-            .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist (no history yet)")))?;
-        let run = store
-            .run(run_id)
-            .await
-            .map_err(super::store_error)?
-            .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
+        let (store, run) = open_run(&state_dir, &config, run_id).await?;
         if run.phase == RunPhase::Running {
             return Err(CliError::usage(format!("run {run_id} is still running; mark-success applies to finished runs")));
         }

@@ -54,8 +54,15 @@ pub async fn recover(store: &Store, run: &RunRow) -> Result<Vec<String>, StoreEr
         return Ok(Vec::new());
     }
     for attempt in &open {
-        if let (Some(pgid), Some(start)) = (attempt.pgid, attempt.process_start_time) {
-            process::kill_leftover_group(pgid as i32, start as u64);
+        if let (Some(pgid), Some(start)) = (attempt.pgid, attempt.process_start_time)
+            && process::kill_leftover_group(pgid as i32, start as u64)
+        {
+            // The next round must not start while the killed attempt still holds its files.
+            let group = pgid as i32;
+            let _ = tokio::task::spawn_blocking(move || {
+                process::wait_group_gone(group, std::time::Duration::from_secs(10))
+            })
+            .await;
         }
     }
     let ids: Vec<i64> = open.iter().map(|a| a.id).collect();

@@ -545,5 +545,48 @@ pub fn kill_leftover_group(pgid: i32, start_time: u64) -> bool {
     killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
 }
 
+/// Waits until no live (non-zombie) process is left in group `pgid`, up to `limit`; returns
+/// whether the group is gone. SIGKILL is delivered asynchronously: until its members have exited
+/// they still hold their files and locks, so a new attempt must not start before this returns.
+pub fn wait_group_gone(pgid: i32, limit: Duration) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if !group_has_live_members(pgid) {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// True when some process other than a zombie has process group `pgid` (from /proc/PID/stat).
+fn group_has_live_members(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command (which may hold spaces and parentheses): state ppid pgrp ...
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+        if group == Some(pgid) && state != "Z" && state != "X" {
+            return true;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests;

@@ -310,3 +310,21 @@ pub fn run_count(ws: &Workspace, name: &str) -> usize {
         .and_then(|v| v.as_array().map(Vec::len))
         .unwrap_or(0)
 }
+
+/// `n` jobs in 4 lanes (job i depends on i-4); every attempt holds a per-job `flock` for its whole
+/// life and writes `start,JOB,ATTEMPT,PID` / `end,...` lines to `{dir}ledger`. A second attempt of a
+/// job alive at the same time cannot take the lock and writes `CONFLICT JOB` instead (exit 99).
+pub fn ledger_jobs(n: usize, dir: &str, sleep: &str) -> String {
+    let mut jobs = String::new();
+    for i in 0..n {
+        let deps = if i >= 4 {
+            format!(", dependencies: [j{}]", i - 4)
+        } else {
+            String::new()
+        };
+        jobs.push_str(&format!(
+            "    - {{id: j{i}, command: \"exec 9>{dir}lock.$EXECUTIONER_JOB_ID; flock -n 9 || {{ echo CONFLICT $EXECUTIONER_JOB_ID >> {dir}ledger; exit 99; }}; echo start,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT,$$ >> {dir}ledger; sleep {sleep} & sleep {sleep}; wait; echo end,$EXECUTIONER_JOB_ID,$EXECUTIONER_ATTEMPT,$$ >> {dir}ledger\"{deps}}}\n"
+        ));
+    }
+    jobs
+}
