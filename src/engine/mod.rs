@@ -862,6 +862,13 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
                     child.wait().await
                 }
             };
+            // The group's other members die asynchronously: a retry must not start while they
+            // still hold the job's files.
+            let group = child.pgid();
+            let _ = tokio::task::spawn_blocking(move || {
+                process::wait_group_gone(group, Duration::from_secs(5))
+            })
+            .await;
             if matches!(end, End::TimedOut) {
                 let limit = timeout.unwrap_or_default();
                 append_log(
