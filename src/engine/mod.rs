@@ -35,6 +35,18 @@ use crate::store::{AttemptEnd, AttemptId, RunId, Store, StoreError};
 
 pub use plan::{Plan, PlanError};
 
+/// The variable that marks every process of an attempt (see [`attempt_token`]).
+pub const ATTEMPT_TOKEN_VAR: &str = "EXECUTIONER_ATTEMPT_TOKEN";
+
+/// A token unique to one attempt of one state database: `<hash of the database path>:<attempt id>`.
+pub fn attempt_token(store: &Store, attempt: AttemptId) -> String {
+    use sha2::Digest;
+    let path = std::fs::canonicalize(store.path()).unwrap_or_else(|_| store.path().to_path_buf());
+    let digest = sha2::Sha256::digest(path.to_string_lossy().as_bytes());
+    let prefix: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}:{attempt}")
+}
+
 /// A job lost this many times fails (`LostTooOften`) instead of running again.
 pub const MAX_LOST: i64 = 3;
 
@@ -249,7 +261,8 @@ pub async fn execute(
     // scheduler, so that no stopped attempt is mistaken for a failure that releases dependents.
     let attempt_cancel = CancellationToken::new();
     let mut halted: Option<Halt> = None;
-    let mut any_failed = false;
+    // A job lost too often has failed (unless it may fail).
+    let mut any_failed = lost_out.iter().any(|&i| !plan.jobs[i].continue_on_error);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
 
     loop {
@@ -672,13 +685,18 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
         }
     }
 
-    let env = match spec.plan.job_env(spec.job, spec.run, spec.number) {
+    let mut env = match spec.plan.job_env(spec.job, spec.run, spec.number) {
         Ok(env) => env,
         Err(e) => {
             result.outcome = fail(Failure::Env, Reason::InvalidEnv, e.to_string());
             return result;
         }
     };
+    if let Some(id) = result.attempt_id {
+        // Every process of the attempt inherits this: recovery finds them by it even when the
+        // executioner died before recording the pid, or after the group's leader exited.
+        env.insert(ATTEMPT_TOKEN_VAR.into(), attempt_token(&spec.store, id));
+    }
     let cwd = match env::interpolate("workingDir", &job.working_dir, &env) {
         Ok(dir) => PathBuf::from(dir),
         Err(e) => {

@@ -54,16 +54,31 @@ pub async fn recover(store: &Store, run: &RunRow) -> Result<Vec<String>, StoreEr
         return Ok(Vec::new());
     }
     for attempt in &open {
-        if let (Some(pgid), Some(start)) = (attempt.pgid, attempt.process_start_time)
-            && process::kill_leftover_group(pgid as i32, start as u64)
-        {
-            // The next round must not start while the killed attempt still holds its files.
-            let group = pgid as i32;
-            let _ = tokio::task::spawn_blocking(move || {
-                process::wait_group_gone(group, std::time::Duration::from_secs(10))
-            })
-            .await;
-        }
+        let group = match (attempt.pgid, attempt.process_start_time) {
+            (Some(pgid), Some(start))
+                if process::kill_leftover_group(pgid as i32, start as u64) =>
+            {
+                Some(pgid as i32)
+            }
+            _ => None,
+        };
+        // Every process of the attempt carries its token: this also finds an attempt whose pid
+        // was never recorded (the executioner died right after the spawn) and descendants left
+        // behind by a leader that already exited. The next round must not start while any of
+        // them still holds the job's files.
+        let marker = format!(
+            "{}={}",
+            super::ATTEMPT_TOKEN_VAR,
+            super::attempt_token(store, attempt.id)
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            let limit = std::time::Duration::from_secs(10);
+            process::kill_marked(&marker, limit);
+            if let Some(group) = group {
+                process::wait_group_gone(group, limit);
+            }
+        })
+        .await;
     }
     let ids: Vec<i64> = open.iter().map(|a| a.id).collect();
     store.mark_lost(&ids).await?;

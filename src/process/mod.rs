@@ -545,6 +545,49 @@ pub fn kill_leftover_group(pgid: i32, start_time: u64) -> bool {
     killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
 }
 
+/// Pids of live processes whose environment holds exactly `entry` (`KEY=VALUE`); only processes
+/// whose environment we may read are seen (our own user's, or all as root).
+pub fn pids_with_env(entry: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ"))
+            && environ.split(|b| *b == 0).any(|kv| kv == entry.as_bytes())
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// SIGKILLs every live process carrying `entry` in its environment, then waits (bounded) until
+/// none is left; returns how many were signalled. Never signals this process.
+pub fn kill_marked(entry: &str, limit: Duration) -> usize {
+    let me = std::process::id() as i32;
+    let start = std::time::Instant::now();
+    let mut signalled = 0;
+    loop {
+        let pids: Vec<i32> = pids_with_env(entry)
+            .into_iter()
+            .filter(|p| *p != me)
+            .collect();
+        if pids.is_empty() || start.elapsed() >= limit {
+            return signalled;
+        }
+        for pid in pids {
+            if nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                signalled += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Waits until no live (non-zombie) process is left in group `pgid`, up to `limit`; returns
 /// whether the group is gone. SIGKILL is delivered asynchronously: until its members have exited
 /// they still hold their files and locks, so a new attempt must not start before this returns.
