@@ -668,3 +668,67 @@ async fn a_command_notifier_reads_the_run_summary_on_stdin() {
     let payload: CommandPayload = serde_json::from_str(&failing.payload).unwrap();
     assert_eq!(payload.summary.job.as_deref(), Some("extract"));
 }
+
+/// The binary killed (SIGKILL) after a run's terminal commit and before its notification was
+/// queued or sent: the next controller sends it exactly once, and later ones never again.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn kill_9_between_the_terminal_commit_and_the_send_mails_once_after_restart() {
+    let _serial = SERIAL.lock().await;
+    if !have_aiosmtpd("kill_9_between_the_terminal_commit_and_the_send") {
+        return;
+    }
+    let (_tmp, dir) = workspace();
+    let server = SmtpServer::start(&dir.join("mail"), &[]);
+    std::fs::write(
+        dir.join("executioner.toml"),
+        format!(
+            "[smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"5s\"\n",
+            server.port
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    std::fs::write(
+        dir.join("manifests/mailing.yaml"),
+        "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata: {name: mailing}\nspec:\n  notify:\n    email: {to: [ops@example.com], on: [failure]}\n  jobs:\n    - {id: broken, command: \"echo boom; exit 3\"}\n",
+    )
+    .unwrap();
+    let controller = |failpoint: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_executioner"));
+        cmd.current_dir(&dir)
+            .args([
+                "--state-dir",
+                "state",
+                "controller",
+                "--manifests",
+                "manifests",
+                "--once",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(point) = failpoint {
+            cmd.env("EXECUTIONER_FAILPOINT", point);
+        }
+        cmd.status().unwrap()
+    };
+    let died = controller(Some("run-committed"));
+    assert!(
+        !died.success() && died.code().is_none(),
+        "the controller should have been killed: {died:?}"
+    );
+    assert!(
+        server.messages().is_empty(),
+        "nothing can have been sent before the crash"
+    );
+    // The run's failure is committed; the restart finds the unsent notification.
+    let _ = controller(None);
+    let start = std::time::Instant::now();
+    while server.messages().is_empty() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(server.messages().len(), 1);
+    let _ = controller(None);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.messages().len(), 1, "sent twice");
+}

@@ -312,6 +312,7 @@ async fn drive(
     let report = report.map_err(|e| CliError::new(Exit::Usage, super::error_chain(&e)))?;
     // Notifications go through the outbox after the terminal state is committed; a failure to
     // deliver is reported but never changes the run's result.
+    crate::failpoint::hit("run-committed");
     match crate::notify::enqueue_for_run(store, run_id, state_dir).await {
         Ok(0) => {}
         Ok(_) => match crate::notify::deliver_due(store, config).await {

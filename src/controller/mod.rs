@@ -308,6 +308,13 @@ pub async fn run(
     }
     drop(watcher);
     c.write_all_statuses().await?;
+    // Notifications of the runs that just ended go out before exit (each bounded by the SMTP
+    // timeout); what cannot be sent stays in the outbox for the next start.
+    if !c.deliveries.is_empty() || c.opts.once {
+        while c.deliveries.join_next().await.is_some() {}
+        c.deliver();
+        while c.deliveries.join_next().await.is_some() {}
+    }
     Ok(c.all_succeeded().await?)
 }
 
@@ -804,6 +811,7 @@ impl Controller {
         result: Result<RunReport, EngineError>,
     ) -> Result<(), ControllerError> {
         self.active.remove(name);
+        crate::failpoint::hit("run-committed");
         if let Err(e) = crate::notify::enqueue_for_run(&self.store, run, &self.opts.state_dir).await
         {
             let _ = self.events.send(ControllerEvent::Warning(format!(
