@@ -147,6 +147,34 @@ struct Controller {
     dirty: HashSet<String>,
     /// Each manifest file's parse, by (size, mtime, mtime ns, inode).
     parsed: HashMap<PathBuf, (FileStamp, Folder)>,
+    /// What each status file was last written from, and its text.
+    written: HashMap<String, (StatusKey, String)>,
+}
+
+/// The inputs of a status file that can change while its pipeline is not running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StatusKey {
+    generation: Option<i64>,
+    run: Option<(RunId, String, Option<String>)>,
+    invalid: Option<String>,
+}
+
+/// The key of a status document just built.
+fn status_key(doc: &crate::status::file::PipelineStatusDoc) -> StatusKey {
+    let invalid = doc
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.kind == "Valid" && c.status == "False")
+        .map(|c| c.message.clone());
+    StatusKey {
+        generation: Some(doc.metadata.generation).filter(|g| *g > 0),
+        run: doc
+            .status
+            .run_id
+            .map(|id| (id, doc.status.phase.clone(), doc.status.finished_at.clone())),
+        invalid,
+    }
 }
 
 type FileStamp = (u64, i64, i64, u64);
@@ -229,6 +257,7 @@ pub async fn run(
         settled: HashMap::new(),
         dirty: HashSet::new(),
         parsed: HashMap::new(),
+        written: HashMap::new(),
     };
     let mut full_pass = true;
 
@@ -260,7 +289,9 @@ pub async fn run(
                     c.finished(&name, run, result).await?;
                 }
                 if !stopping {
-                    next_reconcile = Some(tokio::time::Instant::now());
+                    // Coalesced: a burst of runs ending costs one pass, not one each.
+                    let at = tokio::time::Instant::now() + DEBOUNCE;
+                    next_reconcile = Some(next_reconcile.map_or(at, |n| n.min(at)));
                 }
             }
             Some(_) = c.deliveries.join_next(), if !c.deliveries.is_empty() => {}
@@ -857,19 +888,64 @@ impl Controller {
         });
     }
 
+    /// Every pipeline's status file, skipping (cheaply) those whose run, generation and validity
+    /// are what was last written and whose file still holds that text.
     async fn write_all_statuses(&mut self) -> Result<(), StoreError> {
         let mut names: Vec<String> = self.folder.desired.keys().cloned().collect();
-        for i in &self.folder.invalid {
-            if let Some(n) = &i.name
-                && !names.contains(n)
-            {
+        let named_invalid: HashSet<&String> = self
+            .folder
+            .invalid
+            .iter()
+            .filter_map(|i| i.name.as_ref())
+            .collect();
+        for n in named_invalid {
+            if !self.folder.desired.contains_key(n) {
                 names.push(n.clone());
             }
         }
+        let latest: HashMap<String, crate::store::RunRow> = self
+            .store
+            .latest_runs()
+            .await?
+            .into_iter()
+            .map(|r| (r.pipeline.clone(), r))
+            .collect();
         for name in names {
+            if !self.active.contains_key(&name)
+                && let Some((key, text)) = self.written.get(&name)
+                && *key == self.cheap_key(&name, latest.get(&name))
+                && std::fs::read_to_string(status_path(&self.opts.manifests_dir, &name))
+                    .ok()
+                    .as_deref()
+                    == Some(text.as_str())
+            {
+                continue;
+            }
             self.write_status(&name).await?;
         }
         Ok(())
+    }
+
+    /// What decides a pipeline's status besides its run's jobs (which only change while it runs).
+    fn cheap_key(&self, name: &str, run: Option<&crate::store::RunRow>) -> StatusKey {
+        let invalid = self
+            .folder
+            .invalid
+            .iter()
+            .find(|i| i.name.as_deref() == Some(name))
+            .filter(|_| !self.folder.desired.contains_key(name))
+            .map(|i| i.message.clone());
+        StatusKey {
+            generation: self.observed.get(name).map(|(_, _, g)| *g),
+            run: run.map(|r| {
+                (
+                    r.id,
+                    r.phase.to_string(),
+                    r.finished_at.map(crate::status::format_time),
+                )
+            }),
+            invalid,
+        }
     }
 
     /// Rewrites the status file when its content differs from what the store says (so a file
@@ -901,6 +977,8 @@ impl Controller {
         .await?;
         let text = doc.to_yaml();
         let path = status_path(&self.opts.manifests_dir, name);
+        self.written
+            .insert(name.to_owned(), (status_key(&doc), text.clone()));
         if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str())
             && let Err(e) = write_atomic(&path, &text)
         {

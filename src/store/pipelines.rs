@@ -138,6 +138,19 @@ impl Store {
         row.map(|r| self.run_row(&r)).transpose()
     }
 
+    /// The newest run of every pipeline, in one query.
+    pub async fn latest_runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, pipeline, generation, spec_json, spec_hash, phase, reason, rounds, \
+             owner_pid, owner_host, owner_start_time, created_at, started_at, finished_at \
+             FROM runs WHERE id IN (SELECT MAX(id) FROM runs GROUP BY pipeline)",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.sql("reading the latest runs"))?;
+        rows.iter().map(|r| self.run_row(r)).collect()
+    }
+
     fn pipeline_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRow, StoreError> {
         let row = Decoder { row, store: self };
         Ok(PipelineRow {
