@@ -325,8 +325,13 @@ async fn drive(
         Err(e) => eprintln!("notifications: {}", super::error_chain(&e)),
     }
 
+    let shown = output == OutputFormat::Json || !global.quiet;
     let run = store.run(run_id).await.map_err(super::store_error)?;
-    let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
+    let jobs = if shown {
+        store.jobs(run_id).await.map_err(super::store_error)?
+    } else {
+        Vec::new()
+    };
     match (output, run) {
         (OutputFormat::Json, Some(run)) => {
             println!(

@@ -194,6 +194,10 @@ async fn enqueue_run(store: &Store, run: &RunRow, state_dir: &Path) -> Result<us
             phase: run.phase,
         });
     }
+    // Most runs ask for nothing: skip reading a (possibly 10,000-job) spec and its jobs then.
+    if !run.spec_json.contains("\"notify\"") {
+        return Ok(store.enqueue_notifications(run.id, run.rounds, &[]).await?);
+    }
     let pinned = Pinned::from_run(run).map_err(|source| NotifyError::PinnedSpec {
         run: run.id,
         source,
