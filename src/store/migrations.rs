@@ -135,6 +135,27 @@ INSERT INTO outbox_rounds (run_id, round, queued_at)
 /// The schema version this build writes and understands.
 pub(super) const LATEST: i64 = MIGRATIONS.len() as i64;
 
+/// The schema version of a database, refused when newer than this build.
+pub(super) async fn checked_version(
+    conn: &mut SqliteConnection,
+    path: &Path,
+    context: &'static str,
+) -> Result<i64, StoreError> {
+    let found: i64 = sqlx::query("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(sql_error(path, context))?;
+    if found > LATEST {
+        return Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            found,
+            supported: LATEST,
+        });
+    }
+    Ok(found)
+}
+
 /// Applies every missing migration, one transaction each. A database newer than this build is left
 /// untouched and reported.
 pub(super) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
@@ -153,18 +174,7 @@ pub(super) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(sql_error(path, context))?;
-        let found: i64 = sqlx::query("PRAGMA user_version")
-            .fetch_one(&mut *tx)
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(sql_error(path, context))?;
-        if found > LATEST {
-            return Err(StoreError::NewerSchema {
-                path: path.to_owned(),
-                found,
-                supported: LATEST,
-            });
-        }
+        let found = checked_version(&mut tx, path, context).await?;
         let Ok(index) = usize::try_from(found) else {
             return Err(StoreError::Corrupt {
                 path: path.to_owned(),

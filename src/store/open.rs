@@ -15,7 +15,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
 
-use super::migrations::{self, LATEST};
+use super::migrations;
 use super::{DB_FILE, Durability, StoreError, primary_code, sql_error};
 
 /// How long a connection waits for another process's write lock before giving up.
@@ -219,18 +219,7 @@ async fn check_contents(conn: &mut sqlx::SqliteConnection, path: &Path) -> Resul
             detail: format!("integrity check failed: {}", problems.join("; ")),
         });
     }
-    let found: i64 = sqlx::query("PRAGMA user_version")
-        .fetch_one(&mut *conn)
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(sql_error(path, context))?;
-    if found > LATEST {
-        return Err(StoreError::NewerSchema {
-            path: path.to_owned(),
-            found,
-            supported: LATEST,
-        });
-    }
+    migrations::checked_version(conn, path, context).await?;
     Ok(())
 }
 
