@@ -13,6 +13,8 @@ pub mod dag;
 pub mod engine;
 pub mod env;
 pub mod failpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod notify;
 pub mod process;
 pub mod schedule;

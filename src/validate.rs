@@ -61,6 +61,14 @@ pub struct SecurityPolicy {
 }
 
 impl SecurityPolicy {
+    /// The policy of the configuration's `security` section.
+    pub fn from_config(security: &crate::config::SecurityConfig) -> Self {
+        Self {
+            allow_shell: security.allow_shell,
+            allowed_commands: security.allowed_commands.clone(),
+        }
+    }
+
     pub fn permissive() -> Self {
         Self {
             allow_shell: true,
@@ -582,7 +590,9 @@ fn semantic_errors(doc: &RawDoc, options: &Options, out: &mut Vec<(Pos, String)>
         let id = job.get("id").and_then(Value::as_str).map(str::to_owned);
         // `.` and `..` match the schema's character class; the type refuses them.
         if let Some(id) = &id
-            && regex_lite_match_id(id)
+            && !id.is_empty()
+            && id.len() <= crate::spec::names::MAX_NAME_LEN
+            && JobId::allowed_chars(id)
             && let Err(e) = JobId::parse(id)
         {
             out.push((doc.pos_of(&format!("/spec/jobs/{i}/id")), e.to_string()));
@@ -758,15 +768,6 @@ fn semantic_errors(doc: &RawDoc, options: &Options, out: &mut Vec<(Pos, String)>
 
     env_errors(doc, spec, &jobs, options, out);
     security_errors(doc, &jobs, &options.security, out);
-}
-
-/// True when `id` is made only of the characters the schema allows (so the schema said nothing).
-fn regex_lite_match_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= crate::spec::names::MAX_NAME_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 fn env_layer(value: Option<&Value>) -> IndexMap<String, (String, bool)> {

@@ -2,68 +2,14 @@
 //! `fuzz/seeds/<target>/` and `fuzz/regressions/<target>/`, then deterministic pseudo-random
 //! mutations of the seeds, go through the same entry points as the fuzz targets. None may panic.
 //!
-//! The three `fn`s below mirror `fuzz/fuzz_targets/*.rs` line for line (this test cannot depend
-//! on the fuzz crate, which needs nightly); change both together.
+//! The targets and this test call the same functions, `executioner::fuzzing::*`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
 
-use executioner::env;
-use executioner::schedule::Schedule;
-use executioner::spec::{self, Format};
-use executioner::validate::{self, Options};
-use indexmap::IndexMap;
-
-static OPTIONS: LazyLock<Options> = LazyLock::new(Options::default);
-
-/// `fuzz/fuzz_targets/load_manifest.rs`: the first byte picks the format, the rest is the file.
-fn load_manifest(data: &[u8]) {
-    let Some((&selector, bytes)) = data.split_first() else {
-        return;
-    };
-    let (path, format) = match selector % 3 {
-        0 => ("fuzz.yaml", Format::Yaml),
-        1 => ("fuzz.toml", Format::Toml),
-        _ => ("fuzz.json", Format::Json),
-    };
-    if let Ok(docs) = spec::parse_bytes(Path::new(path), bytes, format) {
-        for doc in &docs {
-            let _ = validate::validate_doc(doc, &OPTIONS);
-        }
-    }
-}
-
-/// `fuzz/fuzz_targets/env_interpolate.rs`: line 1 is a template, later lines `KEY=VALUE`
-/// (`+KEY=VALUE` for the base layer), at most 8.
-fn env_interpolate(data: &[u8]) {
-    let text = String::from_utf8_lossy(data);
-    let mut lines = text.split('\n');
-    let template = lines.next().unwrap_or_default();
-    let mut base = IndexMap::new();
-    let mut layer = IndexMap::new();
-    for line in lines.take(8) {
-        let (target, pair) = match line.strip_prefix('+') {
-            Some(rest) => (&mut base, rest),
-            None => (&mut layer, line),
-        };
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        target.insert(key.to_owned(), value.to_owned());
-    }
-    let _ = env::references(template);
-    let _ = env::interpolate("fuzz", template, &base);
-    let _ = env::check_layer(&|name: &str| base.contains_key(name), &layer);
-    if let Ok(merged) = env::apply_layer(&base, &layer) {
-        let _ = env::interpolate("fuzz", template, &merged);
-    }
-}
-
-/// `fuzz/fuzz_targets/cron_schedule.rs`.
-fn cron_schedule(data: &[u8]) {
-    let _ = Schedule::parse(&String::from_utf8_lossy(data));
-}
+use executioner::fuzzing::{cron_schedule, env_interpolate, load_manifest};
 
 type Target = fn(&[u8]);
 

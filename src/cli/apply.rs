@@ -101,7 +101,7 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
     }
     let plan = plan(&incoming, &folder)?;
     let generations = if args.wait {
-        expected_generations(&incoming, global, &config)?
+        expected_generations(&incoming, &config)?
     } else {
         Vec::new()
     };
@@ -150,10 +150,9 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
 /// otherwise; `None` for a pipeline the store does not know yet (it will be generation 1).
 fn expected_generations(
     incoming: &[Incoming<'_>],
-    global: &GlobalArgs,
     config: &Config,
 ) -> Result<Vec<Option<i64>>, CliError> {
-    let state_dir = super::state_dir(global, config);
+    let state_dir = super::state_dir(config);
     super::runtime()?.block_on(async {
         let Some(store) = super::open_store_existing(&state_dir, config).await? else {
             return Ok(vec![None; incoming.len()]);

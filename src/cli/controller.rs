@@ -15,17 +15,12 @@ use super::{CliError, CliResult, Exit, GlobalArgs, LogFormat};
 
 /// `--manifests`, else the configuration's `manifests_dir`, made absolute.
 pub fn manifests_dir(flag: Option<&Path>, config: &crate::config::Config) -> PathBuf {
-    let dir = flag.map_or_else(|| config.manifests_dir.clone(), Path::to_path_buf);
-    if dir.is_absolute() {
-        dir
-    } else {
-        std::env::current_dir().map_or(dir.clone(), |cwd| cwd.join(&dir))
-    }
+    super::absolute(flag.unwrap_or(&config.manifests_dir))
 }
 
 pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs) -> CliResult {
     let config = super::load_config(global)?;
-    let state_dir = super::state_dir(global, &config);
+    let state_dir = super::state_dir(&config);
     let manifests_dir = manifests_dir(manifests, &config);
     let json = global.log_format == Some(LogFormat::Json)
         || (global.log_format.is_none()
@@ -199,7 +194,7 @@ pub fn statuses(
     global: &GlobalArgs,
 ) -> Result<Vec<PipelineStatusDoc>, CliError> {
     let config = super::load_config(global)?;
-    let state_dir = super::state_dir(global, &config);
+    let state_dir = super::state_dir(&config);
     let manifests_dir = manifests_dir(manifests, &config);
     let options = Options {
         security: super::security_policy(&config),
@@ -304,7 +299,7 @@ pub fn status(
 pub fn rerun(name: &str, global: &GlobalArgs) -> CliResult {
     crate::spec::PipelineName::parse(name).map_err(|e| CliError::usage(e.to_string()))?;
     let config = super::load_config(global)?;
-    let state_dir = super::state_dir(global, &config);
+    let state_dir = super::state_dir(&config);
     super::runtime()?.block_on(async move {
         let store = super::open_store_existing(&state_dir, &config)
             .await?

@@ -15,7 +15,7 @@ pub fn list(
     global: &GlobalArgs,
 ) -> CliResult {
     let config = super::load_config(global)?;
-    let state_dir = super::state_dir(global, &config);
+    let state_dir = super::state_dir(&config);
     super::runtime()?.block_on(async {
         let store = super::open_store_existing(&state_dir, &config).await?;
         let Some(store) = store else {
@@ -69,7 +69,7 @@ async fn open_run(
 
 pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResult {
     let config = super::load_config(global)?;
-    let state_dir = super::state_dir(global, &config);
+    let state_dir = super::state_dir(&config);
     super::runtime()?.block_on(async {
         let (store, run) = open_run(&state_dir, &config, run_id).await?;
         let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
@@ -154,7 +154,7 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
 
 pub fn logs(run_id: RunId, job: Option<&str>, follow: bool, global: &GlobalArgs) -> CliResult {
     let config = super::load_config(global)?;
-    let state_dir = super::state_dir(global, &config);
+    let state_dir = super::state_dir(&config);
     let (path, pipeline_done) = super::runtime()?.block_on(async {
         let (store, run) = open_run(&state_dir, &config, run_id).await?;
         let path = match job {
@@ -214,7 +214,7 @@ fn run_still_going(run_id: RunId, global: &GlobalArgs) -> bool {
     let Ok(config) = super::load_config(global) else {
         return false;
     };
-    let state_dir = super::state_dir(global, &config);
+    let state_dir = super::state_dir(&config);
     let Ok(rt) = super::runtime() else {
         return false;
     };
@@ -239,7 +239,7 @@ pub fn mark_success(
         return Err(CliError::usage("mark-success needs at least one job id"));
     }
     let config = super::load_config(global)?;
-    let state_dir = super::state_dir(global, &config);
+    let state_dir = super::state_dir(&config);
     super::runtime()?.block_on(async {
         let (store, run) = open_run(&state_dir, &config, run_id).await?;
         if run.phase == RunPhase::Running {

@@ -435,27 +435,24 @@ pub fn load_config_layers(global: &GlobalArgs) -> Result<crate::config::Loaded, 
         .map_err(|e| CliError::usage(error_chain(&e)))
 }
 
-/// The state folder: `--state-dir` (or `EXECUTIONER_STATE_DIR`) over the configuration.
-pub fn state_dir(global: &GlobalArgs, config: &crate::config::Config) -> PathBuf {
-    let dir = global
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| config.state_dir.clone());
-    // (The flag is also a configuration layer; it is read here first for commands that do not
-    // load the configuration twice.)
-    if dir.is_absolute() {
-        dir
+/// The state folder: the configuration's, which already holds `--state-dir` and
+/// `EXECUTIONER_STATE_DIR` as its top layers.
+pub fn state_dir(config: &crate::config::Config) -> PathBuf {
+    absolute(&config.state_dir)
+}
+
+/// `path` made absolute against the working directory (paths are shown and pinned absolute).
+pub fn absolute(path: &std::path::Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
     } else {
-        std::env::current_dir().map_or(dir.clone(), |cwd| cwd.join(&dir))
+        std::env::current_dir().map_or_else(|_| path.to_path_buf(), |cwd| cwd.join(path))
     }
 }
 
 /// The validation policy from the configuration's `security` section.
 pub fn security_policy(config: &crate::config::Config) -> crate::validate::SecurityPolicy {
-    crate::validate::SecurityPolicy {
-        allow_shell: config.security.allow_shell,
-        allowed_commands: config.security.allowed_commands.clone(),
-    }
+    crate::validate::SecurityPolicy::from_config(&config.security)
 }
 
 /// A store error as a CLI error: corruption is exit 3, anything else exit 2.

@@ -114,7 +114,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
 
     let runtime = super::runtime()?;
     runtime.block_on(async move {
-        let state_dir = super::state_dir(global, &config);
+        let state_dir = super::state_dir(&config);
         let store = super::open_store(&state_dir, &config).await?;
         let owner = launch::this_process();
         let (run_id, request) = match args.resume_from {
@@ -154,7 +154,7 @@ pub fn resume(
     let config = super::load_config(global)?;
     let runtime = super::runtime()?;
     runtime.block_on(async move {
-        let state_dir = super::state_dir(global, &config);
+        let state_dir = super::state_dir(&config);
         let store = super::open_store(&state_dir, &config).await?;
         let run = store
             .run(run_id)

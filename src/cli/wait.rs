@@ -16,7 +16,7 @@ pub fn wait_for(
 ) -> CliResult {
     crate::spec::PipelineName::parse(name).map_err(|e| CliError::usage(e.to_string()))?;
     let config = super::load_config(global)?;
-    let state_dir = super::state_dir(global, &config);
+    let state_dir = super::state_dir(&config);
     let started = Instant::now();
     let runtime = super::runtime()?;
     // The pipeline may not be known yet (just applied): give the controller a moment to see it.

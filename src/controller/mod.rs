@@ -225,10 +225,7 @@ pub async fn run(
         manifests: opts.manifests_dir.clone(),
         workers,
     });
-    let security = crate::validate::SecurityPolicy {
-        allow_shell: opts.config.security.allow_shell,
-        allowed_commands: opts.config.security.allowed_commands.clone(),
-    };
+    let security = crate::validate::SecurityPolicy::from_config(&opts.config.security);
     let mut c = Controller {
         engine: EngineOptions {
             state_dir: opts.state_dir.clone(),

@@ -9,7 +9,7 @@ use indexmap::IndexMap;
 use crate::scheduler::Start;
 use crate::spec::Manifest;
 use crate::status::RunPhase;
-use crate::store::{NewJob, NewRun, Owner, RunId, RunRow, Store, StoreError};
+use crate::store::{NewJob, NewRun, Owner, RunRow, Store, StoreError};
 
 use super::RunRequest;
 use super::plan::{self, Plan, PlanError};
@@ -204,9 +204,4 @@ pub async fn next_round(
         rerun: decided.rerun,
         lost,
     })
-}
-
-/// The run id of a request, for callers that only keep the id.
-pub fn run_id(request: &RunRequest) -> RunId {
-    request.run_id
 }

@@ -78,10 +78,7 @@ impl JobId {
                 rule: "must not be '.' or '..'",
             });
         }
-        if value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        {
+        if Self::allowed_chars(value) {
             Ok(Self(value.to_owned()))
         } else {
             Err(NameError::Invalid {
@@ -94,6 +91,14 @@ impl JobId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// True when `value` uses only the characters of [`Self::PATTERN`] (`.` and `..` still fail
+    /// [`Self::parse`]).
+    pub fn allowed_chars(value: &str) -> bool {
+        value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
     }
 }
 
