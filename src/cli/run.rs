@@ -297,19 +297,20 @@ async fn drive(
         run_id,
         plan.pipeline.clone(),
     ));
-    let report = engine::execute(
-        store,
-        plan.clone(),
-        request,
-        &options,
-        tx,
-        cancel.clone(),
-        kill_now,
-    )
-    .await;
+    // The loop runs as a task of the runtime's workers, like the attempts it starts, rather than
+    // on this thread: each of its wake-ups would otherwise be a hop between threads.
+    let engine = tokio::spawn({
+        let store = store.clone();
+        let plan = plan.clone();
+        let cancel = cancel.clone();
+        async move { engine::execute(&store, plan, request, &options, tx, cancel, kill_now).await }
+    });
+    let report = engine.await;
     let _ = printer.await;
     signals.abort();
-    let report = report.map_err(|e| CliError::new(Exit::Usage, super::error_chain(&e)))?;
+    let report = report
+        .map_err(|e| CliError::new(Exit::Usage, format!("internal error in the run: {e}")))?
+        .map_err(|e| CliError::new(Exit::Usage, super::error_chain(&e)))?;
     // Notifications go through the outbox after the terminal state is committed; a failure to
     // deliver is reported but never changes the run's result.
     crate::failpoint::hit("run-committed");

@@ -3,10 +3,13 @@
 //! progress is reported as [`RunEvent`]s for whoever displays it.
 //!
 //! One loop per run owns all the run's state and has one `select!`: attempt completions (a
-//! `JoinSet`), retry timers, a free worker, the run deadline and cancellation. Attempts are tasks
-//! that own their child process; they record their own start (row before spawn, pid after) and the
-//! loop records their end, in one transaction with the job's new phase, before any dependent is
-//! released. See docs/engine.md.
+//! `JoinSet`), attempts' pids, retry timers, a free worker, the run deadline and cancellation.
+//! Each turn of the loop gathers what happened, decides (ends, retries, skips, the next attempts)
+//! and records all of it in one transaction (a [`Turn`] over a store [`Batch`]) before it reports
+//! anything or launches the new attempts. So an attempt's row is committed before its process is
+//! spawned, and a job's end is committed with the start of the dependents it releases. Attempts
+//! are tasks that own their child process and report its pid back to the loop, which records it
+//! with its next commit. See docs/engine.md.
 
 pub mod checks;
 pub mod launch;
@@ -21,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +34,7 @@ use crate::scheduler::retry::{self, Failure};
 use crate::scheduler::{Decision, JobRules, Outcome, Scheduler, Start};
 use crate::spec::Command;
 use crate::status::{JobPhase, Reason, RunPhase};
-use crate::store::{AttemptEnd, AttemptId, RunId, Store, StoreError};
+use crate::store::{AttemptEnd, AttemptId, Batch, RunId, Store, StoreError};
 
 pub use plan::{Plan, PlanError};
 
@@ -40,12 +43,12 @@ pub const ATTEMPT_TOKEN_VAR: &str = "EXECUTIONER_ATTEMPT_TOKEN";
 
 /// A token unique to one attempt of one state database: `<hash of the database path>:<attempt id>`.
 pub fn attempt_token(store: &Store, attempt: AttemptId) -> String {
-    use sha2::Digest;
-    let path = std::fs::canonicalize(store.path()).unwrap_or_else(|_| store.path().to_path_buf());
-    let digest = sha2::Sha256::digest(path.to_string_lossy().as_bytes());
-    let prefix: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}:{attempt}")
+    format!("{}:{attempt}", store.identity())
 }
+
+/// How long an attempt's pid may wait for another change to be committed with before it is
+/// committed alone. Until then recovery finds the attempt's processes by its token instead.
+const PID_RECORD_DELAY: Duration = Duration::from_millis(20);
 
 /// A job lost this many times fails (`LostTooOften`) instead of running again.
 pub const MAX_LOST: i64 = 3;
@@ -159,7 +162,7 @@ enum AttemptOutcome {
 #[derive(Debug)]
 struct AttemptResult {
     job: usize,
-    attempt_id: Option<AttemptId>,
+    attempt_id: AttemptId,
     number: i64,
     outcome: AttemptOutcome,
     exit: Option<process::Exited>,
@@ -199,6 +202,7 @@ pub async fn execute(
 
     let n = plan.jobs.len();
     let mut starts = request.starts.clone();
+    let mut turn = Turn::default();
     // A job lost too often fails instead of running again.
     let mut lost_out: Vec<usize> = Vec::new();
     for (i, start) in starts.iter_mut().enumerate() {
@@ -210,17 +214,13 @@ pub async fn execute(
         }
     }
     for &i in &lost_out {
-        store
-            .set_job(
-                run,
-                &plan.jobs[i].id,
-                JobPhase::Failed,
-                Some(Reason::LostTooOften),
-                Some("lost 3 times"),
-            )
-            .await
-            .map_err(store_err)?;
-        let _ = events.send(RunEvent::JobFinished {
+        turn.batch.set_job(
+            &plan.jobs[i].id,
+            JobPhase::Failed,
+            Some(Reason::LostTooOften),
+            Some("lost 3 times"),
+        );
+        turn.events.push(RunEvent::JobFinished {
             job: i,
             phase: JobPhase::Failed,
             reason: Reason::LostTooOften,
@@ -238,189 +238,174 @@ pub async fn execute(
             start: *s,
         })
         .collect();
-    let (mut scheduler, decisions) = Scheduler::new(plan.dag.clone(), rules, plan.fail_fast);
-    record_decisions(store, &plan, run, &decisions, &events, &mut run_log)
-        .await
-        .map_err(store_err)?;
+    let (scheduler, decisions) = Scheduler::new(plan.dag.clone(), rules, plan.fail_fast);
+    turn.skipped(&plan, &decisions);
 
-    let mut tracks: Vec<JobTrack> = (0..n)
-        .map(|i| JobTrack {
-            counted: 0,
-            next_number: request.previous_attempts.get(i).copied().unwrap_or(0) + 1,
-            first_start: None,
-        })
-        .collect();
+    let mut state = LoopState {
+        tracks: (0..n)
+            .map(|i| JobTrack {
+                counted: 0,
+                next_number: request.previous_attempts.get(i).copied().unwrap_or(0) + 1,
+                first_start: None,
+            })
+            .collect(),
+        scheduler,
+        retry_at: BTreeSet::new(),
+        running: 0,
+        halted: None,
+        // A job lost too often has failed (unless it may fail).
+        any_failed: lost_out.iter().any(|&i| !plan.jobs[i].continue_on_error),
+        rng: <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng(),
+    };
     let max_parallel = plan.max_parallel.unwrap_or(usize::MAX).max(1);
     let deadline = plan.timeout.map(|t| tokio::time::Instant::now() + t);
-    // Each attempt holds its worker permit until the loop has recorded its end, so no other job
+    // Each attempt holds its worker permit until the loop has settled its end, so no other job
     // can take the worker before this one's outcome is known (fail-fast, declaration order).
     let mut attempts: JoinSet<(AttemptResult, tokio::sync::OwnedSemaphorePermit)> = JoinSet::new();
-    let mut running = 0usize;
-    let mut retry_at: BTreeSet<(tokio::time::Instant, usize)> = BTreeSet::new();
+    // Attempts report their process here; the loop records it with its next commit.
+    let (spawned_tx, mut spawned_rx) = mpsc::unbounded_channel::<Spawned>();
     // Not a child of `cancel`: attempts are stopped by the loop, after it has halted the
     // scheduler, so that no stopped attempt is mistaken for a failure that releases dependents.
     let attempt_cancel = CancellationToken::new();
-    let mut halted: Option<Halt> = None;
-    // A job lost too often has failed (unless it may fail).
-    let mut any_failed = lost_out.iter().any(|&i| !plan.jobs[i].continue_on_error);
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
 
     loop {
-        // Start what can start. Retries first (they were ready earlier), then new jobs.
-        while running < max_parallel && halted.is_none() {
-            let due = retry_at
+        // Start what can start. Retries first (they were ready earlier), then new jobs. The
+        // attempts are recorded with the rest of this turn, and launched once committed.
+        while state.running < max_parallel && state.halted.is_none() {
+            let due = state
+                .retry_at
                 .first()
                 .copied()
                 .filter(|(at, _)| *at <= tokio::time::Instant::now());
             let job = match due {
                 Some(entry) => {
-                    retry_at.remove(&entry);
+                    state.retry_at.remove(&entry);
                     Some(entry.1)
                 }
-                None if scheduler.has_ready() => None,
+                None if state.scheduler.has_ready() => None,
                 None => break,
             };
             let Ok(permit) = options.workers.clone().try_acquire_owned() else {
                 if let Some(j) = job {
-                    retry_at.insert((tokio::time::Instant::now(), j));
+                    state.retry_at.insert((tokio::time::Instant::now(), j));
                 }
                 break;
             };
             let job = match job {
                 Some(j) => j,
-                None => match scheduler.next_ready() {
+                None => match state.scheduler.next_ready() {
                     Some(j) => j,
                     None => break,
                 },
             };
-            let track = &mut tracks[job];
+            let track = &mut state.tracks[job];
             let number = track.next_number;
             track.next_number += 1;
             track.counted += 1;
             track.first_start.get_or_insert_with(Instant::now);
+            turn.batch
+                .attempt_started(&plan.jobs[job].id, number, i64::from(track.counted));
+            turn.events.push(RunEvent::AttemptStarted {
+                job,
+                attempt: number,
+            });
+            // The task prepares (environment, log file) while the turn is committed, and waits
+            // for its attempt's id before it acts.
+            let (recorded, recorded_rx) = oneshot::channel();
             let ctx = AttemptSpec {
                 store: store.clone(),
                 plan: plan.clone(),
                 run,
                 round: request.round,
                 job,
+                recorded: recorded_rx,
                 number,
-                counted: i64::from(track.counted),
                 log_path: job_log_path(&options.state_dir, &plan.pipeline, run, &plan.jobs[job].id),
                 grace: options.shutdown_grace,
                 plugin_dirs: options.plugin_dirs.clone(),
                 cancel: attempt_cancel.clone(),
                 kill_now: kill_now.clone(),
                 events: events.clone(),
+                spawned: spawned_tx.clone(),
             };
-            let _ = events.send(RunEvent::AttemptStarted {
-                job,
-                attempt: number,
-            });
-            running += 1;
             attempts.spawn(async move { (run_attempt(ctx).await, permit) });
+            turn.launches.push(Launch { recorded });
+            state.running += 1;
         }
 
-        if running == 0 {
-            if halted.is_some() {
+        // Record everything this turn decided, in one transaction, before acting on any of it.
+        // (A failed commit drops the launches: their tasks then end without acting.)
+        for (launch, attempt_id) in turn
+            .commit(store, run, request.round, &events, &mut run_log, false)
+            .await
+            .map_err(store_err)?
+        {
+            crate::failpoint::hit("attempt-recorded");
+            let _ = launch.recorded.send(attempt_id);
+        }
+
+        if state.running == 0 {
+            if state.halted.is_some() {
                 // Retries still waiting will not happen.
-                for (_, job) in std::mem::take(&mut retry_at) {
-                    finish_job(
-                        store,
-                        &plan,
-                        run,
-                        job,
-                        JobPhase::Cancelled,
-                        Reason::Cancelled,
-                        None,
-                        &events,
-                        &mut run_log,
-                    )
-                    .await
-                    .map_err(store_err)?;
-                    scheduler.finished(job, Outcome::Cancelled);
+                for (_, job) in std::mem::take(&mut state.retry_at) {
+                    turn.finish_job(&plan, job, JobPhase::Cancelled, Reason::Cancelled, None);
+                    state.scheduler.finished(job, Outcome::Cancelled);
                 }
                 break;
             }
-            if retry_at.is_empty() && !scheduler.has_ready() {
+            if state.retry_at.is_empty() && !state.scheduler.has_ready() {
                 break;
             }
         }
 
-        let next_retry = retry_at.first().map(|(at, _)| *at);
-        let wants_worker = running < max_parallel
-            && halted.is_none()
-            && (scheduler.has_ready()
+        let next_retry = state.retry_at.first().map(|(at, _)| *at);
+        let wants_worker = state.running < max_parallel
+            && state.halted.is_none()
+            && (state.scheduler.has_ready()
                 || next_retry.is_some_and(|at| at <= tokio::time::Instant::now()));
+        let halted = state.halted.is_some();
+        let pids_due = turn.pids_due();
         tokio::select! {
             biased;
-            Some(joined) = attempts.join_next(), if running > 0 => {
-                running -= 1;
-                let (result, _permit) = match joined {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // An attempt task panicked: a defect, but the run must still end cleanly.
-                        run_log.line(&format!("internal error in an attempt: {e}"));
-                        continue;
-                    }
-                };
-                let job = result.job;
-                crate::failpoint::hit("exited");
-                let (decision, phase) = settle_attempt(&plan, &mut tracks, &result, halted, &mut rng);
-                let end = attempt_end(&result, &phase);
-                match decision {
-                    Settled::Retry { delay, reason } => {
-                        if let Some(id) = result.attempt_id {
-                            store.attempt_finished(id, &end, None).await.map_err(store_err)?;
-                        }
-                        run_log.line(&format!("{} attempt {} failed ({reason}); retrying in {delay:?}", plan.jobs[job].id, result.number));
-                        let _ = events.send(RunEvent::AttemptFailedWillRetry { job, attempt: result.number, reason, delay });
-                        retry_at.insert((tokio::time::Instant::now() + delay, job));
-                    }
-                    Settled::Final { phase, reason, outcome } => {
-                        let exit_code = result.exit.as_ref().and_then(|e| match e.status {
-                            ExitStatus::Code(c) => Some(c),
-                            ExitStatus::Signal(_) => None,
-                        });
-                        if let Some(id) = result.attempt_id {
-                            store.attempt_finished(id, &end, Some((phase, Some(reason)))).await.map_err(store_err)?;
-                        } else {
-                            store.set_job(run, &plan.jobs[job].id, phase, Some(reason), None).await.map_err(store_err)?;
-                        }
-                        crate::failpoint::hit("finished");
-                        run_log.line(&format!("{} {phase} ({reason})", plan.jobs[job].id));
-                        let _ = events.send(RunEvent::JobFinished { job, phase, reason, exit_code });
-                        if outcome.counts_as_run_failure() {
-                            any_failed = true;
-                        }
-                        let decisions = scheduler.finished(job, outcome.scheduler());
-                        record_decisions(store, &plan, run, &decisions, &events, &mut run_log).await.map_err(store_err)?;
-                    }
-                }
+            Some(joined) = attempts.join_next(), if state.running > 0 => {
+                state.settle(&plan, joined, &mut turn);
             }
-            _ = sleep_until_opt(next_retry), if next_retry.is_some() && halted.is_none() => {}
+            Some(spawned) = spawned_rx.recv() => turn.spawned(spawned),
+            _ = sleep_until_opt(pids_due), if pids_due.is_some() => {}
+            _ = sleep_until_opt(next_retry), if next_retry.is_some() && !halted => {}
             _ = wait_for_worker(&options.workers), if wants_worker && options.workers.available_permits() == 0 => {}
-            _ = sleep_until_opt(deadline), if deadline.is_some() && halted.is_none() => {
-                halted = Some(Halt::RunTimeout);
-                run_log.line("run timeout: stopping running jobs, skipping the rest");
-                let decisions = scheduler.halt_with(Reason::RunTimeout);
-                record_decisions(store, &plan, run, &decisions, &events, &mut run_log).await.map_err(store_err)?;
+            _ = sleep_until_opt(deadline), if deadline.is_some() && !halted => {
+                state.halted = Some(Halt::RunTimeout);
+                turn.lines.push("run timeout: stopping running jobs, skipping the rest".into());
+                let decisions = state.scheduler.halt_with(Reason::RunTimeout);
+                turn.skipped(&plan, &decisions);
                 attempt_cancel.cancel();
             }
-            _ = cancel.cancelled(), if halted.is_none() => {
-                halted = Some(Halt::Cancelled);
-                run_log.line("cancelled: stopping running jobs, skipping the rest");
-                let decisions = scheduler.halt_with(Reason::Cancelled);
-                record_decisions(store, &plan, run, &decisions, &events, &mut run_log).await.map_err(store_err)?;
+            _ = cancel.cancelled(), if !halted => {
+                state.halted = Some(Halt::Cancelled);
+                turn.lines.push("cancelled: stopping running jobs, skipping the rest".into());
+                let decisions = state.scheduler.halt_with(Reason::Cancelled);
+                turn.skipped(&plan, &decisions);
                 attempt_cancel.cancel();
             }
+        }
+        // Whatever else has happened meanwhile joins this turn (group commit).
+        while let Some(joined) = attempts.try_join_next() {
+            state.settle(&plan, joined, &mut turn);
+        }
+        while let Ok(spawned) = spawned_rx.try_recv() {
+            turn.spawned(spawned);
         }
     }
 
-    let (phase, reason) = match halted {
+    // Whatever is left (pids, the cancelled retries) is recorded before the run's end.
+    turn.commit(store, run, request.round, &events, &mut run_log, true)
+        .await
+        .map_err(store_err)?;
+    let (phase, reason) = match state.halted {
         Some(Halt::Cancelled) => (RunPhase::Cancelled, Reason::Cancelled),
         Some(Halt::RunTimeout) => (RunPhase::Failed, Reason::RunTimeout),
-        None if any_failed => (RunPhase::Failed, Reason::JobsFailed),
+        None if state.any_failed => (RunPhase::Failed, Reason::JobsFailed),
         None => (RunPhase::Succeeded, Reason::AllSucceeded),
     };
     store
@@ -433,6 +418,203 @@ pub async fn execute(
         phase,
         reason,
     })
+}
+
+/// An attempt's process, as reported by its task.
+#[derive(Debug)]
+struct Spawned {
+    attempt: AttemptId,
+    pid: i32,
+    pgid: i32,
+    start_time: Option<u64>,
+}
+
+/// An attempt started in this turn: its task waits for the id the commit gives it.
+struct Launch {
+    recorded: oneshot::Sender<AttemptId>,
+}
+
+/// What one turn of the loop has decided and not yet recorded: the store changes, the attempts to
+/// launch, and what to report. Nothing is reported or launched before [`Turn::commit`].
+#[derive(Default)]
+struct Turn {
+    batch: Batch,
+    launches: Vec<Launch>,
+    events: Vec<RunEvent>,
+    lines: Vec<String>,
+    /// The batch decides a job's final phase (the `finished` failpoint follows its commit).
+    finishes: bool,
+    /// When the oldest pid in the batch arrived.
+    pids_since: Option<tokio::time::Instant>,
+}
+
+impl Turn {
+    /// Commits the batch, then reports its events and log lines; returns the attempts to launch
+    /// with their ids. A batch of nothing but pids is held back (unless `force`) until
+    /// [`PID_RECORD_DELAY`] has passed, so that a short job's pid rides along with its end.
+    async fn commit(
+        &mut self,
+        store: &Store,
+        run: RunId,
+        round: i64,
+        events: &mpsc::UnboundedSender<RunEvent>,
+        run_log: &mut RunLog,
+        force: bool,
+    ) -> Result<Vec<(Launch, AttemptId)>, StoreError> {
+        let hold = !force
+            && self.batch.only_spawned()
+            && self
+                .pids_due()
+                .is_some_and(|due| tokio::time::Instant::now() < due);
+        let ids = if self.batch.is_empty() || hold {
+            Vec::new()
+        } else {
+            self.pids_since = None;
+            store.commit(run, round, &mut self.batch).await?
+        };
+        if std::mem::take(&mut self.finishes) {
+            crate::failpoint::hit("finished");
+        }
+        for line in self.lines.drain(..) {
+            run_log.line(&line);
+        }
+        for event in self.events.drain(..) {
+            let _ = events.send(event);
+        }
+        Ok(self.launches.drain(..).zip(ids).collect())
+    }
+
+    fn finish_job(
+        &mut self,
+        plan: &Plan,
+        job: usize,
+        phase: JobPhase,
+        reason: Reason,
+        exit_code: Option<i32>,
+    ) {
+        self.batch
+            .set_job(&plan.jobs[job].id, phase, Some(reason), None);
+        self.finishes = true;
+        self.lines
+            .push(format!("{} {phase} ({reason})", plan.jobs[job].id));
+        self.events.push(RunEvent::JobFinished {
+            job,
+            phase,
+            reason,
+            exit_code,
+        });
+    }
+
+    fn skipped(&mut self, plan: &Plan, decisions: &[Decision]) {
+        for Decision::Skipped { job, reason } in decisions {
+            self.batch
+                .set_job(&plan.jobs[*job].id, JobPhase::Skipped, Some(*reason), None);
+            self.lines
+                .push(format!("{} Skipped ({reason})", plan.jobs[*job].id));
+            self.events.push(RunEvent::JobSkipped {
+                job: *job,
+                reason: *reason,
+            });
+        }
+    }
+
+    /// When the pids waiting in the batch must be committed, even alone.
+    fn pids_due(&self) -> Option<tokio::time::Instant> {
+        self.pids_since.map(|since| since + PID_RECORD_DELAY)
+    }
+
+    fn spawned(&mut self, spawned: Spawned) {
+        self.pids_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        self.batch.attempt_spawned(
+            spawned.attempt,
+            spawned.pid,
+            spawned.pgid,
+            spawned.start_time,
+        );
+    }
+}
+
+/// The loop's own state, besides the turn in progress.
+struct LoopState {
+    tracks: Vec<JobTrack>,
+    scheduler: Scheduler,
+    retry_at: BTreeSet<(tokio::time::Instant, usize)>,
+    /// Attempts launched or about to be, whose end is not settled yet.
+    running: usize,
+    halted: Option<Halt>,
+    any_failed: bool,
+    rng: rand::rngs::StdRng,
+}
+
+impl LoopState {
+    /// Decides what an ended attempt means (a retry, or the job's final phase and what that
+    /// releases) and adds it to the turn.
+    fn settle(
+        &mut self,
+        plan: &Plan,
+        joined: Result<(AttemptResult, tokio::sync::OwnedSemaphorePermit), tokio::task::JoinError>,
+        turn: &mut Turn,
+    ) {
+        self.running -= 1;
+        let (result, _permit) = match joined {
+            Ok(r) => r,
+            Err(e) => {
+                // An attempt task panicked: a defect, but the run must still end cleanly.
+                turn.lines
+                    .push(format!("internal error in an attempt: {e}"));
+                return;
+            }
+        };
+        let job = result.job;
+        crate::failpoint::hit("exited");
+        let (decision, phase) =
+            settle_attempt(plan, &mut self.tracks, &result, self.halted, &mut self.rng);
+        let end = attempt_end(&result, &phase);
+        match decision {
+            Settled::Retry { delay, reason } => {
+                turn.batch.attempt_finished(result.attempt_id, &end, None);
+                turn.lines.push(format!(
+                    "{} attempt {} failed ({reason}); retrying in {delay:?}",
+                    plan.jobs[job].id, result.number
+                ));
+                turn.events.push(RunEvent::AttemptFailedWillRetry {
+                    job,
+                    attempt: result.number,
+                    reason,
+                    delay,
+                });
+                self.retry_at
+                    .insert((tokio::time::Instant::now() + delay, job));
+            }
+            Settled::Final {
+                phase,
+                reason,
+                outcome,
+            } => {
+                let exit_code = result.exit.as_ref().and_then(|e| match e.status {
+                    ExitStatus::Code(c) => Some(c),
+                    ExitStatus::Signal(_) => None,
+                });
+                turn.batch
+                    .attempt_finished(result.attempt_id, &end, Some((phase, Some(reason))));
+                turn.finishes = true;
+                turn.lines
+                    .push(format!("{} {phase} ({reason})", plan.jobs[job].id));
+                turn.events.push(RunEvent::JobFinished {
+                    job,
+                    phase,
+                    reason,
+                    exit_code,
+                });
+                if outcome.counts_as_run_failure() {
+                    self.any_failed = true;
+                }
+                let decisions = self.scheduler.finished(job, outcome.scheduler());
+                turn.skipped(plan, &decisions);
+            }
+        }
+    }
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -578,58 +760,6 @@ fn attempt_end(result: &AttemptResult, phase: &JobPhase) -> AttemptEnd {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn finish_job(
-    store: &Store,
-    plan: &Plan,
-    run: RunId,
-    job: usize,
-    phase: JobPhase,
-    reason: Reason,
-    exit_code: Option<i32>,
-    events: &mpsc::UnboundedSender<RunEvent>,
-    run_log: &mut RunLog,
-) -> Result<(), StoreError> {
-    store
-        .set_job(run, &plan.jobs[job].id, phase, Some(reason), None)
-        .await?;
-    run_log.line(&format!("{} {phase} ({reason})", plan.jobs[job].id));
-    let _ = events.send(RunEvent::JobFinished {
-        job,
-        phase,
-        reason,
-        exit_code,
-    });
-    Ok(())
-}
-
-async fn record_decisions(
-    store: &Store,
-    plan: &Plan,
-    run: RunId,
-    decisions: &[Decision],
-    events: &mpsc::UnboundedSender<RunEvent>,
-    run_log: &mut RunLog,
-) -> Result<(), StoreError> {
-    for Decision::Skipped { job, reason } in decisions {
-        store
-            .set_job(
-                run,
-                &plan.jobs[*job].id,
-                JobPhase::Skipped,
-                Some(*reason),
-                None,
-            )
-            .await?;
-        run_log.line(&format!("{} Skipped ({reason})", plan.jobs[*job].id));
-        let _ = events.send(RunEvent::JobSkipped {
-            job: *job,
-            reason: *reason,
-        });
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // One attempt
 
@@ -639,20 +769,43 @@ struct AttemptSpec {
     run: RunId,
     round: i64,
     job: usize,
+    /// The attempt's id, once the loop has committed its row.
+    recorded: oneshot::Receiver<AttemptId>,
     number: i64,
-    counted: i64,
     log_path: PathBuf,
     grace: Duration,
     plugin_dirs: Vec<PathBuf>,
     cancel: CancellationToken,
     kill_now: CancellationToken,
     events: mpsc::UnboundedSender<RunEvent>,
+    spawned: mpsc::UnboundedSender<Spawned>,
 }
 
 async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
+    let job = &spec.plan.jobs[spec.job];
+    // Prepared while the loop commits the attempt's row. Nothing here acts on the world but
+    // creating the log file.
+    let env = spec
+        .plan
+        .job_env(spec.job, spec.run, spec.number)
+        .map_err(|e| e.to_string());
+    let log = open_private_append(&spec.log_path);
+
+    // Record before acting: nothing runs before the attempt's row is committed.
+    let Ok(attempt_id) = spec.recorded.await else {
+        // Not recorded: the loop has failed and stops; this attempt is never settled.
+        return AttemptResult {
+            job: spec.job,
+            attempt_id: 0,
+            number: spec.number,
+            outcome: AttemptOutcome::Stopped,
+            exit: None,
+            spawn_error: None,
+        };
+    };
     let mut result = AttemptResult {
         job: spec.job,
-        attempt_id: None,
+        attempt_id,
         number: spec.number,
         outcome: AttemptOutcome::Stopped,
         exit: None,
@@ -663,40 +816,19 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
         reason,
         message,
     };
-    let job = &spec.plan.jobs[spec.job];
-
-    // Record before acting: the attempt row is committed before anything runs.
-    match spec
-        .store
-        .attempt_started(spec.run, &job.id, spec.round, spec.number, spec.counted)
-        .await
-    {
-        Ok(id) => {
-            result.attempt_id = Some(id);
-            crate::failpoint::hit("attempt-recorded");
-        }
-        Err(e) => {
-            result.outcome = fail(
-                Failure::Env,
-                Reason::SpawnFailed,
-                format!("cannot record the attempt: {e}"),
-            );
-            return result;
-        }
-    }
-
-    let mut env = match spec.plan.job_env(spec.job, spec.run, spec.number) {
+    let mut env = match env {
         Ok(env) => env,
         Err(e) => {
-            result.outcome = fail(Failure::Env, Reason::InvalidEnv, e.to_string());
+            result.outcome = fail(Failure::Env, Reason::InvalidEnv, e);
             return result;
         }
     };
-    if let Some(id) = result.attempt_id {
-        // Every process of the attempt inherits this: recovery finds them by it even when the
-        // executioner died before recording the pid, or after the group's leader exited.
-        env.insert(ATTEMPT_TOKEN_VAR.into(), attempt_token(&spec.store, id));
-    }
+    // Every process of the attempt inherits this: recovery finds them by it even when the
+    // executioner died before recording the pid, or after the group's leader exited.
+    env.insert(
+        ATTEMPT_TOKEN_VAR.into(),
+        attempt_token(&spec.store, attempt_id),
+    );
     let cwd = match env::interpolate("workingDir", &job.working_dir, &env) {
         Ok(dir) => PathBuf::from(dir),
         Err(e) => {
@@ -704,18 +836,19 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
             return result;
         }
     };
-    let (log_file, offset) =
-        match open_log(&spec.log_path, &job.id, spec.number, spec.round, spec.run) {
-            Ok(v) => v,
-            Err(e) => {
-                result.outcome = fail(
-                    Failure::Spawn,
-                    Reason::SpawnFailed,
-                    format!("cannot open the log {}: {e}", spec.log_path.display()),
-                );
-                return result;
-            }
-        };
+    let marked =
+        log.and_then(|file| write_marker(file, &job.id, spec.number, spec.round, spec.run));
+    let (log_file, offset) = match marked {
+        Ok(v) => v,
+        Err(e) => {
+            result.outcome = fail(
+                Failure::Spawn,
+                Reason::SpawnFailed,
+                format!("cannot open the log {}: {e}", spec.log_path.display()),
+            );
+            return result;
+        }
+    };
     let check_ctx = checks::CheckContext {
         pipeline: &spec.plan.pipeline,
         run_id: spec.run,
@@ -845,13 +978,13 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
         }
     };
     crate::failpoint::hit("spawned");
-    if let Some(id) = result.attempt_id {
-        // Recorded right after the spawn, so recovery can find and stop the group.
-        let _ = spec
-            .store
-            .attempt_spawned(id, child.pid(), child.pgid(), child.start_time())
-            .await;
-    }
+    // Recorded by the loop's next commit, so recovery can find and stop the group.
+    let _ = spec.spawned.send(Spawned {
+        attempt: attempt_id,
+        pid: child.pid(),
+        pgid: child.pgid(),
+        start_time: child.start_time(),
+    });
 
     let timeout = job.timeout;
     let timed_out = async {
@@ -957,16 +1090,15 @@ fn check_name(check: &crate::spec::Check) -> &'static str {
     check.kinds().first().map_or("check", |k| k.name())
 }
 
-/// Opens the job's log for appending (0600, never through a symlink), writes this attempt's
-/// marker line, and returns the file with the offset where the attempt's output starts.
-fn open_log(
-    path: &Path,
+/// Writes this attempt's marker line to the job's log (opened by [`open_private_append`]), and
+/// returns the file with the offset where the attempt's output starts.
+fn write_marker(
+    mut file: std::fs::File,
     job: &str,
     number: i64,
     round: i64,
     run: RunId,
 ) -> std::io::Result<(std::fs::File, u64)> {
-    let mut file = open_private_append(path)?;
     let now = crate::status::now_rfc3339();
     // One write per line: the file is shared with the child, and a line must never be split.
     file.write_all(

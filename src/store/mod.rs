@@ -10,11 +10,13 @@
 //! each a single script sent in one round trip. SQL text is constant so sqlx's per-connection
 //! statement cache keeps it prepared. Times are stored as RFC 3339 UTC strings with milliseconds.
 
+mod batch;
 mod migrations;
 mod open;
 pub mod outbox;
 mod pipelines;
 
+pub use batch::Batch;
 pub use pipelines::PipelineRow;
 #[cfg(test)]
 mod tests;
@@ -224,6 +226,8 @@ pub struct Store {
     /// release round trips.
     writer: Arc<Mutex<WriterSlot>>,
     path: Arc<Path>,
+    /// Names this database among others on the machine (see [`Store::identity`]).
+    identity: Arc<str>,
 }
 
 macro_rules! select_runs {
@@ -253,6 +257,7 @@ impl Store {
     /// anything writes to it: a foreign, damaged or newer database is reported and left untouched.
     pub async fn open(state_dir: &Path, durability: Durability) -> Result<Store, StoreError> {
         let opened = open::open(state_dir, durability).await?;
+        let identity = identity(&opened.path).into();
         Ok(Store {
             pool: opened.pool,
             writer: Arc::new(Mutex::new(WriterSlot {
@@ -261,12 +266,19 @@ impl Store {
                 closed: false,
             })),
             path: opened.path.into(),
+            identity,
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// 16 hex digits of the SHA-256 of the database's canonical path: tells this database's
+    /// attempts apart from another state folder's (the engine's attempt tokens start with it).
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// Closes every connection (of every clone of this handle: their later calls fail); the last
@@ -307,19 +319,19 @@ impl Store {
         .await
         .map_err(self.sql(context))?
         .last_insert_rowid();
-        for (position, job) in new.jobs.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO jobs (run_id, job_id, position, phase, log_path) \
-                 VALUES (?, ?, ?, 'Pending', ?)",
-            )
-            .bind(run)
-            .bind(job.id)
-            .bind(saturating_i64(position as u64))
-            .bind(job.log_path)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.sql(context))?;
-        }
+        // Every job in one statement: a JSON array of [id, log path], its index the position.
+        let jobs: Vec<(&str, &str)> = new.jobs.iter().map(|j| (j.id, j.log_path)).collect();
+        let jobs = serde_json::to_string(&jobs).unwrap_or_else(|_| "[]".to_owned());
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (run_id, job_id, position, phase, log_path) \
+             SELECT ?, j.value ->> 0, j.key, 'Pending', j.value ->> 1 FROM json_each(?) AS j",
+        )
+        .bind(run)
+        .bind(jobs)
+        .execute(&mut *tx)
+        .await
+        .map_err(self.sql(context))?;
+        debug_assert_eq!(inserted.rows_affected(), new.jobs.len() as u64);
         tx.commit().await.map_err(self.sql(context))?;
         writing.release();
         Ok(run)
@@ -376,8 +388,7 @@ impl Store {
         Ok(round)
     }
 
-    /// Sets a job's phase, reason and message. `started_at` is set on the first move to Running
-    /// or Waiting; `finished_at` is set by a terminal phase and cleared by any other.
+    /// Sets a job's phase, reason and message (see [`Batch::set_job`]), in a transaction of its own.
     pub async fn set_job(
         &self,
         run: RunId,
@@ -386,26 +397,9 @@ impl Store {
         reason: Option<Reason>,
         message: Option<&str>,
     ) -> Result<(), StoreError> {
-        let now = timestamp(OffsetDateTime::now_utc());
-        let starts = matches!(phase, JobPhase::Running | JobPhase::Waiting);
-        let query = sqlx::query(
-            "UPDATE jobs SET phase = ?1, reason = ?2, message = ?3, \
-             started_at = CASE WHEN ?4 THEN coalesce(started_at, ?6) ELSE started_at END, \
-             finished_at = CASE WHEN ?5 THEN ?6 ELSE NULL END \
-             WHERE run_id = ?7 AND job_id = ?8",
-        )
-        .bind(phase.as_str())
-        .bind(reason.map(Reason::as_str))
-        .bind(message)
-        .bind(starts)
-        .bind(phase.is_terminal())
-        .bind(&now)
-        .bind(run)
-        .bind(job);
-        if self.write_one(query, "updating a job").await? == 0 {
-            return Err(job_not_found(run, job));
-        }
-        Ok(())
+        let mut batch = Batch::default();
+        batch.set_job(job, phase, reason, message);
+        self.commit(run, 0, &mut batch).await.map(drop)
     }
 
     /// Record-before-act: inserts the attempt (phase Running, no pid yet) and sets the job Running
@@ -418,33 +412,13 @@ impl Store {
         number: i64,
         counted: i64,
     ) -> Result<AttemptId, StoreError> {
-        let now = timestamp(OffsetDateTime::now_utc());
-        // The INSERT runs only when the UPDATE found the job.
-        let query = sqlx::query(
-            "BEGIN IMMEDIATE; \
-             UPDATE jobs SET phase = 'Running', reason = NULL, attempts = ?1, exit_code = NULL, \
-             message = NULL, started_at = coalesce(started_at, ?2), finished_at = NULL \
-             WHERE run_id = ?3 AND job_id = ?4; \
-             INSERT INTO attempts (run_id, job_id, round, number, phase, started_at) \
-             SELECT ?3, ?4, ?5, ?6, 'Running', ?2 WHERE changes() = 1 RETURNING id; \
-             COMMIT;",
-        )
-        .bind(counted)
-        .bind(&now)
-        .bind(run)
-        .bind(job)
-        .bind(round)
-        .bind(number);
-        let context = "recording an attempt";
-        let rows = self.write_script(query, context).await?;
-        match rows.first() {
-            Some(row) => row.try_get(0).map_err(self.sql(context)),
-            None => Err(job_not_found(run, job)),
-        }
+        let mut batch = Batch::default();
+        batch.attempt_started(job, number, counted);
+        let ids = self.commit(run, round, &mut batch).await?;
+        ids.first().copied().ok_or_else(|| job_not_found(run, job))
     }
 
-    /// The attempt's process exists: its pid, process group and start time (to recognise it, and
-    /// not a reused pid, after a crash).
+    /// Records the attempt's process (see [`Batch::attempt_spawned`]) in a transaction of its own.
     pub async fn attempt_spawned(
         &self,
         attempt: AttemptId,
@@ -452,61 +426,23 @@ impl Store {
         pgid: i32,
         start_time: Option<u64>,
     ) -> Result<(), StoreError> {
-        let query = sqlx::query(
-            "UPDATE attempts SET pid = ?, pgid = ?, process_start_time = ? WHERE id = ?",
-        )
-        .bind(pid)
-        .bind(pgid)
-        .bind(start_time.map(saturating_i64))
-        .bind(attempt);
-        if self.write_one(query, "recording a spawned attempt").await? == 0 {
-            return Err(attempt_not_found(attempt));
-        }
-        Ok(())
+        let mut batch = Batch::default();
+        batch.attempt_spawned(attempt, pid, pgid, start_time);
+        // No job or start rows: the run and round are not used.
+        self.commit(0, 0, &mut batch).await.map(drop)
     }
 
-    /// The attempt's end and, when `job` is given, the job's new phase and reason with the attempt's
-    /// exit code and message (`finished_at` set by a terminal phase, cleared by another). One
-    /// transaction.
+    /// Records the attempt's end (see [`Batch::attempt_finished`]) in a transaction of its own.
     pub async fn attempt_finished(
         &self,
         attempt: AttemptId,
         end: &AttemptEnd,
         job: Option<(JobPhase, Option<Reason>)>,
     ) -> Result<(), StoreError> {
-        let now = timestamp(OffsetDateTime::now_utc());
-        let query = sqlx::query(
-            "BEGIN IMMEDIATE; \
-             UPDATE attempts SET phase = ?1, reason = ?2, exit_code = ?3, signal = ?4, \
-             finished_at = ?5, user_time_us = ?6, system_time_us = ?7, max_rss_kib = ?8, \
-             message = ?9 WHERE id = ?10 RETURNING id; \
-             UPDATE jobs SET phase = ?12, reason = ?13, exit_code = ?3, message = ?9, \
-             finished_at = CASE WHEN ?14 THEN ?5 ELSE NULL END \
-             WHERE ?11 AND run_id = (SELECT run_id FROM attempts WHERE id = ?10) \
-             AND job_id = (SELECT job_id FROM attempts WHERE id = ?10); \
-             COMMIT;",
-        )
-        .bind(end.phase.as_str())
-        .bind(end.reason.map(Reason::as_str))
-        .bind(end.exit_code)
-        .bind(end.signal)
-        .bind(&now)
-        .bind(micros(end.user_time))
-        .bind(micros(end.system_time))
-        .bind(saturating_i64(end.max_rss_kib))
-        .bind(end.message.as_deref())
-        .bind(attempt)
-        .bind(job.is_some())
-        .bind(job.map(|(phase, _)| phase.as_str()))
-        .bind(job.and_then(|(_, reason)| reason).map(Reason::as_str))
-        .bind(job.is_some_and(|(phase, _)| phase.is_terminal()));
-        let rows = self
-            .write_script(query, "recording an attempt's end")
-            .await?;
-        if rows.is_empty() {
-            return Err(attempt_not_found(attempt));
-        }
-        Ok(())
+        let mut batch = Batch::default();
+        batch.attempt_finished(attempt, end, job);
+        // No job or start rows: the run and round are not used.
+        self.commit(0, 0, &mut batch).await.map(drop)
     }
 
     /// Sets the run's phase and reason; a terminal phase sets `finished_at`.
@@ -983,6 +919,13 @@ fn micros(duration: Duration) -> i64 {
 
 fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn identity(path: &Path) -> String {
+    use sha2::Digest;
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let digest = sha2::Sha256::digest(path.to_string_lossy().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 fn job_not_found(run: RunId, job: &str) -> StoreError {

@@ -295,6 +295,95 @@ async fn run_round_trip() {
 }
 
 #[tokio::test]
+async fn one_batch_records_an_end_a_skip_a_pid_and_the_next_starts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(&state_dir(&tmp)).await;
+    let run = new_run(&store, "p").await;
+
+    let mut batch = Batch::default();
+    batch.attempt_started("extract", 1, 1);
+    batch.attempt_started("load", 1, 1);
+    assert_eq!(batch.starts(), 2);
+    let ids = store
+        .commit(run, 1, &mut batch)
+        .await
+        .expect("commit starts");
+    assert!(batch.is_empty(), "a committed batch is emptied");
+    assert_eq!(ids.len(), 2);
+    let (extract, load) = (ids[0], ids[1]);
+
+    // One turn of the loop: extract's pid arrives, extract fails and will be retried at once (its
+    // end and its next attempt in the same batch), load succeeds, report is skipped.
+    let mut batch = Batch::default();
+    batch.attempt_spawned(extract, 4242, 4242, Some(7));
+    batch.attempt_finished(extract, &end(JobPhase::Failed, Reason::ExitCode, 1), None);
+    batch.attempt_finished(
+        load,
+        &end(JobPhase::Succeeded, Reason::Completed, 0),
+        Some((JobPhase::Succeeded, Some(Reason::Completed))),
+    );
+    batch.set_job(
+        "report",
+        JobPhase::Skipped,
+        Some(Reason::UpstreamFailed),
+        None,
+    );
+    batch.attempt_started("extract", 2, 2);
+    let ids = store.commit(run, 1, &mut batch).await.expect("commit turn");
+    assert_eq!(ids.len(), 1);
+    let retry = ids[0];
+    assert!(retry > load);
+
+    let attempts = store.attempts(run).await.expect("attempts");
+    let first = attempts.iter().find(|a| a.id == extract).expect("first");
+    assert_eq!(first.phase, JobPhase::Failed);
+    assert_eq!(
+        (first.pid, first.pgid, first.process_start_time),
+        (Some(4242), Some(4242), Some(7))
+    );
+    assert_eq!(first.exit_code, Some(1));
+    assert!(first.finished_at.is_some());
+    let second = attempts.iter().find(|a| a.id == retry).expect("retry");
+    assert_eq!(
+        (second.phase, second.number, second.round),
+        (JobPhase::Running, 2, 1)
+    );
+
+    let jobs = store.jobs(run).await.expect("jobs");
+    let phase = |id: &str| {
+        let job = jobs.iter().find(|j| j.job_id == id).expect("job");
+        (job.phase, job.reason, job.attempts)
+    };
+    assert_eq!(phase("extract"), (JobPhase::Running, None, 2));
+    assert_eq!(
+        phase("load"),
+        (JobPhase::Succeeded, Some(Reason::Completed), 1)
+    );
+    assert_eq!(
+        phase("report"),
+        (JobPhase::Skipped, Some(Reason::UpstreamFailed), 0)
+    );
+    let report = jobs.iter().find(|j| j.job_id == "report").expect("report");
+    assert!(report.finished_at.is_some() && report.started_at.is_none());
+
+    // A change that finds nothing is reported, whatever else the batch held.
+    let mut batch = Batch::default();
+    batch.attempt_finished(retry, &end(JobPhase::Succeeded, Reason::Completed, 0), None);
+    batch.attempt_started("nope", 1, 1);
+    assert!(matches!(
+        store.commit(run, 1, &mut batch).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(
+        store
+            .commit(run, 1, &mut Batch::default())
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn unknown_rows_are_not_found() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open(&state_dir(&tmp)).await;
