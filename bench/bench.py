@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import itertools
 import json
 import math
 import os
@@ -63,6 +64,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
 WORK = OUT / "work"
+# Every state folder executioner writes during one invocation; deleted only when it ends. Deleting
+# a run's thousands of files right before the next measured run made that run pay for the
+# deletion: on ext4 without a journal (this machine's root file system) the kernel skips freshly
+# freed inodes one by one when it creates files (`recently_deleted`), which charged the next run
+# 0.3-1 ms per log file, a cost of the benchmark's own cleanup and not of the run.
+STATE_ROOT = OUT / "state"
 
 LAYER_WIDTH = 10
 # DESIGN.md section 8.
@@ -241,40 +248,33 @@ def fail(argv: list[str], cwd: Path | None, code: int) -> None:
     )
 
 
+_state_dirs = itertools.count()
+
+
 def fresh_state_dir(case: Case, tag: str) -> Path:
-    d = case.dir / f"state-{tag}"
-    if d.exists():
-        shutil.rmtree(d)
-    return d  # executioner creates it (0700)
+    """A new state folder for one executioner invocation. None is deleted before the bench ends
+    (see STATE_ROOT): executioner creates it (0700)."""
+    return STATE_ROOT / f"{case.shape}-{case.n}-{tag}-{next(_state_dirs)}"
 
 
 def run_executioner(exe: str, case: Case, workers: int, rep: int) -> tuple[float, int]:
     state = fresh_state_dir(case, f"run{rep}")
     argv = [exe, "--state-dir", str(state), "run", str(case.dir / "pipeline.yaml"),
             "--workers", str(workers), "-q"]
-    try:
-        return run_timed(argv, cwd=case.dir, measure_rss=True)
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+    return run_timed(argv, cwd=case.dir, measure_rss=True)
 
 
 def run_validate(exe: str, case: Case) -> float:
     state = fresh_state_dir(case, "validate")
     argv = [exe, "--state-dir", str(state), "validate", str(case.dir / "pipeline.yaml")]
-    try:
-        return run_timed(argv, cwd=case.dir)[0]
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+    return run_timed(argv, cwd=case.dir)[0]
 
 
 def run_dry_run(exe: str, case: Case, workers: int) -> float:
     state = fresh_state_dir(case, "dryrun")
     argv = [exe, "--state-dir", str(state), "run", str(case.dir / "pipeline.yaml"),
             "--dry-run", "--workers", str(workers), "-q"]
-    try:
-        return run_timed(argv, cwd=case.dir)[0]
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+    return run_timed(argv, cwd=case.dir)[0]
 
 
 def run_ninja(ninja: str, case: Case, workers: int) -> float:
@@ -846,6 +846,8 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: `make` is not on PATH; continuing without the make column.", file=sys.stderr)
 
     WORK.mkdir(parents=True, exist_ok=True)
+    if STATE_ROOT.exists():  # left by an interrupted invocation
+        shutil.rmtree(STATE_ROOT)
     progress(f"bench: shapes={','.join(args.shapes)} sizes={','.join(map(str, args.sizes))} "
              f"repeats={args.repeats} workers={args.workers} "
              f"tools={','.join(t for t, on in (('executioner', exe), ('ninja', ninja), ('make', make)) if on)},floor")
@@ -859,6 +861,8 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"\nbench FAILED: {e}", file=sys.stderr)
         return 1
+    finally:
+        shutil.rmtree(STATE_ROOT, ignore_errors=True)
 
     print()
     print_table(results, bool(exe), bool(ninja), bool(make))
