@@ -46,9 +46,11 @@ pub fn attempt_token(store: &Store, attempt: AttemptId) -> String {
     format!("{}:{attempt}", store.identity())
 }
 
-/// How long an attempt's pid may wait for another change to be committed with before it is
-/// committed alone. Until then recovery finds the attempt's processes by its token instead.
-const PID_RECORD_DELAY: Duration = Duration::from_millis(20);
+/// How long a job runs before its attempt reports the process (pid, group, start time) for the
+/// loop to record on its own. A job that ends sooner has its pid recorded with its end, and
+/// costs neither the start time's read nor a commit of its own. Until the pid is on record,
+/// recovery finds the attempt's processes by their token.
+const PID_REPORT_DELAY: Duration = Duration::from_millis(20);
 
 /// A job lost this many times fails (`LostTooOften`) instead of running again.
 pub const MAX_LOST: i64 = 3;
@@ -163,6 +165,8 @@ enum AttemptOutcome {
 struct AttemptResult {
     job: usize,
     attempt_id: AttemptId,
+    /// The process's pid and group when the loop has not been sent them yet (a short job).
+    pid: Option<(i32, i32)>,
     number: i64,
     outcome: AttemptOutcome,
     exit: Option<process::Exited>,
@@ -336,7 +340,7 @@ pub async fn execute(
         // Record everything this turn decided, in one transaction, before acting on any of it.
         // (A failed commit drops the launches: their tasks then end without acting.)
         for (launch, attempt_id) in turn
-            .commit(store, run, request.round, &events, &mut run_log, false)
+            .commit(store, run, request.round, &events, &mut run_log)
             .await
             .map_err(store_err)?
         {
@@ -364,14 +368,12 @@ pub async fn execute(
             && (state.scheduler.has_ready()
                 || next_retry.is_some_and(|at| at <= tokio::time::Instant::now()));
         let halted = state.halted.is_some();
-        let pids_due = turn.pids_due();
         tokio::select! {
             biased;
             Some(joined) = attempts.join_next(), if state.running > 0 => {
                 state.settle(&plan, joined, &mut turn);
             }
             Some(spawned) = spawned_rx.recv() => turn.spawned(spawned),
-            _ = sleep_until_opt(pids_due), if pids_due.is_some() => {}
             _ = sleep_until_opt(next_retry), if next_retry.is_some() && !halted => {}
             _ = wait_for_worker(&options.workers), if wants_worker && options.workers.available_permits() == 0 => {}
             _ = sleep_until_opt(deadline), if deadline.is_some() && !halted => {
@@ -398,8 +400,8 @@ pub async fn execute(
         }
     }
 
-    // Whatever is left (pids, the cancelled retries) is recorded before the run's end.
-    turn.commit(store, run, request.round, &events, &mut run_log, true)
+    // Whatever is left (the cancelled retries) is recorded before the run's end.
+    turn.commit(store, run, request.round, &events, &mut run_log)
         .await
         .map_err(store_err)?;
     let (phase, reason) = match state.halted {
@@ -444,14 +446,11 @@ struct Turn {
     lines: Vec<String>,
     /// The batch decides a job's final phase (the `finished` failpoint follows its commit).
     finishes: bool,
-    /// When the oldest pid in the batch arrived.
-    pids_since: Option<tokio::time::Instant>,
 }
 
 impl Turn {
     /// Commits the batch, then reports its events and log lines; returns the attempts to launch
-    /// with their ids. A batch of nothing but pids is held back (unless `force`) until
-    /// [`PID_RECORD_DELAY`] has passed, so that a short job's pid rides along with its end.
+    /// with their ids.
     async fn commit(
         &mut self,
         store: &Store,
@@ -459,17 +458,10 @@ impl Turn {
         round: i64,
         events: &mpsc::UnboundedSender<RunEvent>,
         run_log: &mut RunLog,
-        force: bool,
     ) -> Result<Vec<(Launch, AttemptId)>, StoreError> {
-        let hold = !force
-            && self.batch.only_spawned()
-            && self
-                .pids_due()
-                .is_some_and(|due| tokio::time::Instant::now() < due);
-        let ids = if self.batch.is_empty() || hold {
+        let ids = if self.batch.is_empty() {
             Vec::new()
         } else {
-            self.pids_since = None;
             store.commit(run, round, &mut self.batch).await?
         };
         if std::mem::take(&mut self.finishes) {
@@ -518,14 +510,7 @@ impl Turn {
         }
     }
 
-    /// When the pids waiting in the batch must be committed, even alone.
-    fn pids_due(&self) -> Option<tokio::time::Instant> {
-        self.pids_since.map(|since| since + PID_RECORD_DELAY)
-    }
-
     fn spawned(&mut self, spawned: Spawned) {
-        self.pids_since
-            .get_or_insert_with(tokio::time::Instant::now);
         self.batch.attempt_spawned(
             spawned.attempt,
             spawned.pid,
@@ -571,6 +556,10 @@ impl LoopState {
         let (decision, phase) =
             settle_attempt(plan, &mut self.tracks, &result, self.halted, &mut self.rng);
         let end = attempt_end(&result, &phase);
+        if let Some((pid, pgid)) = result.pid {
+            turn.batch
+                .attempt_spawned(result.attempt_id, pid, pgid, None);
+        }
         match decision {
             Settled::Retry { delay, reason } => {
                 turn.batch.attempt_finished(result.attempt_id, &end, None);
@@ -797,6 +786,7 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
         return AttemptResult {
             job: spec.job,
             attempt_id: 0,
+            pid: None,
             number: spec.number,
             outcome: AttemptOutcome::Stopped,
             exit: None,
@@ -806,6 +796,7 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
     let mut result = AttemptResult {
         job: spec.job,
         attempt_id,
+        pid: None,
         number: spec.number,
         outcome: AttemptOutcome::Stopped,
         exit: None,
@@ -978,13 +969,12 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
         }
     };
     crate::failpoint::hit("spawned");
-    // Recorded by the loop's next commit, so recovery can find and stop the group.
-    let _ = spec.spawned.send(Spawned {
-        attempt: attempt_id,
-        pid: child.pid(),
-        pgid: child.pgid(),
-        start_time: child.start_time(),
-    });
+    // A job still running after PID_REPORT_DELAY reports its process, for the loop to record so
+    // that recovery can find and stop the group; a shorter one's pid goes with its end.
+    result.pid = Some((child.pid(), child.pgid()));
+    let report = tokio::time::sleep(PID_REPORT_DELAY);
+    tokio::pin!(report);
+    let mut reported = false;
 
     let timeout = job.timeout;
     let timed_out = async {
@@ -998,10 +988,23 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
         TimedOut,
         Cancelled,
     }
-    let end = tokio::select! {
-        r = child.wait() => End::Exited(r),
-        _ = timed_out => End::TimedOut,
-        _ = spec.cancel.cancelled() => End::Cancelled,
+    tokio::pin!(timed_out);
+    let end = loop {
+        tokio::select! {
+            r = child.wait() => break End::Exited(r),
+            _ = &mut timed_out => break End::TimedOut,
+            _ = spec.cancel.cancelled() => break End::Cancelled,
+            _ = &mut report, if !reported => {
+                reported = true;
+                result.pid = None;
+                let _ = spec.spawned.send(Spawned {
+                    attempt: attempt_id,
+                    pid: child.pid(),
+                    pgid: child.pgid(),
+                    start_time: child.start_time(),
+                });
+            }
+        }
     };
     let exited = match end {
         End::Exited(r) => r,

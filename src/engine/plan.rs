@@ -149,9 +149,13 @@ impl Plan {
         base.insert("EXECUTIONER_PIPELINE".into(), self.pipeline.clone());
         base.insert("EXECUTIONER_JOB_ID".into(), job.id.clone());
         base.insert("EXECUTIONER_ATTEMPT".into(), attempt.to_string());
-        let with_pipeline = env::apply_layer(&base, &self.pipeline_env)?;
-        let with_job = env::apply_layer(&with_pipeline, &job.env)?;
-        let mut full = env::apply_layer(&with_job, &self.cli_env)?;
+        let mut full = base;
+        for layer in [&self.pipeline_env, &job.env, &self.cli_env] {
+            // An empty layer changes nothing; skipping it spares a copy of the whole map.
+            if !layer.is_empty() {
+                full = env::apply_layer(&full, layer)?;
+            }
+        }
         // The run's identity cannot be overridden by a layer.
         full.insert("EXECUTIONER_RUN_ID".into(), run_id.to_string());
         full.insert("EXECUTIONER_PIPELINE".into(), self.pipeline.clone());

@@ -209,9 +209,13 @@ impl Child {
         self.pid
     }
 
-    /// Field 22 of `/proc/PID/stat` (clock ticks since boot), read right after spawn; with the pid
-    /// it identifies the process across pid reuse (see [`is_same_process`]).
-    pub fn start_time(&self) -> Option<u64> {
+    /// Field 22 of `/proc/PID/stat` (clock ticks since boot); with the pid it identifies the
+    /// process across pid reuse (see [`is_same_process`]). Read on the first call, and only while
+    /// the child is not reaped (its pid cannot belong to another process then); `None` after.
+    pub fn start_time(&mut self) -> Option<u64> {
+        if self.start_time.is_none() && matches!(self.state, State::Running) {
+            self.start_time = read_start_time(self.pid);
+        }
         self.start_time
     }
 
@@ -436,7 +440,6 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
             let _ = child.wait();
             spawn_error(source)
         })?;
-    let start_time = read_start_time(pid);
 
     let stdin_writer = match (child.stdin.take(), stdin_bytes) {
         (Some(stdin), Some(bytes)) if !bytes.is_empty() => {
@@ -471,7 +474,7 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
     drop(child);
     Ok(Child {
         pid,
-        start_time,
+        start_time: None,
         pidfd,
         runtime,
         state: State::Running,

@@ -249,13 +249,16 @@ async fn stop_kills_the_whole_group() {
     assert!(eventually(|| pids_in(&path).len() == 2).await);
     let sleeps = pids_in(&path);
     assert!(sleeps.iter().all(|&pid| running(pid)));
+    let start = child.start_time().expect("start");
 
     let exited = child.stop(PATIENCE).await.expect("stop");
     assert_eq!(exited.status, ExitStatus::Signal(libc::SIGTERM));
-    assert!(!is_same_process(
-        child.pid(),
-        child.start_time().expect("start")
-    ));
+    assert!(!is_same_process(child.pid(), start));
+    assert_eq!(
+        child.start_time(),
+        Some(start),
+        "read once, kept after the reap"
+    );
     assert!(eventually(|| sleeps.iter().all(|&pid| !running(pid))).await);
 }
 
@@ -363,7 +366,7 @@ async fn two_hundred_children_at_once_all_complete() {
 
 #[tokio::test]
 async fn dropping_a_running_child_kills_and_reaps_it() {
-    let child = spawn(spec("sleep", &["100"], Output::Null)).expect("spawn");
+    let mut child = spawn(spec("sleep", &["100"], Output::Null)).expect("spawn");
     let (pid, start) = (child.pid(), child.start_time().expect("start"));
     drop(child);
     assert!(eventually(|| !is_same_process(pid, start)).await);
@@ -395,4 +398,12 @@ fn spawn_outside_a_runtime_is_an_error() {
         spawn(spec("true", &[], Output::Null)),
         Err(ProcessError::Spawn { .. })
     ));
+}
+
+#[tokio::test]
+async fn a_start_time_never_asked_for_before_the_reap_is_unknown() {
+    // Once reaped, the pid may belong to another process: its start time must not be read.
+    let mut child = spawn(spec("true", &[], Output::Null)).expect("spawn");
+    child.wait().await.expect("wait");
+    assert_eq!(child.start_time(), None);
 }

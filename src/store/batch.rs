@@ -73,14 +73,6 @@ impl Batch {
             && self.starts.is_empty()
     }
 
-    /// Whether the batch records nothing but pids.
-    pub fn only_spawned(&self) -> bool {
-        !self.spawned.is_empty()
-            && self.ends.is_empty()
-            && self.jobs.is_empty()
-            && self.starts.is_empty()
-    }
-
     /// How many attempts this batch starts.
     pub fn starts(&self) -> usize {
         self.starts.len()
