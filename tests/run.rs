@@ -47,6 +47,14 @@ fn failure_propagation_and_reasons() {
     );
     // Independent branches keep running after a failure.
     assert_eq!(job_state(&run, "d").0, "Succeeded");
+    // Logs are made ahead of time for jobs that may run; a skipped job is left without one.
+    let logs = ws.state_dir().join("logs/propagation/1");
+    let mut names: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.log", "d.log", "run.log"]);
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod checks;
 pub mod launch;
 mod mask;
 pub mod plan;
+mod prefetch;
 pub mod resume;
 
 use std::collections::BTreeSet;
@@ -243,6 +244,16 @@ pub async fn execute(
         })
         .collect();
     let (scheduler, decisions) = Scheduler::new(plan.dag.clone(), rules, plan.fail_fast);
+    let prefetch = prefetch::LogPrefetch::start(
+        (0..n)
+            .filter(|&i| starts[i] == Start::Run)
+            .map(|i| {
+                let path = job_log_path(&options.state_dir, &plan.pipeline, run, &plan.jobs[i].id);
+                (i, path)
+            })
+            .collect(),
+        prefetch::WINDOW,
+    );
     turn.skipped(&plan, &decisions);
 
     let mut state = LoopState {
@@ -334,6 +345,7 @@ pub async fn execute(
             };
             attempts.spawn(async move { (run_attempt(ctx).await, permit) });
             turn.launches.push(Launch { recorded });
+            prefetch.started();
             state.running += 1;
         }
 
@@ -404,6 +416,15 @@ pub async fn execute(
     turn.commit(store, run, request.round, &events, &mut run_log)
         .await
         .map_err(store_err)?;
+    // A log made ahead for a job that did not run this round goes again (if still empty).
+    for job in prefetch.finish() {
+        if state.tracks[job].counted == 0 {
+            let path = job_log_path(&options.state_dir, &plan.pipeline, run, &plan.jobs[job].id);
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
     let (phase, reason) = match state.halted {
         Some(Halt::Cancelled) => (RunPhase::Cancelled, Reason::Cancelled),
         Some(Halt::RunTimeout) => (RunPhase::Failed, Reason::RunTimeout),

@@ -417,7 +417,7 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
         .arg0(&spec.program)
         .args(&spec.args)
         .env_clear()
-        .envs(spec.env)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&cwd)
         .process_group(0)
         .stdin(if stdin_bytes.is_some() {
@@ -428,7 +428,12 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
         .stdout(stdout)
         .stderr(stderr)
         .spawn()
-        .map_err(spawn_error)?;
+        .map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                lookup::forget(&spec.program, &spec.env, &cwd);
+            }
+            spawn_error(source)
+        })?;
     let Ok(pid) = i32::try_from(child.id()) else {
         return Err(spawn_error(io::Error::other("pid out of range")));
     };

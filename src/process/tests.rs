@@ -407,3 +407,39 @@ async fn a_start_time_never_asked_for_before_the_reap_is_unknown() {
     child.wait().await.expect("wait");
     assert_eq!(child.start_time(), None);
 }
+
+#[tokio::test]
+async fn a_remembered_program_that_has_gone_is_looked_up_again() {
+    let dir = TempDir::new().expect("tempdir");
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    for bin in [&first, &second] {
+        std::fs::create_dir(bin).expect("bin dir");
+    }
+    let tool = |bin: &Path, code: i32| {
+        let path = bin.join("tool");
+        std::fs::write(&path, format!("#!/bin/sh\nexit {code}\n")).expect("write tool");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    };
+    let search = format!("{}:{}:{PATH}", first.display(), second.display());
+    let run = || {
+        let mut spec = spec("tool", &[], Output::Null);
+        spec.env = vec![("PATH".to_owned(), search.clone())];
+        spawn(spec)
+    };
+
+    let later = tool(&second, 3);
+    let exited = run().expect("spawn").wait().await.expect("wait");
+    assert_eq!(
+        exited.status,
+        ExitStatus::Code(3),
+        "found in the second entry"
+    );
+    // Within the remembered second, the tool moves to the first entry: the remembered path
+    // fails once, and is forgotten.
+    std::fs::remove_file(later).expect("remove");
+    tool(&first, 4);
+    assert!(run().is_err(), "the remembered path is gone");
+    let exited = run().expect("spawn").wait().await.expect("wait");
+    assert_eq!(exited.status, ExitStatus::Code(4), "looked up again");
+}
