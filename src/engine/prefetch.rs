@@ -5,11 +5,12 @@
 //! made in time costs nothing but the usual creation.
 //!
 //! The thread walks the jobs in the order given and stays at most `window` files ahead of the
-//! attempts started. Files it made for jobs that never ran are removed at the end of the round,
+//! attempts started (when it is that far ahead it sleeps until half the window is used). Files it made for jobs that never ran are removed at the end of the round,
 //! when still empty, so a skipped job has no log, as before.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 /// Files made at most this many attempts ahead.
@@ -21,77 +22,95 @@ pub(super) struct LogPrefetch {
 }
 
 struct Shared {
-    state: Mutex<State>,
+    /// Attempts started (by the run loop).
+    started: AtomicUsize,
+    /// The thread sleeps until `started` reaches this (`usize::MAX`: it does not sleep). It waits
+    /// for half a window at a time, so the run loop wakes it once per half window rather than at
+    /// every start: a wake-up is a system call on the loop's path.
+    resume_at: AtomicUsize,
+    stop: AtomicBool,
+    /// Jobs whose log file the thread created (it did not exist before).
+    created: Mutex<Vec<usize>>,
+    sleep: Mutex<()>,
     wake: Condvar,
-}
-
-#[derive(Default)]
-struct State {
-    started: usize,
-    stop: bool,
-    /// Jobs whose log file this prefetch created (it did not exist before).
-    created: Vec<usize>,
 }
 
 impl LogPrefetch {
     /// Starts creating `logs` (job index and path, in the order the jobs are expected to start).
     pub(super) fn start(logs: Vec<(usize, PathBuf)>, window: usize) -> Self {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            started: AtomicUsize::new(0),
+            resume_at: AtomicUsize::new(usize::MAX),
+            stop: AtomicBool::new(false),
+            created: Mutex::new(Vec::new()),
+            sleep: Mutex::new(()),
             wake: Condvar::new(),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("log-prefetch".into())
-            .spawn(move || worker.run(logs, window))
+            .spawn(move || worker.run(logs, window.max(1)))
             .ok();
         Self { shared, thread }
     }
 
     /// An attempt has started: the thread may make one more file.
     pub(super) fn started(&self) {
-        let mut state = self.shared.lock();
-        state.started += 1;
-        self.shared.wake.notify_one();
+        let started = self.shared.started.fetch_add(1, Ordering::SeqCst) + 1;
+        if started >= self.shared.resume_at.load(Ordering::SeqCst) {
+            self.shared.wake_up();
+        }
     }
 
     /// Stops the thread and returns the jobs whose log file it created.
     pub(super) fn finish(mut self) -> Vec<usize> {
-        self.shared.lock().stop = true;
-        self.shared.wake.notify_one();
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake_up();
         if let Some(thread) = self.thread.take() {
             // It stops before its next file; one creation at most is waited for.
             let _ = thread.join();
         }
-        std::mem::take(&mut self.shared.lock().created)
+        std::mem::take(&mut *lock(&self.shared.created))
     }
 }
 
 impl Drop for LogPrefetch {
     fn drop(&mut self) {
-        self.shared.lock().stop = true;
-        self.shared.wake.notify_one();
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake_up();
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn wake_up(&self) {
+        // Taken so that the wake-up cannot fall between the thread's last check and its wait.
+        let _sleep = lock(&self.sleep);
+        self.wake.notify_one();
     }
 
     fn run(&self, logs: Vec<(usize, PathBuf)>, window: usize) {
         for (made, (job, path)) in logs.into_iter().enumerate() {
-            {
-                let mut state = self.lock();
-                while !state.stop && made >= state.started + window {
-                    state = self
+            if made >= self.started.load(Ordering::SeqCst) + window {
+                let mut sleep = lock(&self.sleep);
+                // Until half the window is used up.
+                let resume_at = (made + 1 + window / 2).saturating_sub(window);
+                self.resume_at.store(resume_at, Ordering::SeqCst);
+                while !self.stop.load(Ordering::SeqCst)
+                    && self.started.load(Ordering::SeqCst) < resume_at
+                {
+                    sleep = self
                         .wake
-                        .wait(state)
+                        .wait(sleep)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
-                if state.stop {
-                    return;
-                }
+                self.resume_at.store(usize::MAX, Ordering::SeqCst);
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return;
             }
             let created = std::fs::OpenOptions::new()
                 .write(true)
@@ -101,7 +120,7 @@ impl Shared {
                 .open(&path)
                 .is_ok();
             if created {
-                self.lock().created.push(job);
+                lock(&self.created).push(job);
             }
         }
     }
