@@ -507,6 +507,18 @@ impl Turn {
     ) {
         self.batch
             .set_job(&plan.jobs[job].id, phase, Some(reason), None);
+        self.finished(plan, job, phase, reason, exit_code);
+    }
+
+    /// Reports a job's final phase (recorded in the batch by the caller).
+    fn finished(
+        &mut self,
+        plan: &Plan,
+        job: usize,
+        phase: JobPhase,
+        reason: Reason,
+        exit_code: Option<i32>,
+    ) {
         self.finishes = true;
         self.lines
             .push(format!("{} {phase} ({reason})", plan.jobs[job].id));
@@ -608,15 +620,7 @@ impl LoopState {
                 });
                 turn.batch
                     .attempt_finished(result.attempt_id, &end, Some((phase, Some(reason))));
-                turn.finishes = true;
-                turn.lines
-                    .push(format!("{} {phase} ({reason})", plan.jobs[job].id));
-                turn.events.push(RunEvent::JobFinished {
-                    job,
-                    phase,
-                    reason,
-                    exit_code,
-                });
+                turn.finished(plan, job, phase, reason, exit_code);
                 if outcome.counts_as_run_failure() {
                     self.any_failed = true;
                 }
