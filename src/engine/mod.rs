@@ -285,7 +285,8 @@ pub async fn execute(
 
     loop {
         // Start what can start. Retries first (they were ready earlier), then new jobs. The
-        // attempts are recorded with the rest of this turn, and launched once committed.
+        // attempts are recorded with the rest of this turn; their tasks prepare meanwhile and
+        // act only once the commit has given them their ids.
         while state.running < max_parallel && state.halted.is_none() {
             let due = state
                 .retry_at
