@@ -395,3 +395,82 @@ fn state_folder_and_files_are_private() {
     assert_eq!(mode(&ws.state_dir().join("logs/private/1/a.log")), 0o600);
     assert_eq!(mode(&ws.state_dir().join("logs/private/1/run.log")), 0o600);
 }
+
+/// A job that runs longer than a moment has its process on record while it runs (pid, group and
+/// start time, which recovery needs to find it after a crash); a short job has its pid recorded
+/// with its end.
+#[test]
+fn a_running_job_has_its_process_on_record() {
+    use executioner::store::{Durability, Store};
+    let ws = Workspace::new();
+    let mark = marker("onrecord");
+    ws.write(
+        "r.yaml",
+        &manifest(
+            "onrecord",
+            "",
+            "    - {id: quick, command: \"true\"}\n    - {id: slow, command: \"sleep 30\", dependencies: [quick]}\n",
+        ),
+    );
+    let mut child = std::process::Command::new(common::bin())
+        .current_dir(ws.path())
+        .env("EXECUTIONER_STATE_DIR", ws.state_dir())
+        .args(["run", "r.yaml", "--env", &mark])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let attempts = |job: &str| {
+        runtime.block_on(async {
+            let Ok(store) = Store::open(&ws.state_dir(), Durability::Normal).await else {
+                return None;
+            };
+            let attempts = store.attempts(1).await.ok()?;
+            store.close().await;
+            attempts.into_iter().find(|a| a.job_id == job)
+        })
+    };
+    let start = Instant::now();
+    let slow = loop {
+        if let Some(a) = attempts("slow")
+            && a.pid.is_some()
+            && a.process_start_time.is_some()
+        {
+            break a;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the slow job's process was never recorded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (pid, start_time) = (slow.pid.unwrap(), slow.process_start_time.unwrap());
+    assert_eq!(slow.pgid, Some(pid), "the job leads its own group");
+    let pid = i32::try_from(pid).unwrap();
+    assert!(
+        common::processes_with_marker(&mark).contains(&pid),
+        "the recorded pid is the job's process"
+    );
+    assert!(executioner::process::is_same_process(
+        pid,
+        u64::try_from(start_time).unwrap()
+    ));
+    let quick = attempts("quick").expect("quick attempt");
+    assert!(
+        quick.pid.is_some(),
+        "a short job's pid is recorded with its end"
+    );
+    assert!(quick.finished_at.is_some());
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(wait_no_marker(&mark, Duration::from_secs(5)).is_empty());
+}
