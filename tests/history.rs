@@ -412,14 +412,7 @@ fn a_running_job_has_its_process_on_record() {
             "    - {id: quick, command: \"true\"}\n    - {id: slow, command: \"sleep 30\", dependencies: [quick]}\n",
         ),
     );
-    let mut child = std::process::Command::new(common::bin())
-        .current_dir(ws.path())
-        .env("EXECUTIONER_STATE_DIR", ws.state_dir())
-        .args(["run", "r.yaml", "--env", &mark])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = ws.spawn(&["run", "r.yaml", "--env", &mark]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -466,11 +459,7 @@ fn a_running_job_has_its_process_on_record() {
     );
     assert!(quick.finished_at.is_some());
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    common::sigterm(&child);
     assert_eq!(child.wait().unwrap().code(), Some(130));
     assert!(wait_no_marker(&mark, Duration::from_secs(5)).is_empty());
 }

@@ -459,14 +459,7 @@ fn sigterm_to_run_leaves_no_job_process() {
             "    - {id: a, command: \"sleep 100 & sleep 100; wait\"}\n    - {id: b, command: \"trap '' TERM; sleep 100\"}\n    - {id: c, command: \"true\", dependencies: [a]}\n",
         ),
     );
-    let mut child = std::process::Command::new(common::bin())
-        .current_dir(ws.path())
-        .env("EXECUTIONER_STATE_DIR", ws.state_dir())
-        .args(["run", "s.yaml", "--workers", "4", "--env", &mark])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = ws.spawn(&["run", "s.yaml", "--workers", "4", "--env", &mark]);
     // Wait until the jobs run, then SIGTERM executioner.
     let start = Instant::now();
     while common::processes_with_marker(&mark).len() < 3
@@ -475,11 +468,7 @@ fn sigterm_to_run_leaves_no_job_process() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(common::processes_with_marker(&mark).len() >= 3);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    common::sigterm(&child);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert!(

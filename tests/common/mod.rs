@@ -50,6 +50,27 @@ impl Workspace {
     pub fn run(&self, args: &[&str]) -> Output {
         self.run_limited(args, Duration::from_secs(120))
     }
+
+    /// `executioner --state-dir STATE ARGS...` in this folder, in the background, output discarded.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(bin())
+            .current_dir(self.path())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(args)
+            .env_remove("EXECUTIONER_STATE_DIR")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn executioner")
+    }
+}
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
 }
 
 /// Path of the binary under test.
