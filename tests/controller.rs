@@ -97,6 +97,27 @@ fn invalid_manifest_is_reported_and_others_are_unaffected() {
 }
 
 #[test]
+fn pipelines_sharing_one_worker_all_finish() {
+    // Every run of the controller draws on the same workers; with one, runs that all have jobs
+    // ready take turns with it (they once handed it to each other forever, starting nothing).
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[("EXECUTIONER_WORKERS", "1")]);
+    let jobs: String = (0..8)
+        .map(|i| format!("    - {{id: j{i}, command: \"true\"}}\n"))
+        .collect();
+    for name in ["left", "middle", "right"] {
+        ws.write(
+            &format!("manifests/{name}.yaml"),
+            &manifest(name, "", &jobs),
+        );
+    }
+    for name in ["left", "middle", "right"] {
+        let s = wait_phase(&ws, name, "Succeeded", 1);
+        assert_eq!(s["status"]["progress"]["succeeded"], 8);
+    }
+}
+
+#[test]
 fn deleting_a_manifest_cancels_its_run() {
     let ws = Workspace::new();
     let mark = marker("ctl-delete");

@@ -282,6 +282,10 @@ pub async fn execute(
     // Not a child of `cancel`: attempts are stopped by the loop, after it has halted the
     // scheduler, so that no stopped attempt is mistaken for a failure that releases dependents.
     let attempt_cancel = CancellationToken::new();
+    // A worker permit this loop waited for (all were taken), kept for its next start. Waiting for
+    // one and giving it back instead would let two runs sharing the workers hand it to each other
+    // forever, neither ever starting a job (a livelock the controller's tests once hit).
+    let mut reserved: Option<tokio::sync::OwnedSemaphorePermit> = None;
 
     loop {
         // Start what can start. Retries first (they were ready earlier), then new jobs. The
@@ -301,11 +305,17 @@ pub async fn execute(
                 None if state.scheduler.has_ready() => None,
                 None => break,
             };
-            let Ok(permit) = options.workers.clone().try_acquire_owned() else {
-                if let Some(j) = job {
-                    state.retry_at.insert((tokio::time::Instant::now(), j));
-                }
-                break;
+            let permit = match reserved.take() {
+                Some(permit) => permit,
+                None => match options.workers.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        if let Some(j) = job {
+                            state.retry_at.insert((tokio::time::Instant::now(), j));
+                        }
+                        break;
+                    }
+                },
             };
             let job = match job {
                 Some(j) => j,
@@ -350,6 +360,9 @@ pub async fn execute(
             state.running += 1;
         }
 
+        // A kept permit no start needed (the run halted meanwhile) goes back to the others.
+        reserved = None;
+
         // Record everything this turn decided, in one transaction, before acting on any of it.
         // (A failed commit drops the launches: their tasks then end without acting.)
         for (launch, attempt_id) in turn
@@ -388,7 +401,9 @@ pub async fn execute(
             }
             Some(spawned) = spawned_rx.recv() => turn.spawned(spawned),
             _ = sleep_until_opt(next_retry), if next_retry.is_some() && !halted => {}
-            _ = wait_for_worker(&options.workers), if wants_worker && options.workers.available_permits() == 0 => {}
+            permit = options.workers.clone().acquire_owned(), if wants_worker && reserved.is_none() && options.workers.available_permits() == 0 => {
+                reserved = permit.ok();
+            }
             _ = sleep_until_opt(deadline), if deadline.is_some() && !halted => {
                 state.halted = Some(Halt::RunTimeout);
                 turn.lines.push("run timeout: stopping running jobs, skipping the rest".into());
@@ -636,13 +651,6 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Resolves when a worker permit is free again (without taking it: the start loop takes it).
-async fn wait_for_worker(workers: &Arc<Semaphore>) {
-    if let Ok(permit) = workers.acquire().await {
-        drop(permit);
     }
 }
 
