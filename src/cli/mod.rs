@@ -495,7 +495,20 @@ pub async fn open_store_existing(
 
 /// A multi-threaded tokio runtime for the commands that need one.
 pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
+    build_runtime(tokio::runtime::Builder::new_multi_thread())
+}
+
+/// A single-threaded tokio runtime, for `run` and `resume`: one run's engine does little work per
+/// job, and keeping its loop, its attempt tasks and the reactor on one thread spares every job the
+/// cross-thread wake-ups between them (the jobs themselves are processes, as parallel as ever).
+pub fn engine_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    build_runtime(tokio::runtime::Builder::new_current_thread())
+}
+
+fn build_runtime(
+    mut builder: tokio::runtime::Builder,
+) -> Result<tokio::runtime::Runtime, CliError> {
+    builder
         .enable_all()
         .build()
         .map_err(|e| CliError::usage(format!("cannot start the async runtime: {e}")))

@@ -112,7 +112,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
         return Ok(Exit::Success);
     }
 
-    let runtime = super::runtime()?;
+    let runtime = super::engine_runtime()?;
     runtime.block_on(async move {
         let state_dir = super::state_dir(&config);
         let store = super::open_store(&state_dir, &config).await?;
@@ -152,7 +152,7 @@ pub fn resume(
     global: &GlobalArgs,
 ) -> CliResult {
     let config = super::load_config(global)?;
-    let runtime = super::runtime()?;
+    let runtime = super::engine_runtime()?;
     runtime.block_on(async move {
         let state_dir = super::state_dir(&config);
         let store = super::open_store(&state_dir, &config).await?;
@@ -297,8 +297,8 @@ async fn drive(
         run_id,
         plan.pipeline.clone(),
     ));
-    // The loop runs as a task of the runtime's workers, like the attempts it starts, rather than
-    // on this thread: each of its wake-ups would otherwise be a hop between threads.
+    // The loop runs as a task, like the attempts it starts; the engine runtime is single-threaded,
+    // so all of them are polled on this thread.
     let engine = tokio::spawn({
         let store = store.clone();
         let plan = plan.clone();

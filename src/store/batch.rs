@@ -1,9 +1,13 @@
 //! The engine's writes for one run, grouped: everything one turn of the run loop decided (attempt
-//! ends, job phases, recorded pids, new attempts) is committed as one transaction, in one round
-//! trip to the writer connection (group commit).
+//! ends, job phases, recorded pids, new attempts) is committed as one transaction on the direct
+//! writer (group commit).
 //!
 //! Inside the transaction the order is fixed: ends, then job phases, then pids, then starts, so an
 //! attempt that ends and the job's next attempt can share a batch.
+
+use rusqlite::{Connection, params};
+
+use super::direct::Immediate;
 
 use super::{
     AttemptEnd, AttemptId, RunId, Store, StoreError, attempt_not_found, job_not_found, micros,
@@ -150,33 +154,29 @@ impl Batch {
     }
 }
 
-/// One statement per change, with positional parameters bound in order (sqlx hands each
-/// statement of a script the next ones). Each returns a tagged row per row it changed, so that a
-/// change that found nothing can be told.
+/// One statement per change; each reports how many rows it changed, so that a change that found
+/// nothing can be told.
 const END_SQL: &str = "UPDATE attempts SET phase = ?, reason = ?, exit_code = ?, signal = ?, \
     finished_at = ?, user_time_us = ?, system_time_us = ?, max_rss_kib = ?, message = ? \
-    WHERE id = ? RETURNING 'end', id, NULL;";
+    WHERE id = ?";
 const END_JOB_SQL: &str = "UPDATE jobs SET phase = ?, reason = ?, exit_code = ?, message = ?, \
-    finished_at = ? WHERE (run_id, job_id) = (SELECT run_id, job_id FROM attempts WHERE id = ?);";
+    finished_at = ? WHERE (run_id, job_id) = (SELECT run_id, job_id FROM attempts WHERE id = ?)";
 const JOB_SQL: &str = "UPDATE jobs SET phase = ?, reason = ?, message = ?, \
-    started_at = coalesce(started_at, ?), finished_at = ? WHERE run_id = ? AND job_id = ? \
-    RETURNING 'job', NULL, job_id;";
-const PID_SQL: &str = "UPDATE attempts SET pid = ?, pgid = ?, process_start_time = ? WHERE id = ? \
-    RETURNING 'pid', id, NULL;";
-/// The INSERT runs only when the UPDATE found the job.
-const START_SQL: &str = "UPDATE jobs SET phase = 'Running', reason = NULL, attempts = ?, \
+    started_at = coalesce(started_at, ?), finished_at = ? WHERE run_id = ? AND job_id = ?";
+const PID_SQL: &str = "UPDATE attempts SET pid = ?, pgid = ?, process_start_time = ? WHERE id = ?";
+const START_JOB_SQL: &str = "UPDATE jobs SET phase = 'Running', reason = NULL, attempts = ?, \
     exit_code = NULL, message = NULL, started_at = coalesce(started_at, ?), finished_at = NULL \
-    WHERE run_id = ? AND job_id = ?; \
-    INSERT INTO attempts (run_id, job_id, round, number, phase, started_at) \
-    SELECT ?, ?, ?, ?, 'Running', ? WHERE changes() = 1 RETURNING 'start', id, job_id;";
+    WHERE run_id = ? AND job_id = ?";
+const START_SQL: &str = "INSERT INTO attempts (run_id, job_id, round, number, phase, started_at) \
+    VALUES (?, ?, ?, ?, 'Running', ?)";
 
 impl Store {
     /// Commits `batch` (changes to run `run`; new attempts belong to `round`) as one transaction
     /// and empties it. Returns the ids of the attempts it started, in the order they were added.
     ///
-    /// The batch becomes one script, `BEGIN IMMEDIATE`, ends, job phases, pids, starts, `COMMIT`,
-    /// sent in one round trip. Its text depends only on how many changes of each kind it holds, so
-    /// the common shapes stay prepared in sqlx's statement cache.
+    /// The transaction runs on the direct writer (see [`super::direct`]): inline when the write
+    /// lock is free, which is the common case, else on the blocking pool. Its statements are few
+    /// and constant, so they stay prepared.
     ///
     /// A change whose row does not exist is an error ([`StoreError::NotFound`]) reported after
     /// the commit; the rest of the batch is committed (as separate statements would have been).
@@ -186,124 +186,108 @@ impl Store {
         round: i64,
         batch: &mut Batch,
     ) -> Result<Vec<AttemptId>, StoreError> {
-        let context = "recording the run's progress";
         let batch = std::mem::take(batch);
         let now = timestamp(time::OffsetDateTime::now_utc());
-        let mut sql = String::from("BEGIN IMMEDIATE; ");
-        for end in &batch.ends {
-            sql.push_str(END_SQL);
-            if end.job_phase.is_some() {
-                sql.push_str(END_JOB_SQL);
-            }
-        }
-        for _ in &batch.jobs {
-            sql.push_str(JOB_SQL);
-        }
-        for _ in &batch.spawned {
-            sql.push_str(PID_SQL);
-        }
-        for _ in &batch.starts {
-            sql.push_str(START_SQL);
-        }
-        sql.push_str(" COMMIT;");
-
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for end in &batch.ends {
-            query = query
-                .bind(end.phase)
-                .bind(end.reason)
-                .bind(end.exit_code)
-                .bind(end.signal)
-                .bind(now.clone())
-                .bind(end.user_time_us)
-                .bind(end.system_time_us)
-                .bind(end.max_rss_kib)
-                .bind(end.message.clone())
-                .bind(end.id);
-            if let Some(phase) = end.job_phase {
-                query = query
-                    .bind(phase)
-                    .bind(end.job_reason)
-                    .bind(end.exit_code)
-                    .bind(end.message.clone())
-                    .bind(end.terminal.then(|| now.clone()))
-                    .bind(end.id);
-            }
-        }
-        for change in &batch.jobs {
-            query = query
-                .bind(change.phase)
-                .bind(change.reason)
-                .bind(change.message.clone())
-                .bind(change.starts.then(|| now.clone()))
-                .bind(change.terminal.then(|| now.clone()))
-                .bind(run)
-                .bind(change.job.clone());
-        }
-        for row in &batch.spawned {
-            query = query
-                .bind(row.pid)
-                .bind(row.pgid)
-                .bind(row.start_time)
-                .bind(row.id);
-        }
-        for start in &batch.starts {
-            query = query
-                .bind(start.counted)
-                .bind(now.clone())
-                .bind(run)
-                .bind(start.job.clone())
-                .bind(run)
-                .bind(start.job.clone())
-                .bind(round)
-                .bind(start.number)
-                .bind(now.clone());
-        }
-        let rows = self.write_script(query, context).await?;
-
-        let mut ended = std::collections::HashSet::new();
-        let mut spawned = std::collections::HashSet::new();
-        let mut jobs = std::collections::HashSet::new();
-        let mut started = std::collections::HashMap::new();
-        for row in &rows {
-            use sqlx::Row;
-            let tag: String = row.try_get(0).map_err(self.sql(context))?;
-            let id: Option<AttemptId> = row.try_get(1).map_err(self.sql(context))?;
-            let job: Option<String> = row.try_get(2).map_err(self.sql(context))?;
-            match (tag.as_str(), id, job) {
-                ("end", Some(id), _) => {
-                    ended.insert(id);
-                }
-                ("pid", Some(id), _) => {
-                    spawned.insert(id);
-                }
-                ("job", _, Some(job)) => {
-                    jobs.insert(job);
-                }
-                ("start", Some(id), Some(job)) => {
-                    started.insert(job, id);
-                }
-                _ => {}
-            }
-        }
-        if let Some(end) = batch.ends.iter().find(|end| !ended.contains(&end.id)) {
-            return Err(attempt_not_found(end.id));
-        }
-        if let Some(row) = batch.spawned.iter().find(|row| !spawned.contains(&row.id)) {
-            return Err(attempt_not_found(row.id));
-        }
-        if let Some(change) = batch.jobs.iter().find(|change| !jobs.contains(&change.job)) {
-            return Err(job_not_found(run, &change.job));
-        }
-        batch
-            .starts
-            .iter()
-            .map(|start| {
-                started
-                    .get(&start.job)
-                    .copied()
-                    .ok_or_else(|| job_not_found(run, &start.job))
+        self.direct
+            .run("recording the run's progress", move |conn| {
+                apply(conn, run, round, &batch, &now)
             })
-            .collect()
+            .await?
     }
+}
+
+/// Runs `batch` in one transaction: ends, then job phases, then pids, then starts. Returns the
+/// new attempts' ids, or the first change that found no row (after committing the rest).
+fn apply(
+    conn: &Connection,
+    run: RunId,
+    round: i64,
+    batch: &Batch,
+    now: &str,
+) -> rusqlite::Result<Result<Vec<AttemptId>, StoreError>> {
+    let tx = Immediate::begin(conn)?;
+    let mut missing_end = None;
+    for end in &batch.ends {
+        let changed = tx.prepare_cached(END_SQL)?.execute(params![
+            end.phase,
+            end.reason,
+            end.exit_code,
+            end.signal,
+            now,
+            end.user_time_us,
+            end.system_time_us,
+            end.max_rss_kib,
+            end.message,
+            end.id,
+        ])?;
+        if changed == 0 {
+            missing_end.get_or_insert(end.id);
+            continue;
+        }
+        if let Some(phase) = end.job_phase {
+            tx.prepare_cached(END_JOB_SQL)?.execute(params![
+                phase,
+                end.job_reason,
+                end.exit_code,
+                end.message,
+                end.terminal.then_some(now),
+                end.id,
+            ])?;
+        }
+    }
+    let mut missing_job = None;
+    for change in &batch.jobs {
+        let changed = tx.prepare_cached(JOB_SQL)?.execute(params![
+            change.phase,
+            change.reason,
+            change.message,
+            change.starts.then_some(now),
+            change.terminal.then_some(now),
+            run,
+            change.job,
+        ])?;
+        if changed == 0 {
+            missing_job.get_or_insert(change.job.as_str());
+        }
+    }
+    let mut missing_pid = None;
+    for row in &batch.spawned {
+        let changed = tx.prepare_cached(PID_SQL)?.execute(params![
+            row.pid,
+            row.pgid,
+            row.start_time,
+            row.id,
+        ])?;
+        if changed == 0 {
+            missing_pid.get_or_insert(row.id);
+        }
+    }
+    let mut missing_start = None;
+    let mut started = Vec::with_capacity(batch.starts.len());
+    for start in &batch.starts {
+        let changed = tx.prepare_cached(START_JOB_SQL)?.execute(params![
+            start.counted,
+            now,
+            run,
+            start.job,
+        ])?;
+        if changed == 0 {
+            missing_start.get_or_insert(start.job.as_str());
+            continue;
+        }
+        tx.prepare_cached(START_SQL)?
+            .execute(params![run, start.job, round, start.number, now,])?;
+        started.push(tx.last_insert_rowid());
+    }
+    tx.commit()?;
+
+    let missing = missing_end
+        .map(attempt_not_found)
+        .or_else(|| missing_pid.map(attempt_not_found))
+        .or_else(|| missing_job.map(|job| job_not_found(run, job)))
+        .or_else(|| missing_start.map(|job| job_not_found(run, job)));
+    Ok(match missing {
+        Some(error) => Err(error),
+        None => Ok(started),
+    })
 }

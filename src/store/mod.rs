@@ -11,6 +11,7 @@
 //! statement cache keeps it prepared. Times are stored as RFC 3339 UTC strings with milliseconds.
 
 mod batch;
+mod direct;
 mod migrations;
 mod open;
 pub mod outbox;
@@ -81,6 +82,12 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("state database failed while {context}")]
+    Direct {
+        context: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("{what} not found")]
     NotFound { what: String },
 }
@@ -93,6 +100,7 @@ impl StoreError {
             StoreError::Io { .. }
             | StoreError::Unsafe { .. }
             | StoreError::Sql { .. }
+            | StoreError::Direct { .. }
             | StoreError::NotFound { .. } => false,
         }
     }
@@ -225,6 +233,9 @@ pub struct Store {
     /// and a dedicated connection spares the engine's per-attempt writes the pool's acquire and
     /// release round trips.
     writer: Arc<Mutex<WriterSlot>>,
+    /// A second writer connection, used synchronously for [`Store::commit`], the engine's
+    /// per-attempt transaction (see [`direct`]).
+    direct: Arc<direct::DirectWriter>,
     path: Arc<Path>,
     /// Names this database among others on the machine (see [`Store::identity`]).
     identity: Arc<str>,
@@ -258,7 +269,9 @@ impl Store {
     pub async fn open(state_dir: &Path, durability: Durability) -> Result<Store, StoreError> {
         let opened = open::open(state_dir, durability).await?;
         let identity = identity(&opened.path).into();
+        let direct = direct::DirectWriter::new(&opened.path, durability, open::BUSY_TIMEOUT);
         Ok(Store {
+            direct: Arc::new(direct),
             pool: opened.pool,
             writer: Arc::new(Mutex::new(WriterSlot {
                 conn: Some(opened.writer),
@@ -289,6 +302,7 @@ impl Store {
             slot.closed = true;
             slot.conn.take()
         };
+        self.direct.close().await;
         if let Some(conn) = writer {
             // Nothing is left to commit; a failure to close cleanly loses nothing.
             let _ = conn.close().await;

@@ -19,7 +19,7 @@ use super::migrations;
 use super::{DB_FILE, Durability, StoreError, primary_code, sql_error};
 
 /// How long a connection waits for another process's write lock before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const MAX_READERS: u32 = 4;
 

@@ -1072,58 +1072,75 @@ fn corruption_errors_map_to_exit_code_3() {
     );
 }
 
+/// Takes SQLite's write lock on a connection of its own, as another process writing would; it is
+/// released by `COMMIT` on that connection.
+fn hold_write_lock(store: &Store) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(store.path()).expect("second connection");
+    conn.execute_batch("BEGIN IMMEDIATE").expect("write lock");
+    conn
+}
+
 #[tokio::test]
-async fn a_cancelled_write_is_all_or_nothing() {
+async fn a_commit_waits_for_a_busy_write_lock_without_blocking_the_runtime() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(&state_dir(&tmp)).await;
+    let run = new_run(&store, "p").await;
+    let lock = hold_write_lock(&store);
+    let write = tokio::spawn({
+        let store = store.clone();
+        async move { store.attempt_started(run, "extract", 1, 1, 1).await }
+    });
+    // The test's runtime has one thread: this timer fires only if the waiting write leaves it free.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!write.is_finished(), "the write did not wait for the lock");
+    assert_eq!(store.attempts(run).await.expect("attempts"), []);
+    lock.execute_batch("COMMIT").expect("release the lock");
+    write
+        .await
+        .expect("join")
+        .expect("the write, once the lock is free");
+    let job = store.jobs(run).await.expect("jobs").remove(0);
+    assert_eq!((job.phase, job.attempts), (JobPhase::Running, 1));
+}
+
+#[tokio::test]
+async fn a_cancelled_write_is_all_or_nothing_and_before_later_ones() {
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open(&state_dir(&tmp)).await;
     let run = new_run(&store, "p").await;
-    let mut cancelled = 0;
-    for number in 1..=40 {
-        // Poll by hand and drop the call after a varying time, so it is cancelled before, during
-        // or after the script's commit on the connection's worker thread.
+    let lock = hold_write_lock(&store);
+    let mut cx = Context::from_waker(Waker::noop());
+    // The first call finds the write lock busy and goes on waiting for it on the blocking pool;
+    // the second waits for the connection. Both are dropped (cancelled) while waiting.
+    for number in 1..=2 {
         let mut call = std::pin::pin!(store.attempt_started(run, "extract", 1, number, number));
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut done = false;
-        // Every fourth call is polled once and dropped at once: its script cannot have come
-        // back from the connection's worker thread yet, so at least those are cancelled.
-        let polls = number % 4;
-        for i in 0..=polls {
-            if let Poll::Ready(result) = call.as_mut().poll(&mut cx) {
-                result.expect("attempt");
-                done = true;
-                break;
-            }
-            if i < polls {
-                std::thread::sleep(Duration::from_micros((number % 8) as u64 * 25));
-            }
-        }
-        if !done {
-            cancelled += 1;
-        }
+        assert!(matches!(call.as_mut().poll(&mut cx), Poll::Pending));
     }
-    assert!(cancelled > 0, "nothing was cancelled");
-    // A dropped call's connection may still be finishing its current statement; it holds the
-    // write lock since its BEGIN IMMEDIATE, so the next write is ordered after it.
+    lock.execute_batch("COMMIT").expect("release the lock");
+    // The first write still happens, whole, and before this one; the second never started.
     store
         .set_job(run, "report", JobPhase::Pending, None, None)
         .await
-        .expect("barrier write");
-    let attempts = store.attempts(run).await.expect("attempts");
-    let job = store.jobs(run).await.expect("jobs").remove(0);
-    match attempts.iter().map(|a| a.number).max() {
-        // The job row and the attempt row were committed together, or not at all.
-        Some(last) => assert_eq!((job.phase, job.attempts), (JobPhase::Running, last)),
-        None => assert_eq!(job.phase, JobPhase::Pending),
-    }
-    // No transaction was left open on the writer (the write would wait for its lock, then fail).
-    store
-        .attempt_started(run, "extract", 1, 41, 41)
+        .expect("a later write");
+    let numbers: Vec<i64> = store
+        .attempts(run)
         .await
-        .expect("write after cancellations");
-    assert_eq!(store.jobs(run).await.expect("jobs")[0].attempts, 41);
+        .expect("attempts")
+        .iter()
+        .map(|a| a.number)
+        .collect();
+    assert_eq!(numbers, [1]);
+    let job = store.jobs(run).await.expect("jobs").remove(0);
+    assert_eq!((job.phase, job.attempts), (JobPhase::Running, 1));
+    // No transaction was left open on the connection.
+    store
+        .attempt_started(run, "extract", 1, 2, 2)
+        .await
+        .expect("write after the cancellations");
+    assert_eq!(store.jobs(run).await.expect("jobs")[0].attempts, 2);
 }
 
 #[tokio::test]
@@ -1138,4 +1155,8 @@ async fn a_closed_store_refuses_further_calls() {
         Err(StoreError::Sql { .. })
     ));
     assert!(matches!(clone.run(run).await, Err(StoreError::Sql { .. })));
+    assert!(matches!(
+        clone.attempt_started(run, "extract", 1, 1, 1).await,
+        Err(StoreError::Sql { .. })
+    ));
 }
