@@ -174,7 +174,7 @@ impl Store {
     /// Commits `batch` (changes to run `run`; new attempts belong to `round`) as one transaction
     /// and empties it. Returns the ids of the attempts it started, in the order they were added.
     ///
-    /// The transaction runs on the direct writer (see [`super::direct`]): inline when the write
+    /// The transaction runs on the direct writer (see `store/direct.rs`): inline when the write
     /// lock is free, which is the common case, else on the blocking pool. Its statements are few
     /// and constant, so they stay prepared.
     ///

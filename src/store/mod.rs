@@ -4,11 +4,13 @@
 //! engine and the scheduler.
 //!
 //! Reads go through a small pool; writes through one dedicated connection per process (SQLite admits
-//! one writer at a time anyway). Writes that touch several rows run in one `BEGIN IMMEDIATE`
-//! transaction: the write lock is taken up front, so concurrent processes wait on the busy timeout
-//! instead of failing with "database is locked". The writes the engine makes for every attempt are
-//! each a single script sent in one round trip. SQL text is constant so sqlx's per-connection
-//! statement cache keeps it prepared. Times are stored as RFC 3339 UTC strings with milliseconds.
+//! one writer at a time anyway), except the engine's per-turn transaction ([`Store::commit`]), which
+//! has a second connection of its own, used synchronously (see `store/direct.rs`): it is on every job's
+//! critical path, and a hop to sqlx's worker thread and back cost more than SQLite's own work.
+//! Writes that touch several rows run in one `BEGIN IMMEDIATE` transaction: the write lock is taken
+//! up front, so concurrent processes wait on the busy timeout instead of failing with "database is
+//! locked". SQL text is constant so the statement caches keep it prepared. Times are stored as
+//! RFC 3339 UTC strings with milliseconds.
 
 mod batch;
 mod direct;
@@ -234,7 +236,7 @@ pub struct Store {
     /// release round trips.
     writer: Arc<Mutex<WriterSlot>>,
     /// A second writer connection, used synchronously for [`Store::commit`], the engine's
-    /// per-attempt transaction (see [`direct`]).
+    /// per-attempt transaction (see `store/direct.rs`).
     direct: Arc<direct::DirectWriter>,
     path: Arc<Path>,
     /// Names this database among others on the machine (see [`Store::identity`]).
