@@ -70,6 +70,11 @@ WORK = OUT / "work"
 # freed inodes one by one when it creates files (`recently_deleted`), which charged the next run
 # 0.3-1 ms per log file, a cost of the benchmark's own cleanup and not of the run.
 STATE_ROOT = OUT / "state"
+# When the last invocation finished deleting its state folders. The same slowdown lasts for a
+# while after any mass deletion (the kernel's window is 60 s, or 300 s while the inode bitmap is
+# not yet written back), so a new invocation waits until SETTLE_S have passed since then.
+CLEANED_AT = OUT / "state-deleted-at"
+SETTLE_S = 120
 
 LAYER_WIDTH = 10
 # DESIGN.md section 8.
@@ -791,6 +796,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           help="skip the reaction-time benchmark")
     p.add_argument("--reaction-repeats", type=int, default=20,
                    help="manifests dropped for the reaction time (default 20)")
+    p.add_argument("--no-settle", action="store_true",
+                   help="do not wait for the file system to settle after the previous invocation's "
+                        "clean-up (see bench/README.md)")
     p.add_argument("--floor-cmd", default="/bin/sh -c true",
                    help="the process the floor spawns per job (default: '/bin/sh -c true', "
                         "what a string command costs)")
@@ -815,6 +823,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.run_dag = not args.reaction
     args.run_reaction = not args.no_reaction and not args.only_baselines
     return args
+
+
+def settle(skip: bool) -> None:
+    """Wait until SETTLE_S have passed since the last mass deletion of state folders."""
+    try:
+        since = time.time() - float(CLEANED_AT.read_text())
+    except (OSError, ValueError):
+        return
+    wait = SETTLE_S - since
+    if wait <= 0:
+        return
+    if skip:
+        progress(f"bench: state folders were deleted {since:.0f} s ago; not waiting (--no-settle), "
+                 "file creation may still be slow")
+        return
+    progress(f"bench: state folders were deleted {since:.0f} s ago; waiting {wait:.0f} s for the "
+             "file system to settle (--no-settle skips this)")
+    time.sleep(wait)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -848,6 +874,8 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     if STATE_ROOT.exists():  # left by an interrupted invocation
         shutil.rmtree(STATE_ROOT)
+        CLEANED_AT.write_text(f"{time.time()}\n")
+    settle(args.no_settle)
     progress(f"bench: shapes={','.join(args.shapes)} sizes={','.join(map(str, args.sizes))} "
              f"repeats={args.repeats} workers={args.workers} "
              f"tools={','.join(t for t, on in (('executioner', exe), ('ninja', ninja), ('make', make)) if on)},floor")
@@ -863,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         shutil.rmtree(STATE_ROOT, ignore_errors=True)
+        CLEANED_AT.write_text(f"{time.time()}\n")
 
     print()
     print_table(results, bool(exe), bool(ninja), bool(make))
