@@ -364,6 +364,50 @@ async fn a_failing_run_emails_each_recipient_once_with_the_reason_and_log_tail()
 
 /// STARTTLS with login, and implicit TLS, both against a throwaway CA trusted through
 /// `EXECUTIONER_SMTP_CA_FILE`.
+/// A failed job that printed a secret: the delivered mail (body and attached log tail) shows it
+/// masked, never the value.
+#[tokio::test]
+async fn a_failure_mail_never_carries_a_secret_the_job_printed() {
+    let _serial = SERIAL.lock().await;
+    if !have_aiosmtpd("a_failure_mail_never_carries_a_secret_the_job_printed") {
+        return;
+    }
+    let (dir, state) = workspace();
+    let server = SmtpServer::start(&dir.path().join("mail"), &[]);
+    let store = Store::open(&state, Durability::Normal).await.unwrap();
+    let secret = "s3cr3t-value-9913";
+    let secret_file = dir.path().join("token");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let manifest = json!({
+        "apiVersion": "executioner.dev/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": "leaky"},
+        "spec": {
+            "notify": {"email": {"to": ["ops@example.com"], "on": ["failure"]}},
+            "jobs": [{
+                "id": "load",
+                "command": "echo \"token=$API_TOKEN\"; echo \"$API_TOKEN\" >&2; exit 3",
+                "env": {"API_TOKEN": {"fromFile": secret_file.display().to_string()}}
+            }]
+        }
+    });
+    let run = finished_run(&store, &state, dir.path(), manifest).await;
+    assert_eq!(
+        notify::enqueue_for_run(&store, run, &state).await.unwrap(),
+        1
+    );
+    let config = smtp_config(server.port, SmtpTls::None, None, 5);
+    assert_eq!(notify::deliver_due(&store, &config).await.unwrap(), (1, 0));
+
+    let messages = server.messages();
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    // Everything the server received, headers, body and attachments, decoded.
+    let delivered = messages[0].to_string();
+    assert!(!delivered.contains(secret), "{delivered}");
+    let attachment = messages[0]["attachments"][0]["content"].as_str().unwrap();
+    assert!(attachment.contains("token=***"), "{attachment}");
+}
+
 #[tokio::test]
 async fn starttls_and_implicit_tls_with_login_deliver() {
     let _serial = SERIAL.lock().await;
