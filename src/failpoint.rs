@@ -1,6 +1,10 @@
 //! Crash points for the reliability tests: with the `failpoints` feature, `EXECUTIONER_FAILPOINT
 //! =NAME[:N]` makes the process SIGKILL itself the Nth time (default 1st) execution reaches point
 //! NAME, exactly as `kill -9` would. Without the feature, `hit` compiles to nothing.
+//!
+//! Also error points, for failures a test cannot cause from outside without harming the rest of
+//! the machine (exhausting the system's inotify watches): `EXECUTIONER_FAIL=NAME` makes
+//! [`fails`]`(NAME)` true. Without the feature it is always false.
 
 /// Marks a point where a crash must be survivable.
 #[inline]
@@ -9,6 +13,18 @@ pub fn hit(name: &str) {
     armed::hit(name);
     #[cfg(not(feature = "failpoints"))]
     let _ = name;
+}
+
+/// Whether the error point `name` is armed (`EXECUTIONER_FAIL=NAME`, `failpoints` builds only).
+#[inline]
+pub fn fails(name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    return std::env::var("EXECUTIONER_FAIL").is_ok_and(|armed| armed == name);
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        false
+    }
 }
 
 #[cfg(feature = "failpoints")]

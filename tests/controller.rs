@@ -117,6 +117,33 @@ fn pipelines_sharing_one_worker_all_finish() {
     }
 }
 
+/// Without folder events (here the watch fails as when the system's inotify watches are used up,
+/// injected by a `failpoints` build) the controller says so and rescans every second, so a new
+/// manifest is still picked up in about a second, not at the next resync (60 s here).
+#[cfg(feature = "failpoints")]
+#[test]
+fn without_a_folder_watch_the_controller_rescans_every_second() {
+    let ws = Workspace::new();
+    let _c = Running::start(
+        &ws,
+        &[
+            ("EXECUTIONER_FAIL", "watch"),
+            ("EXECUTIONER_RESYNC_INTERVAL", "60"),
+        ],
+    );
+    // Past the controller's first scan, so only a later rescan can find the manifest.
+    std::thread::sleep(Duration::from_millis(300));
+    ws.write("manifests/hello.yaml", &manifest("hello", "", HELLO_JOBS));
+    wait_until(Duration::from_secs(10), || {
+        status(&ws, "hello").is_some_and(|s| s["status"]["phase"] == "Succeeded")
+    });
+    let log = std::fs::read_to_string(ws.path().join("controller.log")).unwrap();
+    assert!(
+        log.contains("falling back to a rescan every second"),
+        "{log}"
+    );
+}
+
 #[test]
 fn deleting_a_manifest_cancels_its_run() {
     let ws = Workspace::new();

@@ -202,6 +202,10 @@ pub async fn run(
             let _ = tx.send(Wake::Files(res));
         })
         .and_then(|mut w| {
+            if crate::failpoint::fails("watch") {
+                // What running out of inotify watches looks like to us (tests only).
+                return Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch));
+            }
             w.watch(&opts.manifests_dir, notify::RecursiveMode::NonRecursive)?;
             w.watch(&requests, notify::RecursiveMode::NonRecursive)?;
             Ok(w)
