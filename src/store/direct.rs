@@ -29,7 +29,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::Mutex;
 
-use super::{Durability, StoreError};
+use super::{Durability, StoreError, closed};
 
 /// The connection, opened lazily again after it had to be dropped.
 #[derive(Debug)]
@@ -205,12 +205,5 @@ impl Drop for Immediate<'_> {
                 .prepare_cached("ROLLBACK")
                 .and_then(|mut rollback| rollback.execute([]));
         }
-    }
-}
-
-fn closed(context: &'static str) -> StoreError {
-    StoreError::Sql {
-        context,
-        source: sqlx::Error::PoolClosed,
     }
 }

@@ -699,10 +699,7 @@ impl Store {
     async fn writing(&self, context: &'static str) -> Result<Writing<'_>, StoreError> {
         let mut slot = self.writer.lock().await;
         if slot.closed {
-            return Err(StoreError::Sql {
-                context,
-                source: sqlx::Error::PoolClosed,
-            });
+            return Err(closed(context));
         }
         let conn = match slot.conn.take() {
             Some(conn) => conn,
@@ -942,6 +939,14 @@ fn identity(path: &Path) -> String {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let digest = sha2::Sha256::digest(path.to_string_lossy().as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// What every write after [`Store::close`] gets, whichever connection it would have used.
+fn closed(context: &'static str) -> StoreError {
+    StoreError::Sql {
+        context,
+        source: sqlx::Error::PoolClosed,
+    }
 }
 
 fn job_not_found(run: RunId, job: &str) -> StoreError {
