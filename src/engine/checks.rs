@@ -230,11 +230,7 @@ async fn run_command_check(command: &Command, ctx: &CheckContext<'_>) -> Verdict
     let spec = SpawnSpec {
         program: argv[0].clone().into(),
         args: argv[1..].iter().map(Into::into).collect(),
-        env: ctx
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        env: ctx.env.iter().collect(),
         cwd: ctx.cwd.to_owned(),
         stdin: Stdin::Null,
         output: Output::Capture,
@@ -282,11 +278,7 @@ async fn run_plugin(
     let spec = SpawnSpec {
         program: program.into_os_string(),
         args: Vec::new(),
-        env: ctx
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        env: ctx.env.iter().collect(),
         cwd: ctx.cwd.to_owned(),
         stdin: Stdin::Bytes(context.to_string().into_bytes()),
         output: Output::Capture,

@@ -982,7 +982,7 @@ async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
     let spawn_spec = SpawnSpec {
         program: program.into(),
         args: args.iter().map(Into::into).collect(),
-        env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        env: env.iter().collect(),
         cwd: cwd.clone(),
         stdin: Stdin::Null,
         output,

@@ -27,11 +27,11 @@ type Key = (OsString, String, PathBuf);
 
 static REMEMBERED: Mutex<Option<HashMap<Key, (PathBuf, Instant)>>> = Mutex::new(None);
 
-/// Forgets `program` as found for this `env` and `cwd` (its path failed to execute).
-pub(super) fn forget(program: &OsStr, env: &[(String, String)], cwd: &Path) {
+/// Forgets `program` as found for this `PATH` and `cwd` (its path failed to execute).
+pub(super) fn forget(program: &OsStr, search_path: Option<&str>, cwd: &Path) {
     let key = (
         program.to_owned(),
-        search_path(env).to_owned(),
+        search_path.unwrap_or(DEFAULT_PATH).to_owned(),
         cwd.to_owned(),
     );
     let mut remembered = REMEMBERED.lock().unwrap_or_else(PoisonError::into_inner);
@@ -40,22 +40,15 @@ pub(super) fn forget(program: &OsStr, env: &[(String, String)], cwd: &Path) {
     }
 }
 
-fn search_path(env: &[(String, String)]) -> &str {
-    env.iter()
-        .rev()
-        .find(|(key, _)| key == "PATH")
-        .map_or(DEFAULT_PATH, |(_, value)| value.as_str())
-}
-
 /// What `execvp` uses when `PATH` is not set at all.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// The path to execute for `program`: a name with a slash is taken relative to `cwd` (the child's
 /// working directory, where a shell running in it would look); a bare name is searched in the
-/// `PATH` of `env` (the last one wins, as it would in the child), entries relative to `cwd`.
+/// `search_path` (the child's `PATH`; `None` when it has none), entries relative to `cwd`.
 pub(super) fn resolve(
     program: &OsStr,
-    env: &[(String, String)],
+    search_path: Option<&str>,
     cwd: &Path,
 ) -> io::Result<PathBuf> {
     if program.is_empty() {
@@ -67,7 +60,7 @@ pub(super) fn resolve(
     if program.as_bytes().contains(&b'/') {
         return Ok(cwd.join(program));
     }
-    let path = search_path(env);
+    let path = search_path.unwrap_or(DEFAULT_PATH);
     let key = (program.to_owned(), path.to_owned(), cwd.to_owned());
     let now = Instant::now();
     {

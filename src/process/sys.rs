@@ -1,9 +1,12 @@
-//! The unsafe calls supervision needs and neither std nor nix wraps safely: `pidfd_open`,
-//! registering a pidfd with tokio's reactor, and `wait4` on one pid with its resource usage. Each
-//! is a small safe wrapper; this is the only place in the `process` module that uses `unsafe`.
+//! The unsafe calls supervision needs and neither std nor nix wraps safely: `posix_spawn` with an
+//! environment we built, `pidfd_open`, registering a pidfd with tokio's reactor, and `wait4` on one
+//! pid with its resource usage. Each is a small safe wrapper; this is the only place in the
+//! `process` module that uses `unsafe`.
 #![allow(unsafe_code)]
 
+use std::ffi::{CStr, c_char};
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use tokio::io::Interest;
@@ -74,5 +77,170 @@ pub(super) fn wait4_nohang(pid: i32) -> io::Result<Option<(libc::c_int, libc::ru
         if error.kind() != io::ErrorKind::Interrupted {
             return Err(error);
         }
+    }
+}
+
+/// `KEY=VALUE\0`-style strings in one buffer and the NULL-terminated array of pointers to them
+/// that `posix_spawn` takes for `argv` and `envp`.
+pub(super) struct CStrings<'a> {
+    block: &'a [u8],
+    starts: Vec<usize>,
+}
+
+impl<'a> CStrings<'a> {
+    /// From `block` (NUL-terminated strings) and where each string starts; `None` if a start is
+    /// out of range or some string lacks its terminating NUL.
+    pub(super) fn new(block: &'a [u8], starts: Vec<usize>) -> Option<CStrings<'a>> {
+        let terminated = |&s: &usize| block.get(s..).is_some_and(|rest| rest.contains(&0));
+        starts
+            .iter()
+            .all(terminated)
+            .then_some(CStrings { block, starts })
+    }
+
+    /// The strings' pointers, then NULL. Valid while `self` is neither changed nor dropped.
+    fn pointers(&self) -> Vec<*const c_char> {
+        let base = self.block.as_ptr();
+        let mut pointers: Vec<*const c_char> = self
+            .starts
+            .iter()
+            // SAFETY: every start is within `block` (checked in `new`).
+            .map(|&s| unsafe { base.add(s) }.cast::<c_char>())
+            .collect();
+        pointers.push(std::ptr::null());
+        pointers
+    }
+}
+
+/// What [`posix_spawn`] starts: `path` (absolute, or relative to `cwd`) with `argv` and exactly
+/// the environment `envp`, in working directory `cwd`, with these descriptors as its stdin,
+/// stdout and stderr, as the leader of a new process group, with no signal blocked and SIGPIPE
+/// back to its default action (Rust ignores it in this process).
+pub(super) struct Spawn<'a> {
+    pub path: &'a CStr,
+    pub argv: &'a CStrings<'a>,
+    pub envp: &'a CStrings<'a>,
+    pub cwd: &'a CStr,
+    pub stdin: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+}
+
+/// Starts `spawn` with glibc's `posix_spawn` (a `vfork`-style clone: the call returns once the
+/// child has executed the program, or with the error `execve` gave it). Returns the child's pid.
+/// Every other descriptor of ours must be close-on-exec (std and tokio open them so).
+pub(super) fn posix_spawn(spawn: &Spawn<'_>) -> io::Result<i32> {
+    let mut actions = FileActions::new()?;
+    actions.dup2(spawn.stdin, 0)?;
+    actions.dup2(spawn.stdout, 1)?;
+    actions.dup2(spawn.stderr, 2)?;
+    actions.chdir(spawn.cwd)?;
+    let attributes = Attributes::new()?;
+    let argv = spawn.argv.pointers();
+    let envp = spawn.envp.pointers();
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: `pid` is a writable local; `path` and `cwd` are NUL-terminated; `argv` and `envp`
+    // are NULL-terminated arrays of pointers to NUL-terminated strings that outlive the call
+    // (`CStrings` checked the terminators); the actions and attributes are initialised. The
+    // descriptors are borrowed, so they stay open during the call.
+    let ret = unsafe {
+        libc::posix_spawn(
+            &mut pid,
+            spawn.path.as_ptr(),
+            &actions.0,
+            &attributes.0,
+            argv.as_ptr().cast::<*mut c_char>(),
+            envp.as_ptr().cast::<*mut c_char>(),
+        )
+    };
+    check(ret)?;
+    Ok(pid)
+}
+
+/// `posix_spawn`'s functions return the error number instead of setting `errno`.
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(ret))
+    }
+}
+
+/// An initialised `posix_spawn_file_actions_t`, destroyed on drop.
+struct FileActions(libc::posix_spawn_file_actions_t);
+
+impl FileActions {
+    fn new() -> io::Result<FileActions> {
+        let mut actions = MaybeUninit::uninit();
+        // SAFETY: the pointer is to writable memory of the right type; on success the value is
+        // initialised, and only then is it taken (and so destroyed on drop). glibc keeps no
+        // pointer to the value itself, so it may move.
+        check(unsafe { libc::posix_spawn_file_actions_init(actions.as_mut_ptr()) })?;
+        Ok(FileActions(unsafe { actions.assume_init() }))
+    }
+
+    fn dup2(&mut self, fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+        // SAFETY: the actions are initialised; the call copies the two integers.
+        check(unsafe {
+            libc::posix_spawn_file_actions_adddup2(&mut self.0, fd.as_raw_fd(), target)
+        })
+    }
+
+    fn chdir(&mut self, dir: &CStr) -> io::Result<()> {
+        // SAFETY: the actions are initialised; glibc copies the NUL-terminated path.
+        check(unsafe { libc::posix_spawn_file_actions_addchdir_np(&mut self.0, dir.as_ptr()) })
+    }
+}
+
+impl Drop for FileActions {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new`, destroyed exactly once, here.
+        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
+    }
+}
+
+/// An initialised `posix_spawnattr_t` for a new process group led by the child, an empty
+/// signal mask and SIGPIPE at its default action; destroyed on drop.
+struct Attributes(libc::posix_spawnattr_t);
+
+impl Attributes {
+    fn new() -> io::Result<Attributes> {
+        let mut attributes = MaybeUninit::uninit();
+        // SAFETY: as for `FileActions::new`.
+        check(unsafe { libc::posix_spawnattr_init(attributes.as_mut_ptr()) })?;
+        let mut attributes = Attributes(unsafe { attributes.assume_init() });
+        let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
+        let mut pipe = MaybeUninit::<libc::sigset_t>::uninit();
+        let flags = libc::POSIX_SPAWN_SETPGROUP
+            | libc::POSIX_SPAWN_SETSIGMASK
+            | libc::POSIX_SPAWN_SETSIGDEF;
+        // SAFETY: the attributes are initialised; each signal set is initialised by
+        // `sigemptyset` before it is read, and the setters copy what they are given.
+        unsafe {
+            libc::sigemptyset(empty.as_mut_ptr());
+            libc::sigemptyset(pipe.as_mut_ptr());
+            libc::sigaddset(pipe.as_mut_ptr(), libc::SIGPIPE);
+            check(libc::posix_spawnattr_setpgroup(&mut attributes.0, 0))?;
+            check(libc::posix_spawnattr_setsigmask(
+                &mut attributes.0,
+                empty.as_ptr(),
+            ))?;
+            check(libc::posix_spawnattr_setsigdefault(
+                &mut attributes.0,
+                pipe.as_ptr(),
+            ))?;
+            check(libc::posix_spawnattr_setflags(
+                &mut attributes.0,
+                flags as libc::c_short,
+            ))?;
+        }
+        Ok(attributes)
+    }
+}
+
+impl Drop for Attributes {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new`, destroyed exactly once, here.
+        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
     }
 }

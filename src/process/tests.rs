@@ -19,7 +19,7 @@ fn spec(program: &str, args: &[&str], output: Output) -> SpawnSpec {
     SpawnSpec {
         program: program.into(),
         args: args.iter().map(OsString::from).collect(),
-        env: vec![("PATH".to_owned(), PATH.to_owned())],
+        env: [("PATH", PATH)].into_iter().collect(),
         cwd: "/".into(),
         stdin: Stdin::Null,
         output,
@@ -112,8 +112,9 @@ async fn fifty_megabytes_to_a_file_land_complete() {
 #[tokio::test]
 async fn the_environment_is_exactly_the_one_given() {
     let mut spec = spec("env", &[], Output::Capture);
-    spec.env.push(("FOO".to_owned(), "bar baz".to_owned()));
-    spec.env.push(("EMPTY".to_owned(), String::new()));
+    spec.env.push("FOO", "replaced");
+    spec.env.push("EMPTY", "");
+    spec.env.push("FOO", "bar baz");
     let exited = run(spec).await;
     let text = String::from_utf8(exited.captured.expect("captured")).expect("utf-8");
     let mut lines: Vec<&str> = text.lines().collect();
@@ -124,7 +125,7 @@ async fn the_environment_is_exactly_the_one_given() {
 #[tokio::test]
 async fn a_shell_sees_only_our_variables_and_its_own() {
     let mut spec = sh("env", Output::Capture);
-    spec.env.push(("ONLY_THIS".to_owned(), "1".to_owned()));
+    spec.env.push("ONLY_THIS", "1");
     let exited = run(spec).await;
     let text = String::from_utf8(exited.captured.expect("captured")).expect("utf-8");
     for line in text.lines() {
@@ -144,15 +145,14 @@ async fn the_program_is_looked_up_in_the_childs_path() {
     std::fs::write(&script, "#!/bin/sh\necho found\n").expect("write");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut found = spec("only-here", &[], Output::Capture);
-    found.env = vec![(
-        "PATH".to_owned(),
-        format!("/nonexistent:{}", dir.path().display()),
-    )];
+    found.env = [("PATH", format!("/nonexistent:{}", dir.path().display()))]
+        .into_iter()
+        .collect();
     assert_eq!(run(found).await.captured.as_deref(), Some(&b"found\n"[..]));
 
     // `sh` is in our PATH but not in the child's.
     let mut missing = spec("sh", &["-c", "true"], Output::Null);
-    missing.env = vec![("PATH".to_owned(), "/nonexistent".to_owned())];
+    missing.env = [("PATH", "/nonexistent")].into_iter().collect();
     let error = spawn(missing).expect_err("must not find sh");
     assert!(
         matches!(&error, ProcessError::Spawn { source, .. } if source.kind() == ErrorKind::NotFound)
@@ -197,7 +197,9 @@ async fn spawn_errors_say_what_is_wrong() {
     let dir = TempDir::new().expect("tempdir");
     std::fs::write(dir.path().join("plain"), "echo hi\n").expect("write");
     let mut not_executable = spec("plain", &[], Output::Null);
-    not_executable.env = vec![("PATH".to_owned(), dir.path().display().to_string())];
+    not_executable.env = [("PATH".to_owned(), dir.path().display().to_string())]
+        .into_iter()
+        .collect();
     let error = spawn(not_executable).expect_err("not executable");
     assert!(
         matches!(&error, ProcessError::Spawn { source, .. } if source.kind() == ErrorKind::PermissionDenied),
@@ -208,6 +210,74 @@ async fn spawn_errors_say_what_is_wrong() {
     bad_cwd.cwd = dir.path().join("missing");
     let error = spawn(bad_cwd).expect_err("missing cwd");
     assert!(error.to_string().contains("working directory"), "{error}");
+}
+
+#[tokio::test]
+async fn a_nul_byte_in_the_environment_or_an_argument_is_a_spawn_error() {
+    let mut bad_env = spec("true", &[], Output::Null);
+    bad_env.env.push("BAD", "a\0b");
+    let mut bad_arg = spec("echo", &["a\0b"], Output::Null);
+    bad_arg.env.push("FINE", "1");
+    for bad in [bad_env, bad_arg] {
+        let error = spawn(bad).expect_err("NUL");
+        assert!(
+            matches!(&error, ProcessError::Spawn { source, .. } if source.kind() == ErrorKind::InvalidInput),
+            "{error}"
+        );
+    }
+}
+
+/// Signal state in the child comes from the spawn, not from us: Rust ignores SIGPIPE in this
+/// process and a thread may block signals, but a job must see neither (a `yes | head` pipeline
+/// would otherwise print "Broken pipe" errors instead of ending quietly).
+#[tokio::test]
+async fn a_child_has_sigpipe_at_its_default_and_no_signal_blocked() {
+    let mask_of = |status: &str, field: &str| {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .unwrap_or_else(|| panic!("{field} in {status}"));
+        u64::from_str_radix(line[field.len()..].trim(), 16).expect("hex mask")
+    };
+    const SIGPIPE_BIT: u64 = 1 << (libc::SIGPIPE - 1);
+    let ours = std::fs::read_to_string("/proc/thread-self/status").expect("our status");
+    assert_ne!(
+        mask_of(&ours, "SigIgn:") & SIGPIPE_BIT,
+        0,
+        "the test needs SIGPIPE ignored here"
+    );
+    let mut blocked = nix::sys::signal::SigSet::empty();
+    blocked.add(Signal::SIGUSR1);
+    let mut previous = nix::sys::signal::SigSet::empty();
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&blocked),
+        Some(&mut previous),
+    )
+    .expect("block SIGUSR1");
+    let spawned = spawn(spec("cat", &["/proc/self/status"], Output::Capture));
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&previous),
+        None,
+    )
+    .expect("restore the mask");
+    let exited = spawned.expect("spawn").wait().await.expect("wait");
+    let status = String::from_utf8(exited.captured.expect("captured")).expect("utf-8");
+    assert_eq!(mask_of(&status, "SigIgn:") & SIGPIPE_BIT, 0, "{status}");
+    assert_eq!(mask_of(&status, "SigBlk:"), 0, "{status}");
+
+    let exited = run(sh("yes | head -n 1", Output::Capture)).await;
+    assert_eq!(exited.captured.as_deref(), Some(&b"y\n"[..]));
+}
+
+#[tokio::test]
+async fn a_child_given_no_input_reads_end_of_file_from_dev_null() {
+    for _ in 0..2 {
+        let exited = run(sh("cat; readlink /proc/self/fd/0", Output::Capture)).await;
+        assert_eq!(exited.status, ExitStatus::Code(0));
+        assert_eq!(exited.captured.as_deref(), Some(&b"/dev/null\n"[..]));
+    }
 }
 
 #[tokio::test]
@@ -424,7 +494,7 @@ async fn a_remembered_program_that_has_gone_is_looked_up_again() {
     let search = format!("{}:{}:{PATH}", first.display(), second.display());
     let run = || {
         let mut spec = spec("tool", &[], Output::Null);
-        spec.env = vec![("PATH".to_owned(), search.clone())];
+        spec.env = [("PATH", search.as_str())].into_iter().collect();
         spawn(spec)
     };
 
