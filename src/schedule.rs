@@ -1,16 +1,38 @@
-//! Cron schedules of pipelines: `"0 2 * * *"`, optionally prefixed with `TZ=Area/City `.
+//! Cron schedules of pipelines: `"0 2 * * *"`, optionally prefixed with `TZ=Area/City `, and
+//! their ticks.
 //!
-//! Parsing and validation only (5 fields, a known time zone name); computing ticks belongs to the
-//! controller.
+//! Ticks are wall-clock times in the schedule's zone (UTC without a prefix), computed on the
+//! local calendar and compared as wall-clock times, which is what makes daylight-saving
+//! transitions safe (DESIGN §5, like Vixie cron):
+//! - when clocks go back, a wall-clock time already ticked is never ticked again: `30 1 * * *`
+//!   runs once on that night, and a `*/15` schedule pauses for the repeated hour;
+//! - when clocks go forward, a tick whose wall-clock time does not exist that night (`30 2 * * *`
+//!   in Europe/Paris on the last Sunday of March) is due at the first instant after the gap.
+//!
+//! The controller keeps the last tick it acted on (a wall-clock time) and decides with
+//! [`Schedule::previous_tick`] and [`Schedule::next_tick`].
 
 use std::str::FromStr;
+
+use chrono::offset::LocalResult;
+use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
+
+/// What [`Schedule::due`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// First sight of the schedule: ticks before now are not owed, this one is remembered.
+    Remember(NaiveDateTime),
+    /// This tick is due: one run, however many ticks were missed since the last one.
+    Run(NaiveDateTime),
+    Nothing,
+}
 
 /// A parsed schedule.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub cron: croner::Cron,
-    /// IANA zone name; `None` means UTC.
-    pub time_zone: Option<String>,
+    /// The IANA zone of the `TZ=` prefix; `None` means UTC.
+    pub time_zone: Option<chrono_tz::Tz>,
 }
 
 impl Schedule {
@@ -22,8 +44,9 @@ impl Schedule {
                 let (zone, expr) = rest.split_once(char::is_whitespace).ok_or_else(|| {
                     format!("schedule {text:?}: expected `TZ=Area/City` followed by 5 cron fields")
                 })?;
-                check_zone(zone)?;
-                (Some(zone.to_owned()), expr.trim())
+                let zone = chrono_tz::Tz::from_str(zone)
+                    .map_err(|_| format!("unknown time zone {zone:?}"))?;
+                (Some(zone), expr.trim())
             }
             None => (None, trimmed),
         };
@@ -36,25 +59,61 @@ impl Schedule {
         let cron = croner::Cron::from_str(expr).map_err(|e| format!("schedule {text:?}: {e}"))?;
         Ok(Schedule { cron, time_zone })
     }
-}
 
-fn check_zone(zone: &str) -> Result<(), String> {
-    let well_formed = !zone.is_empty()
-        && !zone.starts_with('/')
-        && !zone
-            .split('/')
-            .any(|part| part.is_empty() || part == "." || part == "..")
-        && zone
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '+'));
-    if !well_formed {
-        return Err(format!("unknown time zone {zone:?}"));
+    /// What the schedule owes at `now`, given the last tick acted on (`None`: never seen).
+    pub fn due(&self, last: Option<NaiveDateTime>, now: DateTime<Utc>) -> Due {
+        match (last, self.previous_tick(now)) {
+            (None, Some(tick)) => Due::Remember(tick),
+            (Some(last), Some(tick)) if tick > last => Due::Run(tick),
+            _ => Due::Nothing,
+        }
     }
-    let zoneinfo = std::path::Path::new("/usr/share/zoneinfo");
-    if zone != "UTC" && zoneinfo.is_dir() && !zoneinfo.join(zone).is_file() {
-        return Err(format!("unknown time zone {zone:?}"));
+
+    /// The wall-clock time in the schedule's zone at `at`.
+    pub fn wall_clock(&self, at: DateTime<Utc>) -> NaiveDateTime {
+        match self.time_zone {
+            Some(zone) => at.with_timezone(&zone).naive_local(),
+            None => at.naive_utc(),
+        }
     }
-    Ok(())
+
+    /// The latest tick at or before the wall-clock time of `now`.
+    pub fn previous_tick(&self, now: DateTime<Utc>) -> Option<NaiveDateTime> {
+        let wall = Utc.from_utc_datetime(&self.wall_clock(now));
+        let tick = self.cron.find_previous_occurrence(&wall, true).ok()?;
+        Some(tick.naive_utc())
+    }
+
+    /// The first tick after the wall-clock time of `now`, and the instant the zone's clock first
+    /// shows it (or, for a time skipped by a daylight-saving gap, the end of the gap).
+    pub fn next_tick(&self, now: DateTime<Utc>) -> Option<(NaiveDateTime, DateTime<Utc>)> {
+        let wall = Utc.from_utc_datetime(&self.wall_clock(now));
+        let tick = self
+            .cron
+            .find_next_occurrence(&wall, false)
+            .ok()?
+            .naive_utc();
+        Some((tick, self.first_instant_showing(tick)?))
+    }
+
+    /// The first instant at which the zone's clock shows `wall` or a later time.
+    pub fn first_instant_showing(&self, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
+        let Some(zone) = self.time_zone else {
+            return Some(Utc.from_utc_datetime(&wall));
+        };
+        // A time in a gap: the clock jumps over it, so the first time shown after it is the end
+        // of the gap, found minute by minute (gaps are whole minutes and at most a day, in
+        // practice an hour).
+        for minutes in 0..=24 * 60 {
+            match zone.from_local_datetime(&(wall + Duration::minutes(minutes))) {
+                LocalResult::Single(at) => return Some(at.with_timezone(&Utc)),
+                // Shown twice (clocks went back): the first time counts.
+                LocalResult::Ambiguous(first, _) => return Some(first.with_timezone(&Utc)),
+                LocalResult::None => {}
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -71,5 +130,130 @@ mod tests {
         assert!(Schedule::parse("61 2 * * *").is_err());
         assert!(Schedule::parse("TZ=../../etc/passwd 0 2 * * *").is_err());
         assert!(Schedule::parse("TZ=Mars/Olympus 0 2 * * *").is_err());
+        assert!(Schedule::parse("TZ=Europe/Paris 0 2 * * *").is_ok());
+    }
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    fn wall(text: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M").expect("wall-clock time")
+    }
+
+    /// The controller's loop, minute by minute from `from` to `to`: the instants at which a run
+    /// starts, with the tick each one is for.
+    fn runs(schedule: &str, from: &str, to: &str) -> Vec<(DateTime<Utc>, NaiveDateTime)> {
+        let schedule = Schedule::parse(schedule).expect("schedule");
+        let (mut now, to) = (utc(from), utc(to));
+        let mut last = None;
+        let mut runs = Vec::new();
+        while now <= to {
+            match schedule.due(last, now) {
+                Due::Remember(tick) => last = Some(tick),
+                Due::Run(tick) => {
+                    runs.push((now, tick));
+                    last = Some(tick);
+                }
+                Due::Nothing => {}
+            }
+            now += Duration::minutes(1);
+        }
+        runs
+    }
+
+    #[test]
+    fn a_daily_tick_in_the_hour_clocks_repeat_runs_once() {
+        // Europe/Paris, 2026-10-25: 03:00 CEST becomes 02:00 CET (01:00 UTC), so 02:30 is shown
+        // twice, at 00:30 and at 01:30 UTC.
+        let runs = runs(
+            "TZ=Europe/Paris 30 2 * * *",
+            "2026-10-24T20:00:00Z",
+            "2026-10-25T06:00:00Z",
+        );
+        assert_eq!(
+            runs,
+            [(utc("2026-10-25T00:30:00Z"), wall("2026-10-25 02:30"))]
+        );
+    }
+
+    #[test]
+    fn a_frequent_schedule_never_runs_a_wall_clock_time_twice_across_the_repeated_hour() {
+        let runs = runs(
+            "TZ=Europe/Paris */30 * * * *",
+            "2026-10-24T22:00:00Z",
+            "2026-10-25T03:00:00Z",
+        );
+        let ticks: Vec<NaiveDateTime> = runs.iter().map(|(_, tick)| *tick).collect();
+        assert!(ticks.windows(2).all(|w| w[0] < w[1]), "{ticks:?}");
+        // 00:30 .. 04:00 local: 02:00 and 02:30 once each, the second pass of that hour skipped.
+        assert_eq!(ticks.first(), Some(&wall("2026-10-25 00:30")));
+        assert_eq!(ticks.last(), Some(&wall("2026-10-25 04:00")));
+        assert_eq!(ticks.len(), 8);
+        let gaps: Vec<i64> = runs
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0).num_minutes())
+            .collect();
+        assert_eq!(gaps.iter().filter(|&&g| g == 90).count(), 1, "{gaps:?}");
+    }
+
+    #[test]
+    fn a_tick_skipped_by_the_clocks_going_forward_runs_at_the_end_of_the_gap() {
+        // Europe/Paris, 2026-03-29: 02:00 CET becomes 03:00 CEST (01:00 UTC); 02:30 never shows.
+        let schedule = Schedule::parse("TZ=Europe/Paris 30 2 * * *").expect("schedule");
+        assert_eq!(
+            schedule.next_tick(utc("2026-03-29T00:10:00Z")),
+            Some((wall("2026-03-29 02:30"), utc("2026-03-29T01:00:00Z")))
+        );
+        let runs = runs(
+            "TZ=Europe/Paris 30 2 * * *",
+            "2026-03-28T20:00:00Z",
+            "2026-03-29T08:00:00Z",
+        );
+        assert_eq!(
+            runs,
+            [(utc("2026-03-29T01:00:00Z"), wall("2026-03-29 02:30"))]
+        );
+    }
+
+    #[test]
+    fn ticks_follow_the_zone_and_missed_ones_collapse_into_one_run() {
+        let paris = Schedule::parse("TZ=Europe/Paris 0 9 * * *").expect("schedule");
+        // 09:00 in Paris is 07:00 UTC in summer and 08:00 UTC in winter.
+        assert_eq!(
+            paris
+                .next_tick(utc("2026-07-01T00:00:00Z"))
+                .map(|(_, at)| at),
+            Some(utc("2026-07-01T07:00:00Z"))
+        );
+        assert_eq!(
+            paris
+                .next_tick(utc("2026-12-01T00:00:00Z"))
+                .map(|(_, at)| at),
+            Some(utc("2026-12-01T08:00:00Z"))
+        );
+        let plain = Schedule::parse("0 9 * * *").expect("schedule");
+        assert_eq!(
+            plain
+                .next_tick(utc("2026-07-01T00:00:00Z"))
+                .map(|(_, at)| at),
+            Some(utc("2026-07-01T09:00:00Z"))
+        );
+        // Down for three days: one run, for the latest tick.
+        let last = Some(wall("2026-07-01 09:00"));
+        assert_eq!(
+            paris.due(last, utc("2026-07-04T12:00:00Z")),
+            Due::Run(wall("2026-07-04 09:00"))
+        );
+        assert_eq!(
+            paris.due(Some(wall("2026-07-04 09:00")), utc("2026-07-04T12:00:00Z")),
+            Due::Nothing
+        );
+        assert_eq!(
+            paris.due(None, utc("2026-07-04T12:00:00Z")),
+            Due::Remember(wall("2026-07-04 09:00"))
+        );
     }
 }

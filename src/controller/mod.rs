@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::engine::launch::{self, Pinned, Round};
 use crate::engine::{self, EngineError, EngineOptions, RunReport};
+use crate::schedule::Due;
 use crate::spec::OnSpecChange;
 use crate::status::RunPhase;
 use crate::status::file::{status_path, write_atomic};
@@ -689,28 +690,28 @@ impl Controller {
         };
         let now = chrono::Utc::now();
         let row = self.store.pipeline(&d.name).await?;
-        let last_tick = row.and_then(|r| r.last_tick);
-        let previous = schedule.cron.find_previous_occurrence(&now, true).ok();
-        let next = schedule.cron.find_next_occurrence(&now, false).ok();
-        let wait = next.map(|n| {
-            (n - now).to_std().unwrap_or(Duration::from_secs(1)) + Duration::from_millis(5)
+        // The store keeps the last tick as the wall-clock time it was in the schedule's zone
+        // (labelled UTC): ticks are compared as wall-clock times (see `schedule`).
+        let last_tick = row.and_then(|r| r.last_tick).and_then(|t| {
+            chrono::DateTime::from_timestamp(t.unix_timestamp(), 0).map(|at| at.naive_utc())
         });
-        let to_time = |t: chrono::DateTime<chrono::Utc>| {
-            time::OffsetDateTime::from_unix_timestamp(t.timestamp())
+        let wait = schedule.next_tick(now).map(|(_, at)| {
+            (at - now).to_std().unwrap_or(Duration::from_secs(1)) + Duration::from_millis(5)
+        });
+        let stored = |tick: chrono::NaiveDateTime| {
+            time::OffsetDateTime::from_unix_timestamp(tick.and_utc().timestamp())
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         };
-        match (last_tick, previous) {
-            // First sight: ticks before now are not owed.
-            (None, Some(prev)) => {
-                self.store.set_last_tick(&d.name, to_time(prev)).await?;
+        match schedule.due(last_tick, now) {
+            Due::Remember(tick) => {
+                self.store.set_last_tick(&d.name, stored(tick)).await?;
                 Ok((false, wait))
             }
-            (Some(last), Some(prev)) if to_time(prev) > last => {
-                // Missed ticks while down collapse into this one run.
-                self.store.set_last_tick(&d.name, to_time(prev)).await?;
+            Due::Run(tick) => {
+                self.store.set_last_tick(&d.name, stored(tick)).await?;
                 Ok((true, wait))
             }
-            _ => Ok((false, wait)),
+            Due::Nothing => Ok((false, wait)),
         }
     }
 

@@ -16,7 +16,8 @@ pub struct PipelineRow {
     pub source: String,
     pub deleted: bool,
     pub rerun_requested: bool,
-    /// The last schedule tick a run was started for.
+    /// The last schedule tick acted on: its wall-clock time in the schedule's zone, stored as if
+    /// it were UTC (ticks are compared as wall-clock times; see `schedule`).
     pub last_tick: Option<OffsetDateTime>,
 }
 
