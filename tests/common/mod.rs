@@ -242,13 +242,28 @@ impl Running {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
+        let mut child = cmd.spawn().unwrap();
         // Wait until it holds its lock (it writes its pid there).
         let lock = ws.state_dir().join("controller.lock");
         let pid = child.id().to_string();
-        wait_until(Duration::from_secs(20), || {
-            std::fs::read_to_string(&lock).is_ok_and(|t| t.trim() == pid)
-        });
+        let start = Instant::now();
+        while !std::fs::read_to_string(&lock).is_ok_and(|t| t.trim() == pid) {
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || start.elapsed() > Duration::from_secs(20) {
+                let log =
+                    std::fs::read_to_string(ws.path().join("controller.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let holder = std::fs::read_to_string(&lock).unwrap_or_default();
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "controller {pid} did not take the lock within 20 s (exited: {exited:?}; \
+                     lock file says {holder:?}); its log, last lines first:\n{}",
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Running { child: Some(child) }
     }
 
