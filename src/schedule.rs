@@ -15,7 +15,7 @@
 use std::str::FromStr;
 
 use chrono::offset::LocalResult;
-use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Timelike, Utc};
 
 /// What [`Schedule::due`] decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +69,15 @@ impl Schedule {
         }
     }
 
-    /// The wall-clock time in the schedule's zone at `at`.
+    /// The wall-clock time in the schedule's zone at `at`, in whole seconds (croner keeps the
+    /// fraction of the time it is given in the ticks it returns, which would make every tick
+    /// look later than the same one stored).
     pub fn wall_clock(&self, at: DateTime<Utc>) -> NaiveDateTime {
-        match self.time_zone {
+        let wall = match self.time_zone {
             Some(zone) => at.with_timezone(&zone).naive_local(),
             None => at.naive_utc(),
-        }
+        };
+        wall.with_nanosecond(0).unwrap_or(wall)
     }
 
     /// The latest tick at or before the wall-clock time of `now`.
@@ -147,14 +150,16 @@ mod tests {
     /// starts, with the tick each one is for.
     fn runs(schedule: &str, from: &str, to: &str) -> Vec<(DateTime<Utc>, NaiveDateTime)> {
         let schedule = Schedule::parse(schedule).expect("schedule");
-        let (mut now, to) = (utc(from), utc(to));
+        // Each minute a fraction of a second past it, as a real clock would be read.
+        let fraction = Duration::milliseconds(337);
+        let (mut now, to) = (utc(from) + fraction, utc(to) + fraction);
         let mut last = None;
         let mut runs = Vec::new();
         while now <= to {
             match schedule.due(last, now) {
                 Due::Remember(tick) => last = Some(tick),
                 Due::Run(tick) => {
-                    runs.push((now, tick));
+                    runs.push((now - fraction, tick));
                     last = Some(tick);
                 }
                 Due::Nothing => {}
@@ -255,5 +260,26 @@ mod tests {
             paris.due(None, utc("2026-07-04T12:00:00Z")),
             Due::Remember(wall("2026-07-04 09:00"))
         );
+    }
+
+    #[test]
+    fn a_tick_is_due_once_however_often_it_is_asked_within_its_minute() {
+        let every_minute = Schedule::parse("* * * * *").expect("schedule");
+        let now = utc("2026-11-27T20:43:47.244Z");
+        let tick = every_minute.previous_tick(now).expect("tick");
+        assert_eq!(tick, wall("2026-11-27 20:43"));
+        // Stored as whole seconds, as the store keeps it.
+        for later in [0, 300, 12_000] {
+            assert_eq!(
+                every_minute.due(Some(tick), now + Duration::milliseconds(later)),
+                Due::Nothing
+            );
+        }
+        assert_eq!(
+            every_minute.due(Some(tick), utc("2026-11-27T20:44:00.001Z")),
+            Due::Run(wall("2026-11-27 20:44"))
+        );
+        let runs = runs("* * * * *", "2026-11-27T20:00:00Z", "2026-11-27T20:10:00Z");
+        assert_eq!(runs.len(), 10, "{runs:?}");
     }
 }

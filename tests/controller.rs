@@ -491,6 +491,28 @@ fn json_log_lines_carry_pipeline_and_run_fields() {
     );
 }
 
+/// Between ticks a scheduled pipeline does not run again: the controller asks its schedule
+/// every time it reconciles (every second here), and a tick it has acted on must stay acted on
+/// (a tick carrying the fraction of a second it was asked at once made every check a new tick).
+#[test]
+fn a_scheduled_pipeline_does_not_run_again_between_ticks() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    ws.write(
+        "manifests/ticking.yaml",
+        &manifest(
+            "ticking",
+            "  schedule: \"TZ=Europe/Paris * * * * *\"\n",
+            "    - {id: a, command: \"true\"}\n",
+        ),
+    );
+    wait_phase(&ws, "ticking", "Succeeded", 1);
+    std::thread::sleep(Duration::from_secs(3));
+    // The generation's first run, and at most one tick if a minute began meanwhile.
+    let runs = run_count(&ws, "ticking");
+    assert!((1..=2).contains(&runs), "{runs} runs in about 3 s");
+}
+
 /// A schedule tick starts a run (up to a minute of waiting: `make test-long`).
 #[test]
 #[ignore = "waits for a cron tick (up to 60 s); run with make test-long"]
