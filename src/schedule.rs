@@ -72,7 +72,7 @@ impl Schedule {
     /// The wall-clock time in the schedule's zone at `at`, in whole seconds (croner keeps the
     /// fraction of the time it is given in the ticks it returns, which would make every tick
     /// look later than the same one stored).
-    pub fn wall_clock(&self, at: DateTime<Utc>) -> NaiveDateTime {
+    fn wall_clock(&self, at: DateTime<Utc>) -> NaiveDateTime {
         let wall = match self.time_zone {
             Some(zone) => at.with_timezone(&zone).naive_local(),
             None => at.naive_utc(),
@@ -81,7 +81,7 @@ impl Schedule {
     }
 
     /// The latest tick at or before the wall-clock time of `now`.
-    pub fn previous_tick(&self, now: DateTime<Utc>) -> Option<NaiveDateTime> {
+    fn previous_tick(&self, now: DateTime<Utc>) -> Option<NaiveDateTime> {
         let wall = Utc.from_utc_datetime(&self.wall_clock(now));
         let tick = self.cron.find_previous_occurrence(&wall, true).ok()?;
         Some(tick.naive_utc())
@@ -100,7 +100,7 @@ impl Schedule {
     }
 
     /// The first instant at which the zone's clock shows `wall` or a later time.
-    pub fn first_instant_showing(&self, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
+    fn first_instant_showing(&self, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
         let Some(zone) = self.time_zone else {
             return Some(Utc.from_utc_datetime(&wall));
         };

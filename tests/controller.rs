@@ -491,6 +491,20 @@ fn json_log_lines_carry_pipeline_and_run_fields() {
     );
 }
 
+/// Drops pipeline `ticking` (one `true` job) on `schedule` and waits for its first run, which
+/// its generation gets whatever the schedule.
+fn start_ticking(ws: &Workspace, schedule: &str) {
+    ws.write(
+        "manifests/ticking.yaml",
+        &manifest(
+            "ticking",
+            &format!("  schedule: \"{schedule}\"\n"),
+            "    - {id: a, command: \"true\"}\n",
+        ),
+    );
+    wait_phase(ws, "ticking", "Succeeded", 1);
+}
+
 /// Between ticks a scheduled pipeline does not run again: the controller asks its schedule
 /// every time it reconciles (every second here), and a tick it has acted on must stay acted on
 /// (a tick carrying the fraction of a second it was asked at once made every check a new tick).
@@ -498,15 +512,7 @@ fn json_log_lines_carry_pipeline_and_run_fields() {
 fn a_scheduled_pipeline_does_not_run_again_between_ticks() {
     let ws = Workspace::new();
     let _c = Running::start(&ws, &[]);
-    ws.write(
-        "manifests/ticking.yaml",
-        &manifest(
-            "ticking",
-            "  schedule: \"TZ=Europe/Paris * * * * *\"\n",
-            "    - {id: a, command: \"true\"}\n",
-        ),
-    );
-    wait_phase(&ws, "ticking", "Succeeded", 1);
+    start_ticking(&ws, "TZ=Europe/Paris * * * * *");
     std::thread::sleep(Duration::from_secs(3));
     // The generation's first run, and at most one tick if a minute began meanwhile.
     let runs = run_count(&ws, "ticking");
@@ -519,15 +525,7 @@ fn a_scheduled_pipeline_does_not_run_again_between_ticks() {
 fn a_schedule_tick_starts_one_run() {
     let ws = Workspace::new();
     let _c = Running::start(&ws, &[]);
-    ws.write(
-        "manifests/ticking.yaml",
-        &manifest(
-            "ticking",
-            "  schedule: \"* * * * *\"\n",
-            "    - {id: a, command: \"true\"}\n",
-        ),
-    );
-    wait_phase(&ws, "ticking", "Succeeded", 1);
+    start_ticking(&ws, "* * * * *");
     let start = Instant::now();
     while run_count(&ws, "ticking") < 2 {
         assert!(

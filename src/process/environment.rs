@@ -70,10 +70,6 @@ impl Environment {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.live().next().is_none()
-    }
-
     /// Whether some key or value holds a NUL byte (the child cannot be started).
     pub(super) fn has_nul(&self) -> bool {
         self.has_nul
