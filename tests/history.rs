@@ -51,13 +51,20 @@ fn resume_reruns_what_did_not_succeed_on_the_same_run_id() {
 }
 
 #[test]
-fn resume_failed_only_keeps_skipped_jobs() {
+fn resume_failed_only_reruns_the_failed_jobs_and_what_they_blocked() {
     let ws = Workspace::new();
     ws.write("p.yaml", &manifest("failed-only", "", DIAMOND));
     assert_eq!(
         ws.run(&["run", "p.yaml", "--workers", "1"]).status.code(),
         Some(1)
     );
+    ran(&ws);
+    // Not fixed yet: b and d fail again, c is skipped again, and the run stays Failed.
+    let out = ws.run(&["resume", "1", "--failed-only", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(json(&out)["phase"], "Failed");
+    let c = job_state(&json(&out), "c");
+    assert_eq!((c.0.as_str(), c.1.as_str()), ("Skipped", "UpstreamFailed"));
     ran(&ws);
     std::fs::write(ws.path().join("fixed"), "").unwrap();
     let out = ws.run(&[
@@ -73,8 +80,30 @@ fn resume_failed_only_keeps_skipped_jobs() {
     let run = json(&out);
     let mut again = ran(&ws);
     again.sort();
-    assert_eq!(again, ["b", "d"], "only the failed jobs run again");
-    assert_eq!(job_state(&run, "c").0, "Skipped");
+    // c was skipped because b failed: it is evaluated afresh and runs; a and e keep their success.
+    assert_eq!(again, ["b", "c", "d"]);
+    assert_eq!(job_state(&run, "c").0, "Succeeded");
+    assert_eq!(run["phase"], "Succeeded");
+    assert_eq!(run["rounds"], 3);
+}
+
+#[test]
+fn resume_failed_only_keeps_jobs_skipped_by_the_user() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", &manifest("keep-skips", "", DIAMOND));
+    let out = ws.run(&["run", "p.yaml", "--workers", "1", "--skip", "e"]);
+    assert_eq!(out.status.code(), Some(1));
+    ran(&ws);
+    std::fs::write(ws.path().join("fixed"), "").unwrap();
+    let out = ws.run(&["resume", "1", "--failed-only", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut again = ran(&ws);
+    again.sort();
+    assert_eq!(again, ["b", "c", "d"]);
+    let run = json(&out);
+    let e = job_state(&run, "e");
+    assert_eq!((e.0.as_str(), e.1.as_str()), ("Skipped", "SkippedByUser"));
+    assert_eq!(run["phase"], "Succeeded");
 }
 
 #[test]

@@ -26,7 +26,6 @@ use executioner::store::{Durability, RunId, Store};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
@@ -271,8 +270,7 @@ async fn finished_run(store: &Store, state_dir: &Path, dir: &Path, manifest: Val
         request,
         &options,
         events,
-        CancellationToken::new(),
-        CancellationToken::new(),
+        engine::Stop::default(),
     )
     .await
     .expect("execute");

@@ -171,6 +171,18 @@ fn print_event(event: &ControllerEvent, json: bool) {
                 ("why", j!(why)),
             ],
         ),
+        ControllerEvent::Interrupting { pipeline, run } => log_line(
+            json,
+            "info",
+            "interrupting run (it continues at the next start)",
+            &[("pipeline", j!(pipeline)), ("run", j!(run))],
+        ),
+        ControllerEvent::RunInterrupted { pipeline, run } => log_line(
+            json,
+            "info",
+            "run interrupted",
+            &[("pipeline", j!(pipeline)), ("run", j!(run))],
+        ),
         ControllerEvent::Invalid { source, message } => log_line(
             json,
             "error",
@@ -184,7 +196,7 @@ fn print_event(event: &ControllerEvent, json: bool) {
             &[("pipeline", j!(pipeline))],
         ),
         ControllerEvent::Warning(message) => log_line(json, "warn", message, &[]),
-        ControllerEvent::Stopping => log_line(json, "info", "stopping: cancelling runs", &[]),
+        ControllerEvent::Stopping => log_line(json, "info", "stopping: interrupting runs", &[]),
     }
 }
 

@@ -261,12 +261,22 @@ pub fn mark_success(
         }
         let actor = std::env::var("USER").unwrap_or_else(|_| format!("uid {}", nix::unistd::getuid()));
         let reason = reason.unwrap_or("marked successful by hand");
-        store
-            .mark_success(run_id, &targets, reason, &actor)
+        let pinned = crate::engine::launch::Pinned::from_run(&run).map_err(|e| {
+            CliError::new(Exit::Corrupt, format!("run {run_id}: pinned spec unreadable: {e}"))
+        })?;
+        let coe = pinned.continue_on_error();
+        let coe: Vec<&str> = coe.iter().map(String::as_str).collect();
+        let (phase, verdict) = store
+            .mark_success(run_id, &targets, reason, &actor, &coe)
             .await
             .map_err(super::store_error)?;
         for id in &targets {
-            println!("{id}: marked Succeeded (run {run_id}); `executioner resume {run_id}` runs what depends on it");
+            println!("{id}: marked Succeeded");
+        }
+        if phase == RunPhase::Succeeded {
+            println!("run {run_id} is now {phase} ({verdict})");
+        } else {
+            println!("run {run_id} is still {phase} ({verdict}); `executioner resume {run_id}` runs the jobs that have not succeeded");
         }
         Ok(Exit::Success)
     })

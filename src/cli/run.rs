@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use indexmap::IndexMap;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
 
 use crate::engine::launch::{self, Pinned, Round};
+use crate::engine::resume::ResumeMode;
 use crate::engine::{self, EngineOptions, Plan, RunEvent, RunRequest};
 use crate::spec::Manifest;
 use crate::status::{JobPhase, RunPhase};
@@ -126,15 +126,27 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
                 (request.run_id, request)
             }
             Some(run_id) => {
-                let pinned = store
+                let previous = store
                     .run(run_id)
                     .await
                     .map_err(super::store_error)?
                     .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
-                if let Some(diff) = spec_differences(&pinned.spec_json, &manifest) {
-                    eprintln!("the manifest differs from the spec run {run_id} was started with; using the new spec:\n{diff}");
+                if previous.pipeline != manifest.metadata.name.as_str() {
+                    return Err(CliError::usage(format!(
+                        "run {run_id} is a run of pipeline {}; {} is pipeline {}",
+                        previous.pipeline,
+                        valid.file.display(),
+                        manifest.metadata.name
+                    )));
                 }
-                match round(&store, &pinned, &plan, args.failed_only, &owner).await? {
+                let respec = match spec_differences(&previous.spec_json, &manifest) {
+                    Some(diff) => {
+                        eprintln!("the manifest differs from the spec run {run_id} was started with; using the new spec:\n{diff}");
+                        Some(Pinned::new(manifest, &base_dir, cli_env, args.skip.clone()))
+                    }
+                    None => None,
+                };
+                match round(&store, &previous, &plan, resume_mode(args.failed_only), &owner, respec.as_ref()).await? {
                     Some(request) => (run_id, request),
                     None => return Ok(Exit::Success),
                 }
@@ -169,7 +181,9 @@ pub fn resume(
         })?;
         let plan = pinned.plan().map_err(|e| CliError::failed(e.to_string()))?;
         let owner = launch::this_process();
-        let Some(request) = round(&store, &run, &plan, failed_only, &owner).await? else {
+        let Some(request) =
+            round(&store, &run, &plan, resume_mode(failed_only), &owner, None).await?
+        else {
             return Ok(Exit::Success);
         };
         let workers = config.workers();
@@ -180,15 +194,24 @@ pub fn resume(
     })
 }
 
+fn resume_mode(failed_only: bool) -> ResumeMode {
+    if failed_only {
+        ResumeMode::FailedOnly
+    } else {
+        ResumeMode::All
+    }
+}
+
 /// Recovery and the next round of an existing run; `None` when there is nothing to do.
 async fn round(
     store: &Store,
     run: &crate::store::RunRow,
     plan: &Plan,
-    failed_only: bool,
+    mode: ResumeMode,
     owner: &crate::store::Owner,
+    respec: Option<&Pinned>,
 ) -> Result<Option<RunRequest>, CliError> {
-    match launch::next_round(store, run, plan, failed_only, owner)
+    match launch::next_round(store, run, plan, mode, owner, respec)
         .await
         .map_err(super::store_error)?
     {
@@ -284,9 +307,8 @@ async fn drive(
         shutdown_grace: config.shutdown_grace.as_std(),
         plugin_dirs: config.plugin_dirs.clone(),
     };
-    let cancel = CancellationToken::new();
-    let kill_now = CancellationToken::new();
-    let signals = super::watch_signals(cancel.clone(), kill_now.clone())?;
+    let stop = engine::Stop::default();
+    let signals = super::watch_signals(stop.cancel.clone(), stop.kill_now.clone())?;
     let (tx, rx) = mpsc::unbounded_channel();
     let quiet = global.quiet || output == OutputFormat::Json;
     let names: Vec<String> = plan.jobs.iter().map(|j| j.id.clone()).collect();
@@ -302,8 +324,7 @@ async fn drive(
     let engine = tokio::spawn({
         let store = store.clone();
         let plan = plan.clone();
-        let cancel = cancel.clone();
-        async move { engine::execute(&store, plan, request, &options, tx, cancel, kill_now).await }
+        async move { engine::execute(&store, plan, request, &options, tx, stop).await }
     });
     let report = engine.await;
     let _ = printer.await;

@@ -80,6 +80,15 @@ pub enum ControllerEvent {
         run: RunId,
         why: &'static str,
     },
+    /// The controller is stopping: the run's jobs are stopped, the run continues at the next start.
+    Interrupting {
+        pipeline: String,
+        run: RunId,
+    },
+    RunInterrupted {
+        pipeline: String,
+        run: RunId,
+    },
     Invalid {
         source: String,
         message: String,
@@ -115,6 +124,8 @@ struct Active {
     generation: i64,
     cancel: CancellationToken,
     cancelling: bool,
+    /// Stops the run's jobs without ending the run (the controller is stopping).
+    interrupt: CancellationToken,
 }
 
 type RunDone = (String, RunId, Result<RunReport, EngineError>);
@@ -329,12 +340,13 @@ pub async fn run(
                 }
             }
             _ = cancel.cancelled(), if !stopping => {
+                // A restart or an upgrade, not a user's decision: the runs are interrupted, stay
+                // Running, and the next controller continues them (DESIGN 5).
                 stopping = true;
                 let _ = c.events.send(ControllerEvent::Stopping);
-                for (name, a) in &mut c.active {
-                    a.cancel.cancel();
-                    a.cancelling = true;
-                    let _ = c.events.send(ControllerEvent::Cancelling { pipeline: name.clone(), run: a.run, why: "controller stopping" });
+                for (name, a) in &c.active {
+                    a.interrupt.cancel();
+                    let _ = c.events.send(ControllerEvent::Interrupting { pipeline: name.clone(), run: a.run });
                 }
             }
         }
@@ -715,8 +727,9 @@ impl Controller {
         }
     }
 
-    /// Runs left Running by a controller (or run) that died: recovered and continued when they
-    /// belong to a current generation, closed as Cancelled otherwise.
+    /// Runs left Running by a controller that stopped or died (or a `run` that died): recovered
+    /// and continued when they belong to a current generation (only what had not ended runs), closed
+    /// as Cancelled otherwise (their manifest was deleted or changed meanwhile).
     async fn recover(&mut self) -> Result<(), ControllerError> {
         for run in self.store.unfinished_runs().await? {
             if engine::resume::owner_alive(&run) {
@@ -732,23 +745,20 @@ impl Controller {
                 }
                 None => false,
             };
-            if !current {
+            let pinned = Pinned::from_run(&run).ok();
+            let plan = pinned.as_ref().and_then(|p| p.plan().ok());
+            let Some(plan) = plan.filter(|_| current) else {
                 engine::resume::recover(&self.store, &run).await?;
-                self.store
-                    .finish_run(
-                        run.id,
-                        RunPhase::Cancelled,
-                        Some(crate::status::Reason::Cancelled),
-                    )
-                    .await?;
-                continue;
-            }
-            let Ok(pinned) = Pinned::from_run(&run) else {
+                let coe = pinned
+                    .as_ref()
+                    .map_or_else(Vec::new, Pinned::continue_on_error);
+                let coe: Vec<&str> = coe.iter().map(String::as_str).collect();
+                self.store.cancel_run(run.id, &coe).await?;
                 continue;
             };
-            let Ok(plan) = pinned.plan() else { continue };
             let owner = launch::this_process();
-            match launch::next_round(&self.store, &run, &plan, false, &owner).await? {
+            let mode = engine::resume::ResumeMode::Continue;
+            match launch::next_round(&self.store, &run, &plan, mode, &owner, None).await? {
                 Round::Next { request, lost, .. } => {
                     let _ = self.events.send(ControllerEvent::RunResumed {
                         pipeline: run.pipeline.clone(),
@@ -806,33 +816,28 @@ impl Controller {
         request: engine::RunRequest,
         generation: i64,
     ) {
-        let cancel = CancellationToken::new();
+        let stop = engine::Stop::default();
         let run = request.run_id;
         self.active.insert(
             name.clone(),
             Active {
                 run,
                 generation,
-                cancel: cancel.clone(),
+                cancel: stop.cancel.clone(),
                 cancelling: false,
+                interrupt: stop.interrupt.clone(),
             },
         );
         let store = self.store.clone();
         let options = self.engine.clone();
-        let kill_now = self.kill_now.clone();
+        let stop = engine::Stop {
+            kill_now: self.kill_now.clone(),
+            ..stop
+        };
         self.runs.spawn(async move {
             // Progress reaches the status file through the periodic flush.
             let (tx, _rx) = mpsc::unbounded_channel();
-            let result = engine::execute(
-                &store,
-                Arc::new(plan),
-                request,
-                &options,
-                tx,
-                cancel,
-                kill_now,
-            )
-            .await;
+            let result = engine::execute(&store, Arc::new(plan), request, &options, tx, stop).await;
             (name, run, result)
         });
     }
@@ -853,11 +858,17 @@ impl Controller {
         }
         self.deliver();
         match result {
-            Ok(report) => {
+            Ok(report) if report.phase.is_terminal() => {
                 let _ = self.events.send(ControllerEvent::RunFinished {
                     pipeline: name.to_owned(),
                     run,
                     phase: report.phase,
+                });
+            }
+            Ok(_) => {
+                let _ = self.events.send(ControllerEvent::RunInterrupted {
+                    pipeline: name.to_owned(),
+                    run,
                 });
             }
             Err(e) => return Err(e.into()),

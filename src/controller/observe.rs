@@ -208,7 +208,7 @@ pub async fn pipeline_status(
             JobPhase::Succeeded => progress.succeeded += 1,
             JobPhase::Failed | JobPhase::Lost => progress.failed += 1,
             JobPhase::Running | JobPhase::Waiting => progress.running += 1,
-            JobPhase::Pending => progress.pending += 1,
+            JobPhase::Pending | JobPhase::Interrupted => progress.pending += 1,
             JobPhase::Skipped | JobPhase::Cancelled => progress.skipped += 1,
         }
         let log: Option<PathBuf> = run

@@ -2,6 +2,7 @@
 //! pinned spec a run keeps, the first round of a new run, and the next round of an existing one
 //! (after recovering attempts that an executioner left behind when it died).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
@@ -9,7 +10,7 @@ use indexmap::IndexMap;
 use crate::scheduler::Start;
 use crate::spec::Manifest;
 use crate::status::RunPhase;
-use crate::store::{NewJob, NewRun, Owner, RunRow, Store, StoreError};
+use crate::store::{NewJob, NewRun, Owner, RoundChange, RunRow, Store, StoreError};
 
 use super::RunRequest;
 use super::plan::{self, Plan, PlanError};
@@ -56,6 +57,18 @@ impl Pinned {
     /// Reads a run's pinned spec back.
     pub fn from_run(run: &RunRow) -> Result<Pinned, serde_json::Error> {
         serde_json::from_str(&run.spec_json)
+    }
+
+    /// Ids of the jobs that may fail (`continueOnError`, their own or the defaults'), known
+    /// without planning the spec (which needs its environment).
+    pub fn continue_on_error(&self) -> Vec<String> {
+        let spec = &self.manifest.spec;
+        let default = spec.defaults.continue_on_error;
+        spec.jobs
+            .iter()
+            .filter(|j| j.continue_on_error.or(default).unwrap_or(false))
+            .map(|j| j.id.as_str().to_owned())
+            .collect()
     }
 
     /// The plan of this spec, against the current process environment.
@@ -141,19 +154,22 @@ pub enum Round {
     },
     /// The run already succeeded.
     AlreadySucceeded,
-    /// Nothing is left to run again.
+    /// Nothing is left to run again (the run was closed with its verdict if it was still open).
     NothingToDo,
     /// Another live process executes it.
     OwnedElsewhere { pid: i64, host: String },
 }
 
-/// Recovers a run left Running by a dead executioner (if so), then opens its next round.
+/// Recovers a run left Running by a dead executioner (if so), then opens its next round under
+/// `mode`. With `respec` (a changed manifest given to `run --resume-from`), `plan` is that spec's:
+/// its new jobs run, the jobs it no longer has leave the run, and the run pins it from now on.
 pub async fn next_round(
     store: &Store,
     run: &RunRow,
     plan: &Plan,
-    failed_only: bool,
+    mode: resume::ResumeMode,
     owner: &Owner,
+    respec: Option<&Pinned>,
 ) -> Result<Round, StoreError> {
     let mut lost = Vec::new();
     if run.phase == RunPhase::Running {
@@ -164,34 +180,62 @@ pub async fn next_round(
             });
         }
         lost = resume::recover(store, run).await?;
-    } else if run.phase == RunPhase::Succeeded {
-        return Ok(Round::AlreadySucceeded);
     }
     let rows = store.jobs(run.id).await?;
-    let decided = resume::plan_resume(plan, &rows, failed_only);
-    if decided.rerun.is_empty() {
+    let in_plan: HashSet<&str> = plan.jobs.iter().map(|j| j.id.as_str()).collect();
+    let known: HashSet<&str> = rows.iter().map(|r| r.job_id.as_str()).collect();
+    let removed: Vec<&str> = rows
+        .iter()
+        .map(|r| r.job_id.as_str())
+        .filter(|id| !in_plan.contains(id))
+        .collect();
+    let added_files: Vec<(String, String)> = plan
+        .jobs
+        .iter()
+        .filter(|j| !known.contains(j.id.as_str()))
+        .map(|j| (j.id.clone(), format!("{}.log", j.id)))
+        .collect();
+    if run.phase == RunPhase::Succeeded && added_files.is_empty() {
+        return Ok(Round::AlreadySucceeded);
+    }
+    let decided = resume::plan_resume(plan, &rows, mode);
+    let coe = plan.continue_on_error();
+    if decided.rerun.is_empty() && removed.is_empty() {
         if run.phase == RunPhase::Running {
             // Everything had ended before the crash: close the run as its jobs say.
-            let failed = rows
-                .iter()
-                .any(|r| r.phase == crate::status::JobPhase::Failed);
-            let (phase, reason) = if failed {
-                (RunPhase::Failed, crate::status::Reason::JobsFailed)
-            } else {
-                (RunPhase::Succeeded, crate::status::Reason::AllSucceeded)
-            };
-            store.finish_run(run.id, phase, Some(reason)).await?;
+            store.close_run(run.id, &coe).await?;
         }
         return Ok(Round::NothingToDo);
     }
     let rerun: Vec<&str> = decided.rerun.iter().map(String::as_str).collect();
-    let round = store.begin_round(run.id, &rerun, owner).await?;
+    let added: Vec<NewJob<'_>> = added_files
+        .iter()
+        .map(|(id, log)| NewJob { id, log_path: log })
+        .collect();
+    let order: Vec<&str> = plan.jobs.iter().map(|j| j.id.as_str()).collect();
+    let spec = respec.map(|p| (p.to_json(), plan::spec_hash(&p.manifest)));
+    let change = RoundChange {
+        rerun: &rerun,
+        added: &added,
+        removed: &removed,
+        spec: spec
+            .as_ref()
+            .map(|(json, hash)| (json.as_str(), hash.as_str(), order.as_slice())),
+    };
+    let round = store.begin_round(run.id, &change, owner).await?;
+    if decided.rerun.is_empty() {
+        // Only removals: the run is what its remaining jobs say.
+        store.close_run(run.id, &coe).await?;
+        return Ok(Round::NothingToDo);
+    }
     let previous_attempts = resume::previous_attempts(store, run.id, plan).await?;
     let rows = store.jobs(run.id).await?;
+    let lost_by_job: std::collections::HashMap<&str, i64> =
+        rows.iter().map(|r| (r.job_id.as_str(), r.lost)).collect();
     let lost_counts = plan
         .jobs
         .iter()
-        .map(|j| rows.iter().find(|r| r.job_id == j.id).map_or(0, |r| r.lost))
+        .map(|j| lost_by_job.get(j.id.as_str()).copied().unwrap_or(0))
         .collect();
     Ok(Round::Next {
         request: RunRequest {

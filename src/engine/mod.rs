@@ -108,10 +108,25 @@ pub enum RunEvent {
     },
 }
 
-/// The end of a run.
+/// How a run can be stopped from outside.
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    /// A user's cancellation (`run` interrupted, a deletion, a replacement): running jobs are
+    /// stopped and recorded Cancelled, the others skipped, and the run ends Cancelled.
+    pub cancel: CancellationToken,
+    /// The controller is stopping (a restart, an upgrade): running jobs are stopped and recorded
+    /// Interrupted (`ControllerStopped`), nothing else changes, and the run stays Running for the
+    /// next controller to continue.
+    pub interrupt: CancellationToken,
+    /// Skip the grace period of the stops above: kill at once.
+    pub kill_now: CancellationToken,
+}
+
+/// The end of a run, or of this process's part in it.
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub run_id: RunId,
+    /// The run's verdict; `Running` when it was interrupted (reason `ControllerStopped`).
     pub phase: RunPhase,
     pub reason: Reason,
 }
@@ -147,6 +162,18 @@ pub fn job_log_path(state_dir: &Path, pipeline: &str, run: RunId, job: &str) -> 
 enum Halt {
     Cancelled,
     RunTimeout,
+    Interrupted,
+}
+
+impl Halt {
+    /// The reason recorded on an attempt this halt stopped (its job gets the same).
+    fn stopped_reason(self) -> Reason {
+        match self {
+            Halt::Cancelled => Reason::Cancelled,
+            Halt::RunTimeout => Reason::Timeout,
+            Halt::Interrupted => Reason::ControllerStopped,
+        }
+    }
 }
 
 /// How one attempt ended.
@@ -189,9 +216,13 @@ pub async fn execute(
     request: RunRequest,
     options: &EngineOptions,
     events: mpsc::UnboundedSender<RunEvent>,
-    cancel: CancellationToken,
-    kill_now: CancellationToken,
+    stop: Stop,
 ) -> Result<RunReport, EngineError> {
+    let Stop {
+        cancel,
+        interrupt,
+        kill_now,
+    } = stop;
     let run = request.run_id;
     let store_err = |source| EngineError::Store { run, source };
     let log_dir = run_log_dir(&options.state_dir, &plan.pipeline, run);
@@ -268,8 +299,6 @@ pub async fn execute(
         retry_at: BTreeSet::new(),
         running: 0,
         halted: None,
-        // A job lost too often has failed (unless it may fail).
-        any_failed: lost_out.iter().any(|&i| !plan.jobs[i].continue_on_error),
         rng: <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng(),
     };
     let max_parallel = plan.max_parallel.unwrap_or(usize::MAX).max(1);
@@ -375,11 +404,15 @@ pub async fn execute(
         }
 
         if state.running == 0 {
-            if state.halted.is_some() {
-                // Retries still waiting will not happen.
+            if let Some(halt) = state.halted {
+                // Retries still waiting will not happen (in this process, when interrupted).
                 for (_, job) in std::mem::take(&mut state.retry_at) {
-                    turn.finish_job(&plan, job, JobPhase::Cancelled, Reason::Cancelled, None);
-                    state.scheduler.finished(job, Outcome::Cancelled);
+                    if halt == Halt::Interrupted {
+                        turn.interrupted(&plan, job);
+                    } else {
+                        turn.finish_job(&plan, job, JobPhase::Cancelled, Reason::Cancelled, None);
+                        state.scheduler.finished(job, Outcome::Cancelled);
+                    }
                 }
                 break;
             }
@@ -418,6 +451,13 @@ pub async fn execute(
                 turn.skipped(&plan, &decisions);
                 attempt_cancel.cancel();
             }
+            _ = interrupt.cancelled(), if !halted => {
+                // Nothing new starts and nothing is skipped: the jobs not started stay Pending
+                // for the controller that continues the run.
+                state.halted = Some(Halt::Interrupted);
+                turn.lines.push("controller stopping: stopping running jobs; the run continues at the next start".into());
+                attempt_cancel.cancel();
+            }
         }
         // Whatever else has happened meanwhile joins this turn (group commit).
         while let Some(joined) = attempts.try_join_next() {
@@ -441,14 +481,17 @@ pub async fn execute(
             }
         }
     }
-    let (phase, reason) = match state.halted {
-        Some(Halt::Cancelled) => (RunPhase::Cancelled, Reason::Cancelled),
-        Some(Halt::RunTimeout) => (RunPhase::Failed, Reason::RunTimeout),
-        None if state.any_failed => (RunPhase::Failed, Reason::JobsFailed),
-        None => (RunPhase::Succeeded, Reason::AllSucceeded),
-    };
-    store
-        .finish_run(run, phase, Some(reason))
+    if state.halted == Some(Halt::Interrupted) {
+        run_log.line(&format!("run {run} interrupted (ControllerStopped)"));
+        return Ok(RunReport {
+            run_id: run,
+            phase: RunPhase::Running,
+            reason: Reason::ControllerStopped,
+        });
+    }
+    // The verdict is the store's, derived from every job of the run (kept ones included).
+    let (phase, reason) = store
+        .close_run(run, &plan.continue_on_error())
         .await
         .map_err(store_err)?;
     run_log.line(&format!("run {run} {phase} ({reason})"));
@@ -559,6 +602,20 @@ impl Turn {
         }
     }
 
+    /// A job waiting for a retry when the controller stopped: it continues at the next start.
+    fn interrupted(&mut self, plan: &Plan, job: usize) {
+        self.batch.set_job(
+            &plan.jobs[job].id,
+            JobPhase::Interrupted,
+            Some(Reason::ControllerStopped),
+            None,
+        );
+        self.lines.push(format!(
+            "{} Interrupted (ControllerStopped)",
+            plan.jobs[job].id
+        ));
+    }
+
     fn spawned(&mut self, spawned: Spawned) {
         self.batch.attempt_spawned(
             spawned.attempt,
@@ -577,7 +634,6 @@ struct LoopState {
     /// Attempts launched or about to be, whose end is not settled yet.
     running: usize,
     halted: Option<Halt>,
-    any_failed: bool,
     rng: rand::rngs::StdRng,
 }
 
@@ -604,7 +660,7 @@ impl LoopState {
         crate::failpoint::hit("exited");
         let (decision, phase) =
             settle_attempt(plan, &mut self.tracks, &result, self.halted, &mut self.rng);
-        let end = attempt_end(&result, &phase);
+        let end = attempt_end(&result, &phase, self.halted);
         if let Some((pid, pgid)) = result.pid {
             turn.batch
                 .attempt_spawned(result.attempt_id, pid, pgid, None);
@@ -637,11 +693,20 @@ impl LoopState {
                 turn.batch
                     .attempt_finished(result.attempt_id, &end, Some((phase, Some(reason))));
                 turn.finished(plan, job, phase, reason, exit_code);
-                if outcome.counts_as_run_failure() {
-                    self.any_failed = true;
-                }
                 let decisions = self.scheduler.finished(job, outcome.scheduler());
                 turn.skipped(plan, &decisions);
+            }
+            Settled::Interrupted => {
+                // Its dependents are not released: they wait for the next controller.
+                turn.batch.attempt_finished(
+                    result.attempt_id,
+                    &end,
+                    Some((JobPhase::Interrupted, Some(Reason::ControllerStopped))),
+                );
+                turn.lines.push(format!(
+                    "{} Interrupted (ControllerStopped)",
+                    plan.jobs[job].id
+                ));
             }
         }
     }
@@ -665,6 +730,8 @@ enum Settled {
         reason: Reason,
         outcome: FinalOutcome,
     },
+    /// Stopped by a controller that is stopping: neither a failure nor an end.
+    Interrupted,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -681,10 +748,6 @@ impl FinalOutcome {
             FinalOutcome::Failed { ignored } => Outcome::Failed { ignored },
             FinalOutcome::Cancelled => Outcome::Cancelled,
         }
-    }
-
-    fn counts_as_run_failure(self) -> bool {
-        matches!(self, FinalOutcome::Failed { ignored: false })
     }
 }
 
@@ -707,6 +770,7 @@ fn settle_attempt(
             JobPhase::Succeeded,
         ),
         AttemptOutcome::Stopped => match halted {
+            Some(Halt::Interrupted) => (Settled::Interrupted, JobPhase::Interrupted),
             Some(Halt::RunTimeout) => (
                 Settled::Final {
                     phase: JobPhase::Failed,
@@ -757,7 +821,7 @@ fn settle_attempt(
     }
 }
 
-fn attempt_end(result: &AttemptResult, phase: &JobPhase) -> AttemptEnd {
+fn attempt_end(result: &AttemptResult, phase: &JobPhase, halted: Option<Halt>) -> AttemptEnd {
     let (exit_code, signal) = match result.exit.as_ref().map(|e| e.status) {
         Some(ExitStatus::Code(c)) => (Some(c), None),
         Some(ExitStatus::Signal(s)) => (None, Some(s)),
@@ -769,7 +833,7 @@ fn attempt_end(result: &AttemptResult, phase: &JobPhase) -> AttemptEnd {
         AttemptOutcome::Failed {
             reason, message, ..
         } => (*reason, Some(message.clone())),
-        AttemptOutcome::Stopped => (Reason::Cancelled, None),
+        AttemptOutcome::Stopped => (halted.map_or(Reason::Cancelled, Halt::stopped_reason), None),
     };
     AttemptEnd {
         phase: *phase,
@@ -804,7 +868,37 @@ struct AttemptSpec {
     spawned: mpsc::UnboundedSender<Spawned>,
 }
 
+/// One attempt, whose log part ends with a marker line saying how it ended.
 async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
+    let log_path = spec.log_path.clone();
+    let started = Instant::now();
+    let result = attempt_body(spec).await;
+    if result.attempt_id != 0 {
+        append_log(&log_path, &ended_marker(&result, started.elapsed()));
+    }
+    result
+}
+
+/// The text of an attempt's closing marker: its outcome, exit code or signal, and duration.
+fn ended_marker(result: &AttemptResult, took: Duration) -> String {
+    let status = match result.exit.as_ref().map(|e| e.status) {
+        Some(ExitStatus::Code(c)) => format!("exit code {c}"),
+        Some(ExitStatus::Signal(s)) => format!("signal {s}"),
+        None => "no exit status".to_owned(),
+    };
+    let outcome = match &result.outcome {
+        AttemptOutcome::Succeeded => "succeeded".to_owned(),
+        AttemptOutcome::Failed { reason, .. } => format!("failed ({reason})"),
+        AttemptOutcome::Stopped => "stopped".to_owned(),
+    };
+    format!(
+        "attempt {} {outcome}: {status}, after {:.3}s",
+        result.number,
+        took.as_secs_f64()
+    )
+}
+
+async fn attempt_body(spec: AttemptSpec) -> AttemptResult {
     let job = &spec.plan.jobs[spec.job];
     // Prepared while the loop commits the attempt's row. Nothing here acts on the world but
     // creating the log file.

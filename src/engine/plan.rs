@@ -74,6 +74,15 @@ pub enum PlanError {
 }
 
 impl Plan {
+    /// Ids of the jobs that may fail without failing the run (`continueOnError`).
+    pub fn continue_on_error(&self) -> Vec<&str> {
+        self.jobs
+            .iter()
+            .filter(|j| j.continue_on_error)
+            .map(|j| j.id.as_str())
+            .collect()
+    }
+
     /// Resolves `manifest` whose file lives in `base_dir`, with the given process environment and
     /// `--env` values.
     pub fn new(

@@ -9,7 +9,21 @@ use crate::store::{JobRow, RunId, RunRow, Store, StoreError};
 
 use super::plan::Plan;
 
-/// What a resume does to one job.
+/// Which jobs a new round of a run runs again (DESIGN 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeMode {
+    /// `resume`: every job that did not succeed runs again.
+    All,
+    /// `resume --failed-only`: the jobs that failed, were lost or never finished run again, and
+    /// so does everything downstream of them that had not succeeded; cancelled jobs and jobs
+    /// skipped for other reasons keep their state.
+    FailedOnly,
+    /// A controller continuing a run it found interrupted or lost: only the jobs that had not
+    /// ended run (lost, interrupted, never started); every ended job keeps its result.
+    Continue,
+}
+
+/// How each job enters a new round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResumePlan {
     /// How each job of the plan enters the new round.
@@ -18,29 +32,65 @@ pub struct ResumePlan {
     pub rerun: Vec<String>,
 }
 
-/// Decides a resume round: succeeded jobs keep their result; every other job runs again, or with
-/// `failed_only` only the failed (and lost) ones, the others keeping their state.
-pub fn plan_resume(plan: &Plan, rows: &[JobRow], failed_only: bool) -> ResumePlan {
+/// What an ended job means to its dependents when it keeps its result; `None` when the job has
+/// no result to keep (lost, interrupted, never finished, or new to the spec).
+fn kept(row: Option<&JobRow>, continue_on_error: bool) -> Option<Outcome> {
+    let row = row?;
+    match row.phase {
+        JobPhase::Succeeded => Some(Outcome::Succeeded),
+        JobPhase::Failed => Some(Outcome::Failed {
+            ignored: continue_on_error,
+        }),
+        JobPhase::Skipped => Some(Outcome::skipped(
+            row.reason.unwrap_or(Reason::UpstreamFailed),
+        )),
+        JobPhase::Cancelled => Some(Outcome::Cancelled),
+        JobPhase::Pending
+        | JobPhase::Waiting
+        | JobPhase::Running
+        | JobPhase::Lost
+        | JobPhase::Interrupted => None,
+    }
+}
+
+/// Decides a new round of a run from its job rows (see [`ResumeMode`]). Jobs of the plan with no
+/// row (new in a changed spec) run.
+pub fn plan_resume(plan: &Plan, rows: &[JobRow], mode: ResumeMode) -> ResumePlan {
+    let by_id: std::collections::HashMap<&str, &JobRow> =
+        rows.iter().map(|r| (r.job_id.as_str(), r)).collect();
+    let kept: Vec<Option<Outcome>> = plan
+        .jobs
+        .iter()
+        .map(|j| kept(by_id.get(j.id.as_str()).copied(), j.continue_on_error))
+        .collect();
+    let runs: Vec<bool> = match mode {
+        ResumeMode::All => kept
+            .iter()
+            .map(|k| !matches!(k, Some(Outcome::Succeeded)))
+            .collect(),
+        ResumeMode::Continue => kept.iter().map(Option::is_none).collect(),
+        ResumeMode::FailedOnly => {
+            let seed: Vec<bool> = kept
+                .iter()
+                .map(|k| matches!(k, None | Some(Outcome::Failed { .. })))
+                .collect();
+            let roots: Vec<usize> = (0..seed.len()).filter(|&i| seed[i]).collect();
+            let downstream = plan.dag.downstream(&roots);
+            (0..kept.len())
+                .map(|i| seed[i] || (downstream[i] && !matches!(kept[i], Some(Outcome::Succeeded))))
+                .collect()
+        }
+    };
     let mut starts = Vec::with_capacity(plan.jobs.len());
     let mut rerun = Vec::new();
-    for job in &plan.jobs {
-        let row = rows.iter().find(|r| r.job_id == job.id);
-        let start = match row.map(|r| (r.phase, r.reason)) {
-            Some((JobPhase::Succeeded, _)) => Start::Keep(Outcome::Succeeded),
-            Some((JobPhase::Failed, _)) | Some((JobPhase::Lost, _)) => Start::Run,
-            Some((JobPhase::Skipped, reason)) if failed_only => Start::Keep(Outcome::Skipped {
-                satisfied: reason == Some(Reason::SkippedByUser),
-            }),
-            Some((JobPhase::Cancelled, _)) if failed_only => Start::Keep(Outcome::Cancelled),
-            Some((JobPhase::Pending | JobPhase::Waiting | JobPhase::Running, _)) if failed_only => {
-                Start::Keep(Outcome::Skipped { satisfied: false })
+    for ((job, kept), runs) in plan.jobs.iter().zip(kept).zip(runs) {
+        match kept {
+            Some(outcome) if !runs => starts.push(Start::Keep(outcome)),
+            Some(_) | None => {
+                starts.push(Start::Run);
+                rerun.push(job.id.clone());
             }
-            _ => Start::Run,
-        };
-        if start == Start::Run {
-            rerun.push(job.id.clone());
         }
-        starts.push(start);
     }
     ResumePlan { starts, rerun }
 }
@@ -113,17 +163,14 @@ pub async fn previous_attempts(
     run: RunId,
     plan: &Plan,
 ) -> Result<Vec<i64>, StoreError> {
-    let attempts = store.attempts(run).await?;
+    let mut last: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for a in store.attempts(run).await? {
+        let n = last.entry(a.job_id).or_insert(0);
+        *n = (*n).max(a.number);
+    }
     Ok(plan
         .jobs
         .iter()
-        .map(|j| {
-            attempts
-                .iter()
-                .filter(|a| a.job_id == j.id)
-                .map(|a| a.number)
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|j| last.get(&j.id).copied().unwrap_or(0))
         .collect())
 }

@@ -263,7 +263,8 @@ fn messages_for_run(
             | JobPhase::Running
             | JobPhase::Skipped
             | JobPhase::Cancelled
-            | JobPhase::Lost => continue,
+            | JobPhase::Lost
+            | JobPhase::Interrupted => continue,
         };
         let summary = summarize(
             run,
@@ -352,7 +353,11 @@ fn summarize(
             JobPhase::Failed => counts.failed += 1,
             JobPhase::Skipped => counts.skipped += 1,
             JobPhase::Cancelled => counts.cancelled += 1,
-            JobPhase::Pending | JobPhase::Waiting | JobPhase::Running | JobPhase::Lost => {
+            JobPhase::Pending
+            | JobPhase::Waiting
+            | JobPhase::Running
+            | JobPhase::Lost
+            | JobPhase::Interrupted => {
                 counts.other += 1;
             }
         }

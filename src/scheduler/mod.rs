@@ -22,9 +22,12 @@ pub enum Outcome {
     Failed {
         ignored: bool,
     },
-    /// Never ran; `satisfied` when that counts as success for dependents (`--skip`).
+    /// Never ran; `satisfied` when that counts as success for dependents (`--skip`);
+    /// `by_failure` when a failure is why (upstream failed, fail-fast, a cancellation or the run's
+    /// timeout), as opposed to a trigger that legitimately did not hold.
     Skipped {
         satisfied: bool,
+        by_failure: bool,
     },
     Cancelled,
 }
@@ -34,11 +37,38 @@ impl Outcome {
         match self {
             Outcome::Succeeded
             | Outcome::Failed { ignored: true }
-            | Outcome::Skipped { satisfied: true } => true,
+            | Outcome::Skipped {
+                satisfied: true, ..
+            } => true,
             Outcome::Failed { ignored: false }
-            | Outcome::Skipped { satisfied: false }
+            | Outcome::Skipped {
+                satisfied: false, ..
+            }
             | Outcome::Cancelled => false,
         }
+    }
+
+    /// What a job skipped for `reason` means to its dependents.
+    pub fn skipped(reason: Reason) -> Outcome {
+        Outcome::Skipped {
+            satisfied: reason == Reason::SkippedByUser,
+            by_failure: matches!(
+                reason,
+                Reason::UpstreamFailed | Reason::FailFast | Reason::Cancelled | Reason::RunTimeout
+            ),
+        }
+    }
+
+    /// A failure, or a skip because of one: what makes a dependent's skip `UpstreamFailed`.
+    fn blocks(self) -> bool {
+        self.counts_as_failure()
+            || matches!(
+                self,
+                Outcome::Skipped {
+                    by_failure: true,
+                    ..
+                }
+            )
     }
 
     fn counts_as_failure(self) -> bool {
@@ -191,7 +221,7 @@ impl Scheduler {
         for job in 0..self.state.len() {
             if matches!(self.state[job], State::Blocked | State::Ready) {
                 self.ready.remove(&job);
-                self.state[job] = State::Done(Outcome::Skipped { satisfied: false });
+                self.state[job] = State::Done(Outcome::skipped(reason));
                 self.done += 1;
                 decisions.push(Decision::Skipped { job, reason });
             }
@@ -221,14 +251,14 @@ impl Scheduler {
                     job,
                     reason: Reason::SkippedByUser,
                 });
-                self.complete(job, Outcome::Skipped { satisfied: true }, decisions);
+                self.complete(job, Outcome::skipped(Reason::SkippedByUser), decisions);
                 return;
             }
             Start::Run => {}
         }
         if let Some(reason) = self.halted {
             decisions.push(Decision::Skipped { job, reason });
-            self.complete(job, Outcome::Skipped { satisfied: false }, decisions);
+            self.complete(job, Outcome::skipped(reason), decisions);
             return;
         }
         match self.trigger_verdict(job) {
@@ -238,7 +268,7 @@ impl Scheduler {
             }
             Some(reason) => {
                 decisions.push(Decision::Skipped { job, reason });
-                self.complete(job, Outcome::Skipped { satisfied: false }, decisions);
+                self.complete(job, Outcome::skipped(reason), decisions);
             }
         }
     }
@@ -247,7 +277,7 @@ impl Scheduler {
     fn trigger_verdict(&self, job: usize) -> Option<Reason> {
         let deps = self.dag.deps(job);
         let outcomes = deps.iter().filter_map(|d| self.outcome(*d));
-        let (mut succeeded, mut failed, mut total) = (0usize, 0usize, 0usize);
+        let (mut succeeded, mut failed, mut total, mut blocked) = (0usize, 0usize, 0usize, false);
         for o in outcomes {
             total += 1;
             if o.counts_as_success() {
@@ -256,6 +286,7 @@ impl Scheduler {
             if o.counts_as_failure() {
                 failed += 1;
             }
+            blocked |= o.blocks();
         }
         let holds = match self.rules[job].trigger {
             Trigger::AllSucceeded => succeeded == total,
@@ -268,8 +299,13 @@ impl Scheduler {
         if holds {
             None
         } else {
+            // `UpstreamFailed` only when something upstream failed (or was skipped because of a
+            // failure); a dependency skipped by its own trigger passes that skip on.
             match self.rules[job].trigger {
-                Trigger::AllSucceeded | Trigger::NoneFailed => Some(Reason::UpstreamFailed),
+                Trigger::AllSucceeded | Trigger::NoneFailed if blocked => {
+                    Some(Reason::UpstreamFailed)
+                }
+                Trigger::AllSucceeded | Trigger::NoneFailed => Some(Reason::TriggerNotMet),
                 Trigger::AllDone
                 | Trigger::Always
                 | Trigger::AllFailed

@@ -2,6 +2,9 @@
 //! CLI and written to status files. Only the engine decides transitions; this module names them.
 
 pub mod file;
+mod verdict;
+
+pub use verdict::{JobVerdict, verdict};
 
 use std::fmt;
 use std::str::FromStr;
@@ -43,6 +46,9 @@ pub enum JobPhase {
     Cancelled,
     /// Was running when its executioner died.
     Lost,
+    /// Stopped because the controller was stopping (a restart, an upgrade): the run goes on when
+    /// a controller starts again.
+    Interrupted,
 }
 
 impl JobPhase {
@@ -53,7 +59,8 @@ impl JobPhase {
             | JobPhase::Failed
             | JobPhase::Skipped
             | JobPhase::Cancelled
-            | JobPhase::Lost => true,
+            | JobPhase::Lost
+            | JobPhase::Interrupted => true,
             JobPhase::Pending | JobPhase::Waiting | JobPhase::Running => false,
         }
     }
@@ -68,6 +75,7 @@ impl JobPhase {
             JobPhase::Skipped => "Skipped",
             JobPhase::Cancelled => "Cancelled",
             JobPhase::Lost => "Lost",
+            JobPhase::Interrupted => "Interrupted",
         }
     }
 }
@@ -136,6 +144,8 @@ pub enum Reason {
     Lost,
     /// Lost three times.
     LostTooOften,
+    /// Stopped by a controller that was stopping (not counted against `retry.limit`).
+    ControllerStopped,
     /// Set by `mark-success`.
     MarkedSuccess,
     /// A failed job with `continueOnError`.
@@ -144,6 +154,8 @@ pub enum Reason {
     AllSucceeded,
     /// Run level: at least one job failed.
     JobsFailed,
+    /// Run level: every job succeeded, at least one of them by `mark-success`.
+    MarkedSucceeded,
 }
 
 impl Reason {
@@ -166,14 +178,16 @@ impl Reason {
             Reason::Cancelled => "Cancelled",
             Reason::Lost => "Lost",
             Reason::LostTooOften => "LostTooOften",
+            Reason::ControllerStopped => "ControllerStopped",
             Reason::MarkedSuccess => "MarkedSuccess",
             Reason::FailedIgnored => "FailedIgnored",
             Reason::AllSucceeded => "AllSucceeded",
             Reason::JobsFailed => "JobsFailed",
+            Reason::MarkedSucceeded => "MarkedSucceeded",
         }
     }
 
-    const ALL: [Reason; 21] = [
+    const ALL: [Reason; 23] = [
         Reason::Completed,
         Reason::ExitCode,
         Reason::Signaled,
@@ -191,10 +205,12 @@ impl Reason {
         Reason::Cancelled,
         Reason::Lost,
         Reason::LostTooOften,
+        Reason::ControllerStopped,
         Reason::MarkedSuccess,
         Reason::FailedIgnored,
         Reason::AllSucceeded,
         Reason::JobsFailed,
+        Reason::MarkedSucceeded,
     ];
 }
 
@@ -218,6 +234,7 @@ impl FromStr for JobPhase {
             JobPhase::Skipped,
             JobPhase::Cancelled,
             JobPhase::Lost,
+            JobPhase::Interrupted,
         ]
         .into_iter()
         .find(|p| p.as_str() == s)

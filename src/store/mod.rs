@@ -18,9 +18,11 @@ mod migrations;
 mod open;
 pub mod outbox;
 mod pipelines;
+mod rounds;
 
 pub use batch::Batch;
 pub use pipelines::PipelineRow;
+pub use rounds::{EVENT_JOB_REMOVED, EVENT_MARKED_SUCCESS, RoundChange};
 #[cfg(test)]
 mod tests;
 
@@ -223,9 +225,6 @@ pub struct EventRow {
     pub detail: Option<String>,
 }
 
-/// The event kind recorded by [`Store::mark_success`].
-pub const EVENT_MARKED_SUCCESS: &str = "MarkedSuccess";
-
 /// A handle on the state database; cheap to clone (the connections are shared).
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -353,57 +352,6 @@ impl Store {
         Ok(run)
     }
 
-    /// Resume: a new round on the same run id. Jobs listed in `rerun` go back to Pending with their
-    /// counters (`attempts`, `lost`), exit code, times and message cleared; the others keep their
-    /// rows. The run becomes Running with `rounds + 1`, no finish time and the new owner. Returns
-    /// the new round number. One transaction; an unknown run or job changes nothing.
-    pub async fn begin_round(
-        &self,
-        run: RunId,
-        rerun: &[&str],
-        owner: &Owner,
-    ) -> Result<i64, StoreError> {
-        let context = "starting a new round";
-        let mut writing = self.writing(context).await?;
-        let mut tx = writing.begin(context).await?;
-        let round: Option<i64> = sqlx::query(
-            "UPDATE runs SET phase = 'Running', reason = NULL, rounds = rounds + 1, \
-             finished_at = NULL, owner_pid = ?, owner_host = ?, owner_start_time = ? \
-             WHERE id = ? RETURNING rounds",
-        )
-        .bind(i64::from(owner.pid))
-        .bind(owner.host.as_str())
-        .bind(owner.start_time.map(saturating_i64))
-        .bind(run)
-        .fetch_optional(&mut *tx)
-        .await
-        .and_then(|row| row.map(|row| row.try_get(0)).transpose())
-        .map_err(self.sql(context))?;
-        let Some(round) = round else {
-            return Err(StoreError::NotFound {
-                what: format!("run {run}"),
-            });
-        };
-        for job in rerun {
-            let done = sqlx::query(
-                "UPDATE jobs SET phase = 'Pending', reason = NULL, attempts = 0, \
-                 exit_code = NULL, started_at = NULL, finished_at = NULL, message = NULL \
-                 WHERE run_id = ? AND job_id = ?",
-            )
-            .bind(run)
-            .bind(*job)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.sql(context))?;
-            if done.rows_affected() == 0 {
-                return Err(job_not_found(run, job));
-            }
-        }
-        tx.commit().await.map_err(self.sql(context))?;
-        writing.release();
-        Ok(round)
-    }
-
     /// Sets a job's phase, reason and message (see [`Batch::set_job`]), in a transaction of its own.
     pub async fn set_job(
         &self,
@@ -459,31 +407,6 @@ impl Store {
         batch.attempt_finished(attempt, end, job);
         // No job or start rows: the run and round are not used.
         self.commit(0, 0, &mut batch).await.map(drop)
-    }
-
-    /// Sets the run's phase and reason; a terminal phase sets `finished_at`.
-    pub async fn finish_run(
-        &self,
-        run: RunId,
-        phase: RunPhase,
-        reason: Option<Reason>,
-    ) -> Result<(), StoreError> {
-        let now = timestamp(OffsetDateTime::now_utc());
-        let query = sqlx::query(
-            "UPDATE runs SET phase = ?1, reason = ?2, \
-             finished_at = CASE WHEN ?3 THEN ?4 ELSE NULL END WHERE id = ?5",
-        )
-        .bind(phase.as_str())
-        .bind(reason.map(Reason::as_str))
-        .bind(phase.is_terminal())
-        .bind(&now)
-        .bind(run);
-        if self.write_one(query, "finishing a run").await? == 0 {
-            return Err(StoreError::NotFound {
-                what: format!("run {run}"),
-            });
-        }
-        Ok(())
     }
 
     pub async fn run(&self, run: RunId) -> Result<Option<RunRow>, StoreError> {
@@ -599,66 +522,6 @@ impl Store {
             .bind(&now)
             .bind(run)
             .bind(job)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.sql(context))?;
-        }
-        tx.commit().await.map_err(self.sql(context))?;
-        writing.release();
-        Ok(())
-    }
-
-    /// One transaction: each job becomes Succeeded with reason MarkedSuccess (its message is the
-    /// given reason), and one `MarkedSuccess` event per job records the reason, the actor and the
-    /// phase it had. An unknown job changes nothing. Whether the marking is allowed is the caller's
-    /// decision.
-    pub async fn mark_success(
-        &self,
-        run: RunId,
-        jobs: &[&str],
-        reason: &str,
-        actor: &str,
-    ) -> Result<(), StoreError> {
-        let context = "marking jobs succeeded";
-        let now = timestamp(OffsetDateTime::now_utc());
-        let mut writing = self.writing(context).await?;
-        let mut tx = writing.begin(context).await?;
-        for job in jobs {
-            let previous: Option<String> =
-                sqlx::query("SELECT phase FROM jobs WHERE run_id = ? AND job_id = ?")
-                    .bind(run)
-                    .bind(*job)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .and_then(|row| row.map(|row| row.try_get(0)).transpose())
-                    .map_err(self.sql(context))?;
-            let Some(previous) = previous else {
-                return Err(job_not_found(run, job));
-            };
-            sqlx::query(
-                "UPDATE jobs SET phase = 'Succeeded', reason = 'MarkedSuccess', \
-                 message = nullif(?1, ''), finished_at = coalesce(finished_at, ?2) \
-                 WHERE run_id = ?3 AND job_id = ?4",
-            )
-            .bind(reason)
-            .bind(&now)
-            .bind(run)
-            .bind(*job)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.sql(context))?;
-            let detail = serde_json::json!({ "previousPhase": previous }).to_string();
-            sqlx::query(
-                "INSERT INTO events (run_id, job_id, kind, reason, actor, at, detail) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(run)
-            .bind(*job)
-            .bind(EVENT_MARKED_SUCCESS)
-            .bind(reason)
-            .bind(actor)
-            .bind(&now)
-            .bind(detail)
             .execute(&mut *tx)
             .await
             .map_err(self.sql(context))?;

@@ -290,7 +290,7 @@ mod tests {
     use sqlx::{ConnectOptions, Connection};
 
     use super::*;
-    use crate::status::{Reason, RunPhase};
+    use crate::status::{JobPhase, RunPhase};
     use crate::store::{Durability, NewJob, NewRun, Owner};
 
     async fn finished_run(store: &Store, phase: RunPhase) -> RunId {
@@ -313,10 +313,13 @@ mod tests {
             })
             .await
             .unwrap();
-        store
-            .finish_run(run, phase, Some(Reason::AllSucceeded))
-            .await
-            .unwrap();
+        let job = match phase {
+            RunPhase::Succeeded => JobPhase::Succeeded,
+            RunPhase::Cancelled => JobPhase::Cancelled,
+            RunPhase::Failed | RunPhase::Pending | RunPhase::Running => JobPhase::Failed,
+        };
+        store.set_job(run, "a", job, None, None).await.unwrap();
+        assert_eq!(store.close_run(run, &[]).await.unwrap().0, phase);
         run
     }
 

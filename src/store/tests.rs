@@ -275,10 +275,11 @@ async fn run_round_trip() {
     assert!(job.finished_at.is_some());
     assert_eq!(job.message, None);
 
-    store
-        .finish_run(run, RunPhase::Failed, Some(Reason::JobsFailed))
-        .await
-        .expect("finish");
+    // The run's phase is the verdict of its jobs.
+    assert_eq!(
+        store.close_run(run, &[]).await.expect("finish"),
+        (RunPhase::Failed, Reason::JobsFailed)
+    );
     let row = store.run(run).await.expect("run").expect("exists");
     assert_eq!(
         (row.phase, row.reason),
@@ -410,7 +411,7 @@ async fn unknown_rows_are_not_found() {
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.finish_run(run + 1, RunPhase::Failed, None).await,
+        store.close_run(run + 1, &[]).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(store.attempts(run).await.expect("attempts").is_empty());
@@ -444,14 +445,18 @@ async fn runs_are_listed_newest_first() {
     );
     assert!(store.latest_run("c").await.expect("latest").is_none());
 
-    store
-        .finish_run(ids[1], RunPhase::Succeeded, Some(Reason::AllSucceeded))
-        .await
-        .expect("finish");
+    store.close_run(ids[1], &[]).await.expect("finish");
     assert_eq!(
         listed(store.unfinished_runs().await.expect("unfinished")),
         [ids[0], ids[2], ids[3], ids[4]]
     );
+}
+
+fn rerun<'a>(jobs: &'a [&'a str]) -> crate::store::RoundChange<'a> {
+    crate::store::RoundChange {
+        rerun: jobs,
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -488,10 +493,7 @@ async fn begin_round_resets_only_the_listed_jobs() {
         )
         .await
         .expect("skip");
-    store
-        .finish_run(run, RunPhase::Failed, Some(Reason::JobsFailed))
-        .await
-        .expect("finish");
+    store.close_run(run, &[]).await.expect("finish");
 
     let new_owner = Owner {
         pid: 777,
@@ -499,7 +501,7 @@ async fn begin_round_resets_only_the_listed_jobs() {
         start_time: None,
     };
     let round = store
-        .begin_round(run, &["load", "report"], &new_owner)
+        .begin_round(run, &rerun(&["load", "report"]), &new_owner)
         .await
         .expect("round");
     assert_eq!(round, 2);
@@ -528,11 +530,13 @@ async fn begin_round_resets_only_the_listed_jobs() {
 
     // An unknown job or run changes nothing.
     assert!(matches!(
-        store.begin_round(run, &["load", "nope"], &new_owner).await,
+        store
+            .begin_round(run, &rerun(&["load", "nope"]), &new_owner)
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.begin_round(run + 1, &[], &new_owner).await,
+        store.begin_round(run + 1, &rerun(&[]), &new_owner).await,
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(
@@ -561,7 +565,7 @@ async fn mark_success_records_events() {
         .await
         .expect("skip");
     store
-        .mark_success(run, &["load", "report"], "loaded by hand", "alice")
+        .mark_success(run, &["load", "report"], "loaded by hand", "alice", &[])
         .await
         .expect("mark");
 
@@ -596,7 +600,7 @@ async fn mark_success_records_events() {
     // All or nothing.
     assert!(matches!(
         store
-            .mark_success(run, &["extract", "nope"], "", "bob")
+            .mark_success(run, &["extract", "nope"], "", "bob", &[])
             .await,
         Err(StoreError::NotFound { .. })
     ));
@@ -1151,7 +1155,7 @@ async fn a_closed_store_refuses_further_calls() {
     let clone = store.clone();
     store.close().await;
     assert!(matches!(
-        clone.finish_run(run, RunPhase::Cancelled, None).await,
+        clone.close_run(run, &[]).await,
         Err(StoreError::Sql { .. })
     ));
     assert!(matches!(clone.run(run).await, Err(StoreError::Sql { .. })));

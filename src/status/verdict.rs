@@ -1,0 +1,137 @@
+//! The verdict of a run, derived from its jobs (DESIGN 3.1). It is never stored apart from them:
+//! the store computes it with this function whenever a round ends, a run is closed or jobs are
+//! marked succeeded, so `run`, `resume`, the controller, `status` and notifications all see the
+//! same answer.
+
+use super::{JobPhase, Reason, RunPhase};
+
+/// What the verdict needs of one job: its recorded phase and reason, and whether the spec lets it
+/// fail (`continueOnError`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobVerdict {
+    pub phase: JobPhase,
+    pub reason: Option<Reason>,
+    pub continue_on_error: bool,
+}
+
+impl JobVerdict {
+    /// True when this job does not stand in the way of the run's success: it succeeded, was
+    /// skipped by the user or because its trigger legitimately did not hold, or failed while
+    /// allowed to.
+    pub fn is_ok(self) -> bool {
+        match self.phase {
+            JobPhase::Succeeded => true,
+            JobPhase::Skipped => matches!(
+                self.reason,
+                Some(Reason::SkippedByUser | Reason::TriggerNotMet)
+            ),
+            JobPhase::Failed => self.continue_on_error,
+            JobPhase::Pending
+            | JobPhase::Waiting
+            | JobPhase::Running
+            | JobPhase::Cancelled
+            | JobPhase::Lost
+            | JobPhase::Interrupted => false,
+        }
+    }
+
+    fn is_cancelled(self) -> bool {
+        match self.phase {
+            JobPhase::Cancelled => true,
+            JobPhase::Skipped => self.reason == Some(Reason::Cancelled),
+            JobPhase::Pending
+            | JobPhase::Waiting
+            | JobPhase::Running
+            | JobPhase::Succeeded
+            | JobPhase::Failed
+            | JobPhase::Lost
+            | JobPhase::Interrupted => false,
+        }
+    }
+}
+
+/// The run's phase and reason from its jobs: `Succeeded` exactly when every job is ok (see
+/// [`JobVerdict::is_ok`]), with reason `MarkedSucceeded` when a job was marked by hand; otherwise
+/// `Cancelled` when a user's cancellation stopped a job, else `Failed` (`RunTimeout` when the run's
+/// deadline skipped jobs, `JobsFailed` otherwise). A run with no job succeeds.
+pub fn verdict(jobs: impl IntoIterator<Item = JobVerdict>) -> (RunPhase, Reason) {
+    let (mut all_ok, mut marked, mut cancelled, mut timed_out) = (true, false, false, false);
+    for job in jobs {
+        all_ok &= job.is_ok();
+        marked |= job.phase == JobPhase::Succeeded && job.reason == Some(Reason::MarkedSuccess);
+        cancelled |= job.is_cancelled();
+        timed_out |= job.reason == Some(Reason::RunTimeout);
+    }
+    match (all_ok, cancelled, timed_out) {
+        (true, _, _) if marked => (RunPhase::Succeeded, Reason::MarkedSucceeded),
+        (true, _, _) => (RunPhase::Succeeded, Reason::AllSucceeded),
+        (false, true, _) => (RunPhase::Cancelled, Reason::Cancelled),
+        (false, false, true) => (RunPhase::Failed, Reason::RunTimeout),
+        (false, false, false) => (RunPhase::Failed, Reason::JobsFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(phase: JobPhase, reason: Option<Reason>) -> JobVerdict {
+        JobVerdict {
+            phase,
+            reason,
+            continue_on_error: false,
+        }
+    }
+
+    #[test]
+    fn succeeded_only_when_every_job_is_ok() {
+        let ok = [
+            job(JobPhase::Succeeded, Some(Reason::Completed)),
+            job(JobPhase::Skipped, Some(Reason::SkippedByUser)),
+            job(JobPhase::Skipped, Some(Reason::TriggerNotMet)),
+            JobVerdict {
+                continue_on_error: true,
+                ..job(JobPhase::Failed, Some(Reason::ExitCode))
+            },
+        ];
+        assert_eq!(verdict(ok), (RunPhase::Succeeded, Reason::AllSucceeded));
+        for spoiler in [
+            job(JobPhase::Failed, Some(Reason::ExitCode)),
+            job(JobPhase::Skipped, Some(Reason::UpstreamFailed)),
+            job(JobPhase::Skipped, Some(Reason::FailFast)),
+            job(JobPhase::Pending, None),
+            job(JobPhase::Lost, Some(Reason::Lost)),
+            job(JobPhase::Interrupted, Some(Reason::ControllerStopped)),
+        ] {
+            let jobs = ok.iter().copied().chain([spoiler]);
+            assert_eq!(
+                verdict(jobs),
+                (RunPhase::Failed, Reason::JobsFailed),
+                "{spoiler:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn marked_cancelled_and_timed_out_runs() {
+        let marked = [
+            job(JobPhase::Succeeded, Some(Reason::MarkedSuccess)),
+            job(JobPhase::Succeeded, Some(Reason::Completed)),
+        ];
+        assert_eq!(
+            verdict(marked),
+            (RunPhase::Succeeded, Reason::MarkedSucceeded)
+        );
+        let cancelled = [
+            job(JobPhase::Cancelled, Some(Reason::Cancelled)),
+            job(JobPhase::Failed, Some(Reason::ExitCode)),
+        ];
+        assert_eq!(verdict(cancelled), (RunPhase::Cancelled, Reason::Cancelled));
+        let timed_out = [
+            job(JobPhase::Failed, Some(Reason::Timeout)),
+            job(JobPhase::Skipped, Some(Reason::RunTimeout)),
+        ];
+        assert_eq!(verdict(timed_out), (RunPhase::Failed, Reason::RunTimeout));
+        assert_eq!(verdict([]), (RunPhase::Succeeded, Reason::AllSucceeded));
+    }
+}
