@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    Running, Workspace, manifest, marker, run_count, status, status_file, text, wait_no_marker,
-    wait_phase, wait_until,
+    Running, Workspace, job_state, json, manifest, marker, run_count, status, status_file, text,
+    wait_no_marker, wait_phase, wait_until,
 };
 
 const HELLO_JOBS: &str =
@@ -536,4 +536,55 @@ fn a_schedule_tick_starts_one_run() {
     }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(run_count(&ws, "ticking"), 2, "one run per tick");
+}
+
+#[test]
+fn sigterm_of_the_controller_interrupts_its_run_and_the_next_one_continues_it() {
+    let ws = Workspace::new();
+    let mut c = Running::start(&ws, &[]);
+    // b is slow the first time; no retries are allowed, so only an interruption that does not
+    // count against `retry.limit` lets it run again.
+    ws.write(
+        "manifests/restart.yaml",
+        &manifest(
+            "restart",
+            "",
+            "    - {id: a, command: \"true\"}\n    - {id: b, command: \"test -e ../second && exit 0; touch ../b-started; sleep 30\", dependencies: [a], retry: {limit: 0}}\n    - {id: c, command: \"echo c >> ../c-ran\", dependencies: [b]}\n",
+        ),
+    );
+    wait_until(Duration::from_secs(20), || {
+        ws.path().join("b-started").exists()
+    });
+    assert_eq!(c.stop(), Some(130), "a stopped controller exits 130");
+
+    // The run is left going: b Interrupted (ControllerStopped), c still waiting, nothing cancelled.
+    let out = ws.run(&["runs", "show", "1", "-o", "json"]);
+    let run = json(&out);
+    assert_ne!(run["phase"], "Cancelled", "{run}");
+    assert_ne!(run["phase"], "Failed", "{run}");
+    let b = job_state(&run, "b");
+    assert_eq!(
+        (b.0.as_str(), b.1.as_str()),
+        ("Interrupted", "ControllerStopped")
+    );
+    assert_eq!(job_state(&run, "c").0, "Pending");
+    assert_eq!(job_state(&run, "a").0, "Succeeded");
+    let log = std::fs::read_to_string(ws.path().join("controller.log")).unwrap_or_default();
+    assert!(!log.contains("cancelling run"), "{log}");
+
+    std::fs::write(ws.path().join("second"), "").unwrap();
+    let _c2 = Running::start(&ws, &[]);
+    let s = wait_phase(&ws, "restart", "Succeeded", 1);
+    assert_eq!(s["status"]["runId"], 1, "the same run continues");
+    assert_eq!(run_count(&ws, "restart"), 1);
+    let out = ws.run(&["runs", "show", "1", "-o", "json"]);
+    let run = json(&out);
+    assert_eq!(run["phase"], "Succeeded", "{run}");
+    // a kept its result; b and c ran in the continuation.
+    assert_eq!(job_state(&run, "a").0, "Succeeded");
+    assert_eq!(job_state(&run, "b").0, "Succeeded");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("c-ran")).unwrap_or_default(),
+        "c\n"
+    );
 }

@@ -40,7 +40,7 @@ fn resume_reruns_what_did_not_succeed_on_the_same_run_id() {
     // A succeeded run: nothing to do, exit 0.
     let out = ws.run(&["resume", "1"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(text(&out.stdout).contains("already succeeded"));
+    assert!(text(&out.stderr).contains("already succeeded"));
     assert!(ran(&ws).is_empty());
 
     // An unknown run: exit 2, and no run is created under that id.
@@ -114,6 +114,7 @@ fn resume_from_lists_differences_with_the_pinned_spec() {
         ws.run(&["run", "p.yaml", "--workers", "1"]).status.code(),
         Some(1)
     );
+    ran(&ws);
     std::fs::write(ws.path().join("fixed"), "").unwrap();
     let changed = DIAMOND.replace("echo e >> ran", "echo E >> ran")
         + "    - {id: f, command: \"echo f >> ran\"}\n";
@@ -122,6 +123,55 @@ fn resume_from_lists_differences_with_the_pinned_spec() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("~ job e (changed)"), "{stderr}");
     assert!(stderr.contains("+ job f (new)"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // The new job ran (with the failed ones and what they blocked).
+    let mut again = ran(&ws);
+    again.sort();
+    assert_eq!(again, ["b", "c", "d", "f"]);
+    let run = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
+    assert_eq!(job_state(&run, "f").0, "Succeeded");
+    assert_eq!(run["phase"], "Succeeded");
+
+    // A job removed from the manifest leaves the run, which no longer waits for it.
+    let fewer = changed.replace("    - {id: f, command: \"echo f >> ran\"}\n", "")
+        + "    - {id: g, command: \"exit 1\"}\n";
+    ws.write("p.yaml", &manifest("drift", "", &fewer));
+    let out = ws.run(&["run", "p.yaml", "--resume-from", "1", "-o", "json"]);
+    assert!(
+        text(&out.stderr).contains("- job f (removed)"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let run = json(&out);
+    let ids: Vec<&str> = run["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b", "c", "d", "e", "g"]);
+    ws.write(
+        "p.yaml",
+        &manifest(
+            "drift",
+            "",
+            &changed.replace("    - {id: f, command: \"echo f >> ran\"}\n", ""),
+        ),
+    );
+    let out = ws.run(&["run", "p.yaml", "--resume-from", "1", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json(&out)["phase"], "Succeeded");
+
+    // A manifest of another pipeline is refused, naming the run's pipeline.
+    ws.write("q.yaml", &manifest("other", "", DIAMOND));
+    let out = ws.run(&["run", "q.yaml", "--resume-from", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("pipeline drift"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -148,9 +198,15 @@ fn mark_success_then_resume_runs_exactly_the_downstream_jobs() {
         "fixed by hand in the warehouse",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // c and d were skipped because of b: the run is still Failed until they run.
+    assert_eq!(
+        json(&ws.run(&["runs", "show", "1", "-o", "json"]))["phase"],
+        "Failed"
+    );
     let out = ws.run(&["resume", "1", "-o", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(ran(&ws), ["c", "d"]);
+    assert_eq!(json(&out)["phase"], "Succeeded");
     let run = json(&out);
     assert_eq!(job_state(&run, "b").1, "MarkedSuccess");
     // The audit event, with its reason.
@@ -162,6 +218,47 @@ fn mark_success_then_resume_runs_exactly_the_downstream_jobs() {
     );
     // Unknown job: usage error.
     assert_eq!(ws.run(&["mark-success", "1", "zzz"]).status.code(), Some(2));
+}
+
+#[test]
+fn marking_the_last_failed_job_turns_the_run_succeeded() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest(
+            "greening",
+            "",
+            "    - {id: a, command: \"true\"}\n    - {id: b, command: \"exit 3\", dependencies: [a]}\n    - {id: c, command: \"exit 4\"}\n",
+        ),
+    );
+    assert_eq!(ws.run(&["run", "p.yaml"]).status.code(), Some(1));
+    // One of two failures marked: still Failed.
+    let out = ws.run(&["mark-success", "1", "b"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("still Failed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let run = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
+    assert_eq!(run["phase"], "Failed");
+    // The last one: the run is Succeeded, with the reason saying why.
+    let out = ws.run(&["mark-success", "1", "c", "--reason", "known flake"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("now Succeeded"),
+        "{}",
+        text(&out.stdout)
+    );
+    let run = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
+    assert_eq!(run["phase"], "Succeeded", "{run}");
+    assert_eq!(run["reason"], "MarkedSucceeded", "{run}");
+    let listed = json(&ws.run(&["runs", "-o", "json"]));
+    assert_eq!(listed[0]["phase"], "Succeeded");
+    // Nothing is left to resume.
+    let out = ws.run(&["resume", "1"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("already succeeded"));
 }
 
 #[test]

@@ -148,7 +148,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
                 };
                 match round(&store, &previous, &plan, resume_mode(args.failed_only), &owner, respec.as_ref()).await? {
                     Some(request) => (run_id, request),
-                    None => return Ok(Exit::Success),
+                    None => return unchanged(&store, run_id, &state_dir, args.output).await,
                 }
             }
         };
@@ -184,13 +184,42 @@ pub fn resume(
         let Some(request) =
             round(&store, &run, &plan, resume_mode(failed_only), &owner, None).await?
         else {
-            return Ok(Exit::Success);
+            return unchanged(&store, run_id, &state_dir, output).await;
         };
         let workers = config.workers();
         drive(
             &store, plan, request, run_id, &state_dir, &config, workers, output, global,
         )
         .await
+    })
+}
+
+/// A resume that ran nothing: the run as it stands (its object with `-o json`), and an exit code
+/// that says whether it succeeded.
+async fn unchanged(
+    store: &Store,
+    run_id: RunId,
+    state_dir: &Path,
+    output: OutputFormat,
+) -> CliResult {
+    let run = store
+        .run(run_id)
+        .await
+        .map_err(super::store_error)?
+        .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
+    if output == OutputFormat::Json {
+        let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&render::run_with_jobs_json(&run, &jobs, state_dir))
+                .unwrap_or_default()
+        );
+    }
+    Ok(match run.phase {
+        RunPhase::Succeeded => Exit::Success,
+        RunPhase::Cancelled | RunPhase::Failed | RunPhase::Pending | RunPhase::Running => {
+            Exit::Failed
+        }
     })
 }
 
@@ -220,11 +249,11 @@ async fn round(
             run.id
         ))),
         Round::AlreadySucceeded => {
-            println!("run {} already succeeded; nothing to resume", run.id);
+            eprintln!("run {} already succeeded; nothing to resume", run.id);
             Ok(None)
         }
         Round::NothingToDo => {
-            println!("run {}: no job to run again", run.id);
+            eprintln!("run {}: no job to run again", run.id);
             Ok(None)
         }
         Round::Next {

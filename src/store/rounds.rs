@@ -64,27 +64,32 @@ impl Store {
             });
         };
         for job in change.removed {
-            let previous: Option<(String, i64)> = sqlx::query(
-                "DELETE FROM jobs WHERE run_id = ? AND job_id = ? RETURNING phase, attempts",
-            )
-            .bind(run)
-            .bind(*job)
-            .fetch_optional(&mut *tx)
-            .await
-            .and_then(|row| {
-                row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-                    .transpose()
-            })
-            .map_err(self.sql(context))?;
+            let previous: Option<(String, i64)> =
+                sqlx::query("SELECT phase, attempts FROM jobs WHERE run_id = ? AND job_id = ?")
+                    .bind(run)
+                    .bind(*job)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .and_then(|row| {
+                        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                            .transpose()
+                    })
+                    .map_err(self.sql(context))?;
             let Some((phase, attempts)) = previous else {
                 return Err(job_not_found(run, job));
             };
-            sqlx::query("DELETE FROM attempts WHERE run_id = ? AND job_id = ?")
-                .bind(run)
-                .bind(*job)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.sql(context))?;
+            // Attempts first: they refer to the job's row.
+            for table in [
+                "DELETE FROM attempts WHERE run_id = ? AND job_id = ?",
+                "DELETE FROM jobs WHERE run_id = ? AND job_id = ?",
+            ] {
+                sqlx::query(table)
+                    .bind(run)
+                    .bind(*job)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.sql(context))?;
+            }
             let detail =
                 serde_json::json!({ "previousPhase": phase, "attempts": attempts }).to_string();
             let event = Event {
