@@ -15,8 +15,8 @@ pub enum ResumeMode {
     /// `resume`: every job that did not succeed runs again.
     All,
     /// `resume --failed-only`: the jobs that failed, were lost or never finished run again, and
-    /// so does everything downstream of them that had not succeeded; cancelled jobs and jobs
-    /// skipped for other reasons keep their state.
+    /// so does everything downstream of them (or of a job marked succeeded) that had not
+    /// succeeded; cancelled jobs and jobs skipped for other reasons keep their state.
     FailedOnly,
     /// A controller continuing a run it found interrupted or lost: only the jobs that had not
     /// ended run (lost, interrupted, never started); every ended job keeps its result.
@@ -74,7 +74,16 @@ pub fn plan_resume(plan: &Plan, rows: &[JobRow], mode: ResumeMode) -> ResumePlan
                 .iter()
                 .map(|k| matches!(k, None | Some(Outcome::Failed { .. })))
                 .collect();
-            let roots: Vec<usize> = (0..seed.len()).filter(|&i| seed[i]).collect();
+            // A job marked succeeded by hand is a root too: what it blocked while it had failed
+            // is evaluated afresh, so no job stays skipped for a failure that is no longer there.
+            let marked = |job: &str| {
+                by_id
+                    .get(job)
+                    .is_some_and(|r| r.reason == Some(Reason::MarkedSuccess))
+            };
+            let roots: Vec<usize> = (0..seed.len())
+                .filter(|&i| seed[i] || marked(&plan.jobs[i].id))
+                .collect();
             let downstream = plan.dag.downstream(&roots);
             (0..kept.len())
                 .map(|i| seed[i] || (downstream[i] && !matches!(kept[i], Some(Outcome::Succeeded))))
