@@ -183,3 +183,110 @@ pub async fn previous_attempts(
         .map(|j| last.get(&j.id).copied().unwrap_or(0))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use indexmap::IndexMap;
+
+    /// a -> b -> c, and d alone; `c` has continueOnError.
+    fn plan() -> Plan {
+        let manifest = serde_json::json!({
+            "apiVersion": "executioner.dev/v1",
+            "kind": "Pipeline",
+            "metadata": {"name": "p"},
+            "spec": {"jobs": [
+                {"id": "a", "command": "true"},
+                {"id": "b", "command": "true", "dependencies": ["a"]},
+                {"id": "c", "command": "true", "dependencies": ["b"], "continueOnError": true},
+                {"id": "d", "command": "true"},
+            ]},
+        });
+        let manifest = serde_json::from_value(manifest).expect("manifest");
+        Plan::new(
+            &manifest,
+            std::path::Path::new("."),
+            &IndexMap::new(),
+            IndexMap::new(),
+        )
+        .expect("plan")
+    }
+
+    fn row(job: &str, phase: JobPhase, reason: Option<Reason>) -> JobRow {
+        JobRow {
+            run_id: 1,
+            job_id: job.into(),
+            position: 0,
+            phase,
+            reason,
+            attempts: 1,
+            lost: 0,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+            log_path: format!("{job}.log"),
+            message: None,
+        }
+    }
+
+    fn rerun(plan: &Plan, rows: &[JobRow], mode: ResumeMode) -> Vec<String> {
+        plan_resume(plan, rows, mode).rerun
+    }
+
+    #[test]
+    fn each_mode_picks_its_jobs() {
+        let plan = plan();
+        // a failed, so b and c were skipped; d was cancelled.
+        let rows = [
+            row("a", JobPhase::Failed, Some(Reason::ExitCode)),
+            row("b", JobPhase::Skipped, Some(Reason::UpstreamFailed)),
+            row("c", JobPhase::Skipped, Some(Reason::UpstreamFailed)),
+            row("d", JobPhase::Cancelled, Some(Reason::Cancelled)),
+        ];
+        assert_eq!(rerun(&plan, &rows, ResumeMode::All), ["a", "b", "c", "d"]);
+        assert_eq!(
+            rerun(&plan, &rows, ResumeMode::FailedOnly),
+            ["a", "b", "c"],
+            "the failure and what it blocked; the cancelled job keeps its state"
+        );
+        assert!(rerun(&plan, &rows, ResumeMode::Continue).is_empty());
+        let kept = plan_resume(&plan, &rows, ResumeMode::FailedOnly).starts;
+        assert_eq!(kept[3], Start::Keep(Outcome::Cancelled));
+    }
+
+    #[test]
+    fn marked_jobs_release_what_they_blocked_and_new_jobs_run() {
+        let plan = plan();
+        let rows = [
+            row("a", JobPhase::Succeeded, Some(Reason::MarkedSuccess)),
+            row("b", JobPhase::Skipped, Some(Reason::UpstreamFailed)),
+            row("c", JobPhase::Skipped, Some(Reason::UpstreamFailed)),
+        ];
+        // d has no row: a job new to the spec runs in every mode.
+        assert_eq!(rerun(&plan, &rows, ResumeMode::FailedOnly), ["b", "c", "d"]);
+        assert_eq!(rerun(&plan, &rows, ResumeMode::All), ["b", "c", "d"]);
+        assert_eq!(rerun(&plan, &rows, ResumeMode::Continue), ["d"]);
+    }
+
+    #[test]
+    fn a_continuation_runs_only_what_had_not_ended() {
+        let plan = plan();
+        let rows = [
+            row("a", JobPhase::Succeeded, Some(Reason::Completed)),
+            row("b", JobPhase::Interrupted, Some(Reason::ControllerStopped)),
+            row("c", JobPhase::Pending, None),
+            row("d", JobPhase::Failed, Some(Reason::ExitCode)),
+        ];
+        assert_eq!(rerun(&plan, &rows, ResumeMode::Continue), ["b", "c"]);
+        let starts = plan_resume(&plan, &rows, ResumeMode::Continue).starts;
+        assert_eq!(starts[3], Start::Keep(Outcome::Failed { ignored: false }));
+        // A lost job runs again too.
+        let rows = [
+            row("a", JobPhase::Lost, Some(Reason::Lost)),
+            row("b", JobPhase::Pending, None),
+            row("c", JobPhase::Pending, None),
+            row("d", JobPhase::Succeeded, Some(Reason::Completed)),
+        ];
+        assert_eq!(rerun(&plan, &rows, ResumeMode::Continue), ["a", "b", "c"]);
+    }
+}

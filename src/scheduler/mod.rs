@@ -466,6 +466,28 @@ mod tests {
     }
 
     #[test]
+    fn a_skip_by_trigger_is_passed_on_as_trigger_not_met() {
+        // 0 succeeds; 1 (allFailed) is skipped by its trigger; 2 depends on 1. Nothing failed, so
+        // 2 is not UpstreamFailed.
+        let mut r = rules(3);
+        r[1].trigger = Trigger::AllFailed;
+        let (order, skipped) = drive(vec![vec![], vec![0], vec![1]], r, false, |_| {
+            Outcome::Succeeded
+        });
+        assert_eq!(order, vec![0]);
+        assert_eq!(
+            skipped,
+            vec![(1, Reason::TriggerNotMet), (2, Reason::TriggerNotMet)]
+        );
+        // Behind a failure, the same chain is UpstreamFailed.
+        let (_, skipped) = drive(vec![vec![], vec![0], vec![1]], rules(3), false, |_| FAIL);
+        assert_eq!(
+            skipped,
+            vec![(1, Reason::UpstreamFailed), (2, Reason::UpstreamFailed)]
+        );
+    }
+
+    #[test]
     fn kept_outcomes_release_dependents() {
         let mut r = rules(3);
         r[0].start = Start::Keep(Outcome::Succeeded);
