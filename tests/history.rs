@@ -589,3 +589,44 @@ fn a_running_job_has_its_process_on_record() {
     assert_eq!(child.wait().unwrap().code(), Some(130));
     assert!(wait_no_marker(&mark, Duration::from_secs(5)).is_empty());
 }
+
+#[test]
+fn logs_say_why_a_job_has_none_and_every_attempt_ends_with_a_marker() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest(
+            "logs",
+            "",
+            "    - {id: a, command: \"echo try; exit 3\", retry: {limit: 1}}\n    - {id: b, command: \"echo b\", dependencies: [a]}\n    - {id: c, command: \"echo fine\"}\n",
+        ),
+    );
+    assert_eq!(ws.run(&["run", "p.yaml"]).status.code(), Some(1));
+    let out = ws.run(&["logs", "1", "b"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("job b of run 1 was Skipped (UpstreamFailed): it has no log"),
+        "{}",
+        text(&out.stderr)
+    );
+    let log = text(&ws.run(&["logs", "1", "a"]).stdout);
+    let ends: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("==> executioner: attempt "))
+        .collect();
+    assert_eq!(ends.len(), 2, "{log}");
+    assert!(
+        ends[0].starts_with("==> executioner: attempt 1 failed (ExitCode): exit code 3, after "),
+        "{log}"
+    );
+    assert!(
+        ends[1].starts_with("==> executioner: attempt 2 failed (ExitCode): exit code 3, after "),
+        "{log}"
+    );
+    let log = text(&ws.run(&["logs", "1", "c"]).stdout);
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("==> executioner: attempt 1 succeeded: exit code 0, after "),
+        "{log}"
+    );
+}

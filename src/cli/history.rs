@@ -160,10 +160,20 @@ pub fn logs(run_id: RunId, job: Option<&str>, follow: bool, global: &GlobalArgs)
         let path = match job {
             Some(id) => {
                 let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
-                if !jobs.iter().any(|j| j.job_id == id) {
+                let Some(row) = jobs.iter().find(|j| j.job_id == id) else {
                     return Err(CliError::usage(format!("run {run_id} has no job {id:?}")));
+                };
+                let path = crate::engine::job_log_path(&state_dir, &run.pipeline, run.id, id);
+                let never_ran =
+                    matches!(row.phase, JobPhase::Skipped | JobPhase::Pending) && !path.exists();
+                if never_ran && !(follow && row.phase == JobPhase::Pending) {
+                    let reason = row.reason.map_or(String::new(), |r| format!(" ({r})"));
+                    return Err(CliError::usage(format!(
+                        "job {id} of run {run_id} was {}{reason}: it has no log",
+                        row.phase
+                    )));
                 }
-                crate::engine::job_log_path(&state_dir, &run.pipeline, run.id, id)
+                path
             }
             None => crate::engine::run_log_dir(&state_dir, &run.pipeline, run.id).join("run.log"),
         };
