@@ -314,3 +314,60 @@ fn graph_init_and_completions() {
         assert!(text(&out.stdout).contains("executioner"));
     }
 }
+
+/// Issue 13, 12: a folder without a manifest is a usage error that says so.
+#[test]
+fn validate_of_a_folder_without_manifests_exits_2_and_says_so() {
+    let ws = Workspace::new();
+    ws.write("empty/notes.txt", "not a manifest");
+    let out = ws.run(&["validate", "empty"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no manifests in empty"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Issue 13, 12: the original's per-job key at the top level hints at its `default_` twin.
+#[test]
+fn legacy_top_level_max_retries_hints_at_default_max_retries() {
+    let ws = Workspace::new();
+    ws.write(
+        "legacy.json",
+        r#"{"application_name": "old", "max_retries": 3, "jobs": [{"id": "a", "command": "true"}]}"#,
+    );
+    let out = ws.run(&["validate", "legacy.json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    let hint = stdout
+        .lines()
+        .find(|l| l.contains("`max_retries`"))
+        .unwrap_or_else(|| panic!("no hint in {stdout}"));
+    assert!(hint.starts_with("legacy.json:1:"), "{hint}");
+    assert!(hint.contains("warning: "), "{hint}");
+    assert!(hint.contains("`default_max_retries`"), "{hint}");
+}
+
+/// Issue 13, 12: `init` over an existing file names it and suggests `--force`, which overwrites.
+#[test]
+fn init_names_an_existing_file_and_overwrites_it_with_force() {
+    let ws = Workspace::new();
+    ws.write("p/pipeline.yaml", "mine\n");
+    let out = ws.run(&["init", "p"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("p/pipeline.yaml already exists"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("p/pipeline.yaml")).unwrap(),
+        "mine\n"
+    );
+    let out = ws.run(&["init", "p", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = ws.run(&["validate", "p/pipeline.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}

@@ -7,7 +7,7 @@ use super::{CliError, CliResult, Exit};
 /// The sample written by `init`; a test checks that it validates.
 pub const SAMPLE: &str = include_str!("../../examples/sample.yaml");
 
-pub fn run(dir: &Path, print: bool) -> CliResult {
+pub fn run(dir: &Path, print: bool, force: bool) -> CliResult {
     if print {
         print!("{SAMPLE}");
         return Ok(Exit::Success);
@@ -16,13 +16,15 @@ pub fn run(dir: &Path, print: bool) -> CliResult {
     let path = dir.join("pipeline.yaml");
     let mut file = match std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create_new(!force)
+        .create(force)
+        .truncate(force)
         .open(&path)
     {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(CliError::usage(format!(
-                "{}: already exists; not overwritten",
+                "{} already exists; not overwritten (use --force to replace it)",
                 path.display()
             )));
         }
