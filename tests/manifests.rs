@@ -371,3 +371,37 @@ fn init_names_an_existing_file_and_overwrites_it_with_force() {
     let out = ws.run(&["validate", "p/pipeline.yaml"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }
+
+/// Issue 13, 8: numbers and booleans in an array command are arguments, in the binary and in the
+/// committed schema.
+#[test]
+fn array_commands_take_numbers_and_booleans_as_arguments() {
+    let ws = Workspace::new();
+    let manifest = common::manifest(
+        "argv",
+        "",
+        "  - id: a\n    command: [sh, -c, 'echo \"$1 $2 $3\" > out.txt', sh, 1, true, 2.5]\n",
+    );
+    ws.write("argv.yaml", &manifest);
+    let out = ws.run(&["validate", "argv.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let out = ws.run(&["run", "argv.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out.txt")).unwrap(),
+        "1 true 2.5\n"
+    );
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/pipeline.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::draft202012::new(&schema).unwrap();
+    let doc = executioner::spec::source::parse(&manifest, executioner::spec::Format::Yaml)
+        .unwrap()
+        .remove(0);
+    let errors: Vec<String> = validator
+        .iter_errors(&doc.value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}

@@ -186,8 +186,39 @@ impl JobDefaults {
 pub enum Command {
     /// Run by `sh -c` as written.
     Shell(String),
-    /// Executed directly: the first element is the program, no shell involved.
-    Exec(Vec<String>),
+    /// Executed directly: the first element is the program, no shell involved. Numbers and
+    /// booleans are taken as their text (`[sleep, 1]` runs `sleep 1`).
+    Exec(
+        #[serde(deserialize_with = "argument_texts")]
+        #[schemars(with = "Vec<Argument>")]
+        Vec<String>,
+    ),
+}
+
+/// One element of an array command, for the schema: a string, or a number or boolean taken as
+/// its text.
+struct Argument;
+
+impl JsonSchema for Argument {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("Argument")
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "title": "Argument",
+            "description": "One argument: a string, or a number or boolean taken as its text.",
+            "type": ["string", "number", "boolean"],
+        })
+    }
+}
+
+/// Deserializes an argument vector whose elements may be strings, numbers or booleans.
+fn argument_texts<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    let args: Vec<ScalarValue> = Vec::deserialize(deserializer)?;
+    Ok(args.iter().map(ScalarValue::to_text).collect())
 }
 
 /// Retry policy: how many more attempts, how long to wait, and which failures qualify.
