@@ -405,3 +405,76 @@ fn array_commands_take_numbers_and_booleans_as_arguments() {
         .collect();
     assert!(errors.is_empty(), "{errors:?}");
 }
+
+/// Issue 13, 6: a bad value of an optional field is described in the user's terms: the allowed
+/// names with a did-you-mean, "invalid duration" with examples, never "expected null".
+#[test]
+fn optional_fields_with_bad_values_say_what_is_allowed() {
+    let ws = Workspace::new();
+    ws.write(
+        "bad.yaml",
+        &common::manifest(
+            "bad",
+            "  inheritEnv: minimum\n  onSpecChange: replac\n  timeout: soon\n",
+            "  - id: a\n    command: \"true\"\n    trigger: allSucceed\n    timeout: -5\n    retry: {limit: 1, delay: true}\n    description:\n",
+        ),
+    );
+    let out = ws.run(&["validate", "bad.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    for (at, fragment) in [
+        (
+            "bad.yaml:6:15:",
+            "spec.inheritEnv: \"minimum\" is not one of: all, none, minimal, or an array (did you mean `minimal`?)",
+        ),
+        (
+            "bad.yaml:7:17:",
+            "spec.onSpecChange: \"replac\" is not one of: queue, replace (did you mean `replace`?)",
+        ),
+        (
+            "bad.yaml:8:12:",
+            "spec.timeout: invalid duration \"soon\" (examples: 90s, 10m, 1h30m",
+        ),
+        (
+            "bad.yaml:12:14:",
+            "spec.jobs[0].trigger: \"allSucceed\" is not one of: allSucceeded, allDone, allFailed, anySucceeded, anyFailed, noneFailed, always (did you mean `allSucceeded`?)",
+        ),
+        (
+            "bad.yaml:13:14:",
+            "spec.jobs[0].timeout: invalid duration -5: it must not be negative",
+        ),
+        (
+            "bad.yaml:14:30:",
+            "spec.jobs[0].retry.delay: invalid duration true",
+        ),
+        (
+            "bad.yaml:15:16:",
+            "spec.jobs[0].description: no value given: write one or leave the field out",
+        ),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(at) && l.contains(fragment)),
+            "no `{at} ...{fragment}` in\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("expected null"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 7, "{stdout}");
+}
+
+/// Issue 13, 6: a tab in YAML indentation is reported at the tab, not where the parser stopped.
+#[test]
+fn a_tab_in_indentation_points_at_the_tab() {
+    let ws = Workspace::new();
+    ws.write(
+        "tab.yaml",
+        &common::manifest("tab", "", "  - id: a\n\tcommand: x\n"),
+    );
+    let out = ws.run(&["validate", "tab.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stdout).trim_end(),
+        "tab.yaml:8:1: a tab in YAML indentation: indent with spaces"
+    );
+}
