@@ -478,3 +478,65 @@ fn a_tab_in_indentation_points_at_the_tab() {
         "tab.yaml:8:1: a tab in YAML indentation: indent with spaces"
     );
 }
+
+/// Issue 13, 15: the committed schema reads well in an editor: every definition has a title,
+/// every property its own description (not only its type's), and a property whose description
+/// states a default carries it as `default`.
+#[test]
+fn the_committed_schema_has_titles_descriptions_and_defaults() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/pipeline.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let mut problems = Vec::new();
+    assert!(schema["title"].is_string(), "the root has no title");
+    let defs = schema["$defs"].as_object().expect("$defs");
+    let mut objects: Vec<(String, &serde_json::Value)> = vec![("(root)".into(), &schema)];
+    for (name, def) in defs {
+        if !def["title"].is_string() {
+            problems.push(format!("definition {name} has no title"));
+        }
+        objects.push((name.clone(), def));
+    }
+    // A word "default" outside `code` spans (so `${NAME:-default}` does not count).
+    let states_a_default = |text: &str| {
+        text.split('`').step_by(2).any(|plain| {
+            plain
+                .split(|c: char| !c.is_ascii_alphabetic())
+                .any(|w| w.eq_ignore_ascii_case("default"))
+        })
+    };
+    for (owner, object) in objects {
+        let Some(properties) = object["properties"].as_object() else {
+            continue;
+        };
+        for (name, property) in properties {
+            match property["description"].as_str() {
+                None => problems.push(format!("{owner}.{name} has no description")),
+                Some(text) if states_a_default(text) && property.get("default").is_none() => {
+                    problems.push(format!(
+                        "{owner}.{name} states a default but has no `default`: {text:?}"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Hovering `trigger:` shows what the field is; the values keep their own docs.
+    let trigger = &defs["JobSpec"]["properties"]["trigger"];
+    assert!(
+        trigger["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("When the job runs"),
+        "{trigger}"
+    );
+    assert!(trigger.get("anyOf").is_none(), "{trigger}");
+    assert_eq!(
+        defs["Trigger"]["enum"].as_array().map(Vec::len),
+        defs["Trigger"]["markdownEnumDescriptions"]
+            .as_array()
+            .map(Vec::len)
+    );
+}
