@@ -163,12 +163,17 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// True for names the controller and `validate DIR` read: not hidden, not an editor's temporary
-/// file, and with a manifest extension.
+/// file, not a schema (`*.schema.json`, as `init` writes beside the manifest), and with a
+/// manifest extension.
 pub fn is_manifest_name(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
-    if name.starts_with('.') || name.starts_with('#') || name.ends_with('~') {
+    if name.starts_with('.')
+        || name.starts_with('#')
+        || name.ends_with('~')
+        || name.to_ascii_lowercase().ends_with(".schema.json")
+    {
         return false;
     }
     spec::Format::from_path(path).is_some()

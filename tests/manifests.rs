@@ -168,7 +168,21 @@ fn examples_and_manifests_validate_against_the_committed_schema() {
                 executioner::spec::Format::Toml => first.starts_with("#:schema "),
                 executioner::spec::Format::Json => raw.contains("\"$schema\""),
             };
-            assert!(modeline, "{} has no schema modeline", path.display());
+            // The original tool's JSON is not a Pipeline: the Pipeline schema would flag it all.
+            let legacy = executioner::spec::source::parse(&raw, format)
+                .unwrap()
+                .iter()
+                .all(|d| executioner::spec::legacy::is_legacy(&d.value));
+            assert!(
+                modeline != legacy,
+                "{}: {}",
+                path.display(),
+                if legacy {
+                    "original format with a Pipeline $schema"
+                } else {
+                    "no schema modeline"
+                }
+            );
             let out = ws.run(&["validate", path.to_str().unwrap()]);
             assert_eq!(
                 out.status.code(),
@@ -196,7 +210,10 @@ fn examples_and_manifests_validate_against_the_committed_schema() {
 #[test]
 fn convert_turns_the_original_format_into_a_valid_manifest() {
     let ws = Workspace::new();
-    let original = repo().join("examples/original.json");
+    // A copy: convert writes the schema next to the file it converts.
+    let original = ws.path().join("old/original.json");
+    std::fs::create_dir_all(original.parent().unwrap()).unwrap();
+    std::fs::copy(repo().join("examples/original.json"), &original).unwrap();
     let out = ws.run(&["convert", original.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let yaml = text(&out.stdout);
@@ -539,4 +556,62 @@ fn the_committed_schema_has_titles_descriptions_and_defaults() {
             .as_array()
             .map(Vec::len)
     );
+}
+
+/// The `$schema=` target of a YAML modeline, if the text starts with one.
+fn modeline_target(yaml: &str) -> Option<String> {
+    yaml.lines()
+        .next()?
+        .strip_prefix("# yaml-language-server: $schema=")
+        .map(str::to_owned)
+}
+
+/// Issue 13, 14: `init` and `convert` write a modeline that resolves to the current schema on
+/// this machine (not an address that is not served), and the schema file does not count as a
+/// manifest of the folder.
+#[test]
+fn init_and_convert_modelines_resolve_to_the_schema() {
+    let ws = Workspace::new();
+    let committed = std::fs::read_to_string(repo().join("schemas/pipeline.schema.json")).unwrap();
+
+    let out = ws.run(&["init", "m"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let yaml = std::fs::read_to_string(ws.path().join("m/pipeline.yaml")).unwrap();
+    let target = modeline_target(&yaml).expect("init writes a modeline");
+    assert!(!target.contains("://"), "{target}");
+    let schema = ws.path().join("m").join(&target);
+    assert_eq!(
+        std::fs::read_to_string(&schema).unwrap(),
+        committed,
+        "{target}"
+    );
+    let out = ws.run(&["validate", "m"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        1,
+        "{}",
+        text(&out.stdout)
+    );
+
+    ws.write(
+        "legacy/old.json",
+        r#"{"application_name": "old", "jobs": [{"id": "a", "command": "true"}]}"#,
+    );
+    let out = ws.run(&["convert", "legacy/old.json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let target = modeline_target(&text(&out.stdout)).expect("convert writes a modeline");
+    let schema = std::path::Path::new(&target);
+    assert!(
+        schema.is_absolute(),
+        "{target}: resolves wherever the output is saved"
+    );
+    assert_eq!(
+        std::fs::read_to_string(schema).unwrap(),
+        committed,
+        "{target}"
+    );
+
+    let original = std::fs::read_to_string(repo().join("examples/original.json")).unwrap();
+    assert!(!original.contains("\"$schema\""), "{original}");
 }
