@@ -523,6 +523,17 @@ fn the_committed_schema_has_titles_descriptions_and_defaults() {
                 .any(|w| w.eq_ignore_ascii_case("default"))
         })
     };
+    // Objects nested in definitions (`oneOf` variants such as `fromEnv`) count too.
+    let mut i = 0;
+    while i < objects.len() {
+        let (owner, object) = (objects[i].0.clone(), objects[i].1);
+        for keyword in ["anyOf", "oneOf"] {
+            for (k, branch) in object[keyword].as_array().into_iter().flatten().enumerate() {
+                objects.push((format!("{owner}.{keyword}[{k}]"), branch));
+            }
+        }
+        i += 1;
+    }
     for (owner, object) in objects {
         let Some(properties) = object["properties"].as_object() else {
             continue;

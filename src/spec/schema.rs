@@ -23,6 +23,54 @@ pub fn polish(schema: &mut Value) {
         }
     }
     walk(schema);
+    if let Some(defs) = schema.get_mut("$defs").and_then(Value::as_object_mut) {
+        defs.values_mut().for_each(fold_branch_docs);
+    }
+}
+
+/// The docs of a definition's `anyOf`/`oneOf` branches move into the definition's description:
+/// an editor shows the first description it meets from the innermost schema out, so a branch's
+/// doc ("Executed directly...") hid the doc of the field that uses the definition.
+fn fold_branch_docs(def: &mut Value) {
+    let Some(obj) = def.as_object_mut() else {
+        return;
+    };
+    let mut docs = Vec::new();
+    for keyword in ["anyOf", "oneOf"] {
+        if let Some(Value::Array(branches)) = obj.get_mut(keyword) {
+            for branch in branches.iter_mut().filter_map(Value::as_object_mut) {
+                let Some(Value::String(doc)) = branch.remove("description") else {
+                    continue;
+                };
+                // A variant written as `{name: value}`: the doc is the doc of that one key.
+                if let Some(Value::Object(properties)) = branch.get_mut("properties")
+                    && properties.len() == 1
+                    && let Some(Value::Object(only)) = properties.values_mut().next()
+                    && !only.contains_key("description")
+                {
+                    only.insert("description".into(), Value::from(doc));
+                    continue;
+                }
+                docs.push(doc);
+            }
+        }
+    }
+    if docs.is_empty() {
+        return;
+    }
+    let mut text = obj
+        .get("description")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    for doc in docs {
+        text.push_str("\n- ");
+        text.push_str(&doc.replace('\n', " "));
+    }
+    obj.insert(
+        "description".into(),
+        Value::from(text.trim_start().to_owned()),
+    );
 }
 
 fn walk(node: &mut Value) {

@@ -207,9 +207,9 @@ impl JobDefaults {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Command {
-    /// Run by `sh -c` as written.
+    /// A string: run by `sh -c` as written.
     Shell(String),
-    /// Executed directly: the first element is the program, no shell involved. Numbers and
+    /// An array: executed directly, the first element is the program, no shell involved. Numbers and
     /// booleans are taken as their text (`[sleep, 1]` runs `sleep 1`).
     Exec(
         #[serde(deserialize_with = "argument_texts")]
@@ -542,12 +542,12 @@ pub enum SecretSource {
     FromFile(String),
 }
 
-/// Which inherited variables jobs see.
+/// Which inherited variables jobs see: `all`, `none`, `minimal`, or a list of names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum InheritEnv {
     Mode(InheritMode),
-    /// Exactly these names.
+    /// A list of names: exactly these variables.
     Names(Vec<String>),
 }
 
