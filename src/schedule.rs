@@ -27,6 +27,68 @@ pub enum Due {
     Nothing,
 }
 
+/// The macros a schedule may be instead of five fields, and the fields each stands for.
+pub const MACROS: [(&str, &str); 7] = [
+    ("yearly", "0 0 1 1 *"),
+    ("annually", "0 0 1 1 *"),
+    ("monthly", "0 0 1 * *"),
+    ("weekly", "0 0 * * 0"),
+    ("daily", "0 0 * * *"),
+    ("midnight", "0 0 * * *"),
+    ("hourly", "0 * * * *"),
+];
+
+/// The five cron fields in order, with the range of their numbers (day-of-week 7 is Sunday too).
+const FIELDS: [(&str, u32, u32); 5] = [
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 7),
+];
+
+/// Checks the numbers of one cron field against its range, so that the message names the field;
+/// anything else (names such as `mon`, `L`, `#`) is left to croner.
+fn check_field(field: &str, name: &str, min: u32, max: u32) -> Result<(), String> {
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((range, step)) => (range, Some(step)),
+            None => (item, None),
+        };
+        if let Some(step) = step {
+            match step.parse::<u32>() {
+                Ok(0) => return Err(format!("{name} step must be at least 1, found 0")),
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(format!(
+                        "{name} step {step:?} is not a number (as in `*/15`)"
+                    ));
+                }
+            }
+        }
+        let bounds: Vec<&str> = match range {
+            "*" | "?" => Vec::new(),
+            r => r.split('-').collect(),
+        };
+        for bound in &bounds {
+            if let Ok(n) = bound.parse::<u32>()
+                && !(min..=max).contains(&n)
+            {
+                return Err(format!("{name} {n} is out of range {min}-{max}"));
+            }
+        }
+        if let [low, high] = bounds[..]
+            && let (Ok(low), Ok(high)) = (low.parse::<u32>(), high.parse::<u32>())
+            && low > high
+        {
+            return Err(format!(
+                "{name} range {low}-{high} is backwards (the first number must be the smaller)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A parsed schedule.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -50,13 +112,35 @@ impl Schedule {
             }
             None => (None, trimmed),
         };
-        let fields = expr.split_whitespace().count();
-        if fields != 5 {
+        let expr = match expr.strip_prefix('@') {
+            Some(name) => MACROS
+                .iter()
+                .find(|(macro_name, _)| macro_name.eq_ignore_ascii_case(name))
+                .map(|(_, fields)| *fields)
+                .ok_or_else(|| {
+                    format!(
+                        "schedule {text:?}: unknown macro @{name} (expected one of: {})",
+                        MACROS
+                            .iter()
+                            .map(|(n, _)| format!("@{n}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?,
+            None => expr,
+        };
+        let fields: Vec<&str> = expr.split_whitespace().collect();
+        if fields.len() != 5 {
             return Err(format!(
-                "schedule {text:?}: expected 5 cron fields (minute hour day-of-month month day-of-week), found {fields}"
+                "schedule {text:?}: expected 5 cron fields (minute hour day-of-month month day-of-week) or a macro such as @daily, found {}",
+                fields.len()
             ));
         }
-        let cron = croner::Cron::from_str(expr).map_err(|e| format!("schedule {text:?}: {e}"))?;
+        for (field, (name, min, max)) in fields.iter().zip(FIELDS) {
+            check_field(field, name, min, max).map_err(|m| format!("schedule {text:?}: {m}"))?;
+        }
+        let cron = croner::Cron::from_str(expr)
+            .map_err(|e| format!("schedule {text:?}: not a valid cron expression ({e})"))?;
         Ok(Schedule { cron, time_zone })
     }
 
@@ -134,6 +218,61 @@ mod tests {
         assert!(Schedule::parse("TZ=../../etc/passwd 0 2 * * *").is_err());
         assert!(Schedule::parse("TZ=Mars/Olympus 0 2 * * *").is_err());
         assert!(Schedule::parse("TZ=Europe/Paris 0 2 * * *").is_ok());
+    }
+
+    #[test]
+    fn macros_stand_for_their_five_fields_with_or_without_a_zone() {
+        let at = utc("2026-07-01T10:20:00Z");
+        for (text, next) in [
+            ("@yearly", "2027-01-01T00:00:00Z"),
+            ("@annually", "2027-01-01T00:00:00Z"),
+            ("@monthly", "2026-08-01T00:00:00Z"),
+            ("@weekly", "2026-07-05T00:00:00Z"),
+            ("@daily", "2026-07-02T00:00:00Z"),
+            ("@midnight", "2026-07-02T00:00:00Z"),
+            ("@hourly", "2026-07-01T11:00:00Z"),
+            ("@DAILY", "2026-07-02T00:00:00Z"),
+        ] {
+            let schedule = Schedule::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(
+                schedule.next_tick(at).map(|(_, i)| i),
+                Some(utc(next)),
+                "{text}"
+            );
+        }
+        let paris = Schedule::parse("TZ=Europe/Paris @daily").expect("zone and macro");
+        assert_eq!(
+            paris.next_tick(at).map(|(_, i)| i),
+            Some(utc("2026-07-01T22:00:00Z"))
+        );
+        let e = Schedule::parse("@fortnightly").unwrap_err();
+        assert!(
+            e.contains("unknown macro @fortnightly") && e.contains("@weekly"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_out_of_range_field_is_named() {
+        for (text, want) in [
+            ("0 25 * * *", "hour 25 is out of range 0-23"),
+            ("60 * * * *", "minute 60 is out of range 0-59"),
+            ("0 0 0 * *", "day-of-month 0 is out of range 1-31"),
+            ("0 0 1 13 *", "month 13 is out of range 1-12"),
+            ("0 0 * * 8", "day-of-week 8 is out of range 0-7"),
+            ("0 1-30 * * *", "hour 30 is out of range 0-23"),
+            ("0,75 * * * *", "minute 75 is out of range 0-59"),
+            ("*/0 * * * *", "minute step must be at least 1"),
+            ("0 20-4 * * *", "hour range 20-4 is backwards"),
+            ("TZ=Europe/Paris 0 24 * * *", "hour 24 is out of range 0-23"),
+        ] {
+            let e = Schedule::parse(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains("Component error"), "{text}: {e}");
+        }
+        for ok in ["0 0 * * 7", "0 9 * jan-mar mon-fri", "*/15 0-23/2 1,15 * *"] {
+            assert!(Schedule::parse(ok).is_ok(), "{ok}");
+        }
     }
 
     fn utc(text: &str) -> DateTime<Utc> {

@@ -163,12 +163,17 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// True for names the controller and `validate DIR` read: not hidden, not an editor's temporary
-/// file, and with a manifest extension.
+/// file, not a schema (`*.schema.json`, as `init` writes beside the manifest), and with a
+/// manifest extension.
 pub fn is_manifest_name(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
-    if name.starts_with('.') || name.starts_with('#') || name.ends_with('~') {
+    if name.starts_with('.')
+        || name.starts_with('#')
+        || name.ends_with('~')
+        || name.to_ascii_lowercase().ends_with(".schema.json")
+    {
         return false;
     }
     spec::Format::from_path(path).is_some()
@@ -310,77 +315,42 @@ fn describe(error: &jsonschema::ValidationError<'_>) -> (String, String) {
     } else {
         format!("{field}: ")
     };
+    if error.schema_path().as_str().starts_with(DURATION_SCHEMA) {
+        return (pointer, format!("{at}{}", duration_message(instance)));
+    }
     let message = match error.kind() {
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            let firsts: Vec<&jsonschema::ValidationError<'_>> =
+                context.iter().filter_map(|branch| branch.first()).collect();
             // The branch whose error reaches deepest into the value says the most.
-            let best = context
+            let best = firsts
                 .iter()
-                .filter_map(|branch| branch.first())
                 .max_by_key(|e| e.instance_path().as_str().len());
-            match best {
-                Some(e) if e.instance_path().as_str().len() > pointer.len() => return describe(e),
-                _ => {
-                    // All branches failed at this node: say what it should have been.
-                    let patterns: Vec<String> = context
-                        .iter()
-                        .flatten()
-                        .filter_map(|e| match e.kind() {
-                            ValidationErrorKind::Pattern { pattern } => {
-                                Some(pattern_message(pattern, instance))
-                            }
-                            _ => None,
-                        })
-                        .collect();
-                    if let Some(m) = patterns.into_iter().next() {
-                        format!("{at}{m}")
-                    } else {
-                        let types: Vec<String> = context
-                            .iter()
-                            .flatten()
-                            .filter_map(|e| match e.kind() {
-                                ValidationErrorKind::Type { kind } => Some(type_names(kind)),
-                                _ => None,
-                            })
-                            .collect();
-                        if types.is_empty() {
-                            format!("{at}{} is not a valid value here", short(instance))
-                        } else {
-                            format!(
-                                "{at}expected {}, found {}",
-                                types.join(" or "),
-                                json_type(instance)
-                            )
-                        }
-                    }
-                }
-            }
-        }
-        ValidationErrorKind::Type { kind } => format!(
-            "{at}expected {}, found {}",
-            type_names(kind),
-            json_type(instance)
-        ),
-        ValidationErrorKind::Enum { options } => {
-            let choices: Vec<String> = options
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|v| v.as_str().map_or(v.to_string(), str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut m = format!(
-                "{at}{} is not one of: {}",
-                short(instance),
-                choices.join(", ")
-            );
-            if let Some(text) = instance.as_str()
-                && let Some(s) = did_you_mean(text, choices.iter().map(String::as_str))
+            if let Some(e) = best
+                && e.instance_path().as_str().len() > pointer.len()
             {
-                m.push_str(&format!(" (did you mean `{s}`?)"));
+                return describe(e);
             }
-            m
+            // A branch that failed on something other than the value's type wanted this kind
+            // of value (a string that is not one of the names, say): it says what is wrong. The
+            // branches that wanted another type are named as the alternatives.
+            let others: Vec<String> = firsts
+                .iter()
+                .filter_map(|e| wanted_types(e))
+                .flatten()
+                .collect();
+            match firsts.iter().find(|e| wanted_types(e).is_none()) {
+                Some(e) => match e.kind() {
+                    ValidationErrorKind::Enum { options } => {
+                        enum_message(&at, instance, options, &others)
+                    }
+                    _ => return describe(e),
+                },
+                None => type_message(&at, &others, instance),
+            }
         }
+        ValidationErrorKind::Type { kind } => type_message(&at, &[type_names(kind)], instance),
+        ValidationErrorKind::Enum { options } => enum_message(&at, instance, options, &[]),
         ValidationErrorKind::Constant { expected_value } => {
             format!("{at}must be {expected_value}, found {}", short(instance))
         }
@@ -413,10 +383,106 @@ fn describe(error: &jsonschema::ValidationError<'_>) -> (String, String) {
     (pointer, message)
 }
 
+/// Where the schema's Duration definition starts, as jsonschema reports schema locations.
+const DURATION_SCHEMA: &str = "/$defs/Duration/";
+
+/// What is wrong with a value given for a duration.
+fn duration_message(instance: &Value) -> String {
+    const EXAMPLES: &str = "examples: 90s, 10m, 1h30m, or an integer number of seconds";
+    match instance {
+        Value::Null => "no value given: write a duration or leave the field out".to_owned(),
+        Value::String(text) => format!("invalid duration {text:?} ({EXAMPLES})"),
+        Value::Number(n) if n.as_f64().is_some_and(|f| f < 0.0) => {
+            format!("invalid duration {n}: it must not be negative ({EXAMPLES})")
+        }
+        other => format!("invalid duration {} ({EXAMPLES})", short(other)),
+    }
+}
+
+/// `VALUE is not one of: a, b, c` with the other accepted shapes and a did-you-mean.
+fn enum_message(at: &str, instance: &Value, options: &Value, others: &[String]) -> String {
+    let choices: Vec<String> = options
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().map_or(v.to_string(), str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut m = format!(
+        "{at}{} is not one of: {}",
+        short(instance),
+        choices.join(", ")
+    );
+    for other in others {
+        m.push_str(&format!(", or {}", a_type(other)));
+    }
+    if let Some(text) = instance.as_str()
+        && let Some(s) = did_you_mean(text, choices.iter().map(String::as_str))
+    {
+        m.push_str(&format!(" (did you mean `{s}`?)"));
+    }
+    m
+}
+
+/// The types a failed schema wanted, when it failed only because the value had another type.
+fn wanted_types(error: &jsonschema::ValidationError<'_>) -> Option<Vec<String>> {
+    match error.kind() {
+        ValidationErrorKind::Type { kind } => Some(vec![type_names(kind)]),
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            let mut all = Vec::new();
+            for branch in context {
+                let first = branch.first()?;
+                if first.instance_path() != error.instance_path() {
+                    return None;
+                }
+                all.extend(wanted_types(first)?);
+            }
+            Some(all)
+        }
+        _ => None,
+    }
+}
+
+/// `expected X or Y, found Z`; null is never what a field expects (leaving it out is).
+fn type_message(at: &str, types: &[String], instance: &Value) -> String {
+    if instance.is_null() {
+        return format!("{at}no value given: write one or leave the field out");
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for name in types.iter().flat_map(|t| t.split(" or ")) {
+        if name != "null" && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if names.contains(&"number") {
+        names.retain(|n| *n != "integer");
+    }
+    let wanted: Vec<String> = names.into_iter().map(a_type).collect();
+    if wanted.is_empty() {
+        format!("{at}{} is not a valid value here", short(instance))
+    } else {
+        format!(
+            "{at}expected {}, found {}",
+            wanted.join(" or "),
+            json_type(instance)
+        )
+    }
+}
+
+/// A JSON Schema type name with its article: `an array`, `a string`.
+fn a_type(name: &str) -> String {
+    match name {
+        "array" | "object" | "integer" => format!("an {name}"),
+        "null" => "null".to_owned(),
+        other => format!("a {other}"),
+    }
+}
+
 fn pattern_message(pattern: &str, instance: &Value) -> String {
     let text = instance.as_str().unwrap_or_default();
     if pattern == spec::duration::DURATION_PATTERN {
-        format!("invalid duration {text:?} (examples: 90s, 10m, 1h30m, or a number of seconds)")
+        duration_message(instance)
     } else if pattern == JobId::PATTERN {
         JobId::parse(text)
             .err()

@@ -1,6 +1,9 @@
 //! `executioner convert FILE`: the original tool's JSON as a v1 YAML manifest.
+//!
+//! The YAML is printed; its schema modeline is the absolute path of a `pipeline.schema.json`
+//! written next to FILE (when missing or outdated), so that it resolves wherever the output is saved.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::validate::Options;
 
@@ -10,9 +13,14 @@ pub fn run(file: &Path) -> CliResult {
     let valid = super::validate::load_one(file, &Options::default())?;
     let yaml = serde_saphyr::to_string(&valid.manifest)
         .map_err(|e| CliError::failed(format!("cannot render YAML: {e}")))?;
-    let mut out = String::from(
-        "# yaml-language-server: $schema=https://executioner.dev/schemas/pipeline.schema.json\n",
-    );
+    let mut out = String::new();
+    match write_schema_beside(file) {
+        Ok(schema) => out.push_str(&format!(
+            "# yaml-language-server: $schema={}\n",
+            schema.display()
+        )),
+        Err(note) => eprintln!("note: {note}"),
+    }
     if valid.legacy {
         out.push_str(&format!(
             "# Converted from {} (original format).\n",
@@ -28,4 +36,24 @@ pub fn run(file: &Path) -> CliResult {
     }
     print!("{out}");
     Ok(Exit::Success)
+}
+
+/// Writes the Pipeline schema next to `file` unless the same text is there; its absolute path.
+fn write_schema_beside(file: &Path) -> Result<PathBuf, String> {
+    let dir = super::absolute(file)
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    let path = dir.join(super::init::SCHEMA_FILE);
+    let text = super::schema::pipeline_schema_text();
+    if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(path);
+    }
+    std::fs::write(&path, &text).map_err(|e| {
+        format!(
+            "no schema modeline: cannot write {}: {e} (`executioner schema --out-dir DIR` writes the schema elsewhere)",
+            path.display()
+        )
+    })?;
+    eprintln!("wrote {} (for editors)", path.display());
+    Ok(path)
 }

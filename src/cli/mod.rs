@@ -164,6 +164,9 @@ pub enum Command {
         /// Print the sample instead of writing it.
         #[arg(long)]
         print: bool,
+        /// Overwrite an existing pipeline.yaml.
+        #[arg(long)]
+        force: bool,
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
@@ -334,7 +337,7 @@ fn dispatch(cli: Cli) -> CliResult {
             manifests,
         } => graph::run(&target, format, &manifests),
         Command::Convert { file } => convert::run(&file),
-        Command::Init { dir, print } => init::run(&dir, print),
+        Command::Init { dir, print, force } => init::run(&dir, print, force),
         Command::Run(args) => run::run(args, &cli.global),
         Command::Resume {
             run,

@@ -7,15 +7,17 @@ use super::{CliError, CliResult, Exit};
 /// The schema files and their contents, as committed in `schemas/`.
 pub fn schema_files() -> Vec<(&'static str, String)> {
     vec![
-        (
-            "pipeline.schema.json",
-            pretty(&crate::spec::pipeline_schema()),
-        ),
+        ("pipeline.schema.json", pipeline_schema_text()),
         (
             "config.schema.json",
             pretty(&crate::config::config_schema()),
         ),
     ]
+}
+
+/// The Pipeline schema as `schema` prints it and `init` and `convert` write it.
+pub fn pipeline_schema_text() -> String {
+    pretty(&crate::spec::pipeline_schema())
 }
 
 fn pretty(value: &serde_json::Value) -> String {
@@ -27,7 +29,7 @@ fn pretty(value: &serde_json::Value) -> String {
 pub fn run(out_dir: Option<&Path>) -> CliResult {
     match out_dir {
         None => {
-            print!("{}", pretty(&crate::spec::pipeline_schema()));
+            print!("{}", pipeline_schema_text());
         }
         Some(dir) => {
             std::fs::create_dir_all(dir)

@@ -19,7 +19,11 @@ pub fn run(paths: &[PathBuf], global: &GlobalArgs) -> CliResult {
         if path.is_dir() {
             match validate::manifest_files(path) {
                 Ok(found) if found.is_empty() => {
-                    eprintln!("{}: no manifest files in this folder", path.display());
+                    eprintln!(
+                        "no manifests in {} (expected *.yaml, *.yml, *.toml or *.json)",
+                        path.display()
+                    );
+                    unreadable = true;
                 }
                 Ok(found) => files.extend(found),
                 Err(e) => {

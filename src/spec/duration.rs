@@ -128,10 +128,13 @@ impl JsonSchema for Duration {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "description": "A duration: a humantime string such as \"90s\", \"10m\" or \"1h30m\", or an integer number of seconds.",
-            "anyOf": [
-                {"type": "integer", "minimum": 0},
-                {"type": "string", "pattern": DURATION_PATTERN}
-            ],
+            // One schema rather than `anyOf` [integer, string]: `minimum` binds only numbers and
+            // `pattern` only strings, and an editor then reports the pattern's message instead
+            // of "expected integer".
+            "type": ["integer", "string"],
+            "minimum": 0,
+            "pattern": DURATION_PATTERN,
+            "patternErrorMessage": "invalid duration (examples: 90s, 10m, 1h30m, or an integer number of seconds)",
             "examples": ["30s", "10m", "1h30m", 90],
         })
     }

@@ -167,6 +167,13 @@ pub fn convert(src: &Value, file_stem: &str) -> Converted {
                 k if k.starts_with('_') => {
                     format!("key `{k}` is ignored (disabled with a leading underscore)")
                 }
+                k if JOB_KEYS.contains(&k)
+                    && APP_KEYS.contains(&format!("default_{k}").as_str()) =>
+                {
+                    format!(
+                        "key `{k}` is ignored at the top level: the default for every job is `default_{k}` (or set `{k}` in a job)"
+                    )
+                }
                 k => format!("unknown key `{k}` is ignored"),
             };
             warnings.push((format!("/{key}"), note));

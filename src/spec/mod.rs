@@ -6,6 +6,7 @@
 pub mod duration;
 pub mod legacy;
 pub mod names;
+pub mod schema;
 pub mod source;
 pub mod types;
 
@@ -177,6 +178,7 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], format: Format) -> Result<Vec<RawD
 pub fn pipeline_schema() -> Value {
     let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
     let mut schema = generator.into_root_schema_for::<Manifest>().to_value();
+    schema::polish(&mut schema);
     if let Some(obj) = schema.as_object_mut() {
         obj.insert(
             "$id".into(),

@@ -497,17 +497,54 @@ fn yaml_events(text: &str) -> Result<Vec<SourceDoc>, SyntaxError> {
             Ok((event, span)) => builder.event(event, span)?,
             Err(e) => {
                 let m = e.marker();
-                return Err(SyntaxError::at(
-                    Pos {
-                        line: m.line(),
-                        col: m.col() + 1,
-                    },
-                    e.info(),
-                ));
+                let pos = Pos {
+                    line: m.line(),
+                    col: m.col() + 1,
+                };
+                if e.info().contains("tab") {
+                    return Err(SyntaxError::at(
+                        tab_near(text, pos).unwrap_or(pos),
+                        "a tab in YAML indentation: indent with spaces",
+                    ));
+                }
+                return Err(SyntaxError::at(pos, e.info()));
             }
         }
     }
     Ok(builder.docs)
+}
+
+/// The position of the tab nearest `pos`: the parser reports a tab where the token it was reading
+/// ends or where the next one starts, not where the tab is. Searched on `pos`'s line up to it, then
+/// forward, then backward.
+fn tab_near(text: &str, pos: Pos) -> Option<Pos> {
+    let lines: Vec<Vec<char>> = text.split('\n').map(|l| l.chars().collect()).collect();
+    let at = pos.line.checked_sub(1)?.min(lines.len().checked_sub(1)?);
+    let col = pos.col.saturating_sub(1);
+    let found = |line: usize, col: usize| {
+        Some(Pos {
+            line: line + 1,
+            col: col + 1,
+        })
+    };
+    let here = &lines[at];
+    if let Some(c) = here[..col.min(here.len())].iter().rposition(|c| *c == '\t') {
+        return found(at, c);
+    }
+    if let Some(c) = here.iter().skip(col).position(|c| *c == '\t') {
+        return found(at, col + c);
+    }
+    for (index, line) in lines.iter().enumerate().skip(at + 1) {
+        if let Some(c) = line.iter().position(|c| *c == '\t') {
+            return found(index, c);
+        }
+    }
+    for index in (0..at).rev() {
+        if let Some(c) = lines[index].iter().rposition(|c| *c == '\t') {
+            return found(index, c);
+        }
+    }
+    None
 }
 
 fn parse_yaml(text: &str) -> Result<Vec<SourceDoc>, SyntaxError> {
@@ -681,6 +718,20 @@ mod tests {
         assert_eq!(doc.value["e"], Value::Null);
         assert_eq!(doc.value["f"], Value::from(16));
         assert_eq!(doc.value["g"], Value::from("5"));
+    }
+
+    #[test]
+    fn a_tab_in_indentation_is_pointed_at() {
+        for (text, at) in [
+            ("a:\n  - id: x\n\tb: y\n", Pos { line: 3, col: 1 }),
+            ("a:\n  - id: x\n  \t  b: y\n", Pos { line: 3, col: 3 }),
+            ("a:\n\tb: y\n", Pos { line: 2, col: 1 }),
+            ("a:\n  b:\n\t- y\n", Pos { line: 3, col: 1 }),
+        ] {
+            let e = parse(text, Format::Yaml).unwrap_err();
+            assert_eq!(e.pos, Some(at), "{text:?}: {e:?}");
+            assert!(e.message.contains("indent with spaces"), "{e:?}");
+        }
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub struct Manifest {
     pub api_version: ApiVersion,
     /// Always `Pipeline`.
     pub kind: Kind,
+    /// Identity of the pipeline: its name, labels and annotations.
     pub metadata: Metadata,
+    /// What the pipeline runs and how: the jobs, their schedule, environment and policies.
     pub spec: PipelineSpec,
 }
 
@@ -67,12 +69,13 @@ pub struct PipelineSpec {
     /// What the pipeline is for, shown in status and notifications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Folder the jobs run in. Default: the manifest's folder; a relative path starts there.
+    /// Folder the jobs run in; left out, the manifest's folder, where a relative path starts too.
     /// `${VAR}` is interpolated from the pipeline environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(example = "./work")]
     pub working_dir: Option<String>,
-    /// Jobs of this pipeline running at once. Default: the controller's (or `run --workers`) worker count.
+    /// Jobs of this pipeline running at once; left out, the controller's (or `run --workers`)
+    /// worker count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_parallel: Option<u32>,
@@ -86,20 +89,30 @@ pub struct PipelineSpec {
     /// Which variables of the executioner's own environment jobs inherit: `all` (default), `none`,
     /// `minimal` (PATH, HOME, USER, LANG, TZ, SHELL, TMPDIR) or a list of names.
     #[serde(default, skip_serializing_if = "InheritEnv::is_default")]
+    #[schemars(extend("default" = "all"))]
     pub inherit_env: InheritEnv,
     /// Job fields applied to every job that leaves them out.
     #[serde(default, skip_serializing_if = "JobDefaults::is_empty")]
     pub defaults: JobDefaults,
     /// What a spec change does to a run in progress: `queue` (finish it, then run the new
-    /// generation) or `replace` (cancel it and start the new generation).
+    /// generation, the default) or `replace` (cancel it and start the new generation).
     #[serde(default, skip_serializing_if = "OnSpecChange::is_default")]
+    #[schemars(extend("default" = "queue"))]
     pub on_spec_change: OnSpecChange,
     /// When true, no new job starts after the first failure; those left are skipped (`FailFast`).
+    /// Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schemars(extend("default" = false))]
     pub fail_fast: bool,
-    /// Cron schedule (5 fields, optionally prefixed `TZ=Area/City `): one run per tick.
+    /// Cron schedule: 5 fields (minute hour day-of-month month day-of-week) or one of `@yearly`,
+    /// `@annually`, `@monthly`, `@weekly`, `@daily`, `@midnight`, `@hourly`; optionally prefixed
+    /// `TZ=Area/City ` (UTC otherwise). One run per tick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(example = "0 2 * * *", example = "TZ=Europe/Paris 30 6 * * 1-5")]
+    #[schemars(
+        example = "0 2 * * *",
+        example = "TZ=Europe/Paris 30 6 * * 1-5",
+        example = "@daily"
+    )]
     pub schedule: Option<String>,
     /// Notifications sent when a run ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +132,7 @@ pub type EnvMap = IndexMap<String, EnvValue>;
 pub struct JobSpec {
     /// Unique within the pipeline: A-Z, a-z, 0-9, `_`, `.`, `-`.
     pub id: JobId,
+    /// What the job does, for the manifest's readers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// A string runs under `sh -c` unchanged (the shell expands `$VAR` from the job's environment);
@@ -129,6 +143,7 @@ pub struct JobSpec {
     pub dependencies: Vec<JobId>,
     /// When the job runs, given its dependencies' outcomes. Default `allSucceeded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "allSucceeded"))]
     pub trigger: Option<Trigger>,
     /// Folder the job runs in; relative to the pipeline's `workingDir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,7 +164,9 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_checks: Option<Vec<Check>>,
     /// When true, this job's failure does not fail the run and counts as success for its dependents.
+    /// Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = false))]
     pub continue_on_error: Option<bool>,
     /// Notifications about this job alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -160,16 +177,22 @@ pub struct JobSpec {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JobDefaults {
+    /// `timeout` of the jobs that leave it out: deadline for one attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// `retry` of the jobs that leave it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// `trigger` of the jobs that leave it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<Trigger>,
+    /// `preChecks` of the jobs that leave them out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_checks: Option<Vec<Check>>,
+    /// `postChecks` of the jobs that leave them out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_checks: Option<Vec<Check>>,
+    /// `continueOnError` of the jobs that leave it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continue_on_error: Option<bool>,
 }
@@ -184,10 +207,41 @@ impl JobDefaults {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Command {
-    /// Run by `sh -c` as written.
+    /// A string: run by `sh -c` as written.
     Shell(String),
-    /// Executed directly: the first element is the program, no shell involved.
-    Exec(Vec<String>),
+    /// An array: executed directly, the first element is the program, no shell involved. Numbers and
+    /// booleans are taken as their text (`[sleep, 1]` runs `sleep 1`).
+    Exec(
+        #[serde(deserialize_with = "argument_texts")]
+        #[schemars(with = "Vec<Argument>")]
+        Vec<String>,
+    ),
+}
+
+/// One element of an array command, for the schema: a string, or a number or boolean taken as
+/// its text.
+struct Argument;
+
+impl JsonSchema for Argument {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("Argument")
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "title": "Argument",
+            "description": "One argument: a string, or a number or boolean taken as its text.",
+            "type": ["string", "number", "boolean"],
+        })
+    }
+}
+
+/// Deserializes an argument vector whose elements may be strings, numbers or booleans.
+fn argument_texts<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    let args: Vec<ScalarValue> = Vec::deserialize(deserializer)?;
+    Ok(args.iter().map(ScalarValue::to_text).collect())
 }
 
 /// Retry policy: how many more attempts, how long to wait, and which failures qualify.
@@ -200,10 +254,11 @@ pub struct RetryPolicy {
     pub limit: u32,
     /// Wait before the first retry. Default 0s.
     #[serde(default, skip_serializing_if = "Duration::is_zero")]
+    #[schemars(extend("default" = "0s"))]
     pub delay: Duration,
     /// Multiplier applied to the delay after each retry (exponential backoff). Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1.0, max = 100.0))]
+    #[schemars(range(min = 1.0, max = 100.0), extend("default" = 1))]
     pub factor: Option<f64>,
     /// Upper bound of the computed delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,11 +267,13 @@ pub struct RetryPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub jitter: Option<f64>,
-    /// Retry only when the command exits with one of these codes (default: any non-zero).
+    /// Retry only when the command exits with one of these codes; left out, any non-zero exit
+    /// code is retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_exit_codes: Option<Vec<i32>>,
     /// Whether a timed-out attempt is retried. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = true))]
     pub on_timeout: Option<bool>,
     /// Stop retrying once this much time has passed since the first attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -386,11 +443,14 @@ pub struct PatternCheck {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpCheck {
+    /// Host name or IP address to connect to.
     pub host: String,
+    /// TCP port to connect to.
     #[schemars(range(min = 1, max = 65535))]
     pub port: u16,
     /// Connect timeout. Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "5s"))]
     pub timeout: Option<Duration>,
 }
 
@@ -399,12 +459,13 @@ pub struct TcpCheck {
 pub struct HttpCheck {
     /// An `http://` URL (TLS is not spoken by this check).
     pub url: String,
-    /// Expected status code. Default: any 2xx.
+    /// Expected status code; left out, any 2xx passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 100, max = 599))]
     pub expect_status: Option<u16>,
     /// Request timeout. Default 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "10s"))]
     pub timeout: Option<Duration>,
 }
 
@@ -436,6 +497,7 @@ pub struct WaitPolicy {
     pub timeout: Duration,
     /// Time between polls. Default 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "10s"))]
     pub interval: Option<Duration>,
 }
 
@@ -480,12 +542,12 @@ pub enum SecretSource {
     FromFile(String),
 }
 
-/// Which inherited variables jobs see.
+/// Which inherited variables jobs see: `all`, `none`, `minimal`, or a list of names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum InheritEnv {
     Mode(InheritMode),
-    /// Exactly these names.
+    /// A list of names: exactly these variables.
     Names(Vec<String>),
 }
 
@@ -533,6 +595,7 @@ impl OnSpecChange {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Notify {
+    /// Sends an email through the `[smtp]` server of executioner.toml.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<EmailNotify>,
     /// Runs a program with the run summary as JSON on stdin.
