@@ -130,6 +130,15 @@ INSERT INTO outbox_rounds (run_id, round, queued_at)
     SELECT id, rounds, coalesce(finished_at, created_at) FROM runs
     WHERE phase IN ('Succeeded', 'Failed', 'Cancelled');
 "#,
+    // 4: what the controller of this state folder knows of itself (its manifests folder), so that
+    // commands run from elsewhere find the pipelines it watches.
+    r#"
+CREATE TABLE controller_settings (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+"#,
 ];
 
 /// The schema version this build writes and understands.
