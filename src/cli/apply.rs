@@ -1,7 +1,7 @@
 //! `executioner apply -f PATH` and `executioner delete NAME`: the imperative way into the
 //! declarative controller. Both only change files in the manifests folder; the controller notices.
 //! This module does not talk to the controller nor touch status files; only `--wait` reads the
-//! store, once, before writing.
+//! store.
 //!
 //! Choices, kubectl-like:
 //! - `-f` takes a file, a folder (its manifest files, not recursive, as the controller reads them)
@@ -24,14 +24,18 @@
 //!   Relative paths in a manifest (`workingDir`, checks) start at its folder, so after `apply` they
 //!   start at the manifests folder.
 //! - Writes: a hidden temp file in the manifests folder (the controller ignores hidden files),
-//!   fsync, rename over the target (a new file is linked into place instead, so it never clobbers a
-//!   file that appeared meanwhile), fsync of the folder. Mode 0644. Symlinks are never followed nor
-//!   written through. The folder is created when missing.
+//!   fsync, rename over the target (a new file is renamed into place with `RENAME_NOREPLACE`, so
+//!   it never clobbers a file that appeared meanwhile; a link where the filesystem cannot), fsync
+//!   of the folder. Mode 0644. A rename is a complete file to the controller, which acts on it at
+//!   once. Symlinks are never followed nor written through. The folder is created when missing; a
+//!   folder writable by others without the sticky bit is refused (the controller refuses it too).
+//! - Warnings (stderr, exit 0): relative paths in a manifest without `workingDir` (a command
+//!   starting with `./` or `../`, a relative check path), since they will start at the manifests
+//!   folder.
 //! - `--wait` waits for each pipeline of the apply in turn, all within one `--timeout`; the exit
-//!   code is the worst of them. It waits for the generation the controller will give to what was
-//!   written (the recorded one + 1 when the spec hash differs, as the controller counts), read from
-//!   the store before writing: so the previous generation's finished run is never taken for the
-//!   new one's, even when the controller has not seen the change yet.
+//!   code is the worst of them. It waits as `wait` does: for the generation of the spec now in the
+//!   folder (see `wait`), so the previous generation's finished run is never taken for the new
+//!   one's, even when the controller has not seen the change yet.
 //! - `delete NAME` removes the single-document file defining the pipeline; the controller cancels
 //!   its run. It does not touch the status file or the history.
 

@@ -327,7 +327,7 @@ pub fn status(
             print!("\x1b[2J\x1b[H{text}");
         } else if last.as_deref() != Some(text.as_str()) {
             if last.is_some() && format == StatusFormat::Yaml {
-                print!("---\n");
+                println!("---");
             }
             print!("{text}");
         }

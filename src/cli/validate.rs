@@ -40,6 +40,7 @@ pub fn run(paths: &[PathBuf], global: &GlobalArgs) -> CliResult {
         if let Err(insecure) = trust.check_manifest_path(file) {
             println!("{insecure}");
             invalid = true;
+            continue;
         }
         match validate::validate_file(file, &options) {
             FileOutcome::Unreadable(e) => {

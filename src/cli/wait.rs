@@ -117,8 +117,7 @@ pub fn wait_for(
             {
                 println!("pipeline/{name} Invalid");
                 return Err(CliError::failed(format!(
-                    "pipeline/{name} is invalid ({}):\n{}",
-                    i.reason.as_str(),
+                    "pipeline/{name} is invalid:\n{}",
                     i.message
                 )));
             }

@@ -105,7 +105,7 @@ pub enum ControllerError {
         source: std::io::Error,
     },
     #[error("refusing to run the manifests in {0}")]
-    InsecureFolder(#[source] permissions::InsecurePath),
+    InsecureFolder(permissions::InsecurePath),
     #[error(transparent)]
     UnknownOwner(#[from] permissions::UnknownOwner),
 }

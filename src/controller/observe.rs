@@ -566,3 +566,51 @@ pub async fn snapshot(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(dir: &Path, files: &[(&str, &str)], bound: &[(&str, &str)]) -> Folder {
+        for (file, name) in files {
+            std::fs::write(
+                dir.join(file),
+                format!(
+                    "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n  jobs:\n    - {{id: a, command: \"true\"}}\n"
+                ),
+            )
+            .unwrap();
+        }
+        let bound = bound
+            .iter()
+            .map(|(n, s)| ((*n).to_owned(), (*s).to_owned()))
+            .collect();
+        let trust = Trust::from_config(&crate::config::SecurityConfig::default()).unwrap();
+        read_folder(dir, &Options::default(), &trust, &bound).unwrap()
+    }
+
+    #[test]
+    fn a_bound_name_stays_with_its_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = [("a.yaml", "shared"), ("b.yaml", "shared")];
+        // Unbound: the first file by name takes it.
+        let folder = read(tmp.path(), &files, &[]);
+        assert_eq!(folder.desired["shared"].source, "a.yaml");
+        // Bound to b.yaml: a newcomer sorting first does not take it.
+        let folder = read(tmp.path(), &files, &[("shared", "b.yaml")]);
+        assert_eq!(folder.desired["shared"].source, "b.yaml");
+        let dup: Vec<&Invalid> = folder.duplicates().collect();
+        assert_eq!(dup.len(), 1);
+        assert_eq!(dup[0].source, "a.yaml");
+        assert_eq!(dup[0].name.as_deref(), Some("shared"));
+        assert!(dup[0].message.contains("a.yaml:4:"), "{}", dup[0].message);
+        assert!(folder.invalid_named("shared").is_none());
+        // The bound file broken: the pipeline is Invalid, not handed to the other file.
+        std::fs::write(tmp.path().join("b.yaml"), "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata:\n  name: shared\nspec:\n  jobs: []\n  bogus: 1\n").unwrap();
+        let folder = read(tmp.path(), &[("a.yaml", "shared")], &[("shared", "b.yaml")]);
+        assert!(!folder.desired.contains_key("shared"));
+        let invalid = folder.invalid_named("shared").unwrap();
+        assert_eq!(invalid.source, "b.yaml");
+        assert_eq!(invalid.reason, InvalidReason::InvalidManifest);
+    }
+}
