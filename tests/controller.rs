@@ -641,6 +641,33 @@ fn a_manifest_written_by_apply_starts_at_once() {
 }
 
 #[test]
+fn a_manifest_linked_into_the_folder_starts_at_once() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    let started = ws.path().join("started");
+    let source = ws.write(
+        "src/linked.yaml",
+        &manifest(
+            "linked",
+            "",
+            &format!(
+                "    - {{id: a, command: \"touch {}\"}}\n",
+                started.display()
+            ),
+        ),
+    );
+    // A new link is a complete file (as `ln` makes it): no quiet period.
+    std::fs::hard_link(&source, ws.path().join("manifests/linked.yaml")).unwrap();
+    let linked = Instant::now();
+    wait_until(Duration::from_secs(10), || started.exists());
+    assert!(
+        linked.elapsed() < Duration::from_secs(1),
+        "the run started {:?} after the link",
+        linked.elapsed()
+    );
+}
+
+#[test]
 fn wait_on_an_invalid_manifest_exits_1_and_says_why() {
     let ws = Workspace::new();
     let broken = manifest(

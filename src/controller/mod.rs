@@ -377,6 +377,13 @@ fn relevant(event: &notify::Event) -> bool {
     }
 }
 
+/// Whether a file just created is a new name of a file that already has another (a hard link):
+/// its content was written before, it is not being written through this name.
+fn is_link_to_existing(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() > 1)
+}
+
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -386,11 +393,17 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 
 impl Controller {
     /// Tracks files being written: modified but not yet closed.
+    ///
+    /// A rename into place and a new hard link to an existing file (`ln`, or `apply` on a
+    /// filesystem without `RENAME_NOREPLACE`) are complete files: acted on at once.
     fn note_event(&mut self, event: &notify::Event) {
         use notify::EventKind;
         use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
         for path in &event.paths {
             match event.kind {
+                EventKind::Create(CreateKind::File) if is_link_to_existing(path) => {
+                    self.writing.remove(path);
+                }
                 EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => {
                     self.writing.insert(path.clone(), Instant::now());
                 }
