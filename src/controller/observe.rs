@@ -1,6 +1,8 @@
 //! Reading the manifests folder (desired state) and building each pipeline's status from the
-//! store (observed state). Pure of side effects, so `executioner status` can use it while no
-//! controller runs.
+//! store (observed state). Pure of side effects, so `executioner status` and `wait` can use it
+//! while no controller runs. Deciding which file holds a pipeline name (`bind`) lives here; whether
+//! a file may be trusted at all is `permissions`' question. Status times come from stored times
+//! only, so two reads of an unchanged state agree.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
