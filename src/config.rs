@@ -88,6 +88,18 @@ pub struct SecurityConfig {
     pub allowed_commands: Vec<String>,
     /// When false, the controller refuses to run as root.
     pub allow_root: bool,
+    /// Users (names or uids) besides the controller's own user and root who may own a manifest
+    /// the controller runs, e.g. the user of a git sync. A manifest owned by anyone else, or
+    /// writable by group or others, is `Invalid` (`InsecurePermissions`).
+    pub trusted_owners: Vec<TrustedOwner>,
+}
+
+/// A user named in `security.trusted_owners`: a uid, or a user name (a string of digits is a uid).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TrustedOwner {
+    Uid(u32),
+    Name(String),
 }
 
 impl Default for Config {
@@ -128,6 +140,7 @@ impl Default for SecurityConfig {
             allow_shell: true,
             allowed_commands: Vec::new(),
             allow_root: true,
+            trusted_owners: Vec::new(),
         }
     }
 }

@@ -499,3 +499,37 @@ fn usage_errors_exit_2() {
     assert_exit(&out, 2);
     assert!(!ws.path().join("m").exists());
 }
+
+#[test]
+fn relative_paths_without_a_working_dir_are_warned_about() {
+    let ws = Workspace::new();
+    let jobs = "    - id: build\n      command: ./build.sh\n      preChecks:\n        - fileExists: {path: input.csv}\n    - id: load\n      command: [../bin/load, x]\n    - {id: fine, command: \"echo ./not-first\"}\n";
+    ws.write("relative.yaml", &manifest("relative", "", jobs));
+    let out = apply(&ws, &["-f", "relative.yaml"]);
+    assert_exit(&out, 0);
+    let err = text(&out.stderr);
+    assert!(err.contains("relative.yaml:8:16: warning"), "{err}");
+    assert!(
+        err.contains("warning: job `build` uses the relative path `./build.sh`"),
+        "{err}"
+    );
+    assert!(err.contains("`input.csv`"), "{err}");
+    assert!(
+        err.contains("job `load` uses the relative path `../bin/load`"),
+        "{err}"
+    );
+    assert!(err.contains("manifests folder"), "{err}");
+    assert!(!err.contains("fine"), "{err}");
+    // With a workingDir, the paths start where the user said: no warning.
+    ws.write(
+        "anchored.yaml",
+        &manifest("anchored", "  workingDir: /srv/work\n", jobs),
+    );
+    let out = apply(&ws, &["-f", "anchored.yaml"]);
+    assert_exit(&out, 0);
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -176,3 +176,43 @@ fn a_state_folder_writable_by_others_is_refused() {
     let out = ws.run(&["run", "p.yaml"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+#[test]
+fn trusted_owners_are_configurable_and_unknown_users_refused() {
+    let ws = Workspace::new();
+    let (code, all, err) = config_json(
+        &ws,
+        &[(
+            "EXECUTIONER_SECURITY__TRUSTED_OWNERS",
+            "[65534, \"nobody\"]",
+        )],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (value, source) = entry(&all, "security.trusted_owners");
+    assert_eq!(value, &serde_json::json!([65534, "nobody"]), "{all}");
+    assert!(
+        source.contains("EXECUTIONER_SECURITY__TRUSTED_OWNERS"),
+        "{source}"
+    );
+    // A name that is no user of this machine is a usage error where it matters.
+    ws.write(
+        "p.yaml",
+        &manifest("p", "", "    - {id: a, command: \"true\"}\n"),
+    );
+    let mut cmd = Command::new(common::bin());
+    cmd.current_dir(ws.path())
+        .env("EXECUTIONER_SYSTEM_CONFIG", ws.path().join("system.toml"))
+        .env(
+            "EXECUTIONER_SECURITY__TRUSTED_OWNERS",
+            "[\"no-such-user-here\"]",
+        )
+        .args(["validate", "p.yaml"]);
+    let out = common::run_with_timeout(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no user named `no-such-user-here`"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -588,3 +588,469 @@ fn sigterm_of_the_controller_interrupts_its_run_and_the_next_one_continues_it() 
         "c\n"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 13: the controller's view of the folder and the kubectl-like commands.
+
+/// `executioner --state-dir WS/state ARGS...` run from `cwd`, bounded.
+fn run_in(ws: &Workspace, cwd: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(common::bin());
+    cmd.current_dir(cwd)
+        .arg("--state-dir")
+        .arg(ws.state_dir())
+        .args(args)
+        .env_remove("EXECUTIONER_STATE_DIR");
+    common::run_with_timeout(cmd, Duration::from_secs(90))
+}
+
+fn once(ws: &Workspace, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(common::bin());
+    cmd.current_dir(ws.path())
+        .args(["--state-dir", ws.state_dir().to_str().unwrap()])
+        .args(["controller", "--manifests", "manifests", "--once"])
+        .env_remove("EXECUTIONER_STATE_DIR");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    common::run_with_timeout(cmd, Duration::from_secs(60))
+}
+
+fn apply_file(ws: &Workspace, file: &str) {
+    let out = ws.run(&["apply", "-f", file, "--manifests", "manifests"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn wait_after_apply_waits_for_the_generation_just_written() {
+    let ws = Workspace::new();
+    let failing = manifest("flip", "", "    - {id: a, command: exit 3}\n");
+    let fixed = manifest("flip", "", "    - {id: a, command: \"true\"}\n");
+    ws.write("src/failing.yaml", &failing);
+    ws.write("src/fixed.yaml", &fixed);
+    std::fs::create_dir_all(ws.path().join("manifests")).unwrap();
+    apply_file(&ws, "src/failing.yaml");
+    assert_eq!(once(&ws, &[]).status.code(), Some(1));
+    // Generation 1 failed. The fixed manifest is applied while no controller runs: `wait` must
+    // not take generation 1's result for it (it used to exit 1 at once); the new one has no run.
+    apply_file(&ws, "src/fixed.yaml");
+    let out = ws.run(&["wait", "flip", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("timed out"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(once(&ws, &[]).status.code(), Some(0));
+    let out = ws.run(&["wait", "flip", "--timeout", "10s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // And the reverse: a succeeded generation does not answer for a failing one.
+    apply_file(&ws, "src/failing.yaml");
+    let out = ws.run(&["wait", "flip", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert_eq!(once(&ws, &[]).status.code(), Some(1));
+    let out = ws.run(&["wait", "flip", "--timeout", "10s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+
+    // With a controller running, apply then wait at once gets the new generation's verdict.
+    let _c = Running::start(&ws, &[]);
+    for (file, code, generation) in [("src/fixed.yaml", 0, 4), ("src/failing.yaml", 1, 5)] {
+        apply_file(&ws, file);
+        let out = ws.run(&["wait", "flip", "--timeout", "60s"]);
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
+        let s = status(&ws, "flip").unwrap();
+        assert_eq!(s["status"]["observedGeneration"], generation, "{s}");
+    }
+    assert_eq!(run_count(&ws, "flip"), 5);
+}
+
+#[test]
+fn a_manifest_written_by_apply_starts_at_once() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    let started = ws.path().join("started");
+    let job = |n: u32| {
+        format!(
+            "    - {{id: a, command: \"echo {n} >> {}\"}}\n",
+            started.display()
+        )
+    };
+    for (n, verb) in [(1, "created"), (2, "configured")] {
+        ws.write("src/quick.yaml", &manifest("quick", "", &job(n)));
+        let out = ws.run(&["apply", "-f", "src/quick.yaml", "--manifests", "manifests"]);
+        assert!(text(&out.stdout).contains(verb), "{}", text(&out.stdout));
+        let applied = Instant::now();
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&started).is_ok_and(|t| t.lines().count() == n as usize)
+        });
+        // A rename into place is a complete file: no quiet period (it used to be ~2 s).
+        assert!(
+            applied.elapsed() < Duration::from_secs(1),
+            "{verb}: the run started {:?} after apply",
+            applied.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_manifest_linked_into_the_folder_starts_at_once() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    let started = ws.path().join("started");
+    let source = ws.write(
+        "src/linked.yaml",
+        &manifest(
+            "linked",
+            "",
+            &format!(
+                "    - {{id: a, command: \"touch {}\"}}\n",
+                started.display()
+            ),
+        ),
+    );
+    // A new link is a complete file (as `ln` makes it): no quiet period.
+    std::fs::hard_link(&source, ws.path().join("manifests/linked.yaml")).unwrap();
+    let linked = Instant::now();
+    wait_until(Duration::from_secs(10), || started.exists());
+    assert!(
+        linked.elapsed() < Duration::from_secs(1),
+        "the run started {:?} after the link",
+        linked.elapsed()
+    );
+}
+
+#[test]
+fn wait_on_an_invalid_manifest_exits_1_and_says_why() {
+    let ws = Workspace::new();
+    let broken = manifest(
+        "broken",
+        "",
+        "    - {id: a, command: \"true\", dependencies: [nope]}\n",
+    );
+    // No controller has ever run: the configured folder is read.
+    ws.write("manifests/broken.yaml", &broken);
+    let out = ws.run(&["wait", "broken", "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("broken.yaml:7:"), "{err}");
+    assert!(err.contains("unknown job `nope`"), "{err}");
+
+    // A generation that succeeded, then a broken edit: wait says the edit is invalid.
+    ws.write(
+        "manifests/broken.yaml",
+        &manifest("broken", "", "    - {id: a, command: \"true\"}\n"),
+    );
+    let _c = Running::start(&ws, &[]);
+    wait_phase(&ws, "broken", "Succeeded", 1);
+    ws.write("manifests/broken.yaml", &broken);
+    let out = ws.run(&["wait", "broken", "--timeout", "20s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("broken.yaml:7:"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_second_file_with_a_bound_name_does_not_take_the_pipeline() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    let stolen = ws.path().join("stolen");
+    ws.write("manifests/b.yaml", &manifest("shared", "", HELLO_JOBS));
+    wait_phase(&ws, "shared", "Succeeded", 1);
+    // a.yaml sorts first; it used to take the pipeline over and run.
+    ws.write(
+        "manifests/a.yaml",
+        &manifest(
+            "shared",
+            "",
+            &format!("    - {{id: a, command: \"touch {}\"}}\n", stolen.display()),
+        ),
+    );
+    let start = Instant::now();
+    let all = loop {
+        let out = ws.run(&["status", "-o", "json", "--manifests", "manifests"]);
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = all.as_array().unwrap();
+        if rows.iter().any(|r| r["metadata"]["source"] == "a.yaml") {
+            break rows.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{all}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[0]["metadata"]["source"], "b.yaml");
+    assert_eq!(all[0]["metadata"]["generation"], 1);
+    assert_eq!(all[0]["status"]["phase"], "Succeeded");
+    let newcomer = &all[1];
+    assert_eq!(newcomer["metadata"]["name"], "shared");
+    assert_eq!(newcomer["status"]["phase"], "Invalid");
+    let valid = &newcomer["status"]["conditions"][0];
+    assert_eq!(valid["reason"], "DuplicateName", "{newcomer}");
+    let message = valid["message"].as_str().unwrap();
+    assert!(message.contains("a.yaml:4:"), "{message}");
+    assert!(message.contains("b.yaml"), "{message}");
+    // The table shows it too.
+    let out = ws.run(&["status", "--manifests", "manifests"]);
+    assert!(
+        text(&out.stdout).contains("a.yaml"),
+        "{}",
+        text(&out.stdout)
+    );
+    let file = std::fs::read_to_string(status_file(&ws, "shared")).unwrap();
+    assert!(file.contains("source: b.yaml"), "{file}");
+    assert_eq!(run_count(&ws, "shared"), 1);
+    assert!(!stolen.exists());
+}
+
+#[test]
+fn status_from_another_folder_and_stable_between_calls() {
+    let ws = Workspace::new();
+    ws.write("manifests/ok.yaml", &manifest("ok", "", HELLO_JOBS));
+    ws.write(
+        "manifests/bad.yaml",
+        &manifest(
+            "bad",
+            "",
+            "    - {id: a, command: \"true\", dependencies: [x]}\n",
+        ),
+    );
+    assert_eq!(once(&ws, &[]).status.code(), Some(1));
+    // A pipeline the controller has not seen: Pending, its times from the file.
+    ws.write("manifests/later.yaml", &manifest("later", "", HELLO_JOBS));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let first = run_in(&ws, elsewhere.path(), &["status", "-o", "json"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let all: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bad", "later", "ok"], "{all}");
+    std::thread::sleep(Duration::from_millis(20));
+    let second = run_in(&ws, elsewhere.path(), &["status", "-o", "json"]);
+    assert_eq!(text(&first.stdout), text(&second.stdout));
+}
+
+#[test]
+fn status_watch_on_a_pipe_prints_plain_snapshots_once_per_change() {
+    use std::io::Read;
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    let gate = ws.path().join("gate");
+    ws.write(
+        "manifests/watched.yaml",
+        &manifest(
+            "watched",
+            "",
+            &format!(
+                "    - {{id: a, command: \"while [ ! -e {} ]; do sleep 0.05; done\"}}\n",
+                gate.display()
+            ),
+        ),
+    );
+    wait_phase(&ws, "watched", "Running", 1);
+    let mut child = Command::new(common::bin())
+        .current_dir(ws.path())
+        .args(["--state-dir", ws.state_dir().to_str().unwrap()])
+        .args([
+            "status",
+            "watched",
+            "-o",
+            "json",
+            "--watch",
+            "--manifests",
+            "manifests",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let mut collect = |until: &dyn Fn(&str) -> bool| {
+        let start = Instant::now();
+        while !until(&String::from_utf8_lossy(&out)) {
+            assert!(start.elapsed() < Duration::from_secs(30), "{}", text(&out));
+            if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
+                out.extend(chunk);
+            }
+        }
+    };
+    collect(&|t| t.contains("\"Running\""));
+    std::fs::write(&gate, "").unwrap();
+    collect(&|t| t.contains("\"Succeeded\""));
+    let _ = child.kill();
+    let _ = child.wait();
+    let all = text(&out);
+    assert!(!all.contains('\x1b'), "{all:?}");
+    let snapshots: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&all)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(snapshots.len() >= 2, "{all}");
+    for pair in snapshots.windows(2) {
+        assert_ne!(pair[0], pair[1], "a snapshot printed twice");
+    }
+}
+
+#[test]
+fn insecure_manifests_are_never_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    let ran = ws.path().join("ran");
+    let path = ws.write(
+        "manifests/open.yaml",
+        &manifest(
+            "open",
+            "",
+            &format!("    - {{id: a, command: \"touch {}\"}}\n", ran.display()),
+        ),
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let start = Instant::now();
+    let s = loop {
+        if let Some(s) = status(&ws, "open")
+            && s["status"]["phase"] == "Invalid"
+        {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let valid = &s["status"]["conditions"][0];
+    assert_eq!(valid["reason"], "InsecurePermissions", "{s}");
+    assert!(
+        valid["message"]
+            .as_str()
+            .unwrap()
+            .contains("writable by group or others"),
+        "{s}"
+    );
+    assert_eq!(run_count(&ws, "open"), 0);
+    assert!(!ran.exists());
+    // `validate` says the same of that file.
+    let out = ws.run(&["validate", "manifests/open.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("InsecurePermissions"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Made writable by its owner only, it runs.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    wait_phase(&ws, "open", "Succeeded", 1);
+    assert!(ran.exists());
+}
+
+#[test]
+fn a_manifests_folder_writable_by_others_is_refused_unless_sticky() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    ws.write("manifests/ok.yaml", &manifest("ok", "", HELLO_JOBS));
+    let dir = ws.path().join("manifests");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = once(&ws, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("writable by others without the sticky bit"),
+        "{err}"
+    );
+    assert!(err.contains(dir.to_str().unwrap()), "{err}");
+    assert_eq!(run_count(&ws, "ok"), 0);
+    // apply will not write there either.
+    ws.write("src/new.yaml", &manifest("new", "", HELLO_JOBS));
+    let out = ws.run(&["apply", "-f", "src/new.yaml", "--manifests", "manifests"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(!dir.join("new.yaml").exists());
+    // With the sticky bit (as /tmp), others cannot replace our files: accepted.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = once(&ws, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_manifest_of_another_owner_runs_only_when_trusted() {
+    let ws = Workspace::new();
+    let path = ws.write("manifests/synced.yaml", &manifest("synced", "", HELLO_JOBS));
+    // uid 65534 (nobody): not the controller's user (root in the tests), not root.
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    assert_eq!(once(&ws, &[]).status.code(), Some(1));
+    let s = status(&ws, "synced").unwrap();
+    assert_eq!(s["status"]["phase"], "Invalid", "{s}");
+    let valid = &s["status"]["conditions"][0];
+    assert_eq!(valid["reason"], "InsecurePermissions", "{s}");
+    assert!(valid["message"].as_str().unwrap().contains("65534"), "{s}");
+    assert_eq!(run_count(&ws, "synced"), 0);
+    for trusted in ["[65534]", "[\"nobody\"]"] {
+        let out = once(&ws, &[("EXECUTIONER_SECURITY__TRUSTED_OWNERS", trusted)]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{trusted}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(run_count(&ws, "synced"), 1);
+}
+
+#[test]
+fn a_run_whose_process_is_gone_is_shown_interrupted() {
+    let ws = Workspace::new();
+    let tag = marker("interrupted");
+    let (key, value) = tag.split_once('=').unwrap();
+    let started = ws.path().join("started");
+    ws.write(
+        "manifests/orphan.yaml",
+        &manifest(
+            "orphan",
+            "",
+            &format!(
+                "    - {{id: a, command: \"touch {}; sleep 30\"}}\n",
+                started.display()
+            ),
+        ),
+    );
+    let mut run = Command::new(common::bin())
+        .current_dir(ws.path())
+        .args(["--state-dir", ws.state_dir().to_str().unwrap()])
+        .args(["run", "manifests/orphan.yaml"])
+        .env(key, value)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), || started.exists());
+    let s = status(&ws, "orphan").unwrap();
+    assert_eq!(s["status"]["phase"], "Running", "{s}");
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let s = status(&ws, "orphan").unwrap();
+    assert_eq!(s["status"]["phase"], "Interrupted", "{s}");
+    let run_id = s["status"]["runId"].as_i64().unwrap();
+    let out = ws.run(&["status", "--manifests", "manifests"]);
+    assert!(
+        text(&out.stdout).contains(&format!("executioner resume {run_id}")),
+        "{}",
+        text(&out.stdout)
+    );
+    for pid in common::processes_with_marker(&tag) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}

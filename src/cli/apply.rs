@@ -1,7 +1,7 @@
 //! `executioner apply -f PATH` and `executioner delete NAME`: the imperative way into the
 //! declarative controller. Both only change files in the manifests folder; the controller notices.
 //! This module does not talk to the controller nor touch status files; only `--wait` reads the
-//! store, once, before writing.
+//! store.
 //!
 //! Choices, kubectl-like:
 //! - `-f` takes a file, a folder (its manifest files, not recursive, as the controller reads them)
@@ -24,14 +24,18 @@
 //!   Relative paths in a manifest (`workingDir`, checks) start at its folder, so after `apply` they
 //!   start at the manifests folder.
 //! - Writes: a hidden temp file in the manifests folder (the controller ignores hidden files),
-//!   fsync, rename over the target (a new file is linked into place instead, so it never clobbers a
-//!   file that appeared meanwhile), fsync of the folder. Mode 0644. Symlinks are never followed nor
-//!   written through. The folder is created when missing.
+//!   fsync, rename over the target (a new file is renamed into place with `RENAME_NOREPLACE`, so
+//!   it never clobbers a file that appeared meanwhile; a link where the filesystem cannot), fsync
+//!   of the folder. Mode 0644. A rename is a complete file to the controller, which acts on it at
+//!   once. Symlinks are never followed nor written through. The folder is created when missing; a
+//!   folder writable by others without the sticky bit is refused (the controller refuses it too).
+//! - Warnings (stderr, exit 0): relative paths in a manifest without `workingDir` (a command
+//!   starting with `./` or `../`, a relative check path), since they will start at the manifests
+//!   folder.
 //! - `--wait` waits for each pipeline of the apply in turn, all within one `--timeout`; the exit
-//!   code is the worst of them. It waits for the generation the controller will give to what was
-//!   written (the recorded one + 1 when the spec hash differs, as the controller counts), read from
-//!   the store before writing: so the previous generation's finished run is never taken for the
-//!   new one's, even when the controller has not seen the change yet.
+//!   code is the worst of them. It waits as `wait` does: for the generation of the spec now in the
+//!   folder (see `wait`), so the previous generation's finished run is never taken for the new
+//!   one's, even when the controller has not seen the change yet.
 //! - `delete NAME` removes the single-document file defining the pipeline; the controller cancels
 //!   its run. It does not touch the status file or the history.
 
@@ -42,8 +46,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
-use crate::engine::plan::spec_hash;
 use crate::spec::{self, Format, LoadError, Manifest, PipelineName, Pos, RawDoc};
 use crate::validate::{self, Diagnostic, Options, Severity};
 
@@ -88,7 +90,7 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
     };
 
     let sources = read_sources(&args.file)?;
-    let incoming = validate_all(&sources, &options)?;
+    let incoming = validate_all(&sources, &options, global.quiet)?;
     let folder = Folder::scan(&dir)?;
     if !global.quiet {
         for (path, e) in folder.unparsable() {
@@ -100,11 +102,10 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
         }
     }
     let plan = plan(&incoming, &folder)?;
-    let generations = if args.wait {
-        expected_generations(&incoming, &config)?
-    } else {
-        Vec::new()
-    };
+    // The controller would refuse the folder; writing manifests there would only hand them to
+    // whoever else can write it.
+    crate::controller::permissions::check_folder(&dir)
+        .map_err(|e| CliError::usage(format!("refusing to write manifests: {e}")))?;
 
     let suffix = if args.dry_run { " (dry run)" } else { "" };
     if !args.dry_run && plan.iter().any(|s| s.action.writes()) {
@@ -126,9 +127,9 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
     }
     let deadline = args.timeout.map(|t| Instant::now() + t);
     let mut worst = Exit::Success;
-    for (step, generation) in plan.iter().zip(generations) {
+    for step in &plan {
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let exit = match super::wait::wait_for(step.name.as_str(), generation, timeout, global) {
+        let exit = match super::wait::wait_for(step.name.as_str(), Some(&dir), timeout, global) {
             Ok(exit) => exit,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -143,36 +144,6 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
         }
     }
     Ok(worst)
-}
-
-/// The generation each document will have once the controller has read what this apply writes:
-/// the recorded one when its spec hash is the same (labels and comments do not count), the next one
-/// otherwise; `None` for a pipeline the store does not know yet (it will be generation 1).
-fn expected_generations(
-    incoming: &[Incoming<'_>],
-    config: &Config,
-) -> Result<Vec<Option<i64>>, CliError> {
-    let state_dir = super::state_dir(config);
-    super::runtime()?.block_on(async {
-        let Some(store) = super::open_store_existing(&state_dir, config).await? else {
-            return Ok(vec![None; incoming.len()]);
-        };
-        let mut generations = Vec::with_capacity(incoming.len());
-        for doc in incoming {
-            let row = store
-                .pipeline(doc.name().as_str())
-                .await
-                .map_err(super::store_error)?;
-            generations.push(row.map(|row| {
-                if row.deleted || row.spec_hash != spec_hash(&doc.manifest) {
-                    row.generation + 1
-                } else {
-                    row.generation
-                }
-            }));
-        }
-        Ok(generations)
-    })
 }
 
 /// Orders exit codes for `--wait` over several pipelines: the worst one is returned.
@@ -336,6 +307,7 @@ impl Incoming<'_> {
 fn validate_all<'a>(
     sources: &'a [Source],
     options: &Options,
+    quiet: bool,
 ) -> Result<Vec<Incoming<'a>>, CliError> {
     let mut incoming = Vec::new();
     let mut diagnostics = Vec::new();
@@ -353,6 +325,16 @@ fn validate_all<'a>(
             match validate::validate_doc(doc, options) {
                 Ok(valid) => {
                     diagnostics.extend(valid.warnings);
+                    if !quiet {
+                        diagnostics.extend(relative_paths(&valid.manifest).into_iter().map(
+                            |(pointer, message)| Diagnostic {
+                                file: source.path.clone(),
+                                pos: doc.pos_of(&pointer),
+                                severity: Severity::Warning,
+                                message,
+                            },
+                        ));
+                    }
                     incoming.push(Incoming {
                         source,
                         manifest: valid.manifest,
@@ -398,6 +380,102 @@ fn validate_all<'a>(
         )));
     }
     Ok(incoming)
+}
+
+/// The relative paths of a manifest without `workingDir` (a command starting with `./` or `../`,
+/// a relative check path), as (JSON pointer, warning): after `apply` they start at the manifests
+/// folder, which is rarely what was meant.
+fn relative_paths(manifest: &Manifest) -> Vec<(String, String)> {
+    fn relative(path: &str) -> bool {
+        path.starts_with("./") || path.starts_with("../")
+    }
+    fn relative_path(path: &str) -> bool {
+        !path.is_empty() && !path.starts_with(['/', '$', '~'])
+    }
+    fn command(c: &spec::Command) -> Option<&str> {
+        match c {
+            spec::Command::Shell(text) => Some(text.trim_start()).filter(|t| relative(t)),
+            spec::Command::Exec(args) => args.first().map(String::as_str).filter(|a| relative(a)),
+        }
+    }
+    fn checks(checks: Option<&Vec<spec::Check>>, at: &str, found: &mut Vec<(String, String)>) {
+        for (k, check) in checks.into_iter().flatten().enumerate() {
+            let paths = [
+                check
+                    .file_exists
+                    .as_ref()
+                    .map(|c| ("fileExists/path", c.path.as_str())),
+                check
+                    .file_not_exists
+                    .as_ref()
+                    .map(|c| ("fileNotExists/path", c.path.as_str())),
+            ];
+            for (field, path) in paths.into_iter().flatten() {
+                if relative_path(path) {
+                    found.push((format!("{at}/{k}/{field}"), path.to_owned()));
+                }
+            }
+            if let Some(path) = check.command.as_ref().and_then(command) {
+                found.push((format!("{at}/{k}/command"), path.to_owned()));
+            }
+        }
+    }
+    let spec = &manifest.spec;
+    if spec.working_dir.is_some() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut warn = |job: &str, found: Vec<(String, String)>| {
+        for (pointer, path) in found {
+            out.push((
+                pointer,
+                format!(
+                    "job `{job}` uses the relative path `{path}` but the pipeline has no \
+                     workingDir: it will run from the manifests folder; set spec.workingDir"
+                ),
+            ));
+        }
+    };
+    for (i, job) in spec.jobs.iter().enumerate() {
+        if job
+            .working_dir
+            .as_deref()
+            .is_some_and(|d| !relative_path(d))
+        {
+            continue;
+        }
+        let mut found = Vec::new();
+        if let Some(path) = command(&job.command) {
+            found.push((format!("/spec/jobs/{i}/command"), path.to_owned()));
+        }
+        checks(
+            job.pre_checks.as_ref(),
+            &format!("/spec/jobs/{i}/preChecks"),
+            &mut found,
+        );
+        checks(
+            job.post_checks.as_ref(),
+            &format!("/spec/jobs/{i}/postChecks"),
+            &mut found,
+        );
+        // Defaults apply to the jobs that leave their own checks out.
+        if job.pre_checks.is_none() {
+            checks(
+                spec.defaults.pre_checks.as_ref(),
+                "/spec/defaults/preChecks",
+                &mut found,
+            );
+        }
+        if job.post_checks.is_none() {
+            checks(
+                spec.defaults.post_checks.as_ref(),
+                "/spec/defaults/postChecks",
+                &mut found,
+            );
+        }
+        warn(job.id.as_str(), found);
+    }
+    out
 }
 
 /// A file that could be read but not parsed, as a diagnostic (as `validate` reports it).
@@ -701,9 +779,14 @@ fn write_atomic(dir: &Path, target: &Path, content: &[u8], replace: bool) -> io:
         file.sync_all()?;
         drop(file);
         if replace {
-            fs::rename(&temp, target)
-        } else {
-            match fs::hard_link(&temp, target) {
+            return fs::rename(&temp, target);
+        }
+        // A rename is what the controller takes for a complete file and acts on at once; a new
+        // link looks like a file just created, maybe still being written, and is left alone a
+        // while. So: a rename that refuses to replace, else (a filesystem without it) a link.
+        match rename_no_replace(&temp, target) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+            Err(_) => match fs::hard_link(&temp, target) {
                 // A filesystem without hard links: rename, having checked the name is still free.
                 Err(e)
                     if e.kind() != io::ErrorKind::AlreadyExists
@@ -712,7 +795,8 @@ fn write_atomic(dir: &Path, target: &Path, content: &[u8], replace: bool) -> io:
                     fs::rename(&temp, target)
                 }
                 linked => linked,
-            }
+            },
+            renamed => renamed,
         }
     })();
     // After a rename the temp name is gone; after a link (or a failure) it must go.
@@ -723,6 +807,14 @@ fn write_atomic(dir: &Path, target: &Path, content: &[u8], replace: bool) -> io:
     written?;
     removed?;
     sync_dir(dir)
+}
+
+/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to` (Linux
+/// `renameat2(RENAME_NOREPLACE)`); other errors mean the filesystem cannot do it.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE)
+        .map_err(|errno| io::Error::from_raw_os_error(errno as i32))
 }
 
 /// A new hidden file next to the target: `.NAME.yaml.PID.N.tmp`.

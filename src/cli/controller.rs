@@ -200,6 +200,29 @@ fn print_event(event: &ControllerEvent, json: bool) {
     }
 }
 
+/// The manifests folder of the state folder's pipelines: `--manifests`, else the one the
+/// controller of that state folder recorded (so `status --state-dir X` works from any folder),
+/// else the configuration's.
+pub async fn watched_dir(
+    flag: Option<&Path>,
+    store: Option<&crate::store::Store>,
+    config: &crate::config::Config,
+) -> Result<PathBuf, CliError> {
+    if flag.is_none()
+        && let Some(store) = store
+        && let Some(recorded) = store.manifests_dir().await.map_err(super::store_error)?
+    {
+        return Ok(recorded);
+    }
+    Ok(manifests_dir(flag, config))
+}
+
+/// Who may own a manifest, from the configuration (an unknown user name is a usage error).
+pub fn trust(config: &crate::config::Config) -> Result<controller::permissions::Trust, CliError> {
+    controller::permissions::Trust::from_config(&config.security)
+        .map_err(|e| CliError::usage(e.to_string()))
+}
+
 /// The status documents, from the store and the folder (no controller needed).
 pub fn statuses(
     manifests: Option<&Path>,
@@ -207,14 +230,19 @@ pub fn statuses(
 ) -> Result<Vec<PipelineStatusDoc>, CliError> {
     let config = super::load_config(global)?;
     let state_dir = super::state_dir(&config);
-    let manifests_dir = manifests_dir(manifests, &config);
     let options = Options {
         security: super::security_policy(&config),
         ..Options::default()
     };
+    let trust = trust(&config)?;
     super::runtime()?.block_on(async move {
         let store = super::open_store_existing(&state_dir, &config).await?;
-        controller::observe::snapshot(store.as_ref(), &state_dir, &manifests_dir, &options)
+        let manifests_dir = watched_dir(manifests, store.as_ref(), &config).await?;
+        let dirs = controller::observe::Dirs {
+            state: &state_dir,
+            manifests: &manifests_dir,
+        };
+        controller::observe::snapshot(store.as_ref(), dirs, &options, &trust)
             .await
             .map_err(super::store_error)
     })
@@ -234,6 +262,11 @@ pub fn status(
     manifests: Option<&Path>,
     global: &GlobalArgs,
 ) -> CliResult {
+    use std::io::IsTerminal;
+    // On a terminal the screen is redrawn; elsewhere (a pipe, a file) each change is printed once,
+    // as plain text.
+    let terminal = std::io::stdout().is_terminal();
+    let mut last: Option<String> = None;
     loop {
         let mut docs = statuses(manifests, global)?;
         if let Some(n) = name {
@@ -291,20 +324,35 @@ pub fn status(
                     {
                         out.push_str(&format!("{}: {}\n", d.metadata.name, c.message));
                     }
+                    if d.status.phase == controller::observe::INTERRUPTED
+                        && let Some(c) = d.status.conditions.iter().find(|c| c.kind == "Complete")
+                    {
+                        out.push_str(&format!("{}: {}\n", d.metadata.name, c.message));
+                    }
                 }
                 out
             }
         };
-        if watch {
+        if !watch {
+            print!("{text}");
+        } else if terminal {
             print!("\x1b[2J\x1b[H{text}");
-        } else {
+        } else if last.as_deref() != Some(text.as_str()) {
+            if last.is_some() && format == StatusFormat::Yaml {
+                println!("---");
+            }
             print!("{text}");
         }
         let _ = std::io::stdout().flush();
         if !watch {
             return Ok(Exit::Success);
         }
-        std::thread::sleep(Duration::from_secs(1));
+        last = Some(text);
+        std::thread::sleep(if terminal {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(250)
+        });
     }
 }
 

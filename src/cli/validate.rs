@@ -38,7 +38,14 @@ pub fn run(paths: &[PathBuf], global: &GlobalArgs) -> CliResult {
 
     let mut invalid = false;
     let mut names: HashMap<String, PathBuf> = HashMap::new();
+    let trust = super::controller::trust(&config)?;
     for file in &files {
+        // What the controller would refuse to run (InsecurePermissions).
+        if let Err(insecure) = trust.check_manifest_path(file) {
+            println!("{insecure}");
+            invalid = true;
+            continue;
+        }
         match validate::validate_file(file, &options) {
             FileOutcome::Unreadable(e) => {
                 eprintln!("error: {e}");

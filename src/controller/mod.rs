@@ -9,6 +9,7 @@
 
 pub mod lock;
 pub mod observe;
+pub mod permissions;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,7 +32,8 @@ use crate::status::file::{status_path, write_atomic};
 use crate::store::{RunId, Store, StoreError};
 use crate::validate::Options;
 
-use observe::{Desired, Folder, Invalid, Transitions};
+use observe::{Desired, Dirs, Folder};
+use permissions::Trust;
 
 /// Quiet time after a folder event before reconciling.
 pub const DEBOUNCE: Duration = Duration::from_millis(10);
@@ -111,6 +113,10 @@ pub enum ControllerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("refusing to run the manifests in {0}")]
+    InsecureFolder(permissions::InsecurePath),
+    #[error(transparent)]
+    UnknownOwner(#[from] permissions::UnknownOwner),
 }
 
 /// Why the controller woke up (besides timers).
@@ -147,7 +153,8 @@ struct Controller {
     /// Sources whose parse failure is being retried, with when it was first seen.
     parse_failures: HashMap<String, Instant>,
     reported_invalid: HashMap<String, String>,
-    transitions: Transitions,
+    /// Who may own a manifest that is run.
+    trust: Trust,
     recovered: bool,
     options: Options,
     /// What the store was last told of each pipeline: (spec hash, source, generation), so that
@@ -207,6 +214,10 @@ pub async fn run(
         path: opts.manifests_dir.clone(),
         source,
     })?;
+    permissions::check_folder(&opts.manifests_dir).map_err(ControllerError::InsecureFolder)?;
+    let trust = Trust::from_config(&opts.config.security)?;
+    // So that `status`, `wait` and others run from another folder find what this controller watches.
+    store.set_manifests_dir(&opts.manifests_dir).await?;
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
     let watcher = {
         let tx = wake_tx.clone();
@@ -264,7 +275,7 @@ pub async fn run(
         writing: HashMap::new(),
         parse_failures: HashMap::new(),
         reported_invalid: HashMap::new(),
-        transitions: Transitions::default(),
+        trust,
         recovered: false,
         observed: HashMap::new(),
         settled: HashMap::new(),
@@ -378,6 +389,13 @@ fn relevant(event: &notify::Event) -> bool {
     }
 }
 
+/// Whether a file just created is a new name of a file that already has another (a hard link):
+/// its content was written before, it is not being written through this name.
+fn is_link_to_existing(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() > 1)
+}
+
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -387,11 +405,17 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 
 impl Controller {
     /// Tracks files being written: modified but not yet closed.
+    ///
+    /// A rename into place and a new hard link to an existing file (`ln`, or `apply` on a
+    /// filesystem without `RENAME_NOREPLACE`) are complete files: acted on at once.
     fn note_event(&mut self, event: &notify::Event) {
         use notify::EventKind;
         use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
         for path in &event.paths {
             match event.kind {
+                EventKind::Create(CreateKind::File) if is_link_to_existing(path) => {
+                    self.writing.remove(path);
+                }
                 EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => {
                     self.writing.insert(path.clone(), Instant::now());
                 }
@@ -424,8 +448,12 @@ impl Controller {
     }
 
     /// Reads the folder, keeping the previous view of files still being written or failing to
-    /// parse for the first time. Returns when to look again, if sooner than the resync.
-    fn read_folder(&mut self) -> Result<(Folder, Option<Duration>), ControllerError> {
+    /// parse for the first time, and binds names to files (the store's `bound` sources keep their
+    /// pipelines). Returns when to look again, if sooner than the resync.
+    fn read_folder(
+        &mut self,
+        bound: &HashMap<String, String>,
+    ) -> Result<(Folder, Option<Duration>), ControllerError> {
         let dir = &self.opts.manifests_dir;
         let files = match crate::validate::manifest_files(dir) {
             Ok(f) => f,
@@ -440,18 +468,17 @@ impl Controller {
         let now = Instant::now();
         self.writing
             .retain(|_, t| now.duration_since(*t) < WRITE_QUIET);
-        let mut folder = Folder::default();
+        let mut read: Vec<Folder> = Vec::with_capacity(files.len());
         let mut requeue: Option<Duration> = None;
-        let keep_previous = |source: &str, folder: &mut Folder, prev: &Folder| {
+        let previous = |source: &str, prev: &Folder| {
+            let mut kept = Folder::default();
             for d in prev.desired.values().filter(|d| d.source == source) {
-                folder
-                    .desired
-                    .entry(d.name.clone())
-                    .or_insert_with(|| d.clone());
+                kept.desired.insert(d.name.clone(), d.clone());
             }
             for i in prev.invalid.iter().filter(|i| i.source == source) {
-                folder.invalid.push(i.clone());
+                kept.invalid.push(i.clone());
             }
+            kept
         };
         let mut seen_sources = HashSet::new();
         for file in files {
@@ -461,14 +488,16 @@ impl Controller {
                 .unwrap_or_default();
             seen_sources.insert(source.clone());
             if let Some(t) = self.writing.get(&file) {
-                keep_previous(&source, &mut folder, &self.folder);
+                read.push(previous(&source, &self.folder));
                 let left = WRITE_QUIET.saturating_sub(now.duration_since(*t));
                 requeue = Some(requeue.map_or(left, |r| r.min(left)));
                 continue;
             }
             // Unchanged files (same size, mtime and inode) are not parsed again: a pass over a
-            // folder of thousands of manifests costs a stat each.
-            let stamp = std::fs::metadata(&file).ok().map(|m| {
+            // folder of thousands of manifests costs a stat each. Owner and mode are checked on
+            // every pass (a chmod does not change the mtime).
+            let meta = std::fs::symlink_metadata(&file).ok();
+            let stamp = meta.as_ref().map(|m| {
                 use std::os::unix::fs::MetadataExt;
                 (m.len(), m.mtime(), m.mtime_nsec(), m.ino())
             });
@@ -483,11 +512,20 @@ impl Controller {
                     one
                 }
             };
+            if let Some(Err(problem)) = meta.as_ref().map(|m| self.trust.check_manifest(m)) {
+                let insecure = permissions::InsecurePath {
+                    path: file.clone(),
+                    problem,
+                };
+                self.parse_failures.remove(&source);
+                read.push(observe::mark_insecure(one, &insecure, &file));
+                continue;
+            }
             let syntax_failure = one.invalid.iter().any(|i| i.syntax);
             if syntax_failure {
                 let first = *self.parse_failures.entry(source.clone()).or_insert(now);
                 if now.duration_since(first) < PARSE_RETRY {
-                    keep_previous(&source, &mut folder, &self.folder);
+                    read.push(previous(&source, &self.folder));
                     let left = PARSE_RETRY.saturating_sub(now.duration_since(first));
                     requeue = Some(requeue.map_or(left, |r| r.min(left)));
                     continue;
@@ -495,36 +533,31 @@ impl Controller {
             } else {
                 self.parse_failures.remove(&source);
             }
-            for (name, d) in one.desired {
-                if let Some(first) = folder.desired.get(&name) {
-                    folder.invalid.push(Invalid {
-                        name: None,
-                        source: d.source.clone(),
-                        message: format!(
-                            "{}: pipeline name `{name}` is already used by {}",
-                            file.display(),
-                            first.source
-                        ),
-                        syntax: false,
-                        reason: "DuplicateName",
-                    });
-                } else {
-                    folder.desired.insert(name, d);
-                }
-            }
-            folder.invalid.extend(one.invalid);
+            read.push(one);
         }
         self.parse_failures.retain(|s, _| seen_sources.contains(s));
         self.parsed.retain(|path, _| {
             path.file_name()
                 .is_some_and(|n| seen_sources.contains(n.to_string_lossy().as_ref()))
         });
-        Ok((folder, requeue))
+        Ok((observe::bind(read, bound), requeue))
     }
 
     /// One level-triggered pass. Returns when to come back early, if at all.
     async fn reconcile(&mut self, full: bool) -> Result<Option<Duration>, ControllerError> {
-        let (folder, mut requeue) = self.read_folder()?;
+        let rows: HashMap<String, crate::store::PipelineRow> = self
+            .store
+            .pipelines()
+            .await?
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        let bound: HashMap<String, String> = rows
+            .values()
+            .filter(|r| !r.deleted)
+            .map(|r| (r.name.clone(), r.source.clone()))
+            .collect();
+        let (folder, mut requeue) = self.read_folder(&bound)?;
         self.folder = folder;
 
         if !self.recovered {
@@ -539,13 +572,6 @@ impl Controller {
             self.deliver();
         }
 
-        let rows: HashMap<String, crate::store::PipelineRow> = self
-            .store
-            .pipelines()
-            .await?
-            .into_iter()
-            .map(|r| (r.name.clone(), r))
-            .collect();
         let desired: Vec<Desired> = self.folder.desired.values().cloned().collect();
         for d in &desired {
             let known = self
@@ -941,13 +967,7 @@ impl Controller {
 
     /// What decides a pipeline's status besides its run's jobs (which only change while it runs).
     fn cheap_key(&self, name: &str, run: Option<&crate::store::RunRow>) -> StatusKey {
-        let invalid = self
-            .folder
-            .invalid
-            .iter()
-            .find(|i| i.name.as_deref() == Some(name))
-            .filter(|_| !self.folder.desired.contains_key(name))
-            .map(|i| i.message.clone());
+        let invalid = self.folder.invalid_named(name).map(|i| i.message.clone());
         StatusKey {
             generation: self.observed.get(name).map(|(_, _, g)| *g),
             run: run.map(|r| {
@@ -966,26 +986,23 @@ impl Controller {
     async fn write_status(&mut self, name: &str) -> Result<(), StoreError> {
         let (source, invalid) = match self.folder.desired.get(name) {
             Some(d) => (d.source.clone(), None),
-            None => match self
-                .folder
-                .invalid
-                .iter()
-                .find(|i| i.name.as_deref() == Some(name))
-            {
+            None => match self.folder.invalid_named(name) {
                 Some(i) => (i.source.clone(), Some(i.clone())),
                 None => return Ok(()),
             },
         };
-        // A valid manifest may sit beside an invalid edit of... the same name: validity wins.
         let row = self.store.pipeline(name).await?;
+        let dirs = Dirs {
+            state: &self.opts.state_dir,
+            manifests: &self.opts.manifests_dir,
+        };
         let doc = observe::pipeline_status(
             &self.store,
-            &self.opts.state_dir,
+            dirs,
             name,
             &source,
             row.as_ref(),
             invalid.as_ref(),
-            &mut self.transitions,
         )
         .await?;
         let text = doc.to_yaml();

@@ -1,6 +1,8 @@
 //! Reading the manifests folder (desired state) and building each pipeline's status from the
-//! store (observed state). Pure of side effects, so `executioner status` can use it while no
-//! controller runs.
+//! store (observed state). Pure of side effects, so `executioner status` and `wait` can use it
+//! while no controller runs. Deciding which file holds a pipeline name (`bind`) lives here; whether
+//! a file may be trusted at all is `permissions`' question. Status times come from stored times
+//! only, so two reads of an unchanged state agree.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,6 +18,8 @@ use crate::status::{JobPhase, format_time};
 use crate::store::{PipelineRow, RunRow, Store, StoreError};
 use crate::validate::{self, Options, Severity};
 
+use super::permissions::{InsecurePath, Trust};
+
 /// A valid pipeline found in the folder.
 #[derive(Debug, Clone)]
 pub struct Desired {
@@ -24,19 +28,43 @@ pub struct Desired {
     pub source: String,
     pub manifest: Manifest,
     pub spec_hash: String,
+    /// `FILE:LINE:COL` of its `metadata.name`, for the duplicate-name message.
+    pub name_at: String,
+}
+
+/// Why a manifest (or document) is not acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidReason {
+    /// It does not parse or does not validate.
+    InvalidManifest,
+    /// Another file already holds its `metadata.name`.
+    DuplicateName,
+    /// Writable by group or others, or owned by an untrusted user (see `permissions`).
+    InsecurePermissions,
+}
+
+impl InvalidReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidReason::InvalidManifest => "InvalidManifest",
+            InvalidReason::DuplicateName => "DuplicateName",
+            InvalidReason::InsecurePermissions => "InsecurePermissions",
+        }
+    }
 }
 
 /// A manifest (or document) that is not valid.
 #[derive(Debug, Clone)]
 pub struct Invalid {
-    /// The pipeline name if it could be read, else the file stem when it is a valid name.
+    /// The pipeline name if it could be read, else the file stem when it is a valid name. For a
+    /// `DuplicateName`, the name it wanted (the pipeline stays with the file it is bound to).
     pub name: Option<String>,
     pub source: String,
     /// `FILE:LINE:COL: message` lines.
     pub message: String,
     /// True for syntax errors (possibly a file still being written).
     pub syntax: bool,
-    pub reason: &'static str,
+    pub reason: InvalidReason,
 }
 
 /// What the folder says.
@@ -46,22 +74,141 @@ pub struct Folder {
     pub invalid: Vec<Invalid>,
 }
 
-/// Reads every manifest file of the folder (sorted by name; the first file to use a name keeps
-/// it, later ones are Invalid with reason `DuplicateName`).
-pub fn read_folder(dir: &Path, options: &Options) -> std::io::Result<Folder> {
-    let mut folder = Folder::default();
+impl Folder {
+    /// Why pipeline `name` is invalid, when no valid manifest holds it: the problem of the file
+    /// that holds (or would hold) the name, not of a newcomer refused as a duplicate.
+    pub fn invalid_named(&self, name: &str) -> Option<&Invalid> {
+        if self.desired.contains_key(name) {
+            return None;
+        }
+        let named = || {
+            self.invalid
+                .iter()
+                .filter(|i| i.name.as_deref() == Some(name))
+        };
+        named()
+            .find(|i| i.reason != InvalidReason::DuplicateName)
+            .or_else(|| named().next())
+    }
+
+    /// Newcomers refused because another file holds their name.
+    pub fn duplicates(&self) -> impl Iterator<Item = &Invalid> {
+        self.invalid
+            .iter()
+            .filter(|i| i.reason == InvalidReason::DuplicateName)
+    }
+}
+
+/// Reads every manifest file of the folder and binds names to files (see [`bind`]): the store's
+/// `bound` sources (name -> file name) keep their pipelines.
+pub fn read_folder(
+    dir: &Path,
+    options: &Options,
+    trust: &Trust,
+    bound: &HashMap<String, String>,
+) -> std::io::Result<Folder> {
     let files = match validate::manifest_files(dir) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
     };
+    let mut read = Vec::with_capacity(files.len());
     for file in files {
-        read_file(&file, options, &mut folder);
+        let mut one = Folder::default();
+        read_file(&file, options, &mut one);
+        let one = match trust.check_manifest_path(&file) {
+            Ok(()) => one,
+            Err(insecure) => mark_insecure(one, &insecure, &file),
+        };
+        read.push(one);
     }
-    Ok(folder)
+    Ok(bind(read, bound))
 }
 
-/// Reads one manifest file into `folder`.
+/// Merges what each file says (in file-name order) into one view, deciding who holds each name:
+/// the file the store has it bound to, while that file still declares it (even invalidly: a bad
+/// edit does not hand the pipeline to another file); otherwise the first file, by name, that
+/// declares it validly. Every other file declaring it is Invalid with reason `DuplicateName`.
+pub fn bind(files: Vec<Folder>, bound: &HashMap<String, String>) -> Folder {
+    let mut holder: HashMap<String, String> = HashMap::new();
+    for one in &files {
+        for d in one.desired.values() {
+            if bound.get(&d.name) == Some(&d.source) {
+                holder.insert(d.name.clone(), d.source.clone());
+            }
+        }
+        for i in &one.invalid {
+            if let Some(n) = &i.name
+                && i.reason != InvalidReason::DuplicateName
+                && bound.get(n) == Some(&i.source)
+            {
+                holder.entry(n.clone()).or_insert_with(|| i.source.clone());
+            }
+        }
+    }
+    for one in &files {
+        for d in one.desired.values() {
+            holder
+                .entry(d.name.clone())
+                .or_insert_with(|| d.source.clone());
+        }
+    }
+    let mut folder = Folder::default();
+    for one in files {
+        for (name, d) in one.desired {
+            let holds = holder.get(&name) == Some(&d.source);
+            if holds && !folder.desired.contains_key(&name) {
+                folder.desired.insert(name, d);
+            } else {
+                let by = holder.get(&name).cloned().unwrap_or_default();
+                folder.invalid.push(Invalid {
+                    name: Some(name.clone()),
+                    source: d.source.clone(),
+                    message: format!(
+                        "{}: pipeline name `{name}` is already used by {by} (DuplicateName)",
+                        d.name_at
+                    ),
+                    syntax: false,
+                    reason: InvalidReason::DuplicateName,
+                });
+            }
+        }
+        folder.invalid.extend(one.invalid);
+    }
+    folder
+}
+
+/// What a file that fails the permission check says: each of its documents Invalid with reason
+/// `InsecurePermissions` (names kept, so `status` shows the pipeline), nothing desired.
+pub fn mark_insecure(one: Folder, insecure: &InsecurePath, file: &Path) -> Folder {
+    let source = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut names: Vec<Option<String>> = one.desired.into_keys().map(Some).collect();
+    names.extend(one.invalid.into_iter().map(|i| i.name));
+    if names.is_empty() {
+        names.push(None);
+    }
+    names.dedup();
+    let message = insecure.to_string();
+    Folder {
+        desired: BTreeMap::new(),
+        invalid: names
+            .into_iter()
+            .map(|name| Invalid {
+                name,
+                source: source.clone(),
+                message: message.clone(),
+                syntax: false,
+                reason: InvalidReason::InsecurePermissions,
+            })
+            .collect(),
+    }
+}
+
+/// Reads one manifest file into `folder` (a name used twice within the file: the later document
+/// is Invalid with reason `DuplicateName`).
 pub fn read_file(file: &Path, options: &Options, folder: &mut Folder) {
     let source = file
         .file_name()
@@ -81,7 +228,7 @@ pub fn read_file(file: &Path, options: &Options, folder: &mut Folder) {
                 source,
                 message: e.to_string(),
                 syntax,
-                reason: "InvalidManifest",
+                reason: InvalidReason::InvalidManifest,
             });
             return;
         }
@@ -97,18 +244,17 @@ pub fn read_file(file: &Path, options: &Options, folder: &mut Folder) {
         match validate::validate_doc(doc, options) {
             Ok(valid) => {
                 let name = valid.manifest.metadata.name.to_string();
+                let name_at = format!("{}:{}", file.display(), doc.pos_of("/metadata/name"));
                 if let Some(first) = folder.desired.get(&name) {
-                    let pos = doc.pos_of("/metadata/name");
                     folder.invalid.push(Invalid {
-                        name: None,
+                        name: Some(name.clone()),
                         source: source.clone(),
                         message: format!(
-                            "{}:{pos}: pipeline name `{name}` is already used by {}",
-                            file.display(),
+                            "{name_at}: pipeline name `{name}` is already used by {} (DuplicateName)",
                             first.source
                         ),
                         syntax: false,
-                        reason: "DuplicateName",
+                        reason: InvalidReason::DuplicateName,
                     });
                     continue;
                 }
@@ -120,6 +266,7 @@ pub fn read_file(file: &Path, options: &Options, folder: &mut Folder) {
                         source: source.clone(),
                         manifest: valid.manifest,
                         spec_hash,
+                        name_at,
                     },
                 );
             }
@@ -135,7 +282,7 @@ pub fn read_file(file: &Path, options: &Options, folder: &mut Folder) {
                     source: source.clone(),
                     message,
                     syntax: false,
-                    reason: "InvalidManifest",
+                    reason: InvalidReason::InvalidManifest,
                 });
             }
         }
@@ -147,50 +294,32 @@ pub fn first_line(message: &str) -> &str {
     message.lines().next().unwrap_or("")
 }
 
-/// Remembers when each condition last changed, so `lastTransitionTime` only moves on a change.
-#[derive(Debug, Default, Clone)]
-pub struct Transitions {
-    seen: HashMap<(String, String), (String, String, String)>,
+/// A condition whose `lastTransitionTime` comes from stored times (a run's, the pipeline row's,
+/// the manifest file's), never from the clock at read time: two reads of an unchanged state agree.
+fn condition(kind: &str, status: &str, reason: &str, message: &str, at: String) -> Condition {
+    Condition {
+        kind: kind.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time: at,
+    }
 }
 
-impl Transitions {
-    fn condition(
-        &mut self,
-        pipeline: &str,
-        kind: &str,
-        status: &str,
-        reason: &str,
-        message: &str,
-        at: Option<String>,
-    ) -> Condition {
-        let key = (pipeline.to_owned(), kind.to_owned());
-        let now = at.unwrap_or_else(crate::status::now_rfc3339);
-        let entry = self
-            .seen
-            .entry(key)
-            .or_insert_with(|| (status.to_owned(), reason.to_owned(), now.clone()));
-        if entry.0 != status || entry.1 != reason {
-            *entry = (status.to_owned(), reason.to_owned(), now);
-        }
-        Condition {
-            kind: kind.to_owned(),
-            status: status.to_owned(),
-            reason: reason.to_owned(),
-            message: message.to_owned(),
-            last_transition_time: entry.2.clone(),
-        }
-    }
+/// The modification time of a manifest (when it last changed), or the epoch when it is gone.
+fn file_time(manifests_dir: &Path, source: &str) -> String {
+    let modified = std::fs::symlink_metadata(manifests_dir.join(source)).and_then(|m| m.modified());
+    format_time(modified.map_or(time::OffsetDateTime::UNIX_EPOCH, time::OffsetDateTime::from))
 }
 
 /// Builds the status document of one pipeline from what the folder says and what the store says.
 pub async fn pipeline_status(
     store: &Store,
-    state_dir: &Path,
+    dirs: Dirs<'_>,
     name: &str,
     source: &str,
     row: Option<&PipelineRow>,
     invalid: Option<&Invalid>,
-    transitions: &mut Transitions,
 ) -> Result<PipelineStatusDoc, StoreError> {
     let generation = row.map_or(0, |r| r.generation);
     let run: Option<RunRow> = store.latest_run(name).await?;
@@ -213,7 +342,7 @@ pub async fn pipeline_status(
         }
         let log: Option<PathBuf> = run
             .as_ref()
-            .map(|r| crate::engine::job_log_path(state_dir, &r.pipeline, r.id, &j.job_id));
+            .map(|r| crate::engine::job_log_path(dirs.state, &r.pipeline, r.id, &j.job_id));
         job_map.insert(
             j.job_id.clone(),
             JobStatus {
@@ -226,9 +355,15 @@ pub async fn pipeline_status(
             },
         );
     }
+    // A run left Running by a process that is gone (a `run` killed, a full disk) is not running.
+    let interrupted = run
+        .as_ref()
+        .filter(|r| !r.phase.is_terminal() && !crate::engine::resume::owner_alive(r));
     let current_run = run.as_ref().filter(|r| r.generation == generation);
     let phase = if invalid.is_some() && run.as_ref().is_none_or(|r| r.phase.is_terminal()) {
         "Invalid".to_owned()
+    } else if interrupted.is_some() {
+        INTERRUPTED.to_owned()
     } else {
         match &run {
             Some(r) if !r.phase.is_terminal() => r.phase.to_string(),
@@ -236,34 +371,50 @@ pub async fn pipeline_status(
             _ => "Pending".to_owned(),
         }
     };
-    let valid = match invalid {
-        Some(i) => transitions.condition(name, "Valid", "False", i.reason, &i.message, None),
-        None => transitions.condition(name, "Valid", "True", "Validated", "", None),
+    let observed_at = || {
+        row.map_or_else(
+            || file_time(dirs.manifests, source),
+            |r| format_time(r.updated_at),
+        )
     };
-    let complete = match current_run {
-        Some(r) if r.phase.is_terminal() => transitions.condition(
-            name,
+    let valid = match invalid {
+        Some(i) => condition(
+            "Valid",
+            "False",
+            i.reason.as_str(),
+            &i.message,
+            file_time(dirs.manifests, &i.source),
+        ),
+        None => condition("Valid", "True", "Validated", "", observed_at()),
+    };
+    let complete = match (interrupted, current_run) {
+        (Some(r), _) => condition(
+            "Complete",
+            "Unknown",
+            INTERRUPTED,
+            &interrupted_hint(r),
+            format_time(r.started_at.unwrap_or(r.created_at)),
+        ),
+        (None, Some(r)) if r.phase.is_terminal() => condition(
             "Complete",
             "True",
             r.phase.as_str(),
             r.reason.map_or("", |x| x.as_str()),
-            r.finished_at.map(format_time),
+            format_time(r.finished_at.or(r.started_at).unwrap_or(r.created_at)),
         ),
-        Some(r) => transitions.condition(
-            name,
+        (None, Some(r)) => condition(
             "Complete",
             "Unknown",
             r.phase.as_str(),
             "",
-            r.started_at.map(format_time),
+            format_time(r.started_at.unwrap_or(r.created_at)),
         ),
-        None => transitions.condition(
-            name,
+        (None, None) => condition(
             "Complete",
             "Unknown",
             "Pending",
             "no run of this generation yet",
-            None,
+            observed_at(),
         ),
     };
     Ok(PipelineStatusDoc {
@@ -287,79 +438,181 @@ pub async fn pipeline_status(
     })
 }
 
+/// The phase `status` shows for a run whose process is gone.
+pub const INTERRUPTED: &str = "Interrupted";
+
+/// What to do about an interrupted run.
+pub fn interrupted_hint(run: &RunRow) -> String {
+    format!(
+        "run {} was interrupted: the process running it is gone; `executioner resume {}` continues it",
+        run.id, run.id
+    )
+}
+
+/// The state and manifests folders a status is built for.
+#[derive(Debug, Clone, Copy)]
+pub struct Dirs<'a> {
+    pub state: &'a Path,
+    pub manifests: &'a Path,
+}
+
+/// The status of a manifest that holds no pipeline: not readable, insecure, or a duplicate name.
+fn invalid_doc(manifests_dir: &Path, name: &str, invalid: &Invalid) -> PipelineStatusDoc {
+    PipelineStatusDoc {
+        api_version: crate::spec::API_VERSION.to_owned(),
+        kind: "PipelineStatus".to_owned(),
+        metadata: StatusMetadata {
+            name: name.to_owned(),
+            source: invalid.source.clone(),
+            generation: 0,
+        },
+        status: PipelineStatus {
+            phase: "Invalid".into(),
+            observed_generation: None,
+            run_id: None,
+            started_at: None,
+            finished_at: None,
+            progress: Progress::default(),
+            conditions: vec![condition(
+                "Valid",
+                "False",
+                invalid.reason.as_str(),
+                &invalid.message,
+                file_time(manifests_dir, &invalid.source),
+            )],
+            jobs: IndexMap::new(),
+        },
+    }
+}
+
+/// The sources the store has each (not deleted) pipeline bound to.
+pub fn bound_sources(rows: &[PipelineRow]) -> HashMap<String, String> {
+    rows.iter()
+        .filter(|r| !r.deleted)
+        .map(|r| (r.name.clone(), r.source.clone()))
+        .collect()
+}
+
 /// Every pipeline's status, as `executioner status` shows it: the folder's manifests against the
-/// store, without changing anything.
+/// store, without changing anything. A newcomer refused as a duplicate name has a row of its own,
+/// after the pipeline's.
 pub async fn snapshot(
     store: Option<&Store>,
-    state_dir: &Path,
-    manifests_dir: &Path,
+    dirs: Dirs<'_>,
     options: &Options,
+    trust: &Trust,
 ) -> Result<Vec<PipelineStatusDoc>, StoreError> {
-    let folder = read_folder(manifests_dir, options).unwrap_or_default();
     let rows: Vec<PipelineRow> = match store {
         Some(s) => s.pipelines().await?,
         None => Vec::new(),
     };
-    let mut transitions = Transitions::default();
+    let folder =
+        read_folder(dirs.manifests, options, trust, &bound_sources(&rows)).unwrap_or_default();
     let mut out = Vec::new();
     let mut names: Vec<(String, String, Option<&Invalid>)> = folder
         .desired
         .values()
         .map(|d| (d.name.clone(), d.source.clone(), None))
         .collect();
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for inv in &folder.invalid {
         if let Some(n) = &inv.name
             && !folder.desired.contains_key(n)
+            && seen.insert(n.as_str())
+            && let Some(first) = folder.invalid_named(n)
         {
-            names.push((n.clone(), inv.source.clone(), Some(inv)));
+            names.push((n.clone(), first.source.clone(), Some(first)));
         }
     }
     names.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, source, invalid) in names {
         let row = rows.iter().find(|r| r.name == name);
         match store {
-            Some(store) => out.push(
-                pipeline_status(
-                    store,
-                    state_dir,
-                    &name,
-                    &source,
-                    row,
-                    invalid,
-                    &mut transitions,
-                )
-                .await?,
-            ),
-            None => out.push(PipelineStatusDoc {
-                api_version: crate::spec::API_VERSION.to_owned(),
-                kind: "PipelineStatus".to_owned(),
-                metadata: StatusMetadata {
-                    name: name.clone(),
-                    source,
-                    generation: 0,
-                },
-                status: PipelineStatus {
-                    phase: if invalid.is_some() {
-                        "Invalid".into()
-                    } else {
-                        "Pending".into()
-                    },
-                    observed_generation: None,
-                    run_id: None,
-                    started_at: None,
-                    finished_at: None,
-                    progress: Progress::default(),
-                    conditions: vec![match invalid {
-                        Some(i) => transitions
-                            .condition(&name, "Valid", "False", i.reason, &i.message, None),
-                        None => {
-                            transitions.condition(&name, "Valid", "True", "Validated", "", None)
-                        }
-                    }],
-                    jobs: IndexMap::new(),
-                },
-            }),
+            Some(store) if invalid.is_none_or(|i| i.reason != InvalidReason::DuplicateName) => {
+                out.push(pipeline_status(store, dirs, &name, &source, row, invalid).await?)
+            }
+            _ => match invalid {
+                Some(i) => out.push(invalid_doc(dirs.manifests, &name, i)),
+                None => {
+                    let mut doc = invalid_doc(
+                        dirs.manifests,
+                        &name,
+                        &Invalid {
+                            name: Some(name.clone()),
+                            source: source.clone(),
+                            message: String::new(),
+                            syntax: false,
+                            reason: InvalidReason::InvalidManifest,
+                        },
+                    );
+                    doc.status.phase = "Pending".into();
+                    doc.status.conditions = vec![condition(
+                        "Valid",
+                        "True",
+                        "Validated",
+                        "",
+                        file_time(dirs.manifests, &source),
+                    )];
+                    out.push(doc);
+                }
+            },
+        }
+        // Newcomers refused because this pipeline's name was taken.
+        for dup in folder
+            .duplicates()
+            .filter(|d| d.name.as_deref() == Some(name.as_str()))
+            .filter(|d| invalid.is_none_or(|i| !std::ptr::eq(*d, i)))
+        {
+            out.push(invalid_doc(dirs.manifests, &name, dup));
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(dir: &Path, files: &[(&str, &str)], bound: &[(&str, &str)]) -> Folder {
+        for (file, name) in files {
+            std::fs::write(
+                dir.join(file),
+                format!(
+                    "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n  jobs:\n    - {{id: a, command: \"true\"}}\n"
+                ),
+            )
+            .unwrap();
+        }
+        let bound = bound
+            .iter()
+            .map(|(n, s)| ((*n).to_owned(), (*s).to_owned()))
+            .collect();
+        let trust = Trust::from_config(&crate::config::SecurityConfig::default()).unwrap();
+        read_folder(dir, &Options::default(), &trust, &bound).unwrap()
+    }
+
+    #[test]
+    fn a_bound_name_stays_with_its_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = [("a.yaml", "shared"), ("b.yaml", "shared")];
+        // Unbound: the first file by name takes it.
+        let folder = read(tmp.path(), &files, &[]);
+        assert_eq!(folder.desired["shared"].source, "a.yaml");
+        // Bound to b.yaml: a newcomer sorting first does not take it.
+        let folder = read(tmp.path(), &files, &[("shared", "b.yaml")]);
+        assert_eq!(folder.desired["shared"].source, "b.yaml");
+        let dup: Vec<&Invalid> = folder.duplicates().collect();
+        assert_eq!(dup.len(), 1);
+        assert_eq!(dup[0].source, "a.yaml");
+        assert_eq!(dup[0].name.as_deref(), Some("shared"));
+        assert!(dup[0].message.contains("a.yaml:4:"), "{}", dup[0].message);
+        assert!(folder.invalid_named("shared").is_none());
+        // The bound file broken: the pipeline is Invalid, not handed to the other file.
+        std::fs::write(tmp.path().join("b.yaml"), "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata:\n  name: shared\nspec:\n  jobs: []\n  bogus: 1\n").unwrap();
+        let folder = read(tmp.path(), &[("a.yaml", "shared")], &[("shared", "b.yaml")]);
+        assert!(!folder.desired.contains_key("shared"));
+        let invalid = folder.invalid_named("shared").unwrap();
+        assert_eq!(invalid.source, "b.yaml");
+        assert_eq!(invalid.reason, InvalidReason::InvalidManifest);
+    }
 }

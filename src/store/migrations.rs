@@ -130,6 +130,16 @@ INSERT INTO outbox_rounds (run_id, round, queued_at)
     SELECT id, rounds, coalesce(finished_at, created_at) FROM runs
     WHERE phase IN ('Succeeded', 'Failed', 'Cancelled');
 "#,
+    // 4: what the controller of this state folder knows of itself (its manifests folder), so that
+    // commands run from elsewhere find the pipelines it watches. (IF NOT EXISTS: a database rewound
+    // to an earlier version by dropping only that version's tables replays this script.)
+    r#"
+CREATE TABLE IF NOT EXISTS controller_settings (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+"#,
 ];
 
 /// The schema version this build writes and understands.

@@ -19,6 +19,8 @@ pub struct PipelineRow {
     /// The last schedule tick acted on: its wall-clock time in the schedule's zone, stored as if
     /// it were UTC (ticks are compared as wall-clock times; see `schedule`).
     pub last_tick: Option<OffsetDateTime>,
+    /// When the generation, source or deletion last changed.
+    pub updated_at: OffsetDateTime,
 }
 
 impl Store {
@@ -63,7 +65,7 @@ impl Store {
     /// Every pipeline ever observed (deleted ones included), by name.
     pub async fn pipelines(&self) -> Result<Vec<PipelineRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, generation, spec_hash, source, deleted, rerun_requested, last_tick \
+            "SELECT name, generation, spec_hash, source, deleted, rerun_requested, last_tick, updated_at \
              FROM pipelines ORDER BY name",
         )
         .fetch_all(&self.pool)
@@ -74,7 +76,7 @@ impl Store {
 
     pub async fn pipeline(&self, name: &str) -> Result<Option<PipelineRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT name, generation, spec_hash, source, deleted, rerun_requested, last_tick \
+            "SELECT name, generation, spec_hash, source, deleted, rerun_requested, last_tick, updated_at \
              FROM pipelines WHERE name = ?",
         )
         .bind(name)
@@ -120,6 +122,38 @@ impl Store {
         Ok(())
     }
 
+    /// Records the manifests folder (an absolute path) the controller of this state folder watches.
+    pub async fn set_manifests_dir(&self, dir: &std::path::Path) -> Result<(), StoreError> {
+        let now = timestamp(OffsetDateTime::now_utc());
+        let query = sqlx::query(
+            "INSERT INTO controller_settings (key, value, updated_at) VALUES ('manifests_dir', ?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
+             WHERE value <> excluded.value",
+        )
+        .bind(dir.to_string_lossy().into_owned())
+        .bind(&now);
+        self.write_one(query, "recording the manifests folder")
+            .await?;
+        Ok(())
+    }
+
+    /// The manifests folder a controller last recorded, if any.
+    pub async fn manifests_dir(&self) -> Result<Option<std::path::PathBuf>, StoreError> {
+        let row = sqlx::query("SELECT value FROM controller_settings WHERE key = 'manifests_dir'")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.sql("reading the manifests folder"))?;
+        row.map(|r| {
+            r.try_get::<String, _>("value")
+                .map(std::path::PathBuf::from)
+                .map_err(|e| StoreError::Corrupt {
+                    path: self.path.to_path_buf(),
+                    detail: format!("controller_settings.value: {e}"),
+                })
+        })
+        .transpose()
+    }
+
     /// The newest run of one generation of a pipeline.
     pub async fn latest_run_of_generation(
         &self,
@@ -162,6 +196,30 @@ impl Store {
             deleted: row.get::<i64>("deleted")? != 0,
             rerun_requested: row.get::<i64>("rerun_requested")? != 0,
             last_tick: row.time_opt("last_tick")?,
+            updated_at: row.time("updated_at")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{Durability, Store};
+
+    #[tokio::test]
+    async fn the_manifests_folder_is_recorded_and_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
+        assert_eq!(store.manifests_dir().await.unwrap(), None);
+        store.set_manifests_dir("/srv/a".as_ref()).await.unwrap();
+        store.set_manifests_dir("/srv/a".as_ref()).await.unwrap();
+        assert_eq!(
+            store.manifests_dir().await.unwrap().as_deref(),
+            Some(std::path::Path::new("/srv/a"))
+        );
+        store.set_manifests_dir("/srv/b".as_ref()).await.unwrap();
+        assert_eq!(
+            store.manifests_dir().await.unwrap().as_deref(),
+            Some(std::path::Path::new("/srv/b"))
+        );
     }
 }
