@@ -1054,3 +1054,83 @@ fn a_run_whose_process_is_gone_is_shown_interrupted() {
         );
     }
 }
+
+/// Issue 13's acceptance scenario, as a user drives it: apply, wait, edit, apply, wait, break the
+/// manifest, wait (exit 1), fix it, SIGTERM the controller mid-run, restart, wait (exit 0), delete.
+#[test]
+fn scenario_apply_edit_break_fix_restart_delete() {
+    let ws = Workspace::new();
+    let mut controller = Running::start(&ws, &[]);
+    let apply = |file: &str| {
+        let out = ws.run(&["apply", "-f", file, "--manifests", "manifests"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let wait = |code: i32| {
+        let out = ws.run(&["wait", "etl", "--timeout", "60s"]);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    };
+    let generation = || status(&ws, "etl").unwrap()["status"]["observedGeneration"].clone();
+
+    ws.write("src/etl.yaml", &manifest("etl", "", "    - {id: extract, command: \"echo one\"}\n    - {id: load, command: \"echo loaded\", dependencies: [extract]}\n"));
+    assert!(apply("src/etl.yaml").contains("pipeline/etl created"));
+    wait(0);
+    assert_eq!(generation(), 1);
+
+    // An edit: a new generation, and `wait` answers for it.
+    ws.write("src/etl.yaml", &manifest("etl", "", "    - {id: extract, command: \"echo two\"}\n    - {id: load, command: \"exit 5\", dependencies: [extract]}\n"));
+    assert!(apply("src/etl.yaml").contains("pipeline/etl configured"));
+    wait(1);
+    assert_eq!(generation(), 2);
+
+    // Broken by hand in the folder (apply would refuse it): wait exits 1 and says where.
+    ws.write(
+        "manifests/etl.yaml",
+        &manifest("etl", "", "    - {id: extract, comand: \"echo typo\"}\n"),
+    );
+    let out = wait(1);
+    let said = text(&out.stderr) + &text(&out.stdout);
+    assert!(
+        said.contains("etl.yaml:") && said.contains("comand"),
+        "{said}"
+    );
+
+    // Fixed, with a job slow enough to stop the controller in the middle of it.
+    ws.write("src/etl.yaml", &manifest("etl", "", "    - {id: extract, command: \"echo three\"}\n    - {id: load, command: \"test -e ../go && exit 0; touch ../load-started; sleep 30\", dependencies: [extract]}\n    - {id: report, command: \"echo report >> ../reported\", dependencies: [load]}\n"));
+    assert!(apply("src/etl.yaml").contains("pipeline/etl configured"));
+    wait_until(Duration::from_secs(30), || {
+        ws.path().join("load-started").exists()
+    });
+    assert_eq!(controller.stop(), Some(130));
+    let before = run_count(&ws, "etl");
+
+    std::fs::write(ws.path().join("go"), "").unwrap();
+    let _restarted = Running::start(&ws, &[]);
+    wait(0);
+    assert_eq!(generation(), 3);
+    assert_eq!(
+        run_count(&ws, "etl"),
+        before,
+        "the interrupted run continued; none was added"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("reported")).unwrap(),
+        "report\n"
+    );
+
+    // Delete: the manifest and its status file go, the history stays.
+    let out = ws.run(&["delete", "etl", "--manifests", "manifests"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    wait_until(Duration::from_secs(30), || {
+        !status_file(&ws, "etl").exists()
+    });
+    assert!(!ws.path().join("manifests/etl.yaml").exists());
+    assert_eq!(run_count(&ws, "etl"), before);
+}
