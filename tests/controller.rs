@@ -571,6 +571,7 @@ fn sigterm_of_the_controller_interrupts_its_run_and_the_next_one_continues_it() 
     assert_eq!(job_state(&run, "a").0, "Succeeded");
     let log = std::fs::read_to_string(ws.path().join("controller.log")).unwrap_or_default();
     assert!(!log.contains("cancelling run"), "{log}");
+    assert!(!log.contains("notifications of run"), "{log}");
 
     std::fs::write(ws.path().join("second"), "").unwrap();
     let _c2 = Running::start(&ws, &[]);
@@ -1133,4 +1134,40 @@ fn scenario_apply_edit_break_fix_restart_delete() {
     });
     assert!(!ws.path().join("manifests/etl.yaml").exists());
     assert_eq!(run_count(&ws, "etl"), before);
+}
+
+/// A spec changed while no controller ran follows `onSpecChange`, as a change during a run does:
+/// `queue` continues the interrupted run on its pinned spec, then runs the new generation;
+/// `replace` cancels it. A killed foreground `run` of the same pipeline is left to its user.
+#[test]
+fn a_spec_changed_while_stopped_follows_on_spec_change() {
+    for policy in ["queue", "replace"] {
+        let ws = Workspace::new();
+        let mut c = Running::start(&ws, &[]);
+        let jobs = |tag: &str| {
+            format!(
+                "    - {{id: a, command: \"test -e ../go || {{ touch ../a-started; sleep 30; }}; echo {tag} >> ../ran\"}}\n"
+            )
+        };
+        let spec = format!("  onSpecChange: {policy}\n");
+        ws.write("manifests/p.yaml", &manifest("p", &spec, &jobs("old")));
+        wait_until(Duration::from_secs(20), || {
+            ws.path().join("a-started").exists()
+        });
+        assert_eq!(c.stop(), Some(130));
+        ws.write("manifests/p.yaml", &manifest("p", &spec, &jobs("new")));
+        std::fs::write(ws.path().join("go"), "").unwrap();
+        let _c2 = Running::start(&ws, &[]);
+        wait_phase(&ws, "p", "Succeeded", 2);
+        let first = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
+        let ran = std::fs::read_to_string(ws.path().join("ran")).unwrap_or_default();
+        if policy == "queue" {
+            assert_eq!(first["phase"], "Succeeded", "{first}");
+            assert_eq!(ran, "old\nnew\n");
+        } else {
+            assert_eq!(first["phase"], "Cancelled", "{first}");
+            assert_eq!(ran, "new\n");
+        }
+        assert_eq!(run_count(&ws, "p"), 2);
+    }
 }

@@ -753,27 +753,32 @@ impl Controller {
         }
     }
 
-    /// Runs left Running by a controller that stopped or died (or a `run` that died): recovered
-    /// and continued when they belong to a current generation (only what had not ended runs), closed
-    /// as Cancelled otherwise (their manifest was deleted or changed meanwhile).
+    /// Runs left Running by a controller that stopped or died: recovered and continued (only what
+    /// had not ended runs) on their pinned spec when their manifest is still there, unless it
+    /// changed meanwhile under `onSpecChange: replace`; closed as Cancelled when the manifest was
+    /// deleted or replaced. Runs of a foreground `executioner run` (generation 0) are the user's
+    /// to resume and are left alone.
     async fn recover(&mut self) -> Result<(), ControllerError> {
         for run in self.store.unfinished_runs().await? {
-            if engine::resume::owner_alive(&run) {
+            if run.generation == 0 || engine::resume::owner_alive(&run) {
                 continue;
             }
-            let current = match self.folder.desired.get(&run.pipeline) {
-                Some(d) => {
-                    let generation = self
-                        .store
-                        .observe_pipeline(&d.name, &d.spec_hash, &d.source)
-                        .await?;
-                    generation == run.generation && !self.active.contains_key(&run.pipeline)
-                }
-                None => false,
+            let continues = if self.active.contains_key(&run.pipeline) {
+                false
+            } else if let Some(d) = self.folder.desired.get(&run.pipeline) {
+                let generation = self
+                    .store
+                    .observe_pipeline(&d.name, &d.spec_hash, &d.source)
+                    .await?;
+                generation == run.generation
+                    || d.manifest.spec.on_spec_change == OnSpecChange::Queue
+            } else {
+                // An invalid edit does not stop a run of an earlier valid generation.
+                self.folder.invalid_named(&run.pipeline).is_some()
             };
             let pinned = Pinned::from_run(&run).ok();
             let plan = pinned.as_ref().and_then(|p| p.plan().ok());
-            let Some(plan) = plan.filter(|_| current) else {
+            let Some(plan) = plan.filter(|_| continues) else {
                 engine::resume::recover(&self.store, &run).await?;
                 let coe = pinned
                     .as_ref()
@@ -876,7 +881,11 @@ impl Controller {
     ) -> Result<(), ControllerError> {
         self.active.remove(name);
         crate::failpoint::hit("run-committed");
-        if let Err(e) = crate::notify::enqueue_for_run(&self.store, run, &self.opts.state_dir).await
+        // An interrupted run has not ended: its notifications wait for its end.
+        let ended = result.as_ref().is_ok_and(|r| r.phase.is_terminal());
+        if ended
+            && let Err(e) =
+                crate::notify::enqueue_for_run(&self.store, run, &self.opts.state_dir).await
         {
             let _ = self.events.send(ControllerEvent::Warning(format!(
                 "notifications of run {run}: {e}"

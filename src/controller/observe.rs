@@ -444,7 +444,8 @@ pub const INTERRUPTED: &str = "Interrupted";
 /// What to do about an interrupted run.
 pub fn interrupted_hint(run: &RunRow) -> String {
     format!(
-        "run {} was interrupted: the process running it is gone; `executioner resume {}` continues it",
+        "run {} was interrupted: the process running it is gone; a controller continues it when it \
+         starts, or `executioner resume {}` runs again what did not succeed",
         run.id, run.id
     )
 }
