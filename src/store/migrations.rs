@@ -130,6 +130,12 @@ INSERT INTO outbox_rounds (run_id, round, queued_at)
     SELECT id, rounds, coalesce(finished_at, created_at) FROM runs
     WHERE phase IN ('Succeeded', 'Failed', 'Cancelled');
 "#,
+    // 4: whether an attempt's peak memory is only an upper bound (a `posix_spawn` child's rusage
+    // starts from the executioner's own size). Figures recorded before were all measured so.
+    r#"
+ALTER TABLE attempts ADD COLUMN max_rss_upper_bound INTEGER NOT NULL DEFAULT 0;
+UPDATE attempts SET max_rss_upper_bound = 1 WHERE max_rss_kib IS NOT NULL;
+"#,
 ];
 
 /// The schema version this build writes and understands.
