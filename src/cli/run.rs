@@ -328,21 +328,26 @@ async fn drive(
 
     let shown = output == OutputFormat::Json || !global.quiet;
     let run = store.run(run_id).await.map_err(super::store_error)?;
-    let jobs = if shown {
-        store.jobs(run_id).await.map_err(super::store_error)?
+    let (jobs, attempts) = if shown {
+        (
+            store.jobs(run_id).await.map_err(super::store_error)?,
+            store.attempts(run_id).await.map_err(super::store_error)?,
+        )
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     match (output, run) {
         (OutputFormat::Json, Some(run)) => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&render::run_with_jobs_json(&run, &jobs, state_dir))
-                    .unwrap_or_default()
+                serde_json::to_string_pretty(&render::run_with_jobs_json(
+                    &run, &jobs, &attempts, state_dir
+                ))
+                .unwrap_or_default()
             );
         }
         (_, _) if !global.quiet => {
-            println!("{}", render::jobs_table(&jobs));
+            println!("{}", render::jobs_table(&jobs, &attempts));
             println!(
                 "run {run_id} of {} {} ({})",
                 plan.pipeline, report.phase, report.reason
