@@ -626,7 +626,7 @@ fn a_runs_duration_leaves_out_the_time_between_rounds() {
     );
     let list = text(&ws.run(&["runs"]).stdout);
     let row = list.lines().find(|l| l.contains(" rounds ")).unwrap();
-    let duration = row.split_whitespace().filter(|c| *c != "│").last().unwrap();
+    let duration = row.split_whitespace().rfind(|c| *c != "│").unwrap();
     let seconds: f64 = duration
         .trim_end_matches('s')
         .parse()
