@@ -653,6 +653,11 @@ fn a_run_whose_process_is_gone_is_shown_interrupted() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let live = json(&ws.run(&["runs", "-o", "json"]));
+    assert_eq!(
+        live[0]["phase"], "Running",
+        "a live run is not interrupted: {live}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     for pid in common::processes_with_marker(&mark) {

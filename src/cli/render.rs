@@ -250,3 +250,85 @@ pub fn runs_table(runs: &[(RunRow, Vec<AttemptRow>)]) -> String {
     }
     table.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::JobPhase;
+    use time::macros::datetime;
+
+    fn run(rounds: i64) -> RunRow {
+        RunRow {
+            id: 1,
+            pipeline: "p".into(),
+            generation: 0,
+            spec_json: String::new(),
+            spec_hash: String::new(),
+            phase: RunPhase::Succeeded,
+            reason: None,
+            rounds,
+            owner_pid: None,
+            owner_host: None,
+            owner_start_time: None,
+            created_at: datetime!(2026-12-01 10:00 UTC),
+            started_at: Some(datetime!(2026-12-01 10:00 UTC)),
+            finished_at: Some(datetime!(2026-12-01 12:00 UTC)),
+        }
+    }
+
+    fn attempt(
+        round: i64,
+        started_at: OffsetDateTime,
+        finished_at: Option<OffsetDateTime>,
+    ) -> AttemptRow {
+        AttemptRow {
+            id: 1,
+            run_id: 1,
+            job_id: "a".into(),
+            round,
+            number: 1,
+            phase: JobPhase::Succeeded,
+            reason: None,
+            pid: None,
+            pgid: None,
+            process_start_time: None,
+            exit_code: Some(0),
+            signal: None,
+            started_at,
+            finished_at,
+            user_time_us: None,
+            system_time_us: None,
+            max_rss_kib: None,
+            max_rss_upper_bound: false,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn a_runs_duration_is_the_sum_of_its_rounds() {
+        let attempts = [
+            attempt(
+                1,
+                datetime!(2026-12-01 10:00 UTC),
+                Some(datetime!(2026-12-01 10:01 UTC)),
+            ),
+            attempt(
+                1,
+                datetime!(2026-12-01 10:00:30 UTC),
+                Some(datetime!(2026-12-01 10:02 UTC)),
+            ),
+            attempt(
+                2,
+                datetime!(2026-12-01 11:59 UTC),
+                Some(datetime!(2026-12-01 12:00 UTC)),
+            ),
+        ];
+        let spans = round_spans(&run(3), &attempts);
+        assert_eq!(spans.len(), 3);
+        assert_eq!(spans[0].finished_at, Some(datetime!(2026-12-01 10:02 UTC)));
+        assert_eq!(spans[2].started_at, None, "a round without attempts");
+        assert_eq!(run_duration(&spans), Some(time::Duration::minutes(3)));
+        let open = [attempt(1, datetime!(2026-12-01 10:00 UTC), None)];
+        assert_eq!(run_duration(&round_spans(&run(1), &open)), None);
+    }
+}
