@@ -195,13 +195,17 @@ pub fn duration_text(start: Option<OffsetDateTime>, end: Option<OffsetDateTime>)
     }
 }
 
-/// A peak memory figure: `12.3 MiB`, or `≤ 18.0 MiB` when it is only an upper bound.
+/// A peak memory figure: `12.3 MiB`, `640 KiB`, or `≤ 18.0 MiB` when it is only an upper bound.
 pub fn rss_text(a: &AttemptRow) -> String {
     match a.max_rss_kib {
         None => "-".into(),
         Some(k) => {
             let bound = if a.max_rss_upper_bound { "≤ " } else { "" };
-            format!("{bound}{:.1} MiB", k as f64 / 1024.0)
+            if k < 1024 {
+                format!("{bound}{k} KiB")
+            } else {
+                format!("{bound}{:.1} MiB", k as f64 / 1024.0)
+            }
         }
     }
 }
