@@ -446,7 +446,8 @@ fn json_shapes_of_runs_and_runs_show() {
                 "reason",
                 "startedAt",
                 "finishedAt",
-                "rounds"
+                "rounds",
+                "roundList"
             ]
         );
     }
@@ -471,6 +472,7 @@ fn json_shapes_of_runs_and_runs_show() {
             "startedAt",
             "finishedAt",
             "rounds",
+            "roundList",
             "jobs"
         ]
     );
@@ -489,11 +491,42 @@ fn json_shapes_of_runs_and_runs_show() {
             "reason",
             "attempts",
             "exitCode",
+            "signal",
             "startedAt",
             "finishedAt",
-            "log"
+            "log",
+            "attemptList"
         ]
     );
+    let attempt = &job["attemptList"][0];
+    let keys: Vec<&str> = attempt
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "attempt",
+            "round",
+            "phase",
+            "reason",
+            "exitCode",
+            "signal",
+            "message",
+            "startedAt",
+            "finishedAt",
+            "cpuUserSeconds",
+            "cpuSystemSeconds",
+            "maxRssBytes",
+            "maxRssUpperBound",
+            "worker"
+        ]
+    );
+    assert_eq!(attempt["exitCode"], 2);
+    assert_eq!(attempt["worker"], serde_json::Value::Null);
+    assert!(attempt["cpuUserSeconds"].is_f64(), "{attempt}");
     assert_eq!(job["exitCode"], 2);
     assert_eq!(job["phase"], "Failed");
     assert!(std::path::Path::new(job["log"].as_str().unwrap()).exists());
@@ -629,4 +662,186 @@ fn logs_say_why_a_job_has_none_and_every_attempt_ends_with_a_marker() {
         last.starts_with("==> executioner: attempt 1 succeeded: exit code 0, after "),
         "{log}"
     );
+}
+
+/// Issue 13, defect 10: each job's `signal` and `attemptList` in `runs show -o json`; the job's
+/// `attempts` counts every attempt of the run (all rounds) in the JSON and the table alike.
+#[test]
+fn runs_show_lists_attempts_and_counts_them_across_rounds() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest(
+            "attempts",
+            "",
+            "    - {id: flaky, command: \"test -e fixed || exit 4\", retry: {limit: 1, delay: 0s}}\n    - {id: killed, command: \"test -e fixed || kill -9 $$\"}\n",
+        ),
+    );
+    assert_eq!(ws.run(&["run", "p.yaml"]).status.code(), Some(1));
+    std::fs::write(ws.path().join("fixed"), "").unwrap();
+    let out = ws.run(&["resume", "1", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let resumed = json(&out);
+    let run = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
+    assert_eq!(
+        resumed, run,
+        "run -o json and runs show -o json print the same object"
+    );
+    let job = |id: &str| {
+        run["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let flaky = job("flaky");
+    assert_eq!(flaky["attempts"], 3, "{flaky}");
+    let list = flaky["attemptList"].as_array().unwrap();
+    let numbered: Vec<(i64, i64, &str)> = list
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_i64().unwrap(),
+                a["round"].as_i64().unwrap(),
+                a["phase"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        numbered,
+        [(1, 1, "Failed"), (2, 1, "Failed"), (3, 2, "Succeeded")]
+    );
+    assert_eq!(list[0]["exitCode"], 4);
+    let killed = job("killed");
+    assert_eq!(killed["attempts"], 2);
+    assert_eq!(killed["attemptList"][0]["signal"], 9, "{killed}");
+    assert_eq!(
+        killed["attemptList"][0]["exitCode"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        killed["signal"],
+        serde_json::Value::Null,
+        "the last attempt exited 0"
+    );
+
+    let table = text(&ws.run(&["runs", "show", "1"]).stdout);
+    let row = table
+        .lines()
+        .find(|l| l.contains(" flaky ") && l.contains("Succeeded"))
+        .unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert!(
+        cells.contains(&"3"),
+        "the table counts 3 attempts too: {row}"
+    );
+}
+
+/// Issue 13, defect 10: the job's signal is shown when its last attempt was killed.
+#[test]
+fn a_killed_jobs_signal_is_on_its_row() {
+    let ws = Workspace::new();
+    ws.write(
+        "k.yaml",
+        &manifest("killed", "", "    - {id: k, command: \"kill -9 $$\"}\n"),
+    );
+    assert_eq!(ws.run(&["run", "k.yaml"]).status.code(), Some(1));
+    let run = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
+    assert_eq!(run["jobs"][0]["signal"], 9, "{run}");
+}
+
+/// Issue 13, defect 10: a run's duration is the sum of its rounds' spans, not the time from its
+/// first start to its last end; each round is shown.
+#[test]
+fn a_runs_duration_leaves_out_the_time_between_rounds() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest("rounds", "", "    - {id: a, command: \"test -e fixed\"}\n"),
+    );
+    assert_eq!(ws.run(&["run", "p.yaml"]).status.code(), Some(1));
+    // The idle time between the rounds.
+    std::thread::sleep(Duration::from_millis(2500));
+    std::fs::write(ws.path().join("fixed"), "").unwrap();
+    assert_eq!(ws.run(&["resume", "1"]).status.code(), Some(0));
+    let run = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
+    let rounds = run["roundList"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{run}");
+    for (i, r) in rounds.iter().enumerate() {
+        assert_eq!(r["round"], i as i64 + 1);
+        assert!(
+            r["startedAt"].is_string() && r["finishedAt"].is_string(),
+            "{r}"
+        );
+    }
+    let table = text(&ws.run(&["runs", "show", "1"]).stdout);
+    let took = table
+        .lines()
+        .next()
+        .and_then(|l| l.split("took ").nth(1))
+        .unwrap_or_else(|| panic!("{table}"));
+    let seconds: f64 = took
+        .trim_end_matches('s')
+        .parse()
+        .unwrap_or_else(|_| panic!("{took}"));
+    assert!(seconds < 2.0, "the idle time was counted: {table}");
+    assert!(
+        table.contains("round 1:") && table.contains("round 2:"),
+        "{table}"
+    );
+    let list = text(&ws.run(&["runs"]).stdout);
+    let row = list.lines().find(|l| l.contains(" rounds ")).unwrap();
+    let duration = row.split_whitespace().rfind(|c| *c != "│").unwrap();
+    let seconds: f64 = duration
+        .trim_end_matches('s')
+        .parse()
+        .unwrap_or_else(|_| panic!("{row}"));
+    assert!(seconds < 2.0, "the idle time was counted: {list}");
+}
+
+/// Issue 13, defect 19: a run whose executioner is gone (kill -9) is shown Interrupted, with the
+/// command that continues it; the database keeps it Running for `resume`.
+#[test]
+fn a_run_whose_process_is_gone_is_shown_interrupted() {
+    let ws = Workspace::new();
+    let mark = marker("gone");
+    ws.write(
+        "g.yaml",
+        &manifest("gone", "", "    - {id: long, command: \"sleep 30\"}\n"),
+    );
+    let mut child = ws.spawn(&["run", "g.yaml", "--env", &mark]);
+    let start = Instant::now();
+    while common::processes_with_marker(&mark).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the job never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let live = json(&ws.run(&["runs", "-o", "json"]));
+    assert_eq!(
+        live[0]["phase"], "Running",
+        "a live run is not interrupted: {live}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for pid in common::processes_with_marker(&mark) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let list = json(&ws.run(&["runs", "-o", "json"]));
+    assert_eq!(list[0]["phase"], "Interrupted", "{list}");
+    let table = text(&ws.run(&["runs"]).stdout);
+    assert!(table.contains("Interrupted"), "{table}");
+    assert!(table.contains("executioner resume 1"), "{table}");
+    let show = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
+    assert_eq!(show["phase"], "Interrupted", "{show}");
+    let shown = text(&ws.run(&["runs", "show", "1"]).stdout);
+    assert!(shown.contains("Interrupted"), "{shown}");
+    assert!(shown.contains("executioner resume 1"), "{shown}");
+    assert!(wait_no_marker(&mark, Duration::from_secs(5)).is_empty());
 }

@@ -119,8 +119,13 @@ fn sigterm_reaches_every_job_group_promptly() {
     let terms = std::fs::read_to_string(ws.path().join("terms")).unwrap_or_default();
     assert_eq!(terms.lines().count(), 2, "{terms}");
     assert!(wait_no_marker(&mark, Duration::from_secs(5)).is_empty());
-    let out = ws.run(&["runs", "show", "1", "-o", "json"]);
-    assert_eq!(json(&out)["phase"], "Cancelled");
+    // A stopped controller interrupts its run (the next one continues it); it cancels nothing.
+    let run = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
+    assert_eq!(run["phase"], "Interrupted", "{run}");
+    for job in run["jobs"].as_array().unwrap() {
+        assert_eq!(job["phase"], "Interrupted", "{run}");
+        assert_eq!(job["reason"], "ControllerStopped", "{run}");
+    }
 }
 
 #[test]

@@ -700,3 +700,253 @@ fn logs_follow_streams_until_the_run_ends() {
     assert!(text.contains("one") && text.contains("two"), "{text}");
     assert!(run.wait().unwrap().success());
 }
+
+/// Issue 13, defect 1: `-q` keeps a failed run's essentials on stderr (the failed jobs with their
+/// reason, exit code and log, and the verdict); a run that succeeds stays silent.
+#[test]
+fn quiet_failed_run_names_its_failed_jobs_and_verdict() {
+    let ws = Workspace::new();
+    ws.write(
+        "q.yaml",
+        &manifest(
+            "quiet",
+            "",
+            "    - {id: ok, command: \"true\"}\n    - {id: broken, command: exit 3}\n    - {id: after, command: \"true\", dependencies: [broken]}\n",
+        ),
+    );
+    let out = ws.run(&["-q", "run", "q.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let log = ws.state_dir().join("logs/quiet/1/broken.log");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("broken"))
+        .unwrap_or_else(|| panic!("no line about the failed job:\n{stderr}"));
+    assert!(line.contains("ExitCode"), "{line}");
+    assert!(line.contains("exit code 3"), "{line}");
+    assert!(line.contains(&log.display().to_string()), "{line}");
+    assert!(
+        stderr.contains("run 1 of quiet Failed (JobsFailed)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("ok "),
+        "succeeded jobs are not listed:\n{stderr}"
+    );
+    assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
+
+    ws.write(
+        "fine.yaml",
+        &manifest("fine", "", "    - {id: ok, command: \"true\"}\n"),
+    );
+    let out = ws.run(&["-q", "run", "fine.yaml"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+}
+
+/// Issue 13, defect 1: `-q` also hides the controller's "running as root" warning.
+#[test]
+fn quiet_controller_hides_the_root_warning() {
+    let ws = Workspace::new();
+    ws.write(
+        "manifests/r.yaml",
+        &manifest("rooted", "", "    - {id: a, command: \"true\"}\n"),
+    );
+    let once = |quiet: bool| {
+        let mut args = vec!["controller", "--manifests", "manifests", "--once"];
+        if quiet {
+            args.insert(0, "-q");
+        }
+        let out = ws.run(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    if nix::unistd::geteuid().is_root() {
+        assert!(once(false).contains("running as root"));
+    }
+    let quiet = once(true);
+    assert!(!quiet.contains("running as root"), "{quiet}");
+}
+
+/// Issue 13, defect 12: a zero count is a usage error, not silently another number.
+#[test]
+fn zero_workers_and_zero_limit_are_usage_errors() {
+    let ws = Workspace::new();
+    ws.write(
+        "z.yaml",
+        &manifest("zero", "", "    - {id: a, command: touch ran}\n"),
+    );
+    for args in [
+        &["run", "z.yaml", "--workers", "0"][..],
+        &["runs", "--limit", "0"][..],
+    ] {
+        let out = ws.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("at least 1"), "{args:?}: {stderr}");
+    }
+    assert!(!ws.path().join("ran").exists());
+}
+
+/// Issue 13, defect 12: the dry run spells triggers as the manifest does.
+#[test]
+fn dry_run_spells_triggers_as_the_manifest_does() {
+    let ws = Workspace::new();
+    ws.write(
+        "t.yaml",
+        &manifest(
+            "triggers",
+            "",
+            "    - {id: a, command: \"true\"}\n    - {id: b, command: \"true\", dependencies: [a], trigger: allDone}\n    - {id: c, command: \"true\", dependencies: [a], trigger: anyFailed}\n",
+        ),
+    );
+    let out = ws.run(&["run", "t.yaml", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0));
+    let plan = text(&out.stdout);
+    assert!(plan.contains("trigger allDone"), "{plan}");
+    assert!(plan.contains("trigger anyFailed"), "{plan}");
+    assert!(!plan.contains("AllDone"), "{plan}");
+}
+
+/// Issue 13, defect 12: a cancelled job is counted as cancelled in the run's summary.
+#[test]
+fn a_cancelled_job_is_counted_as_cancelled() {
+    let ws = Workspace::new();
+    let mark = marker("counted");
+    ws.write(
+        "c.yaml",
+        &manifest(
+            "counted",
+            "",
+            "    - {id: ok, command: \"true\"}\n    - {id: long, command: sleep 30, dependencies: [ok]}\n    - {id: after, command: \"true\", dependencies: [long]}\n",
+        ),
+    );
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.current_dir(ws.path())
+        .args(["--state-dir", ws.state_dir().to_str().unwrap()])
+        .args(["run", "c.yaml", "--env", &mark])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    while common::processes_with_marker(&mark).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "long never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    common::sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let stdout = text(&out.stdout);
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("run 1 of counted"))
+        .unwrap_or_else(|| panic!("no summary line:\n{stdout}"));
+    assert!(summary.contains("1 succeeded"), "{summary}");
+    assert!(summary.contains("1 cancelled"), "{summary}");
+    assert!(summary.contains("1 skipped"), "{summary}");
+    assert!(wait_no_marker(&mark, Duration::from_secs(5)).is_empty());
+}
+
+/// Issue 13, defect 12: a job stopped by the run's timeout has the same reason on its row and on
+/// its attempt's row.
+#[test]
+fn a_run_timeout_job_has_the_same_reason_on_its_attempt() {
+    let ws = Workspace::new();
+    let mark = marker("sametimeout");
+    ws.write(
+        "t.yaml",
+        &manifest(
+            "same-timeout",
+            "  timeout: 500ms\n",
+            "    - {id: long, command: sleep 30}\n",
+        ),
+    );
+    let (code, _, _) = run_json(&ws, "t.yaml", &["--env", &mark]);
+    assert_eq!(code, Some(1));
+    let run = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
+    let job = &run["jobs"][0];
+    assert_eq!(job["reason"], "Timeout");
+    assert_eq!(job["attemptList"][0]["reason"], job["reason"], "{job}");
+    assert!(wait_no_marker(&mark, Duration::from_secs(5)).is_empty());
+}
+
+/// Issue 13, defect 16: the original's `--parallel --workers 4` runs four jobs at once, whatever
+/// the converted file's `parallel: false` says. Each job waits (bounded) until all four have
+/// started: run one at a time, the first gives up and fails.
+#[test]
+fn original_parallel_flag_runs_that_many_jobs_at_once() {
+    let ws = Workspace::new();
+    let barrier = "touch started.$EXECUTIONER_JOB_ID; i=0; while [ $(ls started.* | wc -l) -lt 4 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; [ $(ls started.* | wc -l) -ge 4 ] && touch ended.$EXECUTIONER_JOB_ID";
+    let jobs: Vec<serde_json::Value> = (0..4)
+        .map(|i| serde_json::json!({"id": format!("j{i}"), "command": barrier}))
+        .collect();
+    let legacy = serde_json::json!({
+        "application_name": "legacy_parallel",
+        "parallel": false,
+        "jobs": jobs,
+    });
+    ws.write("legacy.json", &legacy.to_string());
+    let out = ws.run(&["-c", "legacy.json", "--parallel", "--workers", "4"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for i in 0..4 {
+        assert!(ws.path().join(format!("ended.j{i}")).exists(), "j{i}");
+    }
+}
+
+/// Issue 13, defect 11: an attempt's peak memory is its own, not the executioner's image that a
+/// `posix_spawn` child starts from: a small job records little, a job that fills 100 MiB at least
+/// 90. A figure that could not be told apart from the executioner's own is marked an upper bound
+/// (`true` may exit before its memory can be read; a shell's children are only in the kernel's
+/// figure), never shown as the job's.
+#[test]
+fn peak_memory_is_the_jobs_own() {
+    let ws = Workspace::new();
+    ws.write(
+        "m.yaml",
+        &manifest(
+            "memory",
+            "",
+            "    - {id: small, command: [sleep, \"0.2\"]}\n    - {id: instant, command: [\"true\"]}\n    - {id: big, command: [python3, -c, \"b = b'x' * (100 * 2**20)\"]}\n    - {id: shell, command: \"python3 -c \\\"b = b'x' * (20 * 2**20)\\\"; true\"}\n",
+        ),
+    );
+    let (code, _, stderr) = run_json(&ws, "m.yaml", &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let run = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
+    let attempt = |id: &str| {
+        let a = run["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == id)
+            .map(|j| j["attemptList"][0].clone())
+            .unwrap();
+        let bytes = a["maxRssBytes"].as_i64().unwrap();
+        let bound = a["maxRssUpperBound"].as_bool().unwrap();
+        (bytes, bound, a)
+    };
+    const MIB: i64 = 1 << 20;
+    let (bytes, bound, a) = attempt("small");
+    assert!(bytes > 0 && bytes < 8 * MIB && !bound, "small: {a}");
+    let (bytes, bound, a) = attempt("instant");
+    assert!(bound || bytes < 8 * MIB, "instant: {a}");
+    let (bytes, bound, a) = attempt("big");
+    assert!(bytes >= 90 * MIB && !bound, "big: {a}");
+    let (bytes, bound, a) = attempt("shell");
+    assert!(bound || bytes >= 20 * MIB, "shell: {a}");
+
+    let shown = text(&ws.run(&["runs", "show", "1"]).stdout);
+    let table = shown.split("attempts:").nth(1).unwrap_or_default();
+    let row = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(&format!(" {id} ")) && l.contains("Completed"))
+            .unwrap_or_else(|| panic!("{table}"))
+            .to_owned()
+    };
+    assert!(!row("big").contains('≤'), "{table}");
+    assert!(!row("small").contains('≤'), "{table}");
+    if bound {
+        assert!(row("shell").contains('≤'), "{table}");
+    }
+}

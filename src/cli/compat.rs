@@ -117,7 +117,9 @@ fn translate_words(words: &[String]) -> Vec<String> {
             "--sample-config" | "--simple-config" => {
                 mode = Some(vec!["init".into(), "--print".into()])
             }
-            "--parallel" => {}
+            // The converted file's `parallel: false` would keep `maxParallel: 1`: the flag lifts
+            // it, so that `--workers N` (or the configuration's workers) is the limit.
+            "--parallel" => rest.push("--parallel".into()),
             "--sequential" => {
                 rest.push("--workers".into());
                 rest.push("1".into());
@@ -215,5 +217,9 @@ mod tests {
             ["x", "run", "a.json", "--resume-from", "4", "--failed-only"]
         );
         assert_eq!(t(&["x", "validate", "-c"]), ["x", "validate", "-c"]);
+        assert_eq!(
+            t(&["x", "-c", "a.json", "--parallel", "--workers", "4"]),
+            ["x", "run", "a.json", "--parallel", "--workers", "4"]
+        );
     }
 }

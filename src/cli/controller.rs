@@ -35,12 +35,14 @@ pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs)
                     "refusing to run the controller as root (security.allow_root = false)",
                 ));
             }
-            log_line(
-                json,
-                "warn",
-                "running as root: every job runs as root too",
-                &[],
-            );
+            if !quiet {
+                log_line(
+                    json,
+                    "warn",
+                    "running as root: every job runs as root too",
+                    &[],
+                );
+            }
         }
         let cancel = CancellationToken::new();
         let kill_now = CancellationToken::new();

@@ -29,19 +29,30 @@ pub fn list(
             .runs(pipeline, limit.max(1))
             .await
             .map_err(super::store_error)?;
+        let mut rows = Vec::with_capacity(runs.len());
+        for run in runs {
+            let attempts = store.attempts(run.id).await.map_err(super::store_error)?;
+            rows.push((run, attempts));
+        }
         match output {
             OutputFormat::Json => {
-                let items: Vec<serde_json::Value> = runs.iter().map(render::run_json).collect();
+                let items: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|(run, attempts)| render::run_json(run, attempts))
+                    .collect();
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&items).unwrap_or_default()
                 );
             }
             OutputFormat::Table => {
-                if runs.is_empty() {
+                if rows.is_empty() {
                     println!("no runs yet");
                 } else {
-                    println!("{}", render::runs_table(&runs));
+                    println!("{}", render::runs_table(&rows));
+                    for (run, _) in rows.iter().filter(|(run, _)| render::interrupted(run)) {
+                        println!("{}", render::resume_hint(run));
+                    }
                 }
             }
         }
@@ -73,30 +84,45 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
     super::runtime()?.block_on(async {
         let (store, run) = open_run(&state_dir, &config, run_id).await?;
         let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
+        let attempts = store.attempts(run_id).await.map_err(super::store_error)?;
         match output {
             OutputFormat::Json => {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&render::run_with_jobs_json(
-                        &run, &jobs, &state_dir
+                        &run, &jobs, &attempts, &state_dir
                     ))
                     .unwrap_or_default()
                 );
             }
             OutputFormat::Table => {
+                let spans = render::round_spans(&run, &attempts);
                 println!(
                     "run {} of {}: {} ({}), round {}, started {}, took {}",
                     run.id,
                     run.pipeline,
-                    run.phase,
+                    render::shown_phase(&run),
                     run.reason.map_or("-".into(), |r| r.to_string()),
                     run.rounds,
                     run.started_at
                         .map_or("-".into(), crate::status::format_time),
-                    render::duration_text(run.started_at, run.finished_at)
+                    render::run_duration(&spans).map_or("-".into(), render::span_text)
                 );
-                println!("{}", render::jobs_table(&jobs));
-                let attempts = store.attempts(run_id).await.map_err(super::store_error)?;
+                if render::interrupted(&run) {
+                    println!("{}", render::resume_hint(&run));
+                }
+                for span in &spans {
+                    println!(
+                        "round {}: started {}, finished {}, took {}",
+                        span.round,
+                        span.started_at
+                            .map_or("-".into(), crate::status::format_time),
+                        span.finished_at
+                            .map_or("-".into(), crate::status::format_time),
+                        render::duration_text(span.started_at, span.finished_at)
+                    );
+                }
+                println!("{}", render::jobs_table(&jobs, &attempts));
                 let mut table = comfy_table::Table::new();
                 table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
                 table.set_header([
@@ -119,8 +145,7 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
                             .map_or("-".into(), |us| format!("{:.3}s", us as f64 / 1e6)),
                         a.system_time_us
                             .map_or("-".into(), |us| format!("{:.3}s", us as f64 / 1e6)),
-                        a.max_rss_kib
-                            .map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+                        render::rss_text(a),
                         a.message.clone().unwrap_or_default(),
                     ]);
                 }

@@ -87,7 +87,12 @@ pub type CliResult = Result<Exit, CliError>;
     name = "executioner",
     version,
     about = "A declarative job orchestrator: DAGs of shell jobs with retries, timeouts, checks and a reconciling controller",
-    propagate_version = true
+    propagate_version = true,
+    after_help = "Examples:
+  executioner init && executioner run pipeline.yaml
+  executioner controller --manifests manifests/
+  executioner runs show 42
+  executioner <COMMAND> --help    (each command's own examples)"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -136,16 +141,26 @@ pub enum GraphFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate manifests (files or folders): schema and semantic checks, every error as FILE:LINE:COL.
+    #[command(after_help = "Examples:
+  executioner validate pipeline.yaml
+  executioner validate manifests/ other.toml")]
     Validate {
+        /// Manifest files, or folders whose manifests are all validated.
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
     /// Print the Pipeline JSON Schema, or write pipeline.schema.json and config.schema.json to a folder.
+    #[command(after_help = "Examples:
+  executioner schema > pipeline.schema.json
+  executioner schema --out-dir schemas")]
     Schema {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
     /// Print the DAG of a manifest as Mermaid or Graphviz text.
+    #[command(after_help = "Examples:
+  executioner graph pipeline.yaml
+  executioner graph nightly-etl --format dot | dot -Tsvg > etl.svg")]
     Graph {
         /// A manifest file, or the name of a pipeline in the manifests folder.
         target: String,
@@ -156,9 +171,19 @@ pub enum Command {
         manifests: PathBuf,
     },
     /// Convert the original tool's JSON config to a v1 YAML manifest (printed).
-    Convert { file: PathBuf },
+    #[command(after_help = "Examples:
+  executioner convert jobs_config.json > pipeline.yaml")]
+    Convert {
+        /// The original tool's JSON config file.
+        file: PathBuf,
+    },
     /// Write a commented sample manifest (pipeline.yaml) into DIR.
+    #[command(after_help = "Examples:
+  executioner init
+  executioner init manifests/
+  executioner init --print > my-pipeline.yaml")]
     Init {
+        /// The folder to write pipeline.yaml into.
         #[arg(default_value = ".")]
         dir: PathBuf,
         /// Print the sample instead of writing it.
@@ -169,11 +194,26 @@ pub enum Command {
         force: bool,
     },
     /// Print a shell completion script.
-    Completions { shell: clap_complete::Shell },
+    #[command(after_help = "Examples:
+  executioner completions bash > /etc/bash_completion.d/executioner
+  executioner completions zsh > ~/.zfunc/_executioner")]
+    Completions {
+        /// The shell to write the script for.
+        shell: clap_complete::Shell,
+    },
     /// Run one pipeline in the foreground.
+    #[command(after_help = "Examples:
+  executioner run pipeline.yaml
+  executioner run pipeline.yaml --workers 4 --env RUN_DATE=2026-11-26
+  executioner run pipeline.yaml --dry-run
+  executioner run pipeline.yaml --resume-from 42 --failed-only")]
     Run(run::RunArgs),
     /// Continue a run (same id, a new round) with the spec it was started with.
+    #[command(after_help = "Examples:
+  executioner resume 42
+  executioner resume 42 --failed-only")]
     Resume {
+        /// The run's id (as `executioner runs` lists it).
         run: i64,
         /// Run again only the jobs that failed.
         #[arg(long)]
@@ -182,21 +222,31 @@ pub enum Command {
         output: OutputFormat,
     },
     /// Run history, newest first; `runs show RUN` for one run.
+    #[command(after_help = "Examples:
+  executioner runs
+  executioner runs --pipeline nightly-etl --limit 5
+  executioner runs show 42 -o json")]
     Runs {
         #[command(subcommand)]
         show: Option<RunsCommand>,
         /// Only runs of this pipeline.
         #[arg(long)]
         pipeline: Option<String>,
-        /// How many runs (the newest).
-        #[arg(long, default_value_t = 20)]
+        /// How many runs (the newest), at least 1.
+        #[arg(long, default_value_t = 20, value_parser = at_least_one::<i64>)]
         limit: i64,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: OutputFormat,
     },
     /// A job's log, or the run's own log.
+    #[command(after_help = "Examples:
+  executioner logs 42
+  executioner logs 42 extract
+  executioner logs 42 extract --follow")]
     Logs {
+        /// The run's id.
         run: i64,
+        /// A job of the run (default: the run's own log).
         job: Option<String>,
         /// Keep printing until the run ends.
         #[arg(short, long)]
@@ -204,6 +254,10 @@ pub enum Command {
     },
     /// Watch a manifests folder and reconcile: every pipeline's current generation is run to a
     /// terminal state; status files go to MANIFESTS/.status/NAME.yaml.
+    #[command(after_help = "Examples:
+  executioner controller
+  executioner controller --manifests /etc/executioner/manifests
+  executioner controller --once")]
     Controller {
         /// Manifests folder (default: configuration manifests_dir, i.e. manifests/).
         #[arg(long)]
@@ -213,8 +267,14 @@ pub enum Command {
         once: bool,
     },
     /// Validate manifests, then write them atomically into the manifests folder.
+    #[command(after_help = "Examples:
+  executioner apply -f pipeline.yaml
+  executioner apply -f pipelines/ --wait --timeout 10m
+  executioner apply -f pipeline.yaml --dry-run")]
     Apply(apply::ApplyArgs),
     /// Remove a pipeline's manifest from the manifests folder; the controller cancels its run.
+    #[command(after_help = "Examples:
+  executioner delete nightly-etl")]
     Delete {
         /// The pipeline's name (metadata.name).
         name: String,
@@ -223,7 +283,12 @@ pub enum Command {
         manifests: Option<PathBuf>,
     },
     /// Pipelines: phase, generation, last run, job progress (works without a running controller).
+    #[command(after_help = "Examples:
+  executioner status
+  executioner status nightly-etl -o yaml
+  executioner status --watch")]
     Status {
+        /// One pipeline's name (metadata.name); default: every pipeline.
         name: Option<String>,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: controller::StatusFormat,
@@ -234,21 +299,38 @@ pub enum Command {
         manifests: Option<PathBuf>,
     },
     /// Block until the current generation's run of NAME is terminal (0 Succeeded, 1 Failed, 2 timeout).
+    #[command(after_help = "Examples:
+  executioner wait nightly-etl
+  executioner apply -f etl.yaml && executioner wait nightly-etl --timeout 30m")]
     Wait {
+        /// The pipeline's name (metadata.name).
         name: String,
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<std::time::Duration>,
     },
     /// Ask the controller for a new run of the current generation.
-    Rerun { name: String },
+    #[command(after_help = "Examples:
+  executioner rerun nightly-etl")]
+    Rerun {
+        /// The pipeline's name (metadata.name).
+        name: String,
+    },
     /// The effective configuration and where each value came from (secrets masked).
+    #[command(after_help = "Examples:
+  executioner config
+  executioner --config /etc/executioner/config.toml config -o json")]
     Config {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: OutputFormat,
     },
     /// Mark failed or skipped jobs of a finished run as succeeded (an audit event is recorded).
+    #[command(after_help = "Examples:
+  executioner mark-success 42 load --reason \"loaded by hand\"
+  executioner mark-success 42 load,report && executioner resume 42")]
     MarkSuccess {
+        /// The run's id.
         run: i64,
+        /// The jobs to mark (comma-separated or several arguments).
         #[arg(required = true, value_delimiter = ',')]
         jobs: Vec<String>,
         /// Why, for the audit log.
@@ -260,11 +342,29 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
     /// One run with every job: phase, reason, attempts, exit code, times, log path.
+    #[command(after_help = "Examples:
+  executioner runs show 42
+  executioner runs show 42 -o json | jq '.jobs[] | select(.phase == \"Failed\")'")]
     Show {
+        /// The run's id.
         run: i64,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: OutputFormat,
     },
+}
+
+/// A count flag that must be positive (`--workers`, `--limit`): zero is a usage error.
+pub fn at_least_one<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + From<u8> + PartialOrd,
+{
+    let value: T = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number"))?;
+    if value < T::from(1) {
+        return Err("must be at least 1".into());
+    }
+    Ok(value)
 }
 
 /// Entry point of the binary: returns the process exit code.
@@ -554,5 +654,34 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every subcommand (and sub-subcommand) has an "Examples:" block in its help, and every
+    /// positional argument a description.
+    #[test]
+    fn every_subcommand_help_has_examples_and_described_positionals() {
+        fn check(cmd: &mut clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            let help = cmd.render_long_help().to_string();
+            if !help.contains("Examples:") {
+                missing.push(format!("{path}: no Examples"));
+            }
+            for arg in cmd.get_positionals() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: positional {} undescribed", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands_mut() {
+                // clap's own `help` subcommand, which prints the others' help.
+                if sub.get_name() != "help" {
+                    check(sub, &path, missing);
+                }
+            }
+        }
+        let mut root = Cli::command();
+        root.build();
+        let mut missing = Vec::new();
+        check(&mut root, "", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 }

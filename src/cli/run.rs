@@ -25,9 +25,14 @@ use super::{CliError, CliResult, Exit, GlobalArgs, OutputFormat, render};
 pub struct RunArgs {
     /// The manifest (YAML, TOML or JSON, v1 or the original tool's format).
     pub file: PathBuf,
-    /// Jobs running at once (default: configuration `workers`, else the number of CPUs).
-    #[arg(long)]
+    /// Jobs running at once, at least 1 (default: configuration `workers`, else the number of
+    /// CPUs).
+    #[arg(long, value_parser = super::at_least_one::<usize>)]
     pub workers: Option<usize>,
+    /// The original tool's `--parallel`: the manifest's `maxParallel` gives way, so `--workers`
+    /// alone limits how many jobs run at once.
+    #[arg(long, hide = true)]
+    pub parallel: bool,
     /// Print the plan (levels, what would run or be skipped) and run nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -85,6 +90,9 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
     if args.continue_on_error {
         manifest.spec.fail_fast = false;
     }
+    if args.parallel {
+        manifest.spec.max_parallel = None;
+    }
     for id in &args.skip {
         if !manifest.spec.jobs.iter().any(|j| j.id.as_str() == id) {
             return Err(CliError::usage(format!(
@@ -102,10 +110,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
     let process_env: IndexMap<String, String> = std::env::vars().collect();
     let plan = Plan::new(&manifest, &base_dir, &process_env, cli_env.clone())
         .map_err(|e| CliError::failed(e.to_string()))?;
-    let workers = args
-        .workers
-        .filter(|w| *w > 0)
-        .unwrap_or_else(|| config.workers());
+    let workers = args.workers.unwrap_or_else(|| config.workers());
 
     if args.dry_run {
         print!("{}", dry_run_text(&plan, &args.skip, workers));
@@ -209,10 +214,13 @@ async fn unchanged(
         .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
     if output == OutputFormat::Json {
         let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
+        let attempts = store.attempts(run_id).await.map_err(super::store_error)?;
         println!(
             "{}",
-            serde_json::to_string_pretty(&render::run_with_jobs_json(&run, &jobs, state_dir))
-                .unwrap_or_default()
+            serde_json::to_string_pretty(&render::run_with_jobs_json(
+                &run, &jobs, &attempts, state_dir
+            ))
+            .unwrap_or_default()
         );
     }
     Ok(match run.phase {
@@ -376,35 +384,111 @@ async fn drive(
         Err(e) => eprintln!("notifications: {}", super::error_chain(&e)),
     }
 
-    let shown = output == OutputFormat::Json || !global.quiet;
     let run = store.run(run_id).await.map_err(super::store_error)?;
-    let jobs = if shown {
-        store.jobs(run_id).await.map_err(super::store_error)?
-    } else {
-        Vec::new()
-    };
+    let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
+    let attempts = store.attempts(run_id).await.map_err(super::store_error)?;
     match (output, run) {
         (OutputFormat::Json, Some(run)) => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&render::run_with_jobs_json(&run, &jobs, state_dir))
-                    .unwrap_or_default()
+                serde_json::to_string_pretty(&render::run_with_jobs_json(
+                    &run, &jobs, &attempts, state_dir
+                ))
+                .unwrap_or_default()
             );
         }
         (_, _) if !global.quiet => {
-            println!("{}", render::jobs_table(&jobs));
+            println!("{}", render::jobs_table(&jobs, &attempts));
             println!(
-                "run {run_id} of {} {} ({})",
-                plan.pipeline, report.phase, report.reason
+                "run {run_id} of {} {} ({}): {}",
+                plan.pipeline,
+                report.phase,
+                report.reason,
+                Counts::of(jobs.iter().map(|j| j.phase))
             );
         }
         _ => {}
+    }
+    // `-q` keeps the essentials of a run that did not succeed: what failed, why, where its log
+    // is, and the verdict.
+    if global.quiet && report.phase != RunPhase::Succeeded {
+        for job in jobs.iter().filter(|j| needs_attention(j.phase)) {
+            let last = attempts.iter().rfind(|a| a.job_id == job.job_id);
+            let ended = match (job.exit_code, last.and_then(|a| a.signal)) {
+                (Some(code), _) => format!(", exit code {code}"),
+                (None, Some(signal)) => format!(", signal {signal}"),
+                (None, None) => String::new(),
+            };
+            eprintln!(
+                "{} {} ({}{ended}), log {}",
+                job.job_id,
+                job.phase,
+                job.reason.map_or("-".into(), |r| r.to_string()),
+                engine::job_log_path(state_dir, &plan.pipeline, run_id, &job.job_id).display()
+            );
+        }
+        eprintln!(
+            "run {run_id} of {} {} ({})",
+            plan.pipeline, report.phase, report.reason
+        );
     }
     Ok(match report.phase {
         RunPhase::Succeeded => Exit::Success,
         RunPhase::Cancelled => Exit::Interrupted,
         RunPhase::Failed | RunPhase::Pending | RunPhase::Running => Exit::Failed,
     })
+}
+
+/// Whether `-q` names a job of a run that did not succeed: the ones that ended badly.
+fn needs_attention(phase: JobPhase) -> bool {
+    match phase {
+        JobPhase::Failed | JobPhase::Cancelled | JobPhase::Lost | JobPhase::Interrupted => true,
+        JobPhase::Pending
+        | JobPhase::Waiting
+        | JobPhase::Running
+        | JobPhase::Succeeded
+        | JobPhase::Skipped => false,
+    }
+}
+
+/// How many jobs ended in each phase, for the summary line and the live status line: a job
+/// stopped by a cancel counts as cancelled, one that never started as skipped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    succeeded: usize,
+    failed: usize,
+    cancelled: usize,
+    skipped: usize,
+}
+
+impl Counts {
+    fn of(phases: impl IntoIterator<Item = JobPhase>) -> Counts {
+        let mut counts = Counts::default();
+        for phase in phases {
+            counts.add(phase);
+        }
+        counts
+    }
+
+    fn add(&mut self, phase: JobPhase) {
+        match phase {
+            JobPhase::Succeeded => self.succeeded += 1,
+            JobPhase::Failed | JobPhase::Lost => self.failed += 1,
+            JobPhase::Cancelled => self.cancelled += 1,
+            JobPhase::Skipped => self.skipped += 1,
+            JobPhase::Pending | JobPhase::Waiting | JobPhase::Running | JobPhase::Interrupted => {}
+        }
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} succeeded, {} failed, {} cancelled, {} skipped",
+            self.succeeded, self.failed, self.cancelled, self.skipped
+        )
+    }
 }
 
 /// Prints one line per state change; on a terminal, also a live status line.
@@ -420,6 +504,7 @@ async fn print_progress(
     let total = names.len();
     let mut running: HashMap<usize, i64> = HashMap::new();
     let mut done = 0usize;
+    let mut counts = Counts::default();
     if !quiet {
         eprintln!("run {run_id} of {pipeline}: {total} jobs");
     }
@@ -430,6 +515,7 @@ async fn print_progress(
         let line = match &event {
             RunEvent::JobSkipped { job, reason } => {
                 done += 1;
+                counts.add(JobPhase::Skipped);
                 format!("{:<24} Skipped ({reason})", names[*job])
             }
             RunEvent::AttemptStarted { job, attempt } => {
@@ -460,6 +546,7 @@ async fn print_progress(
             } => {
                 running.remove(job);
                 done += 1;
+                counts.add(*phase);
                 let code = exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
                 let phase_text = match phase {
                     JobPhase::Succeeded => "Succeeded".to_string(),
@@ -477,7 +564,7 @@ async fn print_progress(
         if tty {
             let _ = write!(
                 err,
-                "[{elapsed:>7.2}s] {done}/{total} done, {} running",
+                "[{elapsed:>7.2}s] {done}/{total} done ({counts}), {} running",
                 running.len()
             );
             let _ = err.flush();
@@ -523,7 +610,7 @@ fn dry_run_text(plan: &Plan, skip: &[String], workers: usize) -> String {
                 line.push_str(&format!(" after {}", deps.join(", ")));
             }
             if job.trigger != crate::spec::Trigger::AllSucceeded {
-                line.push_str(&format!(" (trigger {:?})", job.trigger));
+                line.push_str(&format!(" (trigger {})", trigger_name(job.trigger)));
             }
             if job.retry.limit > 0 {
                 line.push_str(&format!(", up to {} retries", job.retry.limit));
@@ -536,4 +623,12 @@ fn dry_run_text(plan: &Plan, skip: &[String], workers: usize) -> String {
         }
     }
     out
+}
+
+/// A trigger as the manifest spells it (`allDone`), from its serde name.
+fn trigger_name(trigger: crate::spec::Trigger) -> String {
+    match serde_json::to_value(trigger) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => format!("{trigger:?}"),
+    }
 }

@@ -843,6 +843,7 @@ fn attempt_end(result: &AttemptResult, phase: &JobPhase, halted: Option<Halt>) -
         user_time: usage.user,
         system_time: usage.system,
         max_rss_kib: usage.max_rss_kib,
+        max_rss_upper_bound: usage.max_rss_upper_bound,
         message: message.or_else(|| result.spawn_error.clone()),
     }
 }

@@ -28,6 +28,15 @@
 //!   [`Output::Capture`] (for small check commands) reads both into memory, keeping the first
 //!   [`CAPTURE_LIMIT`] bytes; once the leader has exited the pipe is drained for at most
 //!   [`CAPTURE_DRAIN`], since a descendant that escaped the group could hold it open forever.
+//! - Peak memory is the child's own. A `posix_spawn` child begins as a `vfork` of this process,
+//!   and `execve` folds the address space it leaves (ours) into the child's `ru_maxrss`: the
+//!   kernel's figure is never below our own high-water mark. So it is taken as the child's only
+//!   when it is above ours (then it is exactly the child's, or a descendant's it waited for);
+//!   otherwise the figure is the child's own `VmHWM` (from `/proc/PID/status`), read right after
+//!   the spawn and again at growing intervals while it runs (see [`PEAK_SAMPLES`]). When that
+//!   reading cannot stand for the job (none could be made, or the child waited for processes of
+//!   its own, whose peaks only the kernel's figure holds: `/proc/PID/stat` of the exited leader
+//!   tells) the kernel's figure is kept, marked [`Usage::max_rss_upper_bound`].
 //! - Dropping a [`Child`] that was not reaped SIGKILLs its group and reaps it on a detached task
 //!   of the runtime it was spawned on (the one task without an owner: it ends when the kernel
 //!   reports the exit, which SIGKILL makes prompt).
@@ -46,6 +55,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -64,6 +74,10 @@ pub const CAPTURE_LIMIT: usize = 1024 * 1024;
 
 /// How long captured output is still read after the leader has exited.
 pub const CAPTURE_DRAIN: Duration = Duration::from_secs(1);
+
+/// When the child's own memory high-water mark is read while it runs: right after the spawn,
+/// then after the first interval, doubling up to the second.
+pub const PEAK_SAMPLES: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
 
 /// What the child reads on its standard input.
 pub enum Stdin {
@@ -137,7 +151,11 @@ impl fmt::Display for ExitStatus {
 pub struct Usage {
     pub user: Duration,
     pub system: Duration,
+    /// The child's peak resident memory (see the module's notes on how it is measured).
     pub max_rss_kib: u64,
+    /// `max_rss_kib` is only an upper bound: the kernel's figure, which starts from this
+    /// process's own size, and no reading of the child's own could be made.
+    pub max_rss_upper_bound: bool,
 }
 
 /// A reaped child.
@@ -171,6 +189,9 @@ pub struct Child {
     state: State,
     stdin_writer: Option<JoinHandle<()>>,
     capture: Option<Capture>,
+    /// The child's own `VmHWM` (KiB) as last read while it ran (when `peak_read`).
+    peak_seen_kib: AtomicU64,
+    peak_read: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -305,12 +326,21 @@ impl Child {
     }
 
     async fn reap(&self) -> Result<(ExitStatus, Usage), ProcessError> {
+        let (first, longest) = PEAK_SAMPLES;
+        let mut interval = first;
+        let mut next_sample = Instant::now() + interval;
         loop {
-            let mut ready = self
-                .pidfd
-                .readable()
-                .await
-                .map_err(|source| self.wait_error(source))?;
+            let readable = tokio::select! {
+                biased;
+                readable = self.pidfd.readable() => readable,
+                () = tokio::time::sleep_until(next_sample) => {
+                    self.sample_peak();
+                    interval = (interval * 2).min(longest);
+                    next_sample = Instant::now() + interval;
+                    continue;
+                }
+            };
+            let mut ready = readable.map_err(|source| self.wait_error(source))?;
             if !self
                 .leader_exited()
                 .map_err(|source| self.wait_error(source))?
@@ -320,13 +350,45 @@ impl Child {
             }
             // Still unreaped, so the group id cannot have been reused: safe to signal.
             self.signal_group(Signal::SIGKILL);
+            // Unreaped, the pid is still this child's: ask whether it waited for processes.
+            let had_children = waited_for_children(self.pid);
             match sys::wait4_nohang(self.pid).map_err(|source| self.wait_error(source))? {
                 Some((status, rusage)) => {
-                    return Ok((self.exit_status(status)?, usage_of(&rusage)));
+                    let usage = self.own_usage(&rusage, had_children);
+                    return Ok((self.exit_status(status)?, usage));
                 }
                 None => ready.clear_ready(),
             }
         }
+    }
+
+    /// Reads the child's own memory high-water mark. Only while it is not reaped: its pid cannot
+    /// be another process's then (a zombie has no memory left to read, and is skipped).
+    fn sample_peak(&self) {
+        if let Some(kib) = read_vm_hwm_kib(self.pid) {
+            self.peak_seen_kib.fetch_max(kib, Ordering::Relaxed);
+            self.peak_read.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The kernel's accounting of the reaped child, with its peak memory made the child's own
+    /// (see the module's notes); `had_children`: it waited for processes of its own.
+    fn own_usage(&self, rusage: &libc::rusage, had_children: bool) -> Usage {
+        let mut usage = usage_of(rusage);
+        // Our own high-water mark now is at least what it was when the child executed.
+        let ours = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+            .map_or(u64::MAX, |own| {
+                u64::try_from(own.max_rss()).unwrap_or(u64::MAX)
+            });
+        if usage.max_rss_kib <= ours {
+            if had_children || !self.peak_read.load(Ordering::Relaxed) {
+                usage.max_rss_upper_bound = true;
+            } else {
+                let seen = self.peak_seen_kib.load(Ordering::Relaxed);
+                usage.max_rss_kib = seen.min(usage.max_rss_kib);
+            }
+        }
+        usage
     }
 
     fn exit_status(&self, raw: libc::c_int) -> Result<ExitStatus, ProcessError> {
@@ -466,6 +528,9 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
         }
         spawn_error(source)
     })?;
+    // The first reading of the child's own memory, as early as can be: a job that ends within
+    // microseconds of its `execve` may have none at all.
+    let first_peak = read_vm_hwm_kib(pid);
     // Without a pidfd (or a reader for the capture) the child cannot be supervised: do not leave
     // it running.
     let abandon = |error| {
@@ -498,7 +563,7 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
         }
         None => None,
     };
-    Ok(Child {
+    let child = Child {
         pid,
         start_time: None,
         pidfd,
@@ -506,7 +571,10 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
         state: State::Running,
         stdin_writer,
         capture,
-    })
+        peak_seen_kib: AtomicU64::new(first_peak.unwrap_or(0)),
+        peak_read: AtomicBool::new(first_peak.is_some()),
+    };
+    Ok(child)
 }
 
 /// `/dev/null`, opened once (read and write, close-on-exec) for every child that reads or writes
@@ -557,7 +625,39 @@ fn usage_of(rusage: &libc::rusage) -> Usage {
         user: duration(rusage.ru_utime),
         system: duration(rusage.ru_stime),
         max_rss_kib: u64::try_from(rusage.ru_maxrss).unwrap_or(0),
+        max_rss_upper_bound: false,
     }
+}
+
+/// `VmHWM` of `/proc/PID/status` in KiB: the peak resident size of the process's own memory
+/// since its last `execve`. `None` for a zombie (it has no memory left) or a process that is gone.
+fn read_vm_hwm_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line["VmHWM:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether the process waited for children of its own (the `cminflt`, `cmajflt`, `cutime` and
+/// `cstime` fields of `/proc/PID/stat` are not all zero: any process that ran has faulted pages).
+/// True when it cannot be told.
+fn waited_for_children(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let Some(after_name) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return true;
+    };
+    // Field 3 (the state) comes first: fields 11 and 13 (cminflt, cmajflt), 16 and 17 (cutime,
+    // cstime) are at 8, 10, 13 and 14.
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    [8, 10, 13, 14]
+        .iter()
+        .any(|&i| fields.get(i).is_none_or(|f| *f != "0"))
 }
 
 /// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot. `None` if

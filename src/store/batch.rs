@@ -37,6 +37,7 @@ struct EndRow {
     user_time_us: i64,
     system_time_us: i64,
     max_rss_kib: i64,
+    max_rss_upper_bound: bool,
     message: Option<String>,
     /// The job's new phase, when this attempt decides it (not for an attempt that will be retried).
     job_phase: Option<&'static str>,
@@ -99,6 +100,7 @@ impl Batch {
             user_time_us: micros(end.user_time),
             system_time_us: micros(end.system_time),
             max_rss_kib: saturating_i64(end.max_rss_kib),
+            max_rss_upper_bound: end.max_rss_upper_bound,
             message: end.message.clone(),
             job_phase: job.map(|(phase, _)| phase.as_str()),
             job_reason: job.and_then(|(_, reason)| reason).map(Reason::as_str),
@@ -157,8 +159,8 @@ impl Batch {
 /// One statement per change; each reports how many rows it changed, so that a change that found
 /// nothing can be told.
 const END_SQL: &str = "UPDATE attempts SET phase = ?, reason = ?, exit_code = ?, signal = ?, \
-    finished_at = ?, user_time_us = ?, system_time_us = ?, max_rss_kib = ?, message = ? \
-    WHERE id = ?";
+    finished_at = ?, user_time_us = ?, system_time_us = ?, max_rss_kib = ?, \
+    max_rss_upper_bound = ?, message = ? WHERE id = ?";
 const END_JOB_SQL: &str = "UPDATE jobs SET phase = ?, reason = ?, exit_code = ?, message = ?, \
     finished_at = ? WHERE (run_id, job_id) = (SELECT run_id, job_id FROM attempts WHERE id = ?)";
 const JOB_SQL: &str = "UPDATE jobs SET phase = ?, reason = ?, message = ?, \
@@ -217,6 +219,7 @@ fn apply(
             end.user_time_us,
             end.system_time_us,
             end.max_rss_kib,
+            end.max_rss_upper_bound,
             end.message,
             end.id,
         ])?;

@@ -140,6 +140,12 @@ CREATE TABLE IF NOT EXISTS controller_settings (
     updated_at TEXT NOT NULL
 );
 "#,
+    // 5: whether an attempt's peak memory is only an upper bound (a `posix_spawn` child's rusage
+    // starts from the executioner's own size). Figures recorded before were all measured so.
+    r#"
+ALTER TABLE attempts ADD COLUMN max_rss_upper_bound INTEGER NOT NULL DEFAULT 0;
+UPDATE attempts SET max_rss_upper_bound = 1 WHERE max_rss_kib IS NOT NULL;
+"#,
 ];
 
 /// The schema version this build writes and understands.

@@ -147,6 +147,8 @@ pub struct AttemptEnd {
     pub user_time: Duration,
     pub system_time: Duration,
     pub max_rss_kib: u64,
+    /// `max_rss_kib` is only an upper bound of the child's own peak.
+    pub max_rss_upper_bound: bool,
     pub message: Option<String>,
 }
 
@@ -208,6 +210,8 @@ pub struct AttemptRow {
     pub user_time_us: Option<i64>,
     pub system_time_us: Option<i64>,
     pub max_rss_kib: Option<i64>,
+    /// `max_rss_kib` is only an upper bound of the attempt's own peak.
+    pub max_rss_upper_bound: bool,
     pub message: Option<String>,
 }
 
@@ -258,7 +262,7 @@ macro_rules! select_attempts {
         concat!(
             "SELECT id, run_id, job_id, round, number, phase, reason, pid, pgid, ",
             "process_start_time, exit_code, signal, started_at, finished_at, user_time_us, ",
-            "system_time_us, max_rss_kib, message FROM attempts ",
+            "system_time_us, max_rss_kib, max_rss_upper_bound, message FROM attempts ",
             $tail
         )
     };
@@ -675,6 +679,7 @@ impl Store {
             user_time_us: row.get("user_time_us")?,
             system_time_us: row.get("system_time_us")?,
             max_rss_kib: row.get("max_rss_kib")?,
+            max_rss_upper_bound: row.get("max_rss_upper_bound")?,
             message: row.get("message")?,
         })
     }

@@ -435,10 +435,13 @@ mod tests {
             .connect()
             .await
             .unwrap();
-        sqlx::raw_sql("DROP TABLE outbox; DROP TABLE outbox_rounds; PRAGMA user_version = 2;")
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        sqlx::raw_sql(
+            "DROP TABLE outbox; DROP TABLE outbox_rounds; \
+             ALTER TABLE attempts DROP COLUMN max_rss_upper_bound; PRAGMA user_version = 2;",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
         conn.close().await.unwrap();
 
         let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();

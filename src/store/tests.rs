@@ -67,6 +67,7 @@ fn end(phase: JobPhase, reason: Reason, exit_code: i32) -> AttemptEnd {
         user_time: Duration::from_micros(1500),
         system_time: Duration::from_micros(250),
         max_rss_kib: 2048,
+        max_rss_upper_bound: false,
         message: None,
     }
 }
