@@ -32,11 +32,14 @@
 //!   and `execve` folds the address space it leaves (ours) into the child's `ru_maxrss`: the
 //!   kernel's figure is never below our own high-water mark. So it is taken as the child's only
 //!   when it is above ours (then it is exactly the child's, or a descendant's it waited for);
-//!   otherwise the figure is the child's own `VmHWM` (from `/proc/PID/status`), read right after
-//!   the spawn and again at growing intervals while it runs (see [`PEAK_SAMPLES`]). When that
-//!   reading cannot stand for the job (none could be made, or the child waited for processes of
-//!   its own, whose peaks only the kernel's figure holds: `/proc/PID/stat` of the exited leader
-//!   tells) the kernel's figure is kept, marked [`Usage::max_rss_upper_bound`].
+//!   otherwise the figure is the child's own `VmHWM` (from `/proc/PID/status`: a high-water mark,
+//!   so a later reading covers every earlier moment), read at growing intervals while it runs,
+//!   at least once a second (see [`PEAK_SAMPLES`]); growth after the last reading is not seen.
+//!   When no reading can stand for the job (it ended before the first one, which a reading right
+//!   after the spawn would not fix: it would catch the new image before it has loaded, a few
+//!   KiB; or it waited for processes of its own, whose peaks only the kernel's figure holds:
+//!   `/proc/PID/stat` of the exited leader tells) the kernel's figure is kept, marked
+//!   [`Usage::max_rss_upper_bound`]. A job shorter than the first interval costs no `/proc` read.
 //! - Dropping a [`Child`] that was not reaped SIGKILLs its group and reaps it on a detached task
 //!   of the runtime it was spawned on (the one task without an owner: it ends when the kernel
 //!   reports the exit, which SIGKILL makes prompt).
@@ -75,9 +78,9 @@ pub const CAPTURE_LIMIT: usize = 1024 * 1024;
 /// How long captured output is still read after the leader has exited.
 pub const CAPTURE_DRAIN: Duration = Duration::from_secs(1);
 
-/// When the child's own memory high-water mark is read while it runs: right after the spawn,
-/// then after the first interval, doubling up to the second.
-pub const PEAK_SAMPLES: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+/// When the child's own memory high-water mark is read while it runs: after the first interval,
+/// then at intervals doubling up to the second.
+pub const PEAK_SAMPLES: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
 /// What the child reads on its standard input.
 pub enum Stdin {
@@ -350,8 +353,10 @@ impl Child {
             }
             // Still unreaped, so the group id cannot have been reused: safe to signal.
             self.signal_group(Signal::SIGKILL);
-            // Unreaped, the pid is still this child's: ask whether it waited for processes.
-            let had_children = waited_for_children(self.pid);
+            // Unreaped, the pid is still this child's: ask whether it waited for processes (only
+            // when a reading of its own could stand for the job: a short job costs no read).
+            let had_children =
+                self.peak_read.load(Ordering::Relaxed) && waited_for_children(self.pid);
             match sys::wait4_nohang(self.pid).map_err(|source| self.wait_error(source))? {
                 Some((status, rusage)) => {
                     let usage = self.own_usage(&rusage, had_children);
@@ -528,9 +533,6 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
         }
         spawn_error(source)
     })?;
-    // The first reading of the child's own memory, as early as can be: a job that ends within
-    // microseconds of its `execve` may have none at all.
-    let first_peak = read_vm_hwm_kib(pid);
     // Without a pidfd (or a reader for the capture) the child cannot be supervised: do not leave
     // it running.
     let abandon = |error| {
@@ -571,8 +573,8 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
         state: State::Running,
         stdin_writer,
         capture,
-        peak_seen_kib: AtomicU64::new(first_peak.unwrap_or(0)),
-        peak_read: AtomicBool::new(first_peak.is_some()),
+        peak_seen_kib: AtomicU64::new(0),
+        peak_read: AtomicBool::new(false),
     };
     Ok(child)
 }
