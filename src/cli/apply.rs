@@ -51,10 +51,6 @@ use crate::validate::{self, Diagnostic, Options, Severity};
 
 use super::{CliError, CliResult, Exit, GlobalArgs};
 
-/// Modeline written at the top of rendered YAML manifests, for editors.
-const YAML_MODELINE: &str = "# yaml-language-server: $schema=../schemas/pipeline.schema.json\n";
-/// The same for TOML (taplo's directive).
-const TOML_MODELINE: &str = "#:schema ../schemas/pipeline.schema.json\n";
 /// How many `NAME-N.yaml` candidates are tried for a new pipeline.
 const MAX_NAME_SUFFIX: usize = 1000;
 
@@ -511,13 +507,11 @@ fn load_message(e: &LoadError) -> String {
 fn render(manifest: &Manifest, format: Format) -> Result<Vec<u8>, String> {
     let mut text = match format {
         Format::Yaml => {
-            let body = serde_saphyr::to_string(manifest).map_err(|e| e.to_string())?;
-            format!("{YAML_MODELINE}{body}")
+            // No schema modeline: a path written here would resolve on no one else's machine
+            // (`executioner schema --out-dir` or `init` give editors the schema).
+            serde_saphyr::to_string(manifest).map_err(|e| e.to_string())?
         }
-        Format::Toml => {
-            let body = toml::to_string(manifest).map_err(|e| e.to_string())?;
-            format!("{TOML_MODELINE}{body}")
-        }
+        Format::Toml => toml::to_string(manifest).map_err(|e| e.to_string())?,
         Format::Json => serde_json::to_string_pretty(manifest).map_err(|e| e.to_string())?,
     };
     if !text.ends_with('\n') {

@@ -14,7 +14,10 @@ pub fn run(file: &Path) -> CliResult {
     let yaml = serde_saphyr::to_string(&valid.manifest)
         .map_err(|e| CliError::failed(format!("cannot render YAML: {e}")))?;
     let mut out = String::new();
-    match write_schema_beside(file) {
+    let dir = super::absolute(file)
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    match super::schema::write_beside(&dir) {
         Ok(schema) => out.push_str(&format!(
             "# yaml-language-server: $schema={}\n",
             schema.display()
@@ -36,24 +39,4 @@ pub fn run(file: &Path) -> CliResult {
     }
     print!("{out}");
     Ok(Exit::Success)
-}
-
-/// Writes the Pipeline schema next to `file` unless the same text is there; its absolute path.
-fn write_schema_beside(file: &Path) -> Result<PathBuf, String> {
-    let dir = super::absolute(file)
-        .parent()
-        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
-    let path = dir.join(super::init::SCHEMA_FILE);
-    let text = super::schema::pipeline_schema_text();
-    if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
-        return Ok(path);
-    }
-    std::fs::write(&path, &text).map_err(|e| {
-        format!(
-            "no schema modeline: cannot write {}: {e} (`executioner schema --out-dir DIR` writes the schema elsewhere)",
-            path.display()
-        )
-    })?;
-    eprintln!("wrote {} (for editors)", path.display());
-    Ok(path)
 }

@@ -44,3 +44,21 @@ pub fn run(out_dir: Option<&Path>) -> CliResult {
     }
     Ok(Exit::Success)
 }
+
+/// Writes the Pipeline schema into `dir` as `pipeline.schema.json` unless the same text is there
+/// (for editors' modelines); returns its absolute path, or a note saying why it could not.
+pub fn write_beside(dir: &Path) -> Result<std::path::PathBuf, String> {
+    let path = super::absolute(dir).join(super::init::SCHEMA_FILE);
+    let text = pipeline_schema_text();
+    if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(path);
+    }
+    std::fs::write(&path, &text).map_err(|e| {
+        format!(
+            "no schema for editors: cannot write {}: {e} (`executioner schema --out-dir DIR` writes it elsewhere)",
+            path.display()
+        )
+    })?;
+    eprintln!("wrote {} (for editors)", path.display());
+    Ok(path)
+}
