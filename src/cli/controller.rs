@@ -309,8 +309,17 @@ pub fn status(
                         d.metadata.generation.to_string(),
                         d.status.run_id.map_or("-".into(), |r| r.to_string()),
                         format!(
-                            "{}/{} succeeded, {} failed, {} running, {} skipped",
-                            p.succeeded, p.total, p.failed, p.running, p.skipped
+                            "{}/{} succeeded, {} failed, {} running, {} skipped{}",
+                            p.succeeded,
+                            p.total,
+                            p.failed,
+                            p.running,
+                            p.skipped,
+                            if p.cancelled > 0 {
+                                format!(", {} cancelled", p.cancelled)
+                            } else {
+                                String::new()
+                            }
                         ),
                         d.metadata.source.clone(),
                     ]);

@@ -338,7 +338,8 @@ pub async fn pipeline_status(
             JobPhase::Failed | JobPhase::Lost => progress.failed += 1,
             JobPhase::Running | JobPhase::Waiting => progress.running += 1,
             JobPhase::Pending | JobPhase::Interrupted => progress.pending += 1,
-            JobPhase::Skipped | JobPhase::Cancelled => progress.skipped += 1,
+            JobPhase::Skipped => progress.skipped += 1,
+            JobPhase::Cancelled => progress.cancelled += 1,
         }
         let log: Option<PathBuf> = run
             .as_ref()

@@ -50,6 +50,9 @@ pub struct Progress {
     pub running: usize,
     pub pending: usize,
     pub skipped: usize,
+    /// Stopped by a user's cancellation (not counted as skipped).
+    #[serde(default)]
+    pub cancelled: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
