@@ -215,7 +215,7 @@ pub enum Command {
     Resume {
         /// The run's id (as `executioner runs` lists it).
         run: i64,
-        /// Run again only the jobs that failed.
+        /// Run again only the jobs that failed (or were lost) and what they kept from running.
         #[arg(long)]
         failed_only: bool,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]

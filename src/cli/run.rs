@@ -51,7 +51,7 @@ pub struct RunArgs {
     /// Continue run RUN as a new round instead of starting a new run.
     #[arg(long, value_name = "RUN")]
     pub resume_from: Option<RunId>,
-    /// With --resume-from: run again only the jobs that failed.
+    /// With --resume-from: run again only the jobs that failed (or were lost) and what they kept from running.
     #[arg(long, requires = "resume_from")]
     pub failed_only: bool,
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
