@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::env;
 use crate::process::{self, ExitStatus, Output, SpawnSpec, Stdin};
 use crate::scheduler::retry::Failure;
-use crate::spec::Command;
+use crate::spec::{Check, Command, WaitPolicy};
 use crate::status::{JobPhase, Reason};
 use crate::store::{AttemptId, RunId, Store};
 
@@ -88,7 +88,7 @@ pub(super) async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
     result
 }
 
-async fn attempt_body(spec: AttemptSpec) -> AttemptResult {
+async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
     let job = &spec.plan.jobs[spec.job];
     // Prepared while the loop commits the attempt's row. Nothing here acts on the world but
     // creating the log file.
@@ -99,7 +99,8 @@ async fn attempt_body(spec: AttemptSpec) -> AttemptResult {
     let log = open_private_append(&spec.log_path);
 
     // Record before acting: nothing runs before the attempt's row is committed.
-    let Ok(attempt_id) = spec.recorded.await else {
+    // Awaited by reference: the checks borrow the whole spec later.
+    let Ok(attempt_id) = (&mut spec.recorded).await else {
         // Not recorded: the loop has failed and stops; this attempt is never settled.
         return AttemptResult {
             job: spec.job,
@@ -171,56 +172,9 @@ async fn attempt_body(spec: AttemptSpec) -> AttemptResult {
     };
 
     // Pre-checks (a `wait` turns one into a sensor, polled until it passes).
-    for check in &job.pre_checks {
-        let verdict = match &check.wait {
-            None => checks::run_check(check, &check_ctx).await,
-            Some(wait) => {
-                let _ = spec
-                    .store
-                    .set_job(
-                        spec.run,
-                        &job.id,
-                        JobPhase::Waiting,
-                        None,
-                        Some("waiting for a pre-check"),
-                    )
-                    .await;
-                let _ = spec.events.send(RunEvent::JobWaiting { job: spec.job });
-                let until = tokio::time::Instant::now() + wait.timeout.as_std();
-                let interval = wait
-                    .interval
-                    .map_or(Duration::from_secs(10), |d| d.as_std());
-                loop {
-                    let v = checks::run_check(check, &check_ctx).await;
-                    if v.passed {
-                        break v;
-                    }
-                    if tokio::time::Instant::now() + interval > until {
-                        result.outcome = fail(
-                            Failure::CheckTimeout,
-                            Reason::CheckTimeout,
-                            format!(
-                                "pre-check still failing after {}: {}",
-                                wait.timeout, v.message
-                            ),
-                        );
-                        return result;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = spec.cancel.cancelled() => return result,
-                    }
-                }
-            }
-        };
-        append_log(
-            &spec.log_path,
-            &format!("pre-check {}: {}", check_name(check), verdict.message),
-        );
-        if !verdict.passed {
-            result.outcome = fail(Failure::PreCheck, Reason::PreCheckFailed, verdict.message);
-            return result;
-        }
+    if let Err(outcome) = run_checks(Stage::Pre, &job.pre_checks, &check_ctx, &spec).await {
+        result.outcome = outcome;
+        return result;
     }
     if spec.cancel.is_cancelled() {
         return result;
@@ -392,21 +346,120 @@ async fn attempt_body(spec: AttemptSpec) -> AttemptResult {
         }
     }
 
-    for check in &job.post_checks {
-        let verdict = checks::run_check(check, &check_ctx).await;
-        append_log(
-            &spec.log_path,
-            &format!("post-check {}: {}", check_name(check), verdict.message),
-        );
-        if !verdict.passed {
-            result.outcome = fail(Failure::PostCheck, Reason::PostCheckFailed, verdict.message);
-            return result;
-        }
+    if let Err(outcome) = run_checks(Stage::Post, &job.post_checks, &check_ctx, &spec).await {
+        result.outcome = outcome;
+        return result;
     }
     result.outcome = AttemptOutcome::Succeeded;
     result
 }
 
-fn check_name(check: &crate::spec::Check) -> &'static str {
+/// Which of a job's checks run: before its command or after it.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Pre,
+    Post,
+}
+
+impl Stage {
+    /// How the log names a check of this stage.
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Pre => "pre-check",
+            Stage::Post => "post-check",
+        }
+    }
+
+    /// How a failed check of this stage fails the attempt.
+    fn failure(self) -> (Failure, Reason) {
+        match self {
+            Stage::Pre => (Failure::PreCheck, Reason::PreCheckFailed),
+            Stage::Post => (Failure::PostCheck, Reason::PostCheckFailed),
+        }
+    }
+}
+
+/// Runs `checks` in order, each verdict logged; the first that fails ends the attempt with the
+/// outcome returned. Before the command a check with `wait` is a sensor, polled until it passes
+/// (validation allows `wait` on pre-checks only, so after the command it is not looked at).
+async fn run_checks(
+    stage: Stage,
+    checks: &[Check],
+    ctx: &checks::CheckContext<'_>,
+    spec: &AttemptSpec,
+) -> Result<(), AttemptOutcome> {
+    for check in checks {
+        let verdict = match (stage, &check.wait) {
+            (Stage::Pre, Some(wait)) => sense(check, wait, ctx, spec).await?,
+            (Stage::Pre, None) | (Stage::Post, _) => checks::run_check(check, ctx).await,
+        };
+        append_log(
+            &spec.log_path,
+            &format!(
+                "{} {}: {}",
+                stage.label(),
+                check_name(check),
+                verdict.message
+            ),
+        );
+        if !verdict.passed {
+            let (failure, reason) = stage.failure();
+            return Err(AttemptOutcome::Failed {
+                failure,
+                reason,
+                message: verdict.message,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A pre-check with `wait`: the job is Waiting while the check is polled every `interval` until it
+/// passes (its verdict), the wait's timeout passes (`CheckTimeout`) or the attempt is stopped.
+async fn sense(
+    check: &Check,
+    wait: &WaitPolicy,
+    ctx: &checks::CheckContext<'_>,
+    spec: &AttemptSpec,
+) -> Result<checks::Verdict, AttemptOutcome> {
+    let job = &spec.plan.jobs[spec.job];
+    let _ = spec
+        .store
+        .set_job(
+            spec.run,
+            &job.id,
+            JobPhase::Waiting,
+            None,
+            Some("waiting for a pre-check"),
+        )
+        .await;
+    let _ = spec.events.send(RunEvent::JobWaiting { job: spec.job });
+    let until = tokio::time::Instant::now() + wait.timeout.as_std();
+    let interval = wait
+        .interval
+        .map_or(Duration::from_secs(10), |d| d.as_std());
+    loop {
+        let v = checks::run_check(check, ctx).await;
+        if v.passed {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() + interval > until {
+            return Err(AttemptOutcome::Failed {
+                failure: Failure::CheckTimeout,
+                reason: Reason::CheckTimeout,
+                message: format!(
+                    "pre-check still failing after {}: {}",
+                    wait.timeout, v.message
+                ),
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = spec.cancel.cancelled() => return Err(AttemptOutcome::Stopped),
+        }
+    }
+}
+
+fn check_name(check: &Check) -> &'static str {
     check.kinds().first().map_or("check", |k| k.name())
 }
