@@ -424,7 +424,8 @@ async fn drive(
                 job.job_id,
                 job.phase,
                 job.reason.map_or("-".into(), |r| r.to_string()),
-                engine::job_log_path(state_dir, &plan.pipeline, run_id, &job.job_id).display()
+                crate::state_dir::job_log_path(state_dir, &plan.pipeline, run_id, &job.job_id)
+                    .display()
             );
         }
         eprintln!(

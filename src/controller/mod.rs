@@ -208,8 +208,8 @@ pub async fn run(
     kill_now: CancellationToken,
 ) -> Result<bool, ControllerError> {
     let workers = opts.config.workers();
-    let requests = opts.state_dir.join("requests");
-    let _ = engine::create_private_dir(&requests);
+    let requests = crate::state_dir::requests_dir(&opts.state_dir);
+    let _ = crate::state_dir::create_private_dir(&requests);
     std::fs::create_dir_all(&opts.manifests_dir).map_err(|source| ControllerError::Folder {
         path: opts.manifests_dir.clone(),
         source,
@@ -1040,8 +1040,8 @@ pub async fn request_rerun(
     if !store.request_rerun(name).await? {
         return Ok(false);
     }
-    let dir = state_dir.join("requests");
-    let _ = engine::create_private_dir(&dir);
+    let dir = crate::state_dir::requests_dir(state_dir);
+    let _ = crate::state_dir::create_private_dir(&dir);
     let _ = std::fs::write(dir.join(format!("rerun-{name}")), b"");
     Ok(true)
 }

@@ -342,7 +342,7 @@ pub async fn pipeline_status(
         }
         let log: Option<PathBuf> = run
             .as_ref()
-            .map(|r| crate::engine::job_log_path(dirs.state, &r.pipeline, r.id, &j.job_id));
+            .map(|r| crate::state_dir::job_log_path(dirs.state, &r.pipeline, r.id, &j.job_id));
         job_map.insert(
             j.job_id.clone(),
             JobStatus {

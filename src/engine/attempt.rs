@@ -13,10 +13,11 @@ use crate::env;
 use crate::process::{self, ExitStatus, Output, SpawnSpec, Stdin};
 use crate::scheduler::retry::Failure;
 use crate::spec::{Check, Command, WaitPolicy};
+use crate::state_dir::open_private_append;
 use crate::status::{JobPhase, Reason};
 use crate::store::{AttemptId, RunId, Store};
 
-use super::logs::{append_log, ended_marker, open_private_append, write_marker};
+use super::logs::{append_log, ended_marker, write_marker};
 use super::{ATTEMPT_TOKEN_VAR, Plan, RunEvent, attempt_token, checks, mask};
 
 /// How long a job runs before its attempt reports the process (pid, group, start time) for the

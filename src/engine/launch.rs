@@ -9,6 +9,7 @@ use indexmap::IndexMap;
 
 use crate::scheduler::Start;
 use crate::spec::Manifest;
+use crate::state_dir;
 use crate::status::RunPhase;
 use crate::store::{NewJob, NewRun, Owner, RoundChange, RunRow, Store, StoreError};
 
@@ -102,8 +103,12 @@ pub async fn new_run(
     owner: &Owner,
 ) -> Result<RunRequest, StoreError> {
     // Log files live at logs/PIPELINE/RUN/JOB.log; the run id is the database's to allocate, so
-    // the row keeps the file name and readers rebuild the path (engine::job_log_path).
-    let files: Vec<String> = plan.jobs.iter().map(|j| format!("{}.log", j.id)).collect();
+    // the row keeps the file name and readers rebuild the path (state_dir::job_log_path).
+    let files: Vec<String> = plan
+        .jobs
+        .iter()
+        .map(|j| state_dir::job_log_file(&j.id))
+        .collect();
     let jobs: Vec<NewJob<'_>> = plan
         .jobs
         .iter()
@@ -193,7 +198,7 @@ pub async fn next_round(
         .jobs
         .iter()
         .filter(|j| !known.contains(j.id.as_str()))
-        .map(|j| (j.id.clone(), format!("{}.log", j.id)))
+        .map(|j| (j.id.clone(), state_dir::job_log_file(&j.id)))
         .collect();
     if run.phase == RunPhase::Succeeded && added_files.is_empty() {
         return Ok(Round::AlreadySucceeded);

@@ -1,25 +1,16 @@
-//! A run's log files: where they live, the marker lines the executioner writes into a job's log
-//! around each attempt, the run's own `run.log`, and files and folders created private. The
-//! child's output itself goes to the log without passing through here.
+//! What the engine writes into a run's logs: the marker lines around each attempt in a job's log,
+//! and the run's own `run.log`. Where the logs live and how they are opened is the state folder's
+//! ([`crate::state_dir`]); the child's output goes to the log without passing through here.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::process::ExitStatus;
+use crate::state_dir::open_private_append;
 use crate::store::RunId;
 
 use super::attempt::{AttemptOutcome, AttemptResult};
-
-/// Folder of a run's logs: `STATE/logs/PIPELINE/RUN`. Names are validated, so it stays inside.
-pub fn run_log_dir(state_dir: &Path, pipeline: &str, run: RunId) -> PathBuf {
-    state_dir.join("logs").join(pipeline).join(run.to_string())
-}
-
-/// `STATE/logs/PIPELINE/RUN/JOB.log`.
-pub fn job_log_path(state_dir: &Path, pipeline: &str, run: RunId, job: &str) -> PathBuf {
-    run_log_dir(state_dir, pipeline, run).join(format!("{job}.log"))
-}
 
 /// The text of an attempt's closing marker: its outcome, exit code or signal, and duration.
 pub(super) fn ended_marker(result: &AttemptResult, took: Duration) -> String {
@@ -63,26 +54,6 @@ pub(super) fn append_log(path: &Path, text: &str) {
     if let Ok(mut f) = open_private_append(path) {
         let _ = f.write_all(format!("==> executioner: {text}\n").as_bytes());
     }
-}
-
-/// Opens a file for appending with mode 0600, refusing symlinks.
-pub fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
-
-/// Creates a folder (and parents) with mode 0700 for the parts it creates.
-pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
 }
 
 /// The run's own event log (`run.log`); best effort, never fails the run.

@@ -12,8 +12,8 @@
 //! which records it with its next commit. See docs/engine.md.
 //!
 //! The files, by mechanism: `run.rs` (the loop and its per-turn commit), `attempt.rs` (one
-//! attempt: pre-checks, command, post-checks), `logs.rs` (log files and markers); this file holds
-//! the public API.
+//! attempt: pre-checks, command, post-checks), `logs.rs` (the markers in job logs, `run.log`);
+//! this file holds the public API. Where logs live is [`crate::state_dir`]'s.
 
 mod attempt;
 pub mod checks;
@@ -36,7 +36,6 @@ use crate::scheduler::Start;
 use crate::status::{JobPhase, Reason, RunPhase};
 use crate::store::{AttemptId, RunId, Store, StoreError};
 
-pub use logs::{create_private_dir, job_log_path, open_private_append, run_log_dir};
 pub use plan::{Plan, PlanError};
 pub use run::execute;
 

@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 use crate::process::ExitStatus;
 use crate::scheduler::retry;
 use crate::scheduler::{Decision, JobRules, Outcome, Scheduler, Start};
+use crate::state_dir::{create_private_dir, job_log_path, run_log_dir, run_log_path};
 use crate::status::{JobPhase, Reason, RunPhase};
 use crate::store::{AttemptEnd, AttemptId, Batch, RunId, Store, StoreError};
 
 use super::attempt::{AttemptOutcome, AttemptResult, AttemptSpec, Spawned, run_attempt};
-use super::logs::{RunLog, create_private_dir, job_log_path, run_log_dir};
+use super::logs::RunLog;
 use super::{
     EngineError, EngineOptions, MAX_LOST, Plan, RunEvent, RunReport, RunRequest, Stop, prefetch,
 };
@@ -71,7 +72,7 @@ pub async fn execute(
         path: log_dir.clone(),
         source,
     })?;
-    let mut run_log = RunLog::open(&log_dir.join("run.log"));
+    let mut run_log = RunLog::open(&run_log_path(&options.state_dir, &plan.pipeline, run));
     run_log.line(&format!(
         "round {} of run {run} of {} started",
         request.round, plan.pipeline

@@ -389,7 +389,7 @@ fn summarize(
                 message: row.message.clone(),
                 started_at: row.started_at.map(format_time),
                 finished_at: row.finished_at.map(format_time),
-                log: crate::engine::job_log_path(state_dir, &run.pipeline, run.id, &row.job_id),
+                log: crate::state_dir::job_log_path(state_dir, &run.pipeline, run.id, &row.job_id),
             })
             .collect(),
     }
