@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use executioner::config::{Config, SmtpConfig, SmtpTls};
-use executioner::engine::launch::{self, Pinned};
+use executioner::engine::launch::{self, PinnedPlan};
 use executioner::engine::{self, EngineOptions};
 use executioner::notify::{self, CA_FILE_ENV, CommandPayload, RunSummary};
+use executioner::spec::Pinned;
 use executioner::status::RunPhase;
 use executioner::store::outbox::{OutboxChannel, OutboxState};
 use executioner::store::{Durability, RunId, Store};

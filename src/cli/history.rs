@@ -297,7 +297,7 @@ pub fn mark_success(
         }
         let actor = std::env::var("USER").unwrap_or_else(|_| format!("uid {}", nix::unistd::getuid()));
         let reason = reason.unwrap_or("marked successful by hand");
-        let pinned = crate::engine::launch::Pinned::from_run(&run).map_err(|e| {
+        let pinned = crate::spec::Pinned::from_json(&run.spec_json).map_err(|e| {
             CliError::new(Exit::Corrupt, format!("run {run_id}: pinned spec unreadable: {e}"))
         })?;
         let coe = pinned.continue_on_error();

@@ -23,10 +23,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::engine::launch::{self, Pinned, Round};
+use crate::engine::launch::{self, PinnedPlan, Round};
 use crate::engine::{self, EngineError, EngineOptions, RunReport};
 use crate::schedule::Due;
-use crate::spec::OnSpecChange;
+use crate::spec::{OnSpecChange, Pinned};
 use crate::status::RunPhase;
 use crate::status::file::{status_path, write_atomic};
 use crate::store::{RunId, Store, StoreError};
@@ -776,7 +776,7 @@ impl Controller {
                 // An invalid edit does not stop a run of an earlier valid generation.
                 self.folder.invalid_named(&run.pipeline).is_some()
             };
-            let pinned = Pinned::from_run(&run).ok();
+            let pinned = Pinned::from_json(&run.spec_json).ok();
             let plan = pinned.as_ref().and_then(|p| p.plan().ok());
             let Some(plan) = plan.filter(|_| continues) else {
                 engine::resume::recover(&self.store, &run).await?;

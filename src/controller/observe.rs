@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
-use crate::engine::plan;
 use crate::spec::{LoadError, Manifest};
 use crate::status::file::{
     Condition, JobStatus, PipelineStatus, PipelineStatusDoc, Progress, StatusMetadata,
@@ -258,7 +257,7 @@ pub fn read_file(file: &Path, options: &Options, folder: &mut Folder) {
                     });
                     continue;
                 }
-                let spec_hash = plan::spec_hash(&valid.manifest);
+                let spec_hash = crate::spec::spec_hash(&valid.manifest);
                 folder.desired.insert(
                     name.clone(),
                     Desired {
