@@ -1,6 +1,7 @@
 //! One attempt of one job: its environment and working folder, the pre-checks (a `wait` makes one
 //! a sensor), the command in its own process group with its timeout, and the post-checks. It
-//! reports its process and its outcome to the run loop, and records nothing itself but its log.
+//! reports its process and its outcome to the run loop, which records them; the attempt itself
+//! writes only its log and a sensor's `Waiting` phase.
 
 use std::path::PathBuf;
 use std::sync::Arc;
