@@ -20,6 +20,7 @@ pub mod process;
 pub mod schedule;
 pub mod scheduler;
 pub mod spec;
+pub mod state_dir;
 pub mod status;
 pub mod store;
 pub mod validate;

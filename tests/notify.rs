@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use executioner::config::{Config, SmtpConfig, SmtpTls};
-use executioner::engine::launch::{self, Pinned};
+use executioner::engine::launch::{self, PinnedPlan};
 use executioner::engine::{self, EngineOptions};
 use executioner::notify::{self, CA_FILE_ENV, CommandPayload, RunSummary};
+use executioner::spec::Pinned;
 use executioner::status::RunPhase;
 use executioner::store::outbox::{OutboxChannel, OutboxState};
 use executioner::store::{Durability, RunId, Store};
@@ -330,7 +331,7 @@ async fn a_failing_run_emails_each_recipient_once_with_the_reason_and_log_tail()
         let body = message["body"].as_str().unwrap();
         assert!(body.contains("Failed jobs:"), "{body}");
         assert!(body.contains("  - load: ExitCode, exit code 3"), "{body}");
-        let log = engine::job_log_path(&state, "nightly-etl", run, "load");
+        let log = executioner::state_dir::job_log_path(&state, "nightly-etl", run, "load");
         assert!(body.contains(&log.display().to_string()), "{body}");
         assert!(body.contains("  - report: UpstreamFailed"), "{body}");
         let attachments = message["attachments"].as_array().unwrap();
@@ -666,7 +667,7 @@ async fn a_command_notifier_reads_the_run_summary_on_stdin() {
     );
     assert_eq!(
         load.log,
-        engine::job_log_path(&state, "nightly-etl", run, "load")
+        executioner::state_dir::job_log_path(&state, "nightly-etl", run, "load")
     );
     let report = summary.jobs.iter().find(|j| j.id == "report").unwrap();
     assert_eq!(report.reason.as_deref(), Some("UpstreamFailed"));

@@ -3,6 +3,7 @@
 use std::io::{Read, Seek, Write};
 use std::time::Duration;
 
+use crate::state_dir;
 use crate::status::{JobPhase, RunPhase};
 use crate::store::RunId;
 
@@ -156,7 +157,7 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
                     println!(
                         "log {}: {}",
                         j.job_id,
-                        crate::engine::job_log_path(&state_dir, &run.pipeline, run.id, &j.job_id)
+                        state_dir::job_log_path(&state_dir, &run.pipeline, run.id, &j.job_id)
                             .display()
                     );
                 }
@@ -188,7 +189,7 @@ pub fn logs(run_id: RunId, job: Option<&str>, follow: bool, global: &GlobalArgs)
                 let Some(row) = jobs.iter().find(|j| j.job_id == id) else {
                     return Err(CliError::usage(format!("run {run_id} has no job {id:?}")));
                 };
-                let path = crate::engine::job_log_path(&state_dir, &run.pipeline, run.id, id);
+                let path = state_dir::job_log_path(&state_dir, &run.pipeline, run.id, id);
                 let never_ran =
                     matches!(row.phase, JobPhase::Skipped | JobPhase::Pending) && !path.exists();
                 if never_ran && !(follow && row.phase == JobPhase::Pending) {
@@ -200,7 +201,7 @@ pub fn logs(run_id: RunId, job: Option<&str>, follow: bool, global: &GlobalArgs)
                 }
                 path
             }
-            None => crate::engine::run_log_dir(&state_dir, &run.pipeline, run.id).join("run.log"),
+            None => state_dir::run_log_path(&state_dir, &run.pipeline, run.id),
         };
         Ok::<_, CliError>((path, run.phase.is_terminal()))
     })?;
@@ -296,7 +297,7 @@ pub fn mark_success(
         }
         let actor = std::env::var("USER").unwrap_or_else(|_| format!("uid {}", nix::unistd::getuid()));
         let reason = reason.unwrap_or("marked successful by hand");
-        let pinned = crate::engine::launch::Pinned::from_run(&run).map_err(|e| {
+        let pinned = crate::spec::Pinned::from_json(&run.spec_json).map_err(|e| {
             CliError::new(Exit::Corrupt, format!("run {run_id}: pinned spec unreadable: {e}"))
         })?;
         let coe = pinned.continue_on_error();

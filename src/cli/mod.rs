@@ -590,7 +590,7 @@ pub async fn open_store_existing(
     state_dir: &std::path::Path,
     config: &crate::config::Config,
 ) -> Result<Option<crate::store::Store>, CliError> {
-    if !state_dir.join("executioner.db").exists() {
+    if !crate::state_dir::db_path(state_dir).exists() {
         return Ok(None);
     }
     open_store(state_dir, config).await.map(Some)

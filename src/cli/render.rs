@@ -168,7 +168,7 @@ pub fn run_with_jobs_json(
             jobs.iter()
                 .map(|j| {
                     let log =
-                        crate::engine::job_log_path(state_dir, &run.pipeline, run.id, &j.job_id);
+                        crate::state_dir::job_log_path(state_dir, &run.pipeline, run.id, &j.job_id);
                     job_json(j, attempts, &log)
                 })
                 .collect(),

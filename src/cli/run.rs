@@ -10,10 +10,10 @@ use std::time::Instant;
 use indexmap::IndexMap;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::engine::launch::{self, Pinned, Round};
+use crate::engine::launch::{self, PinnedPlan, Round};
 use crate::engine::resume::ResumeMode;
 use crate::engine::{self, EngineOptions, Plan, RunEvent, RunRequest};
-use crate::spec::Manifest;
+use crate::spec::{Manifest, Pinned};
 use crate::status::{JobPhase, RunPhase};
 use crate::store::{RunId, Store};
 use crate::validate::Options;
@@ -178,7 +178,7 @@ pub fn resume(
             .await
             .map_err(super::store_error)?
             .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
-        let pinned = Pinned::from_run(&run).map_err(|e| {
+        let pinned = Pinned::from_json(&run.spec_json).map_err(|e| {
             CliError::new(
                 Exit::Corrupt,
                 format!("run {run_id}: pinned spec unreadable: {e}"),
@@ -424,7 +424,8 @@ async fn drive(
                 job.job_id,
                 job.phase,
                 job.reason.map_or("-".into(), |r| r.to_string()),
-                engine::job_log_path(state_dir, &plan.pipeline, run_id, &job.job_id).display()
+                crate::state_dir::job_log_path(state_dir, &plan.pipeline, run_id, &job.job_id)
+                    .display()
             );
         }
         eprintln!(

@@ -27,7 +27,7 @@ pub enum LockError {
 /// Takes the lock without waiting.
 pub fn acquire(state_dir: &Path) -> Result<ControllerLock, LockError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = state_dir.join("controller.lock");
+    let path = crate::state_dir::controller_lock_path(state_dir);
     let io = |source| LockError::Io {
         path: path.clone(),
         source,

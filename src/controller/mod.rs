@@ -23,10 +23,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::engine::launch::{self, Pinned, Round};
+use crate::engine::launch::{self, PinnedPlan, Round};
 use crate::engine::{self, EngineError, EngineOptions, RunReport};
 use crate::schedule::Due;
-use crate::spec::OnSpecChange;
+use crate::spec::{OnSpecChange, Pinned};
 use crate::status::RunPhase;
 use crate::status::file::{status_path, write_atomic};
 use crate::store::{RunId, Store, StoreError};
@@ -208,8 +208,8 @@ pub async fn run(
     kill_now: CancellationToken,
 ) -> Result<bool, ControllerError> {
     let workers = opts.config.workers();
-    let requests = opts.state_dir.join("requests");
-    let _ = engine::create_private_dir(&requests);
+    let requests = crate::state_dir::requests_dir(&opts.state_dir);
+    let _ = crate::state_dir::create_private_dir(&requests);
     std::fs::create_dir_all(&opts.manifests_dir).map_err(|source| ControllerError::Folder {
         path: opts.manifests_dir.clone(),
         source,
@@ -776,7 +776,7 @@ impl Controller {
                 // An invalid edit does not stop a run of an earlier valid generation.
                 self.folder.invalid_named(&run.pipeline).is_some()
             };
-            let pinned = Pinned::from_run(&run).ok();
+            let pinned = Pinned::from_json(&run.spec_json).ok();
             let plan = pinned.as_ref().and_then(|p| p.plan().ok());
             let Some(plan) = plan.filter(|_| continues) else {
                 engine::resume::recover(&self.store, &run).await?;
@@ -1040,8 +1040,8 @@ pub async fn request_rerun(
     if !store.request_rerun(name).await? {
         return Ok(false);
     }
-    let dir = state_dir.join("requests");
-    let _ = engine::create_private_dir(&dir);
+    let dir = crate::state_dir::requests_dir(state_dir);
+    let _ = crate::state_dir::create_private_dir(&dir);
     let _ = std::fs::write(dir.join(format!("rerun-{name}")), b"");
     Ok(true)
 }

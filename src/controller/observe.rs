@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
-use crate::engine::plan;
 use crate::spec::{LoadError, Manifest};
 use crate::status::file::{
     Condition, JobStatus, PipelineStatus, PipelineStatusDoc, Progress, StatusMetadata,
@@ -258,7 +257,7 @@ pub fn read_file(file: &Path, options: &Options, folder: &mut Folder) {
                     });
                     continue;
                 }
-                let spec_hash = plan::spec_hash(&valid.manifest);
+                let spec_hash = crate::spec::spec_hash(&valid.manifest);
                 folder.desired.insert(
                     name.clone(),
                     Desired {
@@ -343,7 +342,7 @@ pub async fn pipeline_status(
         }
         let log: Option<PathBuf> = run
             .as_ref()
-            .map(|r| crate::engine::job_log_path(dirs.state, &r.pipeline, r.id, &j.job_id));
+            .map(|r| crate::state_dir::job_log_path(dirs.state, &r.pipeline, r.id, &j.job_id));
         job_map.insert(
             j.job_id.clone(),
             JobStatus {

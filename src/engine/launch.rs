@@ -1,78 +1,29 @@
 //! Creating runs and resume rounds, shared by `executioner run`, `resume` and the controller: the
-//! pinned spec a run keeps, the first round of a new run, and the next round of an existing one
+//! plan of the pinned spec a run keeps, the first round of a new run, and the next round of an existing one
 //! (after recovering attempts that an executioner left behind when it died).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
 use crate::scheduler::Start;
-use crate::spec::Manifest;
+use crate::spec::{Pinned, spec_hash};
+use crate::state_dir;
 use crate::status::RunPhase;
 use crate::store::{NewJob, NewRun, Owner, RoundChange, RunRow, Store, StoreError};
 
 use super::RunRequest;
-use super::plan::{self, Plan, PlanError};
+use super::plan::{Plan, PlanError};
 use super::resume;
 
-/// What a run pins: the manifest, where its relative paths start, and the command-line layers.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Pinned {
-    pub manifest: Manifest,
-    pub base_dir: PathBuf,
-    #[serde(default)]
-    pub env: IndexMap<String, String>,
-    #[serde(default)]
-    pub skip: Vec<String>,
+/// The plan of a pinned spec: the engine's reading of [`Pinned`] (spec knows nothing of plans).
+pub trait PinnedPlan {
+    /// The plan of this spec, against the current process environment.
+    fn plan(&self) -> Result<Plan, PlanError>;
 }
 
-impl Pinned {
-    pub fn new(
-        manifest: Manifest,
-        base_dir: &Path,
-        env: IndexMap<String, String>,
-        skip: Vec<String>,
-    ) -> Self {
-        let base_dir = if base_dir.is_absolute() {
-            base_dir.to_path_buf()
-        } else {
-            std::env::current_dir()
-                .map(|c| c.join(base_dir))
-                .unwrap_or_else(|_| base_dir.to_path_buf())
-        };
-        Self {
-            manifest,
-            base_dir,
-            env,
-            skip,
-        }
-    }
-
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-
-    /// Reads a run's pinned spec back.
-    pub fn from_run(run: &RunRow) -> Result<Pinned, serde_json::Error> {
-        serde_json::from_str(&run.spec_json)
-    }
-
-    /// Ids of the jobs that may fail (`continueOnError`, their own or the defaults'), known
-    /// without planning the spec (which needs its environment).
-    pub fn continue_on_error(&self) -> Vec<String> {
-        let spec = &self.manifest.spec;
-        let default = spec.defaults.continue_on_error;
-        spec.jobs
-            .iter()
-            .filter(|j| j.continue_on_error.or(default).unwrap_or(false))
-            .map(|j| j.id.as_str().to_owned())
-            .collect()
-    }
-
-    /// The plan of this spec, against the current process environment.
-    pub fn plan(&self) -> Result<Plan, PlanError> {
+impl PinnedPlan for Pinned {
+    fn plan(&self) -> Result<Plan, PlanError> {
         let process_env: IndexMap<String, String> = std::env::vars().collect();
         Plan::new(
             &self.manifest,
@@ -88,7 +39,7 @@ pub fn this_process() -> Owner {
     let pid = std::process::id();
     Owner {
         pid,
-        host: resume::hostname(),
+        host: crate::process::hostname(),
         start_time: crate::process::read_start_time(pid as i32),
     }
 }
@@ -102,8 +53,12 @@ pub async fn new_run(
     owner: &Owner,
 ) -> Result<RunRequest, StoreError> {
     // Log files live at logs/PIPELINE/RUN/JOB.log; the run id is the database's to allocate, so
-    // the row keeps the file name and readers rebuild the path (engine::job_log_path).
-    let files: Vec<String> = plan.jobs.iter().map(|j| format!("{}.log", j.id)).collect();
+    // the row keeps the file name and readers rebuild the path (state_dir::job_log_path).
+    let files: Vec<String> = plan
+        .jobs
+        .iter()
+        .map(|j| state_dir::job_log_file(&j.id))
+        .collect();
     let jobs: Vec<NewJob<'_>> = plan
         .jobs
         .iter()
@@ -118,7 +73,7 @@ pub async fn new_run(
             pipeline: &plan.pipeline,
             generation,
             spec_json: &pinned.to_json(),
-            spec_hash: &plan::spec_hash(&pinned.manifest),
+            spec_hash: &spec_hash(&pinned.manifest),
             jobs: &jobs,
             owner,
         })
@@ -193,7 +148,7 @@ pub async fn next_round(
         .jobs
         .iter()
         .filter(|j| !known.contains(j.id.as_str()))
-        .map(|j| (j.id.clone(), format!("{}.log", j.id)))
+        .map(|j| (j.id.clone(), state_dir::job_log_file(&j.id)))
         .collect();
     if run.phase == RunPhase::Succeeded && added_files.is_empty() {
         return Ok(Round::AlreadySucceeded);
@@ -213,7 +168,7 @@ pub async fn next_round(
         .map(|(id, log)| NewJob { id, log_path: log })
         .collect();
     let order: Vec<&str> = plan.jobs.iter().map(|j| j.id.as_str()).collect();
-    let spec = respec.map(|p| (p.to_json(), plan::spec_hash(&p.manifest)));
+    let spec = respec.map(|p| (p.to_json(), spec_hash(&p.manifest)));
     let change = RoundChange {
         rerun: &rerun,
         added: &added,

@@ -304,15 +304,3 @@ fn join_template(base: &Path, dir: &str) -> String {
         base.join(dir).to_string_lossy().into_owned()
     }
 }
-
-/// The pipeline's canonical spec (for hashing and pinning): stable JSON of `spec`.
-pub fn canonical_spec(manifest: &Manifest) -> String {
-    serde_json::to_string(&manifest.spec).unwrap_or_default()
-}
-
-/// Hex SHA-256 of the canonical spec.
-pub fn spec_hash(manifest: &Manifest) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(canonical_spec(manifest).as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}

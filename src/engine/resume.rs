@@ -151,19 +151,11 @@ pub fn owner_alive(run: &RunRow) -> bool {
             let same_host = run
                 .owner_host
                 .as_deref()
-                .is_none_or(|h| h == hostname().as_str());
+                .is_none_or(|h| h == process::hostname().as_str());
             same_host && process::is_same_process(pid as i32, start as u64)
         }
         _ => false,
     }
-}
-
-/// This machine's name, for run ownership.
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Attempts made per job so far in `run` (attempt numbers continue after them).

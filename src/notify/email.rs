@@ -365,7 +365,7 @@ fn tls_parameters(smtp: &SmtpConfig, options: &DeliverOptions) -> Result<TlsPara
 
 /// This machine's name for EHLO and Message-IDs, or `localhost` when it is not a plain DNS name.
 fn host_name() -> String {
-    let name = crate::engine::resume::hostname();
+    let name = crate::process::hostname();
     let plain = !name.is_empty()
         && name
             .bytes()

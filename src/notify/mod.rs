@@ -36,8 +36,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::config::Config;
-use crate::engine::launch::Pinned;
-use crate::spec::{Notify, NotifyOn};
+use crate::spec::{Notify, NotifyOn, Pinned};
 use crate::status::{JobPhase, RunPhase, format_time};
 use crate::store::outbox::{NewOutboxEntry, OutboxChannel, OutboxEntry};
 use crate::store::{JobRow, RunId, RunRow, Store, StoreError};
@@ -198,7 +197,7 @@ async fn enqueue_run(store: &Store, run: &RunRow, state_dir: &Path) -> Result<us
     if !run.spec_json.contains("\"notify\"") {
         return Ok(store.enqueue_notifications(run.id, run.rounds, &[]).await?);
     }
-    let pinned = Pinned::from_run(run).map_err(|source| NotifyError::PinnedSpec {
+    let pinned = Pinned::from_json(&run.spec_json).map_err(|source| NotifyError::PinnedSpec {
         run: run.id,
         source,
     })?;
@@ -389,7 +388,7 @@ fn summarize(
                 message: row.message.clone(),
                 started_at: row.started_at.map(format_time),
                 finished_at: row.finished_at.map(format_time),
-                log: crate::engine::job_log_path(state_dir, &run.pipeline, run.id, &row.job_id),
+                log: crate::state_dir::job_log_path(state_dir, &run.pipeline, run.id, &row.job_id),
             })
             .collect(),
     }

@@ -81,7 +81,7 @@ fn failed_jobs() -> Vec<JobRow> {
 
 fn state_with_log(job: &str, text: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let path = crate::engine::job_log_path(dir.path(), "etl", 7, job);
+    let path = crate::state_dir::job_log_path(dir.path(), "etl", 7, job);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
     dir
@@ -203,7 +203,7 @@ fn at_most_three_logs_are_attached() {
     let mut specs = Vec::new();
     for i in 0..5 {
         let id = format!("j{i}");
-        let path = crate::engine::job_log_path(state.path(), "etl", 7, &id);
+        let path = crate::state_dir::job_log_path(state.path(), "etl", 7, &id);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, format!("log of {id}\n")).unwrap();
         jobs.push(job_row(&id, JobPhase::Failed, Reason::ExitCode));

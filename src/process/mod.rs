@@ -662,6 +662,14 @@ fn waited_for_children(pid: i32) -> bool {
         .any(|&i| fields.get(i).is_none_or(|f| *f != "0"))
 }
 
+/// This machine's name, for run ownership.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot. `None` if
 /// there is no such process.
 pub fn read_start_time(pid: i32) -> Option<u64> {

@@ -1,11 +1,13 @@
 //! Desired state: the manifest types, reading manifest files into documents with positions, the
-//! original tool's JSON format, and the JSON Schema generated from the types.
+//! original tool's JSON format, the JSON Schema generated from the types, and the pinned spec a
+//! run keeps with its hash.
 //!
 //! No I/O beyond reading the one file asked for; no semantic rules (those are `validate`).
 
 pub mod duration;
 pub mod legacy;
 pub mod names;
+pub mod pinned;
 pub mod schema;
 pub mod source;
 pub mod types;
@@ -17,6 +19,7 @@ use serde_json::Value;
 
 pub use duration::Duration;
 pub use names::{JobId, NameError, PipelineName};
+pub use pinned::{Pinned, spec_hash};
 pub use source::{Format, Pos, Positions, SourceDoc};
 pub use types::*;
 

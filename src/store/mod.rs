@@ -41,8 +41,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::status::{JobPhase, Reason, RunPhase};
 
-/// The database file inside the state folder.
-pub const DB_FILE: &str = "executioner.db";
+pub use crate::state_dir::DB_FILE;
 
 pub type RunId = i64;
 pub type AttemptId = i64;

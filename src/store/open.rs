@@ -6,9 +6,9 @@
 //! next to it: it is evidence, and never silently recreated.
 
 use std::ffi::OsString;
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
 
 use super::migrations;
-use super::{DB_FILE, Durability, StoreError, primary_code, sql_error};
+use super::{Durability, StoreError, primary_code, sql_error};
 
 /// How long a connection waits for another process's write lock before giving up.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,7 +43,7 @@ pub(super) struct Opened {
 /// returns it migrated.
 pub(super) async fn open(state_dir: &Path, durability: Durability) -> Result<Opened, StoreError> {
     prepare_dir(state_dir)?;
-    let path = state_dir.join(DB_FILE);
+    let path = crate::state_dir::db_path(state_dir);
     prepare_file(&path)?;
     verify(&path).await?;
 
@@ -90,14 +90,12 @@ fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
             }
             refuse_shared_write(dir, meta.mode(), "state folder")
         }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| StoreError::Io {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            crate::state_dir::create_private_dir(dir).map_err(|source| StoreError::Io {
                 path: dir.to_owned(),
                 source,
-            }),
+            })
+        }
         Err(source) => Err(StoreError::Io {
             path: dir.to_owned(),
             source,
