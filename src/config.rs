@@ -272,7 +272,11 @@ impl Loaded {
 }
 
 /// Calls `visit` with every leaf of `value` and its dotted key (arrays are leaves).
-fn leaves(value: &serde_json::Value, prefix: &str, visit: &mut impl FnMut(&str, &serde_json::Value)) {
+fn leaves(
+    value: &serde_json::Value,
+    prefix: &str,
+    visit: &mut impl FnMut(&str, &serde_json::Value),
+) {
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map {

@@ -210,6 +210,7 @@ struct JobTrack {
 }
 
 /// Runs `request` of `plan` to its end.
+#[tracing::instrument(name = "run", skip_all, fields(pipeline = %plan.pipeline, run = request.run_id))]
 pub async fn execute(
     store: &Store,
     plan: Arc<Plan>,
@@ -383,7 +384,9 @@ pub async fn execute(
                 events: events.clone(),
                 spawned: spawned_tx.clone(),
             };
-            attempts.spawn(async move { (run_attempt(ctx).await, permit) });
+            let span = tracing::info_span!("attempt", job = %plan.jobs[job].id, attempt = number);
+            let attempt = tracing::Instrument::instrument(run_attempt(ctx), span);
+            attempts.spawn(async move { (attempt.await, permit) });
             turn.launches.push(Launch { recorded });
             prefetch.started();
             state.running += 1;
@@ -873,9 +876,12 @@ struct AttemptSpec {
 async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
     let log_path = spec.log_path.clone();
     let started = Instant::now();
+    tracing::debug!("attempt started");
     let result = attempt_body(spec).await;
     if result.attempt_id != 0 {
-        append_log(&log_path, &ended_marker(&result, started.elapsed()));
+        let marker = ended_marker(&result, started.elapsed());
+        tracing::debug!("{marker}");
+        append_log(&log_path, &marker);
     }
     result
 }
