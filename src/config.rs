@@ -2,10 +2,14 @@
 //! the security policy, with its generated JSON Schema.
 //!
 //! Layering, lowest to highest: defaults < `/etc/executioner/config.toml` < `./executioner.toml`
-//! (or `--config FILE`, TOML or YAML) < `EXECUTIONER_*` environment (nested keys with `__`) < CLI flags.
+//! (or `--config FILE`, TOML or YAML) < `EXECUTIONER_*` environment (nested keys with `__`) < CLI flags,
+//! merged by figment, whose metadata names the source of every value for `executioner config`.
 
 use std::path::{Path, PathBuf};
 
+use figment::providers::{Env, Format, Serialized};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider, Source};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -153,15 +157,25 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}: {message}", path.display())]
-    Invalid { path: PathBuf, message: String },
+    /// figment's message names the key and the layer it came from (file, variable or flag).
+    #[error("{0}")]
+    Invalid(Box<figment::Error>),
 }
 
-/// A loaded configuration and where each value came from (`state_dir` -> `env EXECUTIONER_STATE_DIR`).
+/// The system file, unless `EXECUTIONER_SYSTEM_CONFIG` moves it (for tests and unusual installs).
+const SYSTEM_FILE: &str = "/etc/executioner/config.toml";
+/// The project file, read from the working directory when no `--config` is given.
+const PROJECT_FILE: &str = "executioner.toml";
+const ENV_PREFIX: &str = "EXECUTIONER_";
+/// The name of the environment layer; its values are shown as `env VARIABLE`.
+const ENV_LAYER: &str = "environment";
+
+/// A loaded configuration and the figment it was extracted from, whose metadata says where each
+/// value came from (`state_dir` -> `env EXECUTIONER_STATE_DIR`).
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
-    pub sources: std::collections::BTreeMap<String, String>,
+    figment: Figment,
 }
 
 impl Config {
@@ -176,102 +190,56 @@ impl Config {
         explicit: Option<&Path>,
         flags: &[(&str, serde_json::Value, &str)],
     ) -> Result<Loaded, ConfigError> {
-        let mut value = serde_json::to_value(Config::default()).unwrap_or_default();
-        let mut sources = std::collections::BTreeMap::new();
-        record_sources(&value, "", "default", &mut sources);
-        let mut apply = |value: &mut serde_json::Value, layer: serde_json::Value, source: &str| {
-            record_sources(&layer, "", source, &mut sources);
-            merge(value, layer);
-        };
-        // EXECUTIONER_SYSTEM_CONFIG moves the system file (for tests and unusual installs).
-        let system = std::env::var_os("EXECUTIONER_SYSTEM_CONFIG").map_or_else(
-            || PathBuf::from("/etc/executioner/config.toml"),
-            PathBuf::from,
-        );
+        let mut figment = Figment::from(Layer::named(
+            "default",
+            Serialized::defaults(Config::default()),
+        ));
+        let system = std::env::var_os("EXECUTIONER_SYSTEM_CONFIG")
+            .map_or_else(|| PathBuf::from(SYSTEM_FILE), PathBuf::from);
         if system.is_file() {
-            apply(
-                &mut value,
-                read_file(&system)?,
-                &system.display().to_string(),
-            );
+            figment = merge_file(figment, &system);
         }
         match explicit {
-            Some(path) => apply(&mut value, read_file(path)?, &path.display().to_string()),
-            None => {
-                let local = Path::new("executioner.toml");
-                if local.is_file() {
-                    apply(&mut value, read_file(local)?, "executioner.toml");
-                }
+            Some(path) => {
+                // figment would report a missing file as a bare OS error.
+                std::fs::metadata(path).map_err(|source| ConfigError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                figment = merge_file(figment, path);
             }
-        }
-        let mut vars: Vec<(String, String)> = std::env::vars().collect();
-        vars.sort();
-        for (key, raw) in vars {
-            let Some(rest) = key.strip_prefix("EXECUTIONER_") else {
-                continue;
-            };
-            let path: Vec<String> = rest
-                .to_ascii_lowercase()
-                .split("__")
-                .map(str::to_owned)
-                .collect();
-            if !is_known_key(&path) {
-                continue;
+            None if Path::new(PROJECT_FILE).is_file() => {
+                figment = merge_file(figment, Path::new(PROJECT_FILE));
             }
-            let parsed = toml::from_str::<toml::Value>(&format!("v = {raw}"))
-                .ok()
-                .and_then(|t| t.get("v").cloned())
-                .and_then(|v| serde_json::to_value(v).ok())
-                .unwrap_or(serde_json::Value::String(raw));
-            let mut layer = serde_json::Value::Object(serde_json::Map::new());
-            set_path(&mut layer, &path, parsed);
-            let mut probe = value.clone();
-            merge(&mut probe, layer.clone());
-            serde_json::from_value::<Config>(probe).map_err(|e| ConfigError::Invalid {
-                path: PathBuf::from(format!("environment {key}")),
-                message: e.to_string(),
-            })?;
-            apply(&mut value, layer, &format!("env {key}"));
+            None => {}
         }
-        for (key, flag_value, flag) in flags {
-            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-            let mut layer = serde_json::Value::Object(serde_json::Map::new());
-            set_path(&mut layer, &path, flag_value.clone());
-            apply(&mut value, layer, &format!("flag {flag}"));
+        figment = figment.merge(environment());
+        for (key, value, flag) in flags {
+            figment = figment.merge(Layer::named(
+                format!("flag {flag}"),
+                Serialized::default(key, value),
+            ));
         }
-        let config = serde_json::from_value(value).map_err(|e| ConfigError::Invalid {
-            path: PathBuf::from("<command line>"),
-            message: e.to_string(),
-        })?;
-        Ok(Loaded { config, sources })
+        let config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        Ok(Loaded { config, figment })
     }
 
     /// The effective configuration as `key = value` lines with their sources; secrets masked.
     pub fn describe(loaded: &Loaded) -> Vec<(String, String, String)> {
         let value = serde_json::to_value(&loaded.config).unwrap_or_default();
-        let mut leaves = std::collections::BTreeMap::new();
-        record_sources(&value, "", "", &mut leaves);
-        leaves
-            .keys()
-            .map(|key| {
-                let v = key
-                    .split('.')
-                    .try_fold(&value, |node, part| node.get(part))
-                    .cloned()
-                    .unwrap_or(serde_json::Value::Null);
-                let shown = if key.contains("password") && !key.ends_with("password_env") {
-                    "***".to_owned()
-                } else {
-                    v.to_string()
-                };
-                let source = loaded
-                    .sources
-                    .get(key)
-                    .cloned()
-                    .unwrap_or_else(|| "default".into());
-                (key.clone(), shown, source)
-            })
-            .collect()
+        let mut rows = Vec::new();
+        leaves(&value, "", &mut |key, v| {
+            let shown = if key.contains("password") && !key.ends_with("password_env") {
+                "***".to_owned()
+            } else {
+                v.to_string()
+            };
+            rows.push((key.to_owned(), shown, loaded.source_of(key)));
+        });
+        rows.sort();
+        rows
     }
 
     /// Worker count: configured, or the number of CPUs.
@@ -283,14 +251,33 @@ impl Config {
     }
 }
 
-/// Records `source` for every leaf of `layer` (arrays are leaves).
-fn record_sources(
-    layer: &serde_json::Value,
+impl Loaded {
+    /// Where the value at the dotted `key` came from: `default`, a file as it was named,
+    /// `env VARIABLE` or `flag --name`.
+    fn source_of(&self, key: &str) -> String {
+        let Some(metadata) = self.figment.find_metadata(key) else {
+            // A value no layer holds (an unset option) is the default's.
+            return "default".into();
+        };
+        if let Some(Source::File(path)) = &metadata.source {
+            // As named (figment's own rendering shortens paths against the working directory).
+            return path.display().to_string();
+        }
+        if metadata.name == ENV_LAYER {
+            let path: Vec<&str> = key.split('.').collect();
+            return format!("env {}", metadata.interpolate(&Profile::Default, &path));
+        }
+        metadata.name.to_string()
+    }
+}
+
+/// Calls `visit` with every leaf of `value` and its dotted key (arrays are leaves).
+fn leaves(
+    value: &serde_json::Value,
     prefix: &str,
-    source: &str,
-    out: &mut std::collections::BTreeMap<String, String>,
+    visit: &mut impl FnMut(&str, &serde_json::Value),
 ) {
-    match layer {
+    match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map {
                 let key = if prefix.is_empty() {
@@ -298,74 +285,95 @@ fn record_sources(
                 } else {
                     format!("{prefix}.{k}")
                 };
-                record_sources(v, &key, source, out);
+                leaves(v, &key, visit);
             }
         }
-        _ => {
-            out.insert(prefix.to_owned(), source.to_owned());
-        }
+        leaf => visit(prefix, leaf),
     }
 }
 
-fn is_known_key(path: &[String]) -> bool {
+/// A file layer: YAML by its extension, TOML otherwise. Its keys are shown without figment's
+/// profile (`workers`, not `default.workers`).
+fn merge_file(figment: Figment, path: &Path) -> Figment {
+    let yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    let kind = if yaml { "YAML file" } else { "TOML file" };
+    let metadata =
+        Metadata::from(kind, Source::File(path.to_owned())).interpolater(|_, key| key.join("."));
+    if yaml {
+        figment.merge(Layer {
+            metadata,
+            inner: serde_saphyr::figment::Yaml::file_exact(path),
+        })
+    } else {
+        figment.merge(Layer {
+            metadata,
+            inner: Toml::file_exact(path),
+        })
+    }
+}
+
+/// `EXECUTIONER_*` with `__` nesting. Only names of configuration keys are read: the prefix
+/// is shared with variables that are not settings (`EXECUTIONER_SYSTEM_CONFIG`,
+/// `EXECUTIONER_FAILPOINT`, ...).
+fn environment() -> Layer<Env> {
+    let env = Env::prefixed(ENV_PREFIX)
+        .split("__")
+        .filter(|key| is_known_key(&key.as_str().to_ascii_lowercase()));
+    Layer {
+        metadata: Metadata::named(ENV_LAYER).interpolater(|_, path| {
+            format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase())
+        }),
+        inner: env,
+    }
+}
+
+/// Whether the dotted `key` names a setting (or a section) of [`Config`].
+fn is_known_key(key: &str) -> bool {
     let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
-    let mut node = &defaults;
-    for part in path {
-        match node.get(part) {
-            Some(n) => node = n,
-            None => return false,
+    key.split('.')
+        .try_fold(&defaults, |node, part| node.get(part))
+        .is_some()
+}
+
+/// A provider under the name `executioner config` and error messages show for its values.
+struct Layer<P> {
+    metadata: Metadata,
+    inner: P,
+}
+
+impl<P> Layer<P> {
+    fn named(name: impl Into<String>, inner: P) -> Self {
+        Layer {
+            metadata: Metadata::named(name.into()),
+            inner,
         }
     }
-    true
 }
 
-fn set_path(value: &mut serde_json::Value, path: &[String], new: serde_json::Value) {
-    let Some((last, parents)) = path.split_last() else {
-        return;
-    };
-    let mut node = value;
-    for part in parents {
-        if !node.get(part).is_some_and(serde_json::Value::is_object) {
-            node[part.as_str()] = serde_json::Value::Object(serde_json::Map::new());
-        }
-        node = &mut node[part.as_str()];
+impl<P: Provider> Provider for Layer<P> {
+    fn metadata(&self) -> Metadata {
+        self.metadata.clone()
     }
-    node[last.as_str()] = new;
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.inner.data()
+    }
 }
 
-fn read_file(path: &Path) -> Result<serde_json::Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let invalid = |message: String| ConfigError::Invalid {
-        path: path.to_owned(),
-        message,
-    };
-    let value: serde_json::Value = match path.extension().and_then(|e| e.to_str()) {
-        Some("yaml" | "yml") => {
-            serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?
-        }
-        _ => {
-            let t: toml::Value = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-            serde_json::to_value(t).map_err(|e| invalid(e.to_string()))?
-        }
-    };
-    // Check keys and types against the schema now, so the message names the file.
-    let mut probe = serde_json::to_value(Config::default()).unwrap_or_default();
-    merge(&mut probe, value.clone());
-    serde_json::from_value::<Config>(probe).map_err(|e| invalid(e.to_string()))?;
-    Ok(value)
-}
+/// TOML files for figment, through the `toml` crate the manifests already use (figment's own
+/// `toml` feature would build a second, older one).
+struct Toml;
 
-fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
-    match (base, over) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
-            for (k, v) in o {
-                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (b, o) => *b = o,
+impl Format for Toml {
+    type Error = toml::de::Error;
+
+    const NAME: &'static str = "TOML";
+
+    fn from_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Self::Error> {
+        toml::from_str(text)
     }
 }
 

@@ -216,3 +216,76 @@ fn trusted_owners_are_configurable_and_unknown_users_refused() {
         text(&out.stderr)
     );
 }
+
+/// Issue 14: the table of `executioner config` names the layer of every value, `-v`/`-q`
+/// included (they are the top layer of `log_level`).
+#[test]
+fn config_table_names_each_values_source() {
+    let ws = Workspace::new();
+    ws.write("system.toml", "workers = 1\n[smtp]\nhost = \"mail\"\n");
+    ws.write("other.yaml", "shutdown_grace: 2s\nsmtp:\n  port: 2525\n");
+    let table = |args: &[&str]| {
+        let mut cmd = Command::new(common::bin());
+        cmd.current_dir(ws.path())
+            .env("EXECUTIONER_SYSTEM_CONFIG", ws.path().join("system.toml"))
+            .env("EXECUTIONER_SMTP__TLS", "tls")
+            .env("EXECUTIONER_FAILPOINT", "not-a-setting")
+            .args(args)
+            .arg("config");
+        let out = common::run_with_timeout(cmd, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let out = table(&["--config", "other.yaml", "-v"]);
+    let system = ws.path().join("system.toml").display().to_string();
+    for line in [
+        "resync_interval = \"30s\"    # default".to_owned(),
+        format!("workers = 1    # {system}"),
+        format!("smtp.host = \"mail\"    # {system}"),
+        "shutdown_grace = \"2s\"    # other.yaml".to_owned(),
+        "smtp.port = 2525    # other.yaml".to_owned(),
+        "smtp.tls = \"tls\"    # env EXECUTIONER_SMTP__TLS".to_owned(),
+        "log_level = \"debug\"    # flag -v".to_owned(),
+    ] {
+        assert!(out.lines().any(|l| l == line), "no `{line}` in:\n{out}");
+    }
+    assert!(table(&["-vv"]).contains("log_level = \"trace\"    # flag -vv"));
+    assert!(table(&["-q", "-v"]).contains("log_level = \"error\"    # flag -q"));
+}
+
+/// Issue 14: `log_level` from the configuration sets what is logged, and `-q` overrides it.
+#[test]
+fn log_level_from_the_configuration_and_flags() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest("levels", "", "    - {id: a, command: \"true\"}\n"),
+    );
+    let stderr = |args: &[&str]| {
+        let out = ws.run(args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let debug_line = "run{pipeline=levels run=";
+    assert!(!stderr(&["run", "p.yaml"]).contains(debug_line));
+    let verbose = stderr(&["-v", "run", "p.yaml"]);
+    assert!(
+        verbose.contains("DEBUG") && verbose.contains(debug_line),
+        "{verbose}"
+    );
+    ws.write("executioner.toml", "log_level = \"debug\"\n");
+    let configured = stderr(&["run", "p.yaml"]);
+    assert!(
+        configured.contains("attempt{job=a attempt=1}: attempt started"),
+        "{configured}"
+    );
+    assert_eq!(stderr(&["-q", "run", "p.yaml"]), "");
+    // A log_level that is neither a level nor a filter is said, and info is used.
+    ws.write("executioner.toml", "log_level = \"executioner=loudest\"\n");
+    let refused = stderr(&["run", "p.yaml"]);
+    assert!(
+        refused.contains("WARN") && refused.contains("log_level"),
+        "{refused}"
+    );
+    assert!(!refused.contains("DEBUG"), "{refused}");
+}

@@ -1171,3 +1171,60 @@ fn a_spec_changed_while_stopped_follows_on_spec_change() {
         assert_eq!(run_count(&ws, "p"), 2);
     }
 }
+
+/// Issue 14: `-v` adds the engine's debug lines, inside the spans of their run (`pipeline`,
+/// `run`) and attempt (`job`, `attempt`), so that a JSON line can be filtered by them; without
+/// `-v` nothing below info is logged.
+#[test]
+fn verbose_json_lines_carry_the_run_and_attempt_spans() {
+    let controller_lines = |verbose: bool| -> Vec<serde_json::Value> {
+        let ws = Workspace::new();
+        ws.write("manifests/traced.yaml", &manifest("traced", "", HELLO_JOBS));
+        let mut args = vec![
+            "--log-format",
+            "json",
+            "controller",
+            "--manifests",
+            "manifests",
+            "--once",
+        ];
+        if verbose {
+            args.insert(0, "-v");
+        }
+        let out = ws.run_limited(&args, Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stderr)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let quiet = controller_lines(false);
+    assert!(quiet.iter().any(|l| l["message"] == "run started"));
+    assert!(
+        quiet.iter().all(|l| l["level"] != "DEBUG"),
+        "debug lines without -v: {quiet:?}"
+    );
+    let verbose = controller_lines(true);
+    let started: Vec<&serde_json::Value> = verbose
+        .iter()
+        .filter(|l| l["level"] == "DEBUG" && l["message"] == "attempt started")
+        .collect();
+    assert_eq!(started.len(), 2, "{verbose:?}");
+    let b = started
+        .iter()
+        .find(|l| l["spans"][1]["job"] == "b")
+        .unwrap_or_else(|| panic!("no attempt span of b: {started:?}"));
+    assert_eq!(b["spans"][0]["name"], "run");
+    assert_eq!(b["spans"][0]["pipeline"], "traced");
+    assert_eq!(b["spans"][0]["run"], 1);
+    assert_eq!(b["spans"][1]["name"], "attempt");
+    assert_eq!(b["spans"][1]["attempt"], 1);
+    assert!(
+        verbose.iter().any(|l| l["level"] == "DEBUG"
+            && l["spans"][1]["job"] == "a"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("attempt 1 succeeded"))),
+        "{verbose:?}"
+    );
+}

@@ -11,7 +11,7 @@ use crate::controller::{self, ControllerEvent, ControllerOptions, lock};
 use crate::status::file::PipelineStatusDoc;
 use crate::validate::Options;
 
-use super::{CliError, CliResult, Exit, GlobalArgs, LogFormat};
+use super::{CliError, CliResult, Exit, GlobalArgs};
 
 /// `--manifests`, else the configuration's `manifests_dir`, made absolute.
 pub fn manifests_dir(flag: Option<&Path>, config: &crate::config::Config) -> PathBuf {
@@ -22,10 +22,6 @@ pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs)
     let config = super::load_config(global)?;
     let state_dir = super::state_dir(&config);
     let manifests_dir = manifests_dir(manifests, &config);
-    let json = global.log_format == Some(LogFormat::Json)
-        || (global.log_format.is_none()
-            && config.log_format == crate::config::LogFormatConfig::Json);
-    let quiet = global.quiet;
     super::runtime()?.block_on(async move {
         let store = super::open_store(&state_dir, &config).await?;
         let _lock = lock::acquire(&state_dir).map_err(|e| CliError::usage(e.to_string()))?;
@@ -35,14 +31,7 @@ pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs)
                     "refusing to run the controller as root (security.allow_root = false)",
                 ));
             }
-            if !quiet {
-                log_line(
-                    json,
-                    "warn",
-                    "running as root: every job runs as root too",
-                    &[],
-                );
-            }
+            tracing::warn!("running as root: every job runs as root too");
         }
         let cancel = CancellationToken::new();
         let kill_now = CancellationToken::new();
@@ -50,9 +39,7 @@ pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs)
         let (tx, mut rx) = mpsc::unbounded_channel();
         let printer = tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
-                if !quiet {
-                    print_event(&event, json);
-                }
+                log_event(&event);
             }
         });
         let status_dir = manifests_dir.join(".status");
@@ -72,9 +59,7 @@ pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs)
         let _ = printer.await;
         signals.abort();
         let all_ok = result.map_err(|e| CliError::usage(super::error_chain(&e)))?;
-        if !quiet && !json {
-            eprintln!("status files: {}", status_dir.display());
-        }
+        tracing::info!(dir = %status_dir.display(), "status files");
         Ok(if cancel.is_cancelled() {
             Exit::Interrupted
         } else if all_ok || !once {
@@ -85,120 +70,55 @@ pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs)
     })
 }
 
-fn log_line(json: bool, level: &str, message: &str, fields: &[(&str, serde_json::Value)]) {
-    let mut err = std::io::stderr().lock();
-    if json {
-        let mut obj = serde_json::Map::new();
-        obj.insert("time".into(), crate::status::now_rfc3339().into());
-        obj.insert("level".into(), level.into());
-        obj.insert("message".into(), message.into());
-        for (k, v) in fields {
-            obj.insert((*k).into(), v.clone());
-        }
-        let _ = writeln!(err, "{}", serde_json::Value::Object(obj));
-    } else {
-        let extra: Vec<String> = fields
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_owned)))
-            .collect();
-        let _ = writeln!(
-            err,
-            "{} {level:<5} {message} {}",
-            crate::status::now_rfc3339(),
-            extra.join(" ")
-        );
-    }
-}
-
-fn print_event(event: &ControllerEvent, json: bool) {
-    use serde_json::json as j;
+/// A controller event as a log line, with its fields (the subscriber formats it, see
+/// [`super::logging`]).
+fn log_event(event: &ControllerEvent) {
     match event {
-        ControllerEvent::Started { manifests, workers } => log_line(
-            json,
-            "info",
-            "controller started",
-            &[("manifests", j!(manifests)), ("workers", j!(workers))],
+        ControllerEvent::Started { manifests, workers } => tracing::info!(
+            manifests = %manifests.display(),
+            workers,
+            "controller started"
         ),
         ControllerEvent::RunStarted {
             pipeline,
             run,
             generation,
             why,
-        } => log_line(
-            json,
-            "info",
-            "run started",
-            &[
-                ("pipeline", j!(pipeline)),
-                ("run", j!(run)),
-                ("generation", j!(generation)),
-                ("why", j!(why)),
-            ],
-        ),
+        } => tracing::info!(pipeline = %pipeline, run, generation, why = %why, "run started"),
         ControllerEvent::RunResumed {
             pipeline,
             run,
             lost,
-        } => log_line(
-            json,
-            "warn",
-            "run resumed after a crash",
-            &[
-                ("pipeline", j!(pipeline)),
-                ("run", j!(run)),
-                ("lost", j!(lost)),
-            ],
+        } => tracing::warn!(
+            pipeline = %pipeline,
+            run,
+            lost = %lost.join(","),
+            "run resumed after a crash"
         ),
         ControllerEvent::RunFinished {
             pipeline,
             run,
             phase,
-        } => log_line(
-            json,
-            "info",
-            "run finished",
-            &[
-                ("pipeline", j!(pipeline)),
-                ("run", j!(run)),
-                ("phase", j!(phase.as_str())),
-            ],
+        } => tracing::info!(pipeline = %pipeline, run, phase = %phase.as_str(), "run finished"),
+        ControllerEvent::Cancelling { pipeline, run, why } => {
+            tracing::info!(pipeline = %pipeline, run, why = %why, "cancelling run")
+        }
+        ControllerEvent::Interrupting { pipeline, run } => tracing::info!(
+            pipeline = %pipeline,
+            run,
+            "interrupting run (it continues at the next start)"
         ),
-        ControllerEvent::Cancelling { pipeline, run, why } => log_line(
-            json,
-            "info",
-            "cancelling run",
-            &[
-                ("pipeline", j!(pipeline)),
-                ("run", j!(run)),
-                ("why", j!(why)),
-            ],
-        ),
-        ControllerEvent::Interrupting { pipeline, run } => log_line(
-            json,
-            "info",
-            "interrupting run (it continues at the next start)",
-            &[("pipeline", j!(pipeline)), ("run", j!(run))],
-        ),
-        ControllerEvent::RunInterrupted { pipeline, run } => log_line(
-            json,
-            "info",
-            "run interrupted",
-            &[("pipeline", j!(pipeline)), ("run", j!(run))],
-        ),
-        ControllerEvent::Invalid { source, message } => log_line(
-            json,
-            "error",
-            "invalid manifest",
-            &[("source", j!(source)), ("error", j!(message))],
-        ),
-        ControllerEvent::Deleted { pipeline } => log_line(
-            json,
-            "info",
-            "pipeline deleted",
-            &[("pipeline", j!(pipeline))],
-        ),
-        ControllerEvent::Warning(message) => log_line(json, "warn", message, &[]),
-        ControllerEvent::Stopping => log_line(json, "info", "stopping: interrupting runs", &[]),
+        ControllerEvent::RunInterrupted { pipeline, run } => {
+            tracing::info!(pipeline = %pipeline, run, "run interrupted")
+        }
+        ControllerEvent::Invalid { source, message } => {
+            tracing::error!(source = %source, error = %message, "invalid manifest")
+        }
+        ControllerEvent::Deleted { pipeline } => {
+            tracing::info!(pipeline = %pipeline, "pipeline deleted")
+        }
+        ControllerEvent::Warning(message) => tracing::warn!("{message}"),
+        ControllerEvent::Stopping => tracing::info!("stopping: interrupting runs"),
     }
 }
 

@@ -10,6 +10,7 @@ mod convert;
 mod graph;
 mod history;
 mod init;
+mod logging;
 mod render;
 mod run;
 mod schema;
@@ -112,10 +113,10 @@ pub struct GlobalArgs {
     /// Log line format.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// More output (repeat for more).
+    /// More log output: -v debug, -vv trace (overrides log_level).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Less output: errors only.
+    /// Less output: errors only (log_level error).
     #[arg(short, long, global = true)]
     pub quiet: bool,
 }
@@ -418,6 +419,7 @@ pub fn run(args: Vec<OsString>) -> Exit {
             return code;
         }
     };
+    logging::init(&cli.global);
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -527,15 +529,33 @@ pub fn load_config_layers(global: &GlobalArgs) -> Result<crate::config::Loaded, 
     if let Some(dir) = &global.state_dir {
         flags.push(("state_dir", serde_json::json!(dir), "--state-dir"));
     }
-    if let Some(format) = global.log_format {
-        let name = match format {
-            LogFormat::Pretty => "pretty",
-            LogFormat::Json => "json",
-        };
-        flags.push(("log_format", serde_json::json!(name), "--log-format"));
+    if let Some(format) = log_format_flag(global) {
+        flags.push(("log_format", serde_json::json!(format), "--log-format"));
+    }
+    if let Some((level, flag)) = verbosity(global) {
+        flags.push(("log_level", serde_json::json!(level), flag));
     }
     crate::config::Config::load_layers(global.config.as_deref(), &flags)
         .map_err(|e| CliError::usage(error_chain(&e)))
+}
+
+/// `--log-format`, when given.
+fn log_format_flag(global: &GlobalArgs) -> Option<crate::config::LogFormatConfig> {
+    global.log_format.map(|format| match format {
+        LogFormat::Pretty => crate::config::LogFormatConfig::Pretty,
+        LogFormat::Json => crate::config::LogFormatConfig::Json,
+    })
+}
+
+/// The log level `-q`, `-v` or `-vv` asks for and the flag's name, when one is given (`-q`
+/// wins: less output).
+fn verbosity(global: &GlobalArgs) -> Option<(&'static str, &'static str)> {
+    match (global.quiet, global.verbose) {
+        (true, _) => Some(("error", "-q")),
+        (false, 0) => None,
+        (false, 1) => Some(("debug", "-v")),
+        (false, _) => Some(("trace", "-vv")),
+    }
 }
 
 /// The state folder: the configuration's, which already holds `--state-dir` and
@@ -636,7 +656,7 @@ pub fn watch_signals(
             }
             seen += 1;
             if seen == 1 {
-                eprintln!(
+                tracing::warn!(
                     "stopping: jobs get SIGTERM, then SIGKILL after the grace period (signal again to kill at once)"
                 );
                 cancel.cancel();

@@ -377,11 +377,11 @@ async fn drive(
         Ok(_) => match crate::notify::deliver_due(store, config).await {
             Ok((_, 0)) => {}
             Ok((sent, failed)) => {
-                eprintln!("notifications: {sent} sent, {failed} failed (retried later)")
+                tracing::warn!("notifications: {sent} sent, {failed} failed (retried later)")
             }
-            Err(e) => eprintln!("notifications: {}", super::error_chain(&e)),
+            Err(e) => tracing::error!("notifications: {}", super::error_chain(&e)),
         },
-        Err(e) => eprintln!("notifications: {}", super::error_chain(&e)),
+        Err(e) => tracing::error!("notifications: {}", super::error_chain(&e)),
     }
 
     let run = store.run(run_id).await.map_err(super::store_error)?;

@@ -83,9 +83,12 @@ pub(super) struct AttemptSpec {
 pub(super) async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
     let log_path = spec.log_path.clone();
     let started = Instant::now();
+    tracing::debug!("attempt started");
     let result = attempt_body(spec).await;
     if result.attempt_id != 0 {
-        append_log(&log_path, &ended_marker(&result, started.elapsed()));
+        let marker = ended_marker(&result, started.elapsed());
+        tracing::debug!("{marker}");
+        append_log(&log_path, &marker);
     }
     result
 }

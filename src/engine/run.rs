@@ -52,6 +52,7 @@ struct JobTrack {
 }
 
 /// Runs `request` of `plan` to its end.
+#[tracing::instrument(name = "run", skip_all, fields(pipeline = %plan.pipeline, run = request.run_id))]
 pub async fn execute(
     store: &Store,
     plan: Arc<Plan>,
@@ -225,7 +226,9 @@ pub async fn execute(
                 events: events.clone(),
                 spawned: spawned_tx.clone(),
             };
-            attempts.spawn(async move { (run_attempt(ctx).await, permit) });
+            let span = tracing::info_span!("attempt", job = %plan.jobs[job].id, attempt = number);
+            let attempt = tracing::Instrument::instrument(run_attempt(ctx), span);
+            attempts.spawn(async move { (attempt.await, permit) });
             turn.launches.push(Launch { recorded });
             prefetch.started();
             state.running += 1;
