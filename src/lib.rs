@@ -22,4 +22,5 @@ pub mod scheduler;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod validate;
