@@ -83,7 +83,10 @@ mod tests {
         let path = dir.path().join("empty.pem");
         std::fs::write(&path, "not a certificate\n").expect("write");
         let err = read_ca_file(&path).expect_err("refused");
-        assert!(err.contains("empty.pem") && err.contains("no certificate"), "{err}");
+        assert!(
+            err.contains("empty.pem") && err.contains("no certificate"),
+            "{err}"
+        );
         let err = read_ca_file(&dir.path().join("missing.pem")).expect_err("refused");
         assert!(err.contains("cannot read the CA file"), "{err}");
     }

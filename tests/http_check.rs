@@ -58,7 +58,10 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let port = line.trim().parse().unwrap_or_else(|_| panic!("port: {line:?}"));
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("port: {line:?}"));
         Server { child, port }
     }
 }
@@ -71,7 +74,11 @@ impl Drop for Server {
 }
 
 /// `run -o json` of `file` with these CA variables set (the others removed): (exit code, run).
-fn run_with_ca(ws: &Workspace, file: &str, ca_env: &[(&str, &Path)]) -> (Option<i32>, serde_json::Value) {
+fn run_with_ca(
+    ws: &Workspace,
+    file: &str,
+    ca_env: &[(&str, &Path)],
+) -> (Option<i32>, serde_json::Value) {
     let mut cmd = Command::new(common::bin());
     cmd.current_dir(ws.path())
         .arg("--state-dir")
@@ -160,6 +167,9 @@ fn plain_http_follows_redirects_and_compares_the_status() {
     ] {
         assert_eq!(job_state(&run, job).0, phase, "{job}: {run}");
     }
-    assert!(job_text(&run, "other-status").contains("answered 204"), "{run}");
+    assert!(
+        job_text(&run, "other-status").contains("answered 204"),
+        "{run}"
+    );
     assert!(job_text(&run, "endless").contains("redirects"), "{run}");
 }
