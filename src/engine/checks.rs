@@ -340,18 +340,15 @@ async fn http_get_status(url: &str, limit: Duration) -> Result<u16, String> {
 
 fn http_get_status_blocking(url: &str, limit: Duration) -> Result<u16, String> {
     use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
-    let mut roots: Vec<Certificate<'static>> = crate::tls::system_roots()
+    let extra = match crate::tls::extra_ca_file() {
+        Some(path) => crate::tls::read_ca_file(&path).map_err(|e| format!("{url}: {e}"))?,
+        None => Vec::new(),
+    };
+    let roots: Vec<Certificate<'static>> = crate::tls::system_roots()
         .iter()
+        .chain(&extra)
         .map(|der| Certificate::from_der(der.as_ref()).to_owned())
         .collect();
-    if let Some(path) = crate::tls::extra_ca_file() {
-        let extra = crate::tls::read_ca_file(&path).map_err(|e| format!("{url}: {e}"))?;
-        roots.extend(
-            extra
-                .iter()
-                .map(|der| Certificate::from_der(der.as_ref()).to_owned()),
-        );
-    }
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .root_certs(RootCerts::Specific(std::sync::Arc::new(roots)))
