@@ -23,4 +23,5 @@ pub mod spec;
 pub mod state_dir;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod validate;

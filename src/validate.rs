@@ -605,7 +605,8 @@ fn resolve_ref<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
         .unwrap_or(node)
 }
 
-/// The closest candidate by edit distance, if close enough to be a plausible typo.
+/// The closest candidate by edit distance (case-insensitive), if close enough to be a plausible
+/// typo.
 pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
@@ -613,28 +614,12 @@ pub fn did_you_mean<'a>(
     let lower = word.to_ascii_lowercase();
     candidates
         .into_iter()
-        .map(|c| (edit_distance(&lower, &c.to_ascii_lowercase()), c))
+        .map(|c| (strsim::levenshtein(&lower, &c.to_ascii_lowercase()), c))
         .filter(|(d, c)| {
             *d <= (c.len().max(word.len()) / 3).max(1) && *d > 0 || (*d == 0 && *c != word)
         })
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c.to_owned())
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.iter().enumerate() {
-        cur[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1028,7 +1013,9 @@ fn security_errors(
     }
 }
 
-/// True when `program` matches an allowed name or path; `*` and `?` are wildcards.
+/// True when `program` matches an allowed name or path. Each pattern is a glob (globset: `*` and
+/// `?` match any characters, `/` included, and `[...]`, `{a,b}` work); one without `/` is matched
+/// against the program's file name. A pattern that is not a valid glob matches only itself.
 pub fn command_allowed(program: &str, allowed: &[String]) -> bool {
     let base = Path::new(program)
         .file_name()
@@ -1036,35 +1023,11 @@ pub fn command_allowed(program: &str, allowed: &[String]) -> bool {
         .unwrap_or(program);
     allowed.iter().any(|pattern| {
         let target = if pattern.contains('/') { program } else { base };
-        glob_match(pattern, target)
-    })
-}
-
-fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
+        match globset::Glob::new(pattern) {
+            Ok(glob) => glob.compile_matcher().is_match(target),
+            Err(_) => pattern == target,
         }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
+    })
 }
 
 #[cfg(test)]
@@ -1087,6 +1050,14 @@ mod tests {
         assert!(command_allowed("python3", &["python*".into()]));
         assert!(command_allowed("/opt/x/run", &["/opt/*/run".into()]));
         assert!(!command_allowed("rm", &["psql".into(), "python*".into()]));
+        // `*` crosses `/`, as it always did; alternatives and classes are globs too.
+        assert!(command_allowed("/opt/a/b/run", &["/opt/*/run".into()]));
+        assert!(command_allowed("pg_dump", &["{psql,pg_dump}".into()]));
+        assert!(command_allowed("tool2", &["tool[0-9]".into()]));
+        assert!(!command_allowed("toolx", &["tool[0-9]".into()]));
+        // Not a glob (an unclosed class): only the same name matches.
+        assert!(command_allowed("odd[", &["odd[".into()]));
+        assert!(!command_allowed("oddx", &["odd[".into()]));
     }
 
     #[test]

@@ -10,12 +10,15 @@
 //! variable, the CA file), which must not change under another test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::ca::throwaway_ca;
 use executioner::config::{Config, SmtpConfig, SmtpTls};
 use executioner::engine::launch::{self, PinnedPlan};
 use executioner::engine::{self, EngineOptions};
@@ -131,88 +134,6 @@ impl Drop for SmtpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A CA and a certificate for 127.0.0.1 and localhost signed by it, made with the openssl CLI
-/// (rustls refuses a bare self-signed certificate as its own root). Returns (ca, cert, key).
-fn throwaway_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("server.ext"),
-        "basicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature,keyEncipherment\n\
-         extendedKeyUsage=serverAuth\n\
-         subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=executioner test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
 }
 
 fn smtp_config(port: u16, tls: SmtpTls, username: Option<&str>, timeout: u64) -> Config {
@@ -362,7 +283,7 @@ async fn a_failing_run_emails_each_recipient_once_with_the_reason_and_log_tail()
 }
 
 /// STARTTLS with login, and implicit TLS, both against a throwaway CA trusted through
-/// `EXECUTIONER_SMTP_CA_FILE`.
+/// `EXECUTIONER_CA_FILE`.
 /// A failed job that printed a secret: the delivered mail (body and attached log tail) shows it
 /// masked, never the value.
 #[tokio::test]

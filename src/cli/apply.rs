@@ -25,7 +25,8 @@
 //!   start at the manifests folder.
 //! - Writes: a hidden temp file in the manifests folder (the controller ignores hidden files),
 //!   fsync, rename over the target (a new file is renamed into place with `RENAME_NOREPLACE`, so
-//!   it never clobbers a file that appeared meanwhile; a link where the filesystem cannot), fsync
+//!   it never clobbers a file that appeared meanwhile; a link where the filesystem cannot: tempfile's
+//!   `persist_noclobber`), fsync
 //!   of the folder. Mode 0644. A rename is a complete file to the controller, which acts on it at
 //!   once. Symlinks are never followed nor written through. The folder is created when missing; a
 //!   folder writable by others without the sticky bit is refused (the controller refuses it too).
@@ -42,7 +43,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -757,81 +758,40 @@ fn new_path(
     ))
 }
 
-/// Writes `content` to `target` through a hidden temp file in `dir`: fsync, then rename (or, for a
-/// new file, link, which fails instead of clobbering), then fsync of the folder.
+/// Writes `content` to `target` through a hidden temp file in `dir`: fsync, then rename (for a
+/// new file, one that fails instead of clobbering), then fsync of the folder.
 fn write_atomic(dir: &Path, target: &Path, content: &[u8], replace: bool) -> io::Result<()> {
     if is_symlink(target) {
         return Err(io::Error::other(
             "is a symbolic link; apply does not write through links",
         ));
     }
-    let (temp, mut file) = create_temp(dir, target)?;
-    let written = (|| {
-        file.write_all(content)?;
-        // Explicit, whatever the umask: manifests are meant to be read by the controller's user.
-        file.set_permissions(fs::Permissions::from_mode(0o644))?;
-        file.sync_all()?;
-        drop(file);
-        if replace {
-            return fs::rename(&temp, target);
-        }
-        // A rename is what the controller takes for a complete file and acts on at once; a new
-        // link looks like a file just created, maybe still being written, and is left alone a
-        // while. So: a rename that refuses to replace, else (a filesystem without it) a link.
-        match rename_no_replace(&temp, target) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
-            Err(_) => match fs::hard_link(&temp, target) {
-                // A filesystem without hard links: rename, having checked the name is still free.
-                Err(e)
-                    if e.kind() != io::ErrorKind::AlreadyExists
-                        && fs::symlink_metadata(target).is_err() =>
-                {
-                    fs::rename(&temp, target)
-                }
-                linked => linked,
-            },
-            renamed => renamed,
-        }
-    })();
-    // After a rename the temp name is gone; after a link (or a failure) it must go.
-    let removed = match fs::remove_file(&temp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    };
-    written?;
-    removed?;
-    sync_dir(dir)
-}
-
-/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to` (Linux
-/// `renameat2(RENAME_NOREPLACE)`); other errors mean the filesystem cannot do it.
-fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
-    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
-    renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE)
-        .map_err(|errno| io::Error::from_raw_os_error(errno as i32))
-}
-
-/// A new hidden file next to the target: `.NAME.yaml.PID.N.tmp`.
-fn create_temp(dir: &Path, target: &Path) -> io::Result<(PathBuf, fs::File)> {
     let base = target
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("manifest");
-    let pid = std::process::id();
-    for n in 0..100 {
-        let temp = dir.join(format!(".{base}.{pid}.{n}.tmp"));
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&temp)
-        {
-            Ok(file) => return Ok((temp, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
+    // Hidden (`.NAME.yaml.XXXXXX.tmp`): the controller ignores it until it is renamed into place.
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!(".{base}."))
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)?;
+    file.write_all(content)?;
+    // Explicit, whatever the umask: manifests are meant to be read by the controller's user.
+    file.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))?;
+    file.as_file().sync_all()?;
+    // A rename is what the controller takes for a complete file and acts on at once; a new link
+    // looks like a file just created, maybe still being written, and is left alone a while. So a
+    // new file is renamed with `RENAME_NOREPLACE`, and linked only where the filesystem cannot
+    // do that. On failure the temp file is removed.
+    if replace {
+        file.persist(target)
+    } else {
+        file.persist_noclobber(target)
     }
-    Err(io::Error::other("cannot create a temporary file"))
+    .map_err(|e| e.error)?;
+    sync_dir(dir)
 }
 
 fn is_symlink(path: &Path) -> bool {
@@ -846,6 +806,23 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new file never clobbers one that appeared meanwhile; a replacement does replace; the
+    /// file is 0644 whatever the umask; no temp file is left either way.
+    #[test]
+    fn write_atomic_creates_without_clobbering_and_replaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("a.yaml");
+        write_atomic(dir.path(), &target, b"first\n", false).expect("new file");
+        let err = write_atomic(dir.path(), &target, b"second\n", false).expect_err("clobbered");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&target).expect("read"), b"first\n");
+        write_atomic(dir.path(), &target, b"third\n", true).expect("replace");
+        assert_eq!(fs::read(&target).expect("read"), b"third\n");
+        let mode = fs::metadata(&target).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 1);
+    }
 
     /// Every example, rendered in each format, reads back as the same typed manifest.
     #[test]

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indexmap::IndexMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::env;
 use crate::process::{self, ExitStatus, Output, SpawnSpec, Stdin};
@@ -142,7 +141,7 @@ pub async fn run_check(check: &Check, ctx: &CheckContext<'_>) -> Verdict {
                 Err(e) => return Verdict::fail(e),
             };
             let limit = c.timeout.map_or(Duration::from_secs(10), |d| d.as_std());
-            match tokio::time::timeout(limit, http_get_status(&url)).await {
+            match tokio::time::timeout(limit, http_get_status(&url, limit)).await {
                 Ok(Ok(status)) => {
                     let ok = match c.expect_status {
                         Some(want) => status == want,
@@ -154,7 +153,7 @@ pub async fn run_check(check: &Check, ctx: &CheckContext<'_>) -> Verdict {
                         Verdict::fail(format!("{url} answered {status}"))
                     }
                 }
-                Ok(Err(e)) => Verdict::fail(format!("{url}: {e}")),
+                Ok(Err(e)) => Verdict::fail(e),
                 Err(_) => Verdict::fail(format!("{url}: no answer within {limit:?}")),
             }
         }
@@ -325,53 +324,72 @@ fn first_line(out: &[u8], fallback: &str) -> String {
     line.chars().take(200).collect()
 }
 
-/// A minimal HTTP/1.1 GET over plain TCP, returning the status code (`http://` only).
-async fn http_get_status(url: &str) -> Result<u16, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| "only http:// URLs are supported".to_owned())?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    if authority.contains(['\r', '\n', ' ']) || path.contains(['\r', '\n', ' ']) {
-        return Err("invalid URL".into());
+/// At most this many redirects are followed; one more is a failure.
+const HTTP_MAX_REDIRECTS: u32 = 10;
+
+/// GETs `url` within `limit`, following redirects, and returns the final status code. TLS trusts
+/// the system's roots plus the extra CA file (see `tls`). ureq blocks: it runs on tokio's blocking
+/// pool, and its own global timeout makes the thread give up when the check does.
+async fn http_get_status(url: &str, limit: Duration) -> Result<u16, String> {
+    let owned = url.to_owned();
+    match tokio::task::spawn_blocking(move || http_get_status_blocking(&owned, limit)).await {
+        Ok(answer) => answer,
+        Err(e) => Err(format!("{url}: the request failed: {e}")),
     }
-    let mut stream = tokio::net::TcpStream::connect(&addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: executioner-check\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut head = [0u8; 64];
-    let mut filled = 0;
-    while filled < 12 {
-        let n = stream
-            .read(&mut head[filled..])
-            .await
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
+}
+
+fn http_get_status_blocking(url: &str, limit: Duration) -> Result<u16, String> {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+    let extra = match crate::tls::extra_ca_file() {
+        Some(path) => crate::tls::read_ca_file(&path).map_err(|e| format!("{url}: {e}"))?,
+        None => Vec::new(),
+    };
+    let roots: Vec<Certificate<'static>> = crate::tls::system_roots()
+        .iter()
+        .chain(&extra)
+        .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+        .collect();
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::Specific(std::sync::Arc::new(roots)))
+        .build();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls)
+        .timeout_global(Some(limit))
+        .max_redirects(HTTP_MAX_REDIRECTS)
+        .max_redirects_will_error(true)
+        .http_status_as_error(false)
+        .user_agent("executioner-check")
+        .build()
+        .into();
+    match agent.get(url).call() {
+        Ok(response) => Ok(response.status().as_u16()),
+        Err(e) => Err(http_error_message(url, limit, &e)),
     }
-    let text = String::from_utf8_lossy(&head[..filled]);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| {
+}
+
+/// Says what went wrong in words a user acts on; an untrusted certificate points at the CA file.
+fn http_error_message(url: &str, limit: Duration, err: &ureq::Error) -> String {
+    let tls = match err {
+        ureq::Error::Rustls(e) => Some(e),
+        ureq::Error::Io(e) => e.get_ref().and_then(|inner| inner.downcast_ref()),
+        _ => None,
+    };
+    match (err, tls) {
+        (_, Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))) => {
             format!(
-                "not an HTTP answer: {:?}",
-                text.lines().next().unwrap_or("")
+                "{url}: the server's certificate is not trusted (unknown issuer); a private CA \
+                 can be given in {}",
+                crate::tls::CA_FILE_ENV
             )
-        })
+        }
+        (_, Some(rustls::Error::InvalidCertificate(reason))) => {
+            format!("{url}: the server's certificate is not trusted ({reason})")
+        }
+        (ureq::Error::Timeout(_), _) => format!("{url}: no answer within {limit:?}"),
+        (ureq::Error::TooManyRedirects, _) => {
+            format!("{url}: more than {HTTP_MAX_REDIRECTS} redirects")
+        }
+        _ => format!("{url}: {err}"),
+    }
 }

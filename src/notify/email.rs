@@ -351,12 +351,11 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 fn tls_parameters(smtp: &SmtpConfig, options: &DeliverOptions) -> Result<TlsParameters, Failure> {
     let mut builder = TlsParameters::builder(smtp.host.clone());
     if let Some(path) = &options.extra_ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            Failure::retry(format!("cannot read the CA file {}: {e}", path.display()))
-        })?;
-        let certificate = Certificate::from_pem(&pem)
-            .map_err(|e| Failure::retry(format!("CA file {}: {e}", path.display())))?;
-        builder = builder.add_root_certificate(certificate);
+        for der in crate::tls::read_ca_file(path).map_err(Failure::retry)? {
+            let certificate = Certificate::from_der(der.to_vec())
+                .map_err(|e| Failure::retry(format!("CA file {}: {e}", path.display())))?;
+            builder = builder.add_root_certificate(certificate);
+        }
     }
     builder
         .build_rustls()

@@ -23,8 +23,8 @@
 //! environment variable named by `password_env` at send time (never from a manifest or the store).
 //! Every connection and command is bounded by `smtp.timeout`, and so is each message as a whole.
 //! Server certificates are checked against the system's roots (`SSL_CERT_FILE` and `SSL_CERT_DIR`
-//! replace them, as for OpenSSL) plus the PEM file named by `EXECUTIONER_SMTP_CA_FILE`, if set,
-//! for a private CA.
+//! replace them, as for OpenSSL) plus the PEM file named by `EXECUTIONER_CA_FILE` (or the older
+//! `EXECUTIONER_SMTP_CA_FILE`), if set, for a private CA (see `tls`).
 
 mod command;
 mod email;
@@ -43,8 +43,7 @@ use crate::store::{JobRow, RunId, RunRow, Store, StoreError};
 
 pub use email::{AttachmentPayload, EmailPayload};
 
-/// The environment variable naming an extra PEM file of CA certificates trusted for SMTP.
-pub const CA_FILE_ENV: &str = "EXECUTIONER_SMTP_CA_FILE";
+pub use crate::tls::CA_FILE_ENV;
 
 /// At most this much of the end of each failed job's log is attached.
 pub const LOG_TAIL_BYTES: u64 = 64 * 1024;
@@ -402,12 +401,10 @@ pub struct DeliverOptions {
 }
 
 impl DeliverOptions {
-    /// Reads [`CA_FILE_ENV`].
+    /// Reads [`CA_FILE_ENV`] (or its older name).
     pub fn from_env() -> Self {
         Self {
-            extra_ca_file: std::env::var_os(CA_FILE_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
+            extra_ca_file: crate::tls::extra_ca_file(),
         }
     }
 }

@@ -457,9 +457,9 @@ pub struct TcpCheck {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpCheck {
-    /// An `http://` URL (TLS is not spoken by this check).
+    /// An `http://` or `https://` URL (HTTPS trusts the system's roots plus `EXECUTIONER_CA_FILE`).
     pub url: String,
-    /// Expected status code; left out, any 2xx passes.
+    /// Expected status code of the answer after redirects (at most 10); left out, any 2xx passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 100, max = 599))]
     pub expect_status: Option<u16>,

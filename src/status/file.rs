@@ -91,8 +91,9 @@ impl PipelineStatusDoc {
 
 /// Writes `text` to `path` atomically: a hidden temp file in the same folder, fsync, rename,
 /// fsync of the folder. The folder is created (0755) if missing; a symlink at `path` is replaced,
-/// never written through.
+/// never written through (the rename replaces the link itself).
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
         .ok_or_else(|| std::io::Error::other("no parent folder"))?;
@@ -101,22 +102,50 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| std::io::Error::other("bad file name"))?;
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
+    // 0644 less the umask, as for any file this process creates.
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)?;
+    file.write_all(text.as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replaces the file, and a symlink by a file (the link's target untouched); leaves no temp
+    /// file; 0644 less the umask.
+    #[test]
+    fn write_atomic_replaces_without_writing_through_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/a.status.yaml");
+        write_atomic(&path, "one\n").expect("write");
+        write_atomic(&path, "two\n").expect("rewrite");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "two\n");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        // Read-write for the owner, writable by no one else, executable by no one.
+        assert_eq!(mode & 0o733, 0o600, "{mode:o}");
+
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "keep\n").expect("write");
+        let link = dir.path().join("sub/b.status.yaml");
+        std::os::unix::fs::symlink(&outside, &link).expect("symlink");
+        write_atomic(&link, "new\n").expect("write");
+        assert!(!std::fs::symlink_metadata(&link).expect("stat").is_symlink());
+        assert_eq!(std::fs::read_to_string(&outside).expect("read"), "keep\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
 }
