@@ -385,8 +385,17 @@ async fn drive(
     }
 
     let run = store.run(run_id).await.map_err(super::store_error)?;
-    let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
-    let attempts = store.attempts(run_id).await.map_err(super::store_error)?;
+    // A quiet run that succeeded prints nothing: it reads nothing more either.
+    let shown =
+        output == OutputFormat::Json || !global.quiet || report.phase != RunPhase::Succeeded;
+    let (jobs, attempts) = if shown {
+        (
+            store.jobs(run_id).await.map_err(super::store_error)?,
+            store.attempts(run_id).await.map_err(super::store_error)?,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
     match (output, run) {
         (OutputFormat::Json, Some(run)) => {
             println!(
