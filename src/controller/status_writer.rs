@@ -1,0 +1,319 @@
+//! Writes the status files of the manifests folder (`.status/NAME.yaml`). A pipeline's status is
+//! built from the store when its run starts, when its manifest or generation changes and after its
+//! run ends (the store is the source of truth); while it runs, the engine's progress events
+//! ([`RunEvent`]) are applied to the status in memory, and the file is rewritten once per burst
+//! of events (coalesced), only when its text changed, by temp file and rename. Building a status
+//! document is `observe`'s job; deciding when a pipeline's status may be stale is `reconcile`'s.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::engine::RunEvent;
+use crate::status::file::{PipelineStatusDoc, Progress, status_path, write_atomic};
+use crate::status::{JobPhase, format_time};
+use crate::store::{RunId, RunRow, Store, StoreError};
+
+use super::ControllerEvent;
+use super::folder::Folder;
+use super::observe::{self, Dirs};
+
+/// How long the events of a running pipeline are gathered before its status file is rewritten:
+/// a burst of events costs one write.
+pub const COALESCE: Duration = Duration::from_millis(100);
+
+/// The inputs of a status file that can change while its pipeline is not running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StatusKey {
+    generation: Option<i64>,
+    run: Option<(RunId, String, Option<String>)>,
+    invalid: Option<String>,
+}
+
+/// The key of a status document just built.
+fn status_key(doc: &PipelineStatusDoc) -> StatusKey {
+    let invalid = doc
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.kind == "Valid" && c.status == "False")
+        .map(|c| c.message.clone());
+    StatusKey {
+        generation: Some(doc.metadata.generation).filter(|g| *g > 0),
+        run: doc
+            .status
+            .run_id
+            .map(|id| (id, doc.status.phase.clone(), doc.status.finished_at.clone())),
+        invalid,
+    }
+}
+
+/// The status of a pipeline that runs here.
+#[derive(Debug)]
+struct Live {
+    run: RunId,
+    /// The run's job ids, by the engine's job index.
+    jobs: Vec<String>,
+    /// Built from the store, then kept up to date from the run's events; `None` when it is to be
+    /// built again from the store (not yet built, or built before the run had started).
+    doc: Option<PipelineStatusDoc>,
+    /// Events were applied since the file was last written.
+    changed: bool,
+}
+
+#[derive(Debug)]
+pub struct StatusWriter {
+    manifests_dir: PathBuf,
+    state_dir: PathBuf,
+    events: mpsc::UnboundedSender<ControllerEvent>,
+    /// What each status file was last written from, and its text.
+    written: HashMap<String, (StatusKey, String)>,
+    live: HashMap<String, Live>,
+    /// When the events gathered are to be written.
+    flush_at: Option<Instant>,
+}
+
+impl StatusWriter {
+    pub fn new(
+        manifests_dir: PathBuf,
+        state_dir: PathBuf,
+        events: mpsc::UnboundedSender<ControllerEvent>,
+    ) -> Self {
+        StatusWriter {
+            manifests_dir,
+            state_dir,
+            events,
+            written: HashMap::new(),
+            live: HashMap::new(),
+            flush_at: None,
+        }
+    }
+
+    /// A run of `name` starts here: its events will reach its status.
+    pub fn run_started(&mut self, name: &str, run: RunId, jobs: Vec<String>) {
+        self.live.insert(
+            name.to_owned(),
+            Live {
+                run,
+                jobs,
+                doc: None,
+                changed: false,
+            },
+        );
+    }
+
+    /// The run of `name` ended here (or was interrupted): its status comes from the store again.
+    pub fn run_ended(&mut self, name: &str) {
+        self.live.remove(name);
+    }
+
+    /// When the events gathered are due to be written, if any are.
+    pub fn flush_at(&self) -> Option<Instant> {
+        self.flush_at
+    }
+
+    /// Applies a progress event of run `run` of `name` to its status in memory.
+    pub fn apply(&mut self, name: &str, run: RunId, event: &RunEvent) {
+        let Some(live) = self.live.get_mut(name).filter(|l| l.run == run) else {
+            // The run already ended: its status was built from the store.
+            return;
+        };
+        live.changed = true;
+        self.flush_at.get_or_insert_with(|| Instant::now() + COALESCE);
+        let Some(doc) = live.doc.as_mut() else {
+            return;
+        };
+        if doc.status.run_id != Some(run) || doc.status.phase != "Running" {
+            // Built before the run had started: the store says when it did.
+            live.doc = None;
+            return;
+        }
+        let index = match event {
+            RunEvent::JobSkipped { job, .. }
+            | RunEvent::AttemptStarted { job, .. }
+            | RunEvent::JobWaiting { job }
+            | RunEvent::AttemptFailedWillRetry { job, .. }
+            | RunEvent::JobFinished { job, .. } => *job,
+        };
+        let Some(job) = live.jobs.get(index).and_then(|id| doc.status.jobs.get_mut(id)) else {
+            live.doc = None;
+            return;
+        };
+        // The same changes as the store's (store/batch.rs), with this process's clock.
+        let now = || format_time(time::OffsetDateTime::now_utc());
+        match event {
+            RunEvent::JobSkipped { .. } => {
+                job.phase = JobPhase::Skipped.to_string();
+                job.finished_at = Some(now());
+            }
+            RunEvent::AttemptStarted { .. } => {
+                job.phase = JobPhase::Running.to_string();
+                job.attempts += 1;
+                job.exit_code = None;
+                job.started_at.get_or_insert_with(now);
+                job.finished_at = None;
+            }
+            RunEvent::JobWaiting { .. } => {
+                job.phase = JobPhase::Waiting.to_string();
+                job.started_at.get_or_insert_with(now);
+                job.finished_at = None;
+            }
+            // The job stays Running until its next attempt.
+            RunEvent::AttemptFailedWillRetry { .. } => {}
+            RunEvent::JobFinished {
+                phase, exit_code, ..
+            } => {
+                job.phase = phase.to_string();
+                job.exit_code = exit_code.map(i64::from);
+                job.finished_at = phase.is_terminal().then(now);
+            }
+        }
+        let mut progress = Progress {
+            total: doc.status.jobs.len(),
+            ..Progress::default()
+        };
+        for j in doc.status.jobs.values() {
+            match j.phase.parse::<JobPhase>() {
+                Ok(phase) => observe::count_job(&mut progress, phase),
+                Err(_) => progress.pending += 1,
+            }
+        }
+        doc.status.progress = progress;
+    }
+
+    /// Writes the statuses the events gathered changed.
+    pub async fn flush(&mut self, store: &Store, folder: &Folder) -> Result<(), StoreError> {
+        self.flush_at = None;
+        let mut names: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.changed)
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        for name in names {
+            let Some(live) = self.live.get_mut(&name) else {
+                continue;
+            };
+            live.changed = false;
+            match &live.doc {
+                Some(doc) => {
+                    let (key, text) = (status_key(doc), doc.to_yaml());
+                    self.put(&name, key, text);
+                }
+                None => self.write(store, folder, &name).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the status file of `name` from the store when its content differs (so a file
+    /// deleted or edited behind the controller's back is restored).
+    pub async fn write(
+        &mut self,
+        store: &Store,
+        folder: &Folder,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        let (source, invalid) = match folder.desired.get(name) {
+            Some(d) => (d.source.clone(), None),
+            None => match folder.invalid_named(name) {
+                Some(i) => (i.source.clone(), Some(i.clone())),
+                None => return Ok(()),
+            },
+        };
+        let row = store.pipeline(name).await?;
+        let dirs = Dirs {
+            state: &self.state_dir,
+            manifests: &self.manifests_dir,
+        };
+        let doc =
+            observe::pipeline_status(store, dirs, name, &source, row.as_ref(), invalid.as_ref())
+                .await?;
+        let (key, text) = (status_key(&doc), doc.to_yaml());
+        if let Some(live) = self.live.get_mut(name) {
+            live.doc = Some(doc);
+        }
+        self.put(name, key, text);
+        Ok(())
+    }
+
+    /// Every pipeline's status file, skipping (cheaply) those not running whose run, generation
+    /// and validity are what was last written and whose file still holds that text.
+    pub async fn write_all(
+        &mut self,
+        store: &Store,
+        folder: &Folder,
+        generations: &HashMap<String, i64>,
+    ) -> Result<(), StoreError> {
+        let mut names: Vec<String> = folder.desired.keys().cloned().collect();
+        for n in folder.invalid.iter().filter_map(|i| i.name.as_ref()) {
+            if !folder.desired.contains_key(n) && !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        let latest: HashMap<String, RunRow> = store
+            .latest_runs()
+            .await?
+            .into_iter()
+            .map(|r| (r.pipeline.clone(), r))
+            .collect();
+        for name in names {
+            if !self.live.contains_key(&name)
+                && let Some((key, text)) = self.written.get(&name)
+                && *key == cheap_key(folder, generations, &name, latest.get(&name))
+                && std::fs::read_to_string(status_path(&self.manifests_dir, &name))
+                    .ok()
+                    .as_deref()
+                    == Some(text.as_str())
+            {
+                continue;
+            }
+            self.write(store, folder, &name).await?;
+        }
+        Ok(())
+    }
+
+    /// The pipeline is deleted: so is its status file.
+    pub fn remove(&mut self, name: &str) {
+        self.written.remove(name);
+        let _ = std::fs::remove_file(status_path(&self.manifests_dir, name));
+    }
+
+    /// Writes `text` to the status file of `name` unless it already holds it.
+    fn put(&mut self, name: &str, key: StatusKey, text: String) {
+        let path = status_path(&self.manifests_dir, name);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str())
+            && let Err(e) = write_atomic(&path, &text)
+        {
+            let _ = self.events.send(ControllerEvent::Warning(format!(
+                "cannot write {}: {e}",
+                path.display()
+            )));
+        }
+        self.written.insert(name.to_owned(), (key, text));
+    }
+}
+
+/// What decides a pipeline's status besides its run's jobs (which only change while it runs).
+fn cheap_key(
+    folder: &Folder,
+    generations: &HashMap<String, i64>,
+    name: &str,
+    run: Option<&RunRow>,
+) -> StatusKey {
+    StatusKey {
+        generation: generations.get(name).copied(),
+        run: run.map(|r| {
+            (
+                r.id,
+                r.phase.to_string(),
+                r.finished_at.map(crate::status::format_time),
+            )
+        }),
+        invalid: folder.invalid_named(name).map(|i| i.message.clone()),
+    }
+}
