@@ -266,7 +266,6 @@ pub fn read_file(file: &Path, options: &Options, folder: &mut Folder) {
     }
 }
 
-
 /// The manifest files of `dir`, sorted by name (see `validate::manifest_files`); a missing folder
 /// is an empty one.
 pub fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -277,9 +276,12 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
 }
 
+/// A manifest file and its documents as parsed.
+pub type ParsedFile = (PathBuf, Result<Vec<RawDoc>, LoadError>);
+
 /// Every manifest file of `dir` with its documents as parsed, not validated (`apply` compares
 /// them with what it applies: an invalid manifest still has a name).
-pub fn parse_all(dir: &Path) -> std::io::Result<Vec<(PathBuf, Result<Vec<RawDoc>, LoadError>)>> {
+pub fn parse_all(dir: &Path) -> std::io::Result<Vec<ParsedFile>> {
     Ok(list(dir)?
         .into_iter()
         .map(|path| {
@@ -355,7 +357,7 @@ impl FolderReader {
         &self.view
     }
 
-    /// True while a parse failure waits for its retry (the folder may not be what it will be).
+    /// True while a file fails to parse (first held back for a retry, then reported Invalid).
     pub fn retrying(&self) -> bool {
         !self.parse_failures.is_empty()
     }
@@ -490,8 +492,10 @@ fn is_link_to_existing(path: &Path) -> bool {
 }
 
 /// The sources the store has each (not deleted) pipeline bound to.
-pub fn bound_sources(rows: &[PipelineRow]) -> HashMap<String, String> {
-    rows.iter()
+pub fn bound_sources<'a>(
+    rows: impl IntoIterator<Item = &'a PipelineRow>,
+) -> HashMap<String, String> {
+    rows.into_iter()
         .filter(|r| !r.deleted)
         .map(|r| (r.name.clone(), r.source.clone()))
         .collect()

@@ -302,10 +302,6 @@ pub async fn run(
                 next_reconcile = Some(next_reconcile.map_or(at, |n| n.max(at)));
                 // A watcher error may mean lost events: look at everything.
             }
-            Some((name, run, event)) = progress_rx.recv() => c.status.apply(&name, run, &event),
-            _ = sleep_until_opt(c.status.flush_at()), if c.status.flush_at().is_some() => {
-                c.status.flush(&c.store, c.reader.folder()).await?;
-            }
             _ = sleep_until_opt(next_reconcile), if next_reconcile.is_some() && !stopping => {}
             _ = tokio::time::sleep_until(resync_at) => {
                 resync_at = tokio::time::Instant::now() + resync;
@@ -325,6 +321,11 @@ pub async fn run(
                     let _ = c.events.send(ControllerEvent::Interrupting { pipeline: name.clone(), run: a.run });
                 }
             }
+            // Last, so that a stream of events never holds up the branches above.
+            _ = sleep_until_opt(c.status.flush_at()), if c.status.flush_at().is_some() => {
+                c.status.flush(&c.store, c.reader.folder()).await?;
+            }
+            Some((name, run, event)) = progress_rx.recv() => c.status.apply(&name, run, &event),
         }
     }
     drop(watcher);
@@ -392,11 +393,7 @@ impl Controller {
             .into_iter()
             .map(|r| (r.name.clone(), r))
             .collect();
-        let bound: HashMap<String, String> = rows
-            .values()
-            .filter(|r| !r.deleted)
-            .map(|r| (r.name.clone(), r.source.clone()))
-            .collect();
+        let bound = folder::bound_sources(rows.values());
         let snapshot = self
             .reader
             .read(&bound)
@@ -418,7 +415,9 @@ impl Controller {
         }
 
         let generations = self.record_specs(&snapshot.folder, &rows).await?;
-        let latest = self.latest_runs(&snapshot.folder, &rows, &generations).await?;
+        let latest = self
+            .latest_runs(&snapshot.folder, &rows, &generations)
+            .await?;
         let observed = Observed {
             rows,
             generations,

@@ -56,7 +56,9 @@ pub enum Why {
     NewGeneration,
     /// A rerun was requested: taken from the store first (another reader may have taken it);
     /// when it is gone, the run starts for the schedule's tick if `or_tick`.
-    RerunRequested { or_tick: bool },
+    RerunRequested {
+        or_tick: bool,
+    },
     Schedule,
 }
 
@@ -269,4 +271,370 @@ fn schedule_tick(
         Due::Nothing => None,
     };
     (tick, wait)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The decision with tokio's paused clock: time moves only by `advance`, so files being
+    //! written, parse retries and schedule ticks are decided at exact instants, with no sleeps.
+
+    use std::path::Path;
+
+    use tokio::time::{Instant, advance};
+
+    use super::*;
+    use crate::controller::folder::{FolderReader, PARSE_RETRY, WRITE_QUIET};
+    use crate::controller::permissions::Trust;
+    use crate::validate::Options;
+
+    /// A wall clock that moves with tokio's (paused) one, from a known minute.
+    struct Clock {
+        start: Instant,
+        wall: DateTime<Utc>,
+    }
+
+    impl Clock {
+        fn new() -> Self {
+            let wall = "2026-07-01T10:20:30Z".parse().unwrap();
+            Clock {
+                start: Instant::now(),
+                wall,
+            }
+        }
+
+        fn now(&self) -> DateTime<Utc> {
+            self.wall + chrono::Duration::from_std(self.start.elapsed()).unwrap()
+        }
+    }
+
+    fn manifest(name: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n{spec}  jobs:\n    - {{id: a, command: \"true\"}}\n"
+        )
+    }
+
+    fn reader(dir: &Path) -> FolderReader {
+        let trust = Trust::from_config(&crate::config::SecurityConfig::default()).unwrap();
+        FolderReader::new(dir.to_owned(), Options::default(), trust)
+    }
+
+    fn read(reader: &mut FolderReader) -> Snapshot {
+        reader.read(&HashMap::new()).unwrap()
+    }
+
+    fn row(name: &str, generation: i64) -> PipelineRow {
+        PipelineRow {
+            name: name.to_owned(),
+            generation,
+            spec_hash: String::new(),
+            source: format!("{name}.yaml"),
+            deleted: false,
+            rerun_requested: false,
+            last_tick: None,
+            updated_at: time::OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn observed(
+        generations: &[(&str, i64)],
+        latest: &[(&str, LatestRun)],
+        active: &[(&str, i64, i64)],
+    ) -> Observed {
+        Observed {
+            rows: generations
+                .iter()
+                .map(|(n, g)| ((*n).to_owned(), row(n, *g)))
+                .collect(),
+            generations: generations
+                .iter()
+                .map(|(n, g)| ((*n).to_owned(), *g))
+                .collect(),
+            latest: latest.iter().map(|(n, l)| ((*n).to_owned(), *l)).collect(),
+            active: active
+                .iter()
+                .map(|(n, run, generation)| {
+                    let a = ActiveRun {
+                        run: *run,
+                        generation: *generation,
+                        cancelling: false,
+                    };
+                    ((*n).to_owned(), a)
+                })
+                .collect(),
+            reported_invalid: HashMap::new(),
+        }
+    }
+
+    fn launch(pipeline: &str, generation: i64, why: Why) -> Action {
+        Action::Launch {
+            pipeline: pipeline.to_owned(),
+            generation,
+            why,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_manifest_starts_a_run_of_its_generation() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("a.yaml"), manifest("a", "")).unwrap();
+        let clock = Clock::new();
+        let snapshot = read(&mut reader(tmp.path()));
+        let seen = observed(&[("a", 1)], &[("a", LatestRun::None)], &[]);
+        let decision = decide(&snapshot, &seen, clock.now());
+        assert_eq!(
+            decision,
+            Decision {
+                actions: vec![launch("a", 1, Why::NewGeneration)],
+                requeue: None,
+            }
+        );
+        // Its run terminal: nothing more to do, and nothing to come back for.
+        let seen = observed(&[("a", 1)], &[("a", LatestRun::Terminal)], &[]);
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
+        // Left running by another process (a foreground `run`): left alone.
+        let seen = observed(&[("a", 1)], &[("a", LatestRun::Unfinished)], &[]);
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spec_change_under_queue_waits_for_the_run_then_starts_the_new_generation() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("a.yaml"), manifest("a", "")).unwrap();
+        let clock = Clock::new();
+        let snapshot = read(&mut reader(tmp.path()));
+        // Generation 2 while run 7 of generation 1 goes on: it is not touched.
+        let seen = observed(&[("a", 2)], &[], &[("a", 7, 1)]);
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
+        // Once it ended, generation 2 gets its run.
+        let seen = observed(&[("a", 2)], &[("a", LatestRun::None)], &[]);
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![launch("a", 2, Why::NewGeneration)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spec_change_under_replace_cancels_the_run_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("a.yaml"),
+            manifest("a", "  onSpecChange: replace\n"),
+        )
+        .unwrap();
+        let clock = Clock::new();
+        let snapshot = read(&mut reader(tmp.path()));
+        let mut seen = observed(&[("a", 2)], &[], &[("a", 7, 1)]);
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![Action::Cancel {
+                pipeline: "a".into(),
+                run: 7,
+                why: "replaced by a new generation",
+            }]
+        );
+        // Asked already: not asked again while it stops.
+        seen.active.get_mut("a").unwrap().cancelling = true;
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
+        // The run of the current generation is not replaced by itself.
+        let seen = observed(&[("a", 2)], &[], &[("a", 8, 2)]);
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_invalid_manifest_while_a_run_goes_on_is_reported_once_and_the_run_continues() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a.yaml");
+        std::fs::write(&file, manifest("a", "")).unwrap();
+        let clock = Clock::new();
+        let mut reader = reader(tmp.path());
+        read(&mut reader);
+        std::fs::write(&file, manifest("a", "  bogus: 1\n")).unwrap();
+        let snapshot = read(&mut reader);
+        assert!(snapshot.folder.desired.is_empty());
+        let mut seen = observed(&[("a", 1)], &[], &[("a", 7, 1)]);
+        let decision = decide(&snapshot, &seen, clock.now());
+        let [
+            Action::WriteStatus { pipeline },
+            Action::ReportInvalid { source, message },
+        ] = decision.actions.as_slice()
+        else {
+            panic!("{decision:?}");
+        };
+        assert_eq!((pipeline.as_str(), source.as_str()), ("a", "a.yaml"));
+        assert!(message.contains("bogus"), "{message}");
+        // Neither cancelled nor deleted; reported once.
+        seen.reported_invalid = invalid_sources(&snapshot.folder);
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
+        // Fixed: its status drops the Invalid phase; the run still goes on.
+        std::fs::write(&file, manifest("a", "")).unwrap();
+        let snapshot = read(&mut reader);
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![Action::WriteStatus {
+                pipeline: "a".into()
+            }]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_manifest_cancels_its_run_and_deletes_the_pipeline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Clock::new();
+        let snapshot = read(&mut reader(tmp.path()));
+        let mut seen = observed(&[("a", 1), ("b", 3)], &[], &[("a", 7, 1)]);
+        seen.generations.clear();
+        seen.rows.insert(
+            "gone".into(),
+            PipelineRow {
+                deleted: true,
+                ..row("gone", 2)
+            },
+        );
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![
+                Action::Cancel {
+                    pipeline: "a".into(),
+                    run: 7,
+                    why: "manifest deleted",
+                },
+                Action::MarkDeleted {
+                    pipeline: "a".into()
+                },
+                Action::MarkDeleted {
+                    pipeline: "b".into()
+                },
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_schedule_tick_starts_one_run_and_while_running_queues_one_rerun() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("a.yaml"),
+            manifest("a", "  schedule: \"* * * * *\"\n"),
+        )
+        .unwrap();
+        let clock = Clock::new();
+        let snapshot = read(&mut reader(tmp.path()));
+        let tick = |at: &str| chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%d %H:%M").unwrap();
+        let stored = |t: NaiveDateTime| {
+            time::OffsetDateTime::from_unix_timestamp(t.and_utc().timestamp()).unwrap()
+        };
+        // First sight (10:20:30): the 10:20 tick is remembered, not owed; back at 10:21.
+        let mut seen = observed(&[("a", 1)], &[("a", LatestRun::Terminal)], &[]);
+        let decision = decide(&snapshot, &seen, clock.now());
+        let remember = |at| Action::RememberTick {
+            pipeline: "a".into(),
+            tick: tick(at),
+        };
+        assert_eq!(decision.actions, vec![remember("2026-07-01 10:20")]);
+        assert_eq!(decision.requeue, Some(Duration::from_millis(30_005)));
+        seen.rows.get_mut("a").unwrap().last_tick = Some(stored(tick("2026-07-01 10:20")));
+        // Between ticks: nothing.
+        advance(Duration::from_secs(20)).await;
+        let decision = decide(&snapshot, &seen, clock.now());
+        assert_eq!(decision.actions, vec![]);
+        assert_eq!(decision.requeue, Some(Duration::from_millis(10_005)));
+        // 10:21:00 passed (two ticks missed): one run.
+        advance(Duration::from_secs(70)).await;
+        let decision = decide(&snapshot, &seen, clock.now());
+        assert_eq!(
+            decision.actions,
+            vec![remember("2026-07-01 10:22"), launch("a", 1, Why::Schedule)]
+        );
+        assert_eq!(decision.requeue, Some(Duration::from_millis(60_005)));
+        // The same tick while a run goes on: one queued rerun instead.
+        seen.active = observed(&[], &[], &[("a", 7, 1)]).active;
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![
+                remember("2026-07-01 10:22"),
+                Action::RequestRerun {
+                    pipeline: "a".into()
+                }
+            ]
+        );
+        // A rerun requested (the queued one) after the run: one run for both it and the tick.
+        seen.active.clear();
+        seen.rows.get_mut("a").unwrap().rerun_requested = true;
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![
+                remember("2026-07-01 10:22"),
+                launch("a", 1, Why::RerunRequested { or_tick: true })
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_being_written_is_looked_at_again_when_it_has_been_quiet() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a.yaml");
+        std::fs::write(&file, manifest("a", "")).unwrap();
+        let clock = Clock::new();
+        let mut reader = reader(tmp.path());
+        let event = notify::Event::new(notify::EventKind::Modify(notify::event::ModifyKind::Data(
+            notify::event::DataChange::Any,
+        )))
+        .add_path(file.clone());
+        reader.note_event(&event);
+        let seen = observed(&[], &[], &[]);
+        // Held back (not launched while it may be half-written); back when quiet.
+        let decision = decide(&read(&mut reader), &seen, clock.now());
+        assert_eq!(
+            decision,
+            Decision {
+                actions: vec![],
+                requeue: Some(WRITE_QUIET)
+            }
+        );
+        advance(Duration::from_millis(1500)).await;
+        let decision = decide(&read(&mut reader), &seen, clock.now());
+        assert_eq!(
+            decision.requeue,
+            Some(WRITE_QUIET - Duration::from_millis(1500))
+        );
+        // Quiet long enough (the close never came): read as it is.
+        advance(Duration::from_millis(500)).await;
+        let snapshot = read(&mut reader);
+        assert!(snapshot.folder.desired.contains_key("a"));
+        assert_eq!(snapshot.retry_in, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parse_failure_is_retried_before_it_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a.yaml");
+        std::fs::write(&file, manifest("a", "")).unwrap();
+        let clock = Clock::new();
+        let mut reader = reader(tmp.path());
+        read(&mut reader);
+        std::fs::write(&file, "apiVersion: executioner.dev/v1\nkind: [\n").unwrap();
+        // The first failure keeps the previous view, and asks to be read again.
+        let snapshot = read(&mut reader);
+        assert!(snapshot.folder.desired.contains_key("a"));
+        assert!(reader.retrying());
+        let seen = observed(&[("a", 1)], &[("a", LatestRun::Terminal)], &[]);
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()),
+            Decision {
+                actions: vec![],
+                requeue: Some(PARSE_RETRY)
+            }
+        );
+        advance(PARSE_RETRY / 3).await;
+        let snapshot = read(&mut reader);
+        assert_eq!(snapshot.retry_in, Some(PARSE_RETRY - PARSE_RETRY / 3));
+        // Still failing after the retry time: reported Invalid, and nothing to come back for.
+        advance(PARSE_RETRY).await;
+        let snapshot = read(&mut reader);
+        let decision = decide(&snapshot, &seen, clock.now());
+        assert_eq!(decision.requeue, None);
+        assert!(matches!(
+            decision.actions.as_slice(),
+            [Action::WriteStatus { .. }, Action::ReportInvalid { .. }]
+        ));
+    }
 }

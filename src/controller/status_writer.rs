@@ -122,7 +122,8 @@ impl StatusWriter {
             return;
         };
         live.changed = true;
-        self.flush_at.get_or_insert_with(|| Instant::now() + COALESCE);
+        self.flush_at
+            .get_or_insert_with(|| Instant::now() + COALESCE);
         let Some(doc) = live.doc.as_mut() else {
             return;
         };
@@ -138,7 +139,11 @@ impl StatusWriter {
             | RunEvent::AttemptFailedWillRetry { job, .. }
             | RunEvent::JobFinished { job, .. } => *job,
         };
-        let Some(job) = live.jobs.get(index).and_then(|id| doc.status.jobs.get_mut(id)) else {
+        let Some(job) = live
+            .jobs
+            .get(index)
+            .and_then(|id| doc.status.jobs.get_mut(id))
+        else {
             live.doc = None;
             return;
         };
@@ -315,5 +320,147 @@ fn cheap_key(
             )
         }),
         invalid: folder.invalid_named(name).map(|i| i.message.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::status::Reason;
+    use crate::status::file::{JobStatus, PipelineStatus, StatusMetadata};
+    use crate::store::Durability;
+
+    fn running_doc(run: RunId, jobs: &[&str]) -> PipelineStatusDoc {
+        let job = JobStatus {
+            phase: JobPhase::Pending.to_string(),
+            attempts: 0,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+            log: None,
+        };
+        PipelineStatusDoc {
+            api_version: crate::spec::API_VERSION.to_owned(),
+            kind: "PipelineStatus".to_owned(),
+            metadata: StatusMetadata {
+                name: "p".into(),
+                source: "p.yaml".into(),
+                generation: 1,
+            },
+            status: PipelineStatus {
+                phase: "Running".into(),
+                observed_generation: Some(1),
+                run_id: Some(run),
+                started_at: None,
+                finished_at: None,
+                progress: Progress {
+                    total: jobs.len(),
+                    pending: jobs.len(),
+                    ..Progress::default()
+                },
+                conditions: Vec::new(),
+                jobs: jobs
+                    .iter()
+                    .map(|j| ((*j).to_owned(), job.clone()))
+                    .collect(),
+            },
+        }
+    }
+
+    /// Events are applied in memory and a burst of them costs one write, only of changed text.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_events_is_one_write_of_the_status_the_events_say() {
+        let tmp = tempfile::tempdir().unwrap();
+        let manifests = tmp.path().join("manifests");
+        std::fs::create_dir_all(manifests.join(".status")).unwrap();
+        let store = Store::open(&tmp.path().join("state"), Durability::Normal)
+            .await
+            .unwrap();
+        let (events, _rx) = mpsc::unbounded_channel();
+        let mut writer = StatusWriter::new(manifests.clone(), tmp.path().join("state"), events);
+        let folder = Folder::default();
+        writer.run_started("p", 7, vec!["a".into(), "b".into(), "c".into()]);
+        writer.live.get_mut("p").unwrap().doc = Some(running_doc(7, &["a", "b", "c"]));
+        assert_eq!(writer.flush_at(), None);
+
+        let due = Instant::now() + COALESCE;
+        writer.apply("p", 7, &RunEvent::AttemptStarted { job: 0, attempt: 1 });
+        tokio::time::advance(Duration::from_millis(40)).await;
+        writer.apply(
+            "p",
+            7,
+            &RunEvent::JobFinished {
+                job: 0,
+                phase: JobPhase::Succeeded,
+                reason: Reason::Completed,
+                exit_code: Some(0),
+            },
+        );
+        writer.apply("p", 7, &RunEvent::AttemptStarted { job: 1, attempt: 1 });
+        writer.apply("p", 7, &RunEvent::JobWaiting { job: 1 });
+        // Events of another run of the pipeline (one that already ended) change nothing.
+        writer.apply(
+            "p",
+            6,
+            &RunEvent::JobSkipped {
+                job: 2,
+                reason: Reason::Completed,
+            },
+        );
+        assert_eq!(
+            writer.flush_at(),
+            Some(due),
+            "coalesced from the first event"
+        );
+
+        writer.flush(&store, &folder).await.unwrap();
+        assert_eq!(writer.flush_at(), None);
+        let path = status_path(&manifests, "p");
+        let doc: PipelineStatusDoc =
+            serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let jobs = &doc.status.jobs;
+        assert_eq!(jobs["a"].phase, "Succeeded");
+        assert_eq!((jobs["a"].attempts, jobs["a"].exit_code), (1, Some(0)));
+        assert!(jobs["a"].finished_at.is_some());
+        assert_eq!(jobs["b"].phase, "Waiting");
+        assert!(jobs["b"].started_at.is_some() && jobs["b"].finished_at.is_none());
+        assert_eq!(jobs["c"].phase, "Pending");
+        let want = Progress {
+            total: 3,
+            succeeded: 1,
+            running: 1,
+            pending: 1,
+            ..Progress::default()
+        };
+        assert_eq!(doc.status.progress, want);
+
+        // An event that changes nothing of the text: no write.
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        writer.apply(
+            "p",
+            7,
+            &RunEvent::AttemptFailedWillRetry {
+                job: 1,
+                attempt: 1,
+                reason: Reason::ExitCode,
+                delay: Duration::from_secs(1),
+            },
+        );
+        writer.flush(&store, &folder).await.unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+
+        // The run ended: its events no longer reach the file (the store's view is written).
+        writer.run_ended("p");
+        writer.apply(
+            "p",
+            7,
+            &RunEvent::JobSkipped {
+                job: 2,
+                reason: Reason::Completed,
+            },
+        );
+        assert_eq!(writer.flush_at(), None);
     }
 }
