@@ -3,7 +3,7 @@
 //! failing to parse for the first time, the permission check of each file, and binding pipeline
 //! names to files (`bind`, duplicates). Used by the controller, `status`, `wait` and `apply`.
 //! It does not touch the store (the bound sources are given to it) nor decide anything: what to do
-//! about what it reads is `reconcile`'s question, whether a file may be trusted `permissions'`.
+//! about what it reads is `reconcile`'s question, whether a file may be trusted is `permissions`'.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::engine::RunEvent;
 use crate::status::file::{PipelineStatusDoc, Progress, status_path, write_atomic};
-use crate::status::{JobPhase, format_time};
+use crate::status::{JobPhase, RunPhase, format_time};
 use crate::store::{RunId, RunRow, Store, StoreError};
 
 use super::ControllerEvent;
@@ -127,7 +127,7 @@ impl StatusWriter {
         let Some(doc) = live.doc.as_mut() else {
             return;
         };
-        if doc.status.run_id != Some(run) || doc.status.phase != "Running" {
+        if doc.status.run_id != Some(run) || doc.status.phase != RunPhase::Running.as_str() {
             // Built before the run had started: the store says when it did.
             live.doc = None;
             return;
@@ -187,6 +187,11 @@ impl StatusWriter {
             }
         }
         doc.status.progress = progress;
+        if progress.running + progress.pending == 0 {
+            // Its last job ended: the run's end is what readers of the file wait for, so it is
+            // written at once rather than with the burst.
+            self.flush_at = Some(Instant::now());
+        }
     }
 
     /// Writes the statuses the events gathered changed.
@@ -204,6 +209,10 @@ impl StatusWriter {
                 continue;
             };
             live.changed = false;
+            if !folder.desired.contains_key(&name) && folder.invalid_named(&name).is_none() {
+                // Its manifest is gone (the run is being cancelled): it has no status file.
+                continue;
+            }
             match &live.doc {
                 Some(doc) => {
                     let (key, text) = (status_key(doc), doc.to_yaml());
@@ -285,6 +294,7 @@ impl StatusWriter {
     /// The pipeline is deleted: so is its status file.
     pub fn remove(&mut self, name: &str) {
         self.written.remove(name);
+        self.live.remove(name);
         let _ = std::fs::remove_file(status_path(&self.manifests_dir, name));
     }
 
@@ -328,9 +338,11 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
+    use crate::controller::permissions::Trust;
     use crate::status::Reason;
     use crate::status::file::{JobStatus, PipelineStatus, StatusMetadata};
     use crate::store::Durability;
+    use crate::validate::Options;
 
     fn running_doc(run: RunId, jobs: &[&str]) -> PipelineStatusDoc {
         let job = JobStatus {
@@ -380,7 +392,20 @@ mod tests {
             .unwrap();
         let (events, _rx) = mpsc::unbounded_channel();
         let mut writer = StatusWriter::new(manifests.clone(), tmp.path().join("state"), events);
-        let folder = Folder::default();
+        std::fs::write(
+            manifests.join("p.yaml"),
+            "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata:\n  name: p\nspec:\n  jobs:\n    - {id: a, command: \"true\"}\n",
+        )
+        .unwrap();
+        let trust = Trust::from_config(&crate::config::SecurityConfig::default()).unwrap();
+        let folder = crate::controller::folder::read_folder(
+            &manifests,
+            &Options::default(),
+            &trust,
+            &HashMap::new(),
+        )
+        .unwrap();
+        assert!(folder.desired.contains_key("p"));
         writer.run_started("p", 7, vec!["a".into(), "b".into(), "c".into()]);
         writer.live.get_mut("p").unwrap().doc = Some(running_doc(7, &["a", "b", "c"]));
         assert_eq!(writer.flush_at(), None);
@@ -451,6 +476,34 @@ mod tests {
         writer.flush(&store, &folder).await.unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
 
+        // The last job ending is written at once, not with the burst.
+        writer.apply(
+            "p",
+            7,
+            &RunEvent::JobFinished {
+                job: 1,
+                phase: JobPhase::Failed,
+                reason: Reason::ExitCode,
+                exit_code: Some(3),
+            },
+        );
+        assert_eq!(writer.flush_at(), Some(Instant::now() + COALESCE));
+        writer.apply(
+            "p",
+            7,
+            &RunEvent::JobSkipped {
+                job: 2,
+                reason: Reason::UpstreamFailed,
+            },
+        );
+        assert_eq!(writer.flush_at(), Some(Instant::now()));
+        writer.flush(&store, &folder).await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("failed: 1") && text.contains("skipped: 1"),
+            "{text}"
+        );
+
         // The run ended: its events no longer reach the file (the store's view is written).
         writer.run_ended("p");
         writer.apply(
@@ -462,5 +515,20 @@ mod tests {
             },
         );
         assert_eq!(writer.flush_at(), None);
+
+        // Deleted while its run is being cancelled: the events of the run write no file.
+        writer.run_started("p", 8, vec!["a".into(), "b".into(), "c".into()]);
+        writer.live.get_mut("p").unwrap().doc = Some(running_doc(8, &["a", "b", "c"]));
+        writer.remove("p");
+        assert!(!path.exists());
+        writer.apply("p", 8, &RunEvent::AttemptStarted { job: 0, attempt: 1 });
+        writer.flush(&store, &Folder::default()).await.unwrap();
+        assert!(!path.exists());
+        // Nor does a flush of a pipeline its folder no longer has.
+        writer.run_started("p", 9, vec!["a".into(), "b".into(), "c".into()]);
+        writer.live.get_mut("p").unwrap().doc = Some(running_doc(9, &["a", "b", "c"]));
+        writer.apply("p", 9, &RunEvent::AttemptStarted { job: 0, attempt: 1 });
+        writer.flush(&store, &Folder::default()).await.unwrap();
+        assert!(!path.exists());
     }
 }
