@@ -702,18 +702,19 @@ impl Controller {
             kill_now: self.kill_now.clone(),
             ..stop
         };
+        // The run's events, labelled with its pipeline, reach the status writer through a task
+        // of their own (it ends when the engine drops its sender): the run's task neither polls
+        // the engine again per event nor waits for the forwarding to end.
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let progress = self.progress.clone();
+        let pipeline = name.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let _ = progress.send((pipeline.clone(), run, event));
+            }
+        });
         self.runs.spawn(async move {
-            // The run's events, labelled with its pipeline, reach the status writer; the channel
-            // closes when the engine returns.
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let forward = async {
-                while let Some(event) = rx.recv().await {
-                    let _ = progress.send((name.clone(), run, event));
-                }
-            };
-            let execute = engine::execute(&store, Arc::new(plan), request, &options, tx, stop);
-            let (result, ()) = tokio::join!(execute, forward);
+            let result = engine::execute(&store, Arc::new(plan), request, &options, tx, stop).await;
             (name, run, result)
         });
     }
