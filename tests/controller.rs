@@ -1228,3 +1228,40 @@ fn verbose_json_lines_carry_the_run_and_attempt_spans() {
         "{verbose:?}"
     );
 }
+
+/// While a pipeline runs, its status file follows its jobs (written from the run's progress
+/// events, issue 14), and once the run ends it is what the store says.
+#[test]
+fn a_running_pipelines_status_file_follows_its_jobs() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    let gate = ws.path().join("gate");
+    ws.write(
+        "manifests/steps.yaml",
+        &manifest(
+            "steps",
+            "",
+            &format!(
+                "    - {{id: a, command: \"true\"}}\n    - {{id: b, command: \"while [ ! -e {} ]; do sleep 0.05; done\", dependencies: [a]}}\n    - {{id: c, command: \"true\", dependencies: [b]}}\n",
+                gate.display()
+            ),
+        ),
+    );
+    let file = status_file(&ws, "steps");
+    wait_until(Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        text.contains("phase: Running")
+            && text.contains("succeeded: 1")
+            && text.contains("running: 1")
+            && text.contains("pending: 1")
+    });
+    std::fs::write(&gate, "").unwrap();
+    let s = wait_phase(&ws, "steps", "Succeeded", 1);
+    assert_eq!(s["status"]["progress"]["succeeded"], 3);
+    // The file is the store's view: what `status` builds from it, time for time.
+    wait_until(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let out = ws.run(&["status", "steps", "-o", "yaml"]);
+        text.contains("succeeded: 3") && String::from_utf8_lossy(&out.stdout) == text
+    });
+}

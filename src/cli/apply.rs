@@ -547,21 +547,17 @@ struct FolderDoc {
 impl Folder {
     /// A missing folder is an empty one (`apply` creates it).
     fn scan(dir: &Path) -> Result<Self, CliError> {
-        let paths = match validate::manifest_files(dir) {
-            Ok(paths) => paths,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                return Err(CliError::usage(format!(
-                    "{}: cannot read the manifests folder: {e}",
-                    dir.display()
-                )));
-            }
-        };
-        let files = paths
+        let parsed = crate::controller::folder::parse_all(dir).map_err(|e| {
+            CliError::usage(format!(
+                "{}: cannot read the manifests folder: {e}",
+                dir.display()
+            ))
+        })?;
+        let files = parsed
             .into_iter()
-            .filter_map(|path| {
+            .filter_map(|(path, docs)| {
                 let format = Format::from_path(&path)?;
-                let docs = spec::read_file(&path).map(|docs| {
+                let docs = docs.map(|docs| {
                     docs.into_iter()
                         .map(|doc| FolderDoc {
                             name: doc

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::controller::observe::{self, Invalid};
+use crate::controller::folder::{self, Invalid};
 use crate::status::RunPhase;
 use crate::validate::Options;
 
@@ -67,9 +67,8 @@ pub fn wait_for(
                 None => Vec::new(),
             };
             let dir = super::controller::watched_dir(manifests, store.as_ref(), &config).await?;
-            let folder =
-                observe::read_folder(&dir, &options, &trust, &observe::bound_sources(&rows))
-                    .unwrap_or_default();
+            let folder = folder::read_folder(&dir, &options, &trust, &folder::bound_sources(&rows))
+                .unwrap_or_default();
             let target = match (folder.desired.get(name), folder.invalid_named(name)) {
                 (Some(d), _) => Target::Spec(d.spec_hash.clone()),
                 (None, Some(i)) => Target::Invalid(i.clone()),

@@ -3,18 +3,24 @@
 //! terminal run, schedules start one run per tick, and a status file per pipeline says where it is.
 //!
 //! One actor owns all the state and has one `select!`: folder events (debounced), the periodic
-//! resync, schedule ticks, retries of files caught half-written, runs finishing, status flushes and
-//! shutdown. Reconcile is level-triggered: it reads the folder and the store and converges, whatever
-//! woke it. Runs execute on the engine, sharing one worker semaphore. See docs/controller.md.
+//! resync, schedule ticks, retries of files caught half-written, runs finishing, runs' progress
+//! events, status writes and shutdown. Reconcile is level-triggered: whatever woke it, the actor
+//! reads the folder (`folder`), records its specs and gathers what the store says, lets the pure
+//! decision (`reconcile`) say what to do, and does it. Runs execute on the engine, sharing one
+//! worker semaphore; their events reach the status files through `status_writer`. See
+//! docs/controller.md.
 
+pub mod folder;
 pub mod lock;
 pub mod observe;
 pub mod permissions;
+pub mod reconcile;
+pub mod status_writer;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indexmap::IndexMap;
 use notify::Watcher;
@@ -24,25 +30,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::launch::{self, PinnedPlan, Round};
-use crate::engine::{self, EngineError, EngineOptions, RunReport};
-use crate::schedule::Due;
+use crate::engine::{self, EngineError, EngineOptions, RunEvent, RunReport};
 use crate::spec::{OnSpecChange, Pinned};
 use crate::status::RunPhase;
-use crate::status::file::{status_path, write_atomic};
-use crate::store::{RunId, Store, StoreError};
+use crate::store::{PipelineRow, RunId, Store, StoreError};
 use crate::validate::Options;
 
-use observe::{Desired, Dirs, Folder};
+use folder::{Desired, Folder, FolderReader};
 use permissions::Trust;
+use reconcile::{Action, ActiveRun, LatestRun, Observed, Why};
+use status_writer::StatusWriter;
 
 /// Quiet time after a folder event before reconciling.
 pub const DEBOUNCE: Duration = Duration::from_millis(10);
-/// How long a file that is being written (modified, not yet closed) is left alone at most.
-pub const WRITE_QUIET: Duration = Duration::from_secs(2);
-/// When a file fails to parse, it is read again after this before it is reported Invalid.
-pub const PARSE_RETRY: Duration = Duration::from_millis(300);
-/// How often status files of running pipelines are refreshed.
-pub const STATUS_FLUSH: Duration = Duration::from_millis(100);
 
 /// What the controller needs.
 #[derive(Debug, Clone)]
@@ -135,6 +135,8 @@ struct Active {
 }
 
 type RunDone = (String, RunId, Result<RunReport, EngineError>);
+/// A progress event of a run, with its pipeline.
+type Progress = (String, RunId, RunEvent);
 
 /// The reconcile actor.
 struct Controller {
@@ -147,16 +149,10 @@ struct Controller {
     runs: JoinSet<RunDone>,
     /// The outbox delivery pass, when one is under way.
     deliveries: JoinSet<()>,
-    folder: Folder,
-    /// Files modified and not yet closed, with the time of the last event.
-    writing: HashMap<PathBuf, Instant>,
-    /// Sources whose parse failure is being retried, with when it was first seen.
-    parse_failures: HashMap<String, Instant>,
+    /// The manifests folder, with what was last read of it.
+    reader: FolderReader,
     reported_invalid: HashMap<String, String>,
-    /// Who may own a manifest that is run.
-    trust: Trust,
     recovered: bool,
-    options: Options,
     /// What the store was last told of each pipeline: (spec hash, source, generation), so that
     /// an unchanged pipeline costs no write per pass.
     observed: HashMap<String, (String, String, i64)>,
@@ -164,39 +160,10 @@ struct Controller {
     settled: HashMap<String, i64>,
     /// Pipelines whose status file may be stale.
     dirty: HashSet<String>,
-    /// Each manifest file's parse, by (size, mtime, mtime ns, inode).
-    parsed: HashMap<PathBuf, (FileStamp, Folder)>,
-    /// What each status file was last written from, and its text.
-    written: HashMap<String, (StatusKey, String)>,
+    status: StatusWriter,
+    /// Where the engine's progress events of every run arrive.
+    progress: mpsc::UnboundedSender<Progress>,
 }
-
-/// The inputs of a status file that can change while its pipeline is not running.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct StatusKey {
-    generation: Option<i64>,
-    run: Option<(RunId, String, Option<String>)>,
-    invalid: Option<String>,
-}
-
-/// The key of a status document just built.
-fn status_key(doc: &crate::status::file::PipelineStatusDoc) -> StatusKey {
-    let invalid = doc
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.kind == "Valid" && c.status == "False")
-        .map(|c| c.message.clone());
-    StatusKey {
-        generation: Some(doc.metadata.generation).filter(|g| *g > 0),
-        run: doc
-            .status
-            .run_id
-            .map(|id| (id, doc.status.phase.clone(), doc.status.finished_at.clone())),
-        invalid,
-    }
-}
-
-type FileStamp = (u64, i64, i64, u64);
 
 /// Runs the controller until `cancel` (or, with `once`, until every run is terminal).
 /// Returns true when every pipeline's current run succeeded and no manifest is invalid.
@@ -253,16 +220,24 @@ pub async fn run(
         workers,
     });
     let security = crate::validate::SecurityPolicy::from_config(&opts.config.security);
+    let options = Options {
+        security,
+        ..Options::default()
+    };
+    let (progress, mut progress_rx) = mpsc::unbounded_channel::<Progress>();
     let mut c = Controller {
+        reader: FolderReader::new(opts.manifests_dir.clone(), options, trust),
+        status: StatusWriter::new(
+            opts.manifests_dir.clone(),
+            opts.state_dir.clone(),
+            events.clone(),
+        ),
+        progress,
         engine: EngineOptions {
             state_dir: opts.state_dir.clone(),
             workers: Arc::new(Semaphore::new(workers)),
             shutdown_grace: opts.config.shutdown_grace.as_std(),
             plugin_dirs: opts.config.plugin_dirs.clone(),
-        },
-        options: Options {
-            security,
-            ..Options::default()
         },
         opts,
         store,
@@ -271,23 +246,16 @@ pub async fn run(
         active: HashMap::new(),
         runs: JoinSet::new(),
         deliveries: JoinSet::new(),
-        folder: Folder::default(),
-        writing: HashMap::new(),
-        parse_failures: HashMap::new(),
         reported_invalid: HashMap::new(),
-        trust,
         recovered: false,
         observed: HashMap::new(),
         settled: HashMap::new(),
         dirty: HashSet::new(),
-        parsed: HashMap::new(),
-        written: HashMap::new(),
     };
     let mut full_pass = true;
 
     let mut next_reconcile: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     let mut resync_at = tokio::time::Instant::now() + resync;
-    let mut flush_at = tokio::time::Instant::now() + STATUS_FLUSH;
     let mut stopping = false;
     loop {
         if !stopping
@@ -324,7 +292,7 @@ pub async fn run(
                 match res {
                     // Reading the folder (our own readdir) shows up as an access: not a change.
                     Ok(event) if !relevant(&event) => continue,
-                    Ok(event) => c.note_event(&event),
+                    Ok(event) => c.reader.note_event(&event),
                     Err(e) => {
                         let _ = c.events.send(ControllerEvent::Warning(format!("watcher error ({e}); full rescan")));
                         full_pass = true;
@@ -343,13 +311,6 @@ pub async fn run(
                     c.deliver();
                 }
             }
-            _ = tokio::time::sleep_until(flush_at) => {
-                flush_at = tokio::time::Instant::now() + STATUS_FLUSH;
-                let running: Vec<String> = c.active.keys().cloned().collect();
-                for name in running {
-                    c.write_status(&name).await?;
-                }
-            }
             _ = cancel.cancelled(), if !stopping => {
                 // A restart or an upgrade, not a user's decision: the runs are interrupted, stay
                 // Running, and the next controller continues them (DESIGN 5).
@@ -360,6 +321,11 @@ pub async fn run(
                     let _ = c.events.send(ControllerEvent::Interrupting { pipeline: name.clone(), run: a.run });
                 }
             }
+            // Last, so that a stream of events never holds up the branches above.
+            _ = sleep_until_opt(c.status.flush_at()), if c.status.flush_at().is_some() => {
+                c.status.flush(&c.store, c.reader.folder()).await?;
+            }
+            Some((name, run, event)) = progress_rx.recv() => c.status.apply(&name, run, &event),
         }
     }
     drop(watcher);
@@ -389,13 +355,6 @@ fn relevant(event: &notify::Event) -> bool {
     }
 }
 
-/// Whether a file just created is a new name of a file that already has another (a hard link):
-/// its content was written before, it is not being written through this name.
-fn is_link_to_existing(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() > 1)
-}
-
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -404,41 +363,17 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 }
 
 impl Controller {
-    /// Tracks files being written: modified but not yet closed.
-    ///
-    /// A rename into place and a new hard link to an existing file (`ln`, or `apply` on a
-    /// filesystem without `RENAME_NOREPLACE`) are complete files: acted on at once.
-    fn note_event(&mut self, event: &notify::Event) {
-        use notify::EventKind;
-        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-        for path in &event.paths {
-            match event.kind {
-                EventKind::Create(CreateKind::File) if is_link_to_existing(path) => {
-                    self.writing.remove(path);
-                }
-                EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => {
-                    self.writing.insert(path.clone(), Instant::now());
-                }
-                EventKind::Access(AccessKind::Close(AccessMode::Write))
-                | EventKind::Modify(ModifyKind::Name(RenameMode::To))
-                | EventKind::Remove(_) => {
-                    self.writing.remove(path);
-                }
-                _ => {}
-            }
-        }
-    }
-
     /// True when nothing runs and every valid pipeline's current generation has a terminal run.
     fn is_settled(&self) -> bool {
-        self.active.is_empty() && self.parse_failures.is_empty()
+        self.active.is_empty() && !self.reader.retrying()
     }
 
     async fn all_succeeded(&self) -> Result<bool, StoreError> {
-        if !self.folder.invalid.is_empty() {
+        let folder = self.reader.folder();
+        if !folder.invalid.is_empty() {
             return Ok(false);
         }
-        for name in self.folder.desired.keys() {
+        for name in folder.desired.keys() {
             match self.store.latest_run(name).await? {
                 Some(r) if r.phase == RunPhase::Succeeded => {}
                 _ => return Ok(false),
@@ -447,118 +382,25 @@ impl Controller {
         Ok(true)
     }
 
-    /// Reads the folder, keeping the previous view of files still being written or failing to
-    /// parse for the first time, and binds names to files (the store's `bound` sources keep their
-    /// pipelines). Returns when to look again, if sooner than the resync.
-    fn read_folder(
-        &mut self,
-        bound: &HashMap<String, String>,
-    ) -> Result<(Folder, Option<Duration>), ControllerError> {
-        let dir = &self.opts.manifests_dir;
-        let files = match crate::validate::manifest_files(dir) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => {
-                return Err(ControllerError::Folder {
-                    path: dir.clone(),
-                    source,
-                });
-            }
-        };
-        let now = Instant::now();
-        self.writing
-            .retain(|_, t| now.duration_since(*t) < WRITE_QUIET);
-        let mut read: Vec<Folder> = Vec::with_capacity(files.len());
-        let mut requeue: Option<Duration> = None;
-        let previous = |source: &str, prev: &Folder| {
-            let mut kept = Folder::default();
-            for d in prev.desired.values().filter(|d| d.source == source) {
-                kept.desired.insert(d.name.clone(), d.clone());
-            }
-            for i in prev.invalid.iter().filter(|i| i.source == source) {
-                kept.invalid.push(i.clone());
-            }
-            kept
-        };
-        let mut seen_sources = HashSet::new();
-        for file in files {
-            let source = file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            seen_sources.insert(source.clone());
-            if let Some(t) = self.writing.get(&file) {
-                read.push(previous(&source, &self.folder));
-                let left = WRITE_QUIET.saturating_sub(now.duration_since(*t));
-                requeue = Some(requeue.map_or(left, |r| r.min(left)));
-                continue;
-            }
-            // Unchanged files (same size, mtime and inode) are not parsed again: a pass over a
-            // folder of thousands of manifests costs a stat each. Owner and mode are checked on
-            // every pass (a chmod does not change the mtime).
-            let meta = std::fs::symlink_metadata(&file).ok();
-            let stamp = meta.as_ref().map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                (m.len(), m.mtime(), m.mtime_nsec(), m.ino())
-            });
-            let one = match (stamp, self.parsed.get(&file)) {
-                (Some(st), Some((cached, entries))) if *cached == st => entries.clone(),
-                _ => {
-                    let mut one = Folder::default();
-                    observe::read_file(&file, &self.options, &mut one);
-                    if let Some(st) = stamp {
-                        self.parsed.insert(file.clone(), (st, one.clone()));
-                    }
-                    one
-                }
-            };
-            if let Some(Err(problem)) = meta.as_ref().map(|m| self.trust.check_manifest(m)) {
-                let insecure = permissions::InsecurePath {
-                    path: file.clone(),
-                    problem,
-                };
-                self.parse_failures.remove(&source);
-                read.push(observe::mark_insecure(one, &insecure, &file));
-                continue;
-            }
-            let syntax_failure = one.invalid.iter().any(|i| i.syntax);
-            if syntax_failure {
-                let first = *self.parse_failures.entry(source.clone()).or_insert(now);
-                if now.duration_since(first) < PARSE_RETRY {
-                    read.push(previous(&source, &self.folder));
-                    let left = PARSE_RETRY.saturating_sub(now.duration_since(first));
-                    requeue = Some(requeue.map_or(left, |r| r.min(left)));
-                    continue;
-                }
-            } else {
-                self.parse_failures.remove(&source);
-            }
-            read.push(one);
-        }
-        self.parse_failures.retain(|s, _| seen_sources.contains(s));
-        self.parsed.retain(|path, _| {
-            path.file_name()
-                .is_some_and(|n| seen_sources.contains(n.to_string_lossy().as_ref()))
-        });
-        Ok((observe::bind(read, bound), requeue))
-    }
-
-    /// One level-triggered pass. Returns when to come back early, if at all.
+    /// One level-triggered pass: reads the folder, records its specs (the store gives each its
+    /// generation), gathers what the store says, and does what `reconcile::decide` says. Returns
+    /// when to come back early, if at all.
     async fn reconcile(&mut self, full: bool) -> Result<Option<Duration>, ControllerError> {
-        let rows: HashMap<String, crate::store::PipelineRow> = self
+        let rows: HashMap<String, PipelineRow> = self
             .store
             .pipelines()
             .await?
             .into_iter()
             .map(|r| (r.name.clone(), r))
             .collect();
-        let bound: HashMap<String, String> = rows
-            .values()
-            .filter(|r| !r.deleted)
-            .map(|r| (r.name.clone(), r.source.clone()))
-            .collect();
-        let (folder, mut requeue) = self.read_folder(&bound)?;
-        self.folder = folder;
+        let bound = folder::bound_sources(rows.values());
+        let snapshot = self
+            .reader
+            .read(&bound)
+            .map_err(|source| ControllerError::Folder {
+                path: self.opts.manifests_dir.clone(),
+                source,
+            })?;
 
         if !self.recovered {
             self.recovered = true;
@@ -572,8 +414,54 @@ impl Controller {
             self.deliver();
         }
 
-        let desired: Vec<Desired> = self.folder.desired.values().cloned().collect();
-        for d in &desired {
+        let generations = self.record_specs(&snapshot.folder, &rows).await?;
+        let latest = self
+            .latest_runs(&snapshot.folder, &rows, &generations)
+            .await?;
+        let observed = Observed {
+            rows,
+            generations,
+            latest,
+            active: self
+                .active
+                .iter()
+                .map(|(name, a)| {
+                    let run = ActiveRun {
+                        run: a.run,
+                        generation: a.generation,
+                        cancelling: a.cancelling,
+                    };
+                    (name.clone(), run)
+                })
+                .collect(),
+            reported_invalid: std::mem::take(&mut self.reported_invalid),
+        };
+        let decision = reconcile::decide(&snapshot, &observed, chrono::Utc::now());
+        self.reported_invalid = reconcile::invalid_sources(&snapshot.folder);
+        for action in decision.actions {
+            self.act(action, &snapshot.folder).await?;
+        }
+
+        if full {
+            self.write_all_statuses().await?;
+        } else {
+            let dirty: Vec<String> = self.dirty.drain().collect();
+            for name in dirty {
+                self.write_status(&name).await?;
+            }
+        }
+        Ok(decision.requeue)
+    }
+
+    /// Tells the store each pipeline of the folder (it counts generations); an unchanged pipeline
+    /// costs no write. Returns each one's current generation.
+    async fn record_specs(
+        &mut self,
+        folder: &Folder,
+        rows: &HashMap<String, PipelineRow>,
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        let mut generations = HashMap::new();
+        for d in folder.desired.values() {
             let known = self
                 .observed
                 .get(&d.name)
@@ -593,164 +481,111 @@ impl Controller {
                     g
                 }
             };
-            if self.active.contains_key(&d.name) {
-                // A tick while the pipeline runs becomes one queued rerun.
-                let (due, wait) = self.schedule_due(d).await?;
-                if due {
-                    self.store.request_rerun(&d.name).await?;
+            generations.insert(d.name.clone(), generation);
+        }
+        Ok(generations)
+    }
+
+    /// The latest run of the current generation of each pipeline not running here, except those
+    /// already known to have a terminal one and with nothing asking for another (no rerun
+    /// request, no schedule): those cost no query.
+    async fn latest_runs(
+        &mut self,
+        folder: &Folder,
+        rows: &HashMap<String, PipelineRow>,
+        generations: &HashMap<String, i64>,
+    ) -> Result<HashMap<String, LatestRun>, StoreError> {
+        let mut latest = HashMap::new();
+        for d in folder.desired.values() {
+            let Some(&generation) = generations.get(&d.name) else {
+                continue;
+            };
+            let rerun_requested = rows.get(&d.name).is_some_and(|r| r.rerun_requested);
+            if self.active.contains_key(&d.name)
+                || (self.settled.get(&d.name) == Some(&generation)
+                    && !rerun_requested
+                    && d.manifest.spec.schedule.is_none())
+            {
+                continue;
+            }
+            let run = self
+                .store
+                .latest_run_of_generation(&d.name, generation)
+                .await?;
+            let seen = match run {
+                None => LatestRun::None,
+                Some(r) if !r.phase.is_terminal() => LatestRun::Unfinished,
+                Some(_) => {
+                    self.settled.insert(d.name.clone(), generation);
+                    LatestRun::Terminal
                 }
-                if let Some(wait) = wait {
-                    requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+            };
+            latest.insert(d.name.clone(), seen);
+        }
+        Ok(latest)
+    }
+
+    /// Carries out one action of the decision.
+    async fn act(&mut self, action: Action, folder: &Folder) -> Result<(), StoreError> {
+        match action {
+            Action::Launch {
+                pipeline,
+                generation,
+                why,
+            } => {
+                let Some(d) = folder.desired.get(&pipeline) else {
+                    return Ok(());
+                };
+                match why {
+                    Why::RerunRequested { or_tick } => {
+                        if self.store.take_rerun(&pipeline).await? {
+                            self.launch(d, generation, why.as_str()).await?;
+                        } else if or_tick {
+                            self.launch(d, generation, Why::Schedule.as_str()).await?;
+                        }
+                    }
+                    Why::NewGeneration | Why::Schedule => {
+                        self.launch(d, generation, why.as_str()).await?;
+                    }
                 }
             }
-            if let Some(a) = self.active.get_mut(&d.name) {
-                if a.generation < generation
-                    && d.manifest.spec.on_spec_change == OnSpecChange::Replace
+            Action::Cancel { pipeline, run, why } => {
+                if let Some(a) = self.active.get_mut(&pipeline)
+                    && a.run == run
                     && !a.cancelling
                 {
                     a.cancel.cancel();
                     a.cancelling = true;
-                    let _ = self.events.send(ControllerEvent::Cancelling {
-                        pipeline: d.name.clone(),
-                        run: a.run,
-                        why: "replaced by a new generation",
-                    });
-                }
-                continue;
-            }
-            let rerun_requested = rows.get(&d.name).is_some_and(|r| r.rerun_requested);
-            if self.settled.get(&d.name) == Some(&generation)
-                && !rerun_requested
-                && d.manifest.spec.schedule.is_none()
-            {
-                continue;
-            }
-            let latest = self
-                .store
-                .latest_run_of_generation(&d.name, generation)
-                .await?;
-            let tick = self.schedule_due(d).await?;
-            if let Some(wait) = tick.1 {
-                requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
-            }
-            match latest {
-                None => self.launch(d, generation, "new generation").await?,
-                Some(r) if !r.phase.is_terminal() => {
-                    // Left running by another process; the foreground `run` owning it goes on.
-                }
-                Some(_) => {
-                    self.settled.insert(d.name.clone(), generation);
-                    if rerun_requested && self.store.take_rerun(&d.name).await? {
-                        self.launch(d, generation, "rerun requested").await?;
-                    } else if tick.0 {
-                        self.launch(d, generation, "schedule").await?;
-                    }
+                    let _ = self
+                        .events
+                        .send(ControllerEvent::Cancelling { pipeline, run, why });
                 }
             }
-        }
-
-        // Pipelines whose manifest is gone.
-        let named_invalid: HashSet<String> = self
-            .folder
-            .invalid
-            .iter()
-            .filter_map(|i| i.name.clone())
-            .collect();
-        for row in rows.values() {
-            if row.deleted
-                || self.folder.desired.contains_key(&row.name)
-                || named_invalid.contains(&row.name)
-            {
-                continue;
+            Action::RequestRerun { pipeline } => {
+                self.store.request_rerun(&pipeline).await?;
             }
-            if let Some(a) = self.active.get_mut(&row.name)
-                && !a.cancelling
-            {
-                a.cancel.cancel();
-                a.cancelling = true;
-                let _ = self.events.send(ControllerEvent::Cancelling {
-                    pipeline: row.name.clone(),
-                    run: a.run,
-                    why: "manifest deleted",
-                });
+            Action::RememberTick { pipeline, tick } => {
+                let at = time::OffsetDateTime::from_unix_timestamp(tick.and_utc().timestamp())
+                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+                self.store.set_last_tick(&pipeline, at).await?;
             }
-            self.store.mark_pipeline_deleted(&row.name).await?;
-            self.observed.remove(&row.name);
-            self.settled.remove(&row.name);
-            let _ = std::fs::remove_file(status_path(&self.opts.manifests_dir, &row.name));
-            let _ = self.events.send(ControllerEvent::Deleted {
-                pipeline: row.name.clone(),
-            });
-        }
-
-        // Invalid manifests: reported once per change.
-        let mut now_invalid = HashMap::new();
-        for i in &self.folder.invalid {
-            now_invalid.insert(i.source.clone(), i.message.clone());
-            if self.reported_invalid.get(&i.source) != Some(&i.message) {
-                if let Some(n) = &i.name {
-                    self.dirty.insert(n.clone());
-                }
-                let _ = self.events.send(ControllerEvent::Invalid {
-                    source: i.source.clone(),
-                    message: i.message.clone(),
-                });
+            Action::MarkDeleted { pipeline } => {
+                self.store.mark_pipeline_deleted(&pipeline).await?;
+                self.observed.remove(&pipeline);
+                self.settled.remove(&pipeline);
+                self.status.remove(&pipeline);
+                let _ = self.events.send(ControllerEvent::Deleted { pipeline });
+            }
+            Action::ReportInvalid { source, message } => {
+                let _ = self
+                    .events
+                    .send(ControllerEvent::Invalid { source, message });
+            }
+            Action::WriteStatus { pipeline } => {
+                self.dirty.insert(pipeline);
             }
         }
-        // Fixed manifests: their status must drop the Invalid phase.
-        for source in self.reported_invalid.keys() {
-            if !now_invalid.contains_key(source) {
-                for d in self.folder.desired.values().filter(|d| &d.source == source) {
-                    self.dirty.insert(d.name.clone());
-                }
-            }
-        }
-        self.reported_invalid = now_invalid;
-
-        if full {
-            self.write_all_statuses().await?;
-        } else {
-            let dirty: Vec<String> = self.dirty.drain().collect();
-            for name in dirty {
-                self.write_status(&name).await?;
-            }
-        }
-        Ok(requeue)
-    }
-
-    /// Whether a schedule tick is due now, and how long until the next one.
-    async fn schedule_due(&mut self, d: &Desired) -> Result<(bool, Option<Duration>), StoreError> {
-        let Some(text) = &d.manifest.spec.schedule else {
-            return Ok((false, None));
-        };
-        let Ok(schedule) = crate::schedule::Schedule::parse(text) else {
-            return Ok((false, None));
-        };
-        let now = chrono::Utc::now();
-        let row = self.store.pipeline(&d.name).await?;
-        // The store keeps the last tick as the wall-clock time it was in the schedule's zone
-        // (labelled UTC): ticks are compared as wall-clock times (see `schedule`).
-        let last_tick = row.and_then(|r| r.last_tick).and_then(|t| {
-            chrono::DateTime::from_timestamp(t.unix_timestamp(), 0).map(|at| at.naive_utc())
-        });
-        let wait = schedule.next_tick(now).map(|(_, at)| {
-            (at - now).to_std().unwrap_or(Duration::from_secs(1)) + Duration::from_millis(5)
-        });
-        let stored = |tick: chrono::NaiveDateTime| {
-            time::OffsetDateTime::from_unix_timestamp(tick.and_utc().timestamp())
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-        };
-        match schedule.due(last_tick, now) {
-            Due::Remember(tick) => {
-                self.store.set_last_tick(&d.name, stored(tick)).await?;
-                Ok((false, wait))
-            }
-            Due::Run(tick) => {
-                self.store.set_last_tick(&d.name, stored(tick)).await?;
-                Ok((true, wait))
-            }
-            Due::Nothing => Ok((false, wait)),
-        }
+        Ok(())
     }
 
     /// Runs left Running by a controller that stopped or died: recovered and continued (only what
@@ -765,7 +600,7 @@ impl Controller {
             }
             let continues = if self.active.contains_key(&run.pipeline) {
                 false
-            } else if let Some(d) = self.folder.desired.get(&run.pipeline) {
+            } else if let Some(d) = self.reader.folder().desired.get(&run.pipeline) {
                 let generation = self
                     .store
                     .observe_pipeline(&d.name, &d.spec_hash, &d.source)
@@ -774,7 +609,7 @@ impl Controller {
                     || d.manifest.spec.on_spec_change == OnSpecChange::Queue
             } else {
                 // An invalid edit does not stop a run of an earlier valid generation.
-                self.folder.invalid_named(&run.pipeline).is_some()
+                self.reader.folder().invalid_named(&run.pipeline).is_some()
             };
             let pinned = Pinned::from_json(&run.spec_json).ok();
             let plan = pinned.as_ref().and_then(|p| p.plan().ok());
@@ -859,15 +694,26 @@ impl Controller {
                 interrupt: stop.interrupt.clone(),
             },
         );
+        let jobs = plan.jobs.iter().map(|j| j.id.clone()).collect();
+        self.status.run_started(&name, run, jobs);
         let store = self.store.clone();
         let options = self.engine.clone();
         let stop = engine::Stop {
             kill_now: self.kill_now.clone(),
             ..stop
         };
+        // The run's events, labelled with its pipeline, reach the status writer through a task
+        // of their own (it ends when the engine drops its sender): the run's task neither polls
+        // the engine again per event nor waits for the forwarding to end.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let progress = self.progress.clone();
+        let pipeline = name.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let _ = progress.send((pipeline.clone(), run, event));
+            }
+        });
         self.runs.spawn(async move {
-            // Progress reaches the status file through the periodic flush.
-            let (tx, _rx) = mpsc::unbounded_channel();
             let result = engine::execute(&store, Arc::new(plan), request, &options, tx, stop).await;
             (name, run, result)
         });
@@ -880,6 +726,7 @@ impl Controller {
         result: Result<RunReport, EngineError>,
     ) -> Result<(), ControllerError> {
         self.active.remove(name);
+        self.status.run_ended(name);
         crate::failpoint::hit("run-committed");
         // An interrupted run has not ended: its notifications wait for its end.
         let ended = result.as_ref().is_ok_and(|r| r.phase.is_terminal());
@@ -936,97 +783,22 @@ impl Controller {
         });
     }
 
-    /// Every pipeline's status file, skipping (cheaply) those whose run, generation and validity
-    /// are what was last written and whose file still holds that text.
+    /// Every pipeline's status file (see `StatusWriter::write_all`).
     async fn write_all_statuses(&mut self) -> Result<(), StoreError> {
-        let mut names: Vec<String> = self.folder.desired.keys().cloned().collect();
-        let named_invalid: HashSet<&String> = self
-            .folder
-            .invalid
+        let generations: HashMap<String, i64> = self
+            .observed
             .iter()
-            .filter_map(|i| i.name.as_ref())
+            .map(|(name, (_, _, g))| (name.clone(), *g))
             .collect();
-        for n in named_invalid {
-            if !self.folder.desired.contains_key(n) {
-                names.push(n.clone());
-            }
-        }
-        let latest: HashMap<String, crate::store::RunRow> = self
-            .store
-            .latest_runs()
-            .await?
-            .into_iter()
-            .map(|r| (r.pipeline.clone(), r))
-            .collect();
-        for name in names {
-            if !self.active.contains_key(&name)
-                && let Some((key, text)) = self.written.get(&name)
-                && *key == self.cheap_key(&name, latest.get(&name))
-                && std::fs::read_to_string(status_path(&self.opts.manifests_dir, &name))
-                    .ok()
-                    .as_deref()
-                    == Some(text.as_str())
-            {
-                continue;
-            }
-            self.write_status(&name).await?;
-        }
-        Ok(())
+        self.status
+            .write_all(&self.store, self.reader.folder(), &generations)
+            .await
     }
 
-    /// What decides a pipeline's status besides its run's jobs (which only change while it runs).
-    fn cheap_key(&self, name: &str, run: Option<&crate::store::RunRow>) -> StatusKey {
-        let invalid = self.folder.invalid_named(name).map(|i| i.message.clone());
-        StatusKey {
-            generation: self.observed.get(name).map(|(_, _, g)| *g),
-            run: run.map(|r| {
-                (
-                    r.id,
-                    r.phase.to_string(),
-                    r.finished_at.map(crate::status::format_time),
-                )
-            }),
-            invalid,
-        }
-    }
-
-    /// Rewrites the status file when its content differs from what the store says (so a file
-    /// deleted or edited behind the controller's back is restored).
     async fn write_status(&mut self, name: &str) -> Result<(), StoreError> {
-        let (source, invalid) = match self.folder.desired.get(name) {
-            Some(d) => (d.source.clone(), None),
-            None => match self.folder.invalid_named(name) {
-                Some(i) => (i.source.clone(), Some(i.clone())),
-                None => return Ok(()),
-            },
-        };
-        let row = self.store.pipeline(name).await?;
-        let dirs = Dirs {
-            state: &self.opts.state_dir,
-            manifests: &self.opts.manifests_dir,
-        };
-        let doc = observe::pipeline_status(
-            &self.store,
-            dirs,
-            name,
-            &source,
-            row.as_ref(),
-            invalid.as_ref(),
-        )
-        .await?;
-        let text = doc.to_yaml();
-        let path = status_path(&self.opts.manifests_dir, name);
-        self.written
-            .insert(name.to_owned(), (status_key(&doc), text.clone()));
-        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str())
-            && let Err(e) = write_atomic(&path, &text)
-        {
-            let _ = self.events.send(ControllerEvent::Warning(format!(
-                "cannot write {}: {e}",
-                path.display()
-            )));
-        }
-        Ok(())
+        self.status
+            .write(&self.store, self.reader.folder(), name)
+            .await
     }
 }
 

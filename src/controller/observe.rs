@@ -1,292 +1,21 @@
-//! Reading the manifests folder (desired state) and building each pipeline's status from the
-//! store (observed state). Pure of side effects, so `executioner status` and `wait` can use it
-//! while no controller runs. Deciding which file holds a pipeline name (`bind`) lives here; whether
-//! a file may be trusted at all is `permissions`' question. Status times come from stored times
-//! only, so two reads of an unchanged state agree.
+//! Building each pipeline's status document from the store (observed state) and what the folder
+//! says (read by `folder`). Pure of side effects, so `executioner status` and `wait` can use it
+//! while no controller runs. Status times come from stored times only, so two reads of an
+//! unchanged state agree. Writing the files is `status_writer`'s job.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 
-use crate::spec::{LoadError, Manifest};
 use crate::status::file::{
     Condition, JobStatus, PipelineStatus, PipelineStatusDoc, Progress, StatusMetadata,
 };
 use crate::status::{JobPhase, format_time};
 use crate::store::{PipelineRow, RunRow, Store, StoreError};
-use crate::validate::{self, Options, Severity};
+use crate::validate::Options;
 
-use super::permissions::{InsecurePath, Trust};
-
-/// A valid pipeline found in the folder.
-#[derive(Debug, Clone)]
-pub struct Desired {
-    pub name: String,
-    /// File name inside the manifests folder.
-    pub source: String,
-    pub manifest: Manifest,
-    pub spec_hash: String,
-    /// `FILE:LINE:COL` of its `metadata.name`, for the duplicate-name message.
-    pub name_at: String,
-}
-
-/// Why a manifest (or document) is not acted on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InvalidReason {
-    /// It does not parse or does not validate.
-    InvalidManifest,
-    /// Another file already holds its `metadata.name`.
-    DuplicateName,
-    /// Writable by group or others, or owned by an untrusted user (see `permissions`).
-    InsecurePermissions,
-}
-
-impl InvalidReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InvalidReason::InvalidManifest => "InvalidManifest",
-            InvalidReason::DuplicateName => "DuplicateName",
-            InvalidReason::InsecurePermissions => "InsecurePermissions",
-        }
-    }
-}
-
-/// A manifest (or document) that is not valid.
-#[derive(Debug, Clone)]
-pub struct Invalid {
-    /// The pipeline name if it could be read, else the file stem when it is a valid name. For a
-    /// `DuplicateName`, the name it wanted (the pipeline stays with the file it is bound to).
-    pub name: Option<String>,
-    pub source: String,
-    /// `FILE:LINE:COL: message` lines.
-    pub message: String,
-    /// True for syntax errors (possibly a file still being written).
-    pub syntax: bool,
-    pub reason: InvalidReason,
-}
-
-/// What the folder says.
-#[derive(Debug, Clone, Default)]
-pub struct Folder {
-    pub desired: BTreeMap<String, Desired>,
-    pub invalid: Vec<Invalid>,
-}
-
-impl Folder {
-    /// Why pipeline `name` is invalid, when no valid manifest holds it: the problem of the file
-    /// that holds (or would hold) the name, not of a newcomer refused as a duplicate.
-    pub fn invalid_named(&self, name: &str) -> Option<&Invalid> {
-        if self.desired.contains_key(name) {
-            return None;
-        }
-        let named = || {
-            self.invalid
-                .iter()
-                .filter(|i| i.name.as_deref() == Some(name))
-        };
-        named()
-            .find(|i| i.reason != InvalidReason::DuplicateName)
-            .or_else(|| named().next())
-    }
-
-    /// Newcomers refused because another file holds their name.
-    pub fn duplicates(&self) -> impl Iterator<Item = &Invalid> {
-        self.invalid
-            .iter()
-            .filter(|i| i.reason == InvalidReason::DuplicateName)
-    }
-}
-
-/// Reads every manifest file of the folder and binds names to files (see [`bind`]): the store's
-/// `bound` sources (name -> file name) keep their pipelines.
-pub fn read_folder(
-    dir: &Path,
-    options: &Options,
-    trust: &Trust,
-    bound: &HashMap<String, String>,
-) -> std::io::Result<Folder> {
-    let files = match validate::manifest_files(dir) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    let mut read = Vec::with_capacity(files.len());
-    for file in files {
-        let mut one = Folder::default();
-        read_file(&file, options, &mut one);
-        let one = match trust.check_manifest_path(&file) {
-            Ok(()) => one,
-            Err(insecure) => mark_insecure(one, &insecure, &file),
-        };
-        read.push(one);
-    }
-    Ok(bind(read, bound))
-}
-
-/// Merges what each file says (in file-name order) into one view, deciding who holds each name:
-/// the file the store has it bound to, while that file still declares it (even invalidly: a bad
-/// edit does not hand the pipeline to another file); otherwise the first file, by name, that
-/// declares it validly. Every other file declaring it is Invalid with reason `DuplicateName`.
-pub fn bind(files: Vec<Folder>, bound: &HashMap<String, String>) -> Folder {
-    let mut holder: HashMap<String, String> = HashMap::new();
-    for one in &files {
-        for d in one.desired.values() {
-            if bound.get(&d.name) == Some(&d.source) {
-                holder.insert(d.name.clone(), d.source.clone());
-            }
-        }
-        for i in &one.invalid {
-            if let Some(n) = &i.name
-                && i.reason != InvalidReason::DuplicateName
-                && bound.get(n) == Some(&i.source)
-            {
-                holder.entry(n.clone()).or_insert_with(|| i.source.clone());
-            }
-        }
-    }
-    for one in &files {
-        for d in one.desired.values() {
-            holder
-                .entry(d.name.clone())
-                .or_insert_with(|| d.source.clone());
-        }
-    }
-    let mut folder = Folder::default();
-    for one in files {
-        for (name, d) in one.desired {
-            let holds = holder.get(&name) == Some(&d.source);
-            if holds && !folder.desired.contains_key(&name) {
-                folder.desired.insert(name, d);
-            } else {
-                let by = holder.get(&name).cloned().unwrap_or_default();
-                folder.invalid.push(Invalid {
-                    name: Some(name.clone()),
-                    source: d.source.clone(),
-                    message: format!(
-                        "{}: pipeline name `{name}` is already used by {by} (DuplicateName)",
-                        d.name_at
-                    ),
-                    syntax: false,
-                    reason: InvalidReason::DuplicateName,
-                });
-            }
-        }
-        folder.invalid.extend(one.invalid);
-    }
-    folder
-}
-
-/// What a file that fails the permission check says: each of its documents Invalid with reason
-/// `InsecurePermissions` (names kept, so `status` shows the pipeline), nothing desired.
-pub fn mark_insecure(one: Folder, insecure: &InsecurePath, file: &Path) -> Folder {
-    let source = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut names: Vec<Option<String>> = one.desired.into_keys().map(Some).collect();
-    names.extend(one.invalid.into_iter().map(|i| i.name));
-    if names.is_empty() {
-        names.push(None);
-    }
-    names.dedup();
-    let message = insecure.to_string();
-    Folder {
-        desired: BTreeMap::new(),
-        invalid: names
-            .into_iter()
-            .map(|name| Invalid {
-                name,
-                source: source.clone(),
-                message: message.clone(),
-                syntax: false,
-                reason: InvalidReason::InsecurePermissions,
-            })
-            .collect(),
-    }
-}
-
-/// Reads one manifest file into `folder` (a name used twice within the file: the later document
-/// is Invalid with reason `DuplicateName`).
-pub fn read_file(file: &Path, options: &Options, folder: &mut Folder) {
-    let source = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem_name = file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .filter(|s| crate::spec::PipelineName::parse(s).is_ok())
-        .map(str::to_owned);
-    let docs = match crate::spec::read_file(file) {
-        Ok(docs) => docs,
-        Err(e) => {
-            let syntax = matches!(e, LoadError::Syntax { .. });
-            folder.invalid.push(Invalid {
-                name: stem_name,
-                source,
-                message: e.to_string(),
-                syntax,
-                reason: InvalidReason::InvalidManifest,
-            });
-            return;
-        }
-    };
-    for doc in &docs {
-        let name_guess = doc
-            .value
-            .pointer("/metadata/name")
-            .and_then(|v| v.as_str())
-            .filter(|s| crate::spec::PipelineName::parse(s).is_ok())
-            .map(str::to_owned)
-            .or_else(|| stem_name.clone());
-        match validate::validate_doc(doc, options) {
-            Ok(valid) => {
-                let name = valid.manifest.metadata.name.to_string();
-                let name_at = format!("{}:{}", file.display(), doc.pos_of("/metadata/name"));
-                if let Some(first) = folder.desired.get(&name) {
-                    folder.invalid.push(Invalid {
-                        name: Some(name.clone()),
-                        source: source.clone(),
-                        message: format!(
-                            "{name_at}: pipeline name `{name}` is already used by {} (DuplicateName)",
-                            first.source
-                        ),
-                        syntax: false,
-                        reason: InvalidReason::DuplicateName,
-                    });
-                    continue;
-                }
-                let spec_hash = crate::spec::spec_hash(&valid.manifest);
-                folder.desired.insert(
-                    name.clone(),
-                    Desired {
-                        name,
-                        source: source.clone(),
-                        manifest: valid.manifest,
-                        spec_hash,
-                        name_at,
-                    },
-                );
-            }
-            Err(diagnostics) => {
-                let message = diagnostics
-                    .iter()
-                    .filter(|d| d.severity == Severity::Error)
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                folder.invalid.push(Invalid {
-                    name: name_guess,
-                    source: source.clone(),
-                    message,
-                    syntax: false,
-                    reason: InvalidReason::InvalidManifest,
-                });
-            }
-        }
-    }
-}
+use super::folder::{Invalid, InvalidReason, bound_sources, read_folder};
+use super::permissions::Trust;
 
 /// Position-free first line of an invalid manifest's message.
 pub fn first_line(message: &str) -> &str {
@@ -332,14 +61,7 @@ pub async fn pipeline_status(
     };
     let mut job_map = IndexMap::new();
     for j in &jobs {
-        match j.phase {
-            JobPhase::Succeeded => progress.succeeded += 1,
-            JobPhase::Failed | JobPhase::Lost => progress.failed += 1,
-            JobPhase::Running | JobPhase::Waiting => progress.running += 1,
-            JobPhase::Pending | JobPhase::Interrupted => progress.pending += 1,
-            JobPhase::Skipped => progress.skipped += 1,
-            JobPhase::Cancelled => progress.cancelled += 1,
-        }
+        count_job(&mut progress, j.phase);
         let log: Option<PathBuf> = run
             .as_ref()
             .map(|r| crate::state_dir::job_log_path(dirs.state, &r.pipeline, r.id, &j.job_id));
@@ -438,6 +160,18 @@ pub async fn pipeline_status(
     })
 }
 
+/// Counts one job of a run in its progress.
+pub fn count_job(progress: &mut Progress, phase: JobPhase) {
+    match phase {
+        JobPhase::Succeeded => progress.succeeded += 1,
+        JobPhase::Failed | JobPhase::Lost => progress.failed += 1,
+        JobPhase::Running | JobPhase::Waiting => progress.running += 1,
+        JobPhase::Pending | JobPhase::Interrupted => progress.pending += 1,
+        JobPhase::Skipped => progress.skipped += 1,
+        JobPhase::Cancelled => progress.cancelled += 1,
+    }
+}
+
 /// The phase `status` shows for a run whose process is gone.
 pub const INTERRUPTED: &str = "Interrupted";
 
@@ -484,14 +218,6 @@ fn invalid_doc(manifests_dir: &Path, name: &str, invalid: &Invalid) -> PipelineS
             jobs: IndexMap::new(),
         },
     }
-}
-
-/// The sources the store has each (not deleted) pipeline bound to.
-pub fn bound_sources(rows: &[PipelineRow]) -> HashMap<String, String> {
-    rows.iter()
-        .filter(|r| !r.deleted)
-        .map(|r| (r.name.clone(), r.source.clone()))
-        .collect()
 }
 
 /// Every pipeline's status, as `executioner status` shows it: the folder's manifests against the
@@ -568,52 +294,4 @@ pub async fn snapshot(
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn read(dir: &Path, files: &[(&str, &str)], bound: &[(&str, &str)]) -> Folder {
-        for (file, name) in files {
-            std::fs::write(
-                dir.join(file),
-                format!(
-                    "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n  jobs:\n    - {{id: a, command: \"true\"}}\n"
-                ),
-            )
-            .unwrap();
-        }
-        let bound = bound
-            .iter()
-            .map(|(n, s)| ((*n).to_owned(), (*s).to_owned()))
-            .collect();
-        let trust = Trust::from_config(&crate::config::SecurityConfig::default()).unwrap();
-        read_folder(dir, &Options::default(), &trust, &bound).unwrap()
-    }
-
-    #[test]
-    fn a_bound_name_stays_with_its_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let files = [("a.yaml", "shared"), ("b.yaml", "shared")];
-        // Unbound: the first file by name takes it.
-        let folder = read(tmp.path(), &files, &[]);
-        assert_eq!(folder.desired["shared"].source, "a.yaml");
-        // Bound to b.yaml: a newcomer sorting first does not take it.
-        let folder = read(tmp.path(), &files, &[("shared", "b.yaml")]);
-        assert_eq!(folder.desired["shared"].source, "b.yaml");
-        let dup: Vec<&Invalid> = folder.duplicates().collect();
-        assert_eq!(dup.len(), 1);
-        assert_eq!(dup[0].source, "a.yaml");
-        assert_eq!(dup[0].name.as_deref(), Some("shared"));
-        assert!(dup[0].message.contains("a.yaml:4:"), "{}", dup[0].message);
-        assert!(folder.invalid_named("shared").is_none());
-        // The bound file broken: the pipeline is Invalid, not handed to the other file.
-        std::fs::write(tmp.path().join("b.yaml"), "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata:\n  name: shared\nspec:\n  jobs: []\n  bogus: 1\n").unwrap();
-        let folder = read(tmp.path(), &[("a.yaml", "shared")], &[("shared", "b.yaml")]);
-        assert!(!folder.desired.contains_key("shared"));
-        let invalid = folder.invalid_named("shared").unwrap();
-        assert_eq!(invalid.source, "b.yaml");
-        assert_eq!(invalid.reason, InvalidReason::InvalidManifest);
-    }
 }

@@ -1,0 +1,640 @@
+//! The reconcile decision: a pure function of what the folder says, what the store and this
+//! controller's runs say, and the time, returning the actions to take and when to look again (as
+//! kube-runtime's `reconcile` returns an `Action`). It reads nothing and writes nothing: the actor
+//! in `mod.rs` gathers the [`Observed`] state, calls [`decide`] and carries the actions out in
+//! order. Recovery at start and what a run's end does are the actor's, not decided here.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+use crate::schedule::{Due, Schedule};
+use crate::spec::OnSpecChange;
+use crate::store::{PipelineRow, RunId};
+
+use super::folder::{Desired, Folder, Snapshot};
+
+/// What the store and this controller say, gathered by the actor before deciding.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The store's pipeline rows as they were at the start of the pass, by name.
+    pub rows: HashMap<String, PipelineRow>,
+    /// The current generation of each pipeline of the folder (recorded in the store by the actor).
+    pub generations: HashMap<String, i64>,
+    /// The latest run of the current generation of each pipeline of the folder that this
+    /// controller does not run.
+    pub latest: HashMap<String, LatestRun>,
+    /// The runs of this controller, by pipeline.
+    pub active: HashMap<String, ActiveRun>,
+    /// The invalid manifests last reported (source -> message).
+    pub reported_invalid: HashMap<String, String>,
+}
+
+/// The latest run of a pipeline's current generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatestRun {
+    /// No run of this generation yet.
+    None,
+    /// Not ended, and not run here: left by another process (the foreground `run` owning it goes on).
+    Unfinished,
+    Terminal,
+}
+
+/// A run of this controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveRun {
+    pub run: RunId,
+    pub generation: i64,
+    /// Its cancellation was already asked for.
+    pub cancelling: bool,
+}
+
+/// Why a run is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    NewGeneration,
+    /// A rerun was requested: taken from the store first (another reader may have taken it);
+    /// when it is gone, the run starts for the schedule's tick if `or_tick`.
+    RerunRequested {
+        or_tick: bool,
+    },
+    Schedule,
+}
+
+impl Why {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::NewGeneration => "new generation",
+            Why::RerunRequested { .. } => "rerun requested",
+            Why::Schedule => "schedule",
+        }
+    }
+}
+
+/// One thing to do, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Launch {
+        pipeline: String,
+        generation: i64,
+        why: Why,
+    },
+    Cancel {
+        pipeline: String,
+        run: RunId,
+        why: &'static str,
+    },
+    /// A schedule tick while the pipeline runs: one queued rerun.
+    RequestRerun { pipeline: String },
+    /// The schedule's tick seen (due or remembered at first sight), as the store keeps it.
+    RememberTick {
+        pipeline: String,
+        tick: NaiveDateTime,
+    },
+    /// Its manifest is gone: the pipeline is deleted and its status file removed.
+    MarkDeleted { pipeline: String },
+    /// A manifest newly invalid (or with a new problem): reported once per change.
+    ReportInvalid { source: String, message: String },
+    /// The status file may be stale.
+    WriteStatus { pipeline: String },
+}
+
+/// What one pass decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    /// When to come back early (a tick, a file being written, a parse retry), if at all.
+    pub requeue: Option<Duration>,
+}
+
+impl Decision {
+    fn requeue_within(&mut self, after: Option<Duration>) {
+        if let Some(after) = after {
+            self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
+        }
+    }
+}
+
+/// Decides one level-triggered pass.
+pub fn decide(folder: &Snapshot, observed: &Observed, now: DateTime<Utc>) -> Decision {
+    let mut out = Decision::default();
+    out.requeue_within(folder.retry_in);
+    let folder = &folder.folder;
+    for d in folder.desired.values() {
+        let Some(&generation) = observed.generations.get(&d.name) else {
+            continue;
+        };
+        let row = observed.rows.get(&d.name);
+        let (tick, wait) = schedule_tick(d, row, now);
+        if let Some(a) = observed.active.get(&d.name) {
+            if let Some((tick, due)) = tick {
+                out.actions.push(Action::RememberTick {
+                    pipeline: d.name.clone(),
+                    tick,
+                });
+                if due {
+                    out.actions.push(Action::RequestRerun {
+                        pipeline: d.name.clone(),
+                    });
+                }
+            }
+            out.requeue_within(wait);
+            if a.generation < generation
+                && d.manifest.spec.on_spec_change == OnSpecChange::Replace
+                && !a.cancelling
+            {
+                out.actions.push(Action::Cancel {
+                    pipeline: d.name.clone(),
+                    run: a.run,
+                    why: "replaced by a new generation",
+                });
+            }
+            continue;
+        }
+        let Some(&latest) = observed.latest.get(&d.name) else {
+            continue;
+        };
+        if let Some((tick, _)) = tick {
+            out.actions.push(Action::RememberTick {
+                pipeline: d.name.clone(),
+                tick,
+            });
+        }
+        out.requeue_within(wait);
+        let due = tick.is_some_and(|(_, due)| due);
+        let launch = |why| Action::Launch {
+            pipeline: d.name.clone(),
+            generation,
+            why,
+        };
+        match latest {
+            LatestRun::None => out.actions.push(launch(Why::NewGeneration)),
+            LatestRun::Unfinished => {}
+            LatestRun::Terminal if row.is_some_and(|r| r.rerun_requested) => {
+                out.actions
+                    .push(launch(Why::RerunRequested { or_tick: due }));
+            }
+            LatestRun::Terminal if due => out.actions.push(launch(Why::Schedule)),
+            LatestRun::Terminal => {}
+        }
+    }
+
+    // Pipelines whose manifest is gone.
+    let named_invalid: HashSet<&str> = folder
+        .invalid
+        .iter()
+        .filter_map(|i| i.name.as_deref())
+        .collect();
+    let mut rows: Vec<&PipelineRow> = observed.rows.values().collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    for row in rows {
+        if row.deleted
+            || folder.desired.contains_key(&row.name)
+            || named_invalid.contains(row.name.as_str())
+        {
+            continue;
+        }
+        if let Some(a) = observed.active.get(&row.name)
+            && !a.cancelling
+        {
+            out.actions.push(Action::Cancel {
+                pipeline: row.name.clone(),
+                run: a.run,
+                why: "manifest deleted",
+            });
+        }
+        out.actions.push(Action::MarkDeleted {
+            pipeline: row.name.clone(),
+        });
+    }
+
+    // Invalid manifests: reported once per change; fixed ones drop their Invalid phase.
+    for i in &folder.invalid {
+        if observed.reported_invalid.get(&i.source) != Some(&i.message) {
+            if let Some(n) = &i.name {
+                out.actions.push(Action::WriteStatus {
+                    pipeline: n.clone(),
+                });
+            }
+            out.actions.push(Action::ReportInvalid {
+                source: i.source.clone(),
+                message: i.message.clone(),
+            });
+        }
+    }
+    let now_invalid = invalid_sources(folder);
+    for source in observed.reported_invalid.keys() {
+        if !now_invalid.contains_key(source) {
+            for d in folder.desired.values().filter(|d| &d.source == source) {
+                out.actions.push(Action::WriteStatus {
+                    pipeline: d.name.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The invalid manifests of the folder (source -> message): what is reported after a pass.
+pub fn invalid_sources(folder: &Folder) -> HashMap<String, String> {
+    folder
+        .invalid
+        .iter()
+        .map(|i| (i.source.clone(), i.message.clone()))
+        .collect()
+}
+
+/// The schedule's tick to remember now (and whether it is due: one run, however many were
+/// missed), and how long until the next one. The store keeps the last tick as the wall-clock time
+/// it was in the schedule's zone (labelled UTC): ticks are compared as wall-clock times.
+fn schedule_tick(
+    d: &Desired,
+    row: Option<&PipelineRow>,
+    now: DateTime<Utc>,
+) -> (Option<(NaiveDateTime, bool)>, Option<Duration>) {
+    let Some(text) = &d.manifest.spec.schedule else {
+        return (None, None);
+    };
+    let Ok(schedule) = Schedule::parse(text) else {
+        return (None, None);
+    };
+    let last_tick = row.and_then(|r| r.last_tick).and_then(|t| {
+        chrono::DateTime::from_timestamp(t.unix_timestamp(), 0).map(|at| at.naive_utc())
+    });
+    let wait = schedule.next_tick(now).map(|(_, at)| {
+        (at - now).to_std().unwrap_or(Duration::from_secs(1)) + Duration::from_millis(5)
+    });
+    let tick = match schedule.due(last_tick, now) {
+        Due::Remember(tick) => Some((tick, false)),
+        Due::Run(tick) => Some((tick, true)),
+        Due::Nothing => None,
+    };
+    (tick, wait)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The decision with tokio's paused clock: time moves only by `advance`, so files being
+    //! written, parse retries and schedule ticks are decided at exact instants, with no sleeps.
+
+    use std::path::Path;
+
+    use tokio::time::{Instant, advance};
+
+    use super::*;
+    use crate::controller::folder::{FolderReader, PARSE_RETRY, WRITE_QUIET};
+    use crate::controller::permissions::Trust;
+    use crate::validate::Options;
+
+    /// A wall clock that moves with tokio's (paused) one, from a known minute.
+    struct Clock {
+        start: Instant,
+        wall: DateTime<Utc>,
+    }
+
+    impl Clock {
+        fn new() -> Self {
+            let wall = "2026-07-01T10:20:30Z".parse().unwrap();
+            Clock {
+                start: Instant::now(),
+                wall,
+            }
+        }
+
+        fn now(&self) -> DateTime<Utc> {
+            self.wall + chrono::Duration::from_std(self.start.elapsed()).unwrap()
+        }
+    }
+
+    fn manifest(name: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nspec:\n{spec}  jobs:\n    - {{id: a, command: \"true\"}}\n"
+        )
+    }
+
+    fn reader(dir: &Path) -> FolderReader {
+        let trust = Trust::from_config(&crate::config::SecurityConfig::default()).unwrap();
+        FolderReader::new(dir.to_owned(), Options::default(), trust)
+    }
+
+    fn read(reader: &mut FolderReader) -> Snapshot {
+        reader.read(&HashMap::new()).unwrap()
+    }
+
+    fn row(name: &str, generation: i64) -> PipelineRow {
+        PipelineRow {
+            name: name.to_owned(),
+            generation,
+            spec_hash: String::new(),
+            source: format!("{name}.yaml"),
+            deleted: false,
+            rerun_requested: false,
+            last_tick: None,
+            updated_at: time::OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn observed(
+        generations: &[(&str, i64)],
+        latest: &[(&str, LatestRun)],
+        active: &[(&str, i64, i64)],
+    ) -> Observed {
+        Observed {
+            rows: generations
+                .iter()
+                .map(|(n, g)| ((*n).to_owned(), row(n, *g)))
+                .collect(),
+            generations: generations
+                .iter()
+                .map(|(n, g)| ((*n).to_owned(), *g))
+                .collect(),
+            latest: latest.iter().map(|(n, l)| ((*n).to_owned(), *l)).collect(),
+            active: active
+                .iter()
+                .map(|(n, run, generation)| {
+                    let a = ActiveRun {
+                        run: *run,
+                        generation: *generation,
+                        cancelling: false,
+                    };
+                    ((*n).to_owned(), a)
+                })
+                .collect(),
+            reported_invalid: HashMap::new(),
+        }
+    }
+
+    fn launch(pipeline: &str, generation: i64, why: Why) -> Action {
+        Action::Launch {
+            pipeline: pipeline.to_owned(),
+            generation,
+            why,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_manifest_starts_a_run_of_its_generation() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("a.yaml"), manifest("a", "")).unwrap();
+        let clock = Clock::new();
+        let snapshot = read(&mut reader(tmp.path()));
+        let seen = observed(&[("a", 1)], &[("a", LatestRun::None)], &[]);
+        let decision = decide(&snapshot, &seen, clock.now());
+        assert_eq!(
+            decision,
+            Decision {
+                actions: vec![launch("a", 1, Why::NewGeneration)],
+                requeue: None,
+            }
+        );
+        // Its run terminal: nothing more to do, and nothing to come back for.
+        let seen = observed(&[("a", 1)], &[("a", LatestRun::Terminal)], &[]);
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
+        // Left running by another process (a foreground `run`): left alone.
+        let seen = observed(&[("a", 1)], &[("a", LatestRun::Unfinished)], &[]);
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spec_change_under_queue_waits_for_the_run_then_starts_the_new_generation() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("a.yaml"), manifest("a", "")).unwrap();
+        let clock = Clock::new();
+        let snapshot = read(&mut reader(tmp.path()));
+        // Generation 2 while run 7 of generation 1 goes on: it is not touched.
+        let seen = observed(&[("a", 2)], &[], &[("a", 7, 1)]);
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
+        // Once it ended, generation 2 gets its run.
+        let seen = observed(&[("a", 2)], &[("a", LatestRun::None)], &[]);
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![launch("a", 2, Why::NewGeneration)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spec_change_under_replace_cancels_the_run_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("a.yaml"),
+            manifest("a", "  onSpecChange: replace\n"),
+        )
+        .unwrap();
+        let clock = Clock::new();
+        let snapshot = read(&mut reader(tmp.path()));
+        let mut seen = observed(&[("a", 2)], &[], &[("a", 7, 1)]);
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![Action::Cancel {
+                pipeline: "a".into(),
+                run: 7,
+                why: "replaced by a new generation",
+            }]
+        );
+        // Asked already: not asked again while it stops.
+        seen.active.get_mut("a").unwrap().cancelling = true;
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
+        // The run of the current generation is not replaced by itself.
+        let seen = observed(&[("a", 2)], &[], &[("a", 8, 2)]);
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_invalid_manifest_while_a_run_goes_on_is_reported_once_and_the_run_continues() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a.yaml");
+        std::fs::write(&file, manifest("a", "")).unwrap();
+        let clock = Clock::new();
+        let mut reader = reader(tmp.path());
+        read(&mut reader);
+        std::fs::write(&file, manifest("a", "  bogus: 1\n")).unwrap();
+        let snapshot = read(&mut reader);
+        assert!(snapshot.folder.desired.is_empty());
+        let mut seen = observed(&[("a", 1)], &[], &[("a", 7, 1)]);
+        let decision = decide(&snapshot, &seen, clock.now());
+        let [
+            Action::WriteStatus { pipeline },
+            Action::ReportInvalid { source, message },
+        ] = decision.actions.as_slice()
+        else {
+            panic!("{decision:?}");
+        };
+        assert_eq!((pipeline.as_str(), source.as_str()), ("a", "a.yaml"));
+        assert!(message.contains("bogus"), "{message}");
+        // Neither cancelled nor deleted; reported once.
+        seen.reported_invalid = invalid_sources(&snapshot.folder);
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
+        // Fixed: its status drops the Invalid phase; the run still goes on.
+        std::fs::write(&file, manifest("a", "")).unwrap();
+        let snapshot = read(&mut reader);
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![Action::WriteStatus {
+                pipeline: "a".into()
+            }]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_manifest_cancels_its_run_and_deletes_the_pipeline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Clock::new();
+        let snapshot = read(&mut reader(tmp.path()));
+        let mut seen = observed(&[("a", 1), ("b", 3)], &[], &[("a", 7, 1)]);
+        seen.generations.clear();
+        seen.rows.insert(
+            "gone".into(),
+            PipelineRow {
+                deleted: true,
+                ..row("gone", 2)
+            },
+        );
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![
+                Action::Cancel {
+                    pipeline: "a".into(),
+                    run: 7,
+                    why: "manifest deleted",
+                },
+                Action::MarkDeleted {
+                    pipeline: "a".into()
+                },
+                Action::MarkDeleted {
+                    pipeline: "b".into()
+                },
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_schedule_tick_starts_one_run_and_while_running_queues_one_rerun() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("a.yaml"),
+            manifest("a", "  schedule: \"* * * * *\"\n"),
+        )
+        .unwrap();
+        let clock = Clock::new();
+        let snapshot = read(&mut reader(tmp.path()));
+        let tick = |at: &str| chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%d %H:%M").unwrap();
+        let stored = |t: NaiveDateTime| {
+            time::OffsetDateTime::from_unix_timestamp(t.and_utc().timestamp()).unwrap()
+        };
+        // First sight (10:20:30): the 10:20 tick is remembered, not owed; back at 10:21.
+        let mut seen = observed(&[("a", 1)], &[("a", LatestRun::Terminal)], &[]);
+        let decision = decide(&snapshot, &seen, clock.now());
+        let remember = |at| Action::RememberTick {
+            pipeline: "a".into(),
+            tick: tick(at),
+        };
+        assert_eq!(decision.actions, vec![remember("2026-07-01 10:20")]);
+        assert_eq!(decision.requeue, Some(Duration::from_millis(30_005)));
+        seen.rows.get_mut("a").unwrap().last_tick = Some(stored(tick("2026-07-01 10:20")));
+        // Between ticks: nothing.
+        advance(Duration::from_secs(20)).await;
+        let decision = decide(&snapshot, &seen, clock.now());
+        assert_eq!(decision.actions, vec![]);
+        assert_eq!(decision.requeue, Some(Duration::from_millis(10_005)));
+        // 10:21:00 passed (two ticks missed): one run.
+        advance(Duration::from_secs(70)).await;
+        let decision = decide(&snapshot, &seen, clock.now());
+        assert_eq!(
+            decision.actions,
+            vec![remember("2026-07-01 10:22"), launch("a", 1, Why::Schedule)]
+        );
+        assert_eq!(decision.requeue, Some(Duration::from_millis(60_005)));
+        // The same tick while a run goes on: one queued rerun instead.
+        seen.active = observed(&[], &[], &[("a", 7, 1)]).active;
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![
+                remember("2026-07-01 10:22"),
+                Action::RequestRerun {
+                    pipeline: "a".into()
+                }
+            ]
+        );
+        // A rerun requested (the queued one) after the run: one run for both it and the tick.
+        seen.active.clear();
+        seen.rows.get_mut("a").unwrap().rerun_requested = true;
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![
+                remember("2026-07-01 10:22"),
+                launch("a", 1, Why::RerunRequested { or_tick: true })
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_being_written_is_looked_at_again_when_it_has_been_quiet() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a.yaml");
+        std::fs::write(&file, manifest("a", "")).unwrap();
+        let clock = Clock::new();
+        let mut reader = reader(tmp.path());
+        let event = notify::Event::new(notify::EventKind::Modify(notify::event::ModifyKind::Data(
+            notify::event::DataChange::Any,
+        )))
+        .add_path(file.clone());
+        reader.note_event(&event);
+        let seen = observed(&[], &[], &[]);
+        // Held back (not launched while it may be half-written); back when quiet.
+        let decision = decide(&read(&mut reader), &seen, clock.now());
+        assert_eq!(
+            decision,
+            Decision {
+                actions: vec![],
+                requeue: Some(WRITE_QUIET)
+            }
+        );
+        advance(Duration::from_millis(1500)).await;
+        let decision = decide(&read(&mut reader), &seen, clock.now());
+        assert_eq!(
+            decision.requeue,
+            Some(WRITE_QUIET - Duration::from_millis(1500))
+        );
+        // Quiet long enough (the close never came): read as it is.
+        advance(Duration::from_millis(500)).await;
+        let snapshot = read(&mut reader);
+        assert!(snapshot.folder.desired.contains_key("a"));
+        assert_eq!(snapshot.retry_in, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parse_failure_is_retried_before_it_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a.yaml");
+        std::fs::write(&file, manifest("a", "")).unwrap();
+        let clock = Clock::new();
+        let mut reader = reader(tmp.path());
+        read(&mut reader);
+        std::fs::write(&file, "apiVersion: executioner.dev/v1\nkind: [\n").unwrap();
+        // The first failure keeps the previous view, and asks to be read again.
+        let snapshot = read(&mut reader);
+        assert!(snapshot.folder.desired.contains_key("a"));
+        assert!(reader.retrying());
+        let seen = observed(&[("a", 1)], &[("a", LatestRun::Terminal)], &[]);
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()),
+            Decision {
+                actions: vec![],
+                requeue: Some(PARSE_RETRY)
+            }
+        );
+        advance(PARSE_RETRY / 3).await;
+        let snapshot = read(&mut reader);
+        assert_eq!(snapshot.retry_in, Some(PARSE_RETRY - PARSE_RETRY / 3));
+        // Still failing after the retry time: reported Invalid, and nothing to come back for.
+        advance(PARSE_RETRY).await;
+        let snapshot = read(&mut reader);
+        let decision = decide(&snapshot, &seen, clock.now());
+        assert_eq!(decision.requeue, None);
+        assert!(matches!(
+            decision.actions.as_slice(),
+            [Action::WriteStatus { .. }, Action::ReportInvalid { .. }]
+        ));
+    }
+}
