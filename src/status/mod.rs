@@ -4,7 +4,7 @@
 pub mod file;
 mod verdict;
 
-pub use verdict::{JobVerdict, verdict};
+pub use verdict::{JobVerdict, Tally, verdict};
 
 use std::fmt;
 use std::str::FromStr;

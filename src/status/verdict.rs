@@ -50,25 +50,58 @@ impl JobVerdict {
     }
 }
 
+/// The verdict being gathered over a run's jobs, one at a time (so a store can fold its rows
+/// into it without holding them all).
+#[derive(Debug, Clone, Copy)]
+pub struct Tally {
+    all_ok: bool,
+    marked: bool,
+    cancelled: bool,
+    timed_out: bool,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            all_ok: true,
+            marked: false,
+            cancelled: false,
+            timed_out: false,
+        }
+    }
+}
+
+impl Tally {
+    pub fn add(&mut self, job: JobVerdict) {
+        self.all_ok &= job.is_ok();
+        self.marked |=
+            job.phase == JobPhase::Succeeded && job.reason == Some(Reason::MarkedSuccess);
+        self.cancelled |= job.is_cancelled();
+        self.timed_out |= job.reason == Some(Reason::RunTimeout);
+    }
+
+    /// See [`verdict`].
+    pub fn finish(self) -> (RunPhase, Reason) {
+        match (self.all_ok, self.cancelled, self.timed_out) {
+            (true, _, _) if self.marked => (RunPhase::Succeeded, Reason::MarkedSucceeded),
+            (true, _, _) => (RunPhase::Succeeded, Reason::AllSucceeded),
+            (false, true, _) => (RunPhase::Cancelled, Reason::Cancelled),
+            (false, false, true) => (RunPhase::Failed, Reason::RunTimeout),
+            (false, false, false) => (RunPhase::Failed, Reason::JobsFailed),
+        }
+    }
+}
+
 /// The run's phase and reason from its jobs: `Succeeded` exactly when every job is ok (see
 /// [`JobVerdict::is_ok`]), with reason `MarkedSucceeded` when a job was marked by hand; otherwise
 /// `Cancelled` when a user's cancellation stopped a job, else `Failed` (`RunTimeout` when the run's
 /// deadline skipped jobs, `JobsFailed` otherwise). A run with no job succeeds.
 pub fn verdict(jobs: impl IntoIterator<Item = JobVerdict>) -> (RunPhase, Reason) {
-    let (mut all_ok, mut marked, mut cancelled, mut timed_out) = (true, false, false, false);
+    let mut tally = Tally::default();
     for job in jobs {
-        all_ok &= job.is_ok();
-        marked |= job.phase == JobPhase::Succeeded && job.reason == Some(Reason::MarkedSuccess);
-        cancelled |= job.is_cancelled();
-        timed_out |= job.reason == Some(Reason::RunTimeout);
+        tally.add(job);
     }
-    match (all_ok, cancelled, timed_out) {
-        (true, _, _) if marked => (RunPhase::Succeeded, Reason::MarkedSucceeded),
-        (true, _, _) => (RunPhase::Succeeded, Reason::AllSucceeded),
-        (false, true, _) => (RunPhase::Cancelled, Reason::Cancelled),
-        (false, false, true) => (RunPhase::Failed, Reason::RunTimeout),
-        (false, false, false) => (RunPhase::Failed, Reason::JobsFailed),
-    }
+    tally.finish()
 }
 
 #[cfg(test)]
