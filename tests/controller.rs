@@ -1265,3 +1265,62 @@ fn a_running_pipelines_status_file_follows_its_jobs() {
         text.contains("succeeded: 3") && String::from_utf8_lossy(&out.stdout) == text
     });
 }
+
+/// A syntax error saved into a running pipeline's file is an invalid edit, not a deletion: the
+/// run goes on, `status` says where the error is, and fixing the file brings no new run.
+#[test]
+fn a_syntax_error_in_a_running_pipelines_file_does_not_delete_it() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    let good = manifest(
+        "nightly-etl",
+        "",
+        "    - {id: a, command: \"touch ../a-started; i=0; until test -e ../go || [ $i -ge 600 ]; do sleep 0.05; i=$((i+1)); done\"}\n    - {id: b, command: \"echo b >> ../b-ran\", dependencies: [a]}\n",
+    );
+    // The file's name is not the pipeline's: only the store knows which pipeline it holds.
+    ws.write("manifests/prod.yaml", &good);
+    wait_until(Duration::from_secs(20), || {
+        ws.path().join("a-started").exists()
+    });
+    ws.write(
+        "manifests/prod.yaml",
+        "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata: {name: nightly-etl\nspec: [\n",
+    );
+    // Still running (its run goes on), with a Valid condition that says what is wrong.
+    let invalid = |s: &serde_json::Value| {
+        s["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Valid").cloned())
+            .filter(|c| c["status"] == "False")
+    };
+    wait_until(Duration::from_secs(20), || {
+        status(&ws, "nightly-etl").is_some_and(|s| invalid(&s).is_some())
+    });
+    let s = status(&ws, "nightly-etl").unwrap();
+    assert_eq!(s["status"]["phase"], "Running", "{s}");
+    let valid = invalid(&s).unwrap();
+    assert!(
+        valid["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("prod.yaml:4:"),
+        "{s}"
+    );
+    // The controller has seen it too (after its parse retry), and deleted nothing.
+    let log = || std::fs::read_to_string(ws.path().join("controller.log")).unwrap_or_default();
+    wait_until(Duration::from_secs(20), || {
+        log().contains("invalid manifest")
+    });
+    let seen = log();
+    assert!(
+        !seen.contains("pipeline deleted") && !seen.contains("cancelling run"),
+        "{seen}"
+    );
+    // Fixed: the same spec, so the same generation; the run that went on finishes.
+    std::fs::write(ws.path().join("go"), "").unwrap();
+    ws.write("manifests/prod.yaml", &good);
+    let _ = ws.run(&["wait", "nightly-etl", "--timeout", "60s"]);
+    let run = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
+    assert_ne!(run["phase"], "Cancelled", "{run}");
+    assert_eq!(run_count(&ws, "nightly-etl"), 1);
+}

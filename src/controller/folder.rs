@@ -426,7 +426,7 @@ impl FolderReader {
             if hold == Hold::WhileUnsettled
                 && let Some(t) = self.writing.get(&file)
             {
-                read.push(previous(&source, &self.view));
+                read.push(held(previous(&source, &self.view), &source, bound));
                 let left = WRITE_QUIET.saturating_sub(now.duration_since(*t));
                 requeue = Some(requeue.map_or(left, |r| r.min(left)));
                 continue;
@@ -464,7 +464,7 @@ impl FolderReader {
             if syntax_failure && hold == Hold::WhileUnsettled {
                 let first = *self.parse_failures.entry(source.clone()).or_insert(now);
                 if now.duration_since(first) < PARSE_RETRY {
-                    read.push(previous(&source, &self.view));
+                    read.push(held(previous(&source, &self.view), &source, bound));
                     let left = PARSE_RETRY.saturating_sub(now.duration_since(first));
                     requeue = Some(requeue.map_or(left, |r| r.min(left)));
                     continue;
@@ -472,7 +472,7 @@ impl FolderReader {
             } else {
                 self.parse_failures.remove(&source);
             }
-            read.push(one);
+            read.push(named_by_binding(one, &source, bound));
         }
         self.parse_failures.retain(|s, _| seen_sources.contains(s));
         self.parsed.retain(|path, _| {
@@ -481,6 +481,65 @@ impl FolderReader {
         });
         Ok((bind(read, bound), requeue))
     }
+}
+
+/// The names the store has bound to `source`, in name order.
+fn bound_to(bound: &HashMap<String, String>, source: &str) -> Vec<String> {
+    let mut names: Vec<String> = bound
+        .iter()
+        .filter(|(_, s)| s.as_str() == source)
+        .map(|(n, _)| n.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A file that cannot be parsed names no pipeline of its own (at most its file stem): it is
+/// invalid under the names the store has bound to it, so that a syntax error in a running
+/// pipeline's file is an invalid edit (the run goes on), never a deletion.
+fn named_by_binding(mut one: Folder, source: &str, bound: &HashMap<String, String>) -> Folder {
+    if !one.desired.is_empty() {
+        return one;
+    }
+    let Some(unparsed) = one.invalid.iter().position(|i| i.syntax) else {
+        return one;
+    };
+    let template = one.invalid.remove(unparsed);
+    let mut names = bound_to(bound, source);
+    if names.is_empty() {
+        names.extend(template.name.clone());
+    }
+    if names.is_empty() {
+        one.invalid.insert(unparsed, template);
+        return one;
+    }
+    for name in names {
+        one.invalid.push(Invalid {
+            name: Some(name),
+            ..template.clone()
+        });
+    }
+    one
+}
+
+/// What a file held back (being written, or failing to parse for the first time) stands for: its
+/// previous view, or, when there is none yet (the controller just started), the pipelines the
+/// store has bound to it, as invalid for now rather than absent (absent would mean deleted).
+fn held(previous: Folder, source: &str, bound: &HashMap<String, String>) -> Folder {
+    if !previous.desired.is_empty() || !previous.invalid.is_empty() {
+        return previous;
+    }
+    let mut folder = previous;
+    for name in bound_to(bound, source) {
+        folder.invalid.push(Invalid {
+            name: Some(name),
+            source: source.to_owned(),
+            message: format!("{source}: being written; read again shortly"),
+            syntax: true,
+            reason: InvalidReason::InvalidManifest,
+        });
+    }
+    folder
 }
 
 /// Whether a file just created is a new name of a file that already has another (a hard link):
