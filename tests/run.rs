@@ -950,3 +950,25 @@ fn peak_memory_is_the_jobs_own() {
         assert!(row("shell").contains('≤'), "{table}");
     }
 }
+
+/// A job waiting for its retry when the run's deadline passes fails the run with `RunTimeout`; it
+/// is not a cancellation (found in review: the run ended Cancelled and `run` exited 130).
+#[test]
+fn a_retry_past_the_run_deadline_fails_the_run() {
+    let ws = Workspace::new();
+    ws.write(
+        "t.yaml",
+        &manifest(
+            "retry-deadline",
+            "  timeout: 1s\n",
+            "    - {id: flaky, command: \"exit 1\", retry: {limit: 3, delay: 30s}}\n",
+        ),
+    );
+    let out = ws.run(&["run", "t.yaml", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let run = json(&out);
+    assert_eq!(run["phase"], "Failed", "{run}");
+    assert_eq!(run["reason"], "RunTimeout", "{run}");
+    assert_eq!(run["jobs"][0]["phase"], "Failed", "{run}");
+    assert_eq!(run["jobs"][0]["reason"], "RunTimeout", "{run}");
+}

@@ -190,9 +190,11 @@ pub fn logs(run_id: RunId, job: Option<&str>, follow: bool, global: &GlobalArgs)
                     return Err(CliError::usage(format!("run {run_id} has no job {id:?}")));
                 };
                 let path = state_dir::job_log_path(&state_dir, &run.pipeline, run.id, id);
-                let never_ran =
-                    matches!(row.phase, JobPhase::Skipped | JobPhase::Pending) && !path.exists();
-                if never_ran && !(follow && row.phase == JobPhase::Pending) {
+                // No log: the job never started (or its log was removed). Only a job that may
+                // still start is worth following.
+                let may_start =
+                    follow && row.phase == JobPhase::Pending && !run.phase.is_terminal();
+                if !path.exists() && !may_start {
                     let reason = row.reason.map_or(String::new(), |r| format!(" ({r})"));
                     return Err(CliError::usage(format!(
                         "job {id} of run {run_id} was {}{reason}: it has no log",
@@ -208,11 +210,17 @@ pub fn logs(run_id: RunId, job: Option<&str>, follow: bool, global: &GlobalArgs)
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => {
-            // The job has not started yet: wait for its log to appear.
+            // The job has not started yet: wait for its log to appear, while the run goes on.
             loop {
                 std::thread::sleep(Duration::from_millis(200));
                 if let Ok(f) = std::fs::File::open(&path) {
                     break f;
+                }
+                if !run_still_going(run_id, global) {
+                    return Err(CliError::usage(format!(
+                        "run {run_id} ended before job {} started: it has no log",
+                        job.unwrap_or_default()
+                    )));
                 }
             }
         }

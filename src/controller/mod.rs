@@ -612,7 +612,19 @@ impl Controller {
                 self.reader.folder().invalid_named(&run.pipeline).is_some()
             };
             let pinned = Pinned::from_json(&run.spec_json).ok();
-            let plan = pinned.as_ref().and_then(|p| p.plan().ok());
+            let plan = match pinned.as_ref().map(|p| p.plan()) {
+                Some(Ok(plan)) => Some(plan),
+                Some(Err(e)) if continues => {
+                    // Left Running (and shown interrupted): a user can fix the environment and
+                    // resume it; cancelling would throw the run away.
+                    let _ = self.events.send(ControllerEvent::Warning(format!(
+                        "run {} of {}: cannot continue it: {e}",
+                        run.id, run.pipeline
+                    )));
+                    continue;
+                }
+                Some(Err(_)) | None => None,
+            };
             let Some(plan) = plan.filter(|_| continues) else {
                 engine::resume::recover(&self.store, &run).await?;
                 let coe = pinned

@@ -171,6 +171,7 @@ pub async fn next_round(
     let spec = respec.map(|p| (p.to_json(), spec_hash(&p.manifest)));
     let change = RoundChange {
         rerun: &rerun,
+        reset_lost: mode != resume::ResumeMode::Continue,
         added: &added,
         removed: &removed,
         spec: spec

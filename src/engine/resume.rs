@@ -14,9 +14,10 @@ use super::plan::Plan;
 pub enum ResumeMode {
     /// `resume`: every job that did not succeed runs again.
     All,
-    /// `resume --failed-only`: the jobs that failed, were lost or never finished run again, and
-    /// so does everything downstream of them (or of a job marked succeeded) that had not
-    /// succeeded; cancelled jobs and jobs skipped for other reasons keep their state.
+    /// `resume --failed-only`: the jobs that failed, were lost, never finished or were kept from
+    /// starting by fail-fast run again, and so does everything downstream of them (or of a job
+    /// marked succeeded) that had not succeeded; cancelled jobs and jobs skipped for other
+    /// reasons keep their state.
     FailedOnly,
     /// A controller continuing a run it found interrupted or lost: only the jobs that had not
     /// ended run (lost, interrupted, never started); every ended job keeps its result.
@@ -70,9 +71,16 @@ pub fn plan_resume(plan: &Plan, rows: &[JobRow], mode: ResumeMode) -> ResumePlan
             .collect(),
         ResumeMode::Continue => kept.iter().map(Option::is_none).collect(),
         ResumeMode::FailedOnly => {
+            // Jobs that fail-fast kept from starting are the failure's to re-run as well.
+            let fail_fast = |job: &str| {
+                by_id.get(job).is_some_and(|r| {
+                    r.phase == JobPhase::Skipped && r.reason == Some(Reason::FailFast)
+                })
+            };
             let seed: Vec<bool> = kept
                 .iter()
-                .map(|k| matches!(k, None | Some(Outcome::Failed { .. })))
+                .zip(&plan.jobs)
+                .map(|(k, j)| matches!(k, None | Some(Outcome::Failed { .. })) || fail_fast(&j.id))
                 .collect();
             // A job marked succeeded by hand is a root too: what it blocked while it had failed
             // is evaluated afresh, so no job stays skipped for a failure that is no longer there.
@@ -258,6 +266,21 @@ mod tests {
         assert_eq!(rerun(&plan, &rows, ResumeMode::FailedOnly), ["b", "c", "d"]);
         assert_eq!(rerun(&plan, &rows, ResumeMode::All), ["b", "c", "d"]);
         assert_eq!(rerun(&plan, &rows, ResumeMode::Continue), ["d"]);
+    }
+
+    #[test]
+    fn failed_only_reruns_what_fail_fast_kept_from_starting() {
+        let plan = plan();
+        let rows = [
+            row("a", JobPhase::Failed, Some(Reason::ExitCode)),
+            row("b", JobPhase::Skipped, Some(Reason::UpstreamFailed)),
+            row("c", JobPhase::Skipped, Some(Reason::UpstreamFailed)),
+            row("d", JobPhase::Skipped, Some(Reason::FailFast)),
+        ];
+        assert_eq!(
+            rerun(&plan, &rows, ResumeMode::FailedOnly),
+            ["a", "b", "c", "d"]
+        );
     }
 
     #[test]

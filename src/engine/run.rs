@@ -252,11 +252,24 @@ pub async fn execute(
             if let Some(halt) = state.halted {
                 // Retries still waiting will not happen (in this process, when interrupted).
                 for (_, job) in std::mem::take(&mut state.retry_at) {
-                    if halt == Halt::Interrupted {
-                        turn.interrupted(&plan, job);
-                    } else {
-                        turn.finish_job(&plan, job, JobPhase::Cancelled, Reason::Cancelled, None);
-                        state.scheduler.finished(job, Outcome::Cancelled);
+                    match halt {
+                        Halt::Interrupted => turn.interrupted(&plan, job),
+                        // Its retry fell past the run's deadline: a failure, not a cancellation.
+                        Halt::RunTimeout => {
+                            turn.finish_job(&plan, job, JobPhase::Failed, Reason::RunTimeout, None);
+                            let ignored = plan.jobs[job].continue_on_error;
+                            state.scheduler.finished(job, Outcome::Failed { ignored });
+                        }
+                        Halt::Cancelled => {
+                            turn.finish_job(
+                                &plan,
+                                job,
+                                JobPhase::Cancelled,
+                                Reason::Cancelled,
+                                None,
+                            );
+                            state.scheduler.finished(job, Outcome::Cancelled);
+                        }
                     }
                 }
                 break;
@@ -626,6 +639,11 @@ fn settle_attempt(
                 JobPhase::Cancelled,
             ),
         },
+        // An attempt that failed while the controller was stopping (its job's group may have been
+        // signalled along with the controller) is interrupted too: the next controller runs it.
+        AttemptOutcome::Failed { .. } if halted == Some(Halt::Interrupted) => {
+            (Settled::Interrupted, JobPhase::Interrupted)
+        }
         AttemptOutcome::Failed {
             failure, reason, ..
         } => {

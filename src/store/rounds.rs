@@ -21,8 +21,11 @@ pub const EVENT_JOB_REMOVED: &str = "JobRemoved";
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RoundChange<'a> {
     /// Jobs that run again: back to Pending with their counters, exit code, times and message
-    /// cleared (`lost` is kept: a job lost too often fails).
+    /// cleared (`lost` too when `reset_lost`).
     pub rerun: &'a [&'a str],
+    /// A user's resume forgives earlier losses; a controller's continuation keeps counting them
+    /// (a job lost too often fails).
+    pub reset_lost: bool,
     /// Jobs new in a changed spec (they also belong in `rerun`).
     pub added: &'a [NewJob<'a>],
     /// Jobs the changed spec no longer has: their rows and attempts leave the run (their logs stay
@@ -139,9 +142,11 @@ impl Store {
         for job in change.rerun {
             let done = sqlx::query(
                 "UPDATE jobs SET phase = 'Pending', reason = NULL, attempts = 0, \
-                 exit_code = NULL, started_at = NULL, finished_at = NULL, message = NULL \
+                 exit_code = NULL, started_at = NULL, finished_at = NULL, message = NULL, \
+                 lost = CASE WHEN ? THEN 0 ELSE lost END \
                  WHERE run_id = ? AND job_id = ?",
             )
+            .bind(change.reset_lost)
             .bind(run)
             .bind(*job)
             .execute(&mut *tx)

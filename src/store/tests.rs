@@ -671,6 +671,30 @@ async fn mark_lost_counts_each_loss_once() {
         );
     }
     assert_eq!((jobs[2].phase, jobs[2].lost), (JobPhase::Succeeded, 0));
+
+    // A controller's continuation keeps counting losses; a user's resume forgives them.
+    let owner = Owner {
+        pid: 1,
+        host: "h".into(),
+        start_time: None,
+    };
+    let keep = crate::store::RoundChange {
+        rerun: &["extract"],
+        reset_lost: false,
+        ..Default::default()
+    };
+    store.begin_round(run, &keep, &owner).await.expect("round");
+    assert_eq!(store.jobs(run).await.expect("jobs")[0].lost, 1);
+    let forgive = crate::store::RoundChange {
+        rerun: &["extract"],
+        reset_lost: true,
+        ..Default::default()
+    };
+    store
+        .begin_round(run, &forgive, &owner)
+        .await
+        .expect("round");
+    assert_eq!(store.jobs(run).await.expect("jobs")[0].lost, 0);
 }
 
 #[tokio::test]
