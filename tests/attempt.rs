@@ -55,3 +55,34 @@ fn a_sensor_that_never_passes_fails_with_check_timeout() {
         "the command ran after its sensor timed out"
     );
 }
+
+/// Once a sensor passes, its job is Running again while its command runs (it stayed Waiting).
+#[test]
+fn a_job_whose_sensor_passed_is_running() {
+    let ws = Workspace::new();
+    ws.write(
+        "s.yaml",
+        &manifest(
+            "sensed",
+            "",
+            "    - id: sensed\n      command: \"touch started; i=0; until test -e go || [ $i -ge 400 ]; do sleep 0.05; i=$((i+1)); done\"\n      preChecks: [{fileExists: {path: arrived}, wait: {timeout: 20s, interval: 50ms}}]\n",
+        ),
+    );
+    let mut child = ws.spawn(&["run", "s.yaml"]);
+    let phase = || {
+        let out = ws.run(&["runs", "show", "1", "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .map(|run| job_state(&run, "sensed").0)
+    };
+    common::wait_until(std::time::Duration::from_secs(20), || {
+        phase().as_deref() == Some("Waiting")
+    });
+    std::fs::write(ws.path().join("arrived"), "").unwrap();
+    common::wait_until(std::time::Duration::from_secs(20), || {
+        ws.path().join("started").exists()
+    });
+    assert_eq!(phase().as_deref(), Some("Running"));
+    std::fs::write(ws.path().join("go"), "").unwrap();
+    assert!(child.wait().unwrap().success());
+}

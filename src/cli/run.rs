@@ -535,6 +535,9 @@ async fn print_progress(
             RunEvent::JobWaiting { job } => {
                 format!("{:<24} Waiting (pre-check sensor)", names[*job])
             }
+            RunEvent::SensorPassed { job } => {
+                format!("{:<24} Running (sensor passed)", names[*job])
+            }
             RunEvent::AttemptFailedWillRetry {
                 job,
                 attempt,

@@ -136,6 +136,7 @@ impl StatusWriter {
             RunEvent::JobSkipped { job, .. }
             | RunEvent::AttemptStarted { job, .. }
             | RunEvent::JobWaiting { job }
+            | RunEvent::SensorPassed { job }
             | RunEvent::AttemptFailedWillRetry { job, .. }
             | RunEvent::JobFinished { job, .. } => *job,
         };
@@ -166,6 +167,7 @@ impl StatusWriter {
                 job.started_at.get_or_insert_with(now);
                 job.finished_at = None;
             }
+            RunEvent::SensorPassed { .. } => job.phase = JobPhase::Running.to_string(),
             // The job stays Running until its next attempt.
             RunEvent::AttemptFailedWillRetry { .. } => {}
             RunEvent::JobFinished {

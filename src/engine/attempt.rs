@@ -446,6 +446,12 @@ async fn sense(
     loop {
         let v = checks::run_check(check, ctx).await;
         if v.passed {
+            // The job is no longer waiting: what follows (more checks, the command) is its run.
+            let _ = spec
+                .store
+                .set_job(spec.run, &job.id, JobPhase::Running, None, None)
+                .await;
+            let _ = spec.events.send(RunEvent::SensorPassed { job: spec.job });
             return Ok(v);
         }
         if tokio::time::Instant::now() + interval > until {

@@ -88,6 +88,10 @@ pub enum RunEvent {
     JobWaiting {
         job: usize,
     },
+    /// A waiting job's sensor passed: its attempt goes on (Running again).
+    SensorPassed {
+        job: usize,
+    },
     AttemptFailedWillRetry {
         job: usize,
         attempt: i64,
