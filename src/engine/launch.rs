@@ -172,13 +172,25 @@ pub async fn next_round(
     let change = RoundChange {
         rerun: &rerun,
         reset_lost: mode != resume::ResumeMode::Continue,
+        owner_was: Some((run.owner_pid, run.owner_start_time)),
         added: &added,
         removed: &removed,
         spec: spec
             .as_ref()
             .map(|(json, hash)| (json.as_str(), hash.as_str(), order.as_slice())),
     };
-    let round = store.begin_round(run.id, &change, owner).await?;
+    let round = match store.begin_round(run.id, &change, owner).await {
+        Ok(round) => round,
+        Err(StoreError::TakenOver { .. }) => {
+            // Another process took it over between our look and now: it drives the run.
+            let now = store.run(run.id).await?;
+            return Ok(Round::OwnedElsewhere {
+                pid: now.as_ref().and_then(|r| r.owner_pid).unwrap_or_default(),
+                host: now.and_then(|r| r.owner_host).unwrap_or_default(),
+            });
+        }
+        Err(e) => return Err(e),
+    };
     if decided.rerun.is_empty() {
         // Only removals: the run is what its remaining jobs say.
         store.close_run(run.id, &coe).await?;

@@ -93,6 +93,9 @@ pub enum StoreError {
     },
     #[error("{what} not found")]
     NotFound { what: String },
+    /// Another process opened a round of the run first (see [`RoundChange::owner_was`]).
+    #[error("run {run} was taken over by another process")]
+    TakenOver { run: RunId },
 }
 
 impl StoreError {
@@ -104,7 +107,8 @@ impl StoreError {
             | StoreError::Unsafe { .. }
             | StoreError::Sql { .. }
             | StoreError::Direct { .. }
-            | StoreError::NotFound { .. } => false,
+            | StoreError::NotFound { .. }
+            | StoreError::TakenOver { .. } => false,
         }
     }
 }

@@ -26,6 +26,10 @@ pub struct RoundChange<'a> {
     /// A user's resume forgives earlier losses; a controller's continuation keeps counting them
     /// (a job lost too often fails).
     pub reset_lost: bool,
+    /// The owner (pid, start time) the caller saw when it decided to take the run over: the round
+    /// opens only if the run still has it, so a `resume` and a starting controller can never both
+    /// drive the same run (`StoreError::TakenOver` for the later one).
+    pub owner_was: Option<(Option<i64>, Option<i64>)>,
     /// Jobs new in a changed spec (they also belong in `rerun`).
     pub added: &'a [NewJob<'a>],
     /// Jobs the changed spec no longer has: their rows and attempts leave the run (their logs stay
@@ -49,22 +53,39 @@ impl Store {
         let now = timestamp(OffsetDateTime::now_utc());
         let mut writing = self.writing(context).await?;
         let mut tx = writing.begin(context).await?;
+        let (check_owner, pid_was, start_was) = match change.owner_was {
+            Some((pid, start)) => (true, pid, start),
+            None => (false, None, None),
+        };
         let round: Option<i64> = sqlx::query(
             "UPDATE runs SET phase = 'Running', reason = NULL, rounds = rounds + 1, \
              finished_at = NULL, owner_pid = ?, owner_host = ?, owner_start_time = ? \
-             WHERE id = ? RETURNING rounds",
+             WHERE id = ? AND (NOT ? OR (owner_pid IS ? AND owner_start_time IS ?)) \
+             RETURNING rounds",
         )
         .bind(i64::from(owner.pid))
         .bind(owner.host.as_str())
         .bind(owner.start_time.map(saturating_i64))
         .bind(run)
+        .bind(check_owner)
+        .bind(pid_was)
+        .bind(start_was)
         .fetch_optional(&mut *tx)
         .await
         .and_then(|row| row.map(|row| row.try_get(0)).transpose())
         .map_err(self.sql(context))?;
         let Some(round) = round else {
-            return Err(StoreError::NotFound {
-                what: format!("run {run}"),
+            let exists: Option<i64> = sqlx::query("SELECT id FROM runs WHERE id = ?")
+                .bind(run)
+                .fetch_optional(&mut *tx)
+                .await
+                .and_then(|row| row.map(|row| row.try_get(0)).transpose())
+                .map_err(self.sql(context))?;
+            return Err(match exists {
+                Some(_) => StoreError::TakenOver { run },
+                None => StoreError::NotFound {
+                    what: format!("run {run}"),
+                },
             });
         };
         for job in change.removed {

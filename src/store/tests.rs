@@ -698,6 +698,44 @@ async fn mark_lost_counts_each_loss_once() {
 }
 
 #[tokio::test]
+async fn a_round_opens_only_for_the_owner_its_caller_saw() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(&state_dir(&tmp)).await;
+    let run = new_run(&store, "p").await;
+    let seen = store.run(run).await.expect("run").expect("exists");
+    let was = Some((seen.owner_pid, seen.owner_start_time));
+    let change = |owner_was| crate::store::RoundChange {
+        rerun: &["load"],
+        owner_was,
+        ..Default::default()
+    };
+    let first = Owner {
+        pid: 11,
+        host: "a".into(),
+        start_time: Some(1),
+    };
+    let second = Owner {
+        pid: 22,
+        host: "b".into(),
+        start_time: Some(2),
+    };
+    // Two processes saw the same dead owner; the first to open a round takes the run.
+    assert_eq!(
+        store
+            .begin_round(run, &change(was), &first)
+            .await
+            .expect("first"),
+        2
+    );
+    assert!(matches!(
+        store.begin_round(run, &change(was), &second).await,
+        Err(StoreError::TakenOver { .. })
+    ));
+    let now = store.run(run).await.expect("run").expect("exists");
+    assert_eq!((now.owner_pid, now.rounds), (Some(11), 2));
+}
+
+#[tokio::test]
 async fn unknown_names_read_back_are_corruption() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open(&state_dir(&tmp)).await;
