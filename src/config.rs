@@ -152,7 +152,7 @@ impl Default for SecurityConfig {
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read configuration: {source}", path.display())]
+    #[error("{}: cannot read configuration", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -129,8 +129,8 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
         let exit = match super::wait::wait_for(step.name.as_str(), Some(&dir), timeout, global) {
             Ok(exit) => exit,
             Err(e) => {
-                eprintln!("error: {e}");
-                e.exit
+                eprintln!("error: {}", e.render());
+                e.exit_code()
             }
         };
         if severity(exit) > severity(worst) {
@@ -708,7 +708,7 @@ fn plan(incoming: &[Incoming<'_>], folder: &Folder) -> Result<Vec<Step>, CliErro
                     action,
                 });
             }
-            Err(e) => errors.push(e.message),
+            Err(e) => errors.push(e.render()),
         }
     }
     if errors.is_empty() {

@@ -24,7 +24,7 @@ pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs)
     let manifests_dir = manifests_dir(manifests, &config);
     super::runtime()?.block_on(async move {
         let store = super::open_store(&state_dir, &config).await?;
-        let _lock = lock::acquire(&state_dir).map_err(|e| CliError::usage(e.to_string()))?;
+        let _lock = lock::acquire(&state_dir)?;
         if nix::unistd::geteuid().is_root() {
             if !config.security.allow_root {
                 return Err(CliError::usage(
@@ -58,7 +58,7 @@ pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs)
         .await;
         let _ = printer.await;
         signals.abort();
-        let all_ok = result.map_err(|e| CliError::usage(super::error_chain(&e)))?;
+        let all_ok = result?;
         tracing::info!(dir = %status_dir.display(), "status files");
         Ok(if cancel.is_cancelled() {
             Exit::Interrupted
@@ -132,7 +132,7 @@ pub async fn watched_dir(
 ) -> Result<PathBuf, CliError> {
     if flag.is_none()
         && let Some(store) = store
-        && let Some(recorded) = store.manifests_dir().await.map_err(super::store_error)?
+        && let Some(recorded) = store.manifests_dir().await?
     {
         return Ok(recorded);
     }
@@ -166,7 +166,7 @@ pub fn statuses(
         };
         controller::observe::snapshot(store.as_ref(), dirs, &options, &trust)
             .await
-            .map_err(super::store_error)
+            .map_err(CliError::from)
     })
 }
 
@@ -299,10 +299,7 @@ pub fn rerun(name: &str, global: &GlobalArgs) -> CliResult {
                     "pipeline/{name} not found (no controller has seen it)"
                 ))
             })?;
-        if controller::request_rerun(&store, &state_dir, name)
-            .await
-            .map_err(super::store_error)?
-        {
+        if controller::request_rerun(&store, &state_dir, name).await? {
             println!("pipeline/{name} rerun requested");
             Ok(Exit::Success)
         } else {

@@ -26,13 +26,10 @@ pub fn list(
             }
             return Ok(Exit::Success);
         };
-        let runs = store
-            .runs(pipeline, limit.max(1))
-            .await
-            .map_err(super::store_error)?;
+        let runs = store.runs(pipeline, limit.max(1)).await?;
         let mut rows = Vec::with_capacity(runs.len());
         for run in runs {
-            let attempts = store.attempts(run.id).await.map_err(super::store_error)?;
+            let attempts = store.attempts(run.id).await?;
             rows.push((run, attempts));
         }
         match output {
@@ -71,11 +68,7 @@ async fn open_run(
     let store = super::open_store_existing(state_dir, config)
         .await?
         .ok_or_else(missing)?;
-    let run = store
-        .run(run_id)
-        .await
-        .map_err(super::store_error)?
-        .ok_or_else(missing)?;
+    let run = store.run(run_id).await?.ok_or_else(missing)?;
     Ok((store, run))
 }
 
@@ -84,8 +77,8 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
     let state_dir = super::state_dir(&config);
     super::runtime()?.block_on(async {
         let (store, run) = open_run(&state_dir, &config, run_id).await?;
-        let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
-        let attempts = store.attempts(run_id).await.map_err(super::store_error)?;
+        let jobs = store.jobs(run_id).await?;
+        let attempts = store.attempts(run_id).await?;
         match output {
             OutputFormat::Json => {
                 println!(
@@ -161,7 +154,7 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
                             .display()
                     );
                 }
-                let events = store.events(run_id).await.map_err(super::store_error)?;
+                let events = store.events(run_id).await?;
                 for e in events {
                     println!(
                         "event {} {} {}: {} by {}",
@@ -185,7 +178,7 @@ pub fn logs(run_id: RunId, job: Option<&str>, follow: bool, global: &GlobalArgs)
         let (store, run) = open_run(&state_dir, &config, run_id).await?;
         let path = match job {
             Some(id) => {
-                let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
+                let jobs = store.jobs(run_id).await?;
                 let Some(row) = jobs.iter().find(|j| j.job_id == id) else {
                     return Err(CliError::usage(format!("run {run_id} has no job {id:?}")));
                 };
@@ -289,7 +282,7 @@ pub fn mark_success(
         if run.phase == RunPhase::Running {
             return Err(CliError::usage(format!("run {run_id} is still running; mark-success applies to finished runs")));
         }
-        let rows = store.jobs(run_id).await.map_err(super::store_error)?;
+        let rows = store.jobs(run_id).await?;
         let mut targets: Vec<&str> = Vec::new();
         for id in jobs {
             match rows.iter().find(|r| &r.job_id == id) {
@@ -306,14 +299,17 @@ pub fn mark_success(
         let actor = std::env::var("USER").unwrap_or_else(|_| format!("uid {}", nix::unistd::getuid()));
         let reason = reason.unwrap_or("marked successful by hand");
         let pinned = crate::spec::Pinned::from_json(&run.spec_json).map_err(|e| {
-            CliError::new(Exit::Corrupt, format!("run {run_id}: pinned spec unreadable: {e}"))
+            CliError::PinnedSpec {
+                run: run_id,
+                source: e,
+            }
         })?;
         let coe = pinned.continue_on_error();
         let coe: Vec<&str> = coe.iter().map(String::as_str).collect();
         let (phase, verdict) = store
             .mark_success(run_id, &targets, reason, &actor, &coe)
             .await
-            .map_err(super::store_error)?;
+            ?;
         for id in &targets {
             println!("{id}: marked Succeeded");
         }

@@ -7,6 +7,7 @@ mod apply;
 mod compat;
 mod controller;
 mod convert;
+mod error;
 mod graph;
 mod history;
 mod init;
@@ -18,10 +19,11 @@ mod validate;
 mod wait;
 
 use std::ffi::OsString;
-use std::fmt;
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+pub use error::CliError;
 
 /// Exit codes, as in DESIGN section 3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,51 +36,6 @@ pub enum Exit {
     /// The state database is corrupt or of a newer schema.
     Corrupt = 3,
     Interrupted = 130,
-}
-
-/// An error on its way to the user, with the exit code it means.
-#[derive(Debug)]
-pub struct CliError {
-    pub exit: Exit,
-    pub message: String,
-}
-
-impl CliError {
-    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
-        Self {
-            exit,
-            message: message.into(),
-        }
-    }
-
-    pub fn usage(message: impl Into<String>) -> Self {
-        Self::new(Exit::Usage, message)
-    }
-
-    pub fn failed(message: impl Into<String>) -> Self {
-        Self::new(Exit::Failed, message)
-    }
-}
-
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Renders an error and its sources once: `outer: inner: innermost`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 pub type CliResult = Result<Exit, CliError>;
@@ -423,8 +380,8 @@ pub fn run(args: Vec<OsString>) -> Exit {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
-            e.exit
+            eprintln!("error: {}", e.render());
+            e.exit_code()
         }
     }
 }
@@ -535,8 +492,7 @@ pub fn load_config_layers(global: &GlobalArgs) -> Result<crate::config::Loaded, 
     if let Some((level, flag)) = verbosity(global) {
         flags.push(("log_level", serde_json::json!(level), flag));
     }
-    crate::config::Config::load_layers(global.config.as_deref(), &flags)
-        .map_err(|e| CliError::usage(error_chain(&e)))
+    crate::config::Config::load_layers(global.config.as_deref(), &flags).map_err(CliError::from)
 }
 
 /// `--log-format`, when given.
@@ -578,16 +534,6 @@ pub fn security_policy(config: &crate::config::Config) -> crate::validate::Secur
     crate::validate::SecurityPolicy::from_config(&config.security)
 }
 
-/// A store error as a CLI error: corruption is exit 3, anything else exit 2.
-pub fn store_error(e: crate::store::StoreError) -> CliError {
-    let exit = if e.is_corruption() {
-        Exit::Corrupt
-    } else {
-        Exit::Usage
-    };
-    CliError::new(exit, error_chain(&e))
-}
-
 fn durability(config: &crate::config::Config) -> crate::store::Durability {
     match config.durability {
         crate::config::Durability::Normal => crate::store::Durability::Normal,
@@ -602,7 +548,7 @@ pub async fn open_store(
 ) -> Result<crate::store::Store, CliError> {
     crate::store::Store::open(state_dir, durability(config))
         .await
-        .map_err(store_error)
+        .map_err(CliError::from)
 }
 
 /// Opens the state database if there is one (read commands never create a state folder).

@@ -127,14 +127,14 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
                 let pinned = Pinned::new(manifest, &base_dir, cli_env, args.skip.clone());
                 let request = launch::new_run(&store, &plan, &pinned, 0, &owner)
                     .await
-                    .map_err(super::store_error)?;
+                    ?;
                 (request.run_id, request)
             }
             Some(run_id) => {
                 let previous = store
                     .run(run_id)
                     .await
-                    .map_err(super::store_error)?
+                    ?
                     .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
                 if previous.pipeline != manifest.metadata.name.as_str() {
                     return Err(CliError::usage(format!(
@@ -175,14 +175,11 @@ pub fn resume(
         let store = super::open_store(&state_dir, &config).await?;
         let run = store
             .run(run_id)
-            .await
-            .map_err(super::store_error)?
+            .await?
             .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
-        let pinned = Pinned::from_json(&run.spec_json).map_err(|e| {
-            CliError::new(
-                Exit::Corrupt,
-                format!("run {run_id}: pinned spec unreadable: {e}"),
-            )
+        let pinned = Pinned::from_json(&run.spec_json).map_err(|e| CliError::PinnedSpec {
+            run: run_id,
+            source: e,
         })?;
         let plan = pinned.plan().map_err(|e| CliError::failed(e.to_string()))?;
         let owner = launch::this_process();
@@ -209,12 +206,11 @@ async fn unchanged(
 ) -> CliResult {
     let run = store
         .run(run_id)
-        .await
-        .map_err(super::store_error)?
+        .await?
         .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
     if output == OutputFormat::Json {
-        let jobs = store.jobs(run_id).await.map_err(super::store_error)?;
-        let attempts = store.attempts(run_id).await.map_err(super::store_error)?;
+        let jobs = store.jobs(run_id).await?;
+        let attempts = store.attempts(run_id).await?;
         println!(
             "{}",
             serde_json::to_string_pretty(&render::run_with_jobs_json(
@@ -248,10 +244,7 @@ async fn round(
     owner: &crate::store::Owner,
     respec: Option<&Pinned>,
 ) -> Result<Option<RunRequest>, CliError> {
-    match launch::next_round(store, run, plan, mode, owner, respec)
-        .await
-        .map_err(super::store_error)?
-    {
+    match launch::next_round(store, run, plan, mode, owner, respec).await? {
         Round::OwnedElsewhere { pid, host } => Err(CliError::usage(format!(
             "run {} is still running (pid {pid} on {host})",
             run.id
@@ -366,9 +359,8 @@ async fn drive(
     let report = engine.await;
     let _ = printer.await;
     signals.abort();
-    let report = report
-        .map_err(|e| CliError::new(Exit::Usage, format!("internal error in the run: {e}")))?
-        .map_err(|e| CliError::new(Exit::Usage, super::error_chain(&e)))?;
+    let report =
+        report.map_err(|e| CliError::usage(format!("internal error in the run: {e}")))??;
     // Notifications go through the outbox after the terminal state is committed; a failure to
     // deliver is reported but never changes the run's result.
     crate::failpoint::hit("run-committed");
@@ -379,20 +371,17 @@ async fn drive(
             Ok((sent, failed)) => {
                 tracing::warn!("notifications: {sent} sent, {failed} failed (retried later)")
             }
-            Err(e) => tracing::error!("notifications: {}", super::error_chain(&e)),
+            Err(e) => tracing::error!("notifications: {}", super::error::chain(&e)),
         },
-        Err(e) => tracing::error!("notifications: {}", super::error_chain(&e)),
+        Err(e) => tracing::error!("notifications: {}", super::error::chain(&e)),
     }
 
-    let run = store.run(run_id).await.map_err(super::store_error)?;
+    let run = store.run(run_id).await?;
     // A quiet run that succeeded prints nothing: it reads nothing more either.
     let shown =
         output == OutputFormat::Json || !global.quiet || report.phase != RunPhase::Succeeded;
     let (jobs, attempts) = if shown {
-        (
-            store.jobs(run_id).await.map_err(super::store_error)?,
-            store.attempts(run_id).await.map_err(super::store_error)?,
-        )
+        (store.jobs(run_id).await?, store.attempts(run_id).await?)
     } else {
         (Vec::new(), Vec::new())
     };

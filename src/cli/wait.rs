@@ -63,7 +63,7 @@ pub fn wait_for(
         let seen = runtime.block_on(async {
             let store = super::open_store_existing(&state_dir, &config).await?;
             let rows = match &store {
-                Some(s) => s.pipelines().await.map_err(super::store_error)?,
+                Some(s) => s.pipelines().await?,
                 None => Vec::new(),
             };
             let dir = super::controller::watched_dir(manifests, store.as_ref(), &config).await?;
@@ -93,10 +93,7 @@ pub fn wait_for(
                 Target::Absent if row.deleted => return Ok(Seen::Unknown),
                 Target::Absent => row.generation,
             };
-            let run = store
-                .latest_run_of_generation(name, generation)
-                .await
-                .map_err(super::store_error)?;
+            let run = store.latest_run_of_generation(name, generation).await?;
             Ok(match run.filter(|r| r.phase.is_terminal()) {
                 Some(r) => Seen::Terminal(r.phase),
                 None => Seen::NotYet,

@@ -17,7 +17,7 @@ pub struct ControllerLock {
 pub enum LockError {
     #[error("another controller (pid {pid}) holds {}", path.display())]
     Held { pid: String, path: PathBuf },
-    #[error("cannot open {}: {source}", path.display())]
+    #[error("cannot open {}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,

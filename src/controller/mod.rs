@@ -108,7 +108,7 @@ pub enum ControllerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("cannot read the manifests folder {}: {source}", path.display())]
+    #[error("cannot read the manifests folder {}", path.display())]
     Folder {
         path: PathBuf,
         source: std::io::Error,

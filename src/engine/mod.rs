@@ -132,13 +132,13 @@ pub struct RunReport {
 /// Why the engine stopped without finishing the run (the store failed: a critical error).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("recording run {run}: {source}")]
+    #[error("recording run {run}")]
     Store {
         run: RunId,
         #[source]
         source: StoreError,
     },
-    #[error("cannot create the log folder {}: {source}", path.display())]
+    #[error("cannot create the log folder {}", path.display())]
     Logs {
         path: PathBuf,
         source: std::io::Error,
