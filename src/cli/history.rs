@@ -308,8 +308,7 @@ pub fn mark_success(
         let coe: Vec<&str> = coe.iter().map(String::as_str).collect();
         let (phase, verdict) = store
             .mark_success(run_id, &targets, reason, &actor, &coe)
-            .await
-            ?;
+            .await?;
         for id in &targets {
             println!("{id}: marked Succeeded");
         }

@@ -1,7 +1,7 @@
 //! The command line: clap definitions, one file per command, rendering and exit codes.
 //!
 //! This is the only module that prints or decides an exit code. Library errors arrive here as
-//! values and are rendered once, with their chain, by [`main`].
+//! values, wrapped in [`CliError`] (`error.rs`), and are rendered once, with their chain, by [`run`].
 
 mod apply;
 mod compat;

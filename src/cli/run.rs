@@ -126,15 +126,13 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
             None => {
                 let pinned = Pinned::new(manifest, &base_dir, cli_env, args.skip.clone());
                 let request = launch::new_run(&store, &plan, &pinned, 0, &owner)
-                    .await
-                    ?;
+                    .await?;
                 (request.run_id, request)
             }
             Some(run_id) => {
                 let previous = store
                     .run(run_id)
-                    .await
-                    ?
+                    .await?
                     .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
                 if previous.pipeline != manifest.metadata.name.as_str() {
                     return Err(CliError::usage(format!(
