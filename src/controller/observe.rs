@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 
 use crate::status::file::{
-    Condition, ConditionStatus, ConditionType, JobStatus, PipelinePhase, PipelineStatus,
-    PipelineStatusDoc, Progress, StatusMetadata,
+    Condition, ConditionReason, ConditionStatus, ConditionType, JobStatus, PipelinePhase,
+    PipelineStatus, PipelineStatusDoc, Progress, StatusMetadata,
 };
 use crate::status::{JobPhase, format_time};
 use crate::store::{PipelineRow, RunRow, Store, StoreError};
@@ -28,14 +28,14 @@ pub fn first_line(message: &str) -> &str {
 fn condition(
     kind: ConditionType,
     status: ConditionStatus,
-    reason: &str,
+    reason: ConditionReason,
     message: &str,
     at: String,
 ) -> Condition {
     Condition {
         kind,
         status,
-        reason: reason.to_owned(),
+        reason,
         message: message.to_owned(),
         last_transition_time: at,
     }
@@ -110,14 +110,14 @@ pub async fn pipeline_status(
         Some(i) => condition(
             ConditionType::Valid,
             ConditionStatus::False,
-            i.reason.as_str(),
+            invalid_reason(i.reason),
             &i.message,
             file_time(dirs.manifests, &i.source),
         ),
         None => condition(
             ConditionType::Valid,
             ConditionStatus::True,
-            "Validated",
+            ConditionReason::Validated,
             "",
             observed_at(),
         ),
@@ -126,28 +126,28 @@ pub async fn pipeline_status(
         (Some(r), _) => condition(
             ConditionType::Complete,
             ConditionStatus::Unknown,
-            PipelinePhase::Interrupted.as_str(),
+            ConditionReason::Interrupted,
             &interrupted_hint(r),
             format_time(r.started_at.unwrap_or(r.created_at)),
         ),
         (None, Some(r)) if r.phase.is_terminal() => condition(
             ConditionType::Complete,
             ConditionStatus::True,
-            r.phase.as_str(),
+            r.phase.into(),
             r.reason.map_or("", |x| x.as_str()),
             format_time(r.finished_at.or(r.started_at).unwrap_or(r.created_at)),
         ),
         (None, Some(r)) => condition(
             ConditionType::Complete,
             ConditionStatus::Unknown,
-            r.phase.as_str(),
+            r.phase.into(),
             "",
             format_time(r.started_at.unwrap_or(r.created_at)),
         ),
         (None, None) => condition(
             ConditionType::Complete,
             ConditionStatus::Unknown,
-            PipelinePhase::Pending.as_str(),
+            ConditionReason::Pending,
             "no run of this generation yet",
             observed_at(),
         ),
@@ -171,6 +171,15 @@ pub async fn pipeline_status(
             jobs: job_map,
         },
     })
+}
+
+/// The reason of the `Valid: False` condition of a manifest invalid for `reason`.
+fn invalid_reason(reason: InvalidReason) -> ConditionReason {
+    match reason {
+        InvalidReason::InvalidManifest => ConditionReason::InvalidManifest,
+        InvalidReason::DuplicateName => ConditionReason::DuplicateName,
+        InvalidReason::InsecurePermissions => ConditionReason::InsecurePermissions,
+    }
 }
 
 /// Counts one job of a run in its progress.
@@ -221,7 +230,7 @@ fn invalid_doc(manifests_dir: &Path, name: &str, invalid: &Invalid) -> PipelineS
             conditions: vec![condition(
                 ConditionType::Valid,
                 ConditionStatus::False,
-                invalid.reason.as_str(),
+                invalid_reason(invalid.reason),
                 &invalid.message,
                 file_time(manifests_dir, &invalid.source),
             )],
@@ -286,7 +295,7 @@ pub async fn snapshot(
                     doc.status.conditions = vec![condition(
                         ConditionType::Valid,
                         ConditionStatus::True,
-                        "Validated",
+                        ConditionReason::Validated,
                         "",
                         file_time(dirs.manifests, &source),
                     )];

@@ -108,6 +108,39 @@ pub enum ConditionStatus {
     Unknown,
 }
 
+/// Why a condition is what it is. Serialized by variant name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConditionReason {
+    /// `Valid: True`: the manifest holds a valid pipeline.
+    Validated,
+    /// `Valid: False`: it does not parse or does not validate.
+    InvalidManifest,
+    /// `Valid: False`: another file already holds its `metadata.name`.
+    DuplicateName,
+    /// `Valid: False`: writable by group or others, or owned by an untrusted user.
+    InsecurePermissions,
+    /// `Complete`: the phase of the run of its current generation (`Pending` when it has none).
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// `Complete: Unknown`: its run was left Running by a process that is gone.
+    Interrupted,
+}
+
+impl From<RunPhase> for ConditionReason {
+    fn from(phase: RunPhase) -> Self {
+        match phase {
+            RunPhase::Pending => ConditionReason::Pending,
+            RunPhase::Running => ConditionReason::Running,
+            RunPhase::Succeeded => ConditionReason::Succeeded,
+            RunPhase::Failed => ConditionReason::Failed,
+            RunPhase::Cancelled => ConditionReason::Cancelled,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
@@ -128,7 +161,7 @@ pub struct Condition {
     #[serde(rename = "type")]
     pub kind: ConditionType,
     pub status: ConditionStatus,
-    pub reason: String,
+    pub reason: ConditionReason,
     pub message: String,
     pub last_transition_time: String,
 }
@@ -206,7 +239,7 @@ mod tests {
         let condition = |kind, status| Condition {
             kind,
             status,
-            reason: "Validated".into(),
+            reason: ConditionReason::Validated,
             message: String::new(),
             last_transition_time: "2026-01-01T00:00:00.000Z".into(),
         };
@@ -273,8 +306,11 @@ mod tests {
         let back: PipelineStatusDoc = serde_saphyr::from_str(&yaml).expect("read back");
         assert_eq!(back, doc);
         assert_eq!(back.invalid_message(), None);
+        assert!(yaml.contains("reason: Validated\n"), "{yaml}");
         for phase in [RunPhase::Pending, RunPhase::Running, RunPhase::Cancelled] {
             assert_eq!(PipelinePhase::from(phase).as_str(), phase.as_str());
+            let reason = serde_json::to_value(ConditionReason::from(phase)).expect("json");
+            assert_eq!(reason, phase.as_str());
         }
     }
 
