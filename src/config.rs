@@ -33,7 +33,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `normal` (WAL, synchronous=NORMAL) or `full` (sync every commit).
     pub durability: Durability,
-    pub log_format: LogFormatConfig,
+    pub log_format: LogFormat,
     /// `error`, `warn`, `info`, `debug` or `trace`.
     pub log_level: String,
     /// Folders searched for `executioner-check-NAME` plugins before PATH.
@@ -42,17 +42,16 @@ pub struct Config {
     pub security: SecurityConfig,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    #[default]
-    Normal,
-    Full,
-}
+/// The store's own knob: the configuration names it, the store acts on it.
+pub use crate::store::Durability;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+/// How log lines are written (`log_format`, `--log-format`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormatConfig {
+#[schemars(rename = "LogFormatConfig")]
+pub enum LogFormat {
     #[default]
     Pretty,
     Json,
@@ -115,7 +114,7 @@ impl Default for Config {
             resync_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             durability: Durability::Normal,
-            log_format: LogFormatConfig::Pretty,
+            log_format: LogFormat::Pretty,
             log_level: "info".into(),
             plugin_dirs: Vec::new(),
             smtp: SmtpConfig::default(),

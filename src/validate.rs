@@ -123,14 +123,16 @@ pub fn validate_file(path: &Path, options: &Options) -> FileOutcome {
         Err(e) => {
             let (pos, message) = match &e {
                 LoadError::Syntax { pos, message, .. } => (*pos, message.clone()),
-                other => (Pos::START, other.to_string()),
-            };
-            let message = match &e {
-                LoadError::TooLarge { .. } => format!(
-                    "larger than {} MiB, refused",
-                    spec::source::MAX_FILE_BYTES / 1024 / 1024
+                LoadError::TooLarge { .. } => (
+                    Pos::START,
+                    format!(
+                        "larger than {} MiB, refused",
+                        spec::source::MAX_FILE_BYTES / 1024 / 1024
+                    ),
                 ),
-                _ => message,
+                LoadError::Io { .. } | LoadError::UnknownFormat { .. } => {
+                    (Pos::START, e.to_string())
+                }
             };
             FileOutcome::Docs(vec![Err(vec![Diagnostic {
                 file: path.to_owned(),

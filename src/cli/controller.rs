@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::{self, ControllerEvent, ControllerOptions, lock};
-use crate::status::file::PipelineStatusDoc;
+use crate::status::file::{ConditionType, PipelinePhase, PipelineStatusDoc};
 use crate::validate::Options;
 
 use super::{CliError, CliResult, Exit, GlobalArgs};
@@ -225,7 +225,7 @@ pub fn status(
                     let p = &d.status.progress;
                     table.add_row([
                         d.metadata.name.clone(),
-                        d.status.phase.clone(),
+                        d.status.phase.to_string(),
                         d.metadata.generation.to_string(),
                         d.status.run_id.map_or("-".into(), |r| r.to_string()),
                         format!(
@@ -247,16 +247,11 @@ pub fn status(
                 let mut out = table.to_string();
                 out.push('\n');
                 for d in &docs {
-                    if let Some(c) = d
-                        .status
-                        .conditions
-                        .iter()
-                        .find(|c| c.kind == "Valid" && c.status == "False")
-                    {
-                        out.push_str(&format!("{}: {}\n", d.metadata.name, c.message));
+                    if let Some(message) = d.invalid_message() {
+                        out.push_str(&format!("{}: {message}\n", d.metadata.name));
                     }
-                    if d.status.phase == controller::observe::INTERRUPTED
-                        && let Some(c) = d.status.conditions.iter().find(|c| c.kind == "Complete")
+                    if d.status.phase == PipelinePhase::Interrupted
+                        && let Some(c) = d.condition(ConditionType::Complete)
                     {
                         out.push_str(&format!("{}: {}\n", d.metadata.name, c.message));
                     }

@@ -10,7 +10,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
-use crate::config::{Config, LogFormatConfig};
+use crate::config::{Config, LogFormat};
 
 use super::GlobalArgs;
 
@@ -19,7 +19,7 @@ pub fn init(global: &GlobalArgs) {
     // A configuration that does not load is the command's to report (commands that need none
     // still work): logging then goes by the flags alone.
     let config = super::load_config(global).unwrap_or_else(|_| Config {
-        log_format: super::log_format_flag(global).unwrap_or_default(),
+        log_format: global.log_format.unwrap_or_default(),
         log_level: super::verbosity(global)
             .map_or("info", |(level, _)| level)
             .to_owned(),
@@ -34,14 +34,14 @@ pub fn init(global: &GlobalArgs) {
         .with_writer(std::io::stderr);
     // Only fails when a subscriber is already installed, which then keeps logging.
     let _ = match config.log_format {
-        LogFormatConfig::Pretty => builder
+        LogFormat::Pretty => builder
             .with_target(false)
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),
         // Event fields at the top level (`message`, `pipeline`, `run`, ...), and the spans the
         // event happened in (`run` with `pipeline` and `run`, `attempt` with `job` and
         // `attempt`) as `spans`, outermost first.
-        LogFormatConfig::Json => builder
+        LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)

@@ -69,19 +69,13 @@ pub struct GlobalArgs {
     pub state_dir: Option<PathBuf>,
     /// Log line format.
     #[arg(long, global = true, value_enum)]
-    pub log_format: Option<LogFormat>,
+    pub log_format: Option<crate::config::LogFormat>,
     /// More log output: -v debug, -vv trace (overrides log_level).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Less output: errors only (log_level error).
     #[arg(short, long, global = true)]
     pub quiet: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Pretty,
-    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -486,21 +480,13 @@ pub fn load_config_layers(global: &GlobalArgs) -> Result<crate::config::Loaded, 
     if let Some(dir) = &global.state_dir {
         flags.push(("state_dir", serde_json::json!(dir), "--state-dir"));
     }
-    if let Some(format) = log_format_flag(global) {
+    if let Some(format) = global.log_format {
         flags.push(("log_format", serde_json::json!(format), "--log-format"));
     }
     if let Some((level, flag)) = verbosity(global) {
         flags.push(("log_level", serde_json::json!(level), flag));
     }
     crate::config::Config::load_layers(global.config.as_deref(), &flags).map_err(CliError::from)
-}
-
-/// `--log-format`, when given.
-fn log_format_flag(global: &GlobalArgs) -> Option<crate::config::LogFormatConfig> {
-    global.log_format.map(|format| match format {
-        LogFormat::Pretty => crate::config::LogFormatConfig::Pretty,
-        LogFormat::Json => crate::config::LogFormatConfig::Json,
-    })
 }
 
 /// The log level `-q`, `-v` or `-vv` asks for and the flag's name, when one is given (`-q`
@@ -534,19 +520,12 @@ pub fn security_policy(config: &crate::config::Config) -> crate::validate::Secur
     crate::validate::SecurityPolicy::from_config(&config.security)
 }
 
-fn durability(config: &crate::config::Config) -> crate::store::Durability {
-    match config.durability {
-        crate::config::Durability::Normal => crate::store::Durability::Normal,
-        crate::config::Durability::Full => crate::store::Durability::Full,
-    }
-}
-
 /// Opens (creating if needed) the state database.
 pub async fn open_store(
     state_dir: &std::path::Path,
     config: &crate::config::Config,
 ) -> Result<crate::store::Store, CliError> {
-    crate::store::Store::open(state_dir, durability(config))
+    crate::store::Store::open(state_dir, config.durability)
         .await
         .map_err(CliError::from)
 }

@@ -403,7 +403,7 @@ async fn drive(
                 Counts::of(jobs.iter().map(|j| j.phase))
             );
         }
-        _ => {}
+        (OutputFormat::Table | OutputFormat::Json, _) => {}
     }
     // `-q` keeps the essentials of a run that did not succeed: what failed, why, where its log
     // is, and the verdict.

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 
 use crate::status::file::{
-    Condition, JobStatus, PipelineStatus, PipelineStatusDoc, Progress, StatusMetadata,
+    Condition, ConditionReason, ConditionStatus, ConditionType, JobStatus, PipelinePhase,
+    PipelineStatus, PipelineStatusDoc, Progress, StatusMetadata,
 };
 use crate::status::{JobPhase, format_time};
 use crate::store::{PipelineRow, RunRow, Store, StoreError};
@@ -24,11 +25,17 @@ pub fn first_line(message: &str) -> &str {
 
 /// A condition whose `lastTransitionTime` comes from stored times (a run's, the pipeline row's,
 /// the manifest file's), never from the clock at read time: two reads of an unchanged state agree.
-fn condition(kind: &str, status: &str, reason: &str, message: &str, at: String) -> Condition {
+fn condition(
+    kind: ConditionType,
+    status: ConditionStatus,
+    reason: ConditionReason,
+    message: &str,
+    at: String,
+) -> Condition {
     Condition {
-        kind: kind.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
+        kind,
+        status,
+        reason,
         message: message.to_owned(),
         last_transition_time: at,
     }
@@ -68,7 +75,7 @@ pub async fn pipeline_status(
         job_map.insert(
             j.job_id.clone(),
             JobStatus {
-                phase: j.phase.to_string(),
+                phase: j.phase,
                 attempts: j.attempts,
                 exit_code: j.exit_code,
                 started_at: j.started_at.map(format_time),
@@ -83,14 +90,14 @@ pub async fn pipeline_status(
         .filter(|r| !r.phase.is_terminal() && !crate::engine::resume::owner_alive(r));
     let current_run = run.as_ref().filter(|r| r.generation == generation);
     let phase = if invalid.is_some() && run.as_ref().is_none_or(|r| r.phase.is_terminal()) {
-        "Invalid".to_owned()
+        PipelinePhase::Invalid
     } else if interrupted.is_some() {
-        INTERRUPTED.to_owned()
+        PipelinePhase::Interrupted
     } else {
         match &run {
-            Some(r) if !r.phase.is_terminal() => r.phase.to_string(),
-            Some(r) if current_run.is_some() => r.phase.to_string(),
-            _ => "Pending".to_owned(),
+            Some(r) if !r.phase.is_terminal() => r.phase.into(),
+            Some(r) if current_run.is_some() => r.phase.into(),
+            Some(_) | None => PipelinePhase::Pending,
         }
     };
     let observed_at = || {
@@ -101,40 +108,46 @@ pub async fn pipeline_status(
     };
     let valid = match invalid {
         Some(i) => condition(
-            "Valid",
-            "False",
-            i.reason.as_str(),
+            ConditionType::Valid,
+            ConditionStatus::False,
+            invalid_reason(i.reason),
             &i.message,
             file_time(dirs.manifests, &i.source),
         ),
-        None => condition("Valid", "True", "Validated", "", observed_at()),
+        None => condition(
+            ConditionType::Valid,
+            ConditionStatus::True,
+            ConditionReason::Validated,
+            "",
+            observed_at(),
+        ),
     };
     let complete = match (interrupted, current_run) {
         (Some(r), _) => condition(
-            "Complete",
-            "Unknown",
-            INTERRUPTED,
+            ConditionType::Complete,
+            ConditionStatus::Unknown,
+            ConditionReason::Interrupted,
             &interrupted_hint(r),
             format_time(r.started_at.unwrap_or(r.created_at)),
         ),
         (None, Some(r)) if r.phase.is_terminal() => condition(
-            "Complete",
-            "True",
-            r.phase.as_str(),
+            ConditionType::Complete,
+            ConditionStatus::True,
+            r.phase.into(),
             r.reason.map_or("", |x| x.as_str()),
             format_time(r.finished_at.or(r.started_at).unwrap_or(r.created_at)),
         ),
         (None, Some(r)) => condition(
-            "Complete",
-            "Unknown",
-            r.phase.as_str(),
+            ConditionType::Complete,
+            ConditionStatus::Unknown,
+            r.phase.into(),
             "",
             format_time(r.started_at.unwrap_or(r.created_at)),
         ),
         (None, None) => condition(
-            "Complete",
-            "Unknown",
-            "Pending",
+            ConditionType::Complete,
+            ConditionStatus::Unknown,
+            ConditionReason::Pending,
             "no run of this generation yet",
             observed_at(),
         ),
@@ -160,6 +173,15 @@ pub async fn pipeline_status(
     })
 }
 
+/// The reason of the `Valid: False` condition of a manifest invalid for `reason`.
+fn invalid_reason(reason: InvalidReason) -> ConditionReason {
+    match reason {
+        InvalidReason::InvalidManifest => ConditionReason::InvalidManifest,
+        InvalidReason::DuplicateName => ConditionReason::DuplicateName,
+        InvalidReason::InsecurePermissions => ConditionReason::InsecurePermissions,
+    }
+}
+
 /// Counts one job of a run in its progress.
 pub fn count_job(progress: &mut Progress, phase: JobPhase) {
     match phase {
@@ -171,9 +193,6 @@ pub fn count_job(progress: &mut Progress, phase: JobPhase) {
         JobPhase::Cancelled => progress.cancelled += 1,
     }
 }
-
-/// The phase `status` shows for a run whose process is gone.
-pub const INTERRUPTED: &str = "Interrupted";
 
 /// What to do about an interrupted run.
 pub fn interrupted_hint(run: &RunRow) -> String {
@@ -202,16 +221,16 @@ fn invalid_doc(manifests_dir: &Path, name: &str, invalid: &Invalid) -> PipelineS
             generation: 0,
         },
         status: PipelineStatus {
-            phase: "Invalid".into(),
+            phase: PipelinePhase::Invalid,
             observed_generation: None,
             run_id: None,
             started_at: None,
             finished_at: None,
             progress: Progress::default(),
             conditions: vec![condition(
-                "Valid",
-                "False",
-                invalid.reason.as_str(),
+                ConditionType::Valid,
+                ConditionStatus::False,
+                invalid_reason(invalid.reason),
                 &invalid.message,
                 file_time(manifests_dir, &invalid.source),
             )],
@@ -272,11 +291,11 @@ pub async fn snapshot(
                             reason: InvalidReason::InvalidManifest,
                         },
                     );
-                    doc.status.phase = "Pending".into();
+                    doc.status.phase = PipelinePhase::Pending;
                     doc.status.conditions = vec![condition(
-                        "Valid",
-                        "True",
-                        "Validated",
+                        ConditionType::Valid,
+                        ConditionStatus::True,
+                        ConditionReason::Validated,
                         "",
                         file_time(dirs.manifests, &source),
                     )];

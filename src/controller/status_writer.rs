@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::engine::RunEvent;
-use crate::status::file::{PipelineStatusDoc, Progress, status_path, write_atomic};
-use crate::status::{JobPhase, RunPhase, format_time};
+use crate::status::file::{PipelinePhase, PipelineStatusDoc, Progress, status_path, write_atomic};
+use crate::status::{JobPhase, format_time};
 use crate::store::{RunId, RunRow, Store, StoreError};
 
 use super::ControllerEvent;
@@ -29,24 +29,19 @@ pub const COALESCE: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct StatusKey {
     generation: Option<i64>,
-    run: Option<(RunId, String, Option<String>)>,
+    run: Option<(RunId, PipelinePhase, Option<String>)>,
     invalid: Option<String>,
 }
 
 /// The key of a status document just built.
 fn status_key(doc: &PipelineStatusDoc) -> StatusKey {
-    let invalid = doc
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.kind == "Valid" && c.status == "False")
-        .map(|c| c.message.clone());
+    let invalid = doc.invalid_message().map(str::to_owned);
     StatusKey {
         generation: Some(doc.metadata.generation).filter(|g| *g > 0),
         run: doc
             .status
             .run_id
-            .map(|id| (id, doc.status.phase.clone(), doc.status.finished_at.clone())),
+            .map(|id| (id, doc.status.phase, doc.status.finished_at.clone())),
         invalid,
     }
 }
@@ -127,7 +122,7 @@ impl StatusWriter {
         let Some(doc) = live.doc.as_mut() else {
             return;
         };
-        if doc.status.run_id != Some(run) || doc.status.phase != RunPhase::Running.as_str() {
+        if doc.status.run_id != Some(run) || doc.status.phase != PipelinePhase::Running {
             // Built before the run had started: the store says when it did.
             live.doc = None;
             return;
@@ -152,28 +147,28 @@ impl StatusWriter {
         let now = || format_time(time::OffsetDateTime::now_utc());
         match event {
             RunEvent::JobSkipped { .. } => {
-                job.phase = JobPhase::Skipped.to_string();
+                job.phase = JobPhase::Skipped;
                 job.finished_at = Some(now());
             }
             RunEvent::AttemptStarted { .. } => {
-                job.phase = JobPhase::Running.to_string();
+                job.phase = JobPhase::Running;
                 job.attempts += 1;
                 job.exit_code = None;
                 job.started_at.get_or_insert_with(now);
                 job.finished_at = None;
             }
             RunEvent::JobWaiting { .. } => {
-                job.phase = JobPhase::Waiting.to_string();
+                job.phase = JobPhase::Waiting;
                 job.started_at.get_or_insert_with(now);
                 job.finished_at = None;
             }
-            RunEvent::SensorPassed { .. } => job.phase = JobPhase::Running.to_string(),
+            RunEvent::SensorPassed { .. } => job.phase = JobPhase::Running,
             // The job stays Running until its next attempt.
             RunEvent::AttemptFailedWillRetry { .. } => {}
             RunEvent::JobFinished {
                 phase, exit_code, ..
             } => {
-                job.phase = phase.to_string();
+                job.phase = *phase;
                 job.exit_code = exit_code.map(i64::from);
                 job.finished_at = phase.is_terminal().then(now);
             }
@@ -183,10 +178,7 @@ impl StatusWriter {
             ..Progress::default()
         };
         for j in doc.status.jobs.values() {
-            match j.phase.parse::<JobPhase>() {
-                Ok(phase) => observe::count_job(&mut progress, phase),
-                Err(_) => progress.pending += 1,
-            }
+            observe::count_job(&mut progress, j.phase);
         }
         doc.status.progress = progress;
         if progress.running + progress.pending == 0 {
@@ -327,7 +319,7 @@ fn cheap_key(
         run: run.map(|r| {
             (
                 r.id,
-                r.phase.to_string(),
+                r.phase.into(),
                 r.finished_at.map(crate::status::format_time),
             )
         }),
@@ -348,7 +340,7 @@ mod tests {
 
     fn running_doc(run: RunId, jobs: &[&str]) -> PipelineStatusDoc {
         let job = JobStatus {
-            phase: JobPhase::Pending.to_string(),
+            phase: JobPhase::Pending,
             attempts: 0,
             exit_code: None,
             started_at: None,
@@ -364,7 +356,7 @@ mod tests {
                 generation: 1,
             },
             status: PipelineStatus {
-                phase: "Running".into(),
+                phase: PipelinePhase::Running,
                 observed_generation: Some(1),
                 run_id: Some(run),
                 started_at: None,
@@ -448,12 +440,12 @@ mod tests {
         let doc: PipelineStatusDoc =
             serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let jobs = &doc.status.jobs;
-        assert_eq!(jobs["a"].phase, "Succeeded");
+        assert_eq!(jobs["a"].phase, JobPhase::Succeeded);
         assert_eq!((jobs["a"].attempts, jobs["a"].exit_code), (1, Some(0)));
         assert!(jobs["a"].finished_at.is_some());
-        assert_eq!(jobs["b"].phase, "Waiting");
+        assert_eq!(jobs["b"].phase, JobPhase::Waiting);
         assert!(jobs["b"].started_at.is_some() && jobs["b"].finished_at.is_none());
-        assert_eq!(jobs["c"].phase, "Pending");
+        assert_eq!(jobs["c"].phase, JobPhase::Pending);
         let want = Progress {
             total: 3,
             succeeded: 1,

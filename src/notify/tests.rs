@@ -42,7 +42,9 @@ fn run_row(phase: RunPhase) -> RunRow {
         phase,
         reason: Some(match phase {
             RunPhase::Succeeded => Reason::AllSucceeded,
-            _ => Reason::JobsFailed,
+            RunPhase::Pending | RunPhase::Running | RunPhase::Failed | RunPhase::Cancelled => {
+                Reason::JobsFailed
+            }
         }),
         rounds: 1,
         owner_pid: None,

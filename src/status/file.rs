@@ -2,11 +2,14 @@
 //! atomically (temp file, fsync, rename, fsync of the folder). No environment values or secrets
 //! ever go in it: only phases, counts, times and paths.
 
+use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
+
+use super::{JobPhase, RunPhase};
 
 /// `kind: PipelineStatus` document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,8 +33,7 @@ pub struct StatusMetadata {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineStatus {
-    /// Pending | Running | Succeeded | Failed | Cancelled | Invalid
-    pub phase: String,
+    pub phase: PipelinePhase,
     pub observed_generation: Option<i64>,
     pub run_id: Option<i64>,
     pub started_at: Option<String>,
@@ -39,6 +41,104 @@ pub struct PipelineStatus {
     pub progress: Progress,
     pub conditions: Vec<Condition>,
     pub jobs: IndexMap<String, JobStatus>,
+}
+
+/// Where a pipeline stands, as its status file and `executioner status` show it: its latest run's
+/// phase, or what keeps it from having one. Serialized by variant name (`Running`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PipelinePhase {
+    /// No run of its current generation yet.
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Its manifest holds no valid pipeline, and no run of it goes on.
+    Invalid,
+    /// Its run was left Running by a process that is gone.
+    Interrupted,
+}
+
+impl PipelinePhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelinePhase::Pending => "Pending",
+            PipelinePhase::Running => "Running",
+            PipelinePhase::Succeeded => "Succeeded",
+            PipelinePhase::Failed => "Failed",
+            PipelinePhase::Cancelled => "Cancelled",
+            PipelinePhase::Invalid => "Invalid",
+            PipelinePhase::Interrupted => "Interrupted",
+        }
+    }
+}
+
+impl From<RunPhase> for PipelinePhase {
+    fn from(phase: RunPhase) -> Self {
+        match phase {
+            RunPhase::Pending => PipelinePhase::Pending,
+            RunPhase::Running => PipelinePhase::Running,
+            RunPhase::Succeeded => PipelinePhase::Succeeded,
+            RunPhase::Failed => PipelinePhase::Failed,
+            RunPhase::Cancelled => PipelinePhase::Cancelled,
+        }
+    }
+}
+
+impl fmt::Display for PipelinePhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a condition of a pipeline's status is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConditionType {
+    /// Its manifest holds a valid pipeline.
+    Valid,
+    /// The run of its current generation ended.
+    Complete,
+}
+
+/// Whether a condition holds (Kubernetes' `True`, `False`, `Unknown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+/// Why a condition is what it is. Serialized by variant name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConditionReason {
+    /// `Valid: True`: the manifest holds a valid pipeline.
+    Validated,
+    /// `Valid: False`: it does not parse or does not validate.
+    InvalidManifest,
+    /// `Valid: False`: another file already holds its `metadata.name`.
+    DuplicateName,
+    /// `Valid: False`: writable by group or others, or owned by an untrusted user.
+    InsecurePermissions,
+    /// `Complete`: the phase of the run of its current generation (`Pending` when it has none).
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// `Complete: Unknown`: its run was left Running by a process that is gone.
+    Interrupted,
+}
+
+impl From<RunPhase> for ConditionReason {
+    fn from(phase: RunPhase) -> Self {
+        match phase {
+            RunPhase::Pending => ConditionReason::Pending,
+            RunPhase::Running => ConditionReason::Running,
+            RunPhase::Succeeded => ConditionReason::Succeeded,
+            RunPhase::Failed => ConditionReason::Failed,
+            RunPhase::Cancelled => ConditionReason::Cancelled,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -59,10 +159,9 @@ pub struct Progress {
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
-    pub kind: String,
-    /// "True" | "False" | "Unknown"
-    pub status: String,
-    pub reason: String,
+    pub kind: ConditionType,
+    pub status: ConditionStatus,
+    pub reason: ConditionReason,
     pub message: String,
     pub last_transition_time: String,
 }
@@ -70,7 +169,7 @@ pub struct Condition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatus {
-    pub phase: String,
+    pub phase: JobPhase,
     pub attempts: i64,
     pub exit_code: Option<i64>,
     pub started_at: Option<String>,
@@ -86,6 +185,18 @@ pub fn status_path(manifests_dir: &Path, name: &str) -> PathBuf {
 impl PipelineStatusDoc {
     pub fn to_yaml(&self) -> String {
         serde_saphyr::to_string(self).unwrap_or_default()
+    }
+
+    /// Why its manifest is invalid, when it is (the message of its `Valid: False` condition).
+    pub fn invalid_message(&self) -> Option<&str> {
+        self.condition(ConditionType::Valid)
+            .filter(|c| c.status == ConditionStatus::False)
+            .map(|c| c.message.as_str())
+    }
+
+    /// Its condition of type `kind`, if it has one.
+    pub fn condition(&self, kind: ConditionType) -> Option<&Condition> {
+        self.status.conditions.iter().find(|c| c.kind == kind)
     }
 }
 
@@ -120,6 +231,88 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The enums are written as the names the status file has always held (readers compare them
+    /// as text), in YAML and in JSON, and read back.
+    #[test]
+    fn phases_and_conditions_are_written_by_name() {
+        let condition = |kind, status| Condition {
+            kind,
+            status,
+            reason: ConditionReason::Validated,
+            message: String::new(),
+            last_transition_time: "2026-01-01T00:00:00.000Z".into(),
+        };
+        let doc = PipelineStatusDoc {
+            api_version: "executioner.dev/v1".into(),
+            kind: "PipelineStatus".into(),
+            metadata: StatusMetadata {
+                name: "p".into(),
+                source: "p.yaml".into(),
+                generation: 1,
+            },
+            status: PipelineStatus {
+                phase: PipelinePhase::Interrupted,
+                observed_generation: None,
+                run_id: None,
+                started_at: None,
+                finished_at: None,
+                progress: Progress::default(),
+                conditions: vec![
+                    condition(ConditionType::Valid, ConditionStatus::True),
+                    condition(ConditionType::Complete, ConditionStatus::False),
+                    condition(ConditionType::Complete, ConditionStatus::Unknown),
+                ],
+                jobs: [(
+                    "a".to_owned(),
+                    JobStatus {
+                        phase: JobPhase::Waiting,
+                        attempts: 0,
+                        exit_code: None,
+                        started_at: None,
+                        finished_at: None,
+                        log: None,
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            },
+        };
+        let json = serde_json::to_value(&doc).expect("json");
+        assert_eq!(json["status"]["phase"], "Interrupted");
+        assert_eq!(json["status"]["jobs"]["a"]["phase"], "Waiting");
+        let conditions: Vec<(&str, &str)> = json["status"]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            conditions,
+            [
+                ("Valid", "True"),
+                ("Complete", "False"),
+                ("Complete", "Unknown")
+            ]
+        );
+        let yaml = doc.to_yaml();
+        for line in [
+            "  phase: Interrupted\n",
+            "status: \"True\"",
+            "status: \"False\"",
+        ] {
+            assert!(yaml.contains(line), "{line:?} in {yaml}");
+        }
+        let back: PipelineStatusDoc = serde_saphyr::from_str(&yaml).expect("read back");
+        assert_eq!(back, doc);
+        assert_eq!(back.invalid_message(), None);
+        assert!(yaml.contains("reason: Validated\n"), "{yaml}");
+        for phase in [RunPhase::Pending, RunPhase::Running, RunPhase::Cancelled] {
+            assert_eq!(PipelinePhase::from(phase).as_str(), phase.as_str());
+            let reason = serde_json::to_value(ConditionReason::from(phase)).expect("json");
+            assert_eq!(reason, phase.as_str());
+        }
+    }
 
     /// Replaces the file, and a symlink by a file (the link's target untouched); leaves no temp
     /// file; 0644 less the umask.

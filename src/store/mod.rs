@@ -47,14 +47,17 @@ pub type RunId = i64;
 pub type AttemptId = i64;
 
 /// How hard a commit tries to survive a power loss (config `durability`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
-    /// `synchronous=NORMAL`: a killed process loses nothing committed; a power loss may roll back
-    /// the last commits.
+    // (Not doc comments: the configuration's schema lists the names alone.)
+    // `synchronous=NORMAL`: a killed process loses nothing committed; a power loss may roll back
+    // the last commits.
     #[default]
     Normal,
-    /// `synchronous=FULL`: every commit is synced to disk.
+    // `synchronous=FULL`: every commit is synced to disk.
     Full,
 }
 
