@@ -1,3 +1,5 @@
+//! Notification tests: which messages a finished run queues (recipients, subjects, log tails,
+//! masking) and their delivery, with real files and a real state database.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
