@@ -13,6 +13,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::status::RunId;
+
 /// The database file inside the state folder.
 pub const DB_FILE: &str = "executioner.db";
 
@@ -32,17 +34,17 @@ pub fn requests_dir(state_dir: &Path) -> PathBuf {
 }
 
 /// Folder of a run's logs: `STATE/logs/PIPELINE/RUN`. Names are validated, so it stays inside.
-pub fn run_log_dir(state_dir: &Path, pipeline: &str, run: i64) -> PathBuf {
+pub fn run_log_dir(state_dir: &Path, pipeline: &str, run: RunId) -> PathBuf {
     state_dir.join("logs").join(pipeline).join(run.to_string())
 }
 
 /// `STATE/logs/PIPELINE/RUN/run.log`.
-pub fn run_log_path(state_dir: &Path, pipeline: &str, run: i64) -> PathBuf {
+pub fn run_log_path(state_dir: &Path, pipeline: &str, run: RunId) -> PathBuf {
     run_log_dir(state_dir, pipeline, run).join("run.log")
 }
 
 /// `STATE/logs/PIPELINE/RUN/JOB.log`.
-pub fn job_log_path(state_dir: &Path, pipeline: &str, run: i64, job: &str) -> PathBuf {
+pub fn job_log_path(state_dir: &Path, pipeline: &str, run: RunId, job: &str) -> PathBuf {
     run_log_dir(state_dir, pipeline, run).join(job_log_file(job))
 }
 
@@ -87,11 +89,11 @@ mod tests {
         );
         assert_eq!(requests_dir(state), Path::new("/state/requests"));
         assert_eq!(
-            run_log_path(state, "etl", 7),
+            run_log_path(state, "etl", RunId::from(7)),
             Path::new("/state/logs/etl/7/run.log")
         );
         assert_eq!(
-            job_log_path(state, "etl", 7, "load"),
+            job_log_path(state, "etl", RunId::from(7), "load"),
             Path::new("/state/logs/etl/7/load.log")
         );
     }

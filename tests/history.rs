@@ -581,7 +581,7 @@ fn a_running_job_has_its_process_on_record() {
             let Ok(store) = Store::open(&ws.state_dir(), Durability::Normal).await else {
                 return None;
             };
-            let attempts = store.attempts(1).await.ok()?;
+            let attempts = store.attempts(1.into()).await.ok()?;
             store.close().await;
             attempts.into_iter().find(|a| a.job_id == job)
         })

@@ -84,14 +84,16 @@ fn log_event(event: &ControllerEvent) {
             run,
             generation,
             why,
-        } => tracing::info!(pipeline = %pipeline, run, generation, why = %why, "run started"),
+        } => {
+            tracing::info!(pipeline = %pipeline, run = run.get(), generation, why = %why, "run started")
+        }
         ControllerEvent::RunResumed {
             pipeline,
             run,
             lost,
         } => tracing::warn!(
             pipeline = %pipeline,
-            run,
+            run = run.get(),
             lost = %lost.join(","),
             "run resumed after a crash"
         ),
@@ -99,17 +101,19 @@ fn log_event(event: &ControllerEvent) {
             pipeline,
             run,
             phase,
-        } => tracing::info!(pipeline = %pipeline, run, phase = %phase.as_str(), "run finished"),
+        } => {
+            tracing::info!(pipeline = %pipeline, run = run.get(), phase = %phase.as_str(), "run finished")
+        }
         ControllerEvent::Cancelling { pipeline, run, why } => {
-            tracing::info!(pipeline = %pipeline, run, why = %why, "cancelling run")
+            tracing::info!(pipeline = %pipeline, run = run.get(), why = %why, "cancelling run")
         }
         ControllerEvent::Interrupting { pipeline, run } => tracing::info!(
             pipeline = %pipeline,
-            run,
+            run = run.get(),
             "interrupting run (it continues at the next start)"
         ),
         ControllerEvent::RunInterrupted { pipeline, run } => {
-            tracing::info!(pipeline = %pipeline, run, "run interrupted")
+            tracing::info!(pipeline = %pipeline, run = run.get(), "run interrupted")
         }
         ControllerEvent::Invalid { source, message } => {
             tracing::error!(source = %source, error = %message, "invalid manifest")

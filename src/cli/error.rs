@@ -12,7 +12,7 @@ use crate::controller::ControllerError;
 use crate::controller::lock::LockError;
 use crate::engine::EngineError;
 use crate::notify::NotifyError;
-use crate::store::StoreError;
+use crate::store::{RunId, StoreError};
 
 use super::Exit;
 
@@ -31,7 +31,7 @@ pub enum CliError {
     /// A run's pinned spec in the state database cannot be read back (exit 3, as corruption).
     #[error("run {run}: pinned spec unreadable")]
     PinnedSpec {
-        run: i64,
+        run: RunId,
         #[source]
         source: serde_json::Error,
     },
@@ -130,7 +130,7 @@ mod tests {
             (CliError::Interrupted, Exit::Interrupted),
             (
                 CliError::PinnedSpec {
-                    run: 4,
+                    run: RunId::from(4),
                     source: serde_json::from_str::<u8>("x").unwrap_err(),
                 },
                 Exit::Corrupt,

@@ -23,6 +23,8 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use crate::store::RunId;
+
 pub use error::CliError;
 
 /// Exit codes, as in DESIGN section 3.
@@ -166,7 +168,7 @@ pub enum Command {
   executioner resume 42 --failed-only")]
     Resume {
         /// The run's id (as `executioner runs` lists it).
-        run: i64,
+        run: RunId,
         /// Run again only the jobs that failed (or were lost) and what they kept from running.
         #[arg(long)]
         failed_only: bool,
@@ -197,7 +199,7 @@ pub enum Command {
   executioner logs 42 extract --follow")]
     Logs {
         /// The run's id.
-        run: i64,
+        run: RunId,
         /// A job of the run (default: the run's own log).
         job: Option<String>,
         /// Keep printing until the run ends.
@@ -281,7 +283,7 @@ pub enum Command {
   executioner mark-success 42 load,report && executioner resume 42")]
     MarkSuccess {
         /// The run's id.
-        run: i64,
+        run: RunId,
         /// The jobs to mark (comma-separated or several arguments).
         #[arg(required = true, value_delimiter = ',')]
         jobs: Vec<String>,
@@ -299,7 +301,7 @@ pub enum RunsCommand {
   executioner runs show 42 -o json | jq '.jobs[] | select(.phase == \"Failed\")'")]
     Show {
         /// The run's id.
-        run: i64,
+        run: RunId,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: OutputFormat,
     },
@@ -628,5 +630,27 @@ mod tests {
         let mut missing = Vec::new();
         check(&mut root, "", &mut missing);
         assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+
+    /// A run id on the command line is a whole number from 1: anything else names no run, so it
+    /// is a usage error before the store is opened.
+    #[test]
+    fn a_run_argument_must_be_a_run_id() {
+        let cli = Cli::try_parse_from(["executioner", "resume", "42"]).unwrap();
+        assert!(matches!(cli.command, Command::Resume { run, .. } if run == RunId::from(42)));
+        for args in [
+            ["executioner", "runs", "show", "0"],
+            ["executioner", "logs", "abc", "extract"],
+            ["executioner", "mark-success", "1.5", "load"],
+        ] {
+            let error = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(
+                error
+                    .to_string()
+                    .contains("is not a run id (a whole number, at least 1)"),
+                "{error}"
+            );
+        }
     }
 }

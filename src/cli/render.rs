@@ -258,12 +258,12 @@ pub fn runs_table(runs: &[(RunRow, Vec<AttemptRow>)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::JobPhase;
+    use crate::status::{AttemptId, JobPhase, RunId};
     use time::macros::datetime;
 
     fn run(rounds: i64) -> RunRow {
         RunRow {
-            id: 1,
+            id: RunId::from(1),
             pipeline: "p".into(),
             generation: 0,
             spec_json: String::new(),
@@ -286,8 +286,8 @@ mod tests {
         finished_at: Option<OffsetDateTime>,
     ) -> AttemptRow {
         AttemptRow {
-            id: 1,
-            run_id: 1,
+            id: AttemptId::from(1),
+            run_id: RunId::from(1),
             job_id: "a".into(),
             round,
             number: 1,

@@ -354,7 +354,7 @@ mod tests {
                 .iter()
                 .map(|(n, run, generation)| {
                     let a = ActiveRun {
-                        run: *run,
+                        run: RunId::from(*run),
                         generation: *generation,
                         cancelling: false,
                     };
@@ -428,7 +428,7 @@ mod tests {
             decide(&snapshot, &seen, clock.now()).actions,
             vec![Action::Cancel {
                 pipeline: "a".into(),
-                run: 7,
+                run: RunId::from(7),
                 why: "replaced by a new generation",
             }]
         );
@@ -495,7 +495,7 @@ mod tests {
             vec![
                 Action::Cancel {
                     pipeline: "a".into(),
-                    run: 7,
+                    run: RunId::from(7),
                     why: "manifest deleted",
                 },
                 Action::MarkDeleted {

@@ -400,16 +400,24 @@ mod tests {
         )
         .unwrap();
         assert!(folder.desired.contains_key("p"));
-        writer.run_started("p", 7, vec!["a".into(), "b".into(), "c".into()]);
-        writer.live.get_mut("p").unwrap().doc = Some(running_doc(7, &["a", "b", "c"]));
+        writer.run_started(
+            "p",
+            RunId::from(7),
+            vec!["a".into(), "b".into(), "c".into()],
+        );
+        writer.live.get_mut("p").unwrap().doc = Some(running_doc(RunId::from(7), &["a", "b", "c"]));
         assert_eq!(writer.flush_at(), None);
 
         let due = Instant::now() + COALESCE;
-        writer.apply("p", 7, &RunEvent::AttemptStarted { job: 0, attempt: 1 });
+        writer.apply(
+            "p",
+            RunId::from(7),
+            &RunEvent::AttemptStarted { job: 0, attempt: 1 },
+        );
         tokio::time::advance(Duration::from_millis(40)).await;
         writer.apply(
             "p",
-            7,
+            RunId::from(7),
             &RunEvent::JobFinished {
                 job: 0,
                 phase: JobPhase::Succeeded,
@@ -417,12 +425,16 @@ mod tests {
                 exit_code: Some(0),
             },
         );
-        writer.apply("p", 7, &RunEvent::AttemptStarted { job: 1, attempt: 1 });
-        writer.apply("p", 7, &RunEvent::JobWaiting { job: 1 });
+        writer.apply(
+            "p",
+            RunId::from(7),
+            &RunEvent::AttemptStarted { job: 1, attempt: 1 },
+        );
+        writer.apply("p", RunId::from(7), &RunEvent::JobWaiting { job: 1 });
         // Events of another run of the pipeline (one that already ended) change nothing.
         writer.apply(
             "p",
-            6,
+            RunId::from(6),
             &RunEvent::JobSkipped {
                 job: 2,
                 reason: Reason::Completed,
@@ -459,7 +471,7 @@ mod tests {
         let inode = std::fs::metadata(&path).unwrap().ino();
         writer.apply(
             "p",
-            7,
+            RunId::from(7),
             &RunEvent::AttemptFailedWillRetry {
                 job: 1,
                 attempt: 1,
@@ -473,7 +485,7 @@ mod tests {
         // The last job ending is written at once, not with the burst.
         writer.apply(
             "p",
-            7,
+            RunId::from(7),
             &RunEvent::JobFinished {
                 job: 1,
                 phase: JobPhase::Failed,
@@ -484,7 +496,7 @@ mod tests {
         assert_eq!(writer.flush_at(), Some(Instant::now() + COALESCE));
         writer.apply(
             "p",
-            7,
+            RunId::from(7),
             &RunEvent::JobSkipped {
                 job: 2,
                 reason: Reason::UpstreamFailed,
@@ -502,7 +514,7 @@ mod tests {
         writer.run_ended("p");
         writer.apply(
             "p",
-            7,
+            RunId::from(7),
             &RunEvent::JobSkipped {
                 job: 2,
                 reason: Reason::Completed,
@@ -511,17 +523,33 @@ mod tests {
         assert_eq!(writer.flush_at(), None);
 
         // Deleted while its run is being cancelled: the events of the run write no file.
-        writer.run_started("p", 8, vec!["a".into(), "b".into(), "c".into()]);
-        writer.live.get_mut("p").unwrap().doc = Some(running_doc(8, &["a", "b", "c"]));
+        writer.run_started(
+            "p",
+            RunId::from(8),
+            vec!["a".into(), "b".into(), "c".into()],
+        );
+        writer.live.get_mut("p").unwrap().doc = Some(running_doc(RunId::from(8), &["a", "b", "c"]));
         writer.remove("p");
         assert!(!path.exists());
-        writer.apply("p", 8, &RunEvent::AttemptStarted { job: 0, attempt: 1 });
+        writer.apply(
+            "p",
+            RunId::from(8),
+            &RunEvent::AttemptStarted { job: 0, attempt: 1 },
+        );
         writer.flush(&store, &Folder::default()).await.unwrap();
         assert!(!path.exists());
         // Nor does a flush of a pipeline its folder no longer has.
-        writer.run_started("p", 9, vec!["a".into(), "b".into(), "c".into()]);
-        writer.live.get_mut("p").unwrap().doc = Some(running_doc(9, &["a", "b", "c"]));
-        writer.apply("p", 9, &RunEvent::AttemptStarted { job: 0, attempt: 1 });
+        writer.run_started(
+            "p",
+            RunId::from(9),
+            vec!["a".into(), "b".into(), "c".into()],
+        );
+        writer.live.get_mut("p").unwrap().doc = Some(running_doc(RunId::from(9), &["a", "b", "c"]));
+        writer.apply(
+            "p",
+            RunId::from(9),
+            &RunEvent::AttemptStarted { job: 0, attempt: 1 },
+        );
         writer.flush(&store, &Folder::default()).await.unwrap();
         assert!(!path.exists());
     }

@@ -85,7 +85,7 @@ pub(super) async fn run_attempt(spec: AttemptSpec) -> AttemptResult {
     let started = Instant::now();
     tracing::debug!("attempt started");
     let result = attempt_body(spec).await;
-    if result.attempt_id != 0 {
+    if result.attempt_id != AttemptId::from(0) {
         let marker = ended_marker(&result, started.elapsed());
         tracing::debug!("{marker}");
         append_log(&log_path, &marker);
@@ -109,7 +109,7 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
         // Not recorded: the loop has failed and stops; this attempt is never settled.
         return AttemptResult {
             job: spec.job,
-            attempt_id: 0,
+            attempt_id: AttemptId::from(0),
             pid: None,
             number: spec.number,
             outcome: AttemptOutcome::Stopped,

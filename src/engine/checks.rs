@@ -12,12 +12,13 @@ use indexmap::IndexMap;
 use crate::env;
 use crate::process::{self, ExitStatus, Output, SpawnSpec, Stdin};
 use crate::spec::{Check, CheckKind, Command};
+use crate::status::RunId;
 
 /// What a check needs to know about the attempt it guards.
 #[derive(Debug)]
 pub struct CheckContext<'a> {
     pub pipeline: &'a str,
-    pub run_id: i64,
+    pub run_id: RunId,
     pub job: &'a str,
     pub attempt: i64,
     pub env: &'a IndexMap<String, String>,

@@ -14,6 +14,7 @@ use crate::spec::{
     Check, Command, Duration, EnvValue, InheritEnv, InheritMode, JobSpec, Manifest, RetryPolicy,
     SecretSource, Trigger,
 };
+use crate::status::RunId;
 
 /// Default attempt timeout when neither the job nor `defaults` sets one (none: jobs may run long).
 pub const NO_RETRY: RetryPolicy = RetryPolicy {
@@ -149,7 +150,7 @@ impl Plan {
     pub fn job_env(
         &self,
         index: usize,
-        run_id: i64,
+        run_id: RunId,
         attempt: i64,
     ) -> Result<IndexMap<String, String>, EnvError> {
         let job = &self.jobs[index];

@@ -5,7 +5,7 @@
 use crate::process;
 use crate::scheduler::{Outcome, Start};
 use crate::status::{JobPhase, Reason};
-use crate::store::{JobRow, RunId, RunRow, Store, StoreError};
+use crate::store::{AttemptId, JobRow, RunId, RunRow, Store, StoreError};
 
 use super::plan::Plan;
 
@@ -147,7 +147,7 @@ pub async fn recover(store: &Store, run: &RunRow) -> Result<Vec<String>, StoreEr
         })
         .await;
     }
-    let ids: Vec<i64> = open.iter().map(|a| a.id).collect();
+    let ids: Vec<AttemptId> = open.iter().map(|a| a.id).collect();
     store.mark_lost(&ids).await?;
     Ok(open.into_iter().map(|a| a.job_id).collect())
 }
@@ -214,7 +214,7 @@ mod tests {
 
     fn row(job: &str, phase: JobPhase, reason: Option<Reason>) -> JobRow {
         JobRow {
-            run_id: 1,
+            run_id: RunId::from(1),
             job_id: job.into(),
             position: 0,
             phase,

@@ -52,7 +52,7 @@ struct JobTrack {
 }
 
 /// Runs `request` of `plan` to its end.
-#[tracing::instrument(name = "run", skip_all, fields(pipeline = %plan.pipeline, run = request.run_id))]
+#[tracing::instrument(name = "run", skip_all, fields(pipeline = %plan.pipeline, run = request.run_id.get()))]
 pub async fn execute(
     store: &Store,
     plan: Arc<Plan>,

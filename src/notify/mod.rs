@@ -157,7 +157,7 @@ pub struct CommandPayload {
 /// state is committed. Does no network I/O.
 pub async fn enqueue_for_run(
     store: &Store,
-    run_id: i64,
+    run_id: RunId,
     state_dir: &Path,
 ) -> Result<usize, NotifyError> {
     let run = store

@@ -36,7 +36,7 @@ fn pinned(notify: serde_json::Value, job_notify: serde_json::Value) -> Pinned {
 fn run_row(phase: RunPhase) -> RunRow {
     let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
     RunRow {
-        id: 7,
+        id: RunId::from(7),
         pipeline: "etl".into(),
         generation: 0,
         spec_json: String::new(),
@@ -60,7 +60,7 @@ fn run_row(phase: RunPhase) -> RunRow {
 
 fn job_row(id: &str, phase: JobPhase, reason: Reason) -> JobRow {
     JobRow {
-        run_id: 7,
+        run_id: RunId::from(7),
         job_id: id.into(),
         position: 0,
         phase,
@@ -85,7 +85,7 @@ fn failed_jobs() -> Vec<JobRow> {
 
 fn state_with_log(job: &str, text: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let path = crate::state_dir::job_log_path(dir.path(), "etl", 7, job);
+    let path = crate::state_dir::job_log_path(dir.path(), "etl", RunId::from(7), job);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
     dir
@@ -207,7 +207,7 @@ fn at_most_three_logs_are_attached() {
     let mut specs = Vec::new();
     for i in 0..5 {
         let id = format!("j{i}");
-        let path = crate::state_dir::job_log_path(state.path(), "etl", 7, &id);
+        let path = crate::state_dir::job_log_path(state.path(), "etl", RunId::from(7), &id);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, format!("log of {id}\n")).unwrap();
         jobs.push(job_row(&id, JobPhase::Failed, Reason::ExitCode));
@@ -253,7 +253,7 @@ fn a_long_log_is_cut_to_its_tail_at_a_line_boundary() {
     let summary = RunSummary {
         pipeline: "etl".into(),
         description: None,
-        run_id: 7,
+        run_id: RunId::from(7),
         round: 1,
         phase: "Failed".into(),
         reason: None,

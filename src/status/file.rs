@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use super::{JobPhase, RunPhase};
+use super::{JobPhase, RunId, RunPhase};
 
 /// `kind: PipelineStatus` document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,7 +35,7 @@ pub struct StatusMetadata {
 pub struct PipelineStatus {
     pub phase: PipelinePhase,
     pub observed_generation: Option<i64>,
-    pub run_id: Option<i64>,
+    pub run_id: Option<RunId>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub progress: Progress,

@@ -2,8 +2,10 @@
 //! CLI and written to status files. Only the engine decides transitions; this module names them.
 
 pub mod file;
+mod ids;
 mod verdict;
 
+pub use ids::{AttemptId, IdParseError, RunId};
 pub use verdict::{JobVerdict, Tally, verdict};
 
 use std::fmt;

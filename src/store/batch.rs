@@ -221,7 +221,7 @@ fn apply(
             end.max_rss_kib,
             end.max_rss_upper_bound,
             end.message,
-            end.id,
+            end.id.get(),
         ])?;
         if changed == 0 {
             missing_end.get_or_insert(end.id);
@@ -234,7 +234,7 @@ fn apply(
                 end.exit_code,
                 end.message,
                 end.terminal.then_some(now),
-                end.id,
+                end.id.get(),
             ])?;
         }
     }
@@ -246,7 +246,7 @@ fn apply(
             change.message,
             change.starts.then_some(now),
             change.terminal.then_some(now),
-            run,
+            run.get(),
             change.job,
         ])?;
         if changed == 0 {
@@ -259,7 +259,7 @@ fn apply(
             row.pid,
             row.pgid,
             row.start_time,
-            row.id,
+            row.id.get(),
         ])?;
         if changed == 0 {
             missing_pid.get_or_insert(row.id);
@@ -271,16 +271,21 @@ fn apply(
         let changed = tx.prepare_cached(START_JOB_SQL)?.execute(params![
             start.counted,
             now,
-            run,
+            run.get(),
             start.job,
         ])?;
         if changed == 0 {
             missing_start.get_or_insert(start.job.as_str());
             continue;
         }
-        tx.prepare_cached(START_SQL)?
-            .execute(params![run, start.job, round, start.number, now,])?;
-        started.push(tx.last_insert_rowid());
+        tx.prepare_cached(START_SQL)?.execute(params![
+            run.get(),
+            start.job,
+            round,
+            start.number,
+            now,
+        ])?;
+        started.push(AttemptId::from(tx.last_insert_rowid()));
     }
     tx.commit()?;
 

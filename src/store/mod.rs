@@ -14,6 +14,7 @@
 
 mod batch;
 mod direct;
+mod ids;
 mod migrations;
 mod open;
 pub mod outbox;
@@ -43,8 +44,7 @@ use crate::status::{JobPhase, Reason, RunPhase};
 
 pub use crate::state_dir::DB_FILE;
 
-pub type RunId = i64;
-pub type AttemptId = i64;
+pub use crate::status::{AttemptId, RunId};
 
 /// How hard a commit tries to survive a power loss (config `durability`).
 #[derive(
@@ -359,7 +359,7 @@ impl Store {
         debug_assert_eq!(inserted.rows_affected(), new.jobs.len() as u64);
         tx.commit().await.map_err(self.sql(context))?;
         writing.release();
-        Ok(run)
+        Ok(RunId::from(run))
     }
 
     /// Sets a job's phase, reason and message (see [`Batch::set_job`]), in a transaction of its own.
@@ -403,7 +403,7 @@ impl Store {
         let mut batch = Batch::default();
         batch.attempt_spawned(attempt, pid, pgid, start_time);
         // No job or start rows: the run and round are not used.
-        self.commit(0, 0, &mut batch).await.map(drop)
+        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
     }
 
     /// Records the attempt's end (see [`Batch::attempt_finished`]) in a transaction of its own.
@@ -416,7 +416,7 @@ impl Store {
         let mut batch = Batch::default();
         batch.attempt_finished(attempt, end, job);
         // No job or start rows: the run and round are not used.
-        self.commit(0, 0, &mut batch).await.map(drop)
+        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
     }
 
     pub async fn run(&self, run: RunId) -> Result<Option<RunRow>, StoreError> {

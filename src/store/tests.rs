@@ -390,7 +390,13 @@ async fn unknown_rows_are_not_found() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = open(&state_dir(&tmp)).await;
     let run = new_run(&store, "p").await;
-    assert!(store.run(run + 1).await.expect("run").is_none());
+    assert!(
+        store
+            .run(RunId::from(run.get() + 1))
+            .await
+            .expect("run")
+            .is_none()
+    );
     assert!(matches!(
         store
             .set_job(run, "nope", JobPhase::Running, None, None)
@@ -398,21 +404,27 @@ async fn unknown_rows_are_not_found() {
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.attempt_started(run + 1, "extract", 1, 1, 1).await,
-        Err(StoreError::NotFound { .. })
-    ));
-    assert!(matches!(
-        store.attempt_spawned(77, 1, 1, None).await,
-        Err(StoreError::NotFound { .. })
-    ));
-    assert!(matches!(
         store
-            .attempt_finished(77, &end(JobPhase::Failed, Reason::ExitCode, 1), None)
+            .attempt_started(RunId::from(run.get() + 1), "extract", 1, 1, 1)
             .await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.close_run(run + 1, &[]).await,
+        store.attempt_spawned(AttemptId::from(77), 1, 1, None).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store
+            .attempt_finished(
+                AttemptId::from(77),
+                &end(JobPhase::Failed, Reason::ExitCode, 1),
+                None
+            )
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.close_run(RunId::from(run.get() + 1), &[]).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(store.attempts(run).await.expect("attempts").is_empty());
@@ -537,7 +549,9 @@ async fn begin_round_resets_only_the_listed_jobs() {
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.begin_round(run + 1, &rerun(&[]), &new_owner).await,
+        store
+            .begin_round(RunId::from(run.get() + 1), &rerun(&[]), &new_owner)
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(

@@ -1,0 +1,42 @@
+//! How [`RunId`] and [`AttemptId`] go in and out of SQLite columns through sqlx: as the INTEGER
+//! row ids they are. The ids themselves belong to `status`; the direct writer (rusqlite) binds
+//! their bare number with `.get()`.
+
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::sqlite::{SqliteArgumentsBuffer, SqliteTypeInfo, SqliteValueRef};
+use sqlx::{Decode, Encode, Sqlite, Type};
+
+use super::{AttemptId, RunId};
+
+macro_rules! id_column {
+    ($name:ident) => {
+        impl Type<Sqlite> for $name {
+            fn type_info() -> SqliteTypeInfo {
+                <i64 as Type<Sqlite>>::type_info()
+            }
+
+            fn compatible(ty: &SqliteTypeInfo) -> bool {
+                <i64 as Type<Sqlite>>::compatible(ty)
+            }
+        }
+
+        impl Encode<'_, Sqlite> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut SqliteArgumentsBuffer,
+            ) -> Result<IsNull, BoxDynError> {
+                <i64 as Encode<'_, Sqlite>>::encode_by_ref(&self.get(), buf)
+            }
+        }
+
+        impl<'r> Decode<'r, Sqlite> for $name {
+            fn decode(value: SqliteValueRef<'r>) -> Result<$name, BoxDynError> {
+                <i64 as Decode<'r, Sqlite>>::decode(value).map($name::from)
+            }
+        }
+    };
+}
+
+id_column!(RunId);
+id_column!(AttemptId);
