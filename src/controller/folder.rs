@@ -45,16 +45,6 @@ pub enum InvalidReason {
     InsecurePermissions,
 }
 
-impl InvalidReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InvalidReason::InvalidManifest => "InvalidManifest",
-            InvalidReason::DuplicateName => "DuplicateName",
-            InvalidReason::InsecurePermissions => "InsecurePermissions",
-        }
-    }
-}
-
 /// A manifest (or document) that is not valid.
 #[derive(Debug, Clone)]
 pub struct Invalid {

@@ -41,6 +41,27 @@ impl Halt {
             Halt::Interrupted => Reason::ControllerStopped,
         }
     }
+
+    /// The reason the jobs not started yet are skipped with; `None` when they stay Pending (the
+    /// run goes on at the next controller).
+    fn skip_reason(self) -> Option<Reason> {
+        match self {
+            Halt::Cancelled => Some(Reason::Cancelled),
+            Halt::RunTimeout => Some(Reason::RunTimeout),
+            Halt::Interrupted => None,
+        }
+    }
+
+    /// The run log's line for this halt.
+    fn line(self) -> &'static str {
+        match self {
+            Halt::Cancelled => "cancelled: stopping running jobs, skipping the rest",
+            Halt::RunTimeout => "run timeout: stopping running jobs, skipping the rest",
+            Halt::Interrupted => {
+                "controller stopping: stopping running jobs; the run continues at the next start"
+            }
+        }
+    }
 }
 
 /// Per-job bookkeeping of the loop.
@@ -296,24 +317,15 @@ pub async fn execute(
                 reserved = permit.ok();
             }
             _ = sleep_until_opt(deadline), if deadline.is_some() && !halted => {
-                state.halted = Some(Halt::RunTimeout);
-                turn.lines.push("run timeout: stopping running jobs, skipping the rest".into());
-                let decisions = state.scheduler.halt_with(Reason::RunTimeout);
-                turn.skipped(&plan, &decisions);
+                state.halt(Halt::RunTimeout, &plan, &mut turn);
                 attempt_cancel.cancel();
             }
             _ = cancel.cancelled(), if !halted => {
-                state.halted = Some(Halt::Cancelled);
-                turn.lines.push("cancelled: stopping running jobs, skipping the rest".into());
-                let decisions = state.scheduler.halt_with(Reason::Cancelled);
-                turn.skipped(&plan, &decisions);
+                state.halt(Halt::Cancelled, &plan, &mut turn);
                 attempt_cancel.cancel();
             }
             _ = interrupt.cancelled(), if !halted => {
-                // Nothing new starts and nothing is skipped: the jobs not started stay Pending
-                // for the controller that continues the run.
-                state.halted = Some(Halt::Interrupted);
-                turn.lines.push("controller stopping: stopping running jobs; the run continues at the next start".into());
+                state.halt(Halt::Interrupted, &plan, &mut turn);
                 attempt_cancel.cancel();
             }
         }
@@ -487,6 +499,18 @@ struct LoopState {
 }
 
 impl LoopState {
+    /// Stops starting jobs: the jobs not started yet are skipped, or, when the controller is
+    /// stopping, stay Pending for the one that continues the run. Running attempts are stopped
+    /// by the caller.
+    fn halt(&mut self, halt: Halt, plan: &Plan, turn: &mut Turn) {
+        self.halted = Some(halt);
+        turn.lines.push(halt.line().into());
+        if let Some(reason) = halt.skip_reason() {
+            let decisions = self.scheduler.halt_with(reason);
+            turn.skipped(plan, &decisions);
+        }
+    }
+
     /// Decides what an ended attempt means (a retry, or the job's final phase and what that
     /// releases) and adds it to the turn.
     fn settle(
