@@ -333,7 +333,7 @@ mod tests {
 
     use super::*;
     use crate::controller::permissions::Trust;
-    use crate::status::Reason;
+    use crate::status::JobReason;
     use crate::status::file::{JobStatus, PipelineStatus, StatusMetadata};
     use crate::store::Durability;
     use crate::validate::Options;
@@ -421,7 +421,7 @@ mod tests {
             &RunEvent::JobFinished {
                 job: 0,
                 phase: JobPhase::Succeeded,
-                reason: Reason::Completed,
+                reason: JobReason::Completed,
                 exit_code: Some(0),
             },
         );
@@ -437,7 +437,7 @@ mod tests {
             RunId::from(6),
             &RunEvent::JobSkipped {
                 job: 2,
-                reason: Reason::Completed,
+                reason: JobReason::Completed,
             },
         );
         assert_eq!(
@@ -475,7 +475,7 @@ mod tests {
             &RunEvent::AttemptFailedWillRetry {
                 job: 1,
                 attempt: 1,
-                reason: Reason::ExitCode,
+                reason: JobReason::ExitCode,
                 delay: Duration::from_secs(1),
             },
         );
@@ -489,7 +489,7 @@ mod tests {
             &RunEvent::JobFinished {
                 job: 1,
                 phase: JobPhase::Failed,
-                reason: Reason::ExitCode,
+                reason: JobReason::ExitCode,
                 exit_code: Some(3),
             },
         );
@@ -499,7 +499,7 @@ mod tests {
             RunId::from(7),
             &RunEvent::JobSkipped {
                 job: 2,
-                reason: Reason::UpstreamFailed,
+                reason: JobReason::UpstreamFailed,
             },
         );
         assert_eq!(writer.flush_at(), Some(Instant::now()));
@@ -517,7 +517,7 @@ mod tests {
             RunId::from(7),
             &RunEvent::JobSkipped {
                 job: 2,
-                reason: Reason::Completed,
+                reason: JobReason::Completed,
             },
         );
         assert_eq!(writer.flush_at(), None);

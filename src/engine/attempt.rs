@@ -15,7 +15,7 @@ use crate::process::{self, ExitStatus, Output, SpawnSpec, Stdin};
 use crate::scheduler::retry::Failure;
 use crate::spec::{Check, Command, WaitPolicy};
 use crate::state_dir::open_private_append;
-use crate::status::{JobPhase, Reason};
+use crate::status::{JobPhase, JobReason};
 use crate::store::{AttemptId, RunId, Store};
 
 use super::logs::{append_log, ended_marker, write_marker};
@@ -33,7 +33,7 @@ pub(super) enum AttemptOutcome {
     Succeeded,
     Failed {
         failure: Failure,
-        reason: Reason,
+        reason: JobReason,
         message: String,
     },
     /// Stopped by the loop (cancellation or run timeout).
@@ -134,7 +134,7 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
     let mut env = match env {
         Ok(env) => env,
         Err(e) => {
-            result.outcome = fail(Failure::Env, Reason::InvalidEnv, e);
+            result.outcome = fail(Failure::Env, JobReason::InvalidEnv, e);
             return result;
         }
     };
@@ -147,7 +147,7 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
     let cwd = match env::interpolate("workingDir", &job.working_dir, &env) {
         Ok(dir) => PathBuf::from(dir),
         Err(e) => {
-            result.outcome = fail(Failure::Env, Reason::InvalidEnv, e.to_string());
+            result.outcome = fail(Failure::Env, JobReason::InvalidEnv, e.to_string());
             return result;
         }
     };
@@ -158,7 +158,7 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
         Err(e) => {
             result.outcome = fail(
                 Failure::Spawn,
-                Reason::SpawnFailed,
+                JobReason::SpawnFailed,
                 format!("cannot open the log {}: {e}", spec.log_path.display()),
             );
             return result;
@@ -193,7 +193,7 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
                 match env::interpolate("command", a, &env) {
                     Ok(v) => out.push(v),
                     Err(e) => {
-                        result.outcome = fail(Failure::Env, Reason::InvalidEnv, e.to_string());
+                        result.outcome = fail(Failure::Env, JobReason::InvalidEnv, e.to_string());
                         return result;
                     }
                 }
@@ -202,7 +202,11 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
         }
     };
     let Some((program, args)) = argv.split_first() else {
-        result.outcome = fail(Failure::Spawn, Reason::SpawnFailed, "empty command".into());
+        result.outcome = fail(
+            Failure::Spawn,
+            JobReason::SpawnFailed,
+            "empty command".into(),
+        );
         return result;
     };
     // With secrets in the environment, output goes through a pipe and a masking copier;
@@ -215,7 +219,7 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
             Err(e) => {
                 result.outcome = fail(
                     Failure::Spawn,
-                    Reason::SpawnFailed,
+                    JobReason::SpawnFailed,
                     format!("cannot create the output pipe: {e}"),
                 );
                 return result;
@@ -241,7 +245,7 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
         Err(e) => {
             append_log(&spec.log_path, &format!("cannot start: {e}"));
             result.spawn_error = Some(e.to_string());
-            result.outcome = fail(Failure::Spawn, Reason::SpawnFailed, e.to_string());
+            result.outcome = fail(Failure::Spawn, JobReason::SpawnFailed, e.to_string());
             return result;
         }
     };
@@ -309,7 +313,7 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
                 result.exit = stopped.ok();
                 result.outcome = fail(
                     Failure::Timeout,
-                    Reason::Timeout,
+                    JobReason::Timeout,
                     format!("timed out after {limit:?}"),
                 );
             } else {
@@ -325,7 +329,7 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
     let exited = match exited {
         Ok(e) => e,
         Err(e) => {
-            result.outcome = fail(Failure::Spawn, Reason::SpawnFailed, e.to_string());
+            result.outcome = fail(Failure::Spawn, JobReason::SpawnFailed, e.to_string());
             return result;
         }
     };
@@ -336,7 +340,7 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
         ExitStatus::Code(code) => {
             result.outcome = fail(
                 Failure::ExitCode(code),
-                Reason::ExitCode,
+                JobReason::ExitCode,
                 format!("exited with code {code}"),
             );
             return result;
@@ -344,7 +348,7 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
         ExitStatus::Signal(sig) => {
             result.outcome = fail(
                 Failure::Signal(sig),
-                Reason::Signaled,
+                JobReason::Signaled,
                 format!("killed by signal {sig}"),
             );
             return result;
@@ -376,10 +380,10 @@ impl Stage {
     }
 
     /// How a failed check of this stage fails the attempt.
-    fn failure(self) -> (Failure, Reason) {
+    fn failure(self) -> (Failure, JobReason) {
         match self {
-            Stage::Pre => (Failure::PreCheck, Reason::PreCheckFailed),
-            Stage::Post => (Failure::PostCheck, Reason::PostCheckFailed),
+            Stage::Pre => (Failure::PreCheck, JobReason::PreCheckFailed),
+            Stage::Post => (Failure::PostCheck, JobReason::PostCheckFailed),
         }
     }
 }
@@ -457,7 +461,7 @@ async fn sense(
         if tokio::time::Instant::now() + interval > until {
             return Err(AttemptOutcome::Failed {
                 failure: Failure::CheckTimeout,
-                reason: Reason::CheckTimeout,
+                reason: JobReason::CheckTimeout,
                 message: format!(
                     "pre-check still failing after {}: {}",
                     wait.timeout, v.message

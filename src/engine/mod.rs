@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::Start;
-use crate::status::{JobPhase, Reason, RunPhase};
+use crate::status::{JobPhase, JobReason, RunPhase, RunReason};
 use crate::store::{AttemptId, RunId, Store, StoreError};
 
 pub use plan::{Plan, PlanError};
@@ -79,7 +79,7 @@ pub struct RunRequest {
 pub enum RunEvent {
     JobSkipped {
         job: usize,
-        reason: Reason,
+        reason: JobReason,
     },
     AttemptStarted {
         job: usize,
@@ -95,13 +95,13 @@ pub enum RunEvent {
     AttemptFailedWillRetry {
         job: usize,
         attempt: i64,
-        reason: Reason,
+        reason: JobReason,
         delay: Duration,
     },
     JobFinished {
         job: usize,
         phase: JobPhase,
-        reason: Reason,
+        reason: JobReason,
         exit_code: Option<i32>,
     },
 }
@@ -126,7 +126,7 @@ pub struct RunReport {
     pub run_id: RunId,
     /// The run's verdict; `Running` when it was interrupted (reason `ControllerStopped`).
     pub phase: RunPhase,
-    pub reason: Reason,
+    pub reason: RunReason,
 }
 
 /// Why the engine stopped without finishing the run (the store failed: a critical error).

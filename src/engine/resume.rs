@@ -4,7 +4,7 @@
 
 use crate::process;
 use crate::scheduler::{Outcome, Start};
-use crate::status::{JobPhase, Reason};
+use crate::status::{JobPhase, JobReason};
 use crate::store::{AttemptId, JobRow, RunId, RunRow, Store, StoreError};
 
 use super::plan::Plan;
@@ -43,7 +43,7 @@ fn kept(row: Option<&JobRow>, continue_on_error: bool) -> Option<Outcome> {
             ignored: continue_on_error,
         }),
         JobPhase::Skipped => Some(Outcome::skipped(
-            row.reason.unwrap_or(Reason::UpstreamFailed),
+            row.reason.unwrap_or(JobReason::UpstreamFailed),
         )),
         JobPhase::Cancelled => Some(Outcome::Cancelled),
         JobPhase::Pending
@@ -74,7 +74,7 @@ pub fn plan_resume(plan: &Plan, rows: &[JobRow], mode: ResumeMode) -> ResumePlan
             // Jobs that fail-fast kept from starting are the failure's to re-run as well.
             let fail_fast = |job: &str| {
                 by_id.get(job).is_some_and(|r| {
-                    r.phase == JobPhase::Skipped && r.reason == Some(Reason::FailFast)
+                    r.phase == JobPhase::Skipped && r.reason == Some(JobReason::FailFast)
                 })
             };
             let seed: Vec<bool> = kept
@@ -87,7 +87,7 @@ pub fn plan_resume(plan: &Plan, rows: &[JobRow], mode: ResumeMode) -> ResumePlan
             let marked = |job: &str| {
                 by_id
                     .get(job)
-                    .is_some_and(|r| r.reason == Some(Reason::MarkedSuccess))
+                    .is_some_and(|r| r.reason == Some(JobReason::MarkedSuccess))
             };
             let roots: Vec<usize> = (0..seed.len())
                 .filter(|&i| seed[i] || marked(&plan.jobs[i].id))
@@ -212,7 +212,7 @@ mod tests {
         .expect("plan")
     }
 
-    fn row(job: &str, phase: JobPhase, reason: Option<Reason>) -> JobRow {
+    fn row(job: &str, phase: JobPhase, reason: Option<JobReason>) -> JobRow {
         JobRow {
             run_id: RunId::from(1),
             job_id: job.into(),
@@ -238,10 +238,10 @@ mod tests {
         let plan = plan();
         // a failed, so b and c were skipped; d was cancelled.
         let rows = [
-            row("a", JobPhase::Failed, Some(Reason::ExitCode)),
-            row("b", JobPhase::Skipped, Some(Reason::UpstreamFailed)),
-            row("c", JobPhase::Skipped, Some(Reason::UpstreamFailed)),
-            row("d", JobPhase::Cancelled, Some(Reason::Cancelled)),
+            row("a", JobPhase::Failed, Some(JobReason::ExitCode)),
+            row("b", JobPhase::Skipped, Some(JobReason::UpstreamFailed)),
+            row("c", JobPhase::Skipped, Some(JobReason::UpstreamFailed)),
+            row("d", JobPhase::Cancelled, Some(JobReason::Cancelled)),
         ];
         assert_eq!(rerun(&plan, &rows, ResumeMode::All), ["a", "b", "c", "d"]);
         assert_eq!(
@@ -258,9 +258,9 @@ mod tests {
     fn marked_jobs_release_what_they_blocked_and_new_jobs_run() {
         let plan = plan();
         let rows = [
-            row("a", JobPhase::Succeeded, Some(Reason::MarkedSuccess)),
-            row("b", JobPhase::Skipped, Some(Reason::UpstreamFailed)),
-            row("c", JobPhase::Skipped, Some(Reason::UpstreamFailed)),
+            row("a", JobPhase::Succeeded, Some(JobReason::MarkedSuccess)),
+            row("b", JobPhase::Skipped, Some(JobReason::UpstreamFailed)),
+            row("c", JobPhase::Skipped, Some(JobReason::UpstreamFailed)),
         ];
         // d has no row: a job new to the spec runs in every mode.
         assert_eq!(rerun(&plan, &rows, ResumeMode::FailedOnly), ["b", "c", "d"]);
@@ -272,10 +272,10 @@ mod tests {
     fn failed_only_reruns_what_fail_fast_kept_from_starting() {
         let plan = plan();
         let rows = [
-            row("a", JobPhase::Failed, Some(Reason::ExitCode)),
-            row("b", JobPhase::Skipped, Some(Reason::UpstreamFailed)),
-            row("c", JobPhase::Skipped, Some(Reason::UpstreamFailed)),
-            row("d", JobPhase::Skipped, Some(Reason::FailFast)),
+            row("a", JobPhase::Failed, Some(JobReason::ExitCode)),
+            row("b", JobPhase::Skipped, Some(JobReason::UpstreamFailed)),
+            row("c", JobPhase::Skipped, Some(JobReason::UpstreamFailed)),
+            row("d", JobPhase::Skipped, Some(JobReason::FailFast)),
         ];
         assert_eq!(
             rerun(&plan, &rows, ResumeMode::FailedOnly),
@@ -287,20 +287,24 @@ mod tests {
     fn a_continuation_runs_only_what_had_not_ended() {
         let plan = plan();
         let rows = [
-            row("a", JobPhase::Succeeded, Some(Reason::Completed)),
-            row("b", JobPhase::Interrupted, Some(Reason::ControllerStopped)),
+            row("a", JobPhase::Succeeded, Some(JobReason::Completed)),
+            row(
+                "b",
+                JobPhase::Interrupted,
+                Some(JobReason::ControllerStopped),
+            ),
             row("c", JobPhase::Pending, None),
-            row("d", JobPhase::Failed, Some(Reason::ExitCode)),
+            row("d", JobPhase::Failed, Some(JobReason::ExitCode)),
         ];
         assert_eq!(rerun(&plan, &rows, ResumeMode::Continue), ["b", "c"]);
         let starts = plan_resume(&plan, &rows, ResumeMode::Continue).starts;
         assert_eq!(starts[3], Start::Keep(Outcome::Failed { ignored: false }));
         // A lost job runs again too.
         let rows = [
-            row("a", JobPhase::Lost, Some(Reason::Lost)),
+            row("a", JobPhase::Lost, Some(JobReason::Lost)),
             row("b", JobPhase::Pending, None),
             row("c", JobPhase::Pending, None),
-            row("d", JobPhase::Succeeded, Some(Reason::Completed)),
+            row("d", JobPhase::Succeeded, Some(JobReason::Completed)),
         ];
         assert_eq!(rerun(&plan, &rows, ResumeMode::Continue), ["a", "b", "c"]);
     }

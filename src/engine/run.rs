@@ -15,7 +15,7 @@ use crate::process::ExitStatus;
 use crate::scheduler::retry;
 use crate::scheduler::{Decision, JobRules, Outcome, Scheduler, Start};
 use crate::state_dir::{create_private_dir, job_log_path, run_log_dir, run_log_path};
-use crate::status::{JobPhase, Reason, RunPhase};
+use crate::status::{JobPhase, JobReason, RunPhase, RunReason};
 use crate::store::{AttemptEnd, AttemptId, Batch, RunId, Store, StoreError};
 
 use super::attempt::{AttemptOutcome, AttemptResult, AttemptSpec, Spawned, run_attempt};
@@ -34,20 +34,20 @@ enum Halt {
 
 impl Halt {
     /// The reason recorded on an attempt this halt stopped (its job gets the same).
-    fn stopped_reason(self) -> Reason {
+    fn stopped_reason(self) -> JobReason {
         match self {
-            Halt::Cancelled => Reason::Cancelled,
-            Halt::RunTimeout => Reason::Timeout,
-            Halt::Interrupted => Reason::ControllerStopped,
+            Halt::Cancelled => JobReason::Cancelled,
+            Halt::RunTimeout => JobReason::Timeout,
+            Halt::Interrupted => JobReason::ControllerStopped,
         }
     }
 
     /// The reason the jobs not started yet are skipped with; `None` when they stay Pending (the
     /// run goes on at the next controller).
-    fn skip_reason(self) -> Option<Reason> {
+    fn skip_reason(self) -> Option<JobReason> {
         match self {
-            Halt::Cancelled => Some(Reason::Cancelled),
-            Halt::RunTimeout => Some(Reason::RunTimeout),
+            Halt::Cancelled => Some(JobReason::Cancelled),
+            Halt::RunTimeout => Some(JobReason::RunTimeout),
             Halt::Interrupted => None,
         }
     }
@@ -117,13 +117,13 @@ pub async fn execute(
         turn.batch.set_job(
             &plan.jobs[i].id,
             JobPhase::Failed,
-            Some(Reason::LostTooOften),
+            Some(JobReason::LostTooOften),
             Some("lost 3 times"),
         );
         turn.events.push(RunEvent::JobFinished {
             job: i,
             phase: JobPhase::Failed,
-            reason: Reason::LostTooOften,
+            reason: JobReason::LostTooOften,
             exit_code: None,
         });
     }
@@ -277,7 +277,13 @@ pub async fn execute(
                         Halt::Interrupted => turn.interrupted(&plan, job),
                         // Its retry fell past the run's deadline: a failure, not a cancellation.
                         Halt::RunTimeout => {
-                            turn.finish_job(&plan, job, JobPhase::Failed, Reason::RunTimeout, None);
+                            turn.finish_job(
+                                &plan,
+                                job,
+                                JobPhase::Failed,
+                                JobReason::RunTimeout,
+                                None,
+                            );
                             let ignored = plan.jobs[job].continue_on_error;
                             state.scheduler.finished(job, Outcome::Failed { ignored });
                         }
@@ -286,7 +292,7 @@ pub async fn execute(
                                 &plan,
                                 job,
                                 JobPhase::Cancelled,
-                                Reason::Cancelled,
+                                JobReason::Cancelled,
                                 None,
                             );
                             state.scheduler.finished(job, Outcome::Cancelled);
@@ -356,7 +362,7 @@ pub async fn execute(
         return Ok(RunReport {
             run_id: run,
             phase: RunPhase::Running,
-            reason: Reason::ControllerStopped,
+            reason: RunReason::ControllerStopped,
         });
     }
     // The verdict is the store's, derived from every job of the run (kept ones included).
@@ -422,7 +428,7 @@ impl Turn {
         plan: &Plan,
         job: usize,
         phase: JobPhase,
-        reason: Reason,
+        reason: JobReason,
         exit_code: Option<i32>,
     ) {
         self.batch
@@ -436,7 +442,7 @@ impl Turn {
         plan: &Plan,
         job: usize,
         phase: JobPhase,
-        reason: Reason,
+        reason: JobReason,
         exit_code: Option<i32>,
     ) {
         self.finishes = true;
@@ -468,7 +474,7 @@ impl Turn {
         self.batch.set_job(
             &plan.jobs[job].id,
             JobPhase::Interrupted,
-            Some(Reason::ControllerStopped),
+            Some(JobReason::ControllerStopped),
             None,
         );
         self.lines.push(format!(
@@ -574,7 +580,7 @@ impl LoopState {
                 turn.batch.attempt_finished(
                     result.attempt_id,
                     &end,
-                    Some((JobPhase::Interrupted, Some(Reason::ControllerStopped))),
+                    Some((JobPhase::Interrupted, Some(JobReason::ControllerStopped))),
                 );
                 turn.lines.push(format!(
                     "{} Interrupted (ControllerStopped)",
@@ -596,11 +602,11 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 enum Settled {
     Retry {
         delay: Duration,
-        reason: Reason,
+        reason: JobReason,
     },
     Final {
         phase: JobPhase,
-        reason: Reason,
+        reason: JobReason,
         outcome: FinalOutcome,
     },
     /// Stopped by a controller that is stopping: neither a failure nor an end.
@@ -637,7 +643,7 @@ fn settle_attempt(
         AttemptOutcome::Succeeded => (
             Settled::Final {
                 phase: JobPhase::Succeeded,
-                reason: Reason::Completed,
+                reason: JobReason::Completed,
                 outcome: FinalOutcome::Succeeded,
             },
             JobPhase::Succeeded,
@@ -647,7 +653,7 @@ fn settle_attempt(
             Some(Halt::RunTimeout) => (
                 Settled::Final {
                     phase: JobPhase::Failed,
-                    reason: Reason::Timeout,
+                    reason: JobReason::Timeout,
                     outcome: FinalOutcome::Failed {
                         ignored: job.continue_on_error,
                     },
@@ -657,7 +663,7 @@ fn settle_attempt(
             Some(Halt::Cancelled) | None => (
                 Settled::Final {
                     phase: JobPhase::Cancelled,
-                    reason: Reason::Cancelled,
+                    reason: JobReason::Cancelled,
                     outcome: FinalOutcome::Cancelled,
                 },
                 JobPhase::Cancelled,
@@ -707,11 +713,14 @@ fn attempt_end(result: &AttemptResult, phase: &JobPhase, halted: Option<Halt>) -
     };
     let usage = result.exit.as_ref().map(|e| e.usage).unwrap_or_default();
     let (reason, message) = match &result.outcome {
-        AttemptOutcome::Succeeded => (Reason::Completed, None),
+        AttemptOutcome::Succeeded => (JobReason::Completed, None),
         AttemptOutcome::Failed {
             reason, message, ..
         } => (*reason, Some(message.clone())),
-        AttemptOutcome::Stopped => (halted.map_or(Reason::Cancelled, Halt::stopped_reason), None),
+        AttemptOutcome::Stopped => (
+            halted.map_or(JobReason::Cancelled, Halt::stopped_reason),
+            None,
+        ),
     };
     AttemptEnd {
         phase: *phase,

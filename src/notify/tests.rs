@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use super::email::{self, AttachmentPayload, EmailPayload};
 use super::*;
-use crate::status::Reason;
+use crate::status::{JobReason, RunReason};
 
 fn manifest(value: serde_json::Value) -> crate::spec::Manifest {
     serde_json::from_value(value).expect("manifest")
@@ -43,9 +43,9 @@ fn run_row(phase: RunPhase) -> RunRow {
         spec_hash: String::new(),
         phase,
         reason: Some(match phase {
-            RunPhase::Succeeded => Reason::AllSucceeded,
+            RunPhase::Succeeded => RunReason::AllSucceeded,
             RunPhase::Pending | RunPhase::Running | RunPhase::Failed | RunPhase::Cancelled => {
-                Reason::JobsFailed
+                RunReason::JobsFailed
             }
         }),
         rounds: 1,
@@ -58,7 +58,7 @@ fn run_row(phase: RunPhase) -> RunRow {
     }
 }
 
-fn job_row(id: &str, phase: JobPhase, reason: Reason) -> JobRow {
+fn job_row(id: &str, phase: JobPhase, reason: JobReason) -> JobRow {
     JobRow {
         run_id: RunId::from(7),
         job_id: id.into(),
@@ -77,9 +77,9 @@ fn job_row(id: &str, phase: JobPhase, reason: Reason) -> JobRow {
 
 fn failed_jobs() -> Vec<JobRow> {
     vec![
-        job_row("extract", JobPhase::Succeeded, Reason::Completed),
-        job_row("load", JobPhase::Failed, Reason::ExitCode),
-        job_row("report", JobPhase::Skipped, Reason::UpstreamFailed),
+        job_row("extract", JobPhase::Succeeded, JobReason::Completed),
+        job_row("load", JobPhase::Failed, JobReason::ExitCode),
+        job_row("report", JobPhase::Skipped, JobReason::UpstreamFailed),
     ]
 }
 
@@ -156,7 +156,11 @@ fn a_succeeded_run_sends_only_what_asks_for_success() {
         serde_json::json!({"email": {"to": ["a@example.com"]}, "command": {"command": ["notify-me"], "on": ["always"]}}),
         serde_json::json!(null),
     );
-    let jobs = vec![job_row("extract", JobPhase::Succeeded, Reason::Completed)];
+    let jobs = vec![job_row(
+        "extract",
+        JobPhase::Succeeded,
+        JobReason::Completed,
+    )];
     let messages =
         messages_for_run(&run_row(RunPhase::Succeeded), &pinned, &jobs, state.path()).unwrap();
     assert_eq!(messages.len(), 1, "email defaults to on: [failure]");
@@ -194,7 +198,7 @@ fn a_job_notify_fires_on_its_own_outcome() {
 
     // The same job succeeding does not fire a failure notify.
     let mut jobs = failed_jobs();
-    jobs[1] = job_row("load", JobPhase::Succeeded, Reason::Completed);
+    jobs[1] = job_row("load", JobPhase::Succeeded, JobReason::Completed);
     let messages =
         messages_for_run(&run_row(RunPhase::Failed), &pinned, &jobs, state.path()).unwrap();
     assert!(messages.is_empty());
@@ -210,7 +214,7 @@ fn at_most_three_logs_are_attached() {
         let path = crate::state_dir::job_log_path(state.path(), "etl", RunId::from(7), &id);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, format!("log of {id}\n")).unwrap();
-        jobs.push(job_row(&id, JobPhase::Failed, Reason::ExitCode));
+        jobs.push(job_row(&id, JobPhase::Failed, JobReason::ExitCode));
         specs.push(serde_json::json!({"id": id, "command": "false"}));
     }
     let manifest = manifest(serde_json::json!({
@@ -264,7 +268,7 @@ fn a_long_log_is_cut_to_its_tail_at_a_line_boundary() {
         counts: Counts::default(),
         jobs: vec![job],
     };
-    let rows = vec![job_row("big", JobPhase::Failed, Reason::ExitCode)];
+    let rows = vec![job_row("big", JobPhase::Failed, JobReason::ExitCode)];
     let attachments = email::log_attachments(&summary, &rows);
     let tail = &attachments[0].content;
     assert!(tail.len() <= LOG_TAIL_BYTES as usize + 64);

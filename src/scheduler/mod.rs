@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use crate::dag::{Dag, ReadyCounter};
 use crate::spec::Trigger;
-use crate::status::Reason;
+use crate::status::JobReason;
 
 /// A job's final outcome, as its dependents see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +49,15 @@ impl Outcome {
     }
 
     /// What a job skipped for `reason` means to its dependents.
-    pub fn skipped(reason: Reason) -> Outcome {
+    pub fn skipped(reason: JobReason) -> Outcome {
         Outcome::Skipped {
-            satisfied: reason == Reason::SkippedByUser,
+            satisfied: reason == JobReason::SkippedByUser,
             by_failure: matches!(
                 reason,
-                Reason::UpstreamFailed | Reason::FailFast | Reason::Cancelled | Reason::RunTimeout
+                JobReason::UpstreamFailed
+                    | JobReason::FailFast
+                    | JobReason::Cancelled
+                    | JobReason::RunTimeout
             ),
         }
     }
@@ -104,7 +107,7 @@ pub struct JobRules {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// The job will never start.
-    Skipped { job: usize, reason: Reason },
+    Skipped { job: usize, reason: JobReason },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +131,7 @@ pub struct Scheduler {
     ready: BTreeSet<usize>,
     fail_fast: bool,
     /// Set after the first unignored failure under fail-fast, or when the run is stopped.
-    halted: Option<Reason>,
+    halted: Option<JobReason>,
     started: usize,
     done: usize,
 }
@@ -201,14 +204,14 @@ impl Scheduler {
         }
         self.complete(job, outcome, &mut decisions);
         if self.fail_fast && outcome.counts_as_failure() && self.halted.is_none() {
-            self.halt(Reason::FailFast, &mut decisions);
+            self.halt(JobReason::FailFast, &mut decisions);
         }
         decisions
     }
 
     /// Stops scheduling: every job not started yet is skipped with `reason` (a run timeout, a
     /// cancellation). Jobs already started are left to the engine.
-    pub fn halt_with(&mut self, reason: Reason) -> Vec<Decision> {
+    pub fn halt_with(&mut self, reason: JobReason) -> Vec<Decision> {
         let mut decisions = Vec::new();
         if self.halted.is_none() {
             self.halt(reason, &mut decisions);
@@ -216,7 +219,7 @@ impl Scheduler {
         decisions
     }
 
-    fn halt(&mut self, reason: Reason, decisions: &mut Vec<Decision>) {
+    fn halt(&mut self, reason: JobReason, decisions: &mut Vec<Decision>) {
         self.halted = Some(reason);
         for job in 0..self.state.len() {
             if matches!(self.state[job], State::Blocked | State::Ready) {
@@ -249,9 +252,9 @@ impl Scheduler {
             Start::SkipByUser => {
                 decisions.push(Decision::Skipped {
                     job,
-                    reason: Reason::SkippedByUser,
+                    reason: JobReason::SkippedByUser,
                 });
-                self.complete(job, Outcome::skipped(Reason::SkippedByUser), decisions);
+                self.complete(job, Outcome::skipped(JobReason::SkippedByUser), decisions);
                 return;
             }
             Start::Run => {}
@@ -274,7 +277,7 @@ impl Scheduler {
     }
 
     /// `None` when the trigger holds, else why the job is skipped.
-    fn trigger_verdict(&self, job: usize) -> Option<Reason> {
+    fn trigger_verdict(&self, job: usize) -> Option<JobReason> {
         let deps = self.dag.deps(job);
         let outcomes = deps.iter().filter_map(|d| self.outcome(*d));
         let (mut succeeded, mut failed, mut total, mut blocked) = (0usize, 0usize, 0usize, false);
@@ -303,14 +306,14 @@ impl Scheduler {
             // failure); a dependency skipped by its own trigger passes that skip on.
             match self.rules[job].trigger {
                 Trigger::AllSucceeded | Trigger::NoneFailed if blocked => {
-                    Some(Reason::UpstreamFailed)
+                    Some(JobReason::UpstreamFailed)
                 }
-                Trigger::AllSucceeded | Trigger::NoneFailed => Some(Reason::TriggerNotMet),
+                Trigger::AllSucceeded | Trigger::NoneFailed => Some(JobReason::TriggerNotMet),
                 Trigger::AllDone
                 | Trigger::Always
                 | Trigger::AllFailed
                 | Trigger::AnySucceeded
-                | Trigger::AnyFailed => Some(Reason::TriggerNotMet),
+                | Trigger::AnyFailed => Some(JobReason::TriggerNotMet),
             }
         }
     }
@@ -342,10 +345,10 @@ mod tests {
         rules: Vec<JobRules>,
         fail_fast: bool,
         outcome_of: impl Fn(usize) -> Outcome,
-    ) -> (Vec<usize>, Vec<(usize, Reason)>) {
+    ) -> (Vec<usize>, Vec<(usize, JobReason)>) {
         let dag = Dag::new(deps).unwrap();
         let (mut s, decisions) = Scheduler::new(dag, rules, fail_fast);
-        let mut skipped: Vec<(usize, Reason)> = decisions
+        let mut skipped: Vec<(usize, JobReason)> = decisions
             .iter()
             .map(|Decision::Skipped { job, reason }| (*job, *reason))
             .collect();
@@ -388,7 +391,10 @@ mod tests {
         assert_eq!(order, vec![0, 3]);
         assert_eq!(
             skipped,
-            vec![(1, Reason::UpstreamFailed), (2, Reason::UpstreamFailed)]
+            vec![
+                (1, JobReason::UpstreamFailed),
+                (2, JobReason::UpstreamFailed)
+            ]
         );
     }
 
@@ -402,9 +408,9 @@ mod tests {
         assert_eq!(
             skipped,
             vec![
-                (1, Reason::UpstreamFailed),
-                (2, Reason::FailFast),
-                (3, Reason::FailFast)
+                (1, JobReason::UpstreamFailed),
+                (2, JobReason::FailFast),
+                (3, JobReason::FailFast)
             ]
         );
     }
@@ -427,19 +433,23 @@ mod tests {
         r[0].start = Start::SkipByUser;
         let (order, skipped) = drive(vec![vec![], vec![0]], r, false, |_| Outcome::Succeeded);
         assert_eq!(order, vec![1]);
-        assert_eq!(skipped, vec![(0, Reason::SkippedByUser)]);
+        assert_eq!(skipped, vec![(0, JobReason::SkippedByUser)]);
     }
 
     #[test]
     fn every_trigger_rule() {
         // Jobs 0 (succeeds) and 1 (fails) feed job 2 with the trigger under test.
         let cases = [
-            (Trigger::AllSucceeded, false, Some(Reason::UpstreamFailed)),
+            (
+                Trigger::AllSucceeded,
+                false,
+                Some(JobReason::UpstreamFailed),
+            ),
             (Trigger::AllDone, true, None),
-            (Trigger::AllFailed, false, Some(Reason::TriggerNotMet)),
+            (Trigger::AllFailed, false, Some(JobReason::TriggerNotMet)),
             (Trigger::AnySucceeded, true, None),
             (Trigger::AnyFailed, true, None),
-            (Trigger::NoneFailed, false, Some(Reason::UpstreamFailed)),
+            (Trigger::NoneFailed, false, Some(JobReason::UpstreamFailed)),
             (Trigger::Always, true, None),
         ];
         for (trigger, runs, reason) in cases {
@@ -477,13 +487,16 @@ mod tests {
         assert_eq!(order, vec![0]);
         assert_eq!(
             skipped,
-            vec![(1, Reason::TriggerNotMet), (2, Reason::TriggerNotMet)]
+            vec![(1, JobReason::TriggerNotMet), (2, JobReason::TriggerNotMet)]
         );
         // Behind a failure, the same chain is UpstreamFailed.
         let (_, skipped) = drive(vec![vec![], vec![0], vec![1]], rules(3), false, |_| FAIL);
         assert_eq!(
             skipped,
-            vec![(1, Reason::UpstreamFailed), (2, Reason::UpstreamFailed)]
+            vec![
+                (1, JobReason::UpstreamFailed),
+                (2, JobReason::UpstreamFailed)
+            ]
         );
     }
 
@@ -503,7 +516,7 @@ mod tests {
         let (mut s, _) = Scheduler::new(dag, rules(3), false);
         let first = s.next_ready();
         assert_eq!(first, Some(0));
-        let d = s.halt_with(Reason::RunTimeout);
+        let d = s.halt_with(JobReason::RunTimeout);
         assert_eq!(d.len(), 2);
         assert_eq!(s.next_ready(), None);
         s.finished(0, Outcome::Cancelled);

@@ -33,24 +33,73 @@ pub fn format_time(t: time::OffsetDateTime) -> String {
     )
 }
 
-/// Where a job stands in a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum JobPhase {
-    /// Not started yet (waiting for dependencies or a worker).
-    Pending,
-    /// A pre-check with `wait` is being polled.
-    Waiting,
-    Running,
-    Succeeded,
-    Failed,
-    /// Never started: its trigger could not hold, fail-fast, `--skip`, or a run timeout.
-    Skipped,
-    Cancelled,
-    /// Was running when its executioner died.
-    Lost,
-    /// Stopped because the controller was stopping (a restart, an upgrade): the run goes on when
-    /// a controller starts again.
-    Interrupted,
+/// Defines one of the name enums of observed state: serialized, shown, stored and parsed by the
+/// variant's own name (PascalCase in every output and column), with `ALL` listing every variant so
+/// parsing needs no hand-kept list.
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident ($kind:literal) {
+            $($(#[$variant_meta:meta])* $variant:ident,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$variant_meta])* $variant,)*
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => stringify!($variant),)*
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownName;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| UnknownName {
+                        kind: $kind,
+                        value: s.to_owned(),
+                    })
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// Where a job stands in a run.
+    pub enum JobPhase ("job phase") {
+        /// Not started yet (waiting for dependencies or a worker).
+        Pending,
+        /// A pre-check with `wait` is being polled.
+        Waiting,
+        Running,
+        Succeeded,
+        Failed,
+        /// Never started: its trigger could not hold, fail-fast, `--skip`, or a run timeout.
+        Skipped,
+        Cancelled,
+        /// Was running when its executioner died.
+        Lost,
+        /// Stopped because the controller was stopping (a restart, an upgrade): the run goes on when
+        /// a controller starts again.
+        Interrupted,
+    }
 }
 
 impl JobPhase {
@@ -66,30 +115,17 @@ impl JobPhase {
             JobPhase::Pending | JobPhase::Waiting | JobPhase::Running => false,
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobPhase::Pending => "Pending",
-            JobPhase::Waiting => "Waiting",
-            JobPhase::Running => "Running",
-            JobPhase::Succeeded => "Succeeded",
-            JobPhase::Failed => "Failed",
-            JobPhase::Skipped => "Skipped",
-            JobPhase::Cancelled => "Cancelled",
-            JobPhase::Lost => "Lost",
-            JobPhase::Interrupted => "Interrupted",
-        }
-    }
 }
 
-/// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum RunPhase {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
+named_enum! {
+    /// Where a run stands.
+    pub enum RunPhase ("run phase") {
+        Pending,
+        Running,
+        Succeeded,
+        Failed,
+        Cancelled,
+    }
 }
 
 impl RunPhase {
@@ -99,121 +135,70 @@ impl RunPhase {
             RunPhase::Pending | RunPhase::Running => false,
         }
     }
+}
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunPhase::Pending => "Pending",
-            RunPhase::Running => "Running",
-            RunPhase::Succeeded => "Succeeded",
-            RunPhase::Failed => "Failed",
-            RunPhase::Cancelled => "Cancelled",
-        }
+named_enum! {
+    /// Why a job (or one of its attempts) is in its phase.
+    pub enum JobReason ("job reason") {
+        /// Exited 0 and every check passed.
+        Completed,
+        /// Exited with a non-zero code.
+        ExitCode,
+        /// Killed by a signal it did not expect.
+        Signaled,
+        /// The attempt's timeout passed, or the run's timeout stopped the attempt.
+        Timeout,
+        /// The run's timeout passed before the job could start or retry.
+        RunTimeout,
+        PreCheckFailed,
+        PostCheckFailed,
+        /// A `wait` pre-check did not pass in time.
+        CheckTimeout,
+        /// The command could not be started.
+        SpawnFailed,
+        /// The environment could not be built (a secret missing, an undefined variable).
+        InvalidEnv,
+        /// A dependency's outcome rules the job out under the default trigger.
+        UpstreamFailed,
+        /// The job's trigger rule can no longer hold.
+        TriggerNotMet,
+        /// `failFast`: nothing new starts after a failure.
+        FailFast,
+        /// Named in `--skip`.
+        SkippedByUser,
+        /// Stopped by a signal to executioner, a deletion or a replacement.
+        Cancelled,
+        /// Was running when its executioner died.
+        Lost,
+        /// Lost three times.
+        LostTooOften,
+        /// Stopped by a controller that was stopping (not counted against `retry.limit`).
+        ControllerStopped,
+        /// Set by `mark-success`.
+        MarkedSuccess,
+        /// A failed job with `continueOnError`.
+        FailedIgnored,
     }
 }
 
-/// Why a job or run is in its phase (PascalCase in every output).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Reason {
-    /// Exited 0 and every check passed.
-    Completed,
-    /// Exited with a non-zero code.
-    ExitCode,
-    /// Killed by a signal it did not expect.
-    Signaled,
-    /// The attempt's timeout passed.
-    Timeout,
-    /// The run's timeout passed.
-    RunTimeout,
-    PreCheckFailed,
-    PostCheckFailed,
-    /// A `wait` pre-check did not pass in time.
-    CheckTimeout,
-    /// The command could not be started.
-    SpawnFailed,
-    /// The environment could not be built (a secret missing, an undefined variable).
-    InvalidEnv,
-    /// A dependency's outcome rules the job out under the default trigger.
-    UpstreamFailed,
-    /// The job's trigger rule can no longer hold.
-    TriggerNotMet,
-    /// `failFast`: nothing new starts after a failure.
-    FailFast,
-    /// Named in `--skip`.
-    SkippedByUser,
-    /// Stopped by a signal to executioner, a deletion or a replacement.
-    Cancelled,
-    /// Was running when its executioner died.
-    Lost,
-    /// Lost three times.
-    LostTooOften,
-    /// Stopped by a controller that was stopping (not counted against `retry.limit`).
-    ControllerStopped,
-    /// Set by `mark-success`.
-    MarkedSuccess,
-    /// A failed job with `continueOnError`.
-    FailedIgnored,
-    /// Run level: every job succeeded (or was allowed to fail).
-    AllSucceeded,
-    /// Run level: at least one job failed.
-    JobsFailed,
-    /// Run level: every job succeeded, at least one of them by `mark-success`.
-    MarkedSucceeded,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Completed => "Completed",
-            Reason::ExitCode => "ExitCode",
-            Reason::Signaled => "Signaled",
-            Reason::Timeout => "Timeout",
-            Reason::RunTimeout => "RunTimeout",
-            Reason::PreCheckFailed => "PreCheckFailed",
-            Reason::PostCheckFailed => "PostCheckFailed",
-            Reason::CheckTimeout => "CheckTimeout",
-            Reason::SpawnFailed => "SpawnFailed",
-            Reason::InvalidEnv => "InvalidEnv",
-            Reason::UpstreamFailed => "UpstreamFailed",
-            Reason::TriggerNotMet => "TriggerNotMet",
-            Reason::FailFast => "FailFast",
-            Reason::SkippedByUser => "SkippedByUser",
-            Reason::Cancelled => "Cancelled",
-            Reason::Lost => "Lost",
-            Reason::LostTooOften => "LostTooOften",
-            Reason::ControllerStopped => "ControllerStopped",
-            Reason::MarkedSuccess => "MarkedSuccess",
-            Reason::FailedIgnored => "FailedIgnored",
-            Reason::AllSucceeded => "AllSucceeded",
-            Reason::JobsFailed => "JobsFailed",
-            Reason::MarkedSucceeded => "MarkedSucceeded",
-        }
+named_enum! {
+    /// Why a run is in its phase: its verdict's reason (see [`verdict`]), or why it stopped
+    /// without one.
+    pub enum RunReason ("run reason") {
+        /// Every job succeeded (or was allowed to fail).
+        AllSucceeded,
+        /// At least one job failed.
+        JobsFailed,
+        /// Every job succeeded, at least one of them by `mark-success`.
+        MarkedSucceeded,
+        /// The run's deadline skipped jobs.
+        RunTimeout,
+        /// A user's cancellation stopped a job.
+        Cancelled,
+        /// The controller stopped while the run went on: it stays Running for the next controller
+        /// (reported, never stored).
+        ControllerStopped,
     }
-
-    const ALL: [Reason; 23] = [
-        Reason::Completed,
-        Reason::ExitCode,
-        Reason::Signaled,
-        Reason::Timeout,
-        Reason::RunTimeout,
-        Reason::PreCheckFailed,
-        Reason::PostCheckFailed,
-        Reason::CheckTimeout,
-        Reason::SpawnFailed,
-        Reason::InvalidEnv,
-        Reason::UpstreamFailed,
-        Reason::TriggerNotMet,
-        Reason::FailFast,
-        Reason::SkippedByUser,
-        Reason::Cancelled,
-        Reason::Lost,
-        Reason::LostTooOften,
-        Reason::ControllerStopped,
-        Reason::MarkedSuccess,
-        Reason::FailedIgnored,
-        Reason::AllSucceeded,
-        Reason::JobsFailed,
-        Reason::MarkedSucceeded,
-    ];
 }
 
 /// A stored phase or reason name that this build does not know.
@@ -224,81 +209,37 @@ pub struct UnknownName {
     pub value: String,
 }
 
-impl FromStr for JobPhase {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            JobPhase::Pending,
-            JobPhase::Waiting,
-            JobPhase::Running,
-            JobPhase::Succeeded,
-            JobPhase::Failed,
-            JobPhase::Skipped,
-            JobPhase::Cancelled,
-            JobPhase::Lost,
-            JobPhase::Interrupted,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
-        .ok_or_else(|| UnknownName {
-            kind: "job phase",
-            value: s.to_owned(),
-        })
-    }
-}
-
-impl FromStr for RunPhase {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            RunPhase::Pending,
-            RunPhase::Running,
-            RunPhase::Succeeded,
-            RunPhase::Failed,
-            RunPhase::Cancelled,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
-        .ok_or_else(|| UnknownName {
-            kind: "run phase",
-            value: s.to_owned(),
-        })
-    }
-}
-
-impl FromStr for Reason {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Reason::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| UnknownName {
-                kind: "reason",
-                value: s.to_owned(),
-            })
-    }
-}
-
-macro_rules! display_as_str {
-    ($($ty:ty),*) => {$(
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    )*};
-}
-display_as_str!(JobPhase, RunPhase, Reason);
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn names_round_trip() {
-        for r in Reason::ALL {
-            assert_eq!(r.as_str().parse::<Reason>(), Ok(r));
+        for &r in JobReason::ALL {
+            assert_eq!(r.as_str().parse::<JobReason>(), Ok(r));
         }
+        for &r in RunReason::ALL {
+            assert_eq!(r.as_str().parse::<RunReason>(), Ok(r));
+        }
+        // The names every store, status file and JSON output has always had.
+        let names: Vec<&str> = RunReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "AllSucceeded",
+                "JobsFailed",
+                "MarkedSucceeded",
+                "RunTimeout",
+                "Cancelled",
+                "ControllerStopped"
+            ]
+        );
+        assert_eq!(
+            serde_json::to_string(&JobReason::PreCheckFailed).unwrap(),
+            "\"PreCheckFailed\""
+        );
+        assert!("AllSucceeded".parse::<JobReason>().is_err());
+        assert!("ExitCode".parse::<RunReason>().is_err());
         assert_eq!("Lost".parse::<JobPhase>(), Ok(JobPhase::Lost));
         assert!("lost".parse::<JobPhase>().is_err());
         assert_eq!("Cancelled".parse::<RunPhase>(), Ok(RunPhase::Cancelled));

@@ -3,14 +3,14 @@
 //! marked succeeded, so `run`, `resume`, the controller, `status` and notifications all see the
 //! same answer.
 
-use super::{JobPhase, Reason, RunPhase};
+use super::{JobPhase, JobReason, RunPhase, RunReason};
 
 /// What the verdict needs of one job: its recorded phase and reason, and whether the spec lets it
 /// fail (`continueOnError`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobVerdict {
     pub phase: JobPhase,
-    pub reason: Option<Reason>,
+    pub reason: Option<JobReason>,
     pub continue_on_error: bool,
 }
 
@@ -23,7 +23,7 @@ impl JobVerdict {
             JobPhase::Succeeded => true,
             JobPhase::Skipped => matches!(
                 self.reason,
-                Some(Reason::SkippedByUser | Reason::TriggerNotMet)
+                Some(JobReason::SkippedByUser | JobReason::TriggerNotMet)
             ),
             JobPhase::Failed => self.continue_on_error,
             JobPhase::Pending
@@ -38,7 +38,7 @@ impl JobVerdict {
     fn is_cancelled(self) -> bool {
         match self.phase {
             JobPhase::Cancelled => true,
-            JobPhase::Skipped => self.reason == Some(Reason::Cancelled),
+            JobPhase::Skipped => self.reason == Some(JobReason::Cancelled),
             JobPhase::Pending
             | JobPhase::Waiting
             | JobPhase::Running
@@ -75,19 +75,19 @@ impl Tally {
     pub fn add(&mut self, job: JobVerdict) {
         self.all_ok &= job.is_ok();
         self.marked |=
-            job.phase == JobPhase::Succeeded && job.reason == Some(Reason::MarkedSuccess);
+            job.phase == JobPhase::Succeeded && job.reason == Some(JobReason::MarkedSuccess);
         self.cancelled |= job.is_cancelled();
-        self.timed_out |= job.reason == Some(Reason::RunTimeout);
+        self.timed_out |= job.reason == Some(JobReason::RunTimeout);
     }
 
     /// See [`verdict`].
-    pub fn finish(self) -> (RunPhase, Reason) {
+    pub fn finish(self) -> (RunPhase, RunReason) {
         match (self.all_ok, self.cancelled, self.timed_out) {
-            (true, _, _) if self.marked => (RunPhase::Succeeded, Reason::MarkedSucceeded),
-            (true, _, _) => (RunPhase::Succeeded, Reason::AllSucceeded),
-            (false, true, _) => (RunPhase::Cancelled, Reason::Cancelled),
-            (false, false, true) => (RunPhase::Failed, Reason::RunTimeout),
-            (false, false, false) => (RunPhase::Failed, Reason::JobsFailed),
+            (true, _, _) if self.marked => (RunPhase::Succeeded, RunReason::MarkedSucceeded),
+            (true, _, _) => (RunPhase::Succeeded, RunReason::AllSucceeded),
+            (false, true, _) => (RunPhase::Cancelled, RunReason::Cancelled),
+            (false, false, true) => (RunPhase::Failed, RunReason::RunTimeout),
+            (false, false, false) => (RunPhase::Failed, RunReason::JobsFailed),
         }
     }
 }
@@ -96,7 +96,7 @@ impl Tally {
 /// [`JobVerdict::is_ok`]), with reason `MarkedSucceeded` when a job was marked by hand; otherwise
 /// `Cancelled` when a user's cancellation stopped a job, else `Failed` (`RunTimeout` when the run's
 /// deadline skipped jobs, `JobsFailed` otherwise). A run with no job succeeds.
-pub fn verdict(jobs: impl IntoIterator<Item = JobVerdict>) -> (RunPhase, Reason) {
+pub fn verdict(jobs: impl IntoIterator<Item = JobVerdict>) -> (RunPhase, RunReason) {
     let mut tally = Tally::default();
     for job in jobs {
         tally.add(job);
@@ -108,7 +108,7 @@ pub fn verdict(jobs: impl IntoIterator<Item = JobVerdict>) -> (RunPhase, Reason)
 mod tests {
     use super::*;
 
-    fn job(phase: JobPhase, reason: Option<Reason>) -> JobVerdict {
+    fn job(phase: JobPhase, reason: Option<JobReason>) -> JobVerdict {
         JobVerdict {
             phase,
             reason,
@@ -119,27 +119,27 @@ mod tests {
     #[test]
     fn succeeded_only_when_every_job_is_ok() {
         let ok = [
-            job(JobPhase::Succeeded, Some(Reason::Completed)),
-            job(JobPhase::Skipped, Some(Reason::SkippedByUser)),
-            job(JobPhase::Skipped, Some(Reason::TriggerNotMet)),
+            job(JobPhase::Succeeded, Some(JobReason::Completed)),
+            job(JobPhase::Skipped, Some(JobReason::SkippedByUser)),
+            job(JobPhase::Skipped, Some(JobReason::TriggerNotMet)),
             JobVerdict {
                 continue_on_error: true,
-                ..job(JobPhase::Failed, Some(Reason::ExitCode))
+                ..job(JobPhase::Failed, Some(JobReason::ExitCode))
             },
         ];
-        assert_eq!(verdict(ok), (RunPhase::Succeeded, Reason::AllSucceeded));
+        assert_eq!(verdict(ok), (RunPhase::Succeeded, RunReason::AllSucceeded));
         for spoiler in [
-            job(JobPhase::Failed, Some(Reason::ExitCode)),
-            job(JobPhase::Skipped, Some(Reason::UpstreamFailed)),
-            job(JobPhase::Skipped, Some(Reason::FailFast)),
+            job(JobPhase::Failed, Some(JobReason::ExitCode)),
+            job(JobPhase::Skipped, Some(JobReason::UpstreamFailed)),
+            job(JobPhase::Skipped, Some(JobReason::FailFast)),
             job(JobPhase::Pending, None),
-            job(JobPhase::Lost, Some(Reason::Lost)),
-            job(JobPhase::Interrupted, Some(Reason::ControllerStopped)),
+            job(JobPhase::Lost, Some(JobReason::Lost)),
+            job(JobPhase::Interrupted, Some(JobReason::ControllerStopped)),
         ] {
             let jobs = ok.iter().copied().chain([spoiler]);
             assert_eq!(
                 verdict(jobs),
-                (RunPhase::Failed, Reason::JobsFailed),
+                (RunPhase::Failed, RunReason::JobsFailed),
                 "{spoiler:?}"
             );
         }
@@ -148,23 +148,29 @@ mod tests {
     #[test]
     fn marked_cancelled_and_timed_out_runs() {
         let marked = [
-            job(JobPhase::Succeeded, Some(Reason::MarkedSuccess)),
-            job(JobPhase::Succeeded, Some(Reason::Completed)),
+            job(JobPhase::Succeeded, Some(JobReason::MarkedSuccess)),
+            job(JobPhase::Succeeded, Some(JobReason::Completed)),
         ];
         assert_eq!(
             verdict(marked),
-            (RunPhase::Succeeded, Reason::MarkedSucceeded)
+            (RunPhase::Succeeded, RunReason::MarkedSucceeded)
         );
         let cancelled = [
-            job(JobPhase::Cancelled, Some(Reason::Cancelled)),
-            job(JobPhase::Failed, Some(Reason::ExitCode)),
+            job(JobPhase::Cancelled, Some(JobReason::Cancelled)),
+            job(JobPhase::Failed, Some(JobReason::ExitCode)),
         ];
-        assert_eq!(verdict(cancelled), (RunPhase::Cancelled, Reason::Cancelled));
+        assert_eq!(
+            verdict(cancelled),
+            (RunPhase::Cancelled, RunReason::Cancelled)
+        );
         let timed_out = [
-            job(JobPhase::Failed, Some(Reason::Timeout)),
-            job(JobPhase::Skipped, Some(Reason::RunTimeout)),
+            job(JobPhase::Failed, Some(JobReason::Timeout)),
+            job(JobPhase::Skipped, Some(JobReason::RunTimeout)),
         ];
-        assert_eq!(verdict(timed_out), (RunPhase::Failed, Reason::RunTimeout));
-        assert_eq!(verdict([]), (RunPhase::Succeeded, Reason::AllSucceeded));
+        assert_eq!(
+            verdict(timed_out),
+            (RunPhase::Failed, RunReason::RunTimeout)
+        );
+        assert_eq!(verdict([]), (RunPhase::Succeeded, RunReason::AllSucceeded));
     }
 }

@@ -13,7 +13,7 @@ use super::{
     AttemptEnd, AttemptId, RunId, Store, StoreError, attempt_not_found, job_not_found, micros,
     saturating_i64, timestamp,
 };
-use crate::status::{JobPhase, Reason};
+use crate::status::{JobPhase, JobReason};
 
 /// Changes to one run, to be committed together by [`Store::commit`].
 ///
@@ -89,12 +89,12 @@ impl Batch {
         &mut self,
         attempt: AttemptId,
         end: &AttemptEnd,
-        job: Option<(JobPhase, Option<Reason>)>,
+        job: Option<(JobPhase, Option<JobReason>)>,
     ) {
         self.ends.push(EndRow {
             id: attempt,
             phase: end.phase.as_str(),
-            reason: end.reason.map(Reason::as_str),
+            reason: end.reason.map(JobReason::as_str),
             exit_code: end.exit_code,
             signal: end.signal,
             user_time_us: micros(end.user_time),
@@ -103,7 +103,7 @@ impl Batch {
             max_rss_upper_bound: end.max_rss_upper_bound,
             message: end.message.clone(),
             job_phase: job.map(|(phase, _)| phase.as_str()),
-            job_reason: job.and_then(|(_, reason)| reason).map(Reason::as_str),
+            job_reason: job.and_then(|(_, reason)| reason).map(JobReason::as_str),
             terminal: job.is_some_and(|(phase, _)| phase.is_terminal()),
         });
     }
@@ -114,13 +114,13 @@ impl Batch {
         &mut self,
         job: &str,
         phase: JobPhase,
-        reason: Option<Reason>,
+        reason: Option<JobReason>,
         message: Option<&str>,
     ) {
         self.jobs.push(JobChange {
             job: job.to_owned(),
             phase: phase.as_str(),
-            reason: reason.map(Reason::as_str),
+            reason: reason.map(JobReason::as_str),
             message: message.map(str::to_owned),
             starts: matches!(phase, JobPhase::Running | JobPhase::Waiting),
             terminal: phase.is_terminal(),

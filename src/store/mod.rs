@@ -40,7 +40,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::status::{JobPhase, Reason, RunPhase};
+use crate::status::{JobPhase, JobReason, RunPhase, RunReason};
 
 pub use crate::state_dir::DB_FILE;
 
@@ -147,7 +147,7 @@ pub struct NewJob<'a> {
 pub struct AttemptEnd {
     /// Succeeded, Failed, Cancelled or Lost.
     pub phase: JobPhase,
-    pub reason: Option<Reason>,
+    pub reason: Option<JobReason>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub user_time: Duration,
@@ -166,7 +166,7 @@ pub struct RunRow {
     pub spec_json: String,
     pub spec_hash: String,
     pub phase: RunPhase,
-    pub reason: Option<Reason>,
+    pub reason: Option<RunReason>,
     /// 1 for the first round, +1 per resume.
     pub rounds: i64,
     pub owner_pid: Option<i64>,
@@ -183,7 +183,7 @@ pub struct JobRow {
     pub job_id: String,
     pub position: i64,
     pub phase: JobPhase,
-    pub reason: Option<Reason>,
+    pub reason: Option<JobReason>,
     /// Attempts counted against `retry.limit` in the current round.
     pub attempts: i64,
     /// Times the job was lost with its executioner.
@@ -205,7 +205,7 @@ pub struct AttemptRow {
     pub number: i64,
     /// Running, Succeeded, Failed, Cancelled or Lost.
     pub phase: JobPhase,
-    pub reason: Option<Reason>,
+    pub reason: Option<JobReason>,
     pub pid: Option<i64>,
     pub pgid: Option<i64>,
     pub process_start_time: Option<i64>,
@@ -368,7 +368,7 @@ impl Store {
         run: RunId,
         job: &str,
         phase: JobPhase,
-        reason: Option<Reason>,
+        reason: Option<JobReason>,
         message: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut batch = Batch::default();
@@ -411,7 +411,7 @@ impl Store {
         &self,
         attempt: AttemptId,
         end: &AttemptEnd,
-        job: Option<(JobPhase, Option<Reason>)>,
+        job: Option<(JobPhase, Option<JobReason>)>,
     ) -> Result<(), StoreError> {
         let mut batch = Batch::default();
         batch.attempt_finished(attempt, end, job);

@@ -10,7 +10,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 
 use super::{NewJob, Owner, RunId, Store, StoreError, job_not_found, saturating_i64, timestamp};
-use crate::status::{JobPhase, JobVerdict, Reason, RunPhase, Tally};
+use crate::status::{JobPhase, JobReason, JobVerdict, RunPhase, RunReason, Tally};
 
 /// The event kind recorded by [`Store::mark_success`].
 pub const EVENT_MARKED_SUCCESS: &str = "MarkedSuccess";
@@ -188,7 +188,7 @@ impl Store {
         &self,
         run: RunId,
         continue_on_error: &[&str],
-    ) -> Result<(RunPhase, Reason), StoreError> {
+    ) -> Result<(RunPhase, RunReason), StoreError> {
         self.settle_run(run, continue_on_error, false).await
     }
 
@@ -199,7 +199,7 @@ impl Store {
         &self,
         run: RunId,
         continue_on_error: &[&str],
-    ) -> Result<(RunPhase, Reason), StoreError> {
+    ) -> Result<(RunPhase, RunReason), StoreError> {
         self.settle_run(run, continue_on_error, true).await
     }
 
@@ -208,7 +208,7 @@ impl Store {
         run: RunId,
         continue_on_error: &[&str],
         cancel_rest: bool,
-    ) -> Result<(RunPhase, Reason), StoreError> {
+    ) -> Result<(RunPhase, RunReason), StoreError> {
         let context = "finishing a run";
         let now = timestamp(OffsetDateTime::now_utc());
         let mut writing = self.writing(context).await?;
@@ -245,7 +245,7 @@ impl Store {
         reason: &str,
         actor: &str,
         continue_on_error: &[&str],
-    ) -> Result<(RunPhase, Reason), StoreError> {
+    ) -> Result<(RunPhase, RunReason), StoreError> {
         let context = "marking jobs succeeded";
         let now = timestamp(OffsetDateTime::now_utc());
         let mut writing = self.writing(context).await?;
@@ -303,7 +303,7 @@ impl Store {
         continue_on_error: &[&str],
         now: &str,
         context: &'static str,
-    ) -> Result<(RunPhase, Reason), StoreError> {
+    ) -> Result<(RunPhase, RunReason), StoreError> {
         // Folded row by row: a 10,000-job run's rows are never all in memory at once.
         let corrupt = |detail: String| StoreError::Corrupt {
             path: self.path.to_path_buf(),
@@ -321,7 +321,7 @@ impl Store {
             tally.add(JobVerdict {
                 phase: JobPhase::from_str(phase).map_err(|e| corrupt(e.to_string()))?,
                 reason: reason
-                    .map(Reason::from_str)
+                    .map(JobReason::from_str)
                     .transpose()
                     .map_err(|e| corrupt(e.to_string()))?,
                 continue_on_error: may_fail.contains(id),

@@ -58,7 +58,7 @@ async fn open(dir: &Path) -> Store {
     Store::open(dir, Durability::Normal).await.expect("open")
 }
 
-fn end(phase: JobPhase, reason: Reason, exit_code: i32) -> AttemptEnd {
+fn end(phase: JobPhase, reason: JobReason, exit_code: i32) -> AttemptEnd {
     AttemptEnd {
         phase,
         reason: Some(reason),
@@ -167,7 +167,7 @@ async fn run_round_trip() {
     let job = &store.jobs(run).await.expect("jobs")[0];
     assert_eq!((job.phase, job.attempts), (JobPhase::Running, 1));
     let started = job.started_at.expect("started_at");
-    let mut failed = end(JobPhase::Failed, Reason::ExitCode, 1);
+    let mut failed = end(JobPhase::Failed, JobReason::ExitCode, 1);
     failed.message = Some("exit code 1".to_owned());
     store
         .attempt_finished(first, &failed, Some((JobPhase::Pending, None)))
@@ -189,15 +189,15 @@ async fn run_round_trip() {
     store
         .attempt_finished(
             second,
-            &end(JobPhase::Succeeded, Reason::Completed, 0),
-            Some((JobPhase::Succeeded, Some(Reason::Completed))),
+            &end(JobPhase::Succeeded, JobReason::Completed, 0),
+            Some((JobPhase::Succeeded, Some(JobReason::Completed))),
         )
         .await
         .expect("finished");
 
     let job = &store.jobs(run).await.expect("jobs")[0];
     assert_eq!(job.phase, JobPhase::Succeeded);
-    assert_eq!(job.reason, Some(Reason::Completed));
+    assert_eq!(job.reason, Some(JobReason::Completed));
     assert_eq!(job.attempts, 2);
     assert_eq!(job.exit_code, Some(0));
     assert_eq!(job.message, None);
@@ -212,7 +212,7 @@ async fn run_round_trip() {
         (first, "extract", 1, 1)
     );
     assert_eq!(a.phase, JobPhase::Failed);
-    assert_eq!(a.reason, Some(Reason::ExitCode));
+    assert_eq!(a.reason, Some(JobReason::ExitCode));
     assert_eq!(
         (a.pid, a.pgid, a.process_start_time),
         (Some(4242), Some(4242), Some(99))
@@ -234,7 +234,7 @@ async fn run_round_trip() {
     store
         .attempt_finished(
             third,
-            &end(JobPhase::Cancelled, Reason::Cancelled, -1),
+            &end(JobPhase::Cancelled, JobReason::Cancelled, -1),
             None,
         )
         .await
@@ -263,7 +263,7 @@ async fn run_round_trip() {
             run,
             "report",
             JobPhase::Skipped,
-            Some(Reason::UpstreamFailed),
+            Some(JobReason::UpstreamFailed),
             None,
         )
         .await
@@ -271,7 +271,7 @@ async fn run_round_trip() {
     let job = &store.jobs(run).await.expect("jobs")[2];
     assert_eq!(
         (job.phase, job.reason),
-        (JobPhase::Skipped, Some(Reason::UpstreamFailed))
+        (JobPhase::Skipped, Some(JobReason::UpstreamFailed))
     );
     assert!(job.finished_at.is_some());
     assert_eq!(job.message, None);
@@ -279,12 +279,12 @@ async fn run_round_trip() {
     // The run's phase is the verdict of its jobs.
     assert_eq!(
         store.close_run(run, &[]).await.expect("finish"),
-        (RunPhase::Failed, Reason::JobsFailed)
+        (RunPhase::Failed, RunReason::JobsFailed)
     );
     let row = store.run(run).await.expect("run").expect("exists");
     assert_eq!(
         (row.phase, row.reason),
-        (RunPhase::Failed, Some(Reason::JobsFailed))
+        (RunPhase::Failed, Some(RunReason::JobsFailed))
     );
     assert!(row.finished_at.is_some());
     assert!(
@@ -318,16 +318,20 @@ async fn one_batch_records_an_end_a_skip_a_pid_and_the_next_starts() {
     // end and its next attempt in the same batch), load succeeds, report is skipped.
     let mut batch = Batch::default();
     batch.attempt_spawned(extract, 4242, 4242, Some(7));
-    batch.attempt_finished(extract, &end(JobPhase::Failed, Reason::ExitCode, 1), None);
+    batch.attempt_finished(
+        extract,
+        &end(JobPhase::Failed, JobReason::ExitCode, 1),
+        None,
+    );
     batch.attempt_finished(
         load,
-        &end(JobPhase::Succeeded, Reason::Completed, 0),
-        Some((JobPhase::Succeeded, Some(Reason::Completed))),
+        &end(JobPhase::Succeeded, JobReason::Completed, 0),
+        Some((JobPhase::Succeeded, Some(JobReason::Completed))),
     );
     batch.set_job(
         "report",
         JobPhase::Skipped,
-        Some(Reason::UpstreamFailed),
+        Some(JobReason::UpstreamFailed),
         None,
     );
     batch.attempt_started("extract", 2, 2);
@@ -359,18 +363,22 @@ async fn one_batch_records_an_end_a_skip_a_pid_and_the_next_starts() {
     assert_eq!(phase("extract"), (JobPhase::Running, None, 2));
     assert_eq!(
         phase("load"),
-        (JobPhase::Succeeded, Some(Reason::Completed), 1)
+        (JobPhase::Succeeded, Some(JobReason::Completed), 1)
     );
     assert_eq!(
         phase("report"),
-        (JobPhase::Skipped, Some(Reason::UpstreamFailed), 0)
+        (JobPhase::Skipped, Some(JobReason::UpstreamFailed), 0)
     );
     let report = jobs.iter().find(|j| j.job_id == "report").expect("report");
     assert!(report.finished_at.is_some() && report.started_at.is_none());
 
     // A change that finds nothing is reported, whatever else the batch held.
     let mut batch = Batch::default();
-    batch.attempt_finished(retry, &end(JobPhase::Succeeded, Reason::Completed, 0), None);
+    batch.attempt_finished(
+        retry,
+        &end(JobPhase::Succeeded, JobReason::Completed, 0),
+        None,
+    );
     batch.attempt_started("nope", 1, 1);
     assert!(matches!(
         store.commit(run, 1, &mut batch).await,
@@ -417,7 +425,7 @@ async fn unknown_rows_are_not_found() {
         store
             .attempt_finished(
                 AttemptId::from(77),
-                &end(JobPhase::Failed, Reason::ExitCode, 1),
+                &end(JobPhase::Failed, JobReason::ExitCode, 1),
                 None
             )
             .await,
@@ -483,9 +491,9 @@ async fn begin_round_resets_only_the_listed_jobs() {
             .await
             .expect("started");
         let (phase, reason, code) = if job == "extract" {
-            (JobPhase::Succeeded, Reason::Completed, 0)
+            (JobPhase::Succeeded, JobReason::Completed, 0)
         } else {
-            (JobPhase::Failed, Reason::ExitCode, 2)
+            (JobPhase::Failed, JobReason::ExitCode, 2)
         };
         store
             .attempt_finished(
@@ -501,7 +509,7 @@ async fn begin_round_resets_only_the_listed_jobs() {
             run,
             "report",
             JobPhase::Skipped,
-            Some(Reason::UpstreamFailed),
+            Some(JobReason::UpstreamFailed),
             None,
         )
         .await
@@ -566,7 +574,13 @@ async fn mark_success_records_events() {
     let store = open(&state_dir(&tmp)).await;
     let run = new_run(&store, "p").await;
     store
-        .set_job(run, "load", JobPhase::Failed, Some(Reason::ExitCode), None)
+        .set_job(
+            run,
+            "load",
+            JobPhase::Failed,
+            Some(JobReason::ExitCode),
+            None,
+        )
         .await
         .expect("fail");
     store
@@ -574,7 +588,7 @@ async fn mark_success_records_events() {
             run,
             "report",
             JobPhase::Skipped,
-            Some(Reason::UpstreamFailed),
+            Some(JobReason::UpstreamFailed),
             None,
         )
         .await
@@ -587,7 +601,7 @@ async fn mark_success_records_events() {
     let jobs = store.jobs(run).await.expect("jobs");
     for job in &jobs[1..] {
         assert_eq!(job.phase, JobPhase::Succeeded);
-        assert_eq!(job.reason, Some(Reason::MarkedSuccess));
+        assert_eq!(job.reason, Some(JobReason::MarkedSuccess));
         assert_eq!(job.message.as_deref(), Some("loaded by hand"));
         assert!(job.finished_at.is_some());
     }
@@ -650,8 +664,8 @@ async fn mark_lost_counts_each_loss_once() {
     store
         .attempt_finished(
             c,
-            &end(JobPhase::Succeeded, Reason::Completed, 0),
-            Some((JobPhase::Succeeded, Some(Reason::Completed))),
+            &end(JobPhase::Succeeded, JobReason::Completed, 0),
+            Some((JobPhase::Succeeded, Some(JobReason::Completed))),
         )
         .await
         .expect("c finished");
@@ -669,7 +683,7 @@ async fn mark_lost_counts_each_loss_once() {
     let attempts = store.attempts(run).await.expect("attempts");
     for attempt in &attempts[..2] {
         assert_eq!(attempt.phase, JobPhase::Lost);
-        assert_eq!(attempt.reason, Some(Reason::Lost));
+        assert_eq!(attempt.reason, Some(JobReason::Lost));
         assert!(attempt.finished_at.is_some());
     }
     assert_eq!(attempts[2].phase, JobPhase::Succeeded);
@@ -677,7 +691,7 @@ async fn mark_lost_counts_each_loss_once() {
     for job in &jobs[..2] {
         assert_eq!(
             (job.phase, job.reason, job.lost),
-            (JobPhase::Lost, Some(Reason::Lost), 1)
+            (JobPhase::Lost, Some(JobReason::Lost), 1)
         );
         assert_eq!(
             job.attempts, 1,
@@ -961,8 +975,8 @@ async fn concurrent_stores_create_distinct_runs() {
                 store
                     .attempt_finished(
                         attempt,
-                        &end(JobPhase::Succeeded, Reason::Completed, 0),
-                        Some((JobPhase::Succeeded, Some(Reason::Completed))),
+                        &end(JobPhase::Succeeded, JobReason::Completed, 0),
+                        Some((JobPhase::Succeeded, Some(JobReason::Completed))),
                     )
                     .await?;
                 store.close().await;
