@@ -12,6 +12,7 @@ pub mod controller;
 pub mod dag;
 pub mod engine;
 pub mod env;
+pub mod error_chain;
 pub mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;

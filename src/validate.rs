@@ -131,7 +131,7 @@ pub fn validate_file(path: &Path, options: &Options) -> FileOutcome {
                     ),
                 ),
                 LoadError::Io { .. } | LoadError::UnknownFormat { .. } => {
-                    (Pos::START, e.to_string())
+                    (Pos::START, crate::error_chain::render(&e))
                 }
             };
             FileOutcome::Docs(vec![Err(vec![Diagnostic {

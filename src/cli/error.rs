@@ -1,11 +1,10 @@
 //! The one error type of the command line and the exit code each kind of failure means.
 //!
-//! Owns the mapping from the modules' errors to DESIGN section 3's exit codes and the rendering
-//! of an error with its `source()` chain; it does not print (the callers in `cli/` do) and it
-//! does not decide messages of the modules' errors (their `#[error]` attributes do, without
-//! repeating their source, which is printed here once).
-
-use std::fmt::Write as _;
+//! Owns the mapping from the modules' errors to DESIGN section 3's exit codes and renders an
+//! error with its `source()` chain (through [`crate::error_chain`], which the engine and the
+//! controller use too); it does not print (the callers in `cli/` do) and it does not decide
+//! messages of the modules' errors (their `#[error]` attributes do, without repeating their
+//! source, which the chain prints once).
 
 use crate::config::ConfigError;
 use crate::controller::ControllerError;
@@ -92,17 +91,7 @@ fn store_exit(e: &StoreError) -> Exit {
     }
 }
 
-/// Renders an error and its sources, each level once: `outer: inner: innermost`. The modules'
-/// messages never repeat their `#[source]`, so nothing here compares texts.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        let _ = write!(text, ": {s}");
-        source = s.source();
-    }
-    text
-}
+pub use crate::error_chain::render as chain;
 
 #[cfg(test)]
 mod tests {
@@ -214,5 +203,42 @@ mod tests {
             config.render(),
             "/etc/x.toml: cannot read configuration: the disk said no"
         );
+    }
+
+    /// The errors whose messages used to repeat their source: rendered, the cause shows once.
+    #[test]
+    fn a_cause_is_rendered_once() {
+        let cause = "the disk said no";
+        let load = crate::spec::LoadError::Io {
+            path: PathBuf::from("/m/etl.yaml"),
+            source: io(std::io::ErrorKind::PermissionDenied),
+        };
+        let spawn = crate::process::ProcessError::Spawn {
+            program: "etl".into(),
+            source: io(std::io::ErrorKind::NotFound),
+        };
+        let wait = crate::process::ProcessError::Wait {
+            pid: 42,
+            source: io(std::io::ErrorKind::Interrupted),
+        };
+        let cases: [(&dyn std::error::Error, String); 3] = [
+            (&load, format!("/m/etl.yaml: cannot read: {cause}")),
+            (&spawn, format!("cannot start etl: {cause}")),
+            (&wait, format!("waiting for pid 42: {cause}")),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(chain(error), expected);
+            assert!(!error.to_string().contains(cause), "{error}");
+        }
+
+        let dag = crate::dag::DagError::SelfDependency(3);
+        let dag_text = dag.to_string();
+        let plan = crate::engine::PlanError::from(dag);
+        let text = chain(&plan);
+        assert_eq!(
+            text,
+            format!("cannot order the jobs by their dependencies: {dag_text}")
+        );
+        assert_eq!(text.matches(&dag_text).count(), 1);
     }
 }

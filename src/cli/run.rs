@@ -109,7 +109,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
         .unwrap_or_else(|| PathBuf::from("."));
     let process_env: IndexMap<String, String> = std::env::vars().collect();
     let plan = Plan::new(&manifest, &base_dir, &process_env, cli_env.clone())
-        .map_err(|e| CliError::failed(e.to_string()))?;
+        .map_err(|e| CliError::failed(super::error::chain(&e)))?;
     let workers = args.workers.unwrap_or_else(|| config.workers());
 
     if args.dry_run {
@@ -179,7 +179,9 @@ pub fn resume(
             run: run_id,
             source: e,
         })?;
-        let plan = pinned.plan().map_err(|e| CliError::failed(e.to_string()))?;
+        let plan = pinned
+            .plan()
+            .map_err(|e| CliError::failed(super::error::chain(&e)))?;
         let owner = launch::this_process();
         let Some(request) =
             round(&store, &run, &plan, resume_mode(failed_only), &owner, None).await?

@@ -48,7 +48,7 @@ pub fn run(paths: &[PathBuf], global: &GlobalArgs) -> CliResult {
         }
         match validate::validate_file(file, &options) {
             FileOutcome::Unreadable(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", super::error::chain(&e));
                 unreadable = true;
             }
             FileOutcome::Docs(docs) => {
@@ -108,7 +108,7 @@ fn print_diagnostics(diagnostics: &[Diagnostic]) {
 /// Diagnostics are printed; the error carries the exit code.
 pub fn load_one(path: &Path, options: &Options) -> Result<Validated, CliError> {
     match validate::validate_file(path, options) {
-        FileOutcome::Unreadable(e) => Err(CliError::usage(e.to_string())),
+        FileOutcome::Unreadable(e) => Err(CliError::usage(super::error::chain(&e))),
         FileOutcome::Docs(mut docs) => {
             if docs.len() != 1 {
                 return Err(CliError::usage(format!(

@@ -192,7 +192,7 @@ pub fn read_file(file: &Path, options: &Options, folder: &mut Folder) {
             folder.invalid.push(Invalid {
                 name: stem_name,
                 source,
-                message: e.to_string(),
+                message: crate::error_chain::render(&e),
                 syntax,
                 reason: InvalidReason::InvalidManifest,
             });

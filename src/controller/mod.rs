@@ -618,8 +618,10 @@ impl Controller {
                     // Left Running (and shown interrupted): a user can fix the environment and
                     // resume it; cancelling would throw the run away.
                     let _ = self.events.send(ControllerEvent::Warning(format!(
-                        "run {} of {}: cannot continue it: {e}",
-                        run.id, run.pipeline
+                        "run {} of {}: cannot continue it: {}",
+                        run.id,
+                        run.pipeline,
+                        crate::error_chain::render(&e)
                     )));
                     continue;
                 }
@@ -667,8 +669,9 @@ impl Controller {
             Ok(p) => p,
             Err(e) => {
                 let _ = self.events.send(ControllerEvent::Warning(format!(
-                    "pipeline {}: cannot start a run: {e}",
-                    d.name
+                    "pipeline {}: cannot start a run: {}",
+                    d.name,
+                    crate::error_chain::render(&e)
                 )));
                 return Ok(());
             }

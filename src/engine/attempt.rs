@@ -243,9 +243,10 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            append_log(&spec.log_path, &format!("cannot start: {e}"));
-            result.spawn_error = Some(e.to_string());
-            result.outcome = fail(Failure::Spawn, JobReason::SpawnFailed, e.to_string());
+            let message = crate::error_chain::render(&e);
+            append_log(&spec.log_path, &format!("cannot start: {message}"));
+            result.spawn_error = Some(message.clone());
+            result.outcome = fail(Failure::Spawn, JobReason::SpawnFailed, message);
             return result;
         }
     };
@@ -329,7 +330,8 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
     let exited = match exited {
         Ok(e) => e,
         Err(e) => {
-            result.outcome = fail(Failure::Spawn, JobReason::SpawnFailed, e.to_string());
+            let message = crate::error_chain::render(&e);
+            result.outcome = fail(Failure::Spawn, JobReason::SpawnFailed, message);
             return result;
         }
     };

@@ -298,13 +298,11 @@ fn is_executable(path: &Path) -> bool {
 }
 
 async fn run_to_end(spec: SpawnSpec, limit: Duration) -> Result<(ExitStatus, Vec<u8>), String> {
-    let mut child = process::spawn(spec).map_err(|e| e.to_string())?;
+    let text = |e: process::ProcessError| crate::error_chain::render(&e);
+    let mut child = process::spawn(spec).map_err(text)?;
     let exited = match tokio::time::timeout(limit, child.wait()).await {
-        Ok(r) => r.map_err(|e| e.to_string())?,
-        Err(_) => child
-            .stop(Duration::from_secs(1))
-            .await
-            .map_err(|e| e.to_string())?,
+        Ok(r) => r.map_err(text)?,
+        Err(_) => child.stop(Duration::from_secs(1)).await.map_err(text)?,
     };
     Ok((exited.status, exited.captured.unwrap_or_default()))
 }

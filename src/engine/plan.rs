@@ -68,7 +68,7 @@ pub struct Plan {
 /// Why a plan could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("dependency graph: {0}")]
+    #[error("cannot order the jobs by their dependencies")]
     Dag(#[from] crate::dag::DagError),
     #[error("secret {name}: {message}")]
     Secret { name: String, message: String },

@@ -32,9 +32,9 @@ pub(super) async fn run(entry: &OutboxEntry, state_dir: &Path) -> Result<(), Fai
         stdin: Stdin::Bytes(stdin),
         output: Output::Capture,
     })
-    .map_err(|e| Failure::retry(e.to_string()))?;
+    .map_err(|e| Failure::retry(crate::error_chain::render(&e)))?;
     let exited = match tokio::time::timeout(COMMAND_TIMEOUT, child.wait()).await {
-        Ok(result) => result.map_err(|e| Failure::retry(e.to_string()))?,
+        Ok(result) => result.map_err(|e| Failure::retry(crate::error_chain::render(&e)))?,
         Err(_) => {
             let _ = child.stop(STOP_GRACE).await;
             return Err(Failure::retry(format!(

@@ -172,12 +172,12 @@ pub struct Exited {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error("cannot start {program}: {source}")]
+    #[error("cannot start {program}")]
     Spawn {
         program: String,
         source: std::io::Error,
     },
-    #[error("waiting for pid {pid}: {source}")]
+    #[error("waiting for pid {pid}")]
     Wait { pid: i32, source: std::io::Error },
 }
 

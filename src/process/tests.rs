@@ -181,8 +181,10 @@ async fn argv0_is_the_program_as_given() {
 #[tokio::test]
 async fn spawn_errors_say_what_is_wrong() {
     let error = spawn(spec("no-such-program-xyz", &[], Output::Null)).expect_err("missing");
+    // What was being done, then the cause once (the chain adds it).
+    assert_eq!(error.to_string(), "cannot start no-such-program-xyz");
     assert_eq!(
-        error.to_string(),
+        crate::error_chain::render(&error),
         format!("cannot start no-such-program-xyz: not found in PATH ({PATH})")
     );
     assert!(
@@ -209,7 +211,8 @@ async fn spawn_errors_say_what_is_wrong() {
     let mut bad_cwd = spec("true", &[], Output::Null);
     bad_cwd.cwd = dir.path().join("missing");
     let error = spawn(bad_cwd).expect_err("missing cwd");
-    assert!(error.to_string().contains("working directory"), "{error}");
+    let text = crate::error_chain::render(&error);
+    assert!(text.contains("working directory"), "{text}");
 }
 
 #[tokio::test]

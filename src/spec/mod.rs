@@ -62,7 +62,7 @@ impl RawDoc {
 /// Why a file could not be read into documents.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
