@@ -125,7 +125,7 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
                 ]);
                 for a in &attempts {
                     table.add_row([
-                        a.job_id.clone(),
+                        a.job_id.to_string(),
                         a.number.to_string(),
                         a.round.to_string(),
                         a.phase.to_string(),
@@ -160,7 +160,7 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
                         "event {} {} {}: {} by {}",
                         crate::status::format_time(e.at),
                         e.kind,
-                        e.job_id.unwrap_or_default(),
+                        e.job_id.as_deref().unwrap_or_default(),
                         e.reason.unwrap_or_default(),
                         e.actor.unwrap_or_default()
                     );

@@ -223,7 +223,7 @@ pub fn jobs_table(jobs: &[JobRow], attempts: &[AttemptRow]) -> String {
             (None, None) => "-".into(),
         };
         table.add_row([
-            j.job_id.clone(),
+            j.job_id.to_string(),
             j.phase.to_string(),
             j.reason.map_or("-".into(), |r| r.to_string()),
             own.len().to_string(),
@@ -244,7 +244,7 @@ pub fn runs_table(runs: &[(RunRow, Vec<AttemptRow>)]) -> String {
     for (r, attempts) in runs {
         table.add_row([
             r.id.to_string(),
-            r.pipeline.clone(),
+            r.pipeline.to_string(),
             shown_phase(r).to_string(),
             r.reason.map_or("-".into(), |x| x.to_string()),
             r.rounds.to_string(),
@@ -264,7 +264,7 @@ mod tests {
     fn run(rounds: i64) -> RunRow {
         RunRow {
             id: RunId::from(1),
-            pipeline: "p".into(),
+            pipeline: crate::spec::PipelineName::parse("p").expect("name"),
             generation: 0,
             spec_json: String::new(),
             spec_hash: String::new(),
@@ -288,7 +288,7 @@ mod tests {
         AttemptRow {
             id: AttemptId::from(1),
             run_id: RunId::from(1),
-            job_id: "a".into(),
+            job_id: crate::spec::JobId::parse("a").expect("job id"),
             round,
             number: 1,
             phase: JobPhase::Succeeded,

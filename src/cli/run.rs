@@ -341,13 +341,13 @@ async fn drive(
     let signals = super::watch_signals(stop.cancel.clone(), stop.kill_now.clone())?;
     let (tx, rx) = mpsc::unbounded_channel();
     let quiet = global.quiet || output == OutputFormat::Json;
-    let names: Vec<String> = plan.jobs.iter().map(|j| j.id.clone()).collect();
+    let names: Vec<String> = plan.jobs.iter().map(|j| j.id.to_string()).collect();
     let printer = tokio::spawn(print_progress(
         rx,
         names,
         quiet,
         run_id,
-        plan.pipeline.clone(),
+        plan.pipeline.to_string(),
     ));
     // The loop runs as a task, like the attempts it starts; the engine runtime is single-threaded,
     // so all of them are polled on this thread.
@@ -588,7 +588,11 @@ fn dry_run_text(plan: &Plan, skip: &[String], workers: usize) -> String {
         plan.max_parallel.map_or(workers, |m| m.min(workers)),
         if plan.fail_fast { ", fail-fast" } else { "" }
     );
-    let skipped_by_user: Vec<bool> = plan.jobs.iter().map(|j| skip.contains(&j.id)).collect();
+    let skipped_by_user: Vec<bool> = plan
+        .jobs
+        .iter()
+        .map(|j| skip.iter().any(|s| j.id == *s))
+        .collect();
     for level in 0..depth {
         out.push_str(&format!("level {level}:\n"));
         for (i, job) in plan

@@ -598,9 +598,9 @@ impl Controller {
             if run.generation == 0 || engine::resume::owner_alive(&run) {
                 continue;
             }
-            let continues = if self.active.contains_key(&run.pipeline) {
+            let continues = if self.active.contains_key(run.pipeline.as_str()) {
                 false
-            } else if let Some(d) = self.reader.folder().desired.get(&run.pipeline) {
+            } else if let Some(d) = self.reader.folder().desired.get(run.pipeline.as_str()) {
                 let generation = self
                     .store
                     .observe_pipeline(&d.name, &d.spec_hash, &d.source)
@@ -641,11 +641,11 @@ impl Controller {
             match launch::next_round(&self.store, &run, &plan, mode, &owner, None).await? {
                 Round::Next { request, lost, .. } => {
                     let _ = self.events.send(ControllerEvent::RunResumed {
-                        pipeline: run.pipeline.clone(),
+                        pipeline: run.pipeline.to_string(),
                         run: run.id,
-                        lost,
+                        lost: lost.iter().map(ToString::to_string).collect(),
                     });
-                    self.spawn_run(run.pipeline.clone(), plan, request, run.generation);
+                    self.spawn_run(run.pipeline.to_string(), plan, request, run.generation);
                 }
                 Round::AlreadySucceeded | Round::NothingToDo | Round::OwnedElsewhere { .. } => {}
             }
@@ -709,7 +709,7 @@ impl Controller {
                 interrupt: stop.interrupt.clone(),
             },
         );
-        let jobs = plan.jobs.iter().map(|j| j.id.clone()).collect();
+        let jobs = plan.jobs.iter().map(|j| j.id.to_string()).collect();
         self.status.run_started(&name, run, jobs);
         let store = self.store.clone();
         let options = self.engine.clone();

@@ -73,7 +73,7 @@ pub async fn pipeline_status(
             .as_ref()
             .map(|r| crate::state_dir::job_log_path(dirs.state, &r.pipeline, r.id, &j.job_id));
         job_map.insert(
-            j.job_id.clone(),
+            j.job_id.to_string(),
             JobStatus {
                 phase: j.phase,
                 attempts: j.attempts,

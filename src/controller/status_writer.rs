@@ -267,7 +267,7 @@ impl StatusWriter {
             .latest_runs()
             .await?
             .into_iter()
-            .map(|r| (r.pipeline.clone(), r))
+            .map(|r| (r.pipeline.to_string(), r))
             .collect();
         for name in names {
             if !self.live.contains_key(&name)

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use indexmap::IndexMap;
 
 use crate::scheduler::Start;
-use crate::spec::{Pinned, spec_hash};
+use crate::spec::{JobId, Pinned, spec_hash};
 use crate::state_dir;
 use crate::status::RunPhase;
 use crate::store::{NewJob, NewRun, Owner, RoundChange, RunRow, Store, StoreError};
@@ -82,7 +82,7 @@ pub async fn new_run(
         .jobs
         .iter()
         .map(|j| {
-            if pinned.skip.contains(&j.id) {
+            if pinned.skip.iter().any(|s| j.id == s.as_str()) {
                 Start::SkipByUser
             } else {
                 Start::Run
@@ -104,8 +104,8 @@ pub enum Round {
     /// A new round to execute; `lost` lists the jobs whose attempts were recovered as Lost.
     Next {
         request: RunRequest,
-        rerun: Vec<String>,
-        lost: Vec<String>,
+        rerun: Vec<JobId>,
+        lost: Vec<JobId>,
     },
     /// The run already succeeded.
     AlreadySucceeded,
@@ -144,7 +144,7 @@ pub async fn next_round(
         .map(|r| r.job_id.as_str())
         .filter(|id| !in_plan.contains(id))
         .collect();
-    let added_files: Vec<(String, String)> = plan
+    let added_files: Vec<(JobId, String)> = plan
         .jobs
         .iter()
         .filter(|j| !known.contains(j.id.as_str()))
@@ -162,7 +162,7 @@ pub async fn next_round(
         }
         return Ok(Round::NothingToDo);
     }
-    let rerun: Vec<&str> = decided.rerun.iter().map(String::as_str).collect();
+    let rerun: Vec<&str> = decided.rerun.iter().map(|id| id.as_str()).collect();
     let added: Vec<NewJob<'_>> = added_files
         .iter()
         .map(|(id, log)| NewJob { id, log_path: log })

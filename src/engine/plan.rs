@@ -11,8 +11,8 @@ use indexmap::IndexMap;
 use crate::dag::Dag;
 use crate::env::{self, EnvError};
 use crate::spec::{
-    Check, Command, Duration, EnvValue, InheritEnv, InheritMode, JobSpec, Manifest, RetryPolicy,
-    SecretSource, Trigger,
+    Check, Command, Duration, EnvValue, InheritEnv, InheritMode, JobId, JobSpec, Manifest,
+    PipelineName, RetryPolicy, SecretSource, Trigger,
 };
 use crate::status::RunId;
 
@@ -31,7 +31,7 @@ pub const NO_RETRY: RetryPolicy = RetryPolicy {
 /// One job, ready to execute.
 #[derive(Debug, Clone)]
 pub struct PlannedJob {
-    pub id: String,
+    pub id: JobId,
     pub command: Command,
     pub dependencies: Vec<usize>,
     pub trigger: Trigger,
@@ -49,7 +49,7 @@ pub struct PlannedJob {
 /// A whole pipeline, ready to execute.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub pipeline: String,
+    pub pipeline: PipelineName,
     pub jobs: Vec<PlannedJob>,
     pub dag: Dag,
     pub max_parallel: Option<usize>,
@@ -133,7 +133,7 @@ impl Plan {
         }
         secrets.retain(|s| !s.is_empty());
         Ok(Plan {
-            pipeline: manifest.metadata.name.to_string(),
+            pipeline: manifest.metadata.name.clone(),
             jobs,
             dag,
             max_parallel: spec.max_parallel.map(|m| m as usize),
@@ -156,8 +156,11 @@ impl Plan {
         let job = &self.jobs[index];
         let mut base = self.inherited.clone();
         base.insert("EXECUTIONER_RUN_ID".into(), run_id.to_string());
-        base.insert("EXECUTIONER_PIPELINE".into(), self.pipeline.clone());
-        base.insert("EXECUTIONER_JOB_ID".into(), job.id.clone());
+        base.insert(
+            "EXECUTIONER_PIPELINE".into(),
+            self.pipeline.as_str().to_owned(),
+        );
+        base.insert("EXECUTIONER_JOB_ID".into(), job.id.as_str().to_owned());
         base.insert("EXECUTIONER_ATTEMPT".into(), attempt.to_string());
         let mut full = base;
         for layer in [&self.pipeline_env, &job.env, &self.cli_env] {
@@ -168,8 +171,11 @@ impl Plan {
         }
         // The run's identity cannot be overridden by a layer.
         full.insert("EXECUTIONER_RUN_ID".into(), run_id.to_string());
-        full.insert("EXECUTIONER_PIPELINE".into(), self.pipeline.clone());
-        full.insert("EXECUTIONER_JOB_ID".into(), job.id.clone());
+        full.insert(
+            "EXECUTIONER_PIPELINE".into(),
+            self.pipeline.as_str().to_owned(),
+        );
+        full.insert("EXECUTIONER_JOB_ID".into(), job.id.as_str().to_owned());
         full.insert("EXECUTIONER_ATTEMPT".into(), attempt.to_string());
         Ok(full)
     }
@@ -193,7 +199,7 @@ fn plan_job(
         None => pipeline_dir.to_owned(),
     };
     Ok(PlannedJob {
-        id: job.id.to_string(),
+        id: job.id.clone(),
         command: job.command.clone(),
         dependencies: deps,
         trigger: job.trigger.or(defaults.trigger).unwrap_or_default(),

@@ -4,6 +4,7 @@
 
 use crate::process;
 use crate::scheduler::{Outcome, Start};
+use crate::spec::JobId;
 use crate::status::{JobPhase, JobReason};
 use crate::store::{AttemptId, JobRow, RunId, RunRow, Store, StoreError};
 
@@ -30,7 +31,7 @@ pub struct ResumePlan {
     /// How each job of the plan enters the new round.
     pub starts: Vec<Start>,
     /// Ids of the jobs that run again.
-    pub rerun: Vec<String>,
+    pub rerun: Vec<JobId>,
 }
 
 /// What an ended job means to its dependents when it keeps its result; `None` when the job has
@@ -115,7 +116,7 @@ pub fn plan_resume(plan: &Plan, rows: &[JobRow], mode: ResumeMode) -> ResumePlan
 /// Attempts found running in a run whose owner is gone: stops what is left of their process
 /// groups (only when pid and start time still match) and records them `Lost`.
 /// Returns the ids of the jobs whose attempts were lost.
-pub async fn recover(store: &Store, run: &RunRow) -> Result<Vec<String>, StoreError> {
+pub async fn recover(store: &Store, run: &RunRow) -> Result<Vec<JobId>, StoreError> {
     let open = store.open_attempts(run.id).await?;
     if open.is_empty() {
         return Ok(Vec::new());
@@ -172,7 +173,7 @@ pub async fn previous_attempts(
     run: RunId,
     plan: &Plan,
 ) -> Result<Vec<i64>, StoreError> {
-    let mut last: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let mut last: std::collections::HashMap<JobId, i64> = std::collections::HashMap::new();
     for a in store.attempts(run).await? {
         let n = last.entry(a.job_id).or_insert(0);
         *n = (*n).max(a.number);
@@ -215,7 +216,7 @@ mod tests {
     fn row(job: &str, phase: JobPhase, reason: Option<JobReason>) -> JobRow {
         JobRow {
             run_id: RunId::from(1),
-            job_id: job.into(),
+            job_id: JobId::parse(job).expect("job id"),
             position: 0,
             phase,
             reason,
@@ -229,7 +230,7 @@ mod tests {
         }
     }
 
-    fn rerun(plan: &Plan, rows: &[JobRow], mode: ResumeMode) -> Vec<String> {
+    fn rerun(plan: &Plan, rows: &[JobRow], mode: ResumeMode) -> Vec<JobId> {
         plan_resume(plan, rows, mode).rerun
     }
 

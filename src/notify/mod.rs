@@ -365,7 +365,7 @@ fn summarize(
         _ => None,
     };
     RunSummary {
-        pipeline: run.pipeline.clone(),
+        pipeline: run.pipeline.to_string(),
         description: description.map(str::to_owned),
         run_id: run.id,
         round: run.rounds,
@@ -379,7 +379,7 @@ fn summarize(
         jobs: jobs
             .iter()
             .map(|row| JobSummary {
-                id: row.job_id.clone(),
+                id: row.job_id.to_string(),
                 phase: row.phase.as_str().to_owned(),
                 reason: row.reason.map(|r| r.as_str().to_owned()),
                 attempts: row.attempts,

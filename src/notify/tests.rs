@@ -37,7 +37,7 @@ fn run_row(phase: RunPhase) -> RunRow {
     let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
     RunRow {
         id: RunId::from(7),
-        pipeline: "etl".into(),
+        pipeline: crate::spec::PipelineName::parse("etl").expect("name"),
         generation: 0,
         spec_json: String::new(),
         spec_hash: String::new(),
@@ -61,7 +61,7 @@ fn run_row(phase: RunPhase) -> RunRow {
 fn job_row(id: &str, phase: JobPhase, reason: JobReason) -> JobRow {
     JobRow {
         run_id: RunId::from(7),
-        job_id: id.into(),
+        job_id: crate::spec::JobId::parse(id).expect("job id"),
         position: 0,
         phase,
         reason: Some(reason),

@@ -2,13 +2,17 @@
 //!
 //! Both are parsed at the edge (deserialization, CLI arguments), so a value of these types can never
 //! hold `..`, a slash, a NUL or anything else that could escape the state or manifests folder.
-//! This module owns the rules; it does not know where the names are used.
+//! They are carried past the edge (the plan, the store's rows) as they are: the text is shared
+//! (`Arc<str>`), so a clone never copies it. This module owns the rules; it does not know where
+//! the names are used (how they go in and out of database columns is the store's).
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Longest pipeline name or job id (a DNS label's limit, also safe as a file name).
 pub const MAX_NAME_LEN: usize = 63;
@@ -29,14 +33,12 @@ pub enum NameError {
 }
 
 /// A pipeline's `metadata.name`: a lowercase DNS label, `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct PipelineName(String);
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PipelineName(Arc<str>);
 
 /// A job's `id`: `[A-Za-z0-9_.-]+`, at most 63, never `.` or `..`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct JobId(String);
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(Arc<str>);
 
 impl PipelineName {
     pub const PATTERN: &'static str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
@@ -50,7 +52,7 @@ impl PipelineName {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
         let ends_ok = bytes[0] != b'-' && bytes[bytes.len() - 1] != b'-';
         if inner_ok && ends_ok {
-            Ok(Self(value.to_owned()))
+            Ok(Self(value.into()))
         } else {
             Err(NameError::Invalid {
                 kind: KIND,
@@ -79,7 +81,7 @@ impl JobId {
             });
         }
         if Self::allowed_chars(value) {
-            Ok(Self(value.to_owned()))
+            Ok(Self(value.into()))
         } else {
             Err(NameError::Invalid {
                 kind: KIND,
@@ -130,6 +132,56 @@ macro_rules! name_impls {
             }
         }
 
+        impl $ty {
+            /// The text, shared (for a column that takes it without copying).
+            pub fn shared(&self) -> Arc<str> {
+                Arc::clone(&self.0)
+            }
+        }
+
+        impl Deref for $ty {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $ty {
+            fn eq(&self, other: &str) -> bool {
+                &*self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $ty {
+            fn eq(&self, other: &&str) -> bool {
+                &*self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $ty {
+            fn eq(&self, other: &String) -> bool {
+                *self.0 == **other
+            }
+        }
+
+        impl PartialEq<$ty> for str {
+            fn eq(&self, other: &$ty) -> bool {
+                *self == *other.0
+            }
+        }
+
+        impl PartialEq<$ty> for &str {
+            fn eq(&self, other: &$ty) -> bool {
+                **self == *other.0
+            }
+        }
+
+        impl PartialEq<$ty> for String {
+            fn eq(&self, other: &$ty) -> bool {
+                **self == *other.0
+            }
+        }
+
         impl AsRef<str> for $ty {
             fn as_ref(&self) -> &str {
                 &self.0
@@ -139,6 +191,12 @@ macro_rules! name_impls {
         impl std::borrow::Borrow<str> for $ty {
             fn borrow(&self) -> &str {
                 &self.0
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
             }
         }
 
@@ -204,6 +262,20 @@ mod tests {
         ] {
             assert!(PipelineName::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_name_is_shared_and_serialized_as_its_text() {
+        let id = JobId::parse("extract").unwrap();
+        let copy = id.clone();
+        // A clone shares the text: carrying ids through the engine copies no string.
+        assert!(std::ptr::eq(id.as_str(), copy.as_str()));
+        assert_eq!(id, "extract");
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"extract\"");
+        assert_eq!(serde_json::from_str::<JobId>("\"extract\"").unwrap(), id);
+        assert!(serde_json::from_str::<JobId>("\"../x\"").is_err());
+        let name = PipelineName::parse("nightly-etl").unwrap();
+        assert_eq!(serde_json::to_string(&name).unwrap(), "\"nightly-etl\"");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::{
     AttemptEnd, AttemptId, RunId, Store, StoreError, attempt_not_found, job_not_found, micros,
     saturating_i64, timestamp,
 };
+use crate::spec::JobId;
 use crate::status::{JobPhase, JobReason};
 
 /// Changes to one run, to be committed together by [`Store::commit`].
@@ -47,7 +48,7 @@ struct EndRow {
 
 #[derive(Debug)]
 struct JobChange {
-    job: String,
+    job: JobId,
     phase: &'static str,
     reason: Option<&'static str>,
     message: Option<String>,
@@ -65,7 +66,7 @@ struct SpawnedRow {
 
 #[derive(Debug)]
 struct StartRow {
-    job: String,
+    job: JobId,
     number: i64,
     counted: i64,
 }
@@ -112,13 +113,14 @@ impl Batch {
     /// or Waiting; `finished_at` is set by a terminal phase and cleared by any other.
     pub fn set_job(
         &mut self,
-        job: &str,
+        job: &JobId,
         phase: JobPhase,
         reason: Option<JobReason>,
         message: Option<&str>,
     ) {
         self.jobs.push(JobChange {
-            job: job.to_owned(),
+            // A shared text: no copy of the id per change.
+            job: job.clone(),
             phase: phase.as_str(),
             reason: reason.map(JobReason::as_str),
             message: message.map(str::to_owned),
@@ -147,9 +149,9 @@ impl Batch {
     /// Record-before-act: a new attempt (phase Running, no pid yet) of `job`, which becomes
     /// Running with `attempts = counted`. [`Store::commit`] returns the new attempts' ids in the
     /// order of these calls; nothing may be spawned for them before it has returned.
-    pub fn attempt_started(&mut self, job: &str, number: i64, counted: i64) {
+    pub fn attempt_started(&mut self, job: &JobId, number: i64, counted: i64) {
         self.starts.push(StartRow {
-            job: job.to_owned(),
+            job: job.clone(),
             number,
             counted,
         });
@@ -247,7 +249,7 @@ fn apply(
             change.starts.then_some(now),
             change.terminal.then_some(now),
             run.get(),
-            change.job,
+            change.job.as_str(),
         ])?;
         if changed == 0 {
             missing_job.get_or_insert(change.job.as_str());
@@ -272,7 +274,7 @@ fn apply(
             start.counted,
             now,
             run.get(),
-            start.job,
+            start.job.as_str(),
         ])?;
         if changed == 0 {
             missing_start.get_or_insert(start.job.as_str());
@@ -280,7 +282,7 @@ fn apply(
         }
         tx.prepare_cached(START_SQL)?.execute(params![
             run.get(),
-            start.job,
+            start.job.as_str(),
             round,
             start.number,
             now,

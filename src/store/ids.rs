@@ -1,13 +1,18 @@
 //! How [`RunId`] and [`AttemptId`] go in and out of SQLite columns through sqlx: as the INTEGER
-//! row ids they are. The ids themselves belong to `status`; the direct writer (rusqlite) binds
-//! their bare number with `.get()`.
+//! row ids they are; and [`PipelineName`] and [`JobId`]: as TEXT, checked again when read (a
+//! name that breaks the rules means the file is not what we wrote). The ids themselves belong to
+//! `status`, the names to `spec`; the direct writer (rusqlite) binds their bare number with
+//! `.get()` and their text with `.as_str()`.
 
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::sqlite::{SqliteArgumentsBuffer, SqliteTypeInfo, SqliteValueRef};
+use std::sync::Arc;
+
 use sqlx::{Decode, Encode, Sqlite, Type};
 
 use super::{AttemptId, RunId};
+use crate::spec::{JobId, PipelineName};
 
 macro_rules! id_column {
     ($name:ident) => {
@@ -40,3 +45,37 @@ macro_rules! id_column {
 
 id_column!(RunId);
 id_column!(AttemptId);
+
+macro_rules! name_column {
+    ($name:ident) => {
+        impl Type<Sqlite> for $name {
+            fn type_info() -> SqliteTypeInfo {
+                <str as Type<Sqlite>>::type_info()
+            }
+
+            fn compatible(ty: &SqliteTypeInfo) -> bool {
+                <str as Type<Sqlite>>::compatible(ty)
+            }
+        }
+
+        impl Encode<'_, Sqlite> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut SqliteArgumentsBuffer,
+            ) -> Result<IsNull, BoxDynError> {
+                // The shared text itself, not a copy.
+                <Arc<str> as Encode<'_, Sqlite>>::encode(self.shared(), buf)
+            }
+        }
+
+        impl<'r> Decode<'r, Sqlite> for $name {
+            fn decode(value: SqliteValueRef<'r>) -> Result<$name, BoxDynError> {
+                let text = <&str as Decode<'r, Sqlite>>::decode(value)?;
+                Ok($name::parse(text)?)
+            }
+        }
+    };
+}
+
+name_column!(PipelineName);
+name_column!(JobId);

@@ -40,6 +40,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::{Mutex, MutexGuard};
 
+use crate::spec::{JobId, PipelineName};
 use crate::status::{JobPhase, JobReason, RunPhase, RunReason};
 
 pub use crate::state_dir::DB_FILE;
@@ -127,7 +128,7 @@ pub struct Owner {
 
 #[derive(Debug, Clone, Copy)]
 pub struct NewRun<'a> {
-    pub pipeline: &'a str,
+    pub pipeline: &'a PipelineName,
     pub generation: i64,
     pub spec_json: &'a str,
     pub spec_hash: &'a str,
@@ -138,7 +139,7 @@ pub struct NewRun<'a> {
 
 #[derive(Debug, Clone, Copy)]
 pub struct NewJob<'a> {
-    pub id: &'a str,
+    pub id: &'a JobId,
     pub log_path: &'a str,
 }
 
@@ -161,7 +162,7 @@ pub struct AttemptEnd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRow {
     pub id: RunId,
-    pub pipeline: String,
+    pub pipeline: PipelineName,
     pub generation: i64,
     pub spec_json: String,
     pub spec_hash: String,
@@ -180,7 +181,7 @@ pub struct RunRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRow {
     pub run_id: RunId,
-    pub job_id: String,
+    pub job_id: JobId,
     pub position: i64,
     pub phase: JobPhase,
     pub reason: Option<JobReason>,
@@ -199,7 +200,7 @@ pub struct JobRow {
 pub struct AttemptRow {
     pub id: AttemptId,
     pub run_id: RunId,
-    pub job_id: String,
+    pub job_id: JobId,
     pub round: i64,
     /// 1-based across the run.
     pub number: i64,
@@ -226,7 +227,7 @@ pub struct AttemptRow {
 pub struct EventRow {
     pub id: i64,
     pub run_id: RunId,
-    pub job_id: Option<String>,
+    pub job_id: Option<JobId>,
     pub kind: String,
     pub reason: Option<String>,
     pub actor: Option<String>,
@@ -345,7 +346,11 @@ impl Store {
         .map_err(self.sql(context))?
         .last_insert_rowid();
         // Every job in one statement: a JSON array of [id, log path], its index the position.
-        let jobs: Vec<(&str, &str)> = new.jobs.iter().map(|j| (j.id, j.log_path)).collect();
+        let jobs: Vec<(&str, &str)> = new
+            .jobs
+            .iter()
+            .map(|j| (j.id.as_str(), j.log_path))
+            .collect();
         let jobs = serde_json::to_string(&jobs).unwrap_or_else(|_| "[]".to_owned());
         let inserted = sqlx::query(
             "INSERT INTO jobs (run_id, job_id, position, phase, log_path) \
@@ -366,7 +371,7 @@ impl Store {
     pub async fn set_job(
         &self,
         run: RunId,
-        job: &str,
+        job: &JobId,
         phase: JobPhase,
         reason: Option<JobReason>,
         message: Option<&str>,
@@ -381,7 +386,7 @@ impl Store {
     pub async fn attempt_started(
         &self,
         run: RunId,
-        job: &str,
+        job: &JobId,
         round: i64,
         number: i64,
         counted: i64,

@@ -299,14 +299,16 @@ mod tests {
             host: "test-host".into(),
             start_time: None,
         };
+        let pipeline = crate::spec::PipelineName::parse("p").unwrap();
+        let job_id = crate::spec::JobId::parse("a").unwrap();
         let run = store
             .create_run(&NewRun {
-                pipeline: "p",
+                pipeline: &pipeline,
                 generation: 1,
                 spec_json: "{}",
                 spec_hash: "h",
                 jobs: &[NewJob {
-                    id: "a",
+                    id: &job_id,
                     log_path: "a.log",
                 }],
                 owner: &owner,
@@ -318,7 +320,7 @@ mod tests {
             RunPhase::Cancelled => JobPhase::Cancelled,
             RunPhase::Failed | RunPhase::Pending | RunPhase::Running => JobPhase::Failed,
         };
-        store.set_job(run, "a", job, None, None).await.unwrap();
+        store.set_job(run, &job_id, job, None, None).await.unwrap();
         assert_eq!(store.close_run(run, &[]).await.unwrap().0, phase);
         run
     }

@@ -20,30 +20,41 @@ fn owner() -> Owner {
     }
 }
 
-const JOBS: &[NewJob<'static>] = &[
-    NewJob {
-        id: "extract",
-        log_path: "logs/p/1/extract.log",
-    },
-    NewJob {
-        id: "load",
-        log_path: "logs/p/1/load.log",
-    },
-    NewJob {
-        id: "report",
-        log_path: "logs/p/1/report.log",
-    },
-];
+static JOB_IDS: std::sync::LazyLock<[JobId; 3]> =
+    std::sync::LazyLock::new(|| ["extract", "load", "report"].map(jid));
+
+/// The three jobs of every test run.
+fn jobs() -> [NewJob<'static>; 3] {
+    [
+        NewJob {
+            id: &JOB_IDS[0],
+            log_path: "logs/p/1/extract.log",
+        },
+        NewJob {
+            id: &JOB_IDS[1],
+            log_path: "logs/p/1/load.log",
+        },
+        NewJob {
+            id: &JOB_IDS[2],
+            log_path: "logs/p/1/report.log",
+        },
+    ]
+}
+
+fn jid(id: &str) -> JobId {
+    JobId::parse(id).expect("job id")
+}
 
 async fn new_run(store: &Store, pipeline: &str) -> RunId {
     let owner = owner();
+    let pipeline = PipelineName::parse(pipeline).expect("pipeline name");
     store
         .create_run(&NewRun {
-            pipeline,
+            pipeline: &pipeline,
             generation: 3,
             spec_json: r#"{"jobs":[]}"#,
             spec_hash: "abc123",
-            jobs: JOBS,
+            jobs: &jobs(),
             owner: &owner,
         })
         .await
@@ -157,7 +168,7 @@ async fn run_round_trip() {
 
     // First attempt of extract fails and will be retried; the second succeeds.
     let first = store
-        .attempt_started(run, "extract", 1, 1, 1)
+        .attempt_started(run, &jid("extract"), 1, 1, 1)
         .await
         .expect("started");
     store
@@ -179,7 +190,7 @@ async fn run_round_trip() {
     assert_eq!(job.finished_at, None);
 
     let second = store
-        .attempt_started(run, "extract", 1, 2, 2)
+        .attempt_started(run, &jid("extract"), 1, 2, 2)
         .await
         .expect("started");
     store
@@ -228,7 +239,7 @@ async fn run_round_trip() {
 
     // An attempt end without a job change leaves the job alone.
     let third = store
-        .attempt_started(run, "load", 1, 3, 1)
+        .attempt_started(run, &jid("load"), 1, 3, 1)
         .await
         .expect("started");
     store
@@ -248,7 +259,7 @@ async fn run_round_trip() {
     store
         .set_job(
             run,
-            "report",
+            &jid("report"),
             JobPhase::Waiting,
             None,
             Some("waiting for input"),
@@ -261,7 +272,7 @@ async fn run_round_trip() {
     store
         .set_job(
             run,
-            "report",
+            &jid("report"),
             JobPhase::Skipped,
             Some(JobReason::UpstreamFailed),
             None,
@@ -303,8 +314,8 @@ async fn one_batch_records_an_end_a_skip_a_pid_and_the_next_starts() {
     let run = new_run(&store, "p").await;
 
     let mut batch = Batch::default();
-    batch.attempt_started("extract", 1, 1);
-    batch.attempt_started("load", 1, 1);
+    batch.attempt_started(&jid("extract"), 1, 1);
+    batch.attempt_started(&jid("load"), 1, 1);
     assert_eq!(batch.starts(), 2);
     let ids = store
         .commit(run, 1, &mut batch)
@@ -329,12 +340,12 @@ async fn one_batch_records_an_end_a_skip_a_pid_and_the_next_starts() {
         Some((JobPhase::Succeeded, Some(JobReason::Completed))),
     );
     batch.set_job(
-        "report",
+        &jid("report"),
         JobPhase::Skipped,
         Some(JobReason::UpstreamFailed),
         None,
     );
-    batch.attempt_started("extract", 2, 2);
+    batch.attempt_started(&jid("extract"), 2, 2);
     let ids = store.commit(run, 1, &mut batch).await.expect("commit turn");
     assert_eq!(ids.len(), 1);
     let retry = ids[0];
@@ -379,7 +390,7 @@ async fn one_batch_records_an_end_a_skip_a_pid_and_the_next_starts() {
         &end(JobPhase::Succeeded, JobReason::Completed, 0),
         None,
     );
-    batch.attempt_started("nope", 1, 1);
+    batch.attempt_started(&jid("nope"), 1, 1);
     assert!(matches!(
         store.commit(run, 1, &mut batch).await,
         Err(StoreError::NotFound { .. })
@@ -407,13 +418,13 @@ async fn unknown_rows_are_not_found() {
     );
     assert!(matches!(
         store
-            .set_job(run, "nope", JobPhase::Running, None, None)
+            .set_job(run, &jid("nope"), JobPhase::Running, None, None)
             .await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
         store
-            .attempt_started(RunId::from(run.get() + 1), "extract", 1, 1, 1)
+            .attempt_started(RunId::from(run.get() + 1), &jid("extract"), 1, 1, 1)
             .await,
         Err(StoreError::NotFound { .. })
     ));
@@ -487,7 +498,7 @@ async fn begin_round_resets_only_the_listed_jobs() {
     let run = new_run(&store, "p").await;
     for (number, job) in ["extract", "load"].into_iter().enumerate() {
         let attempt = store
-            .attempt_started(run, job, 1, number as i64 + 1, 1)
+            .attempt_started(run, &jid(job), 1, number as i64 + 1, 1)
             .await
             .expect("started");
         let (phase, reason, code) = if job == "extract" {
@@ -507,7 +518,7 @@ async fn begin_round_resets_only_the_listed_jobs() {
     store
         .set_job(
             run,
-            "report",
+            &jid("report"),
             JobPhase::Skipped,
             Some(JobReason::UpstreamFailed),
             None,
@@ -576,7 +587,7 @@ async fn mark_success_records_events() {
     store
         .set_job(
             run,
-            "load",
+            &jid("load"),
             JobPhase::Failed,
             Some(JobReason::ExitCode),
             None,
@@ -586,7 +597,7 @@ async fn mark_success_records_events() {
     store
         .set_job(
             run,
-            "report",
+            &jid("report"),
             JobPhase::Skipped,
             Some(JobReason::UpstreamFailed),
             None,
@@ -646,7 +657,7 @@ async fn mark_lost_counts_each_loss_once() {
     let store = open(&state_dir(&tmp)).await;
     let run = new_run(&store, "p").await;
     let a = store
-        .attempt_started(run, "extract", 1, 1, 1)
+        .attempt_started(run, &jid("extract"), 1, 1, 1)
         .await
         .expect("a");
     store
@@ -654,11 +665,11 @@ async fn mark_lost_counts_each_loss_once() {
         .await
         .expect("spawned");
     let b = store
-        .attempt_started(run, "load", 1, 2, 1)
+        .attempt_started(run, &jid("load"), 1, 2, 1)
         .await
         .expect("b");
     let c = store
-        .attempt_started(run, "report", 1, 3, 1)
+        .attempt_started(run, &jid("report"), 1, 3, 1)
         .await
         .expect("c");
     store
@@ -782,6 +793,42 @@ async fn unknown_names_read_back_are_corruption() {
         .expect("tamper");
     let err = store.run(run).await.expect_err("unknown reason");
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn names_and_reasons_read_back_are_checked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = open(&state_dir(&tmp)).await;
+    let run = new_run(&store, "nightly").await;
+    // Read back typed, by the names they were written with.
+    let row = store.run(run).await.expect("run").expect("exists");
+    assert_eq!(row.pipeline, "nightly");
+    let jobs = store.jobs(run).await.expect("jobs");
+    assert_eq!(jobs[0].job_id, JOB_IDS[0]);
+
+    // A job's reason is not a run's: the runs table holds run reasons only.
+    sqlx::query("UPDATE runs SET reason = 'ExitCode'")
+        .execute(&store.pool)
+        .await
+        .expect("tamper");
+    let err = store.run(run).await.expect_err("a job reason on a run");
+    assert!(err.is_corruption(), "{err:?}");
+    assert!(err.to_string().contains("ExitCode"), "{err}");
+
+    // A job id that breaks the rules (it could escape the logs folder) is not what we wrote.
+    sqlx::query("UPDATE jobs SET job_id = '../x' WHERE job_id = 'load'")
+        .execute(&store.pool)
+        .await
+        .expect("tamper");
+    let err = store.jobs(run).await.expect_err("a bad job id");
+    assert!(err.is_corruption(), "{err:?}");
+    assert!(err.to_string().contains("job_id"), "{err}");
+    sqlx::query("UPDATE runs SET pipeline = 'Not A Name', reason = NULL")
+        .execute(&store.pool)
+        .await
+        .expect("tamper");
+    let err = store.run(run).await.expect_err("a bad pipeline name");
+    assert!(err.is_corruption(), "{err:?}");
 }
 
 /// Writes a database of ours with one run and closes it (removing the WAL).
@@ -961,17 +1008,18 @@ async fn concurrent_stores_create_distinct_runs() {
             tokio::spawn(async move {
                 let store = Store::open(&dir, Durability::Normal).await?;
                 let owner = owner();
+                let race = PipelineName::parse("race").expect("name");
                 let run = store
                     .create_run(&NewRun {
-                        pipeline: "race",
+                        pipeline: &race,
                         generation: 1,
                         spec_json: "{}",
                         spec_hash: "h",
-                        jobs: JOBS,
+                        jobs: &jobs(),
                         owner: &owner,
                     })
                     .await?;
-                let attempt = store.attempt_started(run, "extract", 1, 1, 1).await?;
+                let attempt = store.attempt_started(run, &jid("extract"), 1, 1, 1).await?;
                 store
                     .attempt_finished(
                         attempt,
@@ -1049,7 +1097,7 @@ async fn child_process_entry() {
         .unwrap_or_else(|err| panic!("CHILD-ERROR open: {err:?}"));
     let run = new_run(&store, "procs").await;
     let attempt = store
-        .attempt_started(run, "extract", 1, 1, 1)
+        .attempt_started(run, &jid("extract"), 1, 1, 1)
         .await
         .unwrap_or_else(|err| panic!("CHILD-ERROR attempt: {err:?}"));
     store
@@ -1183,7 +1231,7 @@ async fn a_commit_waits_for_a_busy_write_lock_without_blocking_the_runtime() {
     let lock = hold_write_lock(&store);
     let write = tokio::spawn({
         let store = store.clone();
-        async move { store.attempt_started(run, "extract", 1, 1, 1).await }
+        async move { store.attempt_started(run, &jid("extract"), 1, 1, 1).await }
     });
     // The test's runtime has one thread: this timer fires only if the waiting write leaves it free.
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -1211,13 +1259,13 @@ async fn a_cancelled_write_is_all_or_nothing_and_before_later_ones() {
     // The first call finds the write lock busy and goes on waiting for it on the blocking pool;
     // the second waits for the connection. Both are dropped (cancelled) while waiting.
     for number in 1..=2 {
-        let mut call = std::pin::pin!(store.attempt_started(run, "extract", 1, number, number));
+        let mut call = std::pin::pin!(store.attempt_started(run, &JOB_IDS[0], 1, number, number));
         assert!(matches!(call.as_mut().poll(&mut cx), Poll::Pending));
     }
     lock.execute_batch("COMMIT").expect("release the lock");
     // The first write still happens, whole, and before this one; the second never started.
     store
-        .set_job(run, "report", JobPhase::Pending, None, None)
+        .set_job(run, &jid("report"), JobPhase::Pending, None, None)
         .await
         .expect("a later write");
     let numbers: Vec<i64> = store
@@ -1232,7 +1280,7 @@ async fn a_cancelled_write_is_all_or_nothing_and_before_later_ones() {
     assert_eq!((job.phase, job.attempts), (JobPhase::Running, 1));
     // No transaction was left open on the connection.
     store
-        .attempt_started(run, "extract", 1, 2, 2)
+        .attempt_started(run, &jid("extract"), 1, 2, 2)
         .await
         .expect("write after the cancellations");
     assert_eq!(store.jobs(run).await.expect("jobs")[0].attempts, 2);
@@ -1251,7 +1299,7 @@ async fn a_closed_store_refuses_further_calls() {
     ));
     assert!(matches!(clone.run(run).await, Err(StoreError::Sql { .. })));
     assert!(matches!(
-        clone.attempt_started(run, "extract", 1, 1, 1).await,
+        clone.attempt_started(run, &jid("extract"), 1, 1, 1).await,
         Err(StoreError::Sql { .. })
     ));
 }
