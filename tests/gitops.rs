@@ -130,6 +130,10 @@ fn diff_exit_codes_follow_kubectl() {
 
     let out = apply(&ws, &["-f", "src"]);
     assert_eq!(code(&out), Some(0), "{}", says(&out));
+    assert!(
+        !ws.state_dir().exists(),
+        "an apply without --prune created the state folder"
+    );
     let out = diff(&ws, &["-f", "src"]);
     assert_eq!(code(&out), Some(0), "{}", says(&out));
     assert_eq!(text(&out.stdout), "");
@@ -254,6 +258,18 @@ fn prune_deletes_only_what_the_source_applied_and_no_longer_has() {
     );
     assert_eq!(std::fs::read_to_string(&c).unwrap(), edited);
 
+    // A plain apply that configures a file keeps its inventory entry current: a is still
+    // pruned below, without a warning.
+    ws.write("repo/a.yaml", &pipeline("a", "echo a2"));
+    commit_all(&repo, "a2");
+    let out = apply(&ws, &["-f", "repo"]);
+    assert_eq!(
+        text(&out.stdout),
+        "pipeline/a configured\n",
+        "{}",
+        says(&out)
+    );
+
     // An empty source (a failed checkout looks like this) is refused, and nothing is deleted.
     git(&repo, &["rm", "-q", "a.yaml"]);
     commit_all(&repo, "empty");
@@ -272,6 +288,7 @@ fn prune_deletes_only_what_the_source_applied_and_no_longer_has() {
     let out = apply(&ws, &["-f", "repo", "--prune", "--allow-empty"]);
     assert_eq!(code(&out), Some(0), "{}", says(&out));
     assert_eq!(text(&out.stdout), "pipeline/a pruned\n");
+    assert!(!text(&out.stderr).contains("pipeline/a"), "{}", says(&out));
     let names: Vec<String> = folder(&ws).into_keys().collect();
     assert_eq!(names, ["c.yaml", "hand.yaml"]);
 }

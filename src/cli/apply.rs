@@ -39,7 +39,7 @@
 //!   one's, even when the controller has not seen the change yet.
 //! - `--prune` also deletes what an earlier apply of the same PATH wrote and PATH no longer has,
 //!   from the inventory kept in the state (see `prune`); an empty PATH is refused unless
-//!   `--allow-empty`. Every apply of a file or folder records what it writes there.
+//!   `--allow-empty`. An apply of a file or folder records what it writes there.
 //! - `delete NAME` removes the single-document file defining the pipeline; the controller cancels
 //!   its run. It does not touch the status file or the history.
 
@@ -183,8 +183,10 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
     Ok(worst)
 }
 
-/// The inventory this apply reads (`--prune`) or records to (every apply of a file or folder
-/// that writes). Without `--prune`, a state folder that cannot be opened is only a warning.
+/// The inventory this apply reads (`--prune`) or records to (an apply of a file or folder that
+/// writes). Only `--prune` creates the state database: an apply that never prunes leaves no
+/// state behind, and records only into a database that exists. Without `--prune`, one that cannot
+/// be opened is only a warning.
 fn open_inventory(
     args: &ApplyArgs,
     global: &GlobalArgs,
@@ -199,7 +201,8 @@ fn open_inventory(
         return Ok(None);
     }
     let state_dir = super::state_dir(config);
-    match Inventory::open(config, &state_dir, source, dir, !args.dry_run) {
+    let create = args.prune && !args.dry_run;
+    match Inventory::open(config, &state_dir, source, dir, create) {
         Ok(inventory) => Ok(inventory),
         Err(e) if !args.prune => {
             if !global.quiet {

@@ -7,11 +7,14 @@
 //! - A source is what was given to `-f`, as a canonical path (a folder or a file); standard input
 //!   is no source, so `--prune` refuses it. The manifests folder is keyed by its canonical path
 //!   too, so one source applied to two folders has two inventories.
-//! - Every `apply` of a file or folder (not `--dry-run`) records each file it writes, with the
+//! - An `apply` of a file or folder (not `--dry-run`) records each file it writes, with the
 //!   SHA-256 of the bytes written; a file apply leaves `unchanged` keeps its entry (or lack of
 //!   one: a file written by hand is never adopted). The source that wrote a file last owns it.
-//!   Without `--prune`, a state folder that cannot be opened is a warning: the manifests are still
-//!   applied.
+//!   `apply --prune` creates the state database when missing; a plain apply records only into one
+//!   that exists (so an apply that never prunes leaves no state behind, and one that configures a
+//!   file between two prunes keeps its hash current). Without `--prune`, a state database that
+//!   cannot be opened is a warning: the manifests are still applied, and a file missing from the
+//!   inventory is never pruned, the safe side.
 //! - A prune deletes the files of the source's inventory whose pipeline the source no longer has,
 //!   and only while the file holds exactly the bytes apply wrote: one changed since (by hand, by
 //!   another tool), or replaced by a link or anything but a plain file, is skipped with a warning.
