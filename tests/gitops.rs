@@ -368,17 +368,36 @@ fn each_generation_records_the_commit_it_came_from() {
         "{shown}"
     );
 
-    // An edit, not committed: a new generation, dirty.
+    // A committed edit: a new generation at the new commit, clean although the controller's
+    // `.status/` files lie untracked in the folder.
     ws.write("repo/manifests/p.yaml", &pipeline("p", "echo two"));
+    git(&repo, &["add", "manifests/p.yaml"]);
+    git(&repo, &["commit", "-q", "-m", "two"]);
+    let second = git(&repo, &["rev-parse", "HEAD"]);
+    assert!(
+        !git(&repo, &["status", "--porcelain"]).is_empty(),
+        "the status files should be untracked"
+    );
     let out = controller_once(&ws, manifests, None);
     assert_eq!(code(&out), Some(0), "{}", says(&out));
-    let dirty = format!("{sha}-dirty");
     let status = json(&ws.run(&["status", "p", "-o", "json", "--manifests", manifests]));
     assert_eq!(status["metadata"]["generation"], 2, "{status}");
+    assert_eq!(status["metadata"]["revision"], second.as_str(), "{status}");
+
+    // An edit, not committed: a new generation, dirty.
+    ws.write("repo/manifests/p.yaml", &pipeline("p", "echo three"));
+    let out = controller_once(&ws, manifests, None);
+    assert_eq!(code(&out), Some(0), "{}", says(&out));
+    let dirty = format!("{second}-dirty");
+    let status = json(&ws.run(&["status", "p", "-o", "json", "--manifests", manifests]));
+    assert_eq!(status["metadata"]["generation"], 3, "{status}");
     assert_eq!(status["metadata"]["revision"], dirty.as_str(), "{status}");
     let table = text(&ws.run(&["status", "--manifests", manifests]).stdout);
-    assert!(table.contains(&format!("{}-dirty", &sha[..12])), "{table}");
-    let run = json(&ws.run(&["runs", "show", "2", "-o", "json"]));
+    assert!(
+        table.contains(&format!("{}-dirty", &second[..12])),
+        "{table}"
+    );
+    let run = json(&ws.run(&["runs", "show", "3", "-o", "json"]));
     assert_eq!(run["revision"], dirty.as_str(), "{run}");
     let run = json(&ws.run(&["runs", "show", "1", "-o", "json"]));
     assert_eq!(
@@ -388,8 +407,8 @@ fn each_generation_records_the_commit_it_came_from() {
     );
 }
 
-/// Outside a git work tree, with no git on the PATH, or with a git that answers nonsense: no
-/// revision anywhere, and nothing fails.
+/// Outside a git work tree, with no git on the PATH, with a git that answers nonsense or one
+/// that hangs (killed at the timeout): no revision anywhere, and nothing fails.
 #[test]
 fn without_git_there_is_no_revision_and_no_failure() {
     let ws = Workspace::new();
@@ -411,11 +430,28 @@ fn without_git_there_is_no_revision_and_no_failure() {
     let fake = odd_git.join("git");
     std::fs::write(&fake, "#!/bin/sh\necho 'not a commit'\n").unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // And one whose git hangs: killed at the timeout.
+    let slow_git = ws.path().join("slow-git");
+    std::fs::create_dir_all(&slow_git).unwrap();
+    std::os::unix::fs::symlink("/bin/sh", slow_git.join("sh")).unwrap();
+    let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("sleep");
+    std::os::unix::fs::symlink(sleep, slow_git.join("sleep")).unwrap();
+    let hanging = slow_git.join("git");
+    std::fs::write(&hanging, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(
+        &hanging,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
 
     for (path, edit) in [
         (None, "exit 0"),
         (Some(&no_git), "exit 0 # 2"),
         (Some(&odd_git), "exit 0 # 3"),
+        (Some(&slow_git), "exit 0 # 4"),
     ] {
         ws.write("manifests/p.yaml", &pipeline("p", &format!("'{edit}'")));
         let out = controller_once(&ws, "manifests", path.map(|p| p.as_path()));
@@ -427,7 +463,7 @@ fn without_git_there_is_no_revision_and_no_failure() {
     assert!(!table.contains("REVISION"), "{table}");
     let file = std::fs::read_to_string(ws.path().join("manifests/.status/p.yaml")).unwrap();
     assert!(!file.contains("revision"), "{file}");
-    for run in ["1", "2", "3"] {
+    for run in ["1", "2", "3", "4"] {
         let shown = json(&ws.run(&["runs", "show", run, "-o", "json"]));
         assert!(shown.get("revision").is_none(), "{shown}");
         let table = text(&ws.run(&["runs", "show", run]).stdout);
