@@ -18,6 +18,7 @@ pub mod failpoint;
 pub mod fuzzing;
 pub mod notify;
 pub mod process;
+pub mod revision;
 pub mod schedule;
 pub mod scheduler;
 pub mod spec;

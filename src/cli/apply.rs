@@ -37,6 +37,9 @@
 //!   code is the worst of them. It waits as `wait` does: for the generation of the spec now in the
 //!   folder (see `wait`), so the previous generation's finished run is never taken for the new
 //!   one's, even when the controller has not seen the change yet.
+//! - `--prune` also deletes what an earlier apply of the same PATH wrote and PATH no longer has,
+//!   from the inventory kept in the state (see `prune`); an empty PATH is refused unless
+//!   `--allow-empty`. An apply of a file or folder records what it writes there.
 //! - `delete NAME` removes the single-document file defining the pipeline; the controller cancels
 //!   its run. It does not touch the status file or the history.
 
@@ -50,6 +53,7 @@ use std::time::{Duration, Instant};
 use crate::spec::{self, Format, LoadError, Manifest, PipelineName, Pos, RawDoc};
 use crate::validate::{self, Diagnostic, Options, Severity};
 
+use super::prune::{self, Inventory};
 use super::{CliError, CliResult, Exit, GlobalArgs};
 
 /// How many `NAME-N.yaml` candidates are tried for a new pipeline.
@@ -73,6 +77,13 @@ pub struct ApplyArgs {
     /// Validate and print what would change; write nothing.
     #[arg(long, conflicts_with = "wait")]
     pub dry_run: bool,
+    /// Also delete the manifests an earlier apply of this same PATH wrote and PATH no longer
+    /// has (never a file written by hand, nor one changed since apply wrote it).
+    #[arg(long)]
+    pub prune: bool,
+    /// With --prune: let PATH hold no manifest, pruning everything it applied before.
+    #[arg(long, requires = "prune")]
+    pub allow_empty: bool,
 }
 
 pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
@@ -86,8 +97,11 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
         ..Options::default()
     };
 
-    let sources = read_sources(&args.file)?;
+    let source = prune::source_key(&args.file)?;
+    prune::check_source(source.as_deref(), args.prune)?;
+    let sources = read_sources(&args.file, args.prune)?;
     let incoming = validate_all(&sources, &options, global.quiet)?;
+    prune::check_not_empty(&args.file, incoming.len(), args.prune, args.allow_empty)?;
     let folder = Folder::scan(&dir)?;
     if !global.quiet {
         for (path, e) in folder.unparsable() {
@@ -103,6 +117,14 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
     // whoever else can write it.
     crate::controller::permissions::check_folder(&dir)
         .map_err(|e| CliError::usage(format!("refusing to write manifests: {e}")))?;
+    let inventory = open_inventory(args, global, &config, source, &dir)?;
+    let prunable = match (&inventory, args.prune) {
+        (Some(inventory), true) => {
+            let keep: HashSet<&str> = incoming.iter().map(|d| d.name().as_str()).collect();
+            inventory.prunable(&keep, args.dry_run, global.quiet)?
+        }
+        (Some(_) | None, _) => Vec::new(),
+    };
 
     let suffix = if args.dry_run { " (dry run)" } else { "" };
     if !args.dry_run && plan.iter().any(|s| s.action.writes()) {
@@ -113,9 +135,27 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
     for step in &plan {
         if !args.dry_run {
             step.action.perform(&dir)?;
+            if let (Some(inventory), Some((path, content))) = (&inventory, step.action.written())
+                && let Err(e) = inventory.record(step.name.as_str(), path, content)
+            {
+                // The safe side: a file missing from the inventory is never pruned.
+                eprintln!(
+                    "warning: pipeline/{}: not recorded for a later --prune: {}",
+                    step.name,
+                    e.render()
+                );
+            }
         }
         if !global.quiet {
             println!("pipeline/{} {}{suffix}", step.name, step.action.verb());
+        }
+    }
+    for file in &prunable {
+        if let Some(inventory) = inventory.as_ref().filter(|_| !args.dry_run) {
+            inventory.prune(file)?;
+        }
+        if !global.quiet {
+            println!("pipeline/{} pruned{suffix}", file.pipeline);
         }
     }
 
@@ -141,6 +181,40 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
         }
     }
     Ok(worst)
+}
+
+/// The inventory this apply reads (`--prune`) or records to (an apply of a file or folder that
+/// writes). Only `--prune` creates the state database: an apply that never prunes leaves no
+/// state behind, and records only into a database that exists. Without `--prune`, one that cannot
+/// be opened is only a warning.
+fn open_inventory(
+    args: &ApplyArgs,
+    global: &GlobalArgs,
+    config: &crate::config::Config,
+    source: Option<String>,
+    dir: &Path,
+) -> Result<Option<Inventory>, CliError> {
+    let Some(source) = source else {
+        return Ok(None);
+    };
+    if args.dry_run && !args.prune {
+        return Ok(None);
+    }
+    let state_dir = super::state_dir(config);
+    let create = args.prune && !args.dry_run;
+    match Inventory::open(config, &state_dir, source, dir, create) {
+        Ok(inventory) => Ok(inventory),
+        Err(e) if !args.prune => {
+            if !global.quiet {
+                eprintln!(
+                    "warning: what this apply writes is not recorded for a later --prune: {}",
+                    e.render()
+                );
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Orders exit codes for `--wait` over several pipelines: the worst one is returned.
@@ -195,7 +269,7 @@ pub fn delete(name: &str, manifests: Option<&Path>, global: &GlobalArgs) -> CliR
 // Reading and validating what is applied
 
 /// One file given to `apply` (or standard input), read once: what is validated is what is copied.
-struct Source {
+pub(super) struct Source {
     path: PathBuf,
     /// Standard input: never copied as written (there is no file to keep).
     stdin: bool,
@@ -204,7 +278,9 @@ struct Source {
     docs: Result<Vec<RawDoc>, LoadError>,
 }
 
-fn read_sources(file: &Path) -> Result<Vec<Source>, CliError> {
+/// Reads what `-f` names. A folder without manifest files is an error, unless `may_be_empty`
+/// (`--prune`, which decides about an empty source itself).
+pub(super) fn read_sources(file: &Path, may_be_empty: bool) -> Result<Vec<Source>, CliError> {
     if file == Path::new("-") {
         let mut bytes = Vec::new();
         io::stdin()
@@ -219,7 +295,7 @@ fn read_sources(file: &Path) -> Result<Vec<Source>, CliError> {
     if meta.is_dir() {
         let files = validate::manifest_files(file)
             .map_err(|e| CliError::usage(format!("{}: cannot read folder: {e}", file.display())))?;
-        if files.is_empty() {
+        if files.is_empty() && !may_be_empty {
             return Err(CliError::usage(format!(
                 "{}: no manifest files in this folder",
                 file.display()
@@ -271,9 +347,9 @@ impl Source {
 }
 
 /// A valid document to apply.
-struct Incoming<'a> {
+pub(super) struct Incoming<'a> {
     source: &'a Source,
-    manifest: Manifest,
+    pub(super) manifest: Manifest,
     /// Where `metadata.name` is written, for the duplicate-name diagnostic.
     name_pos: Pos,
     /// The source file is this document alone, in v1 shape: it can be copied as written.
@@ -281,7 +357,7 @@ struct Incoming<'a> {
 }
 
 impl Incoming<'_> {
-    fn name(&self) -> &PipelineName {
+    pub(super) fn name(&self) -> &PipelineName {
         &self.manifest.metadata.name
     }
 
@@ -301,7 +377,7 @@ impl Incoming<'_> {
 
 /// Validates every document of every source; prints all diagnostics and fails when any is invalid
 /// or when a name is given twice.
-fn validate_all<'a>(
+pub(super) fn validate_all<'a>(
     sources: &'a [Source],
     options: &Options,
     quiet: bool,
@@ -492,7 +568,7 @@ fn load_diagnostic(path: &Path, e: &LoadError) -> Diagnostic {
 }
 
 /// A load error's message without the path it starts with.
-fn load_message(e: &LoadError) -> String {
+pub(super) fn load_message(e: &LoadError) -> String {
     match e {
         LoadError::Syntax { message, .. } => message.clone(),
         LoadError::TooLarge { .. } => format!(
@@ -505,7 +581,7 @@ fn load_message(e: &LoadError) -> String {
 }
 
 /// The typed manifest as the text of a `format` file.
-fn render(manifest: &Manifest, format: Format) -> Result<Vec<u8>, String> {
+pub(super) fn render(manifest: &Manifest, format: Format) -> Result<Vec<u8>, String> {
     let mut text = match format {
         Format::Yaml => {
             // No schema modeline: a path written here would resolve on no one else's machine
@@ -526,27 +602,27 @@ fn render(manifest: &Manifest, format: Format) -> Result<Vec<u8>, String> {
 
 /// The manifest files of the manifests folder, parsed (not validated: an invalid manifest still
 /// has a name, and applying a fixed version replaces it).
-struct Folder {
+pub(super) struct Folder {
     dir: PathBuf,
     files: Vec<FolderFile>,
 }
 
-struct FolderFile {
-    path: PathBuf,
+pub(super) struct FolderFile {
+    pub(super) path: PathBuf,
     format: Format,
     docs: Result<Vec<FolderDoc>, LoadError>,
 }
 
-struct FolderDoc {
+pub(super) struct FolderDoc {
     name: Option<String>,
     /// `None` when the document does not fit the manifest types (then it differs from anything
     /// applied).
-    manifest: Option<Manifest>,
+    pub(super) manifest: Option<Manifest>,
 }
 
 impl Folder {
     /// A missing folder is an empty one (`apply` creates it).
-    fn scan(dir: &Path) -> Result<Self, CliError> {
+    pub(super) fn scan(dir: &Path) -> Result<Self, CliError> {
         let parsed = crate::controller::folder::parse_all(dir).map_err(|e| {
             CliError::usage(format!(
                 "{}: cannot read the manifests folder: {e}",
@@ -585,7 +661,7 @@ impl Folder {
             .collect()
     }
 
-    fn definitions<'a>(
+    pub(super) fn definitions<'a>(
         &'a self,
         name: &'a str,
     ) -> impl Iterator<Item = (&'a FolderFile, usize, &'a FolderDoc)> + 'a {
@@ -597,7 +673,7 @@ impl Folder {
         })
     }
 
-    fn unparsable(&self) -> impl Iterator<Item = (&Path, &LoadError)> {
+    pub(super) fn unparsable(&self) -> impl Iterator<Item = (&Path, &LoadError)> {
         self.files
             .iter()
             .filter_map(|f| f.docs.as_ref().err().map(|e| (f.path.as_path(), e)))
@@ -623,7 +699,7 @@ fn defined_twice(name: &PipelineName, files: &[(&Path, usize)]) -> String {
 // Deciding, then writing
 
 /// What applying one document does to the manifests folder.
-enum Action {
+pub(super) enum Action {
     /// A new file, which must not exist yet.
     Create { path: PathBuf, content: Vec<u8> },
     /// The single-document file holding the pipeline, replaced.
@@ -638,6 +714,16 @@ impl Action {
             Action::Create { .. } => "created",
             Action::Replace { .. } => "configured",
             Action::Keep => "unchanged",
+        }
+    }
+
+    /// The file and bytes this action writes, if it writes.
+    fn written(&self) -> Option<(&Path, &[u8])> {
+        match self {
+            Action::Create { path, content } | Action::Replace { path, content } => {
+                Some((path.as_path(), content.as_slice()))
+            }
+            Action::Keep => None,
         }
     }
 
@@ -659,13 +745,13 @@ impl Action {
     }
 }
 
-struct Step {
-    name: PipelineName,
-    action: Action,
+pub(super) struct Step {
+    pub(super) name: PipelineName,
+    pub(super) action: Action,
 }
 
 /// Decides every document's action; any conflict fails the whole apply before a write.
-fn plan(incoming: &[Incoming<'_>], folder: &Folder) -> Result<Vec<Step>, CliError> {
+pub(super) fn plan(incoming: &[Incoming<'_>], folder: &Folder) -> Result<Vec<Step>, CliError> {
     let mut errors = Vec::new();
     let mut steps = Vec::new();
     let mut claimed: HashSet<PathBuf> = HashSet::new();

@@ -217,17 +217,23 @@ pub fn status(
             StatusFormat::Table => {
                 let mut table = comfy_table::Table::new();
                 table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
-                table.set_header([
+                // Outside git no pipeline has a revision, and the column is left out.
+                let revisions = docs.iter().any(|d| d.metadata.revision.is_some());
+                let mut header = vec![
                     "PIPELINE",
                     "PHASE",
                     "GENERATION",
                     "RUN",
                     "PROGRESS",
                     "SOURCE",
-                ]);
+                ];
+                if revisions {
+                    header.push("REVISION");
+                }
+                table.set_header(header);
                 for d in &docs {
                     let p = &d.status.progress;
-                    table.add_row([
+                    let mut row = vec![
                         d.metadata.name.clone(),
                         d.status.phase.to_string(),
                         d.metadata.generation.to_string(),
@@ -246,7 +252,16 @@ pub fn status(
                             }
                         ),
                         d.metadata.source.clone(),
-                    ]);
+                    ];
+                    if revisions {
+                        row.push(
+                            d.metadata
+                                .revision
+                                .as_deref()
+                                .map_or("-".into(), crate::revision::short),
+                        );
+                    }
+                    table.add_row(row);
                 }
                 let mut out = table.to_string();
                 out.push('\n');

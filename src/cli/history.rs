@@ -79,14 +79,17 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
         let (store, run) = open_run(&state_dir, &config, run_id).await?;
         let jobs = store.jobs(run_id).await?;
         let attempts = store.attempts(run_id).await?;
+        // The source revision of the generation it ran (a foreground run, generation 0, has none).
+        let revision = store.revision(&run.pipeline, run.generation).await?;
         match output {
             OutputFormat::Json => {
+                let mut value = render::run_with_jobs_json(&run, &jobs, &attempts, &state_dir);
+                if let (Some(revision), Some(object)) = (&revision, value.as_object_mut()) {
+                    object.insert("revision".into(), revision.as_str().into());
+                }
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&render::run_with_jobs_json(
-                        &run, &jobs, &attempts, &state_dir
-                    ))
-                    .unwrap_or_default()
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
                 );
             }
             OutputFormat::Table => {
@@ -102,6 +105,9 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
                         .map_or("-".into(), crate::status::format_time),
                     render::run_duration(&spans).map_or("-".into(), render::span_text)
                 );
+                if let Some(revision) = &revision {
+                    println!("generation {}, source revision {revision}", run.generation);
+                }
                 if render::interrupted(&run) {
                     println!("{}", render::resume_hint(&run));
                 }

@@ -7,11 +7,13 @@ mod apply;
 mod compat;
 mod controller;
 mod convert;
+mod diff;
 mod error;
 mod graph;
 mod history;
 mod init;
 mod logging;
+mod prune;
 mod render;
 mod run;
 mod schema;
@@ -224,8 +226,15 @@ pub enum Command {
     #[command(after_help = "Examples:
   executioner apply -f pipeline.yaml
   executioner apply -f pipelines/ --wait --timeout 10m
-  executioner apply -f pipeline.yaml --dry-run")]
+  executioner apply -f pipeline.yaml --dry-run
+  executioner apply -f pipelines/ --prune")]
     Apply(apply::ApplyArgs),
+    /// Show what `apply -f PATH` would change, as a unified diff per pipeline: exit 0 no change, 1 changes, 2 error.
+    #[command(after_help = "Examples:
+  executioner diff -f pipelines/
+  executioner diff -f pipelines/ --prune
+  executioner diff -f pipelines/ > /dev/null || executioner apply -f pipelines/")]
+    Diff(diff::DiffArgs),
     /// Remove a pipeline's manifest from the manifests folder; the controller cancels its run.
     #[command(after_help = "Examples:
   executioner delete nightly-etl")]
@@ -452,6 +461,7 @@ fn dispatch(cli: Cli) -> CliResult {
             Ok(Exit::Success)
         }
         Command::Apply(args) => apply::run(&args, &cli.global),
+        Command::Diff(args) => diff::run(&args, &cli.global),
         Command::Delete { name, manifests } => {
             apply::delete(&name, manifests.as_deref(), &cli.global)
         }

@@ -461,6 +461,7 @@ impl Controller {
         rows: &HashMap<String, PipelineRow>,
     ) -> Result<HashMap<String, i64>, StoreError> {
         let mut generations = HashMap::new();
+        let mut revision = crate::revision::FolderRevision::new(&self.opts.manifests_dir);
         for d in folder.desired.values() {
             let known = self
                 .observed
@@ -475,6 +476,9 @@ impl Controller {
                         .store
                         .observe_pipeline(&d.name, &d.spec_hash, &d.source)
                         .await?;
+                    if let Some(revision) = revision.get().await {
+                        self.store.record_revision(&d.name, g, revision).await?;
+                    }
                     self.observed
                         .insert(d.name.clone(), (d.spec_hash.clone(), d.source.clone(), g));
                     self.dirty.insert(d.name.clone());

@@ -57,6 +57,10 @@ pub async fn pipeline_status(
     invalid: Option<&Invalid>,
 ) -> Result<PipelineStatusDoc, StoreError> {
     let generation = row.map_or(0, |r| r.generation);
+    let revision = match row {
+        Some(r) => store.revision(name, r.generation).await?,
+        None => None,
+    };
     let run: Option<RunRow> = store.latest_run(name).await?;
     let jobs = match &run {
         Some(r) => store.jobs(r.id).await?,
@@ -159,6 +163,7 @@ pub async fn pipeline_status(
             name: name.to_owned(),
             source: source.to_owned(),
             generation,
+            revision,
         },
         status: PipelineStatus {
             phase,
@@ -219,6 +224,7 @@ fn invalid_doc(manifests_dir: &Path, name: &str, invalid: &Invalid) -> PipelineS
             name: name.to_owned(),
             source: invalid.source.clone(),
             generation: 0,
+            revision: None,
         },
         status: PipelineStatus {
             phase: PipelinePhase::Invalid,

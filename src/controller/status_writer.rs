@@ -354,6 +354,7 @@ mod tests {
                 name: "p".into(),
                 source: "p.yaml".into(),
                 generation: 1,
+                revision: None,
             },
             status: PipelineStatus {
                 phase: PipelinePhase::Running,

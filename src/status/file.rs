@@ -28,6 +28,10 @@ pub struct StatusMetadata {
     /// The manifest file, relative to the manifests folder.
     pub source: String,
     pub generation: i64,
+    /// The source revision its generation came from: the git commit of the manifests folder,
+    /// with `-dirty` when it had uncommitted changes. Absent outside a git work tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,6 +254,7 @@ mod tests {
                 name: "p".into(),
                 source: "p.yaml".into(),
                 generation: 1,
+                revision: None,
             },
             status: PipelineStatus {
                 phase: PipelinePhase::Interrupted,

@@ -146,6 +146,31 @@ CREATE TABLE IF NOT EXISTS controller_settings (
 ALTER TABLE attempts ADD COLUMN max_rss_upper_bound INTEGER NOT NULL DEFAULT 0;
 UPDATE attempts SET max_rss_upper_bound = 1 WHERE max_rss_kib IS NOT NULL;
 "#,
+    // The source revision (git commit, `-dirty` when the folder had changes) each generation of a
+    // pipeline was first recorded at; a generation seen outside a git work tree has no row.
+    r#"
+CREATE TABLE IF NOT EXISTS generations (
+    pipeline    TEXT    NOT NULL,
+    generation  INTEGER NOT NULL,
+    revision    TEXT    NOT NULL,
+    recorded_at TEXT    NOT NULL,
+    PRIMARY KEY (pipeline, generation)
+);
+"#,
+    // The inventory of `apply`: which file of a manifests folder an apply of which source last
+    // wrote, and a hash of what it wrote (`apply --prune` deletes only those, only unchanged).
+    r#"
+CREATE TABLE IF NOT EXISTS apply_inventory (
+    manifests_dir TEXT NOT NULL,
+    file          TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    pipeline      TEXT NOT NULL,
+    content_hash  TEXT NOT NULL,
+    applied_at    TEXT NOT NULL,
+    PRIMARY KEY (manifests_dir, file)
+);
+CREATE INDEX IF NOT EXISTS apply_inventory_source ON apply_inventory (source, manifests_dir);
+"#,
 ];
 
 /// The schema version this build writes and understands.

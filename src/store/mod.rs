@@ -14,7 +14,9 @@
 
 mod batch;
 mod direct;
+mod generations;
 mod ids;
+mod inventory;
 mod migrations;
 mod open;
 pub mod outbox;
@@ -22,6 +24,7 @@ mod pipelines;
 mod rounds;
 
 pub use batch::Batch;
+pub use inventory::AppliedFile;
 pub use pipelines::PipelineRow;
 pub use rounds::{EVENT_JOB_REMOVED, EVENT_MARKED_SUCCESS, RoundChange};
 #[cfg(test)]

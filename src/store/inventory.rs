@@ -1,0 +1,136 @@
+//! The inventory of `apply` (like kubectl's ApplySet): which manifest file of a manifests folder
+//! an `apply` of which source last wrote, for which pipeline, and a hash of the bytes it wrote.
+//! `apply --prune` deletes only files listed here for its source, and only while they still hold
+//! those bytes. A file has one entry: the source that wrote it last owns it. Deciding what to
+//! prune and touching the files is `cli::apply`'s; this only keeps the list.
+
+use time::OffsetDateTime;
+
+use super::{Decoder, Store, StoreError, timestamp};
+
+/// One file an `apply` wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedFile {
+    /// The manifests folder (an absolute path).
+    pub manifests_dir: String,
+    /// The file's name inside the manifests folder.
+    pub file: String,
+    /// What was given to `apply -f` (an absolute path).
+    pub source: String,
+    pub pipeline: String,
+    /// Hex SHA-256 of the bytes written.
+    pub content_hash: String,
+}
+
+impl Store {
+    /// Records that `entry.source` wrote `entry.file` (replacing whoever wrote it before).
+    pub async fn record_applied(&self, entry: &AppliedFile) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "INSERT INTO apply_inventory (manifests_dir, file, source, pipeline, content_hash, applied_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (manifests_dir, file) DO UPDATE SET source = excluded.source, \
+               pipeline = excluded.pipeline, content_hash = excluded.content_hash, \
+               applied_at = excluded.applied_at",
+        )
+        .bind(&entry.manifests_dir)
+        .bind(&entry.file)
+        .bind(&entry.source)
+        .bind(&entry.pipeline)
+        .bind(&entry.content_hash)
+        .bind(timestamp(OffsetDateTime::now_utc()));
+        self.write_one(query, "recording what apply wrote").await?;
+        Ok(())
+    }
+
+    /// Every file of `manifests_dir` that an apply of `source` wrote last, by file name.
+    pub async fn applied_by(
+        &self,
+        source: &str,
+        manifests_dir: &str,
+    ) -> Result<Vec<AppliedFile>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT manifests_dir, file, source, pipeline, content_hash FROM apply_inventory \
+             WHERE source = ?1 AND manifests_dir = ?2 ORDER BY file",
+        )
+        .bind(source)
+        .bind(manifests_dir)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.sql("reading what apply wrote"))?;
+        rows.iter()
+            .map(|row| {
+                let row = Decoder { row, store: self };
+                Ok(AppliedFile {
+                    manifests_dir: row.get("manifests_dir")?,
+                    file: row.get("file")?,
+                    source: row.get("source")?,
+                    pipeline: row.get("pipeline")?,
+                    content_hash: row.get("content_hash")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Drops the entry of `file` (pruned, or gone).
+    pub async fn forget_applied(&self, manifests_dir: &str, file: &str) -> Result<(), StoreError> {
+        let query =
+            sqlx::query("DELETE FROM apply_inventory WHERE manifests_dir = ?1 AND file = ?2")
+                .bind(manifests_dir)
+                .bind(file);
+        self.write_one(query, "forgetting what apply wrote").await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AppliedFile;
+    use crate::store::{Durability, Store};
+
+    fn entry(file: &str, source: &str, hash: &str) -> AppliedFile {
+        AppliedFile {
+            manifests_dir: "/m".into(),
+            file: file.into(),
+            source: source.into(),
+            pipeline: file.trim_end_matches(".yaml").into(),
+            content_hash: hash.into(),
+        }
+    }
+
+    /// A file has one owner, the source that wrote it last; forgetting drops it.
+    #[tokio::test]
+    async fn the_last_source_to_write_a_file_owns_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
+        store
+            .record_applied(&entry("a.yaml", "/s", "1"))
+            .await
+            .unwrap();
+        store
+            .record_applied(&entry("b.yaml", "/s", "2"))
+            .await
+            .unwrap();
+        store
+            .record_applied(&entry("a.yaml", "/s", "3"))
+            .await
+            .unwrap();
+        let files = store.applied_by("/s", "/m").await.unwrap();
+        assert_eq!(
+            files,
+            [entry("a.yaml", "/s", "3"), entry("b.yaml", "/s", "2")]
+        );
+        assert!(store.applied_by("/s", "/other").await.unwrap().is_empty());
+
+        store
+            .record_applied(&entry("b.yaml", "/t", "4"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.applied_by("/s", "/m").await.unwrap(),
+            [entry("a.yaml", "/s", "3")]
+        );
+        store.forget_applied("/m", "a.yaml").await.unwrap();
+        assert!(store.applied_by("/s", "/m").await.unwrap().is_empty());
+        assert_eq!(store.applied_by("/t", "/m").await.unwrap().len(), 1);
+    }
+}
