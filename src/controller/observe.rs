@@ -55,6 +55,7 @@ pub async fn pipeline_status(
     source: &str,
     row: Option<&PipelineRow>,
     invalid: Option<&Invalid>,
+    suspended: bool,
 ) -> Result<PipelineStatusDoc, StoreError> {
     let generation = row.map_or(0, |r| r.generation);
     let run: Option<RunRow> = store.latest_run(name).await?;
@@ -93,6 +94,9 @@ pub async fn pipeline_status(
         PipelinePhase::Invalid
     } else if interrupted.is_some() {
         PipelinePhase::Interrupted
+    } else if suspended && run.as_ref().is_none_or(|r| r.phase.is_terminal()) {
+        // A run going on finishes and shows Running; then nothing new starts.
+        PipelinePhase::Suspended
     } else {
         match &run {
             Some(r) if !r.phase.is_terminal() => r.phase.into(),
@@ -275,7 +279,12 @@ pub async fn snapshot(
         let row = rows.iter().find(|r| r.name == name);
         match store {
             Some(store) if invalid.is_none_or(|i| i.reason != InvalidReason::DuplicateName) => {
-                out.push(pipeline_status(store, dirs, &name, &source, row, invalid).await?)
+                let suspended = folder
+                    .desired
+                    .get(&name)
+                    .is_some_and(|d| d.manifest.spec.suspend);
+                let doc = pipeline_status(store, dirs, &name, &source, row, invalid, suspended);
+                out.push(doc.await?)
             }
             _ => match invalid {
                 Some(i) => out.push(invalid_doc(dirs.manifests, &name, i)),

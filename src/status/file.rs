@@ -57,6 +57,8 @@ pub enum PipelinePhase {
     Invalid,
     /// Its run was left Running by a process that is gone.
     Interrupted,
+    /// `spec.suspend: true` and no run of it goes on: nothing new starts.
+    Suspended,
 }
 
 impl PipelinePhase {
@@ -69,6 +71,7 @@ impl PipelinePhase {
             PipelinePhase::Cancelled => "Cancelled",
             PipelinePhase::Invalid => "Invalid",
             PipelinePhase::Interrupted => "Interrupted",
+            PipelinePhase::Suspended => "Suspended",
         }
     }
 }

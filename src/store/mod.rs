@@ -18,10 +18,12 @@ mod ids;
 mod migrations;
 mod open;
 pub mod outbox;
+mod overlap;
 mod pipelines;
 mod rounds;
 
 pub use batch::Batch;
+pub use overlap::EVENT_TICK_SKIPPED;
 pub use pipelines::PipelineRow;
 pub use rounds::{EVENT_JOB_REMOVED, EVENT_MARKED_SUCCESS, RoundChange};
 #[cfg(test)]
