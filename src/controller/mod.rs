@@ -452,7 +452,7 @@ impl Controller {
             .await?,
             suspended: std::mem::take(&mut self.suspended),
         };
-        let decision = reconcile::decide(&snapshot, &observed, chrono::Utc::now());
+        let decision = reconcile::decide(&snapshot, &observed, crate::failpoint::schedule_now());
         self.reported_invalid = reconcile::invalid_sources(&snapshot.folder);
         self.suspended = reconcile::suspended(&snapshot.folder);
         for action in decision.actions {
@@ -467,7 +467,9 @@ impl Controller {
                 self.write_status(&name).await?;
             }
         }
-        Ok(decision.requeue)
+        Ok(decision
+            .requeue
+            .map(|after| after / crate::failpoint::clock_scale()))
     }
 
     /// Tells the store each pipeline of the folder (it counts generations); an unchanged pipeline

@@ -300,7 +300,15 @@ pub async fn snapshot(
                             reason: InvalidReason::InvalidManifest,
                         },
                     );
-                    doc.status.phase = PipelinePhase::Pending;
+                    let suspended = folder
+                        .desired
+                        .get(&name)
+                        .is_some_and(|d| d.manifest.spec.suspend);
+                    doc.status.phase = if suspended {
+                        PipelinePhase::Suspended
+                    } else {
+                        PipelinePhase::Pending
+                    };
                     doc.status.conditions = vec![condition(
                         ConditionType::Valid,
                         ConditionStatus::True,
