@@ -154,7 +154,10 @@ fn a_run_while_the_controller_runs_the_pipeline_is_refused_under_forbid() {
     let second = ws.run(&["run", file.to_str().unwrap()]);
     let err = text(&second.stderr);
     assert_eq!(second.status.code(), Some(2), "{err}");
-    assert!(err.contains("run 1") && err.contains("the controller"), "{err}");
+    assert!(
+        err.contains("run 1") && err.contains("the controller"),
+        "{err}"
+    );
     ws.write("manifests/release", "");
     common::wait_phase(&ws, "nightly", "Succeeded", 1);
 }
@@ -184,6 +187,7 @@ fn ticking(ws: &Workspace, policy: &str, mark: &str) -> Running {
     c
 }
 
+#[cfg(feature = "failpoints")]
 fn controller_log(ws: &Workspace) -> String {
     std::fs::read_to_string(ws.path().join("controller.log")).unwrap_or_default()
 }
@@ -265,7 +269,10 @@ fn suspend_stops_ticks_shows_suspended_and_unsuspend_resumes() {
     assert_eq!(text(&out.stdout), "pipeline/nightly suspended\n");
     // A minimal edit: the comments are still there.
     let edited = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(edited, source.replace("spec:\n", "spec:\n  suspend: true\n"));
+    assert_eq!(
+        edited,
+        source.replace("spec:\n", "spec:\n  suspend: true\n")
+    );
     wait_until(Duration::from_secs(30), || {
         common::status(&ws, "nightly").is_some_and(|s| s["status"]["phase"] == "Suspended")
     });
@@ -325,10 +332,7 @@ fn the_overlap_example_validates_and_runs() {
     let example = common::repo().join("examples/overlap.yaml");
     let out = ws.run(&["validate", example.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let file = ws.write(
-        "overlap.yaml",
-        &std::fs::read_to_string(&example).unwrap(),
-    );
+    let file = ws.write("overlap.yaml", &std::fs::read_to_string(&example).unwrap());
     let out = ws.run(&["run", file.to_str().unwrap(), "-o", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(json(&out)["phase"], "Succeeded");

@@ -76,7 +76,7 @@ pub fn run(name: &str, on: bool, manifests: Option<&Path>, global: &GlobalArgs) 
     let bytes = std::fs::read(file).map_err(|e| cannot(e.to_string()))?;
     let text = source::decode(&bytes).map_err(|e| cannot(e.to_string()))?;
     let word = if on { "suspended" } else { "unsuspended" };
-    match set_suspend(text, format, name.as_str(), on).map_err(|e| CliError::failed(e))? {
+    match set_suspend(text, format, name.as_str(), on).map_err(CliError::failed)? {
         Edited::Unchanged => {
             if !global.quiet {
                 println!("pipeline/{name} unchanged");
@@ -110,7 +110,10 @@ pub fn set_suspend(text: &str, format: Format, name: &str, on: bool) -> Result<E
     let Some(spec) = doc.value.get("spec").and_then(Value::as_object) else {
         return Err(format!("pipeline/{name} has no spec to edit"));
     };
-    let current = spec.get("suspend").and_then(Value::as_bool).unwrap_or(false);
+    let current = spec
+        .get("suspend")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     if current == on {
         return Ok(Edited::Unchanged);
     }
@@ -144,9 +147,7 @@ pub fn set_suspend(text: &str, format: Format, name: &str, on: bool) -> Result<E
     let text = match format {
         Format::Yaml => serde_saphyr::to_string(value).map_err(|e| e.to_string())?,
         Format::Toml => toml::to_string(value).map_err(|e| e.to_string())?,
-        Format::Json => {
-            serde_json::to_string_pretty(value).map_err(|e| e.to_string())? + "\n"
-        }
+        Format::Json => serde_json::to_string_pretty(value).map_err(|e| e.to_string())? + "\n",
     };
     Ok(Edited::Text {
         text,
@@ -170,7 +171,11 @@ fn minimal_edit(
         let old = ["true", "false"]
             .into_iter()
             .find(|w| text[at..].starts_with(w))?;
-        return Some(format!("{}{literal}{}", &text[..at], &text[at + old.len()..]));
+        return Some(format!(
+            "{}{literal}{}",
+            &text[..at],
+            &text[at + old.len()..]
+        ));
     }
     let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
     if format == Format::Toml {
@@ -207,15 +212,25 @@ fn minimal_edit(
         // Right under `spec:` (or `"spec": {`) when that opens a block, so that a comment over
         // the first entry stays with it; else just before that entry.
         let spec_at = offset(text, doc.positions.of_key("/spec"))?;
-        let spec_end = text[spec_at..].find('\n').map_or(text.len(), |i| spec_at + i + 1);
-        let opener = text[spec_at..spec_end].split('#').next().unwrap_or("").trim();
+        let spec_end = text[spec_at..]
+            .find('\n')
+            .map_or(text.len(), |i| spec_at + i + 1);
+        let opener = text[spec_at..spec_end]
+            .split('#')
+            .next()
+            .unwrap_or("")
+            .trim();
         let opens_block = matches!(opener, "spec:" | "\"spec\": {" | "\"spec\":{");
         let at = if opens_block && spec_end <= line_start {
             spec_end
         } else {
             line_start
         };
-        format!("{}{indent}{entry}{sep}{newline}{}", &text[..at], &text[at..])
+        format!(
+            "{}{indent}{entry}{sep}{newline}{}",
+            &text[..at],
+            &text[at..]
+        )
     } else {
         // Inline (`spec: {jobs: ...}`): before the first entry, on the same line.
         format!("{}{entry}, {}", &text[..at], &text[at..])
@@ -278,11 +293,7 @@ mod tests {
         let (on, kept) = edited(flow, Format::Yaml, true);
         assert!(kept, "{on}");
         assert!(on.contains("spec: {suspend: true, jobs:"), "{on}");
-        let two = format!(
-            "{}---\n{}",
-            YAML.replace("name: a", "name: b"),
-            YAML
-        );
+        let two = format!("{}---\n{}", YAML.replace("name: a", "name: b"), YAML);
         let (on, kept) = edited(&two, Format::Yaml, true);
         assert!(kept);
         let docs = source::parse(&on, Format::Yaml).unwrap();
@@ -301,10 +312,7 @@ mod tests {
         assert_eq!(on, toml.replace("[spec]\n", "[spec]\nsuspend = true\n"));
         let (off, kept) = edited(&on, Format::Toml, false);
         assert!(kept);
-        assert_eq!(
-            off,
-            toml.replace("[spec]\n", "[spec]\nsuspend = false\n")
-        );
+        assert_eq!(off, toml.replace("[spec]\n", "[spec]\nsuspend = false\n"));
     }
 
     #[test]

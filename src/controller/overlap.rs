@@ -78,7 +78,9 @@ pub fn cancel_foreground(run: &RunRow) -> bool {
     static ASKED: Mutex<Vec<(i64, Option<i64>, RunId)>> = Mutex::new(Vec::new());
     let key = (i64::from(pid), run.owner_start_time, run.id);
     {
-        let mut asked = ASKED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut asked = ASKED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if asked.contains(&key) {
             return true;
         }

@@ -735,7 +735,8 @@ mod tests {
         .unwrap();
         let snapshot = read(&mut reader(tmp.path()));
         let mut seen = observed(&[("a", 1)], &[("a", LatestRun::Terminal)], &[]);
-        seen.rows.get_mut("a").unwrap().last_tick = Some(time::macros::datetime!(2026-07-01 10:19 UTC));
+        seen.rows.get_mut("a").unwrap().last_tick =
+            Some(time::macros::datetime!(2026-07-01 10:19 UTC));
         seen.suspended = suspended(&snapshot.folder);
         (tmp, snapshot, seen, Clock::new())
     }
@@ -790,7 +791,11 @@ mod tests {
             };
             let (_tmp, snapshot, mut seen, clock) = ticking(&extra);
             seen.active = observed(&[], &[], &[("a", 7, 1)]).active;
-            assert_eq!(decide(&snapshot, &seen, clock.now()).actions, want, "{policy}");
+            assert_eq!(
+                decide(&snapshot, &seen, clock.now()).actions,
+                want,
+                "{policy}"
+            );
             // Replace asks once: a run already stopping is not cancelled again.
             if policy == "Replace" {
                 seen.active.get_mut("a").unwrap().cancelling = true;
@@ -854,7 +859,11 @@ mod tests {
             let mut seen = observed(&[("a", 1)], &[("a", LatestRun::None)], &[]);
             seen.elsewhere.insert("a".into(), RunId::from(3));
             let clock = Clock::new();
-            assert_eq!(decide(&snapshot, &seen, clock.now()).actions, want, "{policy}");
+            assert_eq!(
+                decide(&snapshot, &seen, clock.now()).actions,
+                want,
+                "{policy}"
+            );
             // Once it ended, the generation gets its run whatever the policy.
             seen.elsewhere.clear();
             assert_eq!(
@@ -888,7 +897,11 @@ mod tests {
             let mut seen = observed(&[("a", 1)], &[], &[("a", 7, 1)]);
             seen.rows.get_mut("a").unwrap().rerun_requested = true;
             let clock = Clock::new();
-            assert_eq!(decide(&snapshot, &seen, clock.now()).actions, want, "{policy}");
+            assert_eq!(
+                decide(&snapshot, &seen, clock.now()).actions,
+                want,
+                "{policy}"
+            );
             // The run ended: the queued rerun starts.
             seen.active.clear();
             seen.latest.insert("a".into(), LatestRun::Terminal);
@@ -900,7 +913,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_suspended_pipeline_starts_nothing_lets_its_run_finish_and_resumes_when_unsuspended() {
+    async fn a_suspended_pipeline_starts_nothing_lets_its_run_finish_and_resumes_when_unsuspended()
+    {
         let (tmp, snapshot, mut seen, clock) = ticking("  suspend: true\n");
         // Suspended just now: its status says so; the due tick passes without a run.
         seen.suspended.clear();
@@ -957,7 +971,10 @@ mod tests {
         // Last tick 10:10, now 10:20:30: ten ticks missed.
         let at_1010 = Some(time::macros::datetime!(2026-07-01 10:10 UTC));
         for (extra, want) in [
-            ("", vec![remember("2026-07-01 10:20"), launch("a", 1, Why::Schedule)]),
+            (
+                "",
+                vec![remember("2026-07-01 10:20"), launch("a", 1, Why::Schedule)],
+            ),
             ("  catchup: None\n", vec![remember("2026-07-01 10:20")]),
             (
                 "  catchup: All\n",
@@ -967,11 +984,18 @@ mod tests {
                 "  catchup: All\n  startingDeadline: 3m\n",
                 vec![remember("2026-07-01 10:18"), launch("a", 1, Why::Schedule)],
             ),
-            ("  startingDeadline: 10s\n", vec![remember("2026-07-01 10:20")]),
+            (
+                "  startingDeadline: 10s\n",
+                vec![remember("2026-07-01 10:20")],
+            ),
         ] {
             let (_tmp, snapshot, mut seen, clock) = ticking(extra);
             seen.rows.get_mut("a").unwrap().last_tick = at_1010;
-            assert_eq!(decide(&snapshot, &seen, clock.now()).actions, want, "{extra}");
+            assert_eq!(
+                decide(&snapshot, &seen, clock.now()).actions,
+                want,
+                "{extra}"
+            );
         }
     }
 

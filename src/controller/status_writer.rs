@@ -238,9 +238,16 @@ impl StatusWriter {
             state: &self.state_dir,
             manifests: &self.manifests_dir,
         };
-        let doc =
-            observe::pipeline_status(store, dirs, name, &source, row.as_ref(), invalid.as_ref(), suspended)
-                .await?;
+        let doc = observe::pipeline_status(
+            store,
+            dirs,
+            name,
+            &source,
+            row.as_ref(),
+            invalid.as_ref(),
+            suspended,
+        )
+        .await?;
         let (key, text) = (status_key(&doc), doc.to_yaml());
         if let Some(live) = self.live.get_mut(name) {
             live.doc = Some(doc);

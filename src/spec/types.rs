@@ -622,7 +622,8 @@ pub enum ConcurrencyPolicy {
     /// skipped (recorded); a `rerun` waits for the running one to end.
     #[default]
     Forbid,
-    /// Start it alongside.
+    /// Start it alongside (a tick or rerun during the controller's own run queues one run right
+    /// after it: the controller drives one run of a pipeline at a time).
     Allow,
     /// Cancel the running one (recorded `Cancelled`, a user's action), then start the new one.
     Replace,
@@ -637,7 +638,8 @@ impl ConcurrencyPolicy {
 /// Which missed schedule ticks start a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum Catchup {
-    /// None: a tick runs only when it is seen within its minute (or `startingDeadline`).
+    /// Nothing is caught up: a tick runs only when it is seen on time (within a minute, or
+    /// `startingDeadline` when shorter) and no tick was missed before it.
     None,
     /// One run for the latest missed tick, however many were missed.
     #[default]
