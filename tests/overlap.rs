@@ -278,8 +278,11 @@ fn suspend_stops_ticks_shows_suspended_and_unsuspend_resumes() {
     });
     let table = text(&ws.run(&["status", "--manifests", "manifests"]).stdout);
     assert!(table.contains("Suspended"), "{table}");
-    let file_status = std::fs::read_to_string(common::status_file(&ws, "nightly")).unwrap();
-    assert!(file_status.contains("phase: Suspended"), "{file_status}");
+    // The controller's status file follows once it has seen the edit.
+    wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(common::status_file(&ws, "nightly"))
+            .is_ok_and(|f| f.contains("phase: Suspended"))
+    });
     // Ticks pass (three of them), and nothing starts.
     let runs = common::run_count(&ws, "nightly");
     std::thread::sleep(Duration::from_secs(3));

@@ -42,10 +42,10 @@ pub async fn running_elsewhere(
     store: &Store,
     ours: &HashSet<RunId>,
 ) -> Result<HashMap<String, RunId>, StoreError> {
-    let me = i64::from(std::process::id());
+    let me = crate::engine::launch::this_process();
     let mut out = HashMap::new();
-    for run in store.unfinished_runs().await? {
-        if ours.contains(&run.id) || run.owner_pid == Some(me) || !owner_alive(&run) {
+    for run in store.running_runs_not_owned_by(me.pid, &me.host).await? {
+        if ours.contains(&run.id) || !owner_alive(&run) {
             continue;
         }
         // Oldest first: the newest of a pipeline wins.

@@ -340,7 +340,13 @@ fn decide_pipeline(
         // A foreground run only: the generation's own run and reruns follow the policy.
         let wanted = rerun_requested || observed.latest.get(name) == Some(&LatestRun::None);
         match policy {
-            ConcurrencyPolicy::Forbid => return,
+            ConcurrencyPolicy::Forbid => {
+                // Its end is no event of ours: look again soon for what waits on it.
+                if wanted {
+                    out.requeue_within(Some(BLOCKED_POLL));
+                }
+                return;
+            }
             ConcurrencyPolicy::Replace => {
                 if wanted {
                     replace(out);
@@ -379,6 +385,9 @@ fn decide_pipeline(
 
 /// How soon to look again after asking another process to cancel its run.
 pub const ELSEWHERE_POLL: Duration = Duration::from_millis(200);
+
+/// How often to look again while a run or a new generation waits for a foreground run to end.
+pub const BLOCKED_POLL: Duration = Duration::from_secs(1);
 
 /// The suspended pipelines of the folder: what is remembered after a pass.
 pub fn suspended(folder: &Folder) -> HashSet<String> {
@@ -859,11 +868,14 @@ mod tests {
             let mut seen = observed(&[("a", 1)], &[("a", LatestRun::None)], &[]);
             seen.elsewhere.insert("a".into(), RunId::from(3));
             let clock = Clock::new();
-            assert_eq!(
-                decide(&snapshot, &seen, clock.now()).actions,
-                want,
-                "{policy}"
-            );
+            let decision = decide(&snapshot, &seen, clock.now());
+            assert_eq!(decision.actions, want, "{policy}");
+            let requeue = match policy {
+                "Forbid" => Some(BLOCKED_POLL),
+                "Replace" => Some(ELSEWHERE_POLL),
+                _ => None,
+            };
+            assert_eq!(decision.requeue, requeue, "{policy}");
             // Once it ended, the generation gets its run whatever the policy.
             seen.elsewhere.clear();
             assert_eq!(

@@ -25,6 +25,27 @@ impl Store {
         rows.iter().map(|row| self.run_row(row)).collect()
     }
 
+    /// The runs recorded Running whose recorded owner is not process `pid` on `host` (a
+    /// controller's own runs are left out in the query: they are most of them), oldest first.
+    pub async fn running_runs_not_owned_by(
+        &self,
+        pid: u32,
+        host: &str,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, pipeline, generation, spec_json, spec_hash, phase, reason, rounds, \
+             owner_pid, owner_host, owner_start_time, created_at, started_at, finished_at \
+             FROM runs WHERE phase = 'Running' \
+             AND NOT (coalesce(owner_pid, -1) = ? AND coalesce(owner_host, '') = ?) ORDER BY id",
+        )
+        .bind(i64::from(pid))
+        .bind(host)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.sql("listing other processes' running runs"))?;
+        rows.iter().map(|row| self.run_row(row)).collect()
+    }
+
     /// Records on `run` (the one going on) that the schedule's tick `tick` (its wall-clock time,
     /// as `schedule` gives it) was skipped, with why.
     pub async fn record_tick_skipped(
@@ -84,6 +105,10 @@ mod tests {
             .map(|r| r.id)
             .collect();
         assert_eq!(ids, [second, first]);
+        let others = store.running_runs_not_owned_by(1, "h").await.unwrap();
+        assert!(others.is_empty());
+        let others = store.running_runs_not_owned_by(2, "h").await.unwrap();
+        assert_eq!(others.len(), 3);
         store
             .record_tick_skipped(second, "2026-07-01T10:21:00", "run still running")
             .await
