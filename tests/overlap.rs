@@ -162,6 +162,27 @@ fn a_run_while_the_controller_runs_the_pipeline_is_refused_under_forbid() {
     common::wait_phase(&ws, "nightly", "Succeeded", 1);
 }
 
+#[test]
+fn a_run_under_replace_has_the_controllers_run_cancelled_first() {
+    let ws = Workspace::new();
+    let mark = marker("ctl-replace");
+    let (key, value) = mark.split_once('=').unwrap();
+    let _c = Running::start(&ws, &[("HOLD", "1"), (key, value)]);
+    let file = ws.write("manifests/nightly.yaml", &pipeline("Replace"));
+    wait_started(&ws.path().join("manifests"), 1);
+    let second = ws.run(&["run", file.to_str().unwrap()]);
+    let err = text(&second.stderr);
+    assert_eq!(second.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("cancelling run 1 (driven by the controller"),
+        "{err}"
+    );
+    // Cancelled as a user's action, and the request is gone.
+    assert_eq!(run_phase(&ws, 1), "Cancelled");
+    assert_eq!(run_phase(&ws, 2), "Succeeded");
+    assert!(!ws.state_dir().join("requests/cancel-1").exists());
+}
+
 /// A controller with a fast schedule clock on `nightly` (every minute, so every second), whose
 /// jobs hold until `release`; waits for the first run to start.
 #[cfg(feature = "failpoints")]

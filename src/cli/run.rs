@@ -130,7 +130,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
                     CliError::usage(format!("cannot lock pipeline {} in {}: {e}", plan.pipeline, state_dir.display()))
                 })?;
                 let policy = manifest.spec.concurrency_policy;
-                make_way(&store, &plan.pipeline, policy, &config).await?;
+                make_way(&state_dir, &store, &plan.pipeline, policy, &config).await?;
                 let pinned = Pinned::new(manifest, &base_dir, cli_env, args.skip.clone());
                 let request = launch::new_run(&store, &plan, &pinned, 0, &owner)
                     .await?;
@@ -168,9 +168,10 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
 
 /// What `concurrencyPolicy` says about the live runs of `pipeline` (a run whose owner is gone
 /// never counts): `Forbid` refuses (exit 2, naming the run and who drives it), `Allow` goes
-/// ahead, `Replace` cancels a foreground run and waits for it to end. A controller's run is not
-/// cancelled from here (that is the controller's; `executioner rerun` asks it under `Replace`).
+/// ahead, `Replace` has each cancelled (a foreground run by a SIGTERM to its process, a
+/// controller's by a request file it watches) and waits for it to end.
 async fn make_way(
+    state_dir: &Path,
     store: &Store,
     pipeline: &str,
     policy: ConcurrencyPolicy,
@@ -199,14 +200,26 @@ async fn make_way(
         ConcurrencyPolicy::Replace => {
             let grace = config.shutdown_grace.as_std() + std::time::Duration::from_secs(10);
             for run in &running {
-                if !overlap::cancel_foreground(run) {
-                    return Err(CliError::usage(format!(
-                        "pipeline {pipeline} is already running: {}; concurrencyPolicy Replace cancels only a foreground run from here (`executioner rerun {pipeline}` asks the controller to replace its run)",
-                        who(run)
-                    )));
-                }
                 eprintln!("cancelling {} (concurrencyPolicy: Replace)", who(run));
-                if !overlap::wait_ended(store, run.id, grace).await? {
+                let request = match overlap::Driver::of(run) {
+                    overlap::Driver::Foreground => {
+                        overlap::cancel_foreground(run);
+                        None
+                    }
+                    overlap::Driver::Controller => {
+                        Some(overlap::request_cancel(state_dir, run.id).map_err(|e| {
+                            CliError::usage(format!(
+                                "cannot ask the controller to cancel run {}: {e}",
+                                run.id
+                            ))
+                        })?)
+                    }
+                };
+                let ended = overlap::wait_ended(store, run.id, grace).await?;
+                if let Some(request) = request {
+                    let _ = std::fs::remove_file(request);
+                }
+                if !ended {
                     return Err(CliError::usage(format!(
                         "{} did not stop within {}s",
                         who(run),

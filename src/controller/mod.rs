@@ -451,6 +451,7 @@ impl Controller {
             )
             .await?,
             suspended: std::mem::take(&mut self.suspended),
+            cancel_requested: overlap::cancel_requests(&self.opts.state_dir),
         };
         let decision = reconcile::decide(&snapshot, &observed, crate::failpoint::schedule_now());
         self.reported_invalid = reconcile::invalid_sources(&snapshot.folder);

@@ -1,7 +1,8 @@
 //! Runs of a pipeline that another live process drives in the same state folder, for
 //! `concurrencyPolicy` (DESIGN 11): finding them (a run whose owner is gone does not count: the
 //! same pid + start time check as crash recovery), telling who owns one, and asking a foreground
-//! `executioner run` to cancel its run (SIGTERM, which that process records as a user's cancel).
+//! `executioner run` to cancel its run (SIGTERM, which that process records as a user's cancel),
+//! or the controller to cancel one of its runs (a `cancel-RUN` request file it watches).
 //! What to do about them is decided in `reconcile` and in `cli/run.rs`.
 
 use std::collections::{HashMap, HashSet};
@@ -132,4 +133,35 @@ pub async fn wait_ended(
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Asks the controller to cancel its run `run` (for `run` under `Replace`): an empty
+/// `STATE/requests/cancel-RUN`, which wakes the controller; the requester removes it when the run
+/// ended (a leftover names a run that ended, and run ids are never reused).
+pub fn request_cancel(
+    state_dir: &std::path::Path,
+    run: RunId,
+) -> std::io::Result<std::path::PathBuf> {
+    let dir = crate::state_dir::requests_dir(state_dir);
+    crate::state_dir::create_private_dir(&dir)?;
+    let path = dir.join(format!("cancel-{run}"));
+    std::fs::write(&path, b"")?;
+    Ok(path)
+}
+
+/// The runs whose cancellation was asked for with [`request_cancel`].
+pub fn cancel_requests(state_dir: &std::path::Path) -> HashSet<RunId> {
+    let Ok(entries) = std::fs::read_dir(crate::state_dir::requests_dir(state_dir)) else {
+        return HashSet::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("cancel-")?
+                .parse::<RunId>()
+                .ok()
+        })
+        .collect()
 }

@@ -41,6 +41,8 @@ pub struct Observed {
     pub elsewhere: HashMap<String, RunId>,
     /// The pipelines last seen suspended (a change rewrites the status file).
     pub suspended: HashSet<String>,
+    /// Runs an `executioner run` under `concurrencyPolicy: Replace` asked this controller to cancel.
+    pub cancel_requested: HashSet<RunId>,
 }
 
 /// The latest run of a pipeline's current generation.
@@ -258,6 +260,18 @@ fn decide_pipeline(
             pipeline: name.clone(),
             run: a.run,
             why: "replaced by a new generation",
+        });
+    }
+
+    // An `executioner run` of it under `Replace` asked for this run to make way.
+    if let Some(a) = active
+        && observed.cancel_requested.contains(&a.run)
+        && !a.cancelling
+    {
+        out.actions.push(Action::Cancel {
+            pipeline: name.clone(),
+            run: a.run,
+            why: "replaced by `executioner run` (concurrencyPolicy: Replace)",
         });
     }
 
@@ -525,6 +539,7 @@ mod tests {
             reported_invalid: HashMap::new(),
             elsewhere: HashMap::new(),
             suspended: HashSet::new(),
+            cancel_requested: HashSet::new(),
         }
     }
 
@@ -883,6 +898,30 @@ mod tests {
                 vec![launch("a", 1, Why::NewGeneration)]
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_foreground_run_under_replace_has_this_controllers_run_cancelled_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("a.yaml"),
+            manifest("a", "  concurrencyPolicy: Replace\n"),
+        )
+        .unwrap();
+        let snapshot = read(&mut reader(tmp.path()));
+        let mut seen = observed(&[("a", 1)], &[], &[("a", 7, 1)]);
+        seen.cancel_requested.insert(RunId::from(7));
+        let clock = Clock::new();
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![Action::Cancel {
+                pipeline: "a".into(),
+                run: RunId::from(7),
+                why: "replaced by `executioner run` (concurrencyPolicy: Replace)",
+            }]
+        );
+        seen.active.get_mut("a").unwrap().cancelling = true;
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
     }
 
     #[tokio::test(start_paused = true)]
