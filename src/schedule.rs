@@ -39,6 +39,9 @@ pub enum Due {
 /// `* * * * *` schedule down for a day would otherwise owe 1,440 runs.
 pub const CATCHUP_ALL_CAP: usize = 100;
 
+/// The shortest `startingDeadline` validation accepts.
+pub const MIN_STARTING_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// With `catchup: None`, how late a tick may be seen and still run (a pass can be held up by a
 /// busy machine for a few seconds; a tick missed while the controller was down is minutes late).
 pub const ON_TIME: std::time::Duration = std::time::Duration::from_secs(60);

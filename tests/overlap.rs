@@ -361,3 +361,35 @@ fn the_overlap_example_validates_and_runs() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(json(&out)["phase"], "Succeeded");
 }
+
+#[test]
+fn a_starting_deadline_too_short_to_catch_a_tick_is_refused() {
+    let ws = Workspace::new();
+    let file = ws.write(
+        "short.yaml",
+        &manifest(
+            "short",
+            "  schedule: \"@hourly\"\n  startingDeadline: 5s\n  catchup: All\n",
+            "    - {id: a, command: \"true\"}\n",
+        ),
+    );
+    let out = ws.run(&["validate", file.to_str().unwrap()]);
+    let err = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("short.yaml:7:21: startingDeadline must be at least 10s"),
+        "{err}"
+    );
+    let bad = ws.write(
+        "bad.yaml",
+        &manifest(
+            "bad",
+            "  concurrencyPolicy: Sometimes\n",
+            "    - {id: a, command: \"true\"}\n",
+        ),
+    );
+    let out = ws.run(&["validate", bad.to_str().unwrap()]);
+    let err = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("concurrencyPolicy"), "{err}");
+}

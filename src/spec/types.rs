@@ -122,7 +122,7 @@ pub struct PipelineSpec {
     #[schemars(extend("default" = "Forbid"))]
     pub concurrency_policy: ConcurrencyPolicy,
     /// Schedule ticks missed (the controller was down, or the pipeline suspended) that are older
-    /// than this are not caught up; left out, any missed tick may be.
+    /// than this are not caught up; left out, any missed tick may be. At least 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(example = "1h")]
     pub starting_deadline: Option<Duration>,
