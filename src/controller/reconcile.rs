@@ -322,6 +322,9 @@ fn decide_pipeline(
                         run: running,
                     });
                 }
+                // Nor is it folded into one queued run behind this controller's run.
+                ConcurrencyPolicy::Allow
+                    if !alongside && spec.catchup == crate::spec::Catchup::All => {}
                 ConcurrencyPolicy::Allow if alongside => {
                     remember(out, tick);
                     launch(out, Why::Schedule);
@@ -808,6 +811,7 @@ mod tests {
             ),
             // `catchup: All` owes every tick: it waits for the run, neither skipped nor remembered.
             ("Forbid\n  catchup: All", vec![]),
+            ("Allow\n  catchup: All", vec![]),
         ] {
             let extra = match policy {
                 "" => String::new(),
