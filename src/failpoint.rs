@@ -27,6 +27,36 @@ pub fn fails(name: &str) -> bool {
     }
 }
 
+/// The controller's clock for schedules: the wall clock, or (`failpoints` builds only) with
+/// `EXECUTIONER_CLOCK_SCALE=N` one that runs N times faster from its first reading, so that a test
+/// sees a per-minute schedule tick every 60/N seconds.
+pub fn schedule_now() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    #[cfg(feature = "failpoints")]
+    {
+        use std::sync::OnceLock;
+        static START: OnceLock<chrono::DateTime<chrono::Utc>> = OnceLock::new();
+        let scale = clock_scale();
+        if scale > 1 {
+            let start = *START.get_or_init(|| now);
+            return start + (now - start) * scale as i32;
+        }
+    }
+    now
+}
+
+/// How many times faster [`schedule_now`] runs (1 unless a `failpoints` build is told otherwise).
+pub fn clock_scale() -> u32 {
+    #[cfg(feature = "failpoints")]
+    return std::env::var("EXECUTIONER_CLOCK_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n: &u32| (1..=3600).contains(n))
+        .unwrap_or(1);
+    #[cfg(not(feature = "failpoints"))]
+    1
+}
+
 #[cfg(feature = "failpoints")]
 mod armed {
     use std::sync::OnceLock;

@@ -10,22 +10,41 @@
 //!   in Europe/Paris on the last Sunday of March) is due at the first instant after the gap.
 //!
 //! The controller keeps the last tick it acted on (a wall-clock time) and decides with
-//! [`Schedule::previous_tick`] and [`Schedule::next_tick`].
+//! [`Schedule::catch_up`] (which missed ticks are owed, under `spec.catchup` and
+//! `spec.startingDeadline`) and [`Schedule::next_tick`]. What a due tick does while a run goes on
+//! (`concurrencyPolicy`) is the controller's decision, not this module's.
 
 use std::str::FromStr;
 
 use chrono::offset::LocalResult;
 use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Timelike, Utc};
 
-/// What [`Schedule::due`] decides.
+use crate::spec::Catchup;
+
+/// What [`Schedule::due`] and [`Schedule::catch_up`] decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Due {
     /// First sight of the schedule: ticks before now are not owed, this one is remembered.
     Remember(NaiveDateTime),
-    /// This tick is due: one run, however many ticks were missed since the last one.
+    /// This tick is due: one run for it (with `catchup: One`, however many ticks were missed
+    /// since the last one; with `All`, the oldest tick still owed, the others come after it).
     Run(NaiveDateTime),
+    /// Ticks were missed and none is owed (past `startingDeadline`, or `catchup: None`): this one,
+    /// the latest, is remembered and nothing runs.
+    Missed(NaiveDateTime),
     Nothing,
 }
+
+/// At most this many missed ticks are caught up with `catchup: All` (the latest ones): a
+/// `* * * * *` schedule down for a day would otherwise owe 1,440 runs.
+pub const CATCHUP_ALL_CAP: usize = 100;
+
+/// The shortest `startingDeadline` validation accepts.
+pub const MIN_STARTING_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// With `catchup: None`, how late a tick may be seen and still run (a pass can be held up by a
+/// busy machine for a few seconds; a tick missed while the controller was down is minutes late).
+pub const ON_TIME: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The macros a schedule may be instead of five fields, and the fields each stands for.
 pub const MACROS: [(&str, &str); 7] = [
@@ -151,6 +170,83 @@ impl Schedule {
             (Some(last), Some(tick)) if tick > last => Due::Run(tick),
             _ => Due::Nothing,
         }
+    }
+
+    /// What the schedule owes at `now` under `catchup` and `deadline` (a tick whose instant is
+    /// older than that is not run), given the last tick acted on (`None`: never seen):
+    /// - `One`: the latest tick since `last`, when it is within the deadline;
+    /// - `All`: the oldest tick since `last` that is within the deadline, among the latest
+    ///   [`CATCHUP_ALL_CAP`] (the next ones are owed once it is remembered);
+    /// - `None`: the latest tick since `last` when no other was missed and it is at most
+    ///   [`ON_TIME`] (or the deadline, when shorter) late.
+    ///
+    /// [`Due::Missed`] says ticks passed and none is owed.
+    pub fn catch_up(
+        &self,
+        last: Option<NaiveDateTime>,
+        now: DateTime<Utc>,
+        catchup: Catchup,
+        deadline: Option<std::time::Duration>,
+    ) -> Due {
+        let limit = match catchup {
+            Catchup::All => CATCHUP_ALL_CAP,
+            // One more than the one run, to tell "missed others" for `None`.
+            Catchup::One | Catchup::None => 2,
+        };
+        let (missed, latest) = match last {
+            None => return self.due(None, now),
+            Some(last) => {
+                let missed = self.ticks_since(last, now, limit);
+                match missed.first() {
+                    Some(&latest) => (missed, latest),
+                    None => return Due::Nothing,
+                }
+            }
+        };
+        let window = match catchup {
+            Catchup::None => Some(deadline.map_or(ON_TIME, |d| d.min(ON_TIME))),
+            Catchup::One | Catchup::All => deadline,
+        };
+        let in_time = |tick: NaiveDateTime| {
+            window.is_none_or(|window| {
+                self.first_instant_showing(tick).is_some_and(|at| {
+                    (now - at).to_std().unwrap_or(std::time::Duration::ZERO) <= window
+                })
+            })
+        };
+        let owed = match catchup {
+            Catchup::None if missed.len() > 1 => None,
+            Catchup::None | Catchup::One => Some(latest).filter(|t| in_time(*t)),
+            Catchup::All => missed.iter().rev().copied().find(|t| in_time(*t)),
+        };
+        match owed {
+            Some(tick) => Due::Run(tick),
+            None => Due::Missed(latest),
+        }
+    }
+
+    /// The ticks after `last` up to the wall-clock time of `now`, newest first, at most `limit`.
+    fn ticks_since(
+        &self,
+        last: NaiveDateTime,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Vec<NaiveDateTime> {
+        let mut ticks = Vec::new();
+        let mut at = Utc.from_utc_datetime(&self.wall_clock(now));
+        let mut inclusive = true;
+        while ticks.len() < limit {
+            let Ok(tick) = self.cron.find_previous_occurrence(&at, inclusive) else {
+                break;
+            };
+            if tick.naive_utc() <= last {
+                break;
+            }
+            ticks.push(tick.naive_utc());
+            at = tick;
+            inclusive = false;
+        }
+        ticks
     }
 
     /// The wall-clock time in the schedule's zone at `at`, in whole seconds (croner keeps the
@@ -301,7 +397,7 @@ mod tests {
                     runs.push((now - fraction, tick));
                     last = Some(tick);
                 }
-                Due::Nothing => {}
+                Due::Missed(_) | Due::Nothing => {}
             }
             now += Duration::minutes(1);
         }
@@ -398,6 +494,110 @@ mod tests {
         assert_eq!(
             paris.due(None, utc("2026-07-04T12:00:00Z")),
             Due::Remember(wall("2026-07-04 09:00"))
+        );
+    }
+
+    #[test]
+    fn catchup_one_runs_the_latest_missed_tick_within_the_deadline() {
+        let hourly = Schedule::parse("@hourly").expect("schedule");
+        let last = Some(wall("2026-07-01 06:00"));
+        let now = utc("2026-07-01T10:20:00Z");
+        // Four ticks missed: one run, for the latest (the default, as before).
+        assert_eq!(
+            hourly.catch_up(last, now, Catchup::One, None),
+            Due::Run(wall("2026-07-01 10:00"))
+        );
+        assert_eq!(hourly.due(last, now), Due::Run(wall("2026-07-01 10:00")));
+        // 20 minutes late: within a 30-minute deadline, not within a 10-minute one.
+        let minutes = |m: u64| Some(std::time::Duration::from_secs(m * 60));
+        assert_eq!(
+            hourly.catch_up(last, now, Catchup::One, minutes(30)),
+            Due::Run(wall("2026-07-01 10:00"))
+        );
+        assert_eq!(
+            hourly.catch_up(last, now, Catchup::One, minutes(10)),
+            Due::Missed(wall("2026-07-01 10:00"))
+        );
+        // Caught up already; first sight remembers without a run.
+        assert_eq!(
+            hourly.catch_up(Some(wall("2026-07-01 10:00")), now, Catchup::One, None),
+            Due::Nothing
+        );
+        assert_eq!(
+            hourly.catch_up(None, now, Catchup::All, None),
+            Due::Remember(wall("2026-07-01 10:00"))
+        );
+    }
+
+    #[test]
+    fn catchup_all_runs_every_missed_tick_oldest_first_within_the_deadline_and_the_cap() {
+        let hourly = Schedule::parse("@hourly").expect("schedule");
+        let now = utc("2026-07-01T10:20:00Z");
+        let mut last = Some(wall("2026-07-01 06:00"));
+        let mut ran = Vec::new();
+        while let Due::Run(tick) = hourly.catch_up(last, now, Catchup::All, None) {
+            ran.push(tick);
+            last = Some(tick);
+        }
+        assert_eq!(
+            ran,
+            ["07:00", "08:00", "09:00", "10:00"].map(|t| wall(&format!("2026-07-01 {t}")))
+        );
+        // A 2h30 deadline: 07:00 (3h20 late) is dropped, 08:00 is the first owed.
+        let deadline = Some(std::time::Duration::from_secs(150 * 60));
+        assert_eq!(
+            hourly.catch_up(Some(wall("2026-07-01 06:00")), now, Catchup::All, deadline),
+            Due::Run(wall("2026-07-01 08:00"))
+        );
+        // Down for a week with a per-minute schedule: only the latest 100 ticks are owed.
+        let every_minute = Schedule::parse("* * * * *").expect("schedule");
+        let week_ago = Some(wall("2026-06-24 10:20"));
+        assert_eq!(
+            every_minute.catch_up(week_ago, now, Catchup::All, None),
+            Due::Run(wall("2026-07-01 08:41"))
+        );
+        assert_eq!(CATCHUP_ALL_CAP, 100);
+    }
+
+    #[test]
+    fn catchup_none_runs_a_tick_only_when_seen_on_time_and_nothing_was_missed() {
+        let hourly = Schedule::parse("@hourly").expect("schedule");
+        let last = Some(wall("2026-07-01 09:00"));
+        assert_eq!(
+            hourly.catch_up(last, utc("2026-07-01T10:00:00.300Z"), Catchup::None, None),
+            Due::Run(wall("2026-07-01 10:00"))
+        );
+        // Seen 5 minutes late (the controller was down): missed.
+        assert_eq!(
+            hourly.catch_up(last, utc("2026-07-01T10:05:00Z"), Catchup::None, None),
+            Due::Missed(wall("2026-07-01 10:00"))
+        );
+        // On time, but the 10:00 tick was missed before it: still nothing is caught up.
+        assert_eq!(
+            hourly.catch_up(
+                Some(wall("2026-07-01 08:00")),
+                utc("2026-07-01T10:00:01Z"),
+                Catchup::None,
+                None
+            ),
+            Due::Missed(wall("2026-07-01 10:00"))
+        );
+    }
+
+    #[test]
+    fn the_deadline_counts_from_the_instant_the_zone_showed_the_tick() {
+        // 09:00 in Paris in July is 07:00 UTC: at 07:30 UTC the tick is 30 minutes old.
+        let paris = Schedule::parse("TZ=Europe/Paris 0 9 * * *").expect("schedule");
+        let last = Some(wall("2026-06-30 09:00"));
+        let now = utc("2026-07-01T07:30:00Z");
+        let deadline = |m: u64| Some(std::time::Duration::from_secs(m * 60));
+        assert_eq!(
+            paris.catch_up(last, now, Catchup::One, deadline(45)),
+            Due::Run(wall("2026-07-01 09:00"))
+        );
+        assert_eq!(
+            paris.catch_up(last, now, Catchup::One, deadline(15)),
+            Due::Missed(wall("2026-07-01 09:00"))
         );
     }
 

@@ -819,6 +819,20 @@ fn semantic_errors(doc: &RawDoc, options: &Options, out: &mut Vec<(Pos, String)>
     {
         out.push((doc.pos_of("/spec/schedule"), message));
     }
+    // A tick is acted on milliseconds after its time, seconds on a busy machine: a shorter
+    // deadline would miss ticks at random.
+    if let Some(v) = spec.get("startingDeadline")
+        && let Ok(d) = serde_json::from_value::<spec::Duration>(v.clone())
+        && d.as_std() < crate::schedule::MIN_STARTING_DEADLINE
+    {
+        out.push((
+            doc.pos_of("/spec/startingDeadline"),
+            format!(
+                "startingDeadline must be at least {}s (a tick may be acted on a few seconds after its time)",
+                crate::schedule::MIN_STARTING_DEADLINE.as_secs()
+            ),
+        ));
+    }
 
     env_errors(doc, spec, &jobs, options, out);
     security_errors(doc, &jobs, &options.security, out);

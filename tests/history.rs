@@ -266,7 +266,8 @@ fn concurrent_runs_get_distinct_ids() {
     let ws = Workspace::new();
     ws.write(
         "p.yaml",
-        &manifest("concurrent", "", "    - {id: a, command: \"true\"}\n    - {id: b, command: \"true\", dependencies: [a]}\n    - {id: c, command: \"true\", dependencies: [a]}\n"),
+        // Allow: the default (Forbid) refuses a second run of a pipeline while one runs.
+        &manifest("concurrent", "  concurrencyPolicy: Allow\n", "    - {id: a, command: \"true\"}\n    - {id: b, command: \"true\", dependencies: [a]}\n    - {id: c, command: \"true\", dependencies: [a]}\n"),
     );
     let children: Vec<_> = (0..20)
         .map(|_| {

@@ -842,7 +842,12 @@ fn new_path(
 
 /// Writes `content` to `target` through a hidden temp file in `dir`: fsync, then rename (for a
 /// new file, one that fails instead of clobbering), then fsync of the folder.
-fn write_atomic(dir: &Path, target: &Path, content: &[u8], replace: bool) -> io::Result<()> {
+pub(super) fn write_atomic(
+    dir: &Path,
+    target: &Path,
+    content: &[u8],
+    replace: bool,
+) -> io::Result<()> {
     if is_symlink(target) {
         return Err(io::Error::other(
             "is a symbolic link; apply does not write through links",

@@ -121,6 +121,16 @@ fn log_event(event: &ControllerEvent) {
         ControllerEvent::Deleted { pipeline } => {
             tracing::info!(pipeline = %pipeline, "pipeline deleted")
         }
+        ControllerEvent::TickSkipped {
+            pipeline,
+            tick,
+            run,
+        } => tracing::info!(
+            pipeline = %pipeline,
+            tick = %tick,
+            run = run.get(),
+            "schedule tick skipped: the run is still going on (concurrencyPolicy: Forbid)"
+        ),
         ControllerEvent::Warning(message) => tracing::warn!("{message}"),
         ControllerEvent::Stopping => tracing::info!("stopping: interrupting runs"),
     }

@@ -17,6 +17,7 @@ mod prune;
 mod render;
 mod run;
 mod schema;
+mod suspend;
 mod validate;
 mod wait;
 
@@ -278,6 +279,28 @@ pub enum Command {
         /// The pipeline's name (metadata.name).
         name: String,
     },
+    /// Stop new runs of a pipeline: sets `spec.suspend: true` in its manifest (a run going on
+    /// finishes).
+    #[command(after_help = "Examples:
+  executioner suspend nightly-etl
+  executioner suspend nightly-etl --manifests /srv/manifests")]
+    Suspend {
+        /// The pipeline's name (metadata.name).
+        name: String,
+        /// Manifests folder (default: configuration manifests_dir, i.e. manifests/).
+        #[arg(long, value_name = "DIR")]
+        manifests: Option<PathBuf>,
+    },
+    /// Resume new runs of a suspended pipeline: sets `spec.suspend: false` in its manifest.
+    #[command(after_help = "Examples:
+  executioner unsuspend nightly-etl")]
+    Unsuspend {
+        /// The pipeline's name (metadata.name).
+        name: String,
+        /// Manifests folder (default: configuration manifests_dir, i.e. manifests/).
+        #[arg(long, value_name = "DIR")]
+        manifests: Option<PathBuf>,
+    },
     /// The effective configuration and where each value came from (secrets masked).
     #[command(after_help = "Examples:
   executioner config
@@ -438,6 +461,12 @@ fn dispatch(cli: Cli) -> CliResult {
         ),
         Command::Wait { name, timeout } => wait::wait_for(&name, None, timeout, &cli.global),
         Command::Rerun { name } => controller::rerun(&name, &cli.global),
+        Command::Suspend { name, manifests } => {
+            suspend::run(&name, true, manifests.as_deref(), &cli.global)
+        }
+        Command::Unsuspend { name, manifests } => {
+            suspend::run(&name, false, manifests.as_deref(), &cli.global)
+        }
         Command::Config { output } => {
             let loaded = load_config_layers(&cli.global)?;
             let rows = crate::config::Config::describe(&loaded);

@@ -10,10 +10,11 @@ use std::time::Instant;
 use indexmap::IndexMap;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::controller::overlap;
 use crate::engine::launch::{self, PinnedPlan, Round};
 use crate::engine::resume::ResumeMode;
 use crate::engine::{self, EngineOptions, Plan, RunEvent, RunRequest};
-use crate::spec::{Manifest, Pinned};
+use crate::spec::{ConcurrencyPolicy, Manifest, Pinned};
 use crate::status::{JobPhase, RunPhase};
 use crate::store::{RunId, Store};
 use crate::validate::Options;
@@ -124,6 +125,12 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
         let owner = launch::this_process();
         let (run_id, request) = match args.resume_from {
             None => {
+                // Held until the run is recorded, so that two `run` at once see each other.
+                let _lock = overlap::lock_pipeline(&state_dir, &plan.pipeline).map_err(|e| {
+                    CliError::usage(format!("cannot lock pipeline {} in {}: {e}", plan.pipeline, state_dir.display()))
+                })?;
+                let policy = manifest.spec.concurrency_policy;
+                make_way(&state_dir, &store, &plan.pipeline, policy, &config).await?;
                 let pinned = Pinned::new(manifest, &base_dir, cli_env, args.skip.clone());
                 let request = launch::new_run(&store, &plan, &pinned, 0, &owner)
                     .await?;
@@ -157,6 +164,72 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
         };
         drive(&store, plan, request, run_id, &state_dir, &config, workers, args.output, global).await
     })
+}
+
+/// What `concurrencyPolicy` says about the live runs of `pipeline` (a run whose owner is gone
+/// never counts): `Forbid` refuses (exit 2, naming the run and who drives it), `Allow` goes
+/// ahead, `Replace` has each cancelled (a foreground run by a SIGTERM to its process, a
+/// controller's by a request file it watches) and waits for it to end.
+async fn make_way(
+    state_dir: &Path,
+    store: &Store,
+    pipeline: &str,
+    policy: ConcurrencyPolicy,
+    config: &crate::config::Config,
+) -> Result<(), CliError> {
+    let running = overlap::live_runs_of(store, pipeline).await?;
+    let Some(other) = running.first() else {
+        return Ok(());
+    };
+    let who = |run: &crate::store::RunRow| {
+        format!(
+            "run {} (driven by {}, pid {} on {})",
+            run.id,
+            overlap::Driver::of(run).as_str(),
+            run.owner_pid.unwrap_or_default(),
+            run.owner_host.as_deref().unwrap_or("?")
+        )
+    };
+    match policy {
+        ConcurrencyPolicy::Allow => Ok(()),
+        ConcurrencyPolicy::Forbid => Err(CliError::usage(format!(
+            "pipeline {pipeline} is already running: {}; concurrencyPolicy Forbid refuses a second run (wait for it with `executioner runs show {}`, or set spec.concurrencyPolicy to Allow or Replace)",
+            who(other),
+            other.id
+        ))),
+        ConcurrencyPolicy::Replace => {
+            let grace = config.shutdown_grace.as_std() + std::time::Duration::from_secs(10);
+            for run in &running {
+                eprintln!("cancelling {} (concurrencyPolicy: Replace)", who(run));
+                let request = match overlap::Driver::of(run) {
+                    overlap::Driver::Foreground => {
+                        overlap::cancel_foreground(run);
+                        None
+                    }
+                    overlap::Driver::Controller => {
+                        Some(overlap::request_cancel(state_dir, run.id).map_err(|e| {
+                            CliError::usage(format!(
+                                "cannot ask the controller to cancel run {}: {e}",
+                                run.id
+                            ))
+                        })?)
+                    }
+                };
+                let ended = overlap::wait_ended(store, run.id, grace).await?;
+                if let Some(request) = request {
+                    let _ = std::fs::remove_file(request);
+                }
+                if !ended {
+                    return Err(CliError::usage(format!(
+                        "{} did not stop within {}s",
+                        who(run),
+                        grace.as_secs()
+                    )));
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 /// `executioner resume RUN [--failed-only]`: the same run id, a new round, the pinned spec.

@@ -13,6 +13,7 @@
 pub mod folder;
 pub mod lock;
 pub mod observe;
+pub mod overlap;
 pub mod permissions;
 pub mod reconcile;
 pub mod status_writer;
@@ -98,6 +99,12 @@ pub enum ControllerEvent {
     Deleted {
         pipeline: String,
     },
+    /// A schedule tick not run: run `run` was going on (`concurrencyPolicy: Forbid`).
+    TickSkipped {
+        pipeline: String,
+        tick: String,
+        run: RunId,
+    },
     Warning(String),
     Stopping,
 }
@@ -152,6 +159,8 @@ struct Controller {
     /// The manifests folder, with what was last read of it.
     reader: FolderReader,
     reported_invalid: HashMap<String, String>,
+    /// The pipelines last seen suspended.
+    suspended: HashSet<String>,
     recovered: bool,
     /// What the store was last told of each pipeline: (spec hash, source, generation), so that
     /// an unchanged pipeline costs no write per pass.
@@ -247,6 +256,7 @@ pub async fn run(
         runs: JoinSet::new(),
         deliveries: JoinSet::new(),
         reported_invalid: HashMap::new(),
+        suspended: HashSet::new(),
         recovered: false,
         observed: HashMap::new(),
         settled: HashMap::new(),
@@ -435,9 +445,17 @@ impl Controller {
                 })
                 .collect(),
             reported_invalid: std::mem::take(&mut self.reported_invalid),
+            elsewhere: overlap::running_elsewhere(
+                &self.store,
+                &self.active.values().map(|a| a.run).collect(),
+            )
+            .await?,
+            suspended: std::mem::take(&mut self.suspended),
+            cancel_requested: overlap::cancel_requests(&self.opts.state_dir),
         };
-        let decision = reconcile::decide(&snapshot, &observed, chrono::Utc::now());
+        let decision = reconcile::decide(&snapshot, &observed, crate::failpoint::schedule_now());
         self.reported_invalid = reconcile::invalid_sources(&snapshot.folder);
+        self.suspended = reconcile::suspended(&snapshot.folder);
         for action in decision.actions {
             self.act(action, &snapshot.folder).await?;
         }
@@ -450,7 +468,9 @@ impl Controller {
                 self.write_status(&name).await?;
             }
         }
-        Ok(decision.requeue)
+        Ok(decision
+            .requeue
+            .map(|after| after / crate::failpoint::clock_scale()))
     }
 
     /// Tells the store each pipeline of the folder (it counts generations); an unchanged pipeline
@@ -567,6 +587,31 @@ impl Controller {
             }
             Action::RequestRerun { pipeline } => {
                 self.store.request_rerun(&pipeline).await?;
+            }
+            Action::SkipTick {
+                pipeline,
+                tick,
+                run,
+            } => {
+                let tick = tick.format("%Y-%m-%dT%H:%M:%S").to_string();
+                let why = format!("run {run} was still running (concurrencyPolicy: Forbid)");
+                self.store.record_tick_skipped(run, &tick, &why).await?;
+                let _ = self.events.send(ControllerEvent::TickSkipped {
+                    pipeline,
+                    tick,
+                    run,
+                });
+            }
+            Action::CancelElsewhere { pipeline, run } => {
+                if let Some(row) = self.store.run(run).await?
+                    && !row.phase.is_terminal()
+                    && overlap::cancel_foreground(&row)
+                {
+                    let why = "replaced by a new run (concurrencyPolicy: Replace)";
+                    let _ = self
+                        .events
+                        .send(ControllerEvent::Cancelling { pipeline, run, why });
+                }
             }
             Action::RememberTick { pipeline, tick } => {
                 let at = time::OffsetDateTime::from_unix_timestamp(tick.and_utc().timestamp())

@@ -55,6 +55,7 @@ pub async fn pipeline_status(
     source: &str,
     row: Option<&PipelineRow>,
     invalid: Option<&Invalid>,
+    suspended: bool,
 ) -> Result<PipelineStatusDoc, StoreError> {
     let generation = row.map_or(0, |r| r.generation);
     let revision = match row {
@@ -97,6 +98,9 @@ pub async fn pipeline_status(
         PipelinePhase::Invalid
     } else if interrupted.is_some() {
         PipelinePhase::Interrupted
+    } else if suspended && run.as_ref().is_none_or(|r| r.phase.is_terminal()) {
+        // A run going on finishes and shows Running; then nothing new starts.
+        PipelinePhase::Suspended
     } else {
         match &run {
             Some(r) if !r.phase.is_terminal() => r.phase.into(),
@@ -281,7 +285,12 @@ pub async fn snapshot(
         let row = rows.iter().find(|r| r.name == name);
         match store {
             Some(store) if invalid.is_none_or(|i| i.reason != InvalidReason::DuplicateName) => {
-                out.push(pipeline_status(store, dirs, &name, &source, row, invalid).await?)
+                let suspended = folder
+                    .desired
+                    .get(&name)
+                    .is_some_and(|d| d.manifest.spec.suspend);
+                let doc = pipeline_status(store, dirs, &name, &source, row, invalid, suspended);
+                out.push(doc.await?)
             }
             _ => match invalid {
                 Some(i) => out.push(invalid_doc(dirs.manifests, &name, i)),
@@ -297,7 +306,15 @@ pub async fn snapshot(
                             reason: InvalidReason::InvalidManifest,
                         },
                     );
-                    doc.status.phase = PipelinePhase::Pending;
+                    let suspended = folder
+                        .desired
+                        .get(&name)
+                        .is_some_and(|d| d.manifest.spec.suspend);
+                    doc.status.phase = if suspended {
+                        PipelinePhase::Suspended
+                    } else {
+                        PipelinePhase::Pending
+                    };
                     doc.status.conditions = vec![condition(
                         ConditionType::Valid,
                         ConditionStatus::True,

@@ -3,6 +3,13 @@
 //! kube-runtime's `reconcile` returns an `Action`). It reads nothing and writes nothing: the actor
 //! in `mod.rs` gathers the [`Observed`] state, calls [`decide`] and carries the actions out in
 //! order. Recovery at start and what a run's end does are the actor's, not decided here.
+//!
+//! Overlap (`concurrencyPolicy`, DESIGN 11) is decided here too: a run in the way is this
+//! controller's own or one another live process (an `executioner run`) owns in the same state
+//! folder. `Forbid` skips a due tick (recorded), `Replace` cancels the run in the way and starts
+//! the new one after it, `Allow` starts alongside a foreground run and queues behind one of its
+//! own (the controller drives one run per pipeline at a time). A `rerun` is queued behind a run
+//! under `Forbid` and `Allow`, and replaces it under `Replace`. `suspend` starts nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -10,7 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::schedule::{Due, Schedule};
-use crate::spec::OnSpecChange;
+use crate::spec::{ConcurrencyPolicy, OnSpecChange};
 use crate::store::{PipelineRow, RunId};
 
 use super::folder::{Desired, Folder, Snapshot};
@@ -29,6 +36,13 @@ pub struct Observed {
     pub active: HashMap<String, ActiveRun>,
     /// The invalid manifests last reported (source -> message).
     pub reported_invalid: HashMap<String, String>,
+    /// Runs that another live process (a foreground `executioner run`) drives in this state
+    /// folder, by pipeline (the newest one of each).
+    pub elsewhere: HashMap<String, RunId>,
+    /// The pipelines last seen suspended (a change rewrites the status file).
+    pub suspended: HashSet<String>,
+    /// Runs an `executioner run` under `concurrencyPolicy: Replace` asked this controller to cancel.
+    pub cancel_requested: HashSet<RunId>,
 }
 
 /// The latest run of a pipeline's current generation.
@@ -85,8 +99,18 @@ pub enum Action {
         run: RunId,
         why: &'static str,
     },
-    /// A schedule tick while the pipeline runs: one queued rerun.
+    /// A schedule tick while the pipeline runs (`Allow` or `Replace`): one queued rerun.
     RequestRerun { pipeline: String },
+    /// A due tick not run because run `run` goes on (`concurrencyPolicy: Forbid`): recorded as an
+    /// audit event of that run.
+    SkipTick {
+        pipeline: String,
+        tick: NaiveDateTime,
+        run: RunId,
+    },
+    /// Cancels a run that another process drives (a foreground `run`, `Replace`): its owner is
+    /// asked to stop it as a user's cancel.
+    CancelElsewhere { pipeline: String, run: RunId },
     /// The schedule's tick seen (due or remembered at first sight), as the store keeps it.
     RememberTick {
         pipeline: String,
@@ -125,59 +149,7 @@ pub fn decide(folder: &Snapshot, observed: &Observed, now: DateTime<Utc>) -> Dec
         let Some(&generation) = observed.generations.get(&d.name) else {
             continue;
         };
-        let row = observed.rows.get(&d.name);
-        let (tick, wait) = schedule_tick(d, row, now);
-        if let Some(a) = observed.active.get(&d.name) {
-            if let Some((tick, due)) = tick {
-                out.actions.push(Action::RememberTick {
-                    pipeline: d.name.clone(),
-                    tick,
-                });
-                if due {
-                    out.actions.push(Action::RequestRerun {
-                        pipeline: d.name.clone(),
-                    });
-                }
-            }
-            out.requeue_within(wait);
-            if a.generation < generation
-                && d.manifest.spec.on_spec_change == OnSpecChange::Replace
-                && !a.cancelling
-            {
-                out.actions.push(Action::Cancel {
-                    pipeline: d.name.clone(),
-                    run: a.run,
-                    why: "replaced by a new generation",
-                });
-            }
-            continue;
-        }
-        let Some(&latest) = observed.latest.get(&d.name) else {
-            continue;
-        };
-        if let Some((tick, _)) = tick {
-            out.actions.push(Action::RememberTick {
-                pipeline: d.name.clone(),
-                tick,
-            });
-        }
-        out.requeue_within(wait);
-        let due = tick.is_some_and(|(_, due)| due);
-        let launch = |why| Action::Launch {
-            pipeline: d.name.clone(),
-            generation,
-            why,
-        };
-        match latest {
-            LatestRun::None => out.actions.push(launch(Why::NewGeneration)),
-            LatestRun::Unfinished => {}
-            LatestRun::Terminal if row.is_some_and(|r| r.rerun_requested) => {
-                out.actions
-                    .push(launch(Why::RerunRequested { or_tick: due }));
-            }
-            LatestRun::Terminal if due => out.actions.push(launch(Why::Schedule)),
-            LatestRun::Terminal => {}
-        }
+        decide_pipeline(d, generation, observed, now, &mut out);
     }
 
     // Pipelines whose manifest is gone.
@@ -223,6 +195,18 @@ pub fn decide(folder: &Snapshot, observed: &Observed, now: DateTime<Utc>) -> Dec
             });
         }
     }
+    // Suspended or resumed: the status file says so.
+    let now_suspended = suspended(folder);
+    let mut flipped: Vec<&String> = now_suspended
+        .symmetric_difference(&observed.suspended)
+        .filter(|n| folder.desired.contains_key(*n))
+        .collect();
+    flipped.sort();
+    for name in flipped {
+        out.actions.push(Action::WriteStatus {
+            pipeline: name.clone(),
+        });
+    }
     let now_invalid = invalid_sources(folder);
     for source in observed.reported_invalid.keys() {
         if !now_invalid.contains_key(source) {
@@ -236,6 +220,202 @@ pub fn decide(folder: &Snapshot, observed: &Observed, now: DateTime<Utc>) -> Dec
     out
 }
 
+/// One pipeline of the folder: what its runs, its schedule and a rerun request call for.
+fn decide_pipeline(
+    d: &Desired,
+    generation: i64,
+    observed: &Observed,
+    now: DateTime<Utc>,
+    out: &mut Decision,
+) {
+    let spec = &d.manifest.spec;
+    let name = &d.name;
+    let row = observed.rows.get(name);
+    let (due, wait) = schedule_tick(d, row, now);
+    out.requeue_within(wait);
+    let remember = |out: &mut Decision, tick| {
+        out.actions.push(Action::RememberTick {
+            pipeline: name.clone(),
+            tick,
+        })
+    };
+    let launch = |out: &mut Decision, why| {
+        out.actions.push(Action::Launch {
+            pipeline: name.clone(),
+            generation,
+            why,
+        })
+    };
+    let rerun_requested = row.is_some_and(|r| r.rerun_requested);
+    let active = observed.active.get(name);
+
+    // A spec change under `onSpecChange: replace` cancels this controller's run (suspended or
+    // not: the user asked for the new spec).
+    if let Some(a) = active
+        && a.generation < generation
+        && spec.on_spec_change == OnSpecChange::Replace
+        && !a.cancelling
+    {
+        out.actions.push(Action::Cancel {
+            pipeline: name.clone(),
+            run: a.run,
+            why: "replaced by a new generation",
+        });
+    }
+
+    // An `executioner run` of it under `Replace` asked for this run to make way.
+    if let Some(a) = active
+        && observed.cancel_requested.contains(&a.run)
+        && !a.cancelling
+    {
+        out.actions.push(Action::Cancel {
+            pipeline: name.clone(),
+            run: a.run,
+            why: "replaced by `executioner run` (concurrencyPolicy: Replace)",
+        });
+    }
+
+    if spec.suspend {
+        // Ticks pass without a run and are not owed after `unsuspend`; a rerun request waits.
+        match due {
+            Some(Due::Remember(tick) | Due::Run(tick) | Due::Missed(tick)) => remember(out, tick),
+            Some(Due::Nothing) | None => {}
+        }
+        return;
+    }
+
+    // The run in the way: this controller's, else one a foreground process drives.
+    let elsewhere = observed.elsewhere.get(name).copied();
+    let in_the_way = active.map(|a| a.run).or(elsewhere);
+    let policy = spec.concurrency_policy;
+    let replace = |out: &mut Decision| match active {
+        Some(a) if !a.cancelling => out.actions.push(Action::Cancel {
+            pipeline: name.clone(),
+            run: a.run,
+            why: "replaced by a new run (concurrencyPolicy: Replace)",
+        }),
+        Some(_) => {}
+        None => {
+            if let Some(run) = elsewhere {
+                out.actions.push(Action::CancelElsewhere {
+                    pipeline: name.clone(),
+                    run,
+                });
+                // Its owner stops it on its own time: look again soon.
+                out.requeue_within(Some(ELSEWHERE_POLL));
+            }
+        }
+    };
+
+    if let Some(running) = in_the_way {
+        // Only a foreground run is in the way: `Allow` starts alongside it.
+        let alongside = active.is_none() && policy == ConcurrencyPolicy::Allow;
+        match due {
+            Some(Due::Run(tick)) => match policy {
+                // `catchup: All` owes every tick: it waits for the run instead of being skipped.
+                ConcurrencyPolicy::Forbid if spec.catchup == crate::spec::Catchup::All => {}
+                ConcurrencyPolicy::Forbid => {
+                    remember(out, tick);
+                    out.actions.push(Action::SkipTick {
+                        pipeline: name.clone(),
+                        tick,
+                        run: running,
+                    });
+                }
+                // Nor is it folded into one queued run behind this controller's run.
+                ConcurrencyPolicy::Allow
+                    if !alongside && spec.catchup == crate::spec::Catchup::All => {}
+                ConcurrencyPolicy::Allow if alongside => {
+                    remember(out, tick);
+                    launch(out, Why::Schedule);
+                    return;
+                }
+                ConcurrencyPolicy::Allow => {
+                    remember(out, tick);
+                    out.actions.push(Action::RequestRerun {
+                        pipeline: name.clone(),
+                    });
+                }
+                ConcurrencyPolicy::Replace => {
+                    remember(out, tick);
+                    replace(out);
+                    out.actions.push(Action::RequestRerun {
+                        pipeline: name.clone(),
+                    });
+                }
+            },
+            Some(Due::Remember(tick) | Due::Missed(tick)) => remember(out, tick),
+            Some(Due::Nothing) | None => {}
+        }
+        if active.is_some() {
+            // A rerun waits for this controller's run to end (queued), or replaces it.
+            if rerun_requested && policy == ConcurrencyPolicy::Replace {
+                replace(out);
+            }
+            return;
+        }
+        // A foreground run only: the generation's own run and reruns follow the policy.
+        let wanted = rerun_requested || observed.latest.get(name) == Some(&LatestRun::None);
+        match policy {
+            ConcurrencyPolicy::Forbid => {
+                // Its end is no event of ours: look again soon for what waits on it.
+                if wanted {
+                    out.requeue_within(Some(BLOCKED_POLL));
+                }
+                return;
+            }
+            ConcurrencyPolicy::Replace => {
+                if wanted {
+                    replace(out);
+                }
+                return;
+            }
+            ConcurrencyPolicy::Allow => {}
+        }
+    }
+
+    let Some(&latest) = observed.latest.get(name) else {
+        return;
+    };
+    let tick_due = match due {
+        Some(Due::Run(tick)) if in_the_way.is_none() => {
+            remember(out, tick);
+            true
+        }
+        Some(Due::Remember(tick) | Due::Missed(tick)) if in_the_way.is_none() => {
+            remember(out, tick);
+            false
+        }
+        // Already decided above (a foreground run alongside, `Allow`).
+        Some(Due::Run(_) | Due::Remember(_) | Due::Missed(_) | Due::Nothing) | None => false,
+    };
+    match latest {
+        LatestRun::None => launch(out, Why::NewGeneration),
+        LatestRun::Unfinished => {}
+        LatestRun::Terminal if rerun_requested => {
+            launch(out, Why::RerunRequested { or_tick: tick_due })
+        }
+        LatestRun::Terminal if tick_due => launch(out, Why::Schedule),
+        LatestRun::Terminal => {}
+    }
+}
+
+/// How soon to look again after asking another process to cancel its run.
+pub const ELSEWHERE_POLL: Duration = Duration::from_millis(200);
+
+/// How often to look again while a run or a new generation waits for a foreground run to end.
+pub const BLOCKED_POLL: Duration = Duration::from_secs(1);
+
+/// The suspended pipelines of the folder: what is remembered after a pass.
+pub fn suspended(folder: &Folder) -> HashSet<String> {
+    folder
+        .desired
+        .values()
+        .filter(|d| d.manifest.spec.suspend)
+        .map(|d| d.name.clone())
+        .collect()
+}
+
 /// The invalid manifests of the folder (source -> message): what is reported after a pass.
 pub fn invalid_sources(folder: &Folder) -> HashMap<String, String> {
     folder
@@ -245,14 +425,14 @@ pub fn invalid_sources(folder: &Folder) -> HashMap<String, String> {
         .collect()
 }
 
-/// The schedule's tick to remember now (and whether it is due: one run, however many were
-/// missed), and how long until the next one. The store keeps the last tick as the wall-clock time
+/// What the schedule owes now (under `catchup` and `startingDeadline`), and how long until the
+/// next tick. The store keeps the last tick as the wall-clock time
 /// it was in the schedule's zone (labelled UTC): ticks are compared as wall-clock times.
 fn schedule_tick(
     d: &Desired,
     row: Option<&PipelineRow>,
     now: DateTime<Utc>,
-) -> (Option<(NaiveDateTime, bool)>, Option<Duration>) {
+) -> (Option<Due>, Option<Duration>) {
     let Some(text) = &d.manifest.spec.schedule else {
         return (None, None);
     };
@@ -265,12 +445,10 @@ fn schedule_tick(
     let wait = schedule.next_tick(now).map(|(_, at)| {
         (at - now).to_std().unwrap_or(Duration::from_secs(1)) + Duration::from_millis(5)
     });
-    let tick = match schedule.due(last_tick, now) {
-        Due::Remember(tick) => Some((tick, false)),
-        Due::Run(tick) => Some((tick, true)),
-        Due::Nothing => None,
-    };
-    (tick, wait)
+    let spec = &d.manifest.spec;
+    let deadline = spec.starting_deadline.map(|d| d.as_std());
+    let due = schedule.catch_up(last_tick, now, spec.catchup, deadline);
+    (Some(due), wait)
 }
 
 #[cfg(test)]
@@ -362,6 +540,9 @@ mod tests {
                 })
                 .collect(),
             reported_invalid: HashMap::new(),
+            elsewhere: HashMap::new(),
+            suspended: HashSet::new(),
+            cancel_requested: HashSet::new(),
         }
     }
 
@@ -509,7 +690,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_schedule_tick_starts_one_run_and_while_running_queues_one_rerun() {
+    async fn a_schedule_tick_starts_one_run_and_while_running_is_skipped() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(
             tmp.path().join("a.yaml"),
@@ -545,14 +726,16 @@ mod tests {
             vec![remember("2026-07-01 10:22"), launch("a", 1, Why::Schedule)]
         );
         assert_eq!(decision.requeue, Some(Duration::from_millis(60_005)));
-        // The same tick while a run goes on: one queued rerun instead.
+        // The same tick while a run goes on (`concurrencyPolicy: Forbid`, the default): skipped.
         seen.active = observed(&[], &[], &[("a", 7, 1)]).active;
         assert_eq!(
             decide(&snapshot, &seen, clock.now()).actions,
             vec![
                 remember("2026-07-01 10:22"),
-                Action::RequestRerun {
-                    pipeline: "a".into()
+                Action::SkipTick {
+                    pipeline: "a".into(),
+                    tick: tick("2026-07-01 10:22"),
+                    run: RunId::from(7),
                 }
             ]
         );
@@ -566,6 +749,309 @@ mod tests {
                 launch("a", 1, Why::RerunRequested { or_tick: true })
             ]
         );
+    }
+
+    /// A per-minute pipeline with `extra` spec lines, seen at 10:20:30 with the 10:19 tick
+    /// remembered: the 10:20 tick is due.
+    fn ticking(extra: &str) -> (tempfile::TempDir, Snapshot, Observed, Clock) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("a.yaml"),
+            manifest("a", &format!("  schedule: \"* * * * *\"\n{extra}")),
+        )
+        .unwrap();
+        let snapshot = read(&mut reader(tmp.path()));
+        let mut seen = observed(&[("a", 1)], &[("a", LatestRun::Terminal)], &[]);
+        seen.rows.get_mut("a").unwrap().last_tick =
+            Some(time::macros::datetime!(2026-07-01 10:19 UTC));
+        seen.suspended = suspended(&snapshot.folder);
+        (tmp, snapshot, seen, Clock::new())
+    }
+
+    fn tick_at(at: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(at, "%Y-%m-%d %H:%M").unwrap()
+    }
+
+    fn remember(at: &str) -> Action {
+        Action::RememberTick {
+            pipeline: "a".into(),
+            tick: tick_at(at),
+        }
+    }
+
+    fn rerun() -> Action {
+        Action::RequestRerun {
+            pipeline: "a".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tick_during_a_run_of_this_controller_follows_the_concurrency_policy() {
+        let cancel = Action::Cancel {
+            pipeline: "a".into(),
+            run: RunId::from(7),
+            why: "replaced by a new run (concurrencyPolicy: Replace)",
+        };
+        for (policy, want) in [
+            (
+                "",
+                vec![
+                    remember("2026-07-01 10:20"),
+                    Action::SkipTick {
+                        pipeline: "a".into(),
+                        tick: tick_at("2026-07-01 10:20"),
+                        run: RunId::from(7),
+                    },
+                ],
+            ),
+            ("Allow", vec![remember("2026-07-01 10:20"), rerun()]),
+            (
+                "Replace",
+                vec![remember("2026-07-01 10:20"), cancel.clone(), rerun()],
+            ),
+            // `catchup: All` owes every tick: it waits for the run, neither skipped nor remembered.
+            ("Forbid\n  catchup: All", vec![]),
+            ("Allow\n  catchup: All", vec![]),
+        ] {
+            let extra = match policy {
+                "" => String::new(),
+                p => format!("  concurrencyPolicy: {p}\n"),
+            };
+            let (_tmp, snapshot, mut seen, clock) = ticking(&extra);
+            seen.active = observed(&[], &[], &[("a", 7, 1)]).active;
+            assert_eq!(
+                decide(&snapshot, &seen, clock.now()).actions,
+                want,
+                "{policy}"
+            );
+            // Replace asks once: a run already stopping is not cancelled again.
+            if policy == "Replace" {
+                seen.active.get_mut("a").unwrap().cancelling = true;
+                assert_eq!(
+                    decide(&snapshot, &seen, clock.now()).actions,
+                    vec![remember("2026-07-01 10:20"), rerun()]
+                );
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_foreground_run_in_the_same_state_is_in_the_way_of_ticks_new_generations_and_reruns()
+    {
+        let launch_tick = launch("a", 1, Why::Schedule);
+        let cancel_there = Action::CancelElsewhere {
+            pipeline: "a".into(),
+            run: RunId::from(3),
+        };
+        for (policy, want) in [
+            (
+                "Forbid",
+                vec![
+                    remember("2026-07-01 10:20"),
+                    Action::SkipTick {
+                        pipeline: "a".into(),
+                        tick: tick_at("2026-07-01 10:20"),
+                        run: RunId::from(3),
+                    },
+                ],
+            ),
+            ("Allow", vec![remember("2026-07-01 10:20"), launch_tick]),
+            (
+                "Replace",
+                vec![remember("2026-07-01 10:20"), cancel_there.clone(), rerun()],
+            ),
+        ] {
+            let (_tmp, snapshot, mut seen, clock) =
+                ticking(&format!("  concurrencyPolicy: {policy}\n"));
+            seen.elsewhere.insert("a".into(), RunId::from(3));
+            let decision = decide(&snapshot, &seen, clock.now());
+            assert_eq!(decision.actions, want, "{policy}");
+            if policy == "Replace" {
+                assert_eq!(decision.requeue, Some(ELSEWHERE_POLL));
+            }
+        }
+        // No tick due: a new generation (or a rerun) waits under Forbid, starts alongside under
+        // Allow, and has the foreground run cancelled first under Replace.
+        for (policy, want) in [
+            ("Forbid", vec![]),
+            ("Allow", vec![launch("a", 1, Why::NewGeneration)]),
+            ("Replace", vec![cancel_there.clone()]),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            std::fs::write(
+                tmp.path().join("a.yaml"),
+                manifest("a", &format!("  concurrencyPolicy: {policy}\n")),
+            )
+            .unwrap();
+            let snapshot = read(&mut reader(tmp.path()));
+            let mut seen = observed(&[("a", 1)], &[("a", LatestRun::None)], &[]);
+            seen.elsewhere.insert("a".into(), RunId::from(3));
+            let clock = Clock::new();
+            let decision = decide(&snapshot, &seen, clock.now());
+            assert_eq!(decision.actions, want, "{policy}");
+            let requeue = match policy {
+                "Forbid" => Some(BLOCKED_POLL),
+                "Replace" => Some(ELSEWHERE_POLL),
+                _ => None,
+            };
+            assert_eq!(decision.requeue, requeue, "{policy}");
+            // Once it ended, the generation gets its run whatever the policy.
+            seen.elsewhere.clear();
+            assert_eq!(
+                decide(&snapshot, &seen, clock.now()).actions,
+                vec![launch("a", 1, Why::NewGeneration)]
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_foreground_run_under_replace_has_this_controllers_run_cancelled_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("a.yaml"),
+            manifest("a", "  concurrencyPolicy: Replace\n"),
+        )
+        .unwrap();
+        let snapshot = read(&mut reader(tmp.path()));
+        let mut seen = observed(&[("a", 1)], &[], &[("a", 7, 1)]);
+        seen.cancel_requested.insert(RunId::from(7));
+        let clock = Clock::new();
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![Action::Cancel {
+                pipeline: "a".into(),
+                run: RunId::from(7),
+                why: "replaced by `executioner run` (concurrencyPolicy: Replace)",
+            }]
+        );
+        seen.active.get_mut("a").unwrap().cancelling = true;
+        assert_eq!(decide(&snapshot, &seen, clock.now()), Decision::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rerun_waits_for_the_run_under_forbid_and_replaces_it_under_replace() {
+        for (policy, want) in [
+            ("Forbid", vec![]),
+            ("Allow", vec![]),
+            (
+                "Replace",
+                vec![Action::Cancel {
+                    pipeline: "a".into(),
+                    run: RunId::from(7),
+                    why: "replaced by a new run (concurrencyPolicy: Replace)",
+                }],
+            ),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            std::fs::write(
+                tmp.path().join("a.yaml"),
+                manifest("a", &format!("  concurrencyPolicy: {policy}\n")),
+            )
+            .unwrap();
+            let snapshot = read(&mut reader(tmp.path()));
+            let mut seen = observed(&[("a", 1)], &[], &[("a", 7, 1)]);
+            seen.rows.get_mut("a").unwrap().rerun_requested = true;
+            let clock = Clock::new();
+            assert_eq!(
+                decide(&snapshot, &seen, clock.now()).actions,
+                want,
+                "{policy}"
+            );
+            // The run ended: the queued rerun starts.
+            seen.active.clear();
+            seen.latest.insert("a".into(), LatestRun::Terminal);
+            assert_eq!(
+                decide(&snapshot, &seen, clock.now()).actions,
+                vec![launch("a", 1, Why::RerunRequested { or_tick: false })]
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_suspended_pipeline_starts_nothing_lets_its_run_finish_and_resumes_when_unsuspended()
+    {
+        let (tmp, snapshot, mut seen, clock) = ticking("  suspend: true\n");
+        // Suspended just now: its status says so; the due tick passes without a run.
+        seen.suspended.clear();
+        let decision = decide(&snapshot, &seen, clock.now());
+        assert_eq!(
+            decision.actions,
+            vec![
+                remember("2026-07-01 10:20"),
+                Action::WriteStatus {
+                    pipeline: "a".into()
+                }
+            ]
+        );
+        seen.suspended = suspended(&snapshot.folder);
+        seen.rows.get_mut("a").unwrap().last_tick =
+            Some(time::macros::datetime!(2026-07-01 10:20 UTC));
+        // Ticks, a rerun request and a generation without a run: nothing starts.
+        advance(Duration::from_secs(60)).await;
+        seen.rows.get_mut("a").unwrap().rerun_requested = true;
+        seen.latest.insert("a".into(), LatestRun::None);
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![remember("2026-07-01 10:21")]
+        );
+        // A run going on is not cancelled.
+        seen.active = observed(&[], &[], &[("a", 7, 1)]).active;
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![remember("2026-07-01 10:21")]
+        );
+        // Unsuspended (the 10:21 tick remembered): the status changes, and what waited starts.
+        seen.active.clear();
+        seen.rows.get_mut("a").unwrap().last_tick =
+            Some(time::macros::datetime!(2026-07-01 10:21 UTC));
+        std::fs::write(
+            tmp.path().join("a.yaml"),
+            manifest("a", "  schedule: \"* * * * *\"\n"),
+        )
+        .unwrap();
+        let snapshot = read(&mut reader(tmp.path()));
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![
+                launch("a", 1, Why::NewGeneration),
+                Action::WriteStatus {
+                    pipeline: "a".into()
+                }
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn missed_ticks_follow_catchup_and_the_starting_deadline() {
+        // Last tick 10:10, now 10:20:30: ten ticks missed.
+        let at_1010 = Some(time::macros::datetime!(2026-07-01 10:10 UTC));
+        for (extra, want) in [
+            (
+                "",
+                vec![remember("2026-07-01 10:20"), launch("a", 1, Why::Schedule)],
+            ),
+            ("  catchup: None\n", vec![remember("2026-07-01 10:20")]),
+            (
+                "  catchup: All\n",
+                vec![remember("2026-07-01 10:11"), launch("a", 1, Why::Schedule)],
+            ),
+            (
+                "  catchup: All\n  startingDeadline: 3m\n",
+                vec![remember("2026-07-01 10:18"), launch("a", 1, Why::Schedule)],
+            ),
+            (
+                "  startingDeadline: 10s\n",
+                vec![remember("2026-07-01 10:20")],
+            ),
+        ] {
+            let (_tmp, snapshot, mut seen, clock) = ticking(extra);
+            seen.rows.get_mut("a").unwrap().last_tick = at_1010;
+            assert_eq!(
+                decide(&snapshot, &seen, clock.now()).actions,
+                want,
+                "{extra}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -226,10 +226,10 @@ impl StatusWriter {
         folder: &Folder,
         name: &str,
     ) -> Result<(), StoreError> {
-        let (source, invalid) = match folder.desired.get(name) {
-            Some(d) => (d.source.clone(), None),
+        let (source, invalid, suspended) = match folder.desired.get(name) {
+            Some(d) => (d.source.clone(), None, d.manifest.spec.suspend),
             None => match folder.invalid_named(name) {
-                Some(i) => (i.source.clone(), Some(i.clone())),
+                Some(i) => (i.source.clone(), Some(i.clone()), false),
                 None => return Ok(()),
             },
         };
@@ -238,9 +238,16 @@ impl StatusWriter {
             state: &self.state_dir,
             manifests: &self.manifests_dir,
         };
-        let doc =
-            observe::pipeline_status(store, dirs, name, &source, row.as_ref(), invalid.as_ref())
-                .await?;
+        let doc = observe::pipeline_status(
+            store,
+            dirs,
+            name,
+            &source,
+            row.as_ref(),
+            invalid.as_ref(),
+            suspended,
+        )
+        .await?;
         let (key, text) = (status_key(&doc), doc.to_yaml());
         if let Some(live) = self.live.get_mut(name) {
             live.doc = Some(doc);

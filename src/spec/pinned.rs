@@ -65,8 +65,15 @@ impl Pinned {
     }
 }
 
-/// The pipeline's canonical spec (for hashing and pinning): stable JSON of `spec`.
+/// The pipeline's canonical spec (for hashing and pinning): stable JSON of `spec`, without
+/// `suspend`, which is an operator's switch and not a new generation (suspending and resuming a
+/// pipeline must not start a run).
 pub fn canonical_spec(manifest: &Manifest) -> String {
+    if manifest.spec.suspend {
+        let mut spec = manifest.spec.clone();
+        spec.suspend = false;
+        return serde_json::to_string(&spec).unwrap_or_default();
+    }
     serde_json::to_string(&manifest.spec).unwrap_or_default()
 }
 

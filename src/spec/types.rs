@@ -114,6 +114,30 @@ pub struct PipelineSpec {
         example = "@daily"
     )]
     pub schedule: Option<String>,
+    /// What a new run does while another run of this pipeline (from the controller or an
+    /// `executioner run` in the same state folder) is running: `Forbid` (the default: a second
+    /// `run` is refused, a schedule tick is skipped), `Allow` (both run) or `Replace` (the running
+    /// one is cancelled first).
+    #[serde(default, skip_serializing_if = "ConcurrencyPolicy::is_default")]
+    #[schemars(extend("default" = "Forbid"))]
+    pub concurrency_policy: ConcurrencyPolicy,
+    /// Schedule ticks missed (the controller was down, or the pipeline suspended) that are older
+    /// than this are not caught up; left out, any missed tick may be. At least 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = "1h")]
+    pub starting_deadline: Option<Duration>,
+    /// Which missed schedule ticks start a run: `None` (only a tick seen on time), `One` (the
+    /// default: one run for the latest missed tick) or `All` (one run per missed tick, within
+    /// `startingDeadline` and at most 100).
+    #[serde(default, skip_serializing_if = "Catchup::is_default")]
+    #[schemars(extend("default" = "One"))]
+    pub catchup: Catchup,
+    /// When true, no new run starts (no schedule tick, no run of a new generation; a `rerun`
+    /// waits for `unsuspend`); a run going on finishes. Not part of the generation: suspending
+    /// and resuming a pipeline does not start a run by itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schemars(extend("default" = false))]
+    pub suspend: bool,
     /// Notifications sent when a run ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notify>,
@@ -588,6 +612,45 @@ pub enum OnSpecChange {
 impl OnSpecChange {
     pub fn is_default(&self) -> bool {
         *self == OnSpecChange::Queue
+    }
+}
+
+/// What a new run does while another run of the same pipeline is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum ConcurrencyPolicy {
+    /// Refuse the new run: `executioner run` exits 2 naming the running one; a schedule tick is
+    /// skipped (recorded); a `rerun` waits for the running one to end.
+    #[default]
+    Forbid,
+    /// Start it alongside (a tick or rerun during the controller's own run queues one run right
+    /// after it: the controller drives one run of a pipeline at a time).
+    Allow,
+    /// Cancel the running one (recorded `Cancelled`, a user's action), then start the new one.
+    Replace,
+}
+
+impl ConcurrencyPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == ConcurrencyPolicy::Forbid
+    }
+}
+
+/// Which missed schedule ticks start a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum Catchup {
+    /// Nothing is caught up: a tick runs only when it is seen on time (within a minute, or
+    /// `startingDeadline` when shorter) and no tick was missed before it.
+    None,
+    /// One run for the latest missed tick, however many were missed.
+    #[default]
+    One,
+    /// One run per missed tick, oldest first, within `startingDeadline` and at most 100.
+    All,
+}
+
+impl Catchup {
+    pub fn is_default(&self) -> bool {
+        *self == Catchup::One
     }
 }
 

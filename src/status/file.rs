@@ -61,6 +61,8 @@ pub enum PipelinePhase {
     Invalid,
     /// Its run was left Running by a process that is gone.
     Interrupted,
+    /// `spec.suspend: true` and no run of it goes on: nothing new starts.
+    Suspended,
 }
 
 impl PipelinePhase {
@@ -73,6 +75,7 @@ impl PipelinePhase {
             PipelinePhase::Cancelled => "Cancelled",
             PipelinePhase::Invalid => "Invalid",
             PipelinePhase::Interrupted => "Interrupted",
+            PipelinePhase::Suspended => "Suspended",
         }
     }
 }

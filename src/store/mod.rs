@@ -20,11 +20,13 @@ mod inventory;
 mod migrations;
 mod open;
 pub mod outbox;
+mod overlap;
 mod pipelines;
 mod rounds;
 
 pub use batch::Batch;
 pub use inventory::AppliedFile;
+pub use overlap::EVENT_TICK_SKIPPED;
 pub use pipelines::PipelineRow;
 pub use rounds::{EVENT_JOB_REMOVED, EVENT_MARKED_SUCCESS, RoundChange};
 #[cfg(test)]
