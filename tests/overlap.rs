@@ -393,3 +393,31 @@ fn a_starting_deadline_too_short_to_catch_a_tick_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("concurrencyPolicy"), "{err}");
 }
+
+#[test]
+fn wait_on_a_suspended_pipeline_without_a_run_says_so_instead_of_hanging() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    ws.write(
+        "manifests/nightly.yaml",
+        &manifest(
+            "nightly",
+            "  suspend: true\n",
+            "    - {id: a, command: \"true\"}\n",
+        ),
+    );
+    wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(common::status_file(&ws, "nightly"))
+            .is_ok_and(|f| f.contains("phase: Suspended"))
+    });
+    let started = std::time::Instant::now();
+    let out = ws.run(&["wait", "nightly", "--timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(30), "it waited");
+    assert!(
+        text(&out.stderr).contains("executioner unsuspend nightly"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(common::run_count(&ws, "nightly"), 0);
+}

@@ -34,12 +34,15 @@ enum Seen {
     Invalid(Invalid),
     /// The pipeline is in neither the folder nor the store.
     Unknown,
+    /// `spec.suspend` holds and the generation has no run: none will start until `unsuspend`.
+    Suspended,
     NotYet,
 }
 
 /// Waits for pipeline `name`: for a terminal run of the generation of the manifest now in the
 /// manifests folder (`manifests`, else the one the controller recorded, else the configured one).
-/// Exit 0 Succeeded, 1 Failed/Cancelled or Invalid, 2 timeout or unknown pipeline.
+/// Exit 0 Succeeded, 1 Failed/Cancelled or Invalid, 2 timeout, unknown pipeline, or suspended with
+/// no run of its generation (it would never end).
 pub fn wait_for(
     name: &str,
     manifests: Option<&Path>,
@@ -69,6 +72,10 @@ pub fn wait_for(
             let dir = super::controller::watched_dir(manifests, store.as_ref(), &config).await?;
             let folder = folder::read_folder(&dir, &options, &trust, &folder::bound_sources(&rows))
                 .unwrap_or_default();
+            let suspended = folder
+                .desired
+                .get(name)
+                .is_some_and(|d| d.manifest.spec.suspend);
             let target = match (folder.desired.get(name), folder.invalid_named(name)) {
                 (Some(d), _) => Target::Spec(d.spec_hash.clone()),
                 (None, Some(i)) => Target::Invalid(i.clone()),
@@ -94,8 +101,10 @@ pub fn wait_for(
                 Target::Absent => row.generation,
             };
             let run = store.latest_run_of_generation(name, generation).await?;
-            Ok(match run.filter(|r| r.phase.is_terminal()) {
-                Some(r) => Seen::Terminal(r.phase),
+            Ok(match run {
+                Some(r) if r.phase.is_terminal() => Seen::Terminal(r.phase),
+                Some(_) => Seen::NotYet,
+                None if suspended => Seen::Suspended,
                 None => Seen::NotYet,
             })
         })?;
@@ -125,6 +134,13 @@ pub fn wait_for(
                     && timeout.is_none_or(|t| t > unknown_grace) =>
             {
                 return Err(CliError::usage(format!("pipeline/{name} not found")));
+            }
+            Seen::Suspended => {
+                println!("pipeline/{name} Suspended");
+                return Err(CliError::usage(format!(
+                    "pipeline/{name} is suspended and its generation has no run: none starts \
+                     until `executioner unsuspend {name}`"
+                )));
             }
             Seen::Unknown | Seen::NotYet => syntax_since = None,
         }
