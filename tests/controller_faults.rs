@@ -97,3 +97,43 @@ fn a_panicked_run_task_is_cleared_and_its_run_recovered() {
     wait_fault_line(&ws, "bad", "run task panicked");
     check_isolated(&ws, &mut c, || {});
 }
+
+/// A fault that does not go away does not spin: after five faults the run is left Running (for the
+/// next start, or `resume` once the controller has stopped) and said so, the other pipeline
+/// succeeds, and `--once` ends with the verdict of a run that did not succeed.
+#[test]
+fn a_run_that_keeps_faulting_is_left_running_and_once_ends() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.state_dir().join("logs")).unwrap();
+    std::fs::write(ws.state_dir().join("logs/bad"), "not a folder").unwrap();
+    ws.write("manifests/bad.yaml", &manifest("bad", "", JOBS));
+    ws.write("manifests/good.yaml", &manifest("good", "", JOBS));
+    let out = ws.run_limited(
+        &[
+            "--log-format",
+            "json",
+            "controller",
+            "--manifests",
+            "manifests",
+            "--once",
+        ],
+        Duration::from_secs(120),
+    );
+    let log = common::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    let faults: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "run failed in the engine" && l["pipeline"] == "bad")
+        .collect();
+    assert_eq!(faults.len(), 5, "{log}");
+    assert!(
+        faults[4]["recovery"]
+            .as_str()
+            .is_some_and(|r| r.contains("left Running")),
+        "{log}"
+    );
+    let good = common::status(&ws, "good").unwrap();
+    assert_eq!(good["status"]["phase"], "Succeeded", "{good}");
+    assert_eq!(run_count(&ws, "bad"), 1);
+}

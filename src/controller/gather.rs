@@ -1,10 +1,12 @@
 //! What the actor gathers before each decision: the folder's specs recorded in the store (which
 //! counts generations), the latest run of each pipeline's current generation, and this
-//! controller's own runs as the decision sees them. Each costs no store access when nothing
-//! changed. It neither decides (`reconcile`) nor starts anything (`runs`).
+//! controller's own runs as the decision sees them (each costs no store access when nothing
+//! changed), and the verdict of a controller that stops. It neither decides (`reconcile`) nor
+//! starts anything (`runs`).
 
 use std::collections::HashMap;
 
+use crate::status::RunPhase;
 use crate::store::{PipelineRow, StoreError};
 
 use super::Controller;
@@ -105,5 +107,20 @@ impl Controller {
             (name.clone(), run)
         });
         executing.chain(faulted).collect()
+    }
+
+    /// True when no manifest is invalid and every pipeline's latest run succeeded.
+    pub(super) async fn all_succeeded(&self) -> Result<bool, StoreError> {
+        let folder = self.reader.folder();
+        if !folder.invalid.is_empty() {
+            return Ok(false);
+        }
+        for name in folder.desired.keys() {
+            match self.store.latest_run(name).await? {
+                Some(r) if r.phase == RunPhase::Succeeded => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 }

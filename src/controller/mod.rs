@@ -7,8 +7,10 @@
 //! events, status writes and shutdown. Reconcile is level-triggered: whatever woke it, the actor
 //! reads the folder (`folder`), records its specs and gathers what the store says, lets the pure
 //! decision (`reconcile`) say what to do, and does it. Runs execute on the engine, sharing one
-//! worker semaphore; their events reach the status files through `status_writer`. See
-//! docs/controller.md.
+//! worker semaphore; their events reach the status files through `status_writer`. This file is
+//! the actor (its options, events, errors, the loop, `reconcile` and `act`); starting, finishing
+//! and recovering runs is `runs`, what a pass gathers from the store is `gather`, the watcher is
+//! `watch`. See docs/controller.md.
 
 pub mod folder;
 mod gather;
@@ -190,21 +192,7 @@ pub async fn run(
     // So that `status`, `wait` and others run from another folder find what this controller watches.
     store.set_manifests_dir(&opts.manifests_dir).await?;
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
-    let watcher = watch::watch(&opts.manifests_dir, &opts.state_dir, wake_tx);
-    let resync = match &watcher {
-        Ok(_) => opts
-            .config
-            .resync_interval
-            .as_std()
-            .max(Duration::from_millis(100)),
-        Err(e) => {
-            let _ = events.send(ControllerEvent::Warning(format!(
-                "cannot watch {} ({e}); falling back to a rescan every second",
-                opts.manifests_dir.display()
-            )));
-            Duration::from_secs(1)
-        }
-    };
+    let (watcher, resync) = watch::watch_or_rescan(&opts, wake_tx, &events);
     let _ = events.send(ControllerEvent::Started {
         manifests: opts.manifests_dir.clone(),
         workers,
@@ -342,20 +330,6 @@ impl Controller {
         self.active.is_empty() && self.faulted.is_empty() && !self.reader.retrying()
     }
 
-    async fn all_succeeded(&self) -> Result<bool, StoreError> {
-        let folder = self.reader.folder();
-        if !folder.invalid.is_empty() {
-            return Ok(false);
-        }
-        for name in folder.desired.keys() {
-            match self.store.latest_run(name).await? {
-                Some(r) if r.phase == RunPhase::Succeeded => {}
-                _ => return Ok(false),
-            }
-        }
-        Ok(true)
-    }
-
     /// One level-triggered pass: reads the folder, records its specs (the store gives each its
     /// generation), gathers what the store says, and does what `reconcile::decide` says. Returns
     /// when to come back early, if at all.
@@ -379,13 +353,6 @@ impl Controller {
         if !self.recovered {
             self.recovered = true;
             self.recover().await?;
-            // Runs that ended before a crash but whose notifications were never queued.
-            if let Err(e) = crate::notify::enqueue_missed(&self.store, &self.opts.state_dir).await {
-                let _ = self
-                    .events
-                    .send(ControllerEvent::Warning(format!("notifications: {e}")));
-            }
-            self.deliver();
         }
         let recovery_in = self.recover_faulted().await?;
 

@@ -3,7 +3,7 @@
 //! executes on, what a run's end does (notifications, its status file), and faults: a run whose
 //! task ends without ending it (an engine error, a panic) is logged and recovered as the same run
 //! after a pause, without stopping the controller or the other pipelines. It does not decide
-//! when a run starts or is cancelled (`reconcile`), nor watch anything (`mod.rs`).
+//! when a run starts or is cancelled (`reconcile`), nor gather what a pass sees (`gather`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,8 +56,8 @@ const MAX_RUN_FAULTS: u32 = 5;
 
 impl Controller {
     /// Runs left Running by a controller that stopped or died: recovered (see
-    /// [`Controller::recover_run`]). Runs of a foreground `executioner run` (generation 0) are the
-    /// user's to resume and are left alone.
+    /// [`Controller::recover_run`]); then the notifications a crash kept from being queued. Runs of
+    /// a foreground `executioner run` (generation 0) are the user's to resume and are left alone.
     pub(super) async fn recover(&mut self) -> Result<(), ControllerError> {
         for run in self.store.unfinished_runs().await? {
             if run.generation == 0 || engine::resume::owner_alive(&run) {
@@ -65,6 +65,13 @@ impl Controller {
             }
             self.recover_run(run, 0).await?;
         }
+        // Runs that ended before a crash but whose notifications were never queued.
+        if let Err(e) = crate::notify::enqueue_missed(&self.store, &self.opts.state_dir).await {
+            let _ = self
+                .events
+                .send(ControllerEvent::Warning(format!("notifications: {e}")));
+        }
+        self.deliver();
         Ok(())
     }
 

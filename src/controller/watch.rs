@@ -4,17 +4,40 @@
 //! decided here: the actor reads the folder (`folder`) and the store whatever woke it.
 
 use std::path::Path;
+use std::time::Duration;
 
 use notify::Watcher;
 use tokio::sync::mpsc;
 
 use crate::store::{Store, StoreError};
 
-use super::Wake;
+use super::{ControllerEvent, ControllerOptions, Wake};
+
+/// The watcher and the resync interval: the configured one, or, when the folders cannot be
+/// watched (out of inotify watches), no watcher and a rescan every second, said as a warning.
+pub(super) fn watch_or_rescan(
+    opts: &ControllerOptions,
+    wake: mpsc::UnboundedSender<Wake>,
+    events: &mpsc::UnboundedSender<ControllerEvent>,
+) -> (Option<notify::RecommendedWatcher>, Duration) {
+    match watch(&opts.manifests_dir, &opts.state_dir, wake) {
+        Ok(watcher) => {
+            let resync = opts.config.resync_interval.as_std();
+            (Some(watcher), resync.max(Duration::from_millis(100)))
+        }
+        Err(e) => {
+            let _ = events.send(ControllerEvent::Warning(format!(
+                "cannot watch {} ({e}); falling back to a rescan every second",
+                opts.manifests_dir.display()
+            )));
+            (None, Duration::from_secs(1))
+        }
+    }
+}
 
 /// Watches the manifests folder and the requests folder (made if missing); every event becomes a
 /// [`Wake`].
-pub(super) fn watch(
+fn watch(
     manifests: &Path,
     state_dir: &Path,
     wake: mpsc::UnboundedSender<Wake>,
