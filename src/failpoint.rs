@@ -4,7 +4,9 @@
 //!
 //! Also error points, for failures a test cannot cause from outside without harming the rest of
 //! the machine (exhausting the system's inotify watches): `EXECUTIONER_FAIL=NAME` makes
-//! [`fails`]`(NAME)` true. Without the feature it is always false.
+//! [`fails`]`(NAME)` true. Without the feature it is always false. [`fails_once`] is the same for
+//! one subject (`EXECUTIONER_FAIL=NAME:SUBJECT`, e.g. a pipeline), true only the first time: a
+//! transient fault, so that a test sees what recovers from it succeed.
 
 /// Marks a point where a crash must be survivable.
 #[inline]
@@ -57,13 +59,37 @@ pub fn clock_scale() -> u32 {
     1
 }
 
+/// Whether the error point `name` is armed for `subject` (`EXECUTIONER_FAIL=NAME:SUBJECT`) and has
+/// not fired yet in this process (`failpoints` builds only).
+#[inline]
+pub fn fails_once(name: &str, subject: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    return armed::fails_once(name, subject);
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = (name, subject);
+        false
+    }
+}
+
 #[cfg(feature = "failpoints")]
 mod armed {
     use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
     static COUNT: AtomicU64 = AtomicU64::new(0);
+    /// `EXECUTIONER_FAIL` names one point: one flag says whether it has fired.
+    static FIRED: AtomicBool = AtomicBool::new(false);
+
+    pub fn fails_once(name: &str, subject: &str) -> bool {
+        let armed = std::env::var("EXECUTIONER_FAIL").is_ok_and(|armed| {
+            armed
+                .split_once(':')
+                .is_some_and(|(point, armed_subject)| point == name && armed_subject == subject)
+        });
+        armed && !FIRED.swap(true, Ordering::SeqCst)
+    }
 
     pub fn hit(name: &str) {
         let target = TARGET.get_or_init(|| {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::{self, ControllerEvent, ControllerOptions, lock};
+use crate::controller::{self, ControllerEvent, ControllerOptions, RunFault, lock};
 use crate::status::file::{ConditionType, PipelinePhase, PipelineStatusDoc};
 use crate::validate::Options;
 
@@ -131,6 +131,33 @@ fn log_event(event: &ControllerEvent) {
             run = run.get(),
             "schedule tick skipped: the run is still going on (concurrencyPolicy: Forbid)"
         ),
+        ControllerEvent::RunFault {
+            pipeline,
+            run,
+            fault,
+            retry_in,
+        } => {
+            let recovery = match retry_in {
+                Some(pause) => format!("the run is recovered in {pause:?}"),
+                None => "it faulted too often: left Running for the next start".to_owned(),
+            };
+            match fault {
+                RunFault::Engine(e) => tracing::error!(
+                    pipeline = %pipeline,
+                    run = run.get(),
+                    error = %super::error::chain(e.as_ref()),
+                    recovery = %recovery,
+                    "run failed in the engine"
+                ),
+                RunFault::Panicked(message) => tracing::error!(
+                    pipeline = %pipeline,
+                    run = run.get(),
+                    error = %message,
+                    recovery = %recovery,
+                    "run task panicked"
+                ),
+            }
+        }
         ControllerEvent::Warning(message) => tracing::warn!("{message}"),
         ControllerEvent::Stopping => tracing::info!("stopping: interrupting runs"),
     }

@@ -7,39 +7,43 @@
 //! events, status writes and shutdown. Reconcile is level-triggered: whatever woke it, the actor
 //! reads the folder (`folder`), records its specs and gathers what the store says, lets the pure
 //! decision (`reconcile`) say what to do, and does it. Runs execute on the engine, sharing one
-//! worker semaphore; their events reach the status files through `status_writer`. See
-//! docs/controller.md.
+//! worker semaphore; their events reach the status files through `status_writer`. This file is
+//! the actor (its options, events, errors, the loop, `reconcile` and `act`); starting, finishing
+//! and recovering runs is `runs`, what a pass gathers from the store is `gather`, the watcher is
+//! `watch`. See docs/controller.md.
 
 pub mod folder;
+mod gather;
 pub mod lock;
 pub mod observe;
 pub mod overlap;
 pub mod permissions;
 pub mod reconcile;
+mod runs;
 pub mod status_writer;
+mod watch;
+
+pub use watch::request_rerun;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use indexmap::IndexMap;
-use notify::Watcher;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::engine::launch::{self, PinnedPlan, Round};
-use crate::engine::{self, EngineError, EngineOptions, RunEvent, RunReport};
-use crate::spec::{OnSpecChange, Pinned};
+use crate::engine::{EngineError, EngineOptions};
 use crate::status::RunPhase;
 use crate::store::{PipelineRow, RunId, Store, StoreError};
 use crate::validate::Options;
 
-use folder::{Desired, Folder, FolderReader};
+use folder::{Folder, FolderReader};
 use permissions::Trust;
-use reconcile::{Action, ActiveRun, LatestRun, Observed, Why};
+use reconcile::{Action, Observed, Why};
+use runs::{Active, Faulted, Progress, RunDone};
 use status_writer::StatusWriter;
 
 /// Quiet time after a folder event before reconciling.
@@ -105,16 +109,31 @@ pub enum ControllerEvent {
         tick: String,
         run: RunId,
     },
+    /// A run's task ended without ending the run: recovered as the same run after `retry_in`,
+    /// or, when `None` (it faulted too often), left Running for the next start.
+    RunFault {
+        pipeline: String,
+        run: RunId,
+        fault: RunFault,
+        retry_in: Option<Duration>,
+    },
     Warning(String),
     Stopping,
+}
+
+/// How a run's task failed.
+#[derive(Debug, Clone)]
+pub enum RunFault {
+    /// The engine stopped with an error (the store or the log folder failed).
+    Engine(Arc<EngineError>),
+    /// The task panicked (a defect): the panic's message.
+    Panicked(String),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
     #[error("cannot read the manifests folder {}", path.display())]
     Folder {
         path: PathBuf,
@@ -132,19 +151,6 @@ enum Wake {
     Files(notify::Result<notify::Event>),
 }
 
-struct Active {
-    run: RunId,
-    generation: i64,
-    cancel: CancellationToken,
-    cancelling: bool,
-    /// Stops the run's jobs without ending the run (the controller is stopping).
-    interrupt: CancellationToken,
-}
-
-type RunDone = (String, RunId, Result<RunReport, EngineError>);
-/// A progress event of a run, with its pipeline.
-type Progress = (String, RunId, RunEvent);
-
 /// The reconcile actor.
 struct Controller {
     opts: ControllerOptions,
@@ -153,6 +159,8 @@ struct Controller {
     engine: EngineOptions,
     kill_now: CancellationToken,
     active: HashMap<String, Active>,
+    /// Runs whose task ended without ending them, waiting to be recovered.
+    faulted: HashMap<String, Faulted>,
     runs: JoinSet<RunDone>,
     /// The outbox delivery pass, when one is under way.
     deliveries: JoinSet<()>,
@@ -184,8 +192,6 @@ pub async fn run(
     kill_now: CancellationToken,
 ) -> Result<bool, ControllerError> {
     let workers = opts.config.workers();
-    let requests = crate::state_dir::requests_dir(&opts.state_dir);
-    let _ = crate::state_dir::create_private_dir(&requests);
     std::fs::create_dir_all(&opts.manifests_dir).map_err(|source| ControllerError::Folder {
         path: opts.manifests_dir.clone(),
         source,
@@ -195,35 +201,7 @@ pub async fn run(
     // So that `status`, `wait` and others run from another folder find what this controller watches.
     store.set_manifests_dir(&opts.manifests_dir).await?;
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel::<Wake>();
-    let watcher = {
-        let tx = wake_tx.clone();
-        notify::recommended_watcher(move |res| {
-            let _ = tx.send(Wake::Files(res));
-        })
-        .and_then(|mut w| {
-            if crate::failpoint::fails("watch") {
-                // What running out of inotify watches looks like to us (tests only).
-                return Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch));
-            }
-            w.watch(&opts.manifests_dir, notify::RecursiveMode::NonRecursive)?;
-            w.watch(&requests, notify::RecursiveMode::NonRecursive)?;
-            Ok(w)
-        })
-    };
-    let resync = match &watcher {
-        Ok(_) => opts
-            .config
-            .resync_interval
-            .as_std()
-            .max(Duration::from_millis(100)),
-        Err(e) => {
-            let _ = events.send(ControllerEvent::Warning(format!(
-                "cannot watch {} ({e}); falling back to a rescan every second",
-                opts.manifests_dir.display()
-            )));
-            Duration::from_secs(1)
-        }
-    };
+    let (watcher, resync) = watch::watch_or_rescan(&opts, wake_tx, &events);
     let _ = events.send(ControllerEvent::Started {
         manifests: opts.manifests_dir.clone(),
         workers,
@@ -253,6 +231,7 @@ pub async fn run(
         events,
         kill_now,
         active: HashMap::new(),
+        faulted: HashMap::new(),
         runs: JoinSet::new(),
         deliveries: JoinSet::new(),
         reported_invalid: HashMap::new(),
@@ -286,10 +265,8 @@ pub async fn run(
         }
         tokio::select! {
             biased;
-            Some(done) = c.runs.join_next(), if !c.runs.is_empty() => {
-                if let Ok((name, run, result)) = done {
-                    c.finished(&name, run, result).await?;
-                }
+            Some(done) = c.runs.join_next_with_id(), if !c.runs.is_empty() => {
+                c.task_ended(done).await?;
                 if !stopping {
                     // Coalesced: a burst of runs ending costs one pass, not one each.
                     let at = tokio::time::Instant::now() + DEBOUNCE;
@@ -301,7 +278,7 @@ pub async fn run(
                 let Wake::Files(res) = wake;
                 match res {
                     // Reading the folder (our own readdir) shows up as an access: not a change.
-                    Ok(event) if !relevant(&event) => continue,
+                    Ok(event) if !watch::relevant(&event) => continue,
                     Ok(event) => c.reader.note_event(&event),
                     Err(e) => {
                         let _ = c.events.send(ControllerEvent::Warning(format!("watcher error ({e}); full rescan")));
@@ -350,21 +327,6 @@ pub async fn run(
     Ok(c.all_succeeded().await?)
 }
 
-/// Whether a folder event can mean a changed manifest or request (reads and opens cannot).
-fn relevant(event: &notify::Event) -> bool {
-    use notify::EventKind;
-    use notify::event::{AccessKind, AccessMode};
-    match event.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        EventKind::Any
-        | EventKind::Create(_)
-        | EventKind::Modify(_)
-        | EventKind::Remove(_)
-        | EventKind::Other => true,
-    }
-}
-
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -375,21 +337,7 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 impl Controller {
     /// True when nothing runs and every valid pipeline's current generation has a terminal run.
     fn is_settled(&self) -> bool {
-        self.active.is_empty() && !self.reader.retrying()
-    }
-
-    async fn all_succeeded(&self) -> Result<bool, StoreError> {
-        let folder = self.reader.folder();
-        if !folder.invalid.is_empty() {
-            return Ok(false);
-        }
-        for name in folder.desired.keys() {
-            match self.store.latest_run(name).await? {
-                Some(r) if r.phase == RunPhase::Succeeded => {}
-                _ => return Ok(false),
-            }
-        }
-        Ok(true)
+        self.active.is_empty() && self.faulted.is_empty() && !self.reader.retrying()
     }
 
     /// One level-triggered pass: reads the folder, records its specs (the store gives each its
@@ -415,14 +363,8 @@ impl Controller {
         if !self.recovered {
             self.recovered = true;
             self.recover().await?;
-            // Runs that ended before a crash but whose notifications were never queued.
-            if let Err(e) = crate::notify::enqueue_missed(&self.store, &self.opts.state_dir).await {
-                let _ = self
-                    .events
-                    .send(ControllerEvent::Warning(format!("notifications: {e}")));
-            }
-            self.deliver();
         }
+        let recovery_in = self.recover_faulted().await?;
 
         let generations = self.record_specs(&snapshot.folder, &rows).await?;
         let latest = self
@@ -432,18 +374,7 @@ impl Controller {
             rows,
             generations,
             latest,
-            active: self
-                .active
-                .iter()
-                .map(|(name, a)| {
-                    let run = ActiveRun {
-                        run: a.run,
-                        generation: a.generation,
-                        cancelling: a.cancelling,
-                    };
-                    (name.clone(), run)
-                })
-                .collect(),
+            active: self.own_runs(),
             reported_invalid: std::mem::take(&mut self.reported_invalid),
             elsewhere: overlap::running_elsewhere(
                 &self.store,
@@ -468,85 +399,13 @@ impl Controller {
                 self.write_status(&name).await?;
             }
         }
-        Ok(decision
+        let requeue = decision
             .requeue
-            .map(|after| after / crate::failpoint::clock_scale()))
-    }
-
-    /// Tells the store each pipeline of the folder (it counts generations); an unchanged pipeline
-    /// costs no write. Returns each one's current generation.
-    async fn record_specs(
-        &mut self,
-        folder: &Folder,
-        rows: &HashMap<String, PipelineRow>,
-    ) -> Result<HashMap<String, i64>, StoreError> {
-        let mut generations = HashMap::new();
-        let mut revision = crate::revision::FolderRevision::new(&self.opts.manifests_dir);
-        for d in folder.desired.values() {
-            let known = self
-                .observed
-                .get(&d.name)
-                .filter(|(hash, source, _)| *hash == d.spec_hash && *source == d.source)
-                .map(|(_, _, g)| *g)
-                .filter(|_| rows.get(&d.name).is_some_and(|r| !r.deleted));
-            let generation = match known {
-                Some(g) => g,
-                None => {
-                    let g = self
-                        .store
-                        .observe_pipeline(&d.name, &d.spec_hash, &d.source)
-                        .await?;
-                    if let Some(revision) = revision.get().await {
-                        self.store.record_revision(&d.name, g, revision).await?;
-                    }
-                    self.observed
-                        .insert(d.name.clone(), (d.spec_hash.clone(), d.source.clone(), g));
-                    self.dirty.insert(d.name.clone());
-                    g
-                }
-            };
-            generations.insert(d.name.clone(), generation);
-        }
-        Ok(generations)
-    }
-
-    /// The latest run of the current generation of each pipeline not running here, except those
-    /// already known to have a terminal one and with nothing asking for another (no rerun
-    /// request, no schedule): those cost no query.
-    async fn latest_runs(
-        &mut self,
-        folder: &Folder,
-        rows: &HashMap<String, PipelineRow>,
-        generations: &HashMap<String, i64>,
-    ) -> Result<HashMap<String, LatestRun>, StoreError> {
-        let mut latest = HashMap::new();
-        for d in folder.desired.values() {
-            let Some(&generation) = generations.get(&d.name) else {
-                continue;
-            };
-            let rerun_requested = rows.get(&d.name).is_some_and(|r| r.rerun_requested);
-            if self.active.contains_key(&d.name)
-                || (self.settled.get(&d.name) == Some(&generation)
-                    && !rerun_requested
-                    && d.manifest.spec.schedule.is_none())
-            {
-                continue;
-            }
-            let run = self
-                .store
-                .latest_run_of_generation(&d.name, generation)
-                .await?;
-            let seen = match run {
-                None => LatestRun::None,
-                Some(r) if !r.phase.is_terminal() => LatestRun::Unfinished,
-                Some(_) => {
-                    self.settled.insert(d.name.clone(), generation);
-                    LatestRun::Terminal
-                }
-            };
-            latest.insert(d.name.clone(), seen);
-        }
-        Ok(latest)
+            .map(|after| after / crate::failpoint::clock_scale());
+        Ok(match (requeue, recovery_in) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     /// Carries out one action of the decision.
@@ -637,216 +496,6 @@ impl Controller {
         Ok(())
     }
 
-    /// Runs left Running by a controller that stopped or died: recovered and continued (only what
-    /// had not ended runs) on their pinned spec when their manifest is still there, unless it
-    /// changed meanwhile under `onSpecChange: replace`; closed as Cancelled when the manifest was
-    /// deleted or replaced. Runs of a foreground `executioner run` (generation 0) are the user's
-    /// to resume and are left alone.
-    async fn recover(&mut self) -> Result<(), ControllerError> {
-        for run in self.store.unfinished_runs().await? {
-            if run.generation == 0 || engine::resume::owner_alive(&run) {
-                continue;
-            }
-            let continues = if self.active.contains_key(run.pipeline.as_str()) {
-                false
-            } else if let Some(d) = self.reader.folder().desired.get(run.pipeline.as_str()) {
-                let generation = self
-                    .store
-                    .observe_pipeline(&d.name, &d.spec_hash, &d.source)
-                    .await?;
-                generation == run.generation
-                    || d.manifest.spec.on_spec_change == OnSpecChange::Queue
-            } else {
-                // An invalid edit does not stop a run of an earlier valid generation.
-                self.reader.folder().invalid_named(&run.pipeline).is_some()
-            };
-            let pinned = Pinned::from_json(&run.spec_json).ok();
-            let plan = match pinned.as_ref().map(|p| p.plan()) {
-                Some(Ok(plan)) => Some(plan),
-                Some(Err(e)) if continues => {
-                    // Left Running (and shown interrupted): a user can fix the environment and
-                    // resume it; cancelling would throw the run away.
-                    let _ = self.events.send(ControllerEvent::Warning(format!(
-                        "run {} of {}: cannot continue it: {}",
-                        run.id,
-                        run.pipeline,
-                        crate::error_chain::render(&e)
-                    )));
-                    continue;
-                }
-                Some(Err(_)) | None => None,
-            };
-            let Some(plan) = plan.filter(|_| continues) else {
-                engine::resume::recover(&self.store, &run).await?;
-                let coe = pinned
-                    .as_ref()
-                    .map_or_else(Vec::new, Pinned::continue_on_error);
-                let coe: Vec<&str> = coe.iter().map(String::as_str).collect();
-                self.store.cancel_run(run.id, &coe).await?;
-                continue;
-            };
-            let owner = launch::this_process();
-            let mode = engine::resume::ResumeMode::Continue;
-            match launch::next_round(&self.store, &run, &plan, mode, &owner, None).await? {
-                Round::Next { request, lost, .. } => {
-                    let _ = self.events.send(ControllerEvent::RunResumed {
-                        pipeline: run.pipeline.to_string(),
-                        run: run.id,
-                        lost: lost.iter().map(ToString::to_string).collect(),
-                    });
-                    self.spawn_run(run.pipeline.to_string(), plan, request, run.generation);
-                }
-                Round::AlreadySucceeded | Round::NothingToDo | Round::OwnedElsewhere { .. } => {}
-            }
-        }
-        Ok(())
-    }
-
-    async fn launch(
-        &mut self,
-        d: &Desired,
-        generation: i64,
-        why: &'static str,
-    ) -> Result<(), StoreError> {
-        let pinned = Pinned::new(
-            d.manifest.clone(),
-            &self.opts.manifests_dir,
-            IndexMap::new(),
-            Vec::new(),
-        );
-        let plan = match pinned.plan() {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = self.events.send(ControllerEvent::Warning(format!(
-                    "pipeline {}: cannot start a run: {}",
-                    d.name,
-                    crate::error_chain::render(&e)
-                )));
-                return Ok(());
-            }
-        };
-        let owner = launch::this_process();
-        let request = launch::new_run(&self.store, &plan, &pinned, generation, &owner).await?;
-        let _ = self.events.send(ControllerEvent::RunStarted {
-            pipeline: d.name.clone(),
-            run: request.run_id,
-            generation,
-            why,
-        });
-        self.settled.remove(&d.name);
-        self.dirty.insert(d.name.clone());
-        self.spawn_run(d.name.clone(), plan, request, generation);
-        Ok(())
-    }
-
-    fn spawn_run(
-        &mut self,
-        name: String,
-        plan: engine::Plan,
-        request: engine::RunRequest,
-        generation: i64,
-    ) {
-        let stop = engine::Stop::default();
-        let run = request.run_id;
-        self.active.insert(
-            name.clone(),
-            Active {
-                run,
-                generation,
-                cancel: stop.cancel.clone(),
-                cancelling: false,
-                interrupt: stop.interrupt.clone(),
-            },
-        );
-        let jobs = plan.jobs.iter().map(|j| j.id.to_string()).collect();
-        self.status.run_started(&name, run, jobs);
-        let store = self.store.clone();
-        let options = self.engine.clone();
-        let stop = engine::Stop {
-            kill_now: self.kill_now.clone(),
-            ..stop
-        };
-        // The run's events, labelled with its pipeline, reach the status writer through a task
-        // of their own (it ends when the engine drops its sender): the run's task neither polls
-        // the engine again per event nor waits for the forwarding to end.
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let progress = self.progress.clone();
-        let pipeline = name.clone();
-        tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                let _ = progress.send((pipeline.clone(), run, event));
-            }
-        });
-        self.runs.spawn(async move {
-            let result = engine::execute(&store, Arc::new(plan), request, &options, tx, stop).await;
-            (name, run, result)
-        });
-    }
-
-    async fn finished(
-        &mut self,
-        name: &str,
-        run: RunId,
-        result: Result<RunReport, EngineError>,
-    ) -> Result<(), ControllerError> {
-        self.active.remove(name);
-        self.status.run_ended(name);
-        crate::failpoint::hit("run-committed");
-        // An interrupted run has not ended: its notifications wait for its end.
-        let ended = result.as_ref().is_ok_and(|r| r.phase.is_terminal());
-        if ended
-            && let Err(e) =
-                crate::notify::enqueue_for_run(&self.store, run, &self.opts.state_dir).await
-        {
-            let _ = self.events.send(ControllerEvent::Warning(format!(
-                "notifications of run {run}: {e}"
-            )));
-        }
-        self.deliver();
-        match result {
-            Ok(report) if report.phase.is_terminal() => {
-                let _ = self.events.send(ControllerEvent::RunFinished {
-                    pipeline: name.to_owned(),
-                    run,
-                    phase: report.phase,
-                });
-            }
-            Ok(_) => {
-                let _ = self.events.send(ControllerEvent::RunInterrupted {
-                    pipeline: name.to_owned(),
-                    run,
-                });
-            }
-            Err(e) => return Err(e.into()),
-        }
-        self.write_status(name).await?;
-        Ok(())
-    }
-
-    /// Sends what is due in the outbox on a task of its own (an SMTP timeout never blocks the
-    /// loop); at most one delivery pass at a time.
-    fn deliver(&mut self) {
-        if !self.deliveries.is_empty() {
-            return;
-        }
-        let store = self.store.clone();
-        let config = self.opts.config.clone();
-        let events = self.events.clone();
-        self.deliveries.spawn(async move {
-            match crate::notify::deliver_due(&store, &config).await {
-                Ok((_, 0)) => {}
-                Ok((sent, failed)) => {
-                    let _ = events.send(ControllerEvent::Warning(format!(
-                        "notifications: {sent} sent, {failed} failed (retried later)"
-                    )));
-                }
-                Err(e) => {
-                    let _ = events.send(ControllerEvent::Warning(format!("notifications: {e}")));
-                }
-            }
-        });
-    }
-
     /// Every pipeline's status file (see `StatusWriter::write_all`).
     async fn write_all_statuses(&mut self) -> Result<(), StoreError> {
         let generations: HashMap<String, i64> = self
@@ -864,20 +513,4 @@ impl Controller {
             .write(&self.store, self.reader.folder(), name)
             .await
     }
-}
-
-/// Asks a running controller for a new run of `name` (through the store and a request file the
-/// controller watches). False when the pipeline is unknown.
-pub async fn request_rerun(
-    store: &Store,
-    state_dir: &Path,
-    name: &str,
-) -> Result<bool, StoreError> {
-    if !store.request_rerun(name).await? {
-        return Ok(false);
-    }
-    let dir = crate::state_dir::requests_dir(state_dir);
-    let _ = crate::state_dir::create_private_dir(&dir);
-    let _ = std::fs::write(dir.join(format!("rerun-{name}")), b"");
-    Ok(true)
 }

@@ -128,7 +128,11 @@ pub async fn next_round(
 ) -> Result<Round, StoreError> {
     let mut lost = Vec::new();
     if run.phase == RunPhase::Running {
-        if resume::owner_alive(run) {
+        // A run this process owns is asked for another round only when no task of it drives
+        // the run any more (the controller recovering a run whose task failed).
+        let ours = run.owner_pid == Some(i64::from(owner.pid))
+            && run.owner_start_time.and_then(|t| u64::try_from(t).ok()) == owner.start_time;
+        if resume::owner_alive(run) && !ours {
             return Ok(Round::OwnedElsewhere {
                 pid: run.owner_pid.unwrap_or_default(),
                 host: run.owner_host.clone().unwrap_or_default(),
