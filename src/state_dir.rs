@@ -28,6 +28,29 @@ pub fn controller_lock_path(state_dir: &Path) -> PathBuf {
     state_dir.join("controller.lock")
 }
 
+/// `STATE/locks/PIPELINE.lock`: held by a foreground `run` while it checks for an overlapping run
+/// and records its own. Names are validated, so it stays inside.
+pub fn pipeline_lock_path(state_dir: &Path, pipeline: &str) -> PathBuf {
+    state_dir.join("locks").join(format!("{pipeline}.lock"))
+}
+
+/// Opens (creating, mode 0600, never truncating, refusing symlinks) a file that is only ever
+/// locked: the controller's and each pipeline's lock.
+pub fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// `STATE/requests`: a running controller watches it for requests made by other commands.
 pub fn requests_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("requests")

@@ -88,30 +88,14 @@ pub struct ApplyArgs {
 
 pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
     let config = super::load_config(global)?;
-    let dir = args
-        .manifests
-        .clone()
-        .unwrap_or_else(|| config.manifests_dir.clone());
-    let options = Options {
-        security: super::security_policy(&config),
-        ..Options::default()
-    };
+    let (dir, options) = target(args.manifests.as_deref(), &config);
 
     let source = prune::source_key(&args.file)?;
     prune::check_source(source.as_deref(), args.prune)?;
     let sources = read_sources(&args.file, args.prune)?;
     let incoming = validate_all(&sources, &options, global.quiet)?;
     prune::check_not_empty(&args.file, incoming.len(), args.prune, args.allow_empty)?;
-    let folder = Folder::scan(&dir)?;
-    if !global.quiet {
-        for (path, e) in folder.unparsable() {
-            eprintln!(
-                "warning: {}: ignored, cannot be parsed: {}",
-                path.display(),
-                load_message(e)
-            );
-        }
-    }
+    let folder = Folder::scan_warning(&dir, global.quiet)?;
     let plan = plan(&incoming, &folder)?;
     // The controller would refuse the folder; writing manifests there would only hand them to
     // whoever else can write it.
@@ -280,6 +264,20 @@ pub(super) struct Source {
 
 /// Reads what `-f` names. A folder without manifest files is an error, unless `may_be_empty`
 /// (`--prune`, which decides about an empty source itself).
+/// The manifests folder to write (`--manifests`, else the configured one) and the validation
+/// options, as apply and diff both use them.
+pub(super) fn target(
+    manifests: Option<&Path>,
+    config: &crate::config::Config,
+) -> (PathBuf, Options) {
+    let dir = manifests.map_or_else(|| config.manifests_dir.clone(), Path::to_path_buf);
+    let options = Options {
+        security: super::security_policy(config),
+        ..Options::default()
+    };
+    (dir, options)
+}
+
 pub(super) fn read_sources(file: &Path, may_be_empty: bool) -> Result<Vec<Source>, CliError> {
     if file == Path::new("-") {
         let mut bytes = Vec::new();
@@ -621,6 +619,22 @@ pub(super) struct FolderDoc {
 }
 
 impl Folder {
+    /// [`Folder::scan`], with a warning on stderr (unless `quiet`) for each file that does not
+    /// parse: it is left alone, and the user should know why.
+    pub(super) fn scan_warning(dir: &Path, quiet: bool) -> Result<Self, CliError> {
+        let folder = Self::scan(dir)?;
+        if !quiet {
+            for (path, e) in folder.unparsable() {
+                eprintln!(
+                    "warning: {}: ignored, cannot be parsed: {}",
+                    path.display(),
+                    load_message(e)
+                );
+            }
+        }
+        Ok(folder)
+    }
+
     /// A missing folder is an empty one (`apply` creates it).
     pub(super) fn scan(dir: &Path) -> Result<Self, CliError> {
         let parsed = crate::controller::folder::parse_all(dir).map_err(|e| {

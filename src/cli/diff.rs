@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use similar::TextDiff;
 
 use crate::spec::{Format, Manifest};
-use crate::validate::Options;
 
 use super::apply::{self, Action};
 use super::prune::{self, Inventory};
@@ -61,30 +60,14 @@ pub fn run(args: &DiffArgs, global: &GlobalArgs) -> CliResult {
 
 fn compare(args: &DiffArgs, global: &GlobalArgs) -> CliResult {
     let config = super::load_config(global)?;
-    let dir = args
-        .manifests
-        .clone()
-        .unwrap_or_else(|| config.manifests_dir.clone());
-    let options = Options {
-        security: super::security_policy(&config),
-        ..Options::default()
-    };
+    let (dir, options) = apply::target(args.manifests.as_deref(), &config);
     let source = prune::source_key(&args.file)?;
     prune::check_source(source.as_deref(), args.prune)?;
     let sources = apply::read_sources(&args.file, args.prune)?;
     let incoming = apply::validate_all(&sources, &options, global.quiet)
         .map_err(|_| CliError::usage("invalid manifests; nothing to compare"))?;
     prune::check_not_empty(&args.file, incoming.len(), args.prune, args.allow_empty)?;
-    let folder = apply::Folder::scan(&dir)?;
-    if !global.quiet {
-        for (path, e) in folder.unparsable() {
-            eprintln!(
-                "warning: {}: ignored, cannot be parsed: {}",
-                path.display(),
-                apply::load_message(e)
-            );
-        }
-    }
+    let folder = apply::Folder::scan_warning(&dir, global.quiet)?;
     let plan =
         apply::plan(&incoming, &folder).map_err(|_| CliError::usage("nothing to compare"))?;
     let prunable = match source.filter(|_| args.prune) {

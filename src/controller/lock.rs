@@ -26,21 +26,12 @@ pub enum LockError {
 
 /// Takes the lock without waiting.
 pub fn acquire(state_dir: &Path) -> Result<ControllerLock, LockError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = crate::state_dir::controller_lock_path(state_dir);
     let io = |source| LockError::Io {
         path: path.clone(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(io)?;
+    let file = crate::state_dir::open_lock_file(&path).map_err(io)?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             lock.set_len(0).map_err(io)?;

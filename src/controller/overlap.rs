@@ -101,16 +101,8 @@ pub fn lock_pipeline(
     state_dir: &std::path::Path,
     pipeline: &str,
 ) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = state_dir.join("locks");
-    crate::state_dir::create_private_dir(&dir)?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(dir.join(format!("{pipeline}.lock")))?;
+    let path = crate::state_dir::pipeline_lock_path(state_dir, pipeline);
+    let file = crate::state_dir::open_lock_file(&path)?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, errno)| std::io::Error::from(errno))
 }
