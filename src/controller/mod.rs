@@ -15,6 +15,7 @@ pub mod lock;
 pub mod observe;
 pub mod permissions;
 pub mod reconcile;
+pub mod retention;
 pub mod status_writer;
 
 use std::collections::{HashMap, HashSet};
@@ -98,6 +99,11 @@ pub enum ControllerEvent {
     Deleted {
         pipeline: String,
     },
+    /// Finished runs beyond their pipeline's history policy were deleted with their logs.
+    HistoryPruned {
+        runs: usize,
+        log_bytes: u64,
+    },
     Warning(String),
     Stopping,
 }
@@ -163,6 +169,7 @@ struct Controller {
     status: StatusWriter,
     /// Where the engine's progress events of every run arrive.
     progress: mpsc::UnboundedSender<Progress>,
+    pruner: retention::Pruner,
 }
 
 /// Runs the controller until `cancel` (or, with `once`, until every run is terminal).
@@ -233,6 +240,12 @@ pub async fn run(
             events.clone(),
         ),
         progress,
+        pruner: retention::Pruner::start(
+            store.clone(),
+            opts.state_dir.clone(),
+            opts.config.history.clone(),
+            events.clone(),
+        ),
         engine: EngineOptions {
             state_dir: opts.state_dir.clone(),
             workers: Arc::new(Semaphore::new(workers)),
@@ -337,7 +350,9 @@ pub async fn run(
         c.deliver();
         while c.deliveries.join_next().await.is_some() {}
     }
-    Ok(c.all_succeeded().await?)
+    let all_succeeded = c.all_succeeded().await?;
+    c.pruner.stop().await;
+    Ok(all_succeeded)
 }
 
 /// Whether a folder event can mean a changed manifest or request (reads and opens cannot).
@@ -751,6 +766,9 @@ impl Controller {
             )));
         }
         self.deliver();
+        if ended {
+            self.pruner.run_ended(self.reader.folder());
+        }
         match result {
             Ok(report) if report.phase.is_terminal() => {
                 let _ = self.events.send(ControllerEvent::RunFinished {

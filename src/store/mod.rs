@@ -19,6 +19,7 @@ mod migrations;
 mod open;
 pub mod outbox;
 mod pipelines;
+pub mod retention;
 mod rounds;
 
 pub use batch::Batch;

@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteAutoVacuum, SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
 
 use super::migrations;
@@ -52,6 +52,9 @@ pub(super) async fn open(state_dir: &Path, durability: Durability) -> Result<Ope
         .create_if_missing(false)
         .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true)
+        // Takes effect when the file is new (before the first table, and before WAL mode, which
+        // would fix the mode otherwise); an older database keeps its mode (see `retention`).
+        .auto_vacuum(SqliteAutoVacuum::Incremental)
         .synchronous(match durability {
             Durability::Normal => SqliteSynchronous::Normal,
             Durability::Full => SqliteSynchronous::Full,
