@@ -455,3 +455,20 @@ fn the_database_stops_growing_over_two_thousand_runs() {
         (1901..=2000).collect::<Vec<i64>>()
     );
 }
+
+/// Exit codes (DESIGN 3): no state folder is nothing to prune (0, and nothing is created); a
+/// damaged database is 3 and left as it was.
+#[test]
+fn gc_exit_codes() {
+    let ws = Workspace::new();
+    let out = ws.run(&["gc"]);
+    assert!(text(&ok(&out).stdout).contains("nothing to prune"));
+    assert!(!ws.state_dir().exists(), "gc creates no state folder");
+
+    std::fs::create_dir_all(ws.state_dir()).unwrap();
+    let db = ws.state_dir().join("executioner.db");
+    std::fs::write(&db, vec![0x5a; 8192]).unwrap();
+    let out = ws.run(&["gc"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&db).unwrap(), vec![0x5a; 8192]);
+}
