@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteAutoVacuum, SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection, SqlitePool};
 
 use super::migrations;
@@ -52,17 +52,23 @@ pub(super) async fn open(state_dir: &Path, durability: Durability) -> Result<Ope
         .create_if_missing(false)
         .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true)
-        // Takes effect when the file is new (before the first table, and before WAL mode, which
-        // would fix the mode otherwise); an older database keeps its mode (see `retention`).
-        .auto_vacuum(SqliteAutoVacuum::Incremental)
         .synchronous(match durability {
             Durability::Normal => SqliteSynchronous::Normal,
             Durability::Full => SqliteSynchronous::Full,
         });
+    let new_file = fs::metadata(&path).is_ok_and(|meta| meta.len() == 0);
     let mut writer = options
         .connect()
         .await
         .map_err(sql_error(&path, "opening the database"))?;
+    if new_file {
+        // Only a database without tables takes the mode, and WAL mode would fix it first; on an
+        // existing database the pragma would be a write (see `retention` for older databases).
+        sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+            .execute(&mut writer)
+            .await
+            .map_err(sql_error(&path, "creating the database"))?;
+    }
     enable_wal(&mut writer, &path).await?;
     migrations::migrate(&mut writer, &path).await?;
     let pool = SqlitePoolOptions::new()

@@ -10,8 +10,8 @@
 //! that cannot be removed is reported, not an error: its rows are already gone.
 //!
 //! Vacuum, and the way there for every database: one created by this version has
-//! `auto_vacuum = INCREMENTAL` (the connection sets it before the first table exists, see
-//! `open`), and each prune ends with `PRAGMA incremental_vacuum`, which truncates the file by the
+//! `auto_vacuum = INCREMENTAL` (`open` sets it on a new, empty file, before WAL mode and the
+//! first table), and each prune ends with `PRAGMA incremental_vacuum`, which truncates the file by the
 //! pages it freed. One created before has `auto_vacuum = NONE`, which only a full `VACUUM` can
 //! change: until then SQLite reuses the freed pages, so the file stops growing at its high-water
 //! mark, and [`Store::convert_to_incremental_vacuum`] rewrites it once (`executioner gc` calls it
@@ -251,7 +251,7 @@ impl Store {
     pub async fn convert_to_incremental_vacuum(&self) -> Result<(), StoreError> {
         let context = "converting the database to incremental vacuum";
         let mut writing = self.writing(context).await?;
-        // The mode is applied by the VACUUM that follows (the connection asks for it anyway).
+        // The new mode is only noted by the pragma; the VACUUM applies it.
         sqlx::raw_sql("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
             .execute(&mut writing.conn)
             .await
