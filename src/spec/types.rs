@@ -135,12 +135,12 @@ pub struct History {
     /// How many of the newest runs are kept (at least 1). Left out, the configuration's
     /// `history.keep_runs` (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1), example = 20)]
+    #[schemars(range(min = 1), example = 20, extend("default" = 100))]
     pub keep_runs: Option<u32>,
     /// Finished runs that ended longer ago than this are deleted, even among the newest
     /// `keepRuns`. Left out, the configuration's `history.keep_for` (default 30d).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(example = "7d")]
+    #[schemars(example = "7d", extend("default" = "30d"))]
     pub keep_for: Option<Duration>,
 }
 
