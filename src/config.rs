@@ -1,5 +1,5 @@
-//! The executioner's own configuration (not a pipeline's): state folder, workers, timings, SMTP and
-//! the security policy, with its generated JSON Schema.
+//! The executioner's own configuration (not a pipeline's): state folder, workers, timings, SMTP,
+//! the security policy and history retention, with its generated JSON Schema.
 //!
 //! Layering, lowest to highest: defaults < `/etc/executioner/config.toml` < `./executioner.toml`
 //! (or `--config FILE`, TOML or YAML) < `EXECUTIONER_*` environment (nested keys with `__`) < CLI flags,
@@ -40,6 +40,7 @@ pub struct Config {
     pub plugin_dirs: Vec<PathBuf>,
     pub smtp: SmtpConfig,
     pub security: SecurityConfig,
+    pub history: HistoryConfig,
 }
 
 /// The store's own knob: the configuration names it, the store acts on it.
@@ -81,6 +82,18 @@ pub enum SmtpTls {
     Tls,
 }
 
+/// How much run history is kept, for pipelines whose `spec.history` leaves a field out (and
+/// for pipelines whose manifest was deleted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// How many of the newest runs of each pipeline are kept.
+    #[schemars(range(min = 1))]
+    pub keep_runs: u32,
+    /// Finished runs that ended longer ago than this are deleted.
+    pub keep_for: Duration,
+}
+
 /// What manifests may run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -119,6 +132,16 @@ impl Default for Config {
             plugin_dirs: Vec::new(),
             smtp: SmtpConfig::default(),
             security: SecurityConfig::default(),
+            history: HistoryConfig::default(),
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            keep_runs: 100,
+            keep_for: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

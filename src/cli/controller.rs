@@ -158,6 +158,9 @@ fn log_event(event: &ControllerEvent) {
                 ),
             }
         }
+        ControllerEvent::HistoryPruned { runs, log_bytes } => {
+            tracing::info!(runs, log_bytes, "history pruned")
+        }
         ControllerEvent::Warning(message) => tracing::warn!("{message}"),
         ControllerEvent::Stopping => tracing::info!("stopping: interrupting runs"),
     }

@@ -9,6 +9,7 @@ mod controller;
 mod convert;
 mod diff;
 mod error;
+mod gc;
 mod graph;
 mod history;
 mod init;
@@ -309,6 +310,13 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: OutputFormat,
     },
+    /// Prune the run history beyond each pipeline's retention policy (spec.history, config
+    /// history.*): finished runs with their logs; never a running run or a pipeline's latest.
+    #[command(after_help = "Examples:
+  executioner gc --dry-run
+  executioner gc
+  executioner gc -o json | jq .logBytes")]
+    Gc(gc::GcArgs),
     /// Mark failed or skipped jobs of a finished run as succeeded (an audit event is recorded).
     #[command(after_help = "Examples:
   executioner mark-success 42 load --reason \"loaded by hand\"
@@ -491,6 +499,7 @@ fn dispatch(cli: Cli) -> CliResult {
         }
         Command::Apply(args) => apply::run(&args, &cli.global),
         Command::Diff(args) => diff::run(&args, &cli.global),
+        Command::Gc(args) => gc::run(&args, &cli.global),
         Command::Delete { name, manifests } => {
             apply::delete(&name, manifests.as_deref(), &cli.global)
         }

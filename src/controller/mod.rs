@@ -19,6 +19,7 @@ pub mod observe;
 pub mod overlap;
 pub mod permissions;
 pub mod reconcile;
+pub mod retention;
 mod runs;
 pub mod status_writer;
 mod watch;
@@ -103,6 +104,11 @@ pub enum ControllerEvent {
     Deleted {
         pipeline: String,
     },
+    /// Finished runs beyond their pipeline's history policy were deleted with their logs.
+    HistoryPruned {
+        runs: usize,
+        log_bytes: u64,
+    },
     /// A schedule tick not run: run `run` was going on (`concurrencyPolicy: Forbid`).
     TickSkipped {
         pipeline: String,
@@ -180,6 +186,7 @@ struct Controller {
     status: StatusWriter,
     /// Where the engine's progress events of every run arrive.
     progress: mpsc::UnboundedSender<Progress>,
+    pruner: retention::Pruner,
 }
 
 /// Runs the controller until `cancel` (or, with `once`, until every run is terminal).
@@ -220,6 +227,12 @@ pub async fn run(
             events.clone(),
         ),
         progress,
+        pruner: retention::Pruner::start(
+            store.clone(),
+            opts.state_dir.clone(),
+            opts.config.history.clone(),
+            events.clone(),
+        ),
         engine: EngineOptions {
             state_dir: opts.state_dir.clone(),
             workers: Arc::new(Semaphore::new(workers)),
@@ -324,7 +337,9 @@ pub async fn run(
         c.deliver();
         while c.deliveries.join_next().await.is_some() {}
     }
-    Ok(c.all_succeeded().await?)
+    let all_succeeded = c.all_succeeded().await?;
+    c.pruner.stop().await;
+    Ok(all_succeeded)
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

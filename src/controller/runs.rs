@@ -304,6 +304,9 @@ impl Controller {
             )));
         }
         self.deliver();
+        if ended {
+            self.pruner.run_ended(self.reader.folder());
+        }
         let _ = self.events.send(if ended {
             ControllerEvent::RunFinished {
                 pipeline: name.to_owned(),

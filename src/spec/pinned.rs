@@ -65,13 +65,15 @@ impl Pinned {
     }
 }
 
-/// The pipeline's canonical spec (for hashing and pinning): stable JSON of `spec`, without
-/// `suspend`, which is an operator's switch and not a new generation (suspending and resuming a
-/// pipeline must not start a run).
+/// The pipeline's canonical spec, whose hash is its identity (a change is a new generation):
+/// stable JSON of `spec` without the operator's switches that must not start a run by
+/// themselves: `suspend` (suspending and resuming a pipeline) and `history` (how long its old runs
+/// are kept). The pinned spec keeps both.
 pub fn canonical_spec(manifest: &Manifest) -> String {
-    if manifest.spec.suspend {
+    if manifest.spec.suspend || manifest.spec.history.is_some() {
         let mut spec = manifest.spec.clone();
         spec.suspend = false;
+        spec.history = None;
         return serde_json::to_string(&spec).unwrap_or_default();
     }
     serde_json::to_string(&manifest.spec).unwrap_or_default()
@@ -82,4 +84,27 @@ pub fn spec_hash(manifest: &Manifest) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(canonical_spec(manifest).as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(extra: &str) -> Manifest {
+        let text = format!(
+            "apiVersion: executioner.dev/v1\nkind: Pipeline\nmetadata: {{name: p}}\nspec:\n{extra}  jobs: [{{id: a, command: \"true\"}}]\n"
+        );
+        serde_saphyr::from_str(&text).expect("manifest")
+    }
+
+    #[test]
+    fn operator_switches_are_not_a_new_generation_but_a_job_change_is() {
+        let plain = spec_hash(&manifest(""));
+        assert_eq!(spec_hash(&manifest("  suspend: true\n")), plain);
+        assert_eq!(
+            spec_hash(&manifest("  history: {keepRuns: 5, keepFor: 1d}\n")),
+            plain
+        );
+        assert_ne!(spec_hash(&manifest("  failFast: true\n")), plain);
+    }
 }

@@ -141,10 +141,32 @@ pub struct PipelineSpec {
     /// Notifications sent when a run ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notify>,
+    /// How much run history to keep: finished runs beyond these limits are deleted with their
+    /// logs, by the controller after runs end and by `executioner gc`. A running run and the
+    /// latest run are always kept. A field left out takes the configuration's `history` value.
+    /// Not part of the generation: changing it starts no run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
     /// The jobs; the order breaks ties between jobs ready at the same moment.
     #[schemars(length(min = 1))]
     #[serde(deserialize_with = "exact_vec")]
     pub jobs: Vec<JobSpec>,
+}
+
+/// Run history retention of one pipeline (`spec.history`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct History {
+    /// How many of the newest runs are kept (at least 1). Left out, the configuration's
+    /// `history.keep_runs` (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1), example = 20, extend("default" = 100))]
+    pub keep_runs: Option<u32>,
+    /// Finished runs that ended longer ago than this are deleted, even among the newest
+    /// `keepRuns`. Left out, the configuration's `history.keep_for` (default 30d).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = "7d", extend("default" = "30d"))]
+    pub keep_for: Option<Duration>,
 }
 
 /// Environment variables in declaration order (later keys may refer to earlier ones).

@@ -22,6 +22,7 @@ mod open;
 pub mod outbox;
 mod overlap;
 mod pipelines;
+pub mod retention;
 mod rounds;
 
 pub use batch::Batch;

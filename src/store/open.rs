@@ -56,10 +56,19 @@ pub(super) async fn open(state_dir: &Path, durability: Durability) -> Result<Ope
             Durability::Normal => SqliteSynchronous::Normal,
             Durability::Full => SqliteSynchronous::Full,
         });
+    let new_file = fs::metadata(&path).is_ok_and(|meta| meta.len() == 0);
     let mut writer = options
         .connect()
         .await
         .map_err(sql_error(&path, "opening the database"))?;
+    if new_file {
+        // Only a database without tables takes the mode, and WAL mode would fix it first; on an
+        // existing database the pragma would be a write (see `retention` for older databases).
+        sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+            .execute(&mut writer)
+            .await
+            .map_err(sql_error(&path, "creating the database"))?;
+    }
     enable_wal(&mut writer, &path).await?;
     migrations::migrate(&mut writer, &path).await?;
     let pool = SqlitePoolOptions::new()
