@@ -68,9 +68,14 @@ pub fn run(paths: &[PathBuf], global: &GlobalArgs) -> CliResult {
                                 names.insert(name.clone(), valid.file.clone());
                                 if !global.quiet {
                                     println!(
-                                        "{}: pipeline/{name} is valid ({} jobs{})",
+                                        "{}: pipeline/{name} is valid ({} job{}{})",
                                         valid.file.display(),
                                         valid.manifest.spec.jobs.len(),
+                                        if valid.manifest.spec.jobs.len() == 1 {
+                                            ""
+                                        } else {
+                                            "s"
+                                        },
                                         if valid.legacy {
                                             ", original format"
                                         } else {
