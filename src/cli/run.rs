@@ -192,11 +192,20 @@ async fn make_way(
     };
     match policy {
         ConcurrencyPolicy::Allow => Ok(()),
-        ConcurrencyPolicy::Forbid => Err(CliError::usage(format!(
-            "pipeline {pipeline} is already running: {}; concurrencyPolicy Forbid refuses a second run (wait for it with `executioner runs show {}`, or set spec.concurrencyPolicy to Allow or Replace)",
-            who(other),
-            other.id
-        ))),
+        ConcurrencyPolicy::Forbid => {
+            let hint = match overlap::Driver::of(other) {
+                overlap::Driver::Controller => {
+                    format!("wait for it with `executioner wait {pipeline}`")
+                }
+                overlap::Driver::Foreground => {
+                    format!("follow it with `executioner logs {} --follow`", other.id)
+                }
+            };
+            Err(CliError::usage(format!(
+                "pipeline {pipeline} is already running: {}; concurrencyPolicy Forbid refuses a second run ({hint}, or set spec.concurrencyPolicy to Allow or Replace)",
+                who(other),
+            )))
+        }
         ConcurrencyPolicy::Replace => {
             let grace = config.shutdown_grace.as_std() + std::time::Duration::from_secs(10);
             for run in &running {
