@@ -470,3 +470,83 @@ fn without_git_there_is_no_revision_and_no_failure() {
         assert!(!table.contains("revision"), "{table}");
     }
 }
+
+/// A pipeline moved unchanged from one source to another: the second's apply says `unchanged`
+/// and takes the file over, so the first source's next --prune leaves it alone, and the second
+/// source prunes it once it drops it. A hand-written file is still never taken over.
+#[test]
+fn a_pipeline_moved_unchanged_to_another_source_is_not_pruned_by_the_first() {
+    let ws = Workspace::new();
+    ws.write("one/p.yaml", &pipeline("p", "echo p"));
+    ws.write("one/q.yaml", &pipeline("q", "echo q"));
+    let out = apply(&ws, &["-f", "one", "--prune"]);
+    assert_eq!(code(&out), Some(0), "{}", says(&out));
+    ws.write("m/hand.yaml", &pipeline("hand", "echo hand"));
+
+    // p moves to the source `two`, byte for byte; `hand` is applied from there too.
+    std::fs::create_dir_all(ws.path().join("two")).unwrap();
+    std::fs::rename(ws.path().join("one/p.yaml"), ws.path().join("two/p.yaml")).unwrap();
+    ws.write("two/hand.yaml", &pipeline("hand", "echo hand"));
+    let out = apply(&ws, &["-f", "two", "--prune"]);
+    assert_eq!(code(&out), Some(0), "{}", says(&out));
+    assert_eq!(
+        text(&out.stdout),
+        "pipeline/hand unchanged\npipeline/p unchanged\n"
+    );
+
+    let out = apply(&ws, &["-f", "one", "--prune"]);
+    assert_eq!(code(&out), Some(0), "{}", says(&out));
+    assert_eq!(
+        text(&out.stdout),
+        "pipeline/q unchanged\n",
+        "{}",
+        says(&out)
+    );
+    assert!(
+        ws.path().join("m/p.yaml").exists(),
+        "p was pruned by its old source"
+    );
+
+    // `two` owns p now (it prunes it once it drops it), but not the hand-written file.
+    std::fs::remove_file(ws.path().join("two/p.yaml")).unwrap();
+    std::fs::remove_file(ws.path().join("two/hand.yaml")).unwrap();
+    let out = apply(&ws, &["-f", "two", "--prune", "--allow-empty"]);
+    assert_eq!(code(&out), Some(0), "{}", says(&out));
+    assert_eq!(text(&out.stdout), "pipeline/p pruned\n", "{}", says(&out));
+    let names: Vec<String> = folder(&ws).into_keys().collect();
+    assert_eq!(names, ["hand.yaml", "q.yaml"]);
+}
+
+/// A manifest apply configures keeps its mode (a 0600 file does not become world-readable) and,
+/// run as root, its owner and group; a new one is 0644.
+#[test]
+fn a_configured_manifest_keeps_its_mode_and_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let ws = Workspace::new();
+    ws.write("src/a.yaml", &pipeline("a", "echo one"));
+    let out = apply(&ws, &["-f", "src"]);
+    assert_eq!(code(&out), Some(0), "{}", says(&out));
+    let file = ws.path().join("m/a.yaml");
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let as_root = nix::unistd::geteuid().is_root();
+    if as_root {
+        std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+    }
+    ws.write("src/a.yaml", &pipeline("a", "echo two"));
+    let out = apply(&ws, &["-f", "src"]);
+    assert_eq!(
+        text(&out.stdout),
+        "pipeline/a configured\n",
+        "{}",
+        says(&out)
+    );
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    if as_root {
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    }
+    assert!(std::fs::read_to_string(&file).unwrap().contains("echo two"));
+}

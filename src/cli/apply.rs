@@ -27,7 +27,8 @@
 //!   fsync, rename over the target (a new file is renamed into place with `RENAME_NOREPLACE`, so
 //!   it never clobbers a file that appeared meanwhile; a link where the filesystem cannot: tempfile's
 //!   `persist_noclobber`), fsync
-//!   of the folder. Mode 0644. A rename is a complete file to the controller, which acts on it at
+//!   of the folder. A new file is mode 0644 whatever the umask; a replaced one keeps its mode
+//!   (and, when run as root, its owner and group). A rename is a complete file to the controller, which acts on it at
 //!   once. Symlinks are never followed nor written through. The folder is created when missing; a
 //!   folder writable by others without the sticky bit is refused (the controller refuses it too).
 //! - Warnings (stderr, exit 0): relative paths in a manifest without `workingDir` (a command
@@ -46,7 +47,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -101,27 +102,67 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
     // whoever else can write it.
     crate::controller::permissions::check_folder(&dir)
         .map_err(|e| CliError::usage(format!("refusing to write manifests: {e}")))?;
-    let inventory = open_inventory(args, global, &config, source, &dir)?;
-    let prunable = match (&inventory, args.prune) {
+    // The inventory's store is driven from here; it owns no runtime of its own.
+    let runtime = super::runtime()?;
+    let inventory = runtime.block_on(open_inventory(args, global, &config, source, &dir))?;
+    let applied = runtime.block_on(write_plan(
+        args,
+        global,
+        &dir,
+        &plan,
+        inventory.as_ref(),
+        &incoming,
+    ));
+    if let Some(inventory) = inventory {
+        runtime.block_on(inventory.close());
+    }
+    drop(runtime);
+    applied?;
+    if !args.wait {
+        return Ok(Exit::Success);
+    }
+    wait_all(args, global, &dir, &plan)
+}
+
+/// Writes the plan (unless `--dry-run`), records it, then prunes; prints each step.
+async fn write_plan(
+    args: &ApplyArgs,
+    global: &GlobalArgs,
+    dir: &Path,
+    plan: &[Step],
+    inventory: Option<&Inventory>,
+    incoming: &[Incoming<'_>],
+) -> Result<(), CliError> {
+    let prunable = match (inventory, args.prune) {
         (Some(inventory), true) => {
             let keep: HashSet<&str> = incoming.iter().map(|d| d.name().as_str()).collect();
-            inventory.prunable(&keep, args.dry_run, global.quiet)?
+            inventory
+                .prunable(&keep, args.dry_run, global.quiet)
+                .await?
         }
         (Some(_) | None, _) => Vec::new(),
     };
 
     let suffix = if args.dry_run { " (dry run)" } else { "" };
     if !args.dry_run && plan.iter().any(|s| s.action.writes()) {
-        fs::create_dir_all(&dir).map_err(|e| {
+        fs::create_dir_all(dir).map_err(|e| {
             CliError::usage(format!("{}: cannot create folder: {e}", dir.display()))
         })?;
     }
-    for step in &plan {
+    for step in plan {
         if !args.dry_run {
-            step.action.perform(&dir)?;
-            if let (Some(inventory), Some((path, content))) = (&inventory, step.action.written())
-                && let Err(e) = inventory.record(step.name.as_str(), path, content)
-            {
+            step.action.perform(dir)?;
+            let recorded = match (inventory, &step.action) {
+                (
+                    Some(inventory),
+                    Action::Create { path, content } | Action::Replace { path, content },
+                ) => inventory.record(step.name.as_str(), path, content).await,
+                (Some(inventory), Action::Keep { path }) => {
+                    inventory.take_over(step.name.as_str(), path).await
+                }
+                (None, _) => Ok(()),
+            };
+            if let Err(e) = recorded {
                 // The safe side: a file missing from the inventory is never pruned.
                 eprintln!(
                     "warning: pipeline/{}: not recorded for a later --prune: {}",
@@ -135,22 +176,23 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
         }
     }
     for file in &prunable {
-        if let Some(inventory) = inventory.as_ref().filter(|_| !args.dry_run) {
-            inventory.prune(file)?;
+        if let Some(inventory) = inventory.filter(|_| !args.dry_run) {
+            inventory.prune(file).await?;
         }
         if !global.quiet {
             println!("pipeline/{} pruned{suffix}", file.pipeline);
         }
     }
+    Ok(())
+}
 
-    if !args.wait {
-        return Ok(Exit::Success);
-    }
+/// `--wait`: each applied pipeline in turn, within one `--timeout`; the worst exit code.
+fn wait_all(args: &ApplyArgs, global: &GlobalArgs, dir: &Path, plan: &[Step]) -> CliResult {
     let deadline = args.timeout.map(|t| Instant::now() + t);
     let mut worst = Exit::Success;
-    for step in &plan {
+    for step in plan {
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let exit = match super::wait::wait_for(step.name.as_str(), Some(&dir), timeout, global) {
+        let exit = match super::wait::wait_for(step.name.as_str(), Some(dir), timeout, global) {
             Ok(exit) => exit,
             Err(e) => {
                 eprintln!("error: {}", e.render());
@@ -171,7 +213,7 @@ pub fn run(args: &ApplyArgs, global: &GlobalArgs) -> CliResult {
 /// writes). Only `--prune` creates the state database: an apply that never prunes leaves no
 /// state behind, and records only into a database that exists. Without `--prune`, one that cannot
 /// be opened is only a warning.
-fn open_inventory(
+async fn open_inventory(
     args: &ApplyArgs,
     global: &GlobalArgs,
     config: &crate::config::Config,
@@ -186,7 +228,7 @@ fn open_inventory(
     }
     let state_dir = super::state_dir(config);
     let create = args.prune && !args.dry_run;
-    match Inventory::open(config, &state_dir, source, dir, create) {
+    match Inventory::open(config, &state_dir, source, dir, create).await {
         Ok(inventory) => Ok(inventory),
         Err(e) if !args.prune => {
             if !global.quiet {
@@ -718,8 +760,8 @@ pub(super) enum Action {
     Create { path: PathBuf, content: Vec<u8> },
     /// The single-document file holding the pipeline, replaced.
     Replace { path: PathBuf, content: Vec<u8> },
-    /// The folder already says the same.
-    Keep,
+    /// The folder already says the same, in this file.
+    Keep { path: PathBuf },
 }
 
 impl Action {
@@ -727,24 +769,14 @@ impl Action {
         match self {
             Action::Create { .. } => "created",
             Action::Replace { .. } => "configured",
-            Action::Keep => "unchanged",
-        }
-    }
-
-    /// The file and bytes this action writes, if it writes.
-    fn written(&self) -> Option<(&Path, &[u8])> {
-        match self {
-            Action::Create { path, content } | Action::Replace { path, content } => {
-                Some((path.as_path(), content.as_slice()))
-            }
-            Action::Keep => None,
+            Action::Keep { .. } => "unchanged",
         }
     }
 
     fn writes(&self) -> bool {
         match self {
             Action::Create { .. } | Action::Replace { .. } => true,
-            Action::Keep => false,
+            Action::Keep { .. } => false,
         }
     }
 
@@ -752,7 +784,7 @@ impl Action {
         let (path, content, replace) = match self {
             Action::Create { path, content } => (path, content, false),
             Action::Replace { path, content } => (path, content, true),
-            Action::Keep => return Ok(()),
+            Action::Keep { .. } => return Ok(()),
         };
         write_atomic(dir, path, content, replace)
             .map_err(|e| CliError::usage(format!("{}: cannot write: {e}", path.display())))
@@ -779,8 +811,10 @@ pub(super) fn plan(incoming: &[Incoming<'_>], folder: &Folder) -> Result<Vec<Ste
                     .map(|content| Action::Create { path, content }),
                 Err(message) => Err(CliError::failed(message)),
             },
-            [(_, _, existing)] if existing.manifest.as_ref() == Some(&doc.manifest) => {
-                Ok(Action::Keep)
+            [(file, _, existing)] if existing.manifest.as_ref() == Some(&doc.manifest) => {
+                Ok(Action::Keep {
+                    path: file.path.clone(),
+                })
             }
             [(file, docs, _)] if *docs > 1 => Err(CliError::failed(format!(
                 "pipeline/{name}: {} holds {docs} manifests and is not rewritten by apply; edit that file instead",
@@ -871,16 +905,30 @@ pub(super) fn write_atomic(
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("manifest");
+    // A replaced file keeps its permission bits (a 0600 manifest must not become readable by
+    // all) and, when we may, its owner and group (else the file would belong to whoever ran
+    // the command, which the controller's ownership check may refuse). A new file is 0644.
+    let replaced = fs::symlink_metadata(target)
+        .ok()
+        .filter(|m| replace && m.file_type().is_file());
+    let mode = replaced.as_ref().map_or(0o644, |m| m.mode() & 0o777);
     // Hidden (`.NAME.yaml.XXXXXX.tmp`): the controller ignores it until it is renamed into place.
     let mut file = tempfile::Builder::new()
         .prefix(&format!(".{base}."))
         .suffix(".tmp")
-        .permissions(fs::Permissions::from_mode(0o644))
+        .permissions(fs::Permissions::from_mode(mode & 0o600))
         .tempfile_in(dir)?;
-    file.write_all(content)?;
-    // Explicit, whatever the umask: manifests are meant to be read by the controller's user.
+    if let Some(old) = replaced
+        .as_ref()
+        .filter(|_| nix::unistd::geteuid().is_root())
+    {
+        std::os::unix::fs::fchown(file.as_file(), Some(old.uid()), Some(old.gid()))?;
+    }
+    // Explicit, whatever the umask (and after the chown, which may clear bits): manifests are
+    // meant to be read by the controller's user. Set before any byte is written.
     file.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o644))?;
+        .set_permissions(fs::Permissions::from_mode(mode))?;
+    file.write_all(content)?;
     file.as_file().sync_all()?;
     // A rename is what the controller takes for a complete file and acts on at once; a new link
     // looks like a file just created, maybe still being written, and is left alone a while. So a
@@ -923,6 +971,20 @@ mod tests {
         let mode = fs::metadata(&target).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o644);
         assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 1);
+
+        // A replaced file keeps its mode, and (as root) its owner and group.
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let as_root = nix::unistd::geteuid().is_root();
+        if as_root {
+            std::os::unix::fs::chown(&target, Some(65534), Some(65534)).expect("chown");
+        }
+        write_atomic(dir.path(), &target, b"fourth\n", true).expect("replace");
+        let meta = fs::metadata(&target).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        if as_root {
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+        }
+        assert_eq!(fs::read(&target).expect("read"), b"fourth\n");
     }
 
     /// Every example, rendered in each format, reads back as the same typed manifest.

@@ -73,13 +73,17 @@ fn compare(args: &DiffArgs, global: &GlobalArgs) -> CliResult {
     let prunable = match source.filter(|_| args.prune) {
         Some(source) => {
             let state_dir = super::state_dir(&config);
-            match Inventory::open(&config, &state_dir, source, &dir, false)? {
-                Some(inventory) => {
-                    let keep: HashSet<&str> = incoming.iter().map(|d| d.name().as_str()).collect();
-                    inventory.prunable(&keep, true, global.quiet)?
+            let keep: HashSet<&str> = incoming.iter().map(|d| d.name().as_str()).collect();
+            super::runtime()?.block_on(async {
+                match Inventory::open(&config, &state_dir, source, &dir, false).await? {
+                    Some(inventory) => {
+                        let prunable = inventory.prunable(&keep, true, global.quiet).await;
+                        inventory.close().await;
+                        prunable
+                    }
+                    None => Ok(Vec::new()),
                 }
-                None => Vec::new(),
-            }
+            })?
         }
         None => Vec::new(),
     };
@@ -95,7 +99,7 @@ fn compare(args: &DiffArgs, global: &GlobalArgs) -> CliResult {
             continue;
         };
         let live = match &step.action {
-            Action::Keep => continue,
+            Action::Keep { .. } => continue,
             Action::Create { .. } => String::new(),
             Action::Replace { path, .. } => {
                 let existing = folder

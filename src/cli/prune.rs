@@ -8,8 +8,12 @@
 //!   is no source, so `--prune` refuses it. The manifests folder is keyed by its canonical path
 //!   too, so one source applied to two folders has two inventories.
 //! - An `apply` of a file or folder (not `--dry-run`) records each file it writes, with the
-//!   SHA-256 of the bytes written; a file apply leaves `unchanged` keeps its entry (or lack of
-//!   one: a file written by hand is never adopted). The source that wrote a file last owns it.
+//!   SHA-256 of the bytes written. The source that wrote a file last owns it. A file apply leaves
+//!   `unchanged` keeps its entry, or lack of one (a file written by hand is never adopted), but
+//!   when another source wrote it and it still holds those bytes, the applying source takes it
+//!   over: a pipeline moved unchanged from one source to another is not pruned by the first.
+//!   `suspend`/`unsuspend` carry an entry over to the bytes they write, when the file held what
+//!   apply wrote.
 //!   `apply --prune` creates the state database when missing; a plain apply records only into one
 //!   that exists (so an apply that never prunes leaves no state behind, and one that configures a
 //!   file between two prunes keeps its hash current). Without `--prune`, a state database that
@@ -85,9 +89,10 @@ pub fn content_hash(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The inventory of one source in one manifests folder, with the store it is kept in.
+/// The inventory of one source in one manifests folder, with the store it is kept in. It owns
+/// no runtime: its methods are async and the caller drives them, and [`Inventory::close`] ends
+/// the store explicitly (a dropped inventory just drops its store, which cannot panic anywhere).
 pub struct Inventory {
-    runtime: tokio::runtime::Runtime,
     store: Store,
     source: String,
     dir: PathBuf,
@@ -102,13 +107,6 @@ impl std::fmt::Debug for Inventory {
     }
 }
 
-impl Drop for Inventory {
-    /// Closes the store on the runtime it was opened on (its connections end cleanly).
-    fn drop(&mut self) {
-        self.runtime.block_on(self.store.clone().close());
-    }
-}
-
 /// A file a prune deletes.
 #[derive(Debug, Clone)]
 pub struct Prunable {
@@ -120,31 +118,37 @@ pub struct Prunable {
 impl Inventory {
     /// Opens the inventory of `source` in `dir`. With `create`, the state database is created
     /// when missing; without, a missing one is `None` (nothing was ever recorded).
-    pub fn open(
+    pub async fn open(
         config: &Config,
         state_dir: &Path,
         source: String,
         dir: &Path,
         create: bool,
     ) -> Result<Option<Self>, CliError> {
-        let runtime = super::runtime()?;
-        let store = runtime.block_on(async {
-            if create {
-                super::open_store(state_dir, config).await.map(Some)
-            } else {
-                super::open_store_existing(state_dir, config).await
-            }
-        })?;
+        let store = if create {
+            Some(super::open_store(state_dir, config).await?)
+        } else {
+            super::open_store_existing(state_dir, config).await?
+        };
         Ok(store.map(|store| Inventory {
-            runtime,
             store,
             source,
             dir: dir.to_owned(),
         }))
     }
 
+    /// Closes the store (its connections end cleanly).
+    pub async fn close(self) {
+        self.store.close().await;
+    }
+
     /// Records that this source wrote `content` to `path` for `pipeline`.
-    pub fn record(&self, pipeline: &str, path: &Path, content: &[u8]) -> Result<(), CliError> {
+    pub async fn record(
+        &self,
+        pipeline: &str,
+        path: &Path,
+        content: &[u8],
+    ) -> Result<(), CliError> {
         let entry = AppliedFile {
             manifests_dir: folder_key(&self.dir),
             file: file_name(path),
@@ -152,24 +156,51 @@ impl Inventory {
             pipeline: pipeline.to_owned(),
             content_hash: content_hash(content),
         };
-        self.runtime
-            .block_on(self.store.record_applied(&entry))
+        self.store
+            .record_applied(&entry)
+            .await
+            .map_err(CliError::from)
+    }
+
+    /// A file apply left `unchanged` at `path`: when another source's apply wrote it and it
+    /// still holds exactly those bytes, this source now applies it and takes it over (else the
+    /// other source's next `--prune` would delete a pipeline this one applies). A file with no
+    /// entry (written by hand) or changed since is left alone: apply does not adopt files.
+    pub async fn take_over(&self, pipeline: &str, path: &Path) -> Result<(), CliError> {
+        let dir_key = folder_key(&self.dir);
+        let Some(entry) = self.store.applied_file(&dir_key, &file_name(path)).await? else {
+            return Ok(());
+        };
+        if entry.source == self.source {
+            return Ok(());
+        }
+        let holds_what_was_written = fs::symlink_metadata(path)
+            .is_ok_and(|m| m.file_type().is_file())
+            && fs::read(path).is_ok_and(|bytes| content_hash(&bytes) == entry.content_hash);
+        if !holds_what_was_written {
+            return Ok(());
+        }
+        self.store
+            .record_applied(&AppliedFile {
+                source: self.source.clone(),
+                pipeline: pipeline.to_owned(),
+                ..entry
+            })
+            .await
             .map_err(CliError::from)
     }
 
     /// The files this source wrote whose pipeline is not in `keep`, still as apply wrote them.
     /// Files changed since are skipped with a warning (unless `quiet`); entries of files that are
     /// gone are forgotten, unless `dry_run`.
-    pub fn prunable(
+    pub async fn prunable(
         &self,
         keep: &HashSet<&str>,
         dry_run: bool,
         quiet: bool,
     ) -> Result<Vec<Prunable>, CliError> {
         let dir_key = folder_key(&self.dir);
-        let entries = self
-            .runtime
-            .block_on(self.store.applied_by(&self.source, &dir_key))?;
+        let entries = self.store.applied_by(&self.source, &dir_key).await?;
         let mut out = Vec::new();
         for entry in entries {
             if keep.contains(entry.pipeline.as_str()) {
@@ -180,8 +211,7 @@ impl Inventory {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound);
             if gone {
                 if !dry_run {
-                    self.runtime
-                        .block_on(self.store.forget_applied(&dir_key, &entry.file))?;
+                    self.store.forget_applied(&dir_key, &entry.file).await?;
                 }
                 continue;
             }
@@ -208,7 +238,7 @@ impl Inventory {
     }
 
     /// Deletes a prunable file (checked again just before) and forgets it.
-    pub fn prune(&self, file: &Prunable) -> Result<(), CliError> {
+    pub async fn prune(&self, file: &Prunable) -> Result<(), CliError> {
         if let Err(why) = file.unchanged() {
             return Err(CliError::usage(format!(
                 "{}: pipeline/{} {why} while pruning; not pruned",
@@ -223,13 +253,40 @@ impl Inventory {
         fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(not_removed)?;
-        self.runtime
-            .block_on(
-                self.store
-                    .forget_applied(&folder_key(&self.dir), &file_name(&file.path)),
-            )
+        self.store
+            .forget_applied(&folder_key(&self.dir), &file_name(&file.path))
+            .await
             .map_err(CliError::from)
     }
+}
+
+/// `suspend`/`unsuspend` rewrote `path` of `dir` from `before` to `after`: when an apply wrote
+/// that file and it still held those bytes, its entry takes the new bytes, so the file stays
+/// prunable by its source. A file changed by hand before stays unprunable; one with no entry
+/// stays without.
+pub async fn rewritten(
+    store: &Store,
+    dir: &Path,
+    path: &Path,
+    before: &[u8],
+    after: &[u8],
+) -> Result<(), CliError> {
+    let Some(entry) = store
+        .applied_file(&folder_key(dir), &file_name(path))
+        .await?
+    else {
+        return Ok(());
+    };
+    if entry.content_hash != content_hash(before) {
+        return Ok(());
+    }
+    store
+        .record_applied(&AppliedFile {
+            content_hash: content_hash(after),
+            ..entry
+        })
+        .await
+        .map_err(CliError::from)
 }
 
 impl Prunable {
@@ -256,6 +313,33 @@ fn file_name(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The inventory is opened, used and dropped inside async code without a panic (it owns no
+    /// runtime and blocks on none).
+    #[tokio::test]
+    async fn an_inventory_lives_and_dies_inside_async_code() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Config::default();
+        let state = tmp.path().join("state");
+        let inventory = Inventory::open(&config, &state, "/src".into(), tmp.path(), true)
+            .await
+            .unwrap()
+            .expect("created");
+        let file = tmp.path().join("a.yaml");
+        fs::write(&file, b"a").unwrap();
+        inventory.record("a", &file, b"a").await.unwrap();
+        let keep = HashSet::new();
+        assert_eq!(
+            inventory.prunable(&keep, true, true).await.unwrap().len(),
+            1
+        );
+        drop(inventory);
+        let again = Inventory::open(&config, &state, "/src".into(), tmp.path(), false)
+            .await
+            .unwrap()
+            .expect("exists");
+        again.close().await;
+    }
 
     #[test]
     fn content_hash_is_hex_sha256() {

@@ -58,17 +58,28 @@ impl Store {
         .await
         .map_err(self.sql("reading what apply wrote"))?;
         rows.iter()
-            .map(|row| {
-                let row = Decoder { row, store: self };
-                Ok(AppliedFile {
-                    manifests_dir: row.get("manifests_dir")?,
-                    file: row.get("file")?,
-                    source: row.get("source")?,
-                    pipeline: row.get("pipeline")?,
-                    content_hash: row.get("content_hash")?,
-                })
-            })
+            .map(|row| applied_file(&Decoder { row, store: self }))
             .collect()
+    }
+
+    /// The entry of `file` in `manifests_dir`, whichever source wrote it.
+    pub async fn applied_file(
+        &self,
+        manifests_dir: &str,
+        file: &str,
+    ) -> Result<Option<AppliedFile>, StoreError> {
+        let row = sqlx::query(
+            "SELECT manifests_dir, file, source, pipeline, content_hash FROM apply_inventory \
+             WHERE manifests_dir = ?1 AND file = ?2",
+        )
+        .bind(manifests_dir)
+        .bind(file)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.sql("reading what apply wrote"))?;
+        row.as_ref()
+            .map(|row| applied_file(&Decoder { row, store: self }))
+            .transpose()
     }
 
     /// Drops the entry of `file` (pruned, or gone).
@@ -80,6 +91,16 @@ impl Store {
         self.write_one(query, "forgetting what apply wrote").await?;
         Ok(())
     }
+}
+
+fn applied_file(row: &Decoder<'_>) -> Result<AppliedFile, StoreError> {
+    Ok(AppliedFile {
+        manifests_dir: row.get("manifests_dir")?,
+        file: row.get("file")?,
+        source: row.get("source")?,
+        pipeline: row.get("pipeline")?,
+        content_hash: row.get("content_hash")?,
+    })
 }
 
 #[cfg(test)]
@@ -132,5 +153,10 @@ mod tests {
         store.forget_applied("/m", "a.yaml").await.unwrap();
         assert!(store.applied_by("/s", "/m").await.unwrap().is_empty());
         assert_eq!(store.applied_by("/t", "/m").await.unwrap().len(), 1);
+        assert_eq!(
+            store.applied_file("/m", "b.yaml").await.unwrap(),
+            Some(entry("b.yaml", "/t", "4"))
+        );
+        assert_eq!(store.applied_file("/m", "a.yaml").await.unwrap(), None);
     }
 }
