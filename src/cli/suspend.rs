@@ -4,14 +4,19 @@
 //! inserted at the head of `spec`), so comments and layout stay; the result is parsed back and
 //! must equal the old document with only `spec.suspend` changed, else (an unusual layout) a
 //! single-document file is written again from its parsed value, without its comments, and the
-//! command says so. What a suspended pipeline does is the controller's (`reconcile`).
+//! command says so (that rewrite is checked the same way, and refused if it differs). The folder
+//! is the one the controller of the state folder watches (`--manifests` else the recorded one,
+//! as `status` reads it). A rewritten file keeps its mode and owner (`apply::write_atomic`), and
+//! an `apply --prune` inventory entry that matched the old bytes follows to the new ones. What a suspended pipeline does is the controller's (`reconcile`).
 
 use std::path::Path;
 
 use serde_json::Value;
 
+use crate::config::Config;
 use crate::spec::source::{self, Pos};
 use crate::spec::{Format, PipelineName};
+use crate::store::Store;
 
 use super::{CliError, CliResult, Exit, GlobalArgs};
 
@@ -30,7 +35,29 @@ pub enum Edited {
 pub fn run(name: &str, on: bool, manifests: Option<&Path>, global: &GlobalArgs) -> CliResult {
     let name = PipelineName::parse(name).map_err(|e| CliError::usage(e.to_string()))?;
     let config = super::load_config(global)?;
-    let dir = manifests.map_or_else(|| config.manifests_dir.clone(), Path::to_path_buf);
+    let runtime = super::runtime()?;
+    let store = runtime.block_on(super::open_store_existing(
+        &super::state_dir(&config),
+        &config,
+    ))?;
+    let edited = runtime.block_on(edit(&name, on, manifests, store.as_ref(), &config, global));
+    if let Some(store) = store {
+        runtime.block_on(store.close());
+    }
+    edited
+}
+
+/// The edit itself, in the folder the controller of `store` watches (see `run`).
+async fn edit(
+    name: &PipelineName,
+    on: bool,
+    manifests: Option<&Path>,
+    store: Option<&Store>,
+    config: &Config,
+    global: &GlobalArgs,
+) -> CliResult {
+    // The folder the controller of this state folder watches, as status and wait read it.
+    let dir = super::controller::watched_dir(manifests, store, config).await?;
     let parsed = crate::controller::folder::parse_all(&dir).map_err(|e| {
         CliError::usage(format!(
             "{}: cannot read the manifests folder: {e}",
@@ -85,6 +112,15 @@ pub fn run(name: &str, on: bool, manifests: Option<&Path>, global: &GlobalArgs) 
         Edited::Text { text, layout_kept } => {
             super::apply::write_atomic(&dir, file, text.as_bytes(), true)
                 .map_err(|e| cannot(format!("cannot write: {e}")))?;
+            if let Some(store) = store
+                && let Err(e) =
+                    super::prune::rewritten(store, &dir, file, &bytes, text.as_bytes()).await
+            {
+                eprintln!(
+                    "warning: pipeline/{name}: the inventory of apply --prune was not updated (the file is no longer pruned by its source): {}",
+                    e.render()
+                );
+            }
             if !layout_kept {
                 eprintln!(
                     "note: {} was written again from its parsed content: its comments and layout were not kept",
@@ -149,6 +185,13 @@ pub fn set_suspend(text: &str, format: Format, name: &str, on: bool) -> Result<E
         Format::Toml => toml::to_string(value).map_err(|e| e.to_string())?,
         Format::Json => serde_json::to_string_pretty(value).map_err(|e| e.to_string())? + "\n",
     };
+    // Checked like the textual edit: a rendering that does not read back as the document with
+    // only `spec.suspend` changed is never written.
+    if !same(&text) {
+        return Err(format!(
+            "pipeline/{name}: its file cannot be written again without changing more than spec.suspend; set spec.suspend by hand"
+        ));
+    }
     Ok(Edited::Text {
         text,
         layout_kept: false,
