@@ -226,6 +226,7 @@ fn a_running_run_and_the_latest_run_are_never_pruned() {
                     store.close_run(run, &[]).await.unwrap().0,
                     RunPhase::Succeeded
                 );
+                store.enqueue_notifications(run, 1, &[]).await.unwrap();
             }
         }
         store.close().await;
@@ -433,6 +434,7 @@ fn the_database_stops_growing_over_two_thousand_runs() {
                     .unwrap();
             }
             assert_eq!(store.close_run(run, &[]).await.unwrap().0, RunPhase::Succeeded);
+            store.enqueue_notifications(run, 1, &[]).await.unwrap();
             // As the controller does, once in a while rather than after every run.
             if n % 10 == 0 {
                 let now = time::OffsetDateTime::now_utc();
@@ -479,4 +481,96 @@ fn gc_exit_codes() {
     let out = ws.run(&["gc"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(std::fs::read(&db).unwrap(), vec![0x5a; 8192]);
+}
+
+/// The controller decides whether a pipeline needs a run by the newest run of its current
+/// generation; foreground runs since (generation 0) do not make that run prunable, so after `gc`
+/// the controller does not run the pipeline again.
+#[test]
+fn gc_keeps_the_controllers_run_of_the_current_generation() {
+    let ws = Workspace::new();
+    ws.write(
+        "manifests/mixed.yaml",
+        &manifest("mixed", "  history: {keepRuns: 1}\n", QUICK_JOB),
+    );
+    ok(&ws.run(&["controller", "--manifests", "manifests", "--once"]));
+    for _ in 0..2 {
+        ok(&ws.run(&["run", "manifests/mixed.yaml", "-q"]));
+    }
+    assert_eq!(run_ids(&ws, "mixed"), [1, 2, 3]);
+    let out = json(ok(&ws.run(&["gc", "-o", "json"])));
+    assert_eq!(out["pipelines"][0]["runs"], serde_json::json!([2]));
+    assert_eq!(run_ids(&ws, "mixed"), [1, 3]);
+    ok(&ws.run(&["controller", "--manifests", "manifests", "--once"]));
+    assert_eq!(run_ids(&ws, "mixed"), [1, 3], "the controller ran it again");
+}
+
+/// Turns the state database back into one made before retention (auto_vacuum NONE).
+fn make_old_database(ws: &Workspace) {
+    let conn = rusqlite::Connection::open(ws.state_dir().join("executioner.db")).unwrap();
+    conn.execute_batch("PRAGMA auto_vacuum = NONE; VACUUM;")
+        .unwrap();
+    let mode: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, 0);
+}
+
+/// The one-time rewrite of an old database holds the write lock for its whole length, which an
+/// idle controller's writes cannot wait out: `gc` skips it while a controller runs, says so, and
+/// converts once the controller is stopped.
+#[test]
+fn gc_converts_an_old_database_only_without_a_controller() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", &manifest("old", "", QUICK_JOB));
+    ok(&ws.run(&["run", "p.yaml", "-q"]));
+    make_old_database(&ws);
+    let mut controller = Running::start(&ws, &[]);
+    let beside = ws.run(&["gc", "-o", "json"]);
+    let out = json(ok(&beside));
+    assert_eq!(out["converted"], false, "{out}");
+    assert!(
+        text(&beside.stderr).contains("a controller is running"),
+        "{}",
+        text(&beside.stderr)
+    );
+    controller.stop();
+    let out = json(ok(&ws.run(&["gc", "-o", "json"])));
+    assert_eq!(out["converted"], true, "{out}");
+}
+
+/// A log folder whose run's rows are gone (the process died between the commit and the removal)
+/// is removed by `gc` when it is older than the pipeline's oldest run kept; a newer one, or a
+/// folder that is not a run's, stays.
+#[test]
+fn gc_removes_orphaned_log_folders_older_than_the_oldest_run() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        &manifest("orphans", "  history: {keepRuns: 2}\n", QUICK_JOB),
+    );
+    for _ in 0..3 {
+        ok(&ws.run(&["run", "p.yaml", "-q"]));
+    }
+    ok(&ws.run(&["gc"]));
+    assert_eq!(run_ids(&ws, "orphans"), [2, 3]);
+    let logs = ws.state_dir().join("logs").join("orphans");
+    for name in ["1", "notes", "7"] {
+        std::fs::create_dir_all(logs.join(name)).unwrap();
+        std::fs::write(logs.join(name).join("a.log"), "left behind\n").unwrap();
+    }
+    let dry = json(ok(&ws.run(&["gc", "--dry-run", "-o", "json"])));
+    assert_eq!(
+        dry["orphanedLogFolders"].as_array().unwrap().len(),
+        1,
+        "{dry}"
+    );
+    assert!(logs.join("1").exists(), "a dry run removes nothing");
+    let out = ws.run(&["gc"]);
+    let said = text(&ok(&out).stdout);
+    assert!(said.contains("orphaned log folder"), "{said}");
+    assert!(!logs.join("1").exists());
+    assert!(logs.join("notes").exists());
+    assert!(logs.join("7").exists());
+    assert_eq!(log_folders(&ws, "orphans"), [2, 3, 7]);
 }

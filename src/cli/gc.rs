@@ -2,9 +2,11 @@
 //! policy now, as the controller does after runs end, and says what it removed (or would).
 //!
 //! Needs no controller and works beside a running one (the database is shared in WAL mode; the
-//! controller's lock is not taken). The policies are `controller::retention::policies`'; the
-//! pruning is `store::retention`'s; this file reads the manifests folder, prints, and converts a
-//! database made before retention existed to incremental vacuum once, when no run is running.
+//! controller's lock is not taken to prune). The policies are `controller::retention::policies`';
+//! the pruning and the sweep of log folders left without their run are `store::retention`'s; this
+//! file reads the manifests folder, prints, and converts a database made before retention existed
+//! to incremental vacuum once, when no run is running and no controller is: the rewrite holds the
+//! write lock longer than a controller's writes wait, so gc holds the controller's lock meanwhile.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +14,7 @@ use serde::Serialize;
 
 use crate::controller::folder;
 use crate::controller::retention::{FolderHistory, policies};
-use crate::store::retention::{AutoVacuum, PruneMode, PruneReport};
+use crate::store::retention::{AutoVacuum, PruneMode, PruneReport, SweepReport};
 use crate::store::{RunId, Store};
 use crate::validate::Options;
 
@@ -43,6 +45,10 @@ struct GcSummary {
     database_bytes_freed: u64,
     /// Log folders whose runs were pruned but which could not be removed.
     leftovers: Vec<String>,
+    /// Log folders found without their run (an earlier prune stopped between the rows and the
+    /// files), removed (or, dry, that would be).
+    orphaned_log_folders: Vec<String>,
+    orphaned_log_bytes: u64,
     /// A database made before retention was (or, dry, would be) rewritten for incremental vacuum.
     converted: bool,
 }
@@ -71,7 +77,8 @@ pub fn run(args: &GcArgs, global: &GlobalArgs) -> CliResult {
     let summary = super::runtime()?.block_on(async {
         // No state folder, no history: nothing to create either.
         let Some(store) = super::open_store_existing(&state_dir, &config).await? else {
-            return Ok::<_, CliError>(summarize(PruneReport::default(), mode, false));
+            let nothing = (PruneReport::default(), SweepReport::default());
+            return Ok::<_, CliError>(summarize(nothing, mode, false));
         };
         let dir = super::controller::watched_dir(args.manifests.as_deref(), Some(&store), &config)
             .await?;
@@ -83,9 +90,10 @@ pub fn run(args: &GcArgs, global: &GlobalArgs) -> CliResult {
         let report = store
             .prune_history(&state_dir, &policies, now, mode)
             .await?;
-        let converted = convert_old_database(&store, mode).await?;
+        let swept = store.sweep_log_folders(&state_dir, mode).await?;
+        let converted = convert_old_database(&store, &state_dir, mode).await?;
         store.close().await;
-        Ok(summarize(report, mode, converted))
+        Ok(summarize((report, swept), mode, converted))
     })?;
     for leftover in &summary.leftovers {
         tracing::warn!("cannot remove {leftover}");
@@ -100,18 +108,39 @@ pub fn run(args: &GcArgs, global: &GlobalArgs) -> CliResult {
     Ok(Exit::Success)
 }
 
-/// A database with `auto_vacuum = NONE` is rewritten once, when no run is running (the rewrite
-/// holds the write lock until it is done); true when it was (or, dry, would be).
-async fn convert_old_database(store: &Store, mode: PruneMode) -> Result<bool, CliError> {
+/// A database with `auto_vacuum = NONE` is rewritten once, when no run is running and no
+/// controller is (the rewrite holds the write lock until it is done, longer than an idle
+/// controller's writes wait: the controller would stop); true when it was (or, dry, would be).
+/// The controller's lock is held for the rewrite, so none starts meanwhile. A dry run takes no
+/// lock (taking it writes the lock file): it says what gc would do if no controller were running.
+async fn convert_old_database(
+    store: &Store,
+    state_dir: &std::path::Path,
+    mode: PruneMode,
+) -> Result<bool, CliError> {
     if store.auto_vacuum().await? != AutoVacuum::None {
         return Ok(false);
     }
-    if !store.unfinished_runs().await?.is_empty() {
+    let skipped = |why: &str| {
         tracing::warn!(
             "the database predates incremental vacuum: its free pages are reused but not given \
-             back; `executioner gc` converts it when no run is running"
+             back; conversion skipped: {why}"
         );
-        return Ok(false);
+        Ok(false)
+    };
+    let _lock = match mode {
+        PruneMode::DryRun => None,
+        PruneMode::Delete => match crate::controller::lock::acquire(state_dir) {
+            Ok(lock) => Some(lock),
+            Err(crate::controller::lock::LockError::Held { .. }) => {
+                return skipped("a controller is running; stop it to convert");
+            }
+            Err(e) => return skipped(&crate::error_chain::render(&e)),
+        },
+    };
+    // Under the lock: a run started since the prune is seen.
+    if !store.unfinished_runs().await?.is_empty() {
+        return skipped("a run is running; `executioner gc` converts it when none is");
     }
     match mode {
         PruneMode::DryRun => Ok(true),
@@ -122,13 +151,17 @@ async fn convert_old_database(store: &Store, mode: PruneMode) -> Result<bool, Cl
     }
 }
 
-fn summarize(report: PruneReport, mode: PruneMode, converted: bool) -> GcSummary {
+fn summarize(
+    (report, swept): (PruneReport, SweepReport),
+    mode: PruneMode,
+    converted: bool,
+) -> GcSummary {
     let mut by_pipeline: BTreeMap<String, PipelinePruned> = BTreeMap::new();
     for run in &report.runs {
         let entry = by_pipeline
-            .entry(run.pipeline.clone())
+            .entry(run.pipeline.as_str().to_owned())
             .or_insert_with(|| PipelinePruned {
-                pipeline: run.pipeline.clone(),
+                pipeline: run.pipeline.as_str().to_owned(),
                 runs: Vec::new(),
                 log_bytes: 0,
             });
@@ -143,8 +176,15 @@ fn summarize(report: PruneReport, mode: PruneMode, converted: bool) -> GcSummary
         leftovers: report
             .leftovers
             .iter()
+            .chain(&swept.leftovers)
             .map(|(dir, e)| format!("{} ({e})", dir.display()))
             .collect(),
+        orphaned_log_folders: swept
+            .folders
+            .iter()
+            .map(|(dir, _)| dir.display().to_string())
+            .collect(),
+        orphaned_log_bytes: swept.folders.iter().map(|(_, bytes)| bytes).sum(),
         pipelines: by_pipeline.into_values().collect(),
         converted,
     }
@@ -181,6 +221,18 @@ fn table(summary: &GcSummary) -> String {
             ));
         }
         out.push('\n');
+    }
+    if !summary.orphaned_log_folders.is_empty() {
+        let verb = if summary.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        out.push_str(&format!(
+            "{verb} {} without a run, {}\n",
+            plural(summary.orphaned_log_folders.len(), "orphaned log folder"),
+            bytes(summary.orphaned_log_bytes)
+        ));
     }
     if summary.converted {
         out.push_str(if summary.dry_run {

@@ -145,13 +145,10 @@ impl Pruner {
                         }
                     }
                     Err(e) => {
-                        let mut message = format!("history: cannot prune: {e}");
-                        let mut source = std::error::Error::source(&e);
-                        while let Some(s) = source {
-                            message.push_str(&format!(": {s}"));
-                            source = s.source();
-                        }
-                        let _ = events.send(ControllerEvent::Warning(message));
+                        let _ = events.send(ControllerEvent::Warning(format!(
+                            "history: cannot prune: {}",
+                            crate::error_chain::render(&e)
+                        )));
                     }
                 }
             }

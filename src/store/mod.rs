@@ -269,6 +269,8 @@ macro_rules! select_runs {
         )
     };
 }
+// For the submodules too (declared above, so out of the macro's textual scope).
+pub(crate) use select_runs;
 
 macro_rules! select_attempts {
     ($tail:literal) => {

@@ -156,13 +156,11 @@ impl Store {
     /// Runs whose latest round is terminal but whose notifications were never queued (the process
     /// died between the two commits), oldest first.
     pub async fn runs_not_queued(&self) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, pipeline, generation, spec_json, spec_hash, phase, reason, rounds, \
-             owner_pid, owner_host, owner_start_time, created_at, started_at, finished_at \
-             FROM runs WHERE phase IN ('Succeeded', 'Failed', 'Cancelled') AND NOT EXISTS \
+        let rows = sqlx::query(super::select_runs!(
+            "WHERE phase IN ('Succeeded', 'Failed', 'Cancelled') AND NOT EXISTS \
              (SELECT 1 FROM outbox_rounds q WHERE q.run_id = runs.id AND q.round = runs.rounds) \
-             ORDER BY id",
-        )
+             ORDER BY id"
+        ))
         .fetch_all(&self.pool)
         .await
         .map_err(self.sql("listing runs without notifications"))?;

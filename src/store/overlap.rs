@@ -13,11 +13,9 @@ pub const EVENT_TICK_SKIPPED: &str = "TickSkipped";
 impl Store {
     /// The runs of `pipeline` recorded Running (their owners may be gone), newest first.
     pub async fn running_runs_of(&self, pipeline: &str) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, pipeline, generation, spec_json, spec_hash, phase, reason, rounds, \
-             owner_pid, owner_host, owner_start_time, created_at, started_at, finished_at \
-             FROM runs WHERE phase = 'Running' AND pipeline = ? ORDER BY id DESC",
-        )
+        let rows = sqlx::query(super::select_runs!(
+            "WHERE phase = 'Running' AND pipeline = ? ORDER BY id DESC"
+        ))
         .bind(pipeline)
         .fetch_all(&self.pool)
         .await
@@ -32,12 +30,10 @@ impl Store {
         pid: u32,
         host: &str,
     ) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, pipeline, generation, spec_json, spec_hash, phase, reason, rounds, \
-             owner_pid, owner_host, owner_start_time, created_at, started_at, finished_at \
-             FROM runs WHERE phase = 'Running' \
-             AND NOT (coalesce(owner_pid, -1) = ? AND coalesce(owner_host, '') = ?) ORDER BY id",
-        )
+        let rows = sqlx::query(super::select_runs!(
+            "WHERE phase = 'Running' \
+             AND NOT (coalesce(owner_pid, -1) = ? AND coalesce(owner_host, '') = ?) ORDER BY id"
+        ))
         .bind(i64::from(pid))
         .bind(host)
         .fetch_all(&self.pool)

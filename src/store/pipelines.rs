@@ -160,11 +160,9 @@ impl Store {
         pipeline: &str,
         generation: i64,
     ) -> Result<Option<RunRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, pipeline, generation, spec_json, spec_hash, phase, reason, rounds, \
-             owner_pid, owner_host, owner_start_time, created_at, started_at, finished_at \
-             FROM runs WHERE pipeline = ? AND generation = ? ORDER BY id DESC LIMIT 1",
-        )
+        let row = sqlx::query(super::select_runs!(
+            "WHERE pipeline = ? AND generation = ? ORDER BY id DESC LIMIT 1"
+        ))
         .bind(pipeline)
         .bind(generation)
         .fetch_optional(&self.pool)
@@ -175,11 +173,9 @@ impl Store {
 
     /// The newest run of every pipeline, in one query.
     pub async fn latest_runs(&self) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, pipeline, generation, spec_json, spec_hash, phase, reason, rounds, \
-             owner_pid, owner_host, owner_start_time, created_at, started_at, finished_at \
-             FROM runs WHERE id IN (SELECT MAX(id) FROM runs GROUP BY pipeline)",
-        )
+        let rows = sqlx::query(super::select_runs!(
+            "WHERE id IN (SELECT MAX(id) FROM runs GROUP BY pipeline)"
+        ))
         .fetch_all(&self.pool)
         .await
         .map_err(self.sql("reading the latest runs"))?;

@@ -5,9 +5,18 @@
 //! to prune (the controller's once a minute, `executioner gc`) are the callers' to decide.
 //!
 //! Never pruned: a run that is not finished (a Running run, which includes a resume under way), a
-//! pipeline's latest run, and a run whose notifications still wait in the outbox. Each deleting
-//! transaction checks these again, so a run resumed after it was selected is kept. A log folder
-//! that cannot be removed is reported, not an error: its rows are already gone.
+//! pipeline's latest run, the latest run of the pipeline's current generation (the controller
+//! decides by it whether the pipeline needs a run; a foreground run since is of generation 0), a
+//! run whose end is not yet followed by the queuing of its notifications (no `outbox_rounds` row
+//! for its last round: its process is in between, or died there and the next start queues them),
+//! and a run whose notifications still wait in the outbox. Each deleting transaction checks these
+//! again, so a run resumed after it was selected is kept. A log folder that cannot be removed is
+//! reported, not an error: its rows are already gone. Pipeline names are read back as
+//! [`PipelineName`]s, so a damaged row is an error, never a path outside `logs/`.
+//!
+//! A log folder whose rows are gone but which is still there (the process died between the
+//! commit and the removal) is found by [`Store::sweep_log_folders`]: a run folder of a pipeline
+//! numbered below that pipeline's oldest run left (ids only grow, so no run can still come for it).
 //!
 //! Vacuum, and the way there for every database: one created by this version has
 //! `auto_vacuum = INCREMENTAL` (`open` sets it on a new, empty file, before WAL mode and the
@@ -24,7 +33,8 @@ use std::path::{Path, PathBuf};
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::{RunId, Store, StoreError, timestamp};
+use super::{Decoder, RunId, Store, StoreError, timestamp};
+use crate::spec::PipelineName;
 
 /// Runs deleted per transaction: short enough that the engine's writes, waiting on the same lock,
 /// are held up for milliseconds, not seconds.
@@ -57,7 +67,7 @@ pub enum PruneMode {
 /// One run pruned (or that a dry run would prune).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrunedRun {
-    pub pipeline: String,
+    pub pipeline: PipelineName,
     pub run: RunId,
     /// The size of the files in its log folder.
     pub log_bytes: u64,
@@ -72,6 +82,15 @@ pub struct PruneReport {
     pub leftovers: Vec<(PathBuf, std::io::Error)>,
     /// Bytes the database file gave back (incremental vacuum); 0 for a dry run.
     pub db_bytes_freed: u64,
+}
+
+/// What a sweep of the log folders found (or, dry, would remove).
+#[derive(Debug, Default)]
+pub struct SweepReport {
+    /// Run folders with no run, with the size of their files; by pipeline, then run.
+    pub folders: Vec<(PathBuf, u64)>,
+    /// Those of them that could not be removed, with why.
+    pub leftovers: Vec<(PathBuf, std::io::Error)>,
 }
 
 /// The database's `auto_vacuum` mode.
@@ -89,7 +108,7 @@ impl Store {
         &self,
         policies: &Policies,
         now: OffsetDateTime,
-    ) -> Result<Vec<(RunId, String)>, StoreError> {
+    ) -> Result<Vec<(RunId, PipelineName)>, StoreError> {
         let context = "selecting runs to prune";
         // The newest run of each pipeline has newness 1; a run is beyond the policy when it is
         // past the newest `keep_runs` or ended before the cutoff.
@@ -97,13 +116,19 @@ impl Store {
             "WITH policy (pipeline, keep_runs, cutoff) AS ( \
                  SELECT p.value ->> 0, p.value ->> 1, p.value ->> 2 FROM json_each(?1) AS p), \
              ranked AS ( \
-                 SELECT id, pipeline, phase, coalesce(finished_at, created_at) AS ended, \
+                 SELECT id, pipeline, phase, rounds, coalesce(finished_at, created_at) AS ended, \
                         row_number() OVER (PARTITION BY pipeline ORDER BY id DESC) AS newness \
-                 FROM runs) \
+                 FROM runs), \
+             current AS ( \
+                 SELECT max(c.id) AS id FROM runs AS c JOIN pipelines AS g \
+                 ON g.name = c.pipeline AND g.generation = c.generation GROUP BY c.pipeline) \
              SELECT r.id, r.pipeline FROM ranked AS r LEFT JOIN policy AS p ON p.pipeline = r.pipeline \
              WHERE r.newness > 1 \
                AND r.phase IN ('Succeeded', 'Failed', 'Cancelled') \
                AND (r.newness > coalesce(p.keep_runs, ?2) OR r.ended < coalesce(p.cutoff, ?3)) \
+               AND r.id NOT IN (SELECT id FROM current) \
+               AND EXISTS (SELECT 1 FROM outbox_rounds AS q WHERE q.run_id = r.id \
+                           AND q.round = r.rounds) \
                AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.run_id = r.id \
                                AND o.sent_at IS NULL AND o.failed_at IS NULL) \
              ORDER BY r.id",
@@ -114,14 +139,16 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(self.sql(context))?;
-        rows.iter()
-            .map(|row| {
-                let id: RunId = row.try_get(0)?;
-                let pipeline: String = row.try_get(1)?;
-                Ok((id, pipeline))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.sql(context))
+        rows.iter().map(|row| self.run_and_pipeline(row)).collect()
+    }
+
+    /// `(id, pipeline)` of a selected run; a pipeline name that is not one is a damaged database.
+    fn run_and_pipeline(
+        &self,
+        row: &sqlx::sqlite::SqliteRow,
+    ) -> Result<(RunId, PipelineName), StoreError> {
+        let row = Decoder { row, store: self };
+        Ok((row.get("id")?, row.get("pipeline")?))
     }
 
     /// Prunes the history beyond `policies` at `now`: the rows of each selected run, in batches of
@@ -138,7 +165,7 @@ impl Store {
         let mut report = PruneReport::default();
         if mode == PruneMode::DryRun {
             for (run, pipeline) in selected {
-                let dir = crate::state_dir::run_log_dir(state_dir, &pipeline, run);
+                let dir = crate::state_dir::run_log_dir(state_dir, pipeline.as_str(), run);
                 report.runs.push(PrunedRun {
                     log_bytes: tree_size(&dir),
                     pipeline,
@@ -152,7 +179,7 @@ impl Store {
             // Rows first: a run without rows is gone for every reader, and a folder left behind
             // by a failed removal is only disk space.
             for (run, pipeline) in self.delete_runs(&ids).await? {
-                let dir = crate::state_dir::run_log_dir(state_dir, &pipeline, run);
+                let dir = crate::state_dir::run_log_dir(state_dir, pipeline.as_str(), run);
                 let log_bytes = tree_size(&dir);
                 match std::fs::remove_dir_all(&dir) {
                     Ok(()) => {}
@@ -172,20 +199,27 @@ impl Store {
         Ok(report)
     }
 
-    /// Deletes the rows of `runs` that are still prunable (finished, not their pipeline's latest,
-    /// no notification waiting), in one transaction; returns those deleted with their pipeline.
-    async fn delete_runs(&self, runs: &[RunId]) -> Result<Vec<(RunId, String)>, StoreError> {
+    /// Deletes the rows of `runs` that are still prunable (finished, not their pipeline's latest
+    /// nor its current generation's, notifications queued and none waiting), in one transaction;
+    /// returns those deleted with their pipeline.
+    async fn delete_runs(&self, runs: &[RunId]) -> Result<Vec<(RunId, PipelineName)>, StoreError> {
         let context = "pruning runs";
         let ids: Vec<i64> = runs.iter().map(|r| r.get()).collect();
         let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned());
         let mut writing = self.writing(context).await?;
         let mut tx = writing.begin(context).await?;
-        // A newer run of the same pipeline stays: only this module deletes runs, and never a
-        // pipeline's newest, so "not the latest" cannot change once true.
+        // Checked again in the transaction that deletes: since the selection, a run may have
+        // been resumed, or its pipeline given a new generation (whose newest run this is).
         let rows = sqlx::query(
             "SELECT r.id, r.pipeline FROM runs AS r JOIN json_each(?1) AS c ON r.id = c.value \
              WHERE r.phase IN ('Succeeded', 'Failed', 'Cancelled') \
                AND EXISTS (SELECT 1 FROM runs AS n WHERE n.pipeline = r.pipeline AND n.id > r.id) \
+               AND NOT EXISTS (SELECT 1 FROM pipelines AS g WHERE g.name = r.pipeline \
+                   AND g.generation = r.generation \
+                   AND NOT EXISTS (SELECT 1 FROM runs AS n WHERE n.pipeline = r.pipeline \
+                                   AND n.generation = r.generation AND n.id > r.id)) \
+               AND EXISTS (SELECT 1 FROM outbox_rounds AS q WHERE q.run_id = r.id \
+                           AND q.round = r.rounds) \
                AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.run_id = r.id \
                                AND o.sent_at IS NULL AND o.failed_at IS NULL) \
              ORDER BY r.id",
@@ -194,11 +228,10 @@ impl Store {
         .fetch_all(&mut *tx)
         .await
         .map_err(self.sql(context))?;
-        let confirmed: Vec<(RunId, String)> = rows
+        let confirmed: Vec<(RunId, PipelineName)> = rows
             .iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.sql(context))?;
+            .map(|row| self.run_and_pipeline(row))
+            .collect::<Result<_, _>>()?;
         let ids: Vec<i64> = confirmed.iter().map(|(r, _)| r.get()).collect();
         let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned());
         // Children before parents (foreign keys are on). Every table with a run id: runs,
@@ -220,6 +253,57 @@ impl Store {
         tx.commit().await.map_err(self.sql(context))?;
         writing.release();
         Ok(confirmed)
+    }
+
+    /// Finds the log folders left without their run (a prune whose process died between the
+    /// commit and the removal) and removes them, unless dry: under `STATE/logs/PIPELINE/`, each
+    /// folder named by a run id below the pipeline's oldest run left. Anything else there (a
+    /// newer number, another name, a symlink) is not ours to judge and stays.
+    pub async fn sweep_log_folders(
+        &self,
+        state_dir: &Path,
+        mode: PruneMode,
+    ) -> Result<SweepReport, StoreError> {
+        let context = "finding log folders without a run";
+        let rows = sqlx::query("SELECT min(id) AS id, pipeline FROM runs GROUP BY pipeline")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.sql(context))?;
+        let mut report = SweepReport::default();
+        for row in &rows {
+            let (oldest, pipeline) = self.run_and_pipeline(row)?;
+            let dir = state_dir.join("logs").join(pipeline.as_str());
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut orphans: Vec<(i64, PathBuf)> = entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| {
+                    let name = e.file_name();
+                    let name = name.to_str()?;
+                    let id: i64 = name.parse().ok()?;
+                    // Only the name a run's folder has (`007` is not run 7's).
+                    (id < oldest.get() && name == id.to_string()).then(|| (id, e.path()))
+                })
+                .collect();
+            orphans.sort_unstable();
+            for (_, path) in orphans {
+                let bytes = tree_size(&path);
+                if mode == PruneMode::Delete {
+                    match std::fs::remove_dir_all(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            report.leftovers.push((path, e));
+                            continue;
+                        }
+                    }
+                }
+                report.folders.push((path, bytes));
+            }
+        }
+        Ok(report)
     }
 
     /// The database's `auto_vacuum` mode.
@@ -369,8 +453,25 @@ mod tests {
         (tmp, store)
     }
 
-    /// A run of `pipeline` with one job; finished with `phase` unless that is Running.
+    /// A run of `pipeline` with one job; finished with `phase` unless that is Running, and then
+    /// its (no) notifications queued, as every process that runs one does.
     async fn run(store: &Store, pipeline: &str, phase: RunPhase) -> RunId {
+        let run = run_unqueued(store, pipeline, 1, phase).await;
+        if phase != RunPhase::Running {
+            let rounds = store.run(run).await.unwrap().unwrap().rounds;
+            store.enqueue_notifications(run, rounds, &[]).await.unwrap();
+        }
+        run
+    }
+
+    /// A run as [`run`] makes it, of `generation`, whose end was not yet followed by the queuing
+    /// of its notifications.
+    async fn run_unqueued(
+        store: &Store,
+        pipeline: &str,
+        generation: i64,
+        phase: RunPhase,
+    ) -> RunId {
         let owner = Owner {
             pid: std::process::id(),
             host: "test-host".into(),
@@ -381,7 +482,7 @@ mod tests {
         let run = store
             .create_run(&NewRun {
                 pipeline: &pipeline,
-                generation: 1,
+                generation,
                 spec_json: "{}",
                 spec_hash: "h",
                 jobs: &[NewJob {
@@ -420,7 +521,7 @@ mod tests {
         run
     }
 
-    fn ids(selected: &[(RunId, String)]) -> Vec<i64> {
+    fn ids(selected: &[(RunId, PipelineName)]) -> Vec<i64> {
         selected.iter().map(|(r, _)| r.get()).collect()
     }
 
@@ -523,7 +624,7 @@ mod tests {
         assert_eq!(
             dry.runs,
             [PrunedRun {
-                pipeline: "a".into(),
+                pipeline: PipelineName::parse("a").unwrap(),
                 run: old,
                 log_bytes: 10
             }]
@@ -585,5 +686,96 @@ mod tests {
         store.convert_to_incremental_vacuum().await.unwrap();
         assert_eq!(store.auto_vacuum().await.unwrap(), AutoVacuum::Incremental);
         assert!(store.run(RunId::from(1)).await.unwrap().is_some());
+    }
+
+    /// The controller decides by the newest run of the pipeline's current generation: a later
+    /// foreground run (generation 0) does not make that run prunable, else the controller would
+    /// run the pipeline again.
+    #[tokio::test]
+    async fn the_current_generations_newest_run_is_kept() {
+        let (_tmp, store) = store().await;
+        let generation = store.observe_pipeline("a", "h", "a.yaml").await.unwrap();
+        let controllers = run_unqueued(&store, "a", generation, RunPhase::Succeeded).await;
+        store
+            .enqueue_notifications(controllers, 1, &[])
+            .await
+            .unwrap();
+        let mut foreground = Vec::new();
+        for _ in 0..2 {
+            let r = run_unqueued(&store, "a", 0, RunPhase::Succeeded).await;
+            store.enqueue_notifications(r, 1, &[]).await.unwrap();
+            foreground.push(r);
+        }
+        let p = policies(keep(1, 30), &[]);
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(
+            ids(&store.prunable_runs(&p, now).await.unwrap()),
+            [foreground[0].get()]
+        );
+        // The deleting transaction checks it again.
+        assert!(store.delete_runs(&[controllers]).await.unwrap().is_empty());
+        assert!(store.run(controllers).await.unwrap().is_some());
+        // An older run of the current generation is history like any other.
+        let newer = run_unqueued(&store, "a", generation, RunPhase::Succeeded).await;
+        store.enqueue_notifications(newer, 1, &[]).await.unwrap();
+        assert_eq!(
+            ids(&store.prunable_runs(&p, now).await.unwrap()),
+            [controllers.get(), foreground[0].get(), foreground[1].get()]
+        );
+    }
+
+    /// A run whose end was committed but whose notifications are not queued yet (its process is
+    /// between the two, or died there and the next start queues them) is kept.
+    #[tokio::test]
+    async fn a_run_whose_notifications_are_not_queued_yet_is_kept() {
+        let (_tmp, store) = store().await;
+        let unqueued = run_unqueued(&store, "a", 1, RunPhase::Failed).await;
+        let queued = run(&store, "a", RunPhase::Succeeded).await;
+        run(&store, "a", RunPhase::Succeeded).await;
+        let p = policies(keep(1, 30), &[]);
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(
+            ids(&store.prunable_runs(&p, now).await.unwrap()),
+            [queued.get()]
+        );
+        assert!(store.delete_runs(&[unqueued]).await.unwrap().is_empty());
+        // Once queued, it is history like the others.
+        store.enqueue_notifications(unqueued, 1, &[]).await.unwrap();
+        assert_eq!(
+            ids(&store.prunable_runs(&p, now).await.unwrap()),
+            [unqueued.get(), queued.get()]
+        );
+    }
+
+    /// A pipeline name in the database that is not one (`../escape`: the file was edited) is
+    /// reported as a damaged database, and no folder outside `logs/` is removed.
+    #[tokio::test]
+    async fn a_corrupt_pipeline_name_removes_nothing() {
+        let (tmp, store) = store().await;
+        for _ in 0..3 {
+            run(&store, "a", RunPhase::Succeeded).await;
+        }
+        sqlx::query("UPDATE runs SET pipeline = '../escape' WHERE id IN (1, 2)")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let outside = tmp.path().join("escape").join("1");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("keep.txt"), b"not a log").unwrap();
+        let p = policies(keep(1, 30), &[]);
+        let now = OffsetDateTime::now_utc();
+        for mode in [PruneMode::DryRun, PruneMode::Delete] {
+            let err = store
+                .prune_history(tmp.path(), &p, now, mode)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        }
+        assert!(outside.join("keep.txt").exists());
+        let (left,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(left, 3, "no row is deleted either");
     }
 }
