@@ -9,6 +9,7 @@
 //! STATE/requests/                 files a running controller watches (`rerun-NAME`)
 //! STATE/logs/PIPELINE/RUN/run.log the run's own event log
 //! STATE/logs/PIPELINE/RUN/JOB.log each job's output, attempts one after another
+//! STATE/logs/PIPELINE/RUN/JOB.N.outputs  attempt N's $EXECUTIONER_OUTPUT, while it runs
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,30 @@ pub fn job_log_path(state_dir: &Path, pipeline: &str, run: RunId, job: &str) -> 
 /// is the database's to allocate, so the row keeps the name and readers rebuild the path.
 pub fn job_log_file(job: &str) -> String {
     format!("{job}.log")
+}
+
+/// `STATE/logs/PIPELINE/RUN/JOB.N.outputs`: the file attempt `N` of a job writes its outputs to
+/// (`$EXECUTIONER_OUTPUT`). It may hold secrets, so the engine removes it once it has read it.
+pub fn job_output_path(
+    state_dir: &Path,
+    pipeline: &str,
+    run: RunId,
+    job: &str,
+    attempt: i64,
+) -> PathBuf {
+    run_log_dir(state_dir, pipeline, run).join(format!("{job}.{attempt}.outputs"))
+}
+
+/// Creates (or empties) a file with mode 0600, refusing symlinks.
+pub fn create_private_empty(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
 }
 
 /// Opens a file for appending with mode 0600, refusing symlinks.

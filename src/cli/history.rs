@@ -79,14 +79,14 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
         let (store, run) = open_run(&state_dir, &config, run_id).await?;
         let jobs = store.jobs(run_id).await?;
         let attempts = store.attempts(run_id).await?;
+        let outputs = store.job_outputs(run_id).await?;
         match output {
             OutputFormat::Json => {
+                let value = render::run_with_jobs_json(&run, &jobs, &attempts, &state_dir);
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&render::run_with_jobs_json(
-                        &run, &jobs, &attempts, &state_dir
-                    ))
-                    .unwrap_or_default()
+                    serde_json::to_string_pretty(&render::with_run_data(value, &run, &outputs))
+                        .unwrap_or_default()
                 );
             }
             OutputFormat::Table => {
@@ -117,6 +117,7 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
                     );
                 }
                 println!("{}", render::jobs_table(&jobs, &attempts));
+                print!("{}", render::run_data_text(&run, &jobs, &outputs));
                 let mut table = comfy_table::Table::new();
                 table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
                 table.set_header([

@@ -12,6 +12,7 @@ mod graph;
 mod history;
 mod init;
 mod logging;
+mod params;
 mod render;
 mod run;
 mod schema;
@@ -264,10 +265,15 @@ pub enum Command {
     },
     /// Ask the controller for a new run of the current generation.
     #[command(after_help = "Examples:
-  executioner rerun nightly-etl")]
+  executioner rerun nightly-etl
+  executioner rerun nightly-etl --param date=2026-11-30")]
     Rerun {
         /// The pipeline's name (metadata.name).
         name: String,
+        /// A run parameter for the new run: `--param NAME=VALUE` (repeatable), checked against
+        /// the pipeline's `spec.params`.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        param: Vec<String>,
     },
     /// The effective configuration and where each value came from (secrets masked).
     #[command(after_help = "Examples:
@@ -428,7 +434,7 @@ fn dispatch(cli: Cli) -> CliResult {
             &cli.global,
         ),
         Command::Wait { name, timeout } => wait::wait_for(&name, None, timeout, &cli.global),
-        Command::Rerun { name } => controller::rerun(&name, &cli.global),
+        Command::Rerun { name, param } => controller::rerun(&name, &param, &cli.global),
         Command::Config { output } => {
             let loaded = load_config_layers(&cli.global)?;
             let rows = crate::config::Config::describe(&loaded);

@@ -539,7 +539,9 @@ impl Controller {
                 match why {
                     Why::RerunRequested { or_tick } => {
                         if self.store.take_rerun(&pipeline).await? {
-                            self.launch(d, generation, why.as_str()).await?;
+                            let params = self.store.take_rerun_params(&pipeline).await?;
+                            self.launch_with(d, generation, why.as_str(), &params)
+                                .await?;
                         } else if or_tick {
                             self.launch(d, generation, Why::Schedule.as_str()).await?;
                         }
@@ -659,12 +661,36 @@ impl Controller {
         generation: i64,
         why: &'static str,
     ) -> Result<(), StoreError> {
+        self.launch_with(d, generation, why, &IndexMap::new()).await
+    }
+
+    /// Starts a run with these parameters (a rerun's; none for a new generation or a tick).
+    async fn launch_with(
+        &mut self,
+        d: &Desired,
+        generation: i64,
+        why: &'static str,
+        params: &IndexMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let params = match crate::spec::params::resolve(&d.manifest.spec.params, params) {
+            Ok(values) => values,
+            Err(errors) => {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                let _ = self.events.send(ControllerEvent::Warning(format!(
+                    "pipeline {}: cannot start a run: {}",
+                    d.name,
+                    errors.join("; ")
+                )));
+                return Ok(());
+            }
+        };
         let pinned = Pinned::new(
             d.manifest.clone(),
             &self.opts.manifests_dir,
             IndexMap::new(),
             Vec::new(),
-        );
+        )
+        .with_params(params);
         let plan = match pinned.plan() {
             Ok(p) => p,
             Err(e) => {
@@ -823,8 +849,9 @@ pub async fn request_rerun(
     store: &Store,
     state_dir: &Path,
     name: &str,
+    params: &IndexMap<String, String>,
 ) -> Result<bool, StoreError> {
-    if !store.request_rerun(name).await? {
+    if !store.request_rerun_with_params(name, params).await? {
         return Ok(false);
     }
     let dir = crate::state_dir::requests_dir(state_dir);

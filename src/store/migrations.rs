@@ -146,6 +146,21 @@ CREATE TABLE IF NOT EXISTS controller_settings (
 ALTER TABLE attempts ADD COLUMN max_rss_upper_bound INTEGER NOT NULL DEFAULT 0;
 UPDATE attempts SET max_rss_upper_bound = 1 WHERE max_rss_kib IS NOT NULL;
 "#,
+    // N: job outputs, per succeeded attempt (masked, as JSON), and the parameters of a pending
+    // rerun request (the run's own parameters are in its pinned spec).
+    r#"
+CREATE TABLE IF NOT EXISTS attempt_outputs (
+    attempt_id INTEGER PRIMARY KEY REFERENCES attempts (id) ON DELETE CASCADE,
+    run_id     INTEGER NOT NULL,
+    job_id     TEXT    NOT NULL,
+    outputs    TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempt_outputs_by_run ON attempt_outputs (run_id);
+CREATE TABLE IF NOT EXISTS rerun_params (
+    pipeline TEXT PRIMARY KEY,
+    params   TEXT NOT NULL
+);
+"#,
 ];
 
 /// The schema version this build writes and understands.

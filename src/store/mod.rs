@@ -18,6 +18,7 @@ mod ids;
 mod migrations;
 mod open;
 pub mod outbox;
+mod outputs;
 mod pipelines;
 mod rounds;
 
