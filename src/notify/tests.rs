@@ -389,7 +389,11 @@ fn the_summary_carries_the_runs_params() {
     )
     .unwrap();
     let email: EmailPayload = serde_json::from_str(&out[0].payload).unwrap();
-    assert!(email.body.contains("Params:   date=2026-11-30"), "{}", email.body);
+    assert!(
+        email.body.contains("Params:   date=2026-11-30"),
+        "{}",
+        email.body
+    );
     let command: CommandPayload = serde_json::from_str(&out[1].payload).unwrap();
     assert_eq!(command.summary.params["date"], "2026-11-30");
 }
