@@ -9,7 +9,7 @@
 //! STATE/requests/                 files a running controller watches (`rerun-NAME`)
 //! STATE/logs/PIPELINE/RUN/run.log the run's own event log
 //! STATE/logs/PIPELINE/RUN/JOB.log each job's output, attempts one after another
-//! STATE/logs/PIPELINE/RUN/JOB.N.outputs  attempt N's $EXECUTIONER_OUTPUT, while it runs
+//! STATE/logs/PIPELINE/RUN/outputs/JOB.N  attempt N's $EXECUTIONER_OUTPUT, while it runs
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -55,8 +55,16 @@ pub fn job_log_file(job: &str) -> String {
     format!("{job}.log")
 }
 
-/// `STATE/logs/PIPELINE/RUN/JOB.N.outputs`: the file attempt `N` of a job writes its outputs to
-/// (`$EXECUTIONER_OUTPUT`). It may hold secrets, so the engine removes it once it has read it.
+/// `STATE/logs/PIPELINE/RUN/outputs/`: the folder of the outputs files of a run's attempts. Not
+/// the log folder itself: the engine creates log files there ahead of time, and looking up a
+/// name in a folder while another thread creates files in it waits for that creation.
+pub fn run_outputs_dir(state_dir: &Path, pipeline: &str, run: RunId) -> PathBuf {
+    run_log_dir(state_dir, pipeline, run).join("outputs")
+}
+
+/// `STATE/logs/PIPELINE/RUN/outputs/JOB.N`: the file attempt `N` of a job writes its outputs to
+/// (`$EXECUTIONER_OUTPUT`), created by the job when it writes. It may hold secrets, so the engine
+/// removes it once the attempt has ended.
 pub fn job_output_path(
     state_dir: &Path,
     pipeline: &str,
@@ -64,19 +72,7 @@ pub fn job_output_path(
     job: &str,
     attempt: i64,
 ) -> PathBuf {
-    run_log_dir(state_dir, pipeline, run).join(format!("{job}.{attempt}.outputs"))
-}
-
-/// Creates (or empties) a file with mode 0600, refusing symlinks.
-pub fn create_private_empty(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    run_outputs_dir(state_dir, pipeline, run).join(format!("{job}.{attempt}"))
 }
 
 /// Opens a file for appending with mode 0600, refusing symlinks.

@@ -14,7 +14,7 @@ use crate::env;
 use crate::process::{self, ExitStatus, Output, SpawnSpec, Stdin};
 use crate::scheduler::retry::Failure;
 use crate::spec::{Check, Command, WaitPolicy};
-use crate::state_dir::{create_private_empty, open_private_append};
+use crate::state_dir::open_private_append;
 use crate::status::outputs::{self, MAX_OUTPUT_BYTES, Outputs};
 use crate::status::{JobPhase, JobReason};
 use crate::store::{AttemptId, RunId, Store};
@@ -74,7 +74,7 @@ pub(super) struct AttemptSpec {
     pub(super) recorded: oneshot::Receiver<AttemptId>,
     pub(super) number: i64,
     pub(super) log_path: PathBuf,
-    /// `$EXECUTIONER_OUTPUT`, created empty before the command runs and removed after.
+    /// `$EXECUTIONER_OUTPUT` (created by the job when it writes one), removed after the attempt.
     pub(super) output_path: PathBuf,
     /// The outputs of the upstream jobs this job reads.
     pub(super) upstream: Vec<(usize, Arc<Outputs>)>,
@@ -111,7 +111,6 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
         .plan
         .job_env(spec.job, spec.run, spec.number, &spec.upstream);
     let log = open_private_append(&spec.log_path);
-    let output_file = create_private_empty(&spec.output_path);
 
     // Record before acting: nothing runs before the attempt's row is committed.
     // Awaited by reference: the checks borrow the whole spec later.
@@ -150,17 +149,12 @@ async fn attempt_body(mut spec: AttemptSpec) -> AttemptResult {
             return result;
         }
     };
-    if let Err(e) = output_file {
-        result.outcome = fail(
-            Failure::Spawn,
-            JobReason::SpawnFailed,
-            format!(
-                "cannot create the outputs file {}: {e}",
-                spec.output_path.display()
-            ),
-        );
-        return result;
-    }
+    // The file is not created here: the job creates it when it writes (`>>`). Creating and
+    // removing one per attempt measured ~0.8 ms per job (ext4, 1,000 `true` jobs), against a bar
+    // of 0.3 ms for the whole per-job overhead; a job that writes nothing costs one failed stat
+    // and one failed unlink instead. It lives in the run's `outputs/` folder, inside the private
+    // (0700) log folder, and not beside the logs, whose ahead-of-time creation would make these
+    // lookups wait.
     env.insert(
         OUTPUT_VAR.into(),
         spec.output_path.to_string_lossy().into_owned(),
@@ -432,8 +426,8 @@ fn env_failure(e: &env::EnvError) -> AttemptOutcome {
     }
 }
 
-/// Reads what the command wrote to `$EXECUTIONER_OUTPUT`: nothing (the usual case) costs one
-/// stat; more than [`MAX_OUTPUT_BYTES`] or a malformed file fails the attempt. Values holding a
+/// Reads what the command wrote to `$EXECUTIONER_OUTPUT`: nothing (the usual case, no file)
+/// costs one stat; more than [`MAX_OUTPUT_BYTES`] or a malformed file fails the attempt. Values holding a
 /// secret are masked before anything stores, shows or passes them on.
 fn read_outputs(spec: &AttemptSpec) -> Result<Option<Outputs>, AttemptOutcome> {
     let failed = |reason, message: String| {
@@ -451,7 +445,7 @@ fn read_outputs(spec: &AttemptSpec) -> Result<Option<Outputs>, AttemptOutcome> {
     };
     let size = match std::fs::metadata(&spec.output_path) {
         Ok(meta) => meta.len(),
-        // Removed by the job: it wrote nothing.
+        // Never written.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             return Err(failed(

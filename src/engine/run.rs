@@ -15,7 +15,7 @@ use crate::process::ExitStatus;
 use crate::scheduler::retry;
 use crate::scheduler::{Decision, JobRules, Outcome, Scheduler, Start};
 use crate::state_dir::{
-    create_private_dir, job_log_path, job_output_path, run_log_dir, run_log_path,
+    create_private_dir, job_log_path, job_output_path, run_log_dir, run_log_path, run_outputs_dir,
 };
 use crate::status::outputs::Outputs;
 use crate::status::{JobPhase, JobReason, RunPhase, RunReason};
@@ -95,6 +95,11 @@ pub async fn execute(
     let log_dir = run_log_dir(&options.state_dir, &plan.pipeline, run);
     create_private_dir(&log_dir).map_err(|source| EngineError::Logs {
         path: log_dir.clone(),
+        source,
+    })?;
+    let outputs_dir = run_outputs_dir(&options.state_dir, &plan.pipeline, run);
+    create_private_dir(&outputs_dir).map_err(|source| EngineError::Logs {
+        path: outputs_dir,
         source,
     })?;
     let mut run_log = RunLog::open(&run_log_path(&options.state_dir, &plan.pipeline, run));
