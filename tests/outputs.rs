@@ -256,6 +256,8 @@ fn references_to_jobs_not_upstream_are_validation_errors() {
     - id: side
       command: "true"
       env: {X: "${jobs.load.outputs.K}"}
+    - id: shell
+      command: echo ${params.day}
 "#,
         ),
     );
@@ -275,6 +277,12 @@ fn references_to_jobs_not_upstream_are_validation_errors() {
     assert!(
         stderr.contains(
             "job `side`: ${jobs.load.outputs.K} reads job `load`, which is not upstream of it"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "job `shell`: a string command goes to sh unchanged, which cannot expand ${params.day}"
         ),
         "{stderr}"
     );

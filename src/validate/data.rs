@@ -99,6 +99,19 @@ pub(super) fn data_errors(
         if let Some(dir) = job.get("workingDir").and_then(Value::as_str) {
             templates.push((format!("/spec/jobs/{i}/workingDir"), dir, false));
         }
+        // `sh` would refuse `${params.x}` as a bad substitution: say how to pass it instead.
+        if let Some(Value::String(command)) = job.get("command")
+            && let Some(name) = qualified_refs(command)
+                .first()
+                .map(|(name, _, _)| name.clone())
+        {
+            out.push((
+                doc.pos_of(&format!("/spec/jobs/{i}/command")),
+                format!(
+                    "job `{job_id}`: a string command goes to sh unchanged, which cannot expand ${{{name}}}: set it in the job's env (e.g. VALUE: \"${{{name}}}\") and use $VALUE"
+                ),
+            ));
+        }
         let mut upstream: Option<Vec<bool>> = None;
         for (pointer, template, outputs_allowed) in &templates {
             for (name, from, _) in qualified_refs(template) {
