@@ -55,9 +55,10 @@ pub fn job_log_file(job: &str) -> String {
     format!("{job}.log")
 }
 
-/// `STATE/logs/PIPELINE/RUN/outputs/`: the folder of the outputs files of a run's attempts. Not
-/// the log folder itself: the engine creates log files there ahead of time, and looking up a
-/// name in a folder while another thread creates files in it waits for that creation.
+/// `STATE/logs/PIPELINE/RUN/outputs/`: the folder of the outputs files of a run's attempts, while
+/// a round goes on (removed at its end). Not the log folder itself: the engine creates log files
+/// there ahead of time, and looking up a name in a folder while another thread creates files in
+/// it waits for that creation.
 pub fn run_outputs_dir(state_dir: &Path, pipeline: &str, run: RunId) -> PathBuf {
     run_log_dir(state_dir, pipeline, run).join("outputs")
 }

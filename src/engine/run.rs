@@ -99,7 +99,7 @@ pub async fn execute(
     })?;
     let outputs_dir = run_outputs_dir(&options.state_dir, &plan.pipeline, run);
     create_private_dir(&outputs_dir).map_err(|source| EngineError::Logs {
-        path: outputs_dir,
+        path: outputs_dir.clone(),
         source,
     })?;
     let mut run_log = RunLog::open(&run_log_path(&options.state_dir, &plan.pipeline, run));
@@ -391,6 +391,8 @@ pub async fn execute(
             }
         }
     }
+    // Every attempt has removed its file: the folder goes too (one call per run).
+    let _ = std::fs::remove_dir(&outputs_dir);
     if state.halted == Some(Halt::Interrupted) {
         run_log.line(&format!("run {run} interrupted (ControllerStopped)"));
         return Ok(RunReport {

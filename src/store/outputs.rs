@@ -119,3 +119,112 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::spec::{JobId, PipelineName};
+    use crate::status::{JobPhase, JobReason};
+    use crate::store::{AttemptEnd, Batch, Durability, NewJob, NewRun, Owner};
+
+    fn succeeded() -> AttemptEnd {
+        AttemptEnd {
+            phase: JobPhase::Succeeded,
+            reason: Some(JobReason::Completed),
+            exit_code: Some(0),
+            signal: None,
+            user_time: Duration::ZERO,
+            system_time: Duration::ZERO,
+            max_rss_kib: 0,
+            max_rss_upper_bound: false,
+            message: None,
+        }
+    }
+
+    fn outputs(pairs: &[(&str, &str)]) -> Outputs {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_jobs_outputs_are_those_of_its_latest_success() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("state"), Durability::Normal)
+            .await
+            .unwrap();
+        let (extract, load) = (
+            JobId::parse("extract").unwrap(),
+            JobId::parse("load").unwrap(),
+        );
+        let owner = Owner {
+            pid: std::process::id(),
+            host: "h".into(),
+            start_time: None,
+        };
+        let run = store
+            .create_run(&NewRun {
+                pipeline: &PipelineName::parse("p").unwrap(),
+                generation: 1,
+                spec_json: "{}",
+                spec_hash: "x",
+                jobs: &[
+                    NewJob {
+                        id: &extract,
+                        log_path: "extract.log",
+                    },
+                    NewJob {
+                        id: &load,
+                        log_path: "load.log",
+                    },
+                ],
+                owner: &owner,
+            })
+            .await
+            .unwrap();
+        let mut batch = Batch::default();
+        batch.attempt_started(&extract, 1, 1);
+        batch.attempt_started(&load, 1, 1);
+        let ids = store.commit(run, 1, &mut batch).await.unwrap();
+        let done = Some((JobPhase::Succeeded, Some(JobReason::Completed)));
+        batch.attempt_finished(ids[0], &succeeded(), done);
+        batch.attempt_outputs(ids[0], &outputs(&[("A", "1")]));
+        batch.attempt_finished(ids[1], &succeeded(), done);
+        batch.attempt_outputs(ids[1], &outputs(&[("B", "two\nlines")]));
+        store.commit(run, 1, &mut batch).await.unwrap();
+        let found = store.job_outputs(run).await.unwrap();
+        assert_eq!(found["extract"], outputs(&[("A", "1")]));
+        assert_eq!(found["load"], outputs(&[("B", "two\nlines")]));
+
+        // Run again (a later round) and succeeded without outputs: it has none any more.
+        batch.attempt_started(&extract, 2, 1);
+        let again = store.commit(run, 2, &mut batch).await.unwrap();
+        batch.attempt_finished(again[0], &succeeded(), done);
+        store.commit(run, 2, &mut batch).await.unwrap();
+        let found = store.job_outputs(run).await.unwrap();
+        assert!(!found.contains_key("extract"));
+        assert!(found.contains_key("load"));
+    }
+
+    #[tokio::test]
+    async fn a_rerun_request_carries_its_params_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("state"), Durability::Normal)
+            .await
+            .unwrap();
+        let params: IndexMap<String, String> = [("day".to_owned(), "2026-11-30".to_owned())]
+            .into_iter()
+            .collect();
+        assert!(!store.request_rerun_with_params("p", &params).await.unwrap());
+        store.observe_pipeline("p", "hash", "p.yaml").await.unwrap();
+        assert!(store.request_rerun_with_params("p", &params).await.unwrap());
+        assert!(store.take_rerun("p").await.unwrap());
+        assert_eq!(store.take_rerun_params("p").await.unwrap(), params);
+        assert!(store.take_rerun_params("p").await.unwrap().is_empty());
+    }
+}
