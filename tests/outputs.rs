@@ -301,6 +301,10 @@ fn params_manifest(name: &str) -> String {
         LIMIT: ${params.limit}
         RATIO: ${params.ratio}
         FULL: ${params.full}
+    - id: envdump
+      command: [env]
+      postChecks:
+        - command: [sh, -c, 'if env | grep -q "^params\."; then exit 1; fi']
 "#,
     )
 }
@@ -332,8 +336,11 @@ fn params_defaults_types_enums_and_unknown_names() {
     assert!(log(&ws, "2", "show").contains("day=2026-11-30 region=us limit=7 ratio=0.5 full=true"));
     let shown = json(&ws.run(&["runs", "show", "2", "-o", "json"]));
     assert_eq!(shown["params"]["region"], "us");
-    // Parameters do not make the environment of the job: only their interpolations do.
-    assert!(!log(&ws, "2", "show").contains("params."));
+    // Parameters are not exported to the job or its checks: only their interpolations are.
+    let dump = log(&ws, "2", "envdump");
+    assert!(dump.contains("EXECUTIONER_OUTPUT="), "{dump}");
+    assert!(!dump.contains("params."), "{dump}");
+    assert_eq!(job_state(&run, "envdump").0, "Succeeded");
 
     for (args, message) in [
         (
