@@ -16,6 +16,10 @@
 //! - `${NAME:-default}` is the value of `NAME`, or `default` when `NAME` is undefined **or
 //!   empty** (as POSIX `:-`). The default is itself a template (`${A:-${B}/x}`); it ends at the
 //!   first `}` that does not close a reference nested in it, and it is only expanded when used.
+//! - `${params.NAME}` is the run parameter `NAME`, `${jobs.ID.outputs.KEY}` the output `KEY`
+//!   of upstream job `ID` (see [`qualified`]); both take `:-` defaults like any reference. They
+//!   are looked up in the lowest layer, where the engine puts them under these names (see
+//!   [`is_qualified`]); a layer cannot define them, since its keys are plain names.
 //! - `$$` is one literal `$`.
 //! - Any other `$` stays as it is: `$HOME`, `$1`, a trailing `$` are copied unchanged (the shell
 //!   may expand them later, we do not). A `}` outside a default is literal too.
@@ -33,7 +37,8 @@
 //! through their values (`A: ${B}`, `B: ${A}`) are an [`EnvError::Cycle`] naming the chain.
 //!
 //! # Cost
-//! Parsing and expanding are linear in the size of the template and of the values it pulls in,
+//! A qualified name is scanned once, like a plain one (its split is a suffix search), so
+//! parsing and expanding are linear in the size of the template and of the values it pulls in,
 //! each key of a layer is resolved once, and no step recurses (deeply nested defaults or long
 //! reference chains cannot overflow the stack). Doubling chains (`A: ${B}${B}`, `B: ${C}${C}`, …)
 //! would still grow exponentially, so any value longer than [`MAX_VALUE_LEN`] after
@@ -75,6 +80,48 @@ pub fn is_valid_name(name: &str) -> bool {
 
 fn is_name_byte(b: u8) -> bool {
     b == b'_' || b.is_ascii_alphanumeric()
+}
+
+/// The first words of the qualified names.
+const QUALIFIERS: [&str; 2] = ["params", "jobs"];
+
+/// A qualified name's meaning: a run parameter or an upstream job's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qualified<'a> {
+    /// `params.NAME`
+    Param(&'a str),
+    /// `jobs.ID.outputs.KEY`
+    Output { job: &'a str, key: &'a str },
+}
+
+/// Reads `name` as a qualified name (`params.NAME`, `jobs.ID.outputs.KEY`); `None` for any other.
+pub fn qualified(name: &str) -> Option<Qualified<'_>> {
+    if let Some(param) = name.strip_prefix("params.") {
+        return is_valid_name(param).then_some(Qualified::Param(param));
+    }
+    let rest = name.strip_prefix("jobs.")?;
+    let (job, key) = rest.rsplit_once(".outputs.")?;
+    let job_ok = !job.is_empty()
+        && job
+            .bytes()
+            .all(|c| is_name_byte(c) || c == b'.' || c == b'-');
+    (job_ok && is_valid_name(key)).then_some(Qualified::Output { job, key })
+}
+
+/// Whether a variable of a finished environment is a qualified name: the engine puts parameters
+/// and outputs in the lowest layer under these names for interpolation, and never exports them.
+pub fn is_qualified(name: &str) -> bool {
+    name.starts_with("params.") || name.starts_with("jobs.")
+}
+
+/// The name under which a parameter's value is looked up.
+pub fn param_name(name: &str) -> String {
+    format!("params.{name}")
+}
+
+/// The name under which an upstream job's output is looked up.
+pub fn output_name(job: &str, key: &str) -> String {
+    format!("jobs.{job}.outputs.{key}")
 }
 
 /// One step of a parsed template. A template is a flat list of ops: the default of a reference is
@@ -124,6 +171,23 @@ fn parse(template: &str) -> Result<Vec<Op>, String> {
                     while bytes.get(end).is_some_and(|&c| is_name_byte(c)) {
                         end += 1;
                     }
+                    // A qualified name goes on over the job id's characters (`.` and `-`).
+                    if bytes.get(end) == Some(&b'.')
+                        && QUALIFIERS.contains(&&template[name_start..end])
+                    {
+                        while bytes
+                            .get(end)
+                            .is_some_and(|&c| is_name_byte(c) || c == b'.' || c == b'-')
+                        {
+                            end += 1;
+                        }
+                        let name = &template[name_start..end];
+                        if qualified(name).is_none() {
+                            return Err(format!(
+                                "invalid reference `{name}` at byte {start} (expected params.NAME or jobs.ID.outputs.KEY)"
+                            ));
+                        }
+                    }
                     let name = &template[name_start..end];
                     if name.is_empty() {
                         return Err(match bytes.get(end) {
@@ -134,7 +198,7 @@ fn parse(template: &str) -> Result<Vec<Op>, String> {
                             }
                         });
                     }
-                    if !is_valid_name(name) {
+                    if !is_valid_name(name) && qualified(name).is_none() {
                         return Err(format!(
                             "invalid variable name `{name}` at byte {start} (names match [A-Za-z_][A-Za-z0-9_]*)"
                         ));
@@ -784,6 +848,14 @@ mod tests {
             "expected `}` or `:-` after `${A` at byte 0"
         );
         assert_eq!(
+            syntax_message(interp("${params.1}", &[])),
+            "invalid reference `params.1` at byte 0 (expected params.NAME or jobs.ID.outputs.KEY)"
+        );
+        assert_eq!(
+            syntax_message(interp("${jobs.a.output.K}", &[])),
+            "invalid reference `jobs.a.output.K` at byte 0 (expected params.NAME or jobs.ID.outputs.KEY)"
+        );
+        assert_eq!(
             syntax_message(interp("${A:-x", &[])),
             "unclosed `${...:-` default starting at byte 0"
         );
@@ -845,6 +917,54 @@ mod tests {
         let err = apply_layer(&IndexMap::new(), &layer).expect_err("cycle");
         assert!(matches!(&err, EnvError::Cycle { key, .. } if key == "K0"));
         assert_eq!(check_layer(&|_| false, &layer), vec![err]);
+    }
+
+    #[test]
+    fn qualified_names_are_looked_up_in_the_base() {
+        let env = [
+            ("params.date", "2026-11-30"),
+            ("jobs.ex-tract.v2.outputs.FILE", "/tmp/f"),
+        ];
+        assert_eq!(
+            interp("${params.date}/${jobs.ex-tract.v2.outputs.FILE}", &env).as_deref(),
+            Ok("2026-11-30//tmp/f")
+        );
+        assert_eq!(
+            interp("${jobs.a.outputs.K:-none}", &env).as_deref(),
+            Ok("none")
+        );
+        assert_eq!(
+            interp("${params.nope}", &env),
+            Err(undefined("T", "params.nope"))
+        );
+        assert_eq!(
+            qualified("jobs.a.outputs.b.outputs.K"),
+            Some(Qualified::Output {
+                job: "a.outputs.b",
+                key: "K"
+            })
+        );
+        assert_eq!(qualified("params.x"), Some(Qualified::Param("x")));
+        assert_eq!(qualified("PATH"), None);
+        assert_eq!(qualified("jobs..outputs.K"), None);
+        // Plain dotted names stay a syntax error.
+        assert!(matches!(
+            interp("${a.b}", &[]),
+            Err(EnvError::Syntax { .. })
+        ));
+        let layer = apply(
+            &[("params.p", "v")],
+            &[("A", "${params.p}-${B}"), ("B", "b")],
+        )
+        .expect("ok");
+        assert_eq!(layer["A"], "v-b");
+        assert_eq!(
+            references("${params.p}${jobs.j.outputs.K:-x}"),
+            Ok(vec![
+                ("params.p".to_owned(), false),
+                ("jobs.j.outputs.K".to_owned(), true)
+            ])
+        );
     }
 
     #[test]

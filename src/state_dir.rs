@@ -9,6 +9,7 @@
 //! STATE/requests/                 files a running controller watches (`rerun-NAME`)
 //! STATE/logs/PIPELINE/RUN/run.log the run's own event log
 //! STATE/logs/PIPELINE/RUN/JOB.log each job's output, attempts one after another
+//! STATE/logs/PIPELINE/RUN/outputs/JOB.N  attempt N's $EXECUTIONER_OUTPUT, while it runs
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -75,6 +76,27 @@ pub fn job_log_path(state_dir: &Path, pipeline: &str, run: RunId, job: &str) -> 
 /// is the database's to allocate, so the row keeps the name and readers rebuild the path.
 pub fn job_log_file(job: &str) -> String {
     format!("{job}.log")
+}
+
+/// `STATE/logs/PIPELINE/RUN/outputs/`: the folder of the outputs files of a run's attempts, while
+/// a round goes on (removed at its end). Not the log folder itself: the engine creates log files
+/// there ahead of time, and looking up a name in a folder while another thread creates files in
+/// it waits for that creation.
+pub fn run_outputs_dir(state_dir: &Path, pipeline: &str, run: RunId) -> PathBuf {
+    run_log_dir(state_dir, pipeline, run).join("outputs")
+}
+
+/// `STATE/logs/PIPELINE/RUN/outputs/JOB.N`: the file attempt `N` of a job writes its outputs to
+/// (`$EXECUTIONER_OUTPUT`), created by the job when it writes. It may hold secrets, so the engine
+/// removes it once the attempt has ended.
+pub fn job_output_path(
+    state_dir: &Path,
+    pipeline: &str,
+    run: RunId,
+    job: &str,
+    attempt: i64,
+) -> PathBuf {
+    run_outputs_dir(state_dir, pipeline, run).join(format!("{job}.{attempt}"))
 }
 
 /// Opens a file for appending with mode 0600, refusing symlinks.

@@ -5,6 +5,8 @@
 //! the generic document, so a type error in one job does not hide a cycle between two others. Only
 //! when both passes are clean is the document turned into a typed [`Manifest`].
 
+mod data;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -835,6 +837,7 @@ fn semantic_errors(doc: &RawDoc, options: &Options, out: &mut Vec<(Pos, String)>
     }
 
     env_errors(doc, spec, &jobs, options, out);
+    data::data_errors(doc, spec, &jobs, out);
     security_errors(doc, &jobs, &options.security, out);
 }
 
@@ -887,6 +890,7 @@ fn env_errors(
         "EXECUTIONER_PIPELINE",
         "EXECUTIONER_JOB_ID",
         "EXECUTIONER_ATTEMPT",
+        "EXECUTIONER_OUTPUT",
     ];
 
     let pipeline_layer = env_layer(spec.get("env"));
@@ -900,7 +904,10 @@ fn env_errors(
             ));
         }
     }
-    let base_pipeline = |name: &str| inherited.contains(name) || builtin.contains(&name);
+    // Parameters and outputs are checked by `data`.
+    let base_pipeline = |name: &str| {
+        inherited.contains(name) || builtin.contains(&name) || env::qualified(name).is_some()
+    };
     let pipeline_templates: IndexMap<String, String> = pipeline_layer
         .iter()
         .filter(|(_, (_, secret))| !secret)

@@ -474,7 +474,8 @@ fn json_shapes_of_runs_and_runs_show() {
             "finishedAt",
             "rounds",
             "roundList",
-            "jobs"
+            "jobs",
+            "params"
         ]
     );
     let job = &show["jobs"][1];
@@ -496,7 +497,8 @@ fn json_shapes_of_runs_and_runs_show() {
             "startedAt",
             "finishedAt",
             "log",
-            "attemptList"
+            "attemptList",
+            "outputs"
         ]
     );
     let attempt = &job["attemptList"][0];

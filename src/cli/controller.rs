@@ -341,8 +341,9 @@ pub fn status(
     }
 }
 
-pub fn rerun(name: &str, global: &GlobalArgs) -> CliResult {
+pub fn rerun(name: &str, param: &[String], global: &GlobalArgs) -> CliResult {
     crate::spec::PipelineName::parse(name).map_err(|e| CliError::usage(e.to_string()))?;
+    let given = super::params::parse(param)?;
     let config = super::load_config(global)?;
     let state_dir = super::state_dir(&config);
     super::runtime()?.block_on(async move {
@@ -353,7 +354,14 @@ pub fn rerun(name: &str, global: &GlobalArgs) -> CliResult {
                     "pipeline/{name} not found (no controller has seen it)"
                 ))
             })?;
-        if controller::request_rerun(&store, &state_dir, name).await? {
+        // Checked here against the spec of its latest run, for an error at once; the controller
+        // checks them again against the current manifest when it starts the run.
+        if let Some(run) = store.latest_run(name).await?
+            && let Ok(pinned) = crate::spec::Pinned::from_json(&run.spec_json)
+        {
+            super::params::resolve(&pinned.manifest.spec.params, &given)?;
+        }
+        if controller::request_rerun(&store, &state_dir, name, &given).await? {
             println!("pipeline/{name} rerun requested");
             Ok(Exit::Success)
         } else {

@@ -81,9 +81,11 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
         let attempts = store.attempts(run_id).await?;
         // The source revision of the generation it ran (a foreground run, generation 0, has none).
         let revision = store.revision(&run.pipeline, run.generation).await?;
+        let outputs = store.job_outputs(run_id).await?;
         match output {
             OutputFormat::Json => {
-                let mut value = render::run_with_jobs_json(&run, &jobs, &attempts, &state_dir);
+                let value = render::run_with_jobs_json(&run, &jobs, &attempts, &state_dir);
+                let mut value = render::with_run_data(value, &run, &outputs);
                 if let (Some(revision), Some(object)) = (&revision, value.as_object_mut()) {
                     object.insert("revision".into(), revision.as_str().into());
                 }
@@ -123,6 +125,7 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
                     );
                 }
                 println!("{}", render::jobs_table(&jobs, &attempts));
+                print!("{}", render::run_data_text(&run, &jobs, &outputs));
                 let mut table = comfy_table::Table::new();
                 table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
                 table.set_header([

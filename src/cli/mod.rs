@@ -14,6 +14,7 @@ mod graph;
 mod history;
 mod init;
 mod logging;
+mod params;
 mod prune;
 mod render;
 mod run;
@@ -275,10 +276,15 @@ pub enum Command {
     },
     /// Ask the controller for a new run of the current generation.
     #[command(after_help = "Examples:
-  executioner rerun nightly-etl")]
+  executioner rerun nightly-etl
+  executioner rerun nightly-etl --param date=2026-11-30")]
     Rerun {
         /// The pipeline's name (metadata.name).
         name: String,
+        /// A run parameter for the new run: `--param NAME=VALUE` (repeatable), checked against
+        /// the pipeline's `spec.params`.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        param: Vec<String>,
     },
     /// Stop new runs of a pipeline: sets `spec.suspend: true` in its manifest (a run going on
     /// finishes).
@@ -468,13 +474,13 @@ fn dispatch(cli: Cli) -> CliResult {
             &cli.global,
         ),
         Command::Wait { name, timeout } => wait::wait_for(&name, None, timeout, &cli.global),
-        Command::Rerun { name } => controller::rerun(&name, &cli.global),
         Command::Suspend { name, manifests } => {
             suspend::run(&name, true, manifests.as_deref(), &cli.global)
         }
         Command::Unsuspend { name, manifests } => {
             suspend::run(&name, false, manifests.as_deref(), &cli.global)
         }
+        Command::Rerun { name, param } => controller::rerun(&name, &param, &cli.global),
         Command::Config { output } => {
             let loaded = load_config_layers(&cli.global)?;
             let rows = crate::config::Config::describe(&loaded);

@@ -9,6 +9,7 @@
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::status::outputs::Outputs;
 use crate::status::{RunPhase, format_time};
 use crate::store::{AttemptRow, JobRow, RunRow};
 
@@ -175,6 +176,57 @@ pub fn run_with_jobs_json(
         );
     }
     value
+}
+
+/// A run's parameters, as its pinned spec recorded them.
+pub fn run_params(run: &RunRow) -> indexmap::IndexMap<String, String> {
+    crate::spec::Pinned::from_json(&run.spec_json)
+        .map(|p| p.params)
+        .unwrap_or_default()
+}
+
+/// Adds `"params"` to a run object and `"outputs"` to each of its jobs (stored masked).
+pub fn with_run_data(
+    mut value: Value,
+    run: &RunRow,
+    outputs: &std::collections::HashMap<String, Outputs>,
+) -> Value {
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("params".into(), json!(run_params(run)));
+        if let Some(jobs) = obj.get_mut("jobs").and_then(Value::as_array_mut) {
+            for job in jobs {
+                let id = job.get("id").and_then(Value::as_str).unwrap_or_default();
+                let own = json!(outputs.get(id).cloned().unwrap_or_default());
+                if let Some(job) = job.as_object_mut() {
+                    job.insert("outputs".into(), own);
+                }
+            }
+        }
+    }
+    value
+}
+
+/// The params and outputs of a run as text lines (`runs show`), empty without any.
+pub fn run_data_text(
+    run: &RunRow,
+    jobs: &[JobRow],
+    outputs: &std::collections::HashMap<String, Outputs>,
+) -> String {
+    let mut out = String::new();
+    for (name, value) in run_params(run) {
+        out.push_str(&format!("param {name}={value}\n"));
+    }
+    for job in jobs {
+        for (key, value) in outputs.get(job.job_id.as_str()).into_iter().flatten() {
+            let value = if value.contains('\n') {
+                format!("{value:?}")
+            } else {
+                value.clone()
+            };
+            out.push_str(&format!("output {}.{key}={value}\n", job.job_id));
+        }
+    }
+    out
 }
 
 /// `1.234s`, `2m03s`.

@@ -40,6 +40,14 @@ pub struct RunArgs {
     /// Extra environment, the highest layer: `--env K=V` (repeatable).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// A run parameter: `--param NAME=VALUE` (repeatable), checked against `spec.params`; a
+    /// resume keeps the values the run was started with.
+    #[arg(
+        long = "param",
+        value_name = "NAME=VALUE",
+        conflicts_with = "resume_from"
+    )]
+    pub param: Vec<String>,
     /// Jobs not to run (comma-separated or repeated); they count as satisfied for dependents.
     #[arg(long, value_delimiter = ',', value_name = "ID,...")]
     pub skip: Vec<String>,
@@ -109,8 +117,12 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| PathBuf::from("."));
     let process_env: IndexMap<String, String> = std::env::vars().collect();
-    let plan = Plan::new(&manifest, &base_dir, &process_env, cli_env.clone())
+    let mut plan = Plan::new(&manifest, &base_dir, &process_env, cli_env.clone())
         .map_err(|e| CliError::failed(super::error::chain(&e)))?;
+    if args.resume_from.is_none() {
+        plan.params =
+            super::params::resolve(&manifest.spec.params, &super::params::parse(&args.param)?)?;
+    }
     let workers = args.workers.unwrap_or_else(|| config.workers());
 
     if args.dry_run {
@@ -131,7 +143,8 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
                 })?;
                 let policy = manifest.spec.concurrency_policy;
                 make_way(&state_dir, &store, &plan.pipeline, policy, &config).await?;
-                let pinned = Pinned::new(manifest, &base_dir, cli_env, args.skip.clone());
+                let pinned = Pinned::new(manifest, &base_dir, cli_env, args.skip.clone())
+                    .with_params(plan.params.clone());
                 let request = launch::new_run(&store, &plan, &pinned, 0, &owner)
                     .await?;
                 (request.run_id, request)
@@ -149,10 +162,13 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
                         manifest.metadata.name
                     )));
                 }
+                // The run's recorded values, against the declarations of the spec used now.
+                let recorded = Pinned::from_json(&previous.spec_json).map(|p| p.params).unwrap_or_default();
+                plan.params = super::params::resolve(&manifest.spec.params, &recorded)?;
                 let respec = match spec_differences(&previous.spec_json, &manifest) {
                     Some(diff) => {
                         eprintln!("the manifest differs from the spec run {run_id} was started with; using the new spec:\n{diff}");
-                        Some(Pinned::new(manifest, &base_dir, cli_env, args.skip.clone()))
+                        Some(Pinned::new(manifest, &base_dir, cli_env, args.skip.clone()).with_params(plan.params.clone()))
                     }
                     None => None,
                 };
@@ -293,12 +309,12 @@ async fn unchanged(
     if output == OutputFormat::Json {
         let jobs = store.jobs(run_id).await?;
         let attempts = store.attempts(run_id).await?;
+        let outputs = store.job_outputs(run_id).await?;
+        let value = render::run_with_jobs_json(&run, &jobs, &attempts, state_dir);
         println!(
             "{}",
-            serde_json::to_string_pretty(&render::run_with_jobs_json(
-                &run, &jobs, &attempts, state_dir
-            ))
-            .unwrap_or_default()
+            serde_json::to_string_pretty(&render::with_run_data(value, &run, &outputs))
+                .unwrap_or_default()
         );
     }
     Ok(match run.phase {
@@ -469,12 +485,12 @@ async fn drive(
     };
     match (output, run) {
         (OutputFormat::Json, Some(run)) => {
+            let outputs = store.job_outputs(run_id).await?;
+            let value = render::run_with_jobs_json(&run, &jobs, &attempts, state_dir);
             println!(
                 "{}",
-                serde_json::to_string_pretty(&render::run_with_jobs_json(
-                    &run, &jobs, &attempts, state_dir
-                ))
-                .unwrap_or_default()
+                serde_json::to_string_pretty(&render::with_run_data(value, &run, &outputs))
+                    .unwrap_or_default()
             );
         }
         (_, _) if !global.quiet => {

@@ -437,7 +437,9 @@ impl Controller {
                 match why {
                     Why::RerunRequested { or_tick } => {
                         if self.store.take_rerun(&pipeline).await? {
-                            self.launch(d, generation, why.as_str()).await?;
+                            let params = self.store.take_rerun_params(&pipeline).await?;
+                            self.launch_with(d, generation, why.as_str(), &params)
+                                .await?;
                         } else if or_tick {
                             self.launch(d, generation, Why::Schedule.as_str()).await?;
                         }

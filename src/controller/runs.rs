@@ -171,12 +171,36 @@ impl Controller {
         generation: i64,
         why: &'static str,
     ) -> Result<(), StoreError> {
+        self.launch_with(d, generation, why, &IndexMap::new()).await
+    }
+
+    /// Starts a run with these parameters (a rerun's; none for a new generation or a tick).
+    pub(super) async fn launch_with(
+        &mut self,
+        d: &Desired,
+        generation: i64,
+        why: &'static str,
+        params: &IndexMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let params = match crate::spec::params::resolve(&d.manifest.spec.params, params) {
+            Ok(values) => values,
+            Err(errors) => {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                let _ = self.events.send(ControllerEvent::Warning(format!(
+                    "pipeline {}: cannot start a run: {}",
+                    d.name,
+                    errors.join("; ")
+                )));
+                return Ok(());
+            }
+        };
         let pinned = Pinned::new(
             d.manifest.clone(),
             &self.opts.manifests_dir,
             IndexMap::new(),
             Vec::new(),
-        );
+        )
+        .with_params(params);
         let plan = match pinned.plan() {
             Ok(p) => p,
             Err(e) => {

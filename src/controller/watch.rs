@@ -77,8 +77,9 @@ pub async fn request_rerun(
     store: &Store,
     state_dir: &Path,
     name: &str,
+    params: &indexmap::IndexMap<String, String>,
 ) -> Result<bool, StoreError> {
-    if !store.request_rerun(name).await? {
+    if !store.request_rerun_with_params(name, params).await? {
         return Ok(false);
     }
     let dir = crate::state_dir::requests_dir(state_dir);

@@ -230,7 +230,7 @@ async fn run_command_check(command: &Command, ctx: &CheckContext<'_>) -> Verdict
     let spec = SpawnSpec {
         program: argv[0].clone().into(),
         args: argv[1..].iter().map(Into::into).collect(),
-        env: ctx.env.iter().collect(),
+        env: exported(ctx.env),
         cwd: ctx.cwd.to_owned(),
         stdin: Stdin::Null,
         output: Output::Capture,
@@ -278,7 +278,7 @@ async fn run_plugin(
     let spec = SpawnSpec {
         program: program.into_os_string(),
         args: Vec::new(),
-        env: ctx.env.iter().collect(),
+        env: exported(ctx.env),
         cwd: ctx.cwd.to_owned(),
         stdin: Stdin::Bytes(context.to_string().into_bytes()),
         output: Output::Capture,
@@ -391,4 +391,10 @@ fn http_error_message(url: &str, limit: Duration, err: &ureq::Error) -> String {
         }
         _ => format!("{url}: {err}"),
     }
+}
+
+/// The environment a check's process gets: the job's, without the parameters and outputs that
+/// are in it for interpolation only (see [`env::is_qualified`]).
+fn exported(env: &IndexMap<String, String>) -> crate::process::Environment {
+    env.iter().filter(|(k, _)| !env::is_qualified(k)).collect()
 }

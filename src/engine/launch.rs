@@ -25,12 +25,14 @@ pub trait PinnedPlan {
 impl PinnedPlan for Pinned {
     fn plan(&self) -> Result<Plan, PlanError> {
         let process_env: IndexMap<String, String> = std::env::vars().collect();
-        Plan::new(
+        let mut plan = Plan::new(
             &self.manifest,
             &self.base_dir,
             &process_env,
             self.env.clone(),
-        )
+        )?;
+        plan.params = self.params.clone();
+        Ok(plan)
     }
 }
 

@@ -58,6 +58,21 @@ pub fn copy_masked(
     dst.write_all(&out)
 }
 
+/// `text` with every secret replaced by `***` (for outputs, which are stored and shown).
+pub fn mask_text(text: &str, secrets: &[String]) -> String {
+    let secrets: Vec<Vec<u8>> = secrets
+        .iter()
+        .filter(|s| !s.is_empty() && text.contains(s.as_str()))
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    if secrets.is_empty() {
+        return text.to_owned();
+    }
+    let (out, _) = mask_prefix(text.as_bytes(), text.len(), &secrets);
+    // Only whole secrets (valid UTF-8) were replaced by ASCII, so the text stays UTF-8.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Masks matches starting before `limit`; returns the output and how many input bytes it covers
 /// (at least `limit`, more when a match straddles it).
 fn mask_prefix(data: &[u8], limit: usize, secrets: &[Vec<u8>]) -> (Vec<u8>, usize) {
@@ -115,5 +130,12 @@ mod tests {
         assert_eq!(masked(b"abcabc", &["abc", "bc"], 1), "******");
         assert_eq!(masked(b"no secrets here", &["zzz"], 4), "no secrets here");
         assert_eq!(masked(b"hunter", &["hunter2"], 2), "hunter");
+    }
+
+    #[test]
+    fn masks_text() {
+        let secrets = ["s3cr3t".to_owned()];
+        assert_eq!(mask_text("url=a:s3cr3t@h", &secrets), "url=a:***@h");
+        assert_eq!(mask_text("plain", &secrets), "plain");
     }
 }

@@ -5,6 +5,7 @@
 //! prepared once here. Secrets are read here, once per run, and listed for masking.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 
@@ -15,6 +16,7 @@ use crate::spec::{
     PipelineName, RetryPolicy, SecretSource, Trigger,
 };
 use crate::status::RunId;
+use crate::status::outputs::Outputs;
 
 /// Default attempt timeout when neither the job nor `defaults` sets one (none: jobs may run long).
 pub const NO_RETRY: RetryPolicy = RetryPolicy {
@@ -44,6 +46,8 @@ pub struct PlannedJob {
     pub env: IndexMap<String, String>,
     /// The job's folder (absolute; may contain `${VAR}` until resolved per attempt).
     pub working_dir: String,
+    /// The upstream jobs whose outputs its env or command refers to (`${jobs.ID.outputs.KEY}`).
+    pub reads_outputs: Vec<usize>,
 }
 
 /// A whole pipeline, ready to execute.
@@ -63,6 +67,8 @@ pub struct Plan {
     pub cli_env: IndexMap<String, String>,
     /// Values that must never be shown (secrets), for masking.
     pub secrets: Vec<String>,
+    /// The run's parameters (checked, defaults filled in), looked up as `${params.NAME}`.
+    pub params: IndexMap<String, String>,
 }
 
 /// Why a plan could not be made.
@@ -111,7 +117,9 @@ impl Plan {
             .collect();
         let dag = Dag::new(deps.clone())?;
 
-        let inherited = inherited_env(&spec.inherit_env, process_env);
+        let mut inherited = inherited_env(&spec.inherit_env, process_env);
+        // Those names are the engine's, for parameters and outputs (see `env::is_qualified`).
+        inherited.retain(|name, _| !env::is_qualified(name));
         let mut secrets = Vec::new();
         let pipeline_env = layer(&spec.env, process_env, &mut secrets)?;
         let base_dir = absolute(base_dir);
@@ -122,14 +130,16 @@ impl Plan {
 
         let mut jobs = Vec::with_capacity(spec.jobs.len());
         for (i, job) in spec.jobs.iter().enumerate() {
-            jobs.push(plan_job(
+            let mut planned = plan_job(
                 job,
                 deps[i].clone(),
                 manifest,
                 &pipeline_dir,
                 process_env,
                 &mut secrets,
-            )?);
+            )?;
+            planned.reads_outputs = outputs_read(&planned, &index);
+            jobs.push(planned);
         }
         secrets.retain(|s| !s.is_empty());
         Ok(Plan {
@@ -143,18 +153,31 @@ impl Plan {
             pipeline_env,
             cli_env,
             secrets,
+            params: IndexMap::new(),
         })
     }
 
-    /// The complete environment of one attempt of job `index`.
+    /// The complete environment of one attempt of job `index`, given the outputs of the upstream
+    /// jobs it reads (see [`PlannedJob::reads_outputs`]). Parameters and outputs are in it under
+    /// their qualified names, which are not exported (see [`env::is_qualified`]).
     pub fn job_env(
         &self,
         index: usize,
         run_id: RunId,
         attempt: i64,
+        upstream: &[(usize, Arc<Outputs>)],
     ) -> Result<IndexMap<String, String>, EnvError> {
         let job = &self.jobs[index];
         let mut base = self.inherited.clone();
+        for (name, value) in &self.params {
+            base.insert(env::param_name(name), value.clone());
+        }
+        for (from, outputs) in upstream {
+            let from = self.jobs[*from].id.as_str();
+            for (key, value) in outputs.iter() {
+                base.insert(env::output_name(from, key), value.clone());
+            }
+        }
         base.insert("EXECUTIONER_RUN_ID".into(), run_id.to_string());
         base.insert(
             "EXECUTIONER_PIPELINE".into(),
@@ -183,6 +206,30 @@ impl Plan {
     pub fn index_of(&self, id: &str) -> Option<usize> {
         self.jobs.iter().position(|j| j.id == id)
     }
+}
+
+/// The jobs whose outputs `job`'s env values and array-command elements refer to. Validation has
+/// checked that they are upstream; a template that does not mention `${jobs.` costs one search.
+fn outputs_read(job: &PlannedJob, index: &IndexMap<&str, usize>) -> Vec<usize> {
+    let exec_args = match &job.command {
+        Command::Exec(args) => args.as_slice(),
+        Command::Shell(_) => &[],
+    };
+    let mut read = Vec::new();
+    for template in job.env.values().chain(exec_args) {
+        if !template.contains("${jobs.") {
+            continue;
+        }
+        for (name, _) in env::references(template).unwrap_or_default() {
+            if let Some(env::Qualified::Output { job: from, .. }) = env::qualified(&name)
+                && let Some(&from) = index.get(from)
+                && !read.contains(&from)
+            {
+                read.push(from);
+            }
+        }
+    }
+    read
 }
 
 fn plan_job(
@@ -225,6 +272,7 @@ fn plan_job(
             .unwrap_or_default(),
         env: layer(&job.env, process_env, secrets)?,
         working_dir,
+        reads_outputs: Vec::new(),
     })
 }
 

@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::process::ExitStatus;
 use crate::scheduler::retry;
 use crate::scheduler::{Decision, JobRules, Outcome, Scheduler, Start};
-use crate::state_dir::{create_private_dir, job_log_path, run_log_dir, run_log_path};
+use crate::state_dir::{
+    create_private_dir, job_log_path, job_output_path, run_log_dir, run_log_path, run_outputs_dir,
+};
+use crate::status::outputs::Outputs;
 use crate::status::{JobPhase, JobReason, RunPhase, RunReason};
 use crate::store::{AttemptEnd, AttemptId, Batch, RunId, Store, StoreError};
 
@@ -94,6 +97,11 @@ pub async fn execute(
         path: log_dir.clone(),
         source,
     })?;
+    let outputs_dir = run_outputs_dir(&options.state_dir, &plan.pipeline, run);
+    create_private_dir(&outputs_dir).map_err(|source| EngineError::Logs {
+        path: outputs_dir.clone(),
+        source,
+    })?;
     let mut run_log = RunLog::open(&run_log_path(&options.state_dir, &plan.pipeline, run));
     run_log.line(&format!(
         "round {} of run {run} of {} started",
@@ -139,6 +147,20 @@ pub async fn execute(
         })
         .collect();
     let (scheduler, decisions) = Scheduler::new(plan.dag.clone(), rules, plan.fail_fast);
+    // The outputs of the jobs that keep an earlier round's result are that round's, from the
+    // store; the others' come from their attempts in this round.
+    let mut outputs: Vec<Option<Arc<Outputs>>> = vec![None; n];
+    let reads_outputs = plan.jobs.iter().any(|j| !j.reads_outputs.is_empty());
+    if reads_outputs && starts.iter().any(|s| matches!(s, Start::Keep(_))) {
+        let stored = store.job_outputs(run).await.map_err(store_err)?;
+        for (i, job) in plan.jobs.iter().enumerate() {
+            if matches!(starts[i], Start::Keep(_))
+                && let Some(values) = stored.get(job.id.as_str())
+            {
+                outputs[i] = Some(Arc::new(values.clone()));
+            }
+        }
+    }
     let prefetch = prefetch::LogPrefetch::start(
         (0..n)
             .filter(|&i| starts[i] == Start::Run)
@@ -240,6 +262,18 @@ pub async fn execute(
                 recorded: recorded_rx,
                 number,
                 log_path: job_log_path(&options.state_dir, &plan.pipeline, run, &plan.jobs[job].id),
+                output_path: job_output_path(
+                    &options.state_dir,
+                    &plan.pipeline,
+                    run,
+                    &plan.jobs[job].id,
+                    number,
+                ),
+                upstream: plan.jobs[job]
+                    .reads_outputs
+                    .iter()
+                    .filter_map(|&from| outputs[from].clone().map(|o| (from, o)))
+                    .collect(),
                 grace: options.shutdown_grace,
                 plugin_dirs: options.plugin_dirs.clone(),
                 cancel: attempt_cancel.clone(),
@@ -315,7 +349,7 @@ pub async fn execute(
         tokio::select! {
             biased;
             Some(joined) = attempts.join_next(), if state.running > 0 => {
-                state.settle(&plan, joined, &mut turn);
+                state.settle(&plan, joined, &mut turn, &mut outputs);
             }
             Some(spawned) = spawned_rx.recv() => turn.spawned(spawned),
             _ = sleep_until_opt(next_retry), if next_retry.is_some() && !halted => {}
@@ -337,7 +371,7 @@ pub async fn execute(
         }
         // Whatever else has happened meanwhile joins this turn (group commit).
         while let Some(joined) = attempts.try_join_next() {
-            state.settle(&plan, joined, &mut turn);
+            state.settle(&plan, joined, &mut turn, &mut outputs);
         }
         while let Ok(spawned) = spawned_rx.try_recv() {
             turn.spawned(spawned);
@@ -357,6 +391,8 @@ pub async fn execute(
             }
         }
     }
+    // Every attempt has removed its file: the folder goes too (one call per run).
+    let _ = std::fs::remove_dir(&outputs_dir);
     if state.halted == Some(Halt::Interrupted) {
         run_log.line(&format!("run {run} interrupted (ControllerStopped)"));
         return Ok(RunReport {
@@ -524,9 +560,10 @@ impl LoopState {
         plan: &Plan,
         joined: Result<(AttemptResult, tokio::sync::OwnedSemaphorePermit), tokio::task::JoinError>,
         turn: &mut Turn,
+        outputs: &mut [Option<Arc<Outputs>>],
     ) {
         self.running -= 1;
-        let (result, _permit) = match joined {
+        let (mut result, _permit) = match joined {
             Ok(r) => r,
             Err(e) => {
                 // An attempt task panicked: a defect, but the run must still end cleanly.
@@ -571,6 +608,12 @@ impl LoopState {
                 });
                 turn.batch
                     .attempt_finished(result.attempt_id, &end, Some((phase, Some(reason))));
+                // A job run again replaces its earlier outputs, even with none.
+                outputs[job] = None;
+                if let Some(values) = result.outputs.take() {
+                    turn.batch.attempt_outputs(result.attempt_id, &values);
+                    outputs[job] = Some(Arc::new(values));
+                }
                 turn.finished(plan, job, phase, reason, exit_code);
                 let decisions = self.scheduler.finished(job, outcome.scheduler());
                 turn.skipped(plan, &decisions);

@@ -98,6 +98,14 @@ pub(super) fn body(summary: &RunSummary, attachments: &[AttachmentPayload]) -> S
     if let Some(description) = &summary.description {
         line(format!("Description: {}", one_line(description)));
     }
+    if !summary.params.is_empty() {
+        let params: Vec<String> = summary
+            .params
+            .iter()
+            .map(|(name, value)| format!("{name}={}", one_line(value)))
+            .collect();
+        line(format!("Params:   {}", params.join(", ")));
+    }
     if let Some(started) = &summary.started_at {
         line(format!("Started:  {started}"));
     }

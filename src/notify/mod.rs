@@ -115,6 +115,9 @@ pub struct RunSummary {
     pub duration_seconds: Option<f64>,
     pub counts: Counts,
     pub jobs: Vec<JobSummary>,
+    /// The run's parameters (`spec.params`, as given or defaulted).
+    #[serde(default, skip_serializing_if = "indexmap::IndexMap::is_empty")]
+    pub params: indexmap::IndexMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,7 +248,8 @@ fn messages_for_run(
         RunPhase::Pending | RunPhase::Running => None,
     };
     if let (Some(notify), Some(succeeded)) = (&spec.notify, succeeded) {
-        let summary = summarize(run, spec.description.as_deref(), jobs, None, state_dir);
+        let mut summary = summarize(run, spec.description.as_deref(), jobs, None, state_dir);
+        summary.params = pinned.params.clone();
         push_messages(&mut out, notify, succeeded, "", &summary, jobs)?;
     }
     for job in &spec.jobs {
@@ -264,13 +268,14 @@ fn messages_for_run(
             | JobPhase::Lost
             | JobPhase::Interrupted => continue,
         };
-        let summary = summarize(
+        let mut summary = summarize(
             run,
             spec.description.as_deref(),
             jobs,
             Some(&row.job_id),
             state_dir,
         );
+        summary.params = pinned.params.clone();
         let focus = std::slice::from_ref(row);
         push_messages(&mut out, notify, succeeded, &row.job_id, &summary, focus)?;
     }
@@ -376,6 +381,7 @@ fn summarize(
         finished_at: run.finished_at.map(format_time),
         duration_seconds,
         counts,
+        params: indexmap::IndexMap::new(),
         jobs: jobs
             .iter()
             .map(|row| JobSummary {

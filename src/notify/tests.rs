@@ -267,6 +267,7 @@ fn a_long_log_is_cut_to_its_tail_at_a_line_boundary() {
         duration_seconds: None,
         counts: Counts::default(),
         jobs: vec![job],
+        params: IndexMap::new(),
     };
     let rows = vec![job_row("big", JobPhase::Failed, JobReason::ExitCode)];
     let attachments = email::log_attachments(&summary, &rows);
@@ -365,4 +366,34 @@ fn a_recipient_with_crlf_is_refused_for_good() {
     )
     .unwrap_err();
     assert_eq!(failure.kind, FailureKind::Retry);
+}
+
+#[test]
+fn the_summary_carries_the_runs_params() {
+    let mut params = IndexMap::new();
+    params.insert("date".to_owned(), "2026-11-30".to_owned());
+    let pinned = pinned(
+        serde_json::json!({
+            "email": {"to": ["ops@example.com"], "on": ["always"]},
+            "command": {"command": ["true"], "on": ["always"]}
+        }),
+        serde_json::Value::Null,
+    )
+    .with_params(params);
+    let state = tempfile::tempdir().unwrap();
+    let out = messages_for_run(
+        &run_row(RunPhase::Failed),
+        &pinned,
+        &failed_jobs(),
+        state.path(),
+    )
+    .unwrap();
+    let email: EmailPayload = serde_json::from_str(&out[0].payload).unwrap();
+    assert!(
+        email.body.contains("Params:   date=2026-11-30"),
+        "{}",
+        email.body
+    );
+    let command: CommandPayload = serde_json::from_str(&out[1].payload).unwrap();
+    assert_eq!(command.summary.params["date"], "2026-11-30");
 }

@@ -22,6 +22,9 @@ pub enum Failure {
     Spawn,
     /// The environment could not be built; retrying cannot help.
     Env,
+    /// The outputs file was refused (too large, malformed): another run of the command may write
+    /// a good one, so it is retried like a failed post-check.
+    Output,
 }
 
 /// The delay before retry number `retry` (1 = the first retry), given a uniform random number
@@ -71,9 +74,11 @@ pub fn should_retry(
         },
         Failure::Timeout => policy.on_timeout.unwrap_or(true),
         // With an exit-code filter, only the listed codes qualify.
-        Failure::Signal(_) | Failure::PreCheck | Failure::PostCheck | Failure::Spawn => {
-            policy.on_exit_codes.is_none()
-        }
+        Failure::Signal(_)
+        | Failure::PreCheck
+        | Failure::PostCheck
+        | Failure::Spawn
+        | Failure::Output => policy.on_exit_codes.is_none(),
         Failure::CheckTimeout | Failure::Env => false,
     };
     if !qualifies {

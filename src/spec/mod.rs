@@ -7,6 +7,7 @@
 pub mod duration;
 pub mod legacy;
 pub mod names;
+pub mod params;
 pub mod pinned;
 pub mod schema;
 pub mod source;

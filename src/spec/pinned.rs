@@ -1,5 +1,6 @@
-//! What a run pins of its pipeline: the manifest, where its relative paths start and the
-//! command-line layers, stored as JSON with the run; and the spec's hash, which tells a changed
+//! What a run pins of its pipeline: the manifest, where its relative paths start, the
+//! command-line layers and the run's parameters, stored as JSON with the run; and the spec's
+//! hash, which tells a changed
 //! spec from the one a pipeline last ran. Planning a pinned spec is the engine's
 //! (`engine::launch::PinnedPlan`); storing it is the store's.
 
@@ -19,6 +20,10 @@ pub struct Pinned {
     pub env: IndexMap<String, String>,
     #[serde(default)]
     pub skip: Vec<String>,
+    /// The run's parameters, checked against `spec.params` and with defaults filled in: a resume
+    /// uses these, not new ones. Not part of the spec's hash, so they never change the generation.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub params: IndexMap<String, String>,
 }
 
 impl Pinned {
@@ -40,7 +45,14 @@ impl Pinned {
             base_dir,
             env,
             skip,
+            params: IndexMap::new(),
         }
+    }
+
+    /// The same, with the run's parameter values (checked by [`super::params::resolve`]).
+    pub fn with_params(mut self, params: IndexMap<String, String>) -> Self {
+        self.params = params;
+        self
     }
 
     pub fn to_json(&self) -> String {

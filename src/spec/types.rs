@@ -147,6 +147,12 @@ pub struct PipelineSpec {
     /// Not part of the generation: changing it starts no run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<History>,
+    /// Run parameters, by name (`[A-Za-z_][A-Za-z0-9_]*`): given with `run --param NAME=VALUE` or
+    /// `rerun NAME --param NAME=VALUE`, checked against their declaration, recorded with the run
+    /// and used as `${params.NAME}` wherever `${VAR}` interpolation applies. A parameter without
+    /// `default` must be given. Their values never change the generation.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub params: IndexMap<String, ParamSpec>,
     /// The jobs; the order breaks ties between jobs ready at the same moment.
     #[schemars(length(min = 1))]
     #[serde(deserialize_with = "exact_vec")]
@@ -555,6 +561,59 @@ pub enum EnvValue {
     Plain(ScalarValue),
     /// A secret: injected into the job, shown as `***` everywhere.
     Secret(SecretSource),
+}
+
+/// The declaration of one run parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParamSpec {
+    /// The values it takes: `string` (default), `integer`, `number` or `boolean` (`true`/`false`).
+    #[serde(
+        rename = "type",
+        default,
+        skip_serializing_if = "ParamType::is_default"
+    )]
+    #[schemars(extend("default" = "string"))]
+    pub kind: ParamType,
+    /// The value when none is given; without one, the parameter must be given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<ScalarValue>,
+    /// The only values allowed.
+    #[serde(rename = "enum", default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Vec<ScalarValue>>,
+    /// What the parameter means, for the people who set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// The type of a run parameter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    /// Any text.
+    #[default]
+    String,
+    /// A whole number (64-bit).
+    Integer,
+    /// A finite decimal number.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+}
+
+impl ParamType {
+    pub fn is_default(&self) -> bool {
+        *self == ParamType::String
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamType::String => "string",
+            ParamType::Integer => "integer",
+            ParamType::Number => "number",
+            ParamType::Boolean => "boolean",
+        }
+    }
 }
 
 /// A scalar written in the manifest.

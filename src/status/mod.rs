@@ -3,6 +3,7 @@
 
 pub mod file;
 mod ids;
+pub mod outputs;
 mod verdict;
 
 pub use ids::{AttemptId, IdParseError, RunId};
@@ -178,6 +179,12 @@ named_enum! {
         MarkedSuccess,
         /// A failed job with `continueOnError`.
         FailedIgnored,
+        /// A `${jobs.ID.outputs.KEY}` the upstream job did not produce (not retried).
+        MissingOutput,
+        /// The job wrote more than 1 MiB to `$EXECUTIONER_OUTPUT`.
+        OutputTooLarge,
+        /// What the job wrote to `$EXECUTIONER_OUTPUT` is not `KEY=VALUE` lines and blocks.
+        InvalidOutput,
     }
 }
 

@@ -26,6 +26,7 @@ pub struct Batch {
     jobs: Vec<JobChange>,
     spawned: Vec<SpawnedRow>,
     starts: Vec<StartRow>,
+    outputs: Vec<super::outputs::OutputsRow>,
 }
 
 #[derive(Debug)]
@@ -77,6 +78,7 @@ impl Batch {
             && self.jobs.is_empty()
             && self.spawned.is_empty()
             && self.starts.is_empty()
+            && self.outputs.is_empty()
     }
 
     /// How many attempts this batch starts.
@@ -107,6 +109,16 @@ impl Batch {
             job_reason: job.and_then(|(_, reason)| reason).map(JobReason::as_str),
             terminal: job.is_some_and(|(phase, _)| phase.is_terminal()),
         });
+    }
+
+    /// A succeeded attempt's outputs (already masked), stored after its end.
+    pub fn attempt_outputs(
+        &mut self,
+        attempt: AttemptId,
+        outputs: &crate::status::outputs::Outputs,
+    ) {
+        self.outputs
+            .push(super::outputs::OutputsRow::new(attempt, outputs));
     }
 
     /// Sets a job's phase, reason and message. `started_at` is set on the first move to Running
@@ -240,6 +252,7 @@ fn apply(
             ])?;
         }
     }
+    super::outputs::insert(&tx, &batch.outputs)?;
     let mut missing_job = None;
     for change in &batch.jobs {
         let changed = tx.prepare_cached(JOB_SQL)?.execute(params![

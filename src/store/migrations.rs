@@ -171,6 +171,21 @@ CREATE TABLE IF NOT EXISTS apply_inventory (
 );
 CREATE INDEX IF NOT EXISTS apply_inventory_source ON apply_inventory (source, manifests_dir);
 "#,
+    // Job outputs, per succeeded attempt (masked, as JSON), and the parameters of a pending
+    // rerun request (the run's own parameters are in its pinned spec).
+    r#"
+CREATE TABLE IF NOT EXISTS attempt_outputs (
+    attempt_id INTEGER PRIMARY KEY REFERENCES attempts (id) ON DELETE CASCADE,
+    run_id     INTEGER NOT NULL,
+    job_id     TEXT    NOT NULL,
+    outputs    TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempt_outputs_by_run ON attempt_outputs (run_id);
+CREATE TABLE IF NOT EXISTS rerun_params (
+    pipeline TEXT PRIMARY KEY,
+    params   TEXT NOT NULL
+);
+"#,
 ];
 
 /// The schema version this build writes and understands.

@@ -20,6 +20,7 @@ mod inventory;
 mod migrations;
 mod open;
 pub mod outbox;
+mod outputs;
 mod overlap;
 mod pipelines;
 pub mod retention;
