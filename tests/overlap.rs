@@ -42,6 +42,33 @@ fn hold(ws: &Workspace, file: &Path, marker: &str) -> std::process::Child {
         .unwrap()
 }
 
+/// `executioner ARGS` in the background with `HOLD=1` and the marker in its environment (the
+/// jobs of a resumed run hold like those of [`hold`]), with its output kept for the end.
+fn hold_args(ws: &Workspace, args: &[&str], marker: &str) -> std::process::Child {
+    let (key, value) = marker.split_once('=').unwrap();
+    std::process::Command::new(common::bin())
+        .current_dir(ws.path())
+        .arg("--state-dir")
+        .arg(ws.state_dir())
+        .args(args)
+        .env("HOLD", "1")
+        .env(key, value)
+        .env_remove("EXECUTIONER_STATE_DIR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `child` exited (at most 30 s) and returns its output.
+fn exited(mut child: std::process::Child) -> std::process::Output {
+    wait_until(Duration::from_secs(30), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    finish(child)
+}
+
 /// Waits until run `run` of a job working in `dir` (the manifest's folder) started.
 fn wait_started(dir: &Path, run: u64) {
     let file = dir.join(format!("started.{run}"));
@@ -420,4 +447,153 @@ fn wait_on_a_suspended_pipeline_without_a_run_says_so_instead_of_hanging() {
         text(&out.stderr)
     );
     assert_eq!(common::run_count(&ws, "nightly"), 0);
+}
+
+/// A controller's run 1 of `nightly` under `policy`, left Running by a controller that stopped,
+/// then resumed by a foreground `executioner resume 1` whose job holds: returns that process.
+fn a_resumed_controller_run(ws: &Workspace, policy: &str, mark: &str) -> std::process::Child {
+    let (key, value) = mark.split_once('=').unwrap();
+    let mut c = Running::start(ws, &[("HOLD", "1"), (key, value)]);
+    ws.write("manifests/nightly.yaml", &pipeline(policy));
+    let dir = ws.path().join("manifests");
+    wait_started(&dir, 1);
+    c.stop();
+    assert_eq!(run_phase(ws, 1), "Interrupted");
+    std::fs::remove_file(dir.join("started.1")).unwrap();
+    let resumed = hold_args(ws, &["resume", "1"], mark);
+    wait_started(&dir, 1);
+    resumed
+}
+
+#[test]
+fn a_resumed_controller_run_is_driven_by_the_process_that_resumed_it() {
+    let ws = Workspace::new();
+    let mark = marker("resumed-forbid");
+    let resumed = a_resumed_controller_run(&ws, "Forbid", &mark);
+    let file = ws.path().join("manifests/nightly.yaml");
+    let second = ws.run(&["run", file.to_str().unwrap()]);
+    let err = text(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "run 1 (driven by a foreground `executioner run`, pid {}",
+            resumed.id()
+        )),
+        "{err}"
+    );
+    ws.write("manifests/release", "");
+    let resumed = exited(resumed);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
+    assert!(wait_no_marker(&mark, Duration::from_secs(10)).is_empty());
+}
+
+#[test]
+fn a_run_under_replace_signals_the_process_that_resumed_a_controllers_run() {
+    let ws = Workspace::new();
+    let mark = marker("resumed-replace");
+    let resumed = a_resumed_controller_run(&ws, "Replace", &mark);
+    let file = ws.path().join("manifests/nightly.yaml");
+    // No controller runs: the run is cancelled by a SIGTERM to its owner, not a request file.
+    let second = ws.run(&["run", file.to_str().unwrap()]);
+    let err = text(&second.stderr);
+    assert_eq!(second.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("cancelling run 1 (driven by a foreground"),
+        "{err}"
+    );
+    let resumed = exited(resumed);
+    assert_eq!(
+        resumed.status.code(),
+        Some(130),
+        "{}",
+        text(&resumed.stderr)
+    );
+    assert_eq!(run_phase(&ws, 1), "Cancelled");
+    assert!(!ws.state_dir().join("requests/cancel-1").exists());
+    assert!(wait_no_marker(&mark, Duration::from_secs(10)).is_empty());
+}
+
+#[test]
+fn the_controller_under_replace_cancels_a_resume_of_its_run_for_a_rerun() {
+    let ws = Workspace::new();
+    let mark = marker("resumed-ctl");
+    let resumed = a_resumed_controller_run(&ws, "Replace", &mark);
+    let (key, value) = mark.split_once('=').unwrap();
+    let _c = Running::start(&ws, &[(key, value)]);
+    let out = ws.run(&["rerun", "nightly"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Asked to stop as a user's cancel (a SIGTERM), and the rerun starts after it.
+    let resumed = exited(resumed);
+    assert_eq!(
+        resumed.status.code(),
+        Some(130),
+        "{}",
+        text(&resumed.stderr)
+    );
+    wait_started(&ws.path().join("manifests"), 2);
+    assert_eq!(run_phase(&ws, 1), "Cancelled");
+}
+
+/// Run 1 of `file`, left Running by a process killed with its job (nobody drives it).
+fn a_dead_run(ws: &Workspace, file: &Path, mark: &str) {
+    let mut first = hold(ws, file, mark);
+    wait_started(ws.path(), 1);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    for pid in common::processes_with_marker(mark) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(wait_no_marker(mark, Duration::from_secs(10)).is_empty());
+    assert_eq!(run_phase(ws, 1), "Interrupted");
+}
+
+#[test]
+fn a_resume_under_forbid_beside_a_live_run_exits_2() {
+    let ws = Workspace::new();
+    let file = ws.write("nightly.yaml", &pipeline("Forbid"));
+    let mark = marker("resume-forbid");
+    a_dead_run(&ws, &file, &mark);
+    let live = hold(&ws, &file, &mark);
+    wait_started(ws.path(), 2);
+    for args in [
+        vec!["resume", "1"],
+        vec!["run", file.to_str().unwrap(), "--resume-from", "1"],
+    ] {
+        let out = ws.run(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("run 2") && err.contains("Forbid"), "{err}");
+    }
+    // Neither started a round: run 1 is as it was.
+    assert_eq!(run_phase(&ws, 1), "Interrupted");
+    ws.write("release", "");
+    let live = finish(live);
+    assert_eq!(live.status.code(), Some(0), "{}", text(&live.stderr));
+    // Once it ended, the resume goes ahead.
+    let out = ws.run(&["resume", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(wait_no_marker(&mark, Duration::from_secs(10)).is_empty());
+}
+
+#[test]
+fn the_controller_does_not_start_a_run_while_a_run_holds_the_pipeline_lock() {
+    let ws = Workspace::new();
+    let _c = Running::start(&ws, &[]);
+    // What `executioner run` holds while it checks for a run in the way and records its own.
+    let lock = ws.state_dir().join("locks/nightly.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let held = nix::fcntl::Flock::lock(
+        std::fs::File::create(&lock).unwrap(),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .unwrap();
+    ws.write("manifests/nightly.yaml", &pipeline("Forbid"));
+    // A few passes (each looks again within a fraction of a second): nothing starts.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(common::run_count(&ws, "nightly"), 0);
+    drop(held);
+    wait_started(&ws.path().join("manifests"), 1);
 }

@@ -138,11 +138,9 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
         let (run_id, request) = match args.resume_from {
             None => {
                 // Held until the run is recorded, so that two `run` at once see each other.
-                let _lock = overlap::lock_pipeline(&state_dir, &plan.pipeline).map_err(|e| {
-                    CliError::usage(format!("cannot lock pipeline {} in {}: {e}", plan.pipeline, state_dir.display()))
-                })?;
+                let _lock = lock(&state_dir, &plan.pipeline)?;
                 let policy = manifest.spec.concurrency_policy;
-                make_way(&state_dir, &store, &plan.pipeline, policy, &config).await?;
+                make_way(&state_dir, &store, &plan.pipeline, policy, &config, None).await?;
                 let pinned = Pinned::new(manifest, &base_dir, cli_env, args.skip.clone())
                     .with_params(plan.params.clone());
                 let request = launch::new_run(&store, &plan, &pinned, 0, &owner)
@@ -165,6 +163,12 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
                 // The run's recorded values, against the declarations of the spec used now.
                 let recorded = Pinned::from_json(&previous.spec_json).map(|p| p.params).unwrap_or_default();
                 plan.params = super::params::resolve(&manifest.spec.params, &recorded)?;
+                // A resume is a run too: held until its round is recorded.
+                let _lock = lock(&state_dir, &plan.pipeline)?;
+                if previous.phase != RunPhase::Succeeded {
+                    let policy = manifest.spec.concurrency_policy;
+                    make_way(&state_dir, &store, &plan.pipeline, policy, &config, Some(run_id)).await?;
+                }
                 let respec = match spec_differences(&previous.spec_json, &manifest) {
                     Some(diff) => {
                         eprintln!("the manifest differs from the spec run {run_id} was started with; using the new spec:\n{diff}");
@@ -182,26 +186,42 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> CliResult {
     })
 }
 
+/// `STATE/locks/PIPELINE.lock`, held while a run or a resume checks for a run in the way and
+/// records its own (see [`overlap::lock_pipeline`]).
+fn lock(state_dir: &Path, pipeline: &str) -> Result<nix::fcntl::Flock<std::fs::File>, CliError> {
+    overlap::lock_pipeline(state_dir, pipeline).map_err(|e| {
+        CliError::usage(format!(
+            "cannot lock pipeline {pipeline} in {}: {e}",
+            state_dir.display()
+        ))
+    })
+}
+
 /// What `concurrencyPolicy` says about the live runs of `pipeline` (a run whose owner is gone
-/// never counts): `Forbid` refuses (exit 2, naming the run and who drives it), `Allow` goes
-/// ahead, `Replace` has each cancelled (a foreground run by a SIGTERM to its process, a
-/// controller's by a request file it watches) and waits for it to end.
+/// never counts, nor `resuming`, the run a resume continues): `Forbid` refuses (exit 2, naming
+/// the run and who drives it), `Allow` goes ahead, `Replace` has each cancelled (the live
+/// controller's by a request file it watches, any other by a SIGTERM to its process) and waits
+/// for it to end.
 async fn make_way(
     state_dir: &Path,
     store: &Store,
     pipeline: &str,
     policy: ConcurrencyPolicy,
     config: &crate::config::Config,
+    resuming: Option<RunId>,
 ) -> Result<(), CliError> {
-    let running = overlap::live_runs_of(store, pipeline).await?;
+    let mut running = overlap::live_runs_of(store, pipeline).await?;
+    running.retain(|r| Some(r.id) != resuming);
     let Some(other) = running.first() else {
         return Ok(());
     };
+    let controller = overlap::live_controller(state_dir);
+    let driver = |run: &crate::store::RunRow| overlap::Driver::of(run, controller.as_ref());
     let who = |run: &crate::store::RunRow| {
         format!(
             "run {} (driven by {}, pid {} on {})",
             run.id,
-            overlap::Driver::of(run).as_str(),
+            driver(run).as_str(),
             run.owner_pid.unwrap_or_default(),
             run.owner_host.as_deref().unwrap_or("?")
         )
@@ -209,7 +229,7 @@ async fn make_way(
     match policy {
         ConcurrencyPolicy::Allow => Ok(()),
         ConcurrencyPolicy::Forbid => {
-            let hint = match overlap::Driver::of(other) {
+            let hint = match driver(other) {
                 overlap::Driver::Controller => {
                     format!("wait for it with `executioner wait {pipeline}`")
                 }
@@ -226,9 +246,9 @@ async fn make_way(
             let grace = config.shutdown_grace.as_std() + std::time::Duration::from_secs(10);
             for run in &running {
                 eprintln!("cancelling {} (concurrencyPolicy: Replace)", who(run));
-                let request = match overlap::Driver::of(run) {
+                let request = match driver(run) {
                     overlap::Driver::Foreground => {
-                        overlap::cancel_foreground(run);
+                        overlap::cancel_foreground(run, controller.as_ref());
                         None
                     }
                     overlap::Driver::Controller => {
@@ -281,9 +301,24 @@ pub fn resume(
             .plan()
             .map_err(|e| CliError::failed(super::error::chain(&e)))?;
         let owner = launch::this_process();
-        let Some(request) =
+        let next = {
+            // The same concurrency check as a new run (pinned policy), held until it is recorded.
+            let _lock = lock(&state_dir, &run.pipeline)?;
+            if run.phase != RunPhase::Succeeded {
+                let policy = pinned.manifest.spec.concurrency_policy;
+                make_way(
+                    &state_dir,
+                    &store,
+                    &run.pipeline,
+                    policy,
+                    &config,
+                    Some(run_id),
+                )
+                .await?;
+            }
             round(&store, &run, &plan, resume_mode(failed_only), &owner, None).await?
-        else {
+        };
+        let Some(request) = next else {
             return unchanged(&store, run_id, &state_dir, output).await;
         };
         let workers = config.workers();

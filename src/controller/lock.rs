@@ -50,3 +50,10 @@ pub fn acquire(state_dir: &Path) -> Result<ControllerLock, LockError> {
         }
     }
 }
+
+/// The pid the lock file names: the controller holding it, or the last one that did (a stale pid
+/// once it stopped); `None` when no controller ever ran here.
+pub fn holder_pid(state_dir: &Path) -> Option<u32> {
+    let path = crate::state_dir::controller_lock_path(state_dir);
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}

@@ -187,6 +187,10 @@ struct Controller {
     /// Where the engine's progress events of every run arrive.
     progress: mpsc::UnboundedSender<Progress>,
     pruner: retention::Pruner,
+    /// A launch of this pass waited for a foreground `run` holding the pipeline's lock.
+    launch_deferred: bool,
+    /// Foreground runs in the way under `Replace` that could not be signalled (waited for).
+    uncancellable: HashSet<RunId>,
 }
 
 /// Runs the controller until `cancel` (or, with `once`, until every run is terminal).
@@ -253,6 +257,8 @@ pub async fn run(
         observed: HashMap::new(),
         settled: HashMap::new(),
         dirty: HashSet::new(),
+        launch_deferred: false,
+        uncancellable: HashSet::new(),
     };
     let mut full_pass = true;
 
@@ -385,26 +391,30 @@ impl Controller {
         let latest = self
             .latest_runs(&snapshot.folder, &rows, &generations)
             .await?;
+        let elsewhere =
+            overlap::running_elsewhere(&self.store, &self.active.values().map(|a| a.run).collect())
+                .await?;
+        self.uncancellable
+            .retain(|run| elsewhere.values().any(|r| r == run));
         let observed = Observed {
             rows,
             generations,
             latest,
             active: self.own_runs(),
             reported_invalid: std::mem::take(&mut self.reported_invalid),
-            elsewhere: overlap::running_elsewhere(
-                &self.store,
-                &self.active.values().map(|a| a.run).collect(),
-            )
-            .await?,
+            elsewhere,
+            uncancellable: self.uncancellable.clone(),
             suspended: std::mem::take(&mut self.suspended),
             cancel_requested: overlap::cancel_requests(&self.opts.state_dir),
         };
         let decision = reconcile::decide(&snapshot, &observed, crate::failpoint::schedule_now());
         self.reported_invalid = reconcile::invalid_sources(&snapshot.folder);
         self.suspended = reconcile::suspended(&snapshot.folder);
+        self.launch_deferred = false;
         for action in decision.actions {
             self.act(action, &snapshot.folder).await?;
         }
+        let deferred = std::mem::take(&mut self.launch_deferred).then_some(runs::LAUNCH_RETRY);
 
         if full {
             self.write_all_statuses().await?;
@@ -417,6 +427,10 @@ impl Controller {
         let requeue = decision
             .requeue
             .map(|after| after / crate::failpoint::clock_scale());
+        let requeue = match (requeue, deferred) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         Ok(match (requeue, recovery_in) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -432,6 +446,10 @@ impl Controller {
                 why,
             } => {
                 let Some(d) = folder.desired.get(&pipeline) else {
+                    return Ok(());
+                };
+                // Held until the run is recorded; none while a foreground `run` holds it.
+                let Some(_lock) = self.launch_guard(d, why).await? else {
                     return Ok(());
                 };
                 match why {
@@ -479,15 +497,7 @@ impl Controller {
                 });
             }
             Action::CancelElsewhere { pipeline, run } => {
-                if let Some(row) = self.store.run(run).await?
-                    && !row.phase.is_terminal()
-                    && overlap::cancel_foreground(&row)
-                {
-                    let why = "replaced by a new run (concurrencyPolicy: Replace)";
-                    let _ = self
-                        .events
-                        .send(ControllerEvent::Cancelling { pipeline, run, why });
-                }
+                self.cancel_elsewhere(pipeline, run).await?;
             }
             Action::RememberTick { pipeline, tick } => {
                 let at = time::OffsetDateTime::from_unix_timestamp(tick.and_utc().timestamp())

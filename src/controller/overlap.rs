@@ -9,23 +9,47 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::engine::resume::owner_alive;
-use crate::store::{RunId, RunRow, Store, StoreError};
+use crate::store::{Owner, RunId, RunRow, Store, StoreError};
+
+/// The controller of this state folder, if one is running: the pid its `controller.lock` names,
+/// with that process's start time (a dead pid gives none). A pid reused since by a process that
+/// owns no run matches no run.
+pub fn live_controller(state_dir: &std::path::Path) -> Option<Owner> {
+    let pid = super::lock::holder_pid(state_dir)?;
+    let start_time = crate::process::read_start_time(i32::try_from(pid).ok()?)?;
+    Some(Owner {
+        pid,
+        host: crate::process::hostname(),
+        start_time: Some(start_time),
+    })
+}
 
 /// Who drives a run in the way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
-    /// A controller (runs of a generation).
+    /// The live controller of this state folder.
     Controller,
-    /// A foreground `executioner run` (generation 0).
+    /// Any other process: an `executioner run`, or an `executioner resume` (of a foreground run
+    /// or of a controller's: the process that resumed it drives it now).
     Foreground,
 }
 
 impl Driver {
-    pub fn of(run: &RunRow) -> Driver {
-        if run.generation == 0 {
-            Driver::Foreground
-        } else {
+    /// Who drives `run`, told by its owner (pid, start time, host) against `controller`, the
+    /// live controller of this state folder if any ([`live_controller`], or this process in the
+    /// controller). Not by its generation: a resumed controller's run keeps its generation but
+    /// is driven by the process that resumed it.
+    pub fn of(run: &RunRow, controller: Option<&Owner>) -> Driver {
+        let owned_by = |c: &Owner| {
+            run.owner_pid == Some(i64::from(c.pid))
+                && c.start_time.is_some()
+                && run.owner_start_time.and_then(|t| u64::try_from(t).ok()) == c.start_time
+                && run.owner_host.as_deref().is_none_or(|h| h == c.host)
+        };
+        if controller.is_some_and(owned_by) {
             Driver::Controller
+        } else {
+            Driver::Foreground
         }
     }
 
@@ -62,11 +86,12 @@ pub async fn live_runs_of(store: &Store, pipeline: &str) -> Result<Vec<RunRow>, 
     Ok(runs)
 }
 
-/// Asks the foreground process driving `run` to cancel it (SIGTERM: `executioner run` records
-/// the run Cancelled, as on Ctrl-C). False when the run is not a live foreground run: a
-/// controller's run is never signalled (that would stop the controller).
-pub fn cancel_foreground(run: &RunRow) -> bool {
-    if Driver::of(run) != Driver::Foreground || !owner_alive(run) {
+/// Asks the foreground process driving `run` to cancel it (SIGTERM: `executioner run` and
+/// `executioner resume` record the run Cancelled, as on Ctrl-C). False when the run is not a
+/// live foreground run: the controller's (`controller`, as for [`Driver::of`]) is never
+/// signalled (that would stop the controller).
+pub fn cancel_foreground(run: &RunRow, controller: Option<&Owner>) -> bool {
+    if Driver::of(run, controller) != Driver::Foreground || !owner_alive(run) {
         return false;
     }
     let Some(pid) = run.owner_pid.and_then(|p| i32::try_from(p).ok()) else {
@@ -105,6 +130,21 @@ pub fn lock_pipeline(
     let file = crate::state_dir::open_lock_file(&path)?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, errno)| std::io::Error::from(errno))
+}
+
+/// [`lock_pipeline`] without waiting, for the controller's launch (its actor never blocks on a
+/// foreground `run`): `None` while another process holds it.
+pub fn try_lock_pipeline(
+    state_dir: &std::path::Path,
+    pipeline: &str,
+) -> std::io::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    let path = crate::state_dir::pipeline_lock_path(state_dir, pipeline);
+    let file = crate::state_dir::open_lock_file(&path)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(std::io::Error::from(errno)),
+    }
 }
 
 /// Waits until `run` is no longer Running (its owner cancelled it, or died), polling the store;
@@ -156,4 +196,57 @@ pub fn cancel_requests(state_dir: &std::path::Path) -> HashSet<RunId> {
                 .ok()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_owned_by(owner: &Owner, generation: i64) -> RunRow {
+        RunRow {
+            id: RunId::from(1),
+            pipeline: "a".parse().unwrap(),
+            generation,
+            spec_json: String::new(),
+            spec_hash: String::new(),
+            phase: crate::status::RunPhase::Running,
+            reason: None,
+            rounds: 1,
+            owner_pid: Some(i64::from(owner.pid)),
+            owner_host: Some(owner.host.clone()),
+            owner_start_time: owner.start_time.map(|t| t as i64),
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn the_driver_is_told_by_the_owner_not_the_generation() {
+        let me = crate::engine::launch::this_process();
+        let other = Owner {
+            pid: me.pid + 1,
+            ..me.clone()
+        };
+        // A controller's run (generation 3) resumed by another process is that process's.
+        assert_eq!(
+            Driver::of(&run_owned_by(&other, 3), Some(&me)),
+            Driver::Foreground
+        );
+        // The controller's own run, and a foreground run (generation 0) seen with no controller.
+        assert_eq!(
+            Driver::of(&run_owned_by(&me, 3), Some(&me)),
+            Driver::Controller
+        );
+        assert_eq!(Driver::of(&run_owned_by(&me, 0), None), Driver::Foreground);
+        // The same pid started at another time (reused) is not the controller.
+        let reused = Owner {
+            start_time: me.start_time.map(|t| t + 1),
+            ..me.clone()
+        };
+        assert_eq!(
+            Driver::of(&run_owned_by(&reused, 3), Some(&me)),
+            Driver::Foreground
+        );
+    }
 }

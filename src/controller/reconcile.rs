@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::schedule::{Due, Schedule};
-use crate::spec::{ConcurrencyPolicy, OnSpecChange};
+use crate::spec::{Catchup, ConcurrencyPolicy, OnSpecChange};
 use crate::store::{PipelineRow, RunId};
 
 use super::folder::{Desired, Folder, Snapshot};
@@ -39,6 +39,8 @@ pub struct Observed {
     /// Runs that another live process (a foreground `executioner run`) drives in this state
     /// folder, by pipeline (the newest one of each).
     pub elsewhere: HashMap<String, RunId>,
+    /// Runs of `elsewhere` whose owner could not be asked to cancel (`Replace`): waited for.
+    pub uncancellable: HashSet<RunId>,
     /// The pipelines last seen suspended (a change rewrites the status file).
     pub suspended: HashSet<String>,
     /// Runs an `executioner run` under `concurrencyPolicy: Replace` asked this controller to cancel.
@@ -231,7 +233,10 @@ fn decide_pipeline(
     let spec = &d.manifest.spec;
     let name = &d.name;
     let row = observed.rows.get(name);
-    let (due, wait) = schedule_tick(d, row, now);
+    let (due, wait, latest_tick) = schedule_tick(d, row, now);
+    // Under `catchup: All`, a tick owed from the past (a later one has passed): it waits its
+    // turn behind the run (a catch-up run) instead of replacing it.
+    let owed_past = |tick| spec.catchup == crate::spec::Catchup::All && latest_tick != Some(tick);
     out.requeue_within(wait);
     let remember = |out: &mut Decision, tick| {
         out.actions.push(Action::RememberTick {
@@ -295,8 +300,12 @@ fn decide_pipeline(
             why: "replaced by a new run (concurrencyPolicy: Replace)",
         }),
         Some(_) => {}
-        None => {
-            if let Some(run) = elsewhere {
+        None => match elsewhere {
+            // Its owner could not be signalled: its end is waited for, not polled for.
+            Some(run) if observed.uncancellable.contains(&run) => {
+                out.requeue_within(Some(BLOCKED_POLL))
+            }
+            Some(run) => {
                 out.actions.push(Action::CancelElsewhere {
                     pipeline: name.clone(),
                     run,
@@ -304,7 +313,8 @@ fn decide_pipeline(
                 // Its owner stops it on its own time: look again soon.
                 out.requeue_within(Some(ELSEWHERE_POLL));
             }
-        }
+            None => {}
+        },
     };
 
     if let Some(running) = in_the_way {
@@ -336,6 +346,7 @@ fn decide_pipeline(
                         pipeline: name.clone(),
                     });
                 }
+                ConcurrencyPolicy::Replace if owed_past(tick) => {}
                 ConcurrencyPolicy::Replace => {
                     remember(out, tick);
                     replace(out);
@@ -425,19 +436,20 @@ pub fn invalid_sources(folder: &Folder) -> HashMap<String, String> {
         .collect()
 }
 
-/// What the schedule owes now (under `catchup` and `startingDeadline`), and how long until the
-/// next tick. The store keeps the last tick as the wall-clock time
-/// it was in the schedule's zone (labelled UTC): ticks are compared as wall-clock times.
+/// What the schedule owes now (under `catchup` and `startingDeadline`), how long until the
+/// next tick, and (under `catchup: All`) the latest tick since the last one acted on, to tell a
+/// tick due now from one owed from the past. The store keeps the last tick as the wall-clock
+/// time it was in the schedule's zone (labelled UTC): ticks are compared as wall-clock times.
 fn schedule_tick(
     d: &Desired,
     row: Option<&PipelineRow>,
     now: DateTime<Utc>,
-) -> (Option<Due>, Option<Duration>) {
+) -> (Option<Due>, Option<Duration>, Option<NaiveDateTime>) {
     let Some(text) = &d.manifest.spec.schedule else {
-        return (None, None);
+        return (None, None, None);
     };
     let Ok(schedule) = Schedule::parse(text) else {
-        return (None, None);
+        return (None, None, None);
     };
     let last_tick = row.and_then(|r| r.last_tick).and_then(|t| {
         chrono::DateTime::from_timestamp(t.unix_timestamp(), 0).map(|at| at.naive_utc())
@@ -448,7 +460,14 @@ fn schedule_tick(
     let spec = &d.manifest.spec;
     let deadline = spec.starting_deadline.map(|d| d.as_std());
     let due = schedule.catch_up(last_tick, now, spec.catchup, deadline);
-    (Some(due), wait)
+    let latest = match spec.catchup {
+        crate::spec::Catchup::All => match schedule.catch_up(last_tick, now, Catchup::One, None) {
+            Due::Run(tick) => Some(tick),
+            Due::Remember(_) | Due::Missed(_) | Due::Nothing => None,
+        },
+        crate::spec::Catchup::One | crate::spec::Catchup::None => None,
+    };
+    (Some(due), wait, latest)
 }
 
 #[cfg(test)]
@@ -541,6 +560,7 @@ mod tests {
                 .collect(),
             reported_invalid: HashMap::new(),
             elsewhere: HashMap::new(),
+            uncancellable: HashSet::new(),
             suspended: HashSet::new(),
             cancel_requested: HashSet::new(),
         }
@@ -1018,6 +1038,47 @@ mod tests {
                     pipeline: "a".into()
                 }
             ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_foreground_run_whose_owner_cannot_be_signalled_is_waited_for_not_polled() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("a.yaml"),
+            manifest("a", "  concurrencyPolicy: Replace\n"),
+        )
+        .unwrap();
+        let snapshot = read(&mut reader(tmp.path()));
+        let mut seen = observed(&[("a", 1)], &[("a", LatestRun::None)], &[]);
+        seen.elsewhere.insert("a".into(), RunId::from(3));
+        seen.uncancellable.insert(RunId::from(3));
+        let decision = decide(&snapshot, &seen, Clock::new().now());
+        assert_eq!(decision.actions, vec![]);
+        assert_eq!(decision.requeue, Some(BLOCKED_POLL));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_replace_and_catchup_all_owed_ticks_wait_for_the_catch_up_run_and_a_due_one_replaces_it()
+     {
+        let (_tmp, snapshot, mut seen, clock) =
+            ticking("  concurrencyPolicy: Replace\n  catchup: All\n");
+        seen.active = observed(&[], &[], &[("a", 7, 1)]).active;
+        // Run 7 is the 10:10 catch-up run; 10:11 is owed, not due now: it waits its turn.
+        seen.rows.get_mut("a").unwrap().last_tick =
+            Some(time::macros::datetime!(2026-07-01 10:10 UTC));
+        assert_eq!(decide(&snapshot, &seen, clock.now()).actions, vec![]);
+        // Caught up to 10:19: the 10:20 tick is due now and replaces the run.
+        seen.rows.get_mut("a").unwrap().last_tick =
+            Some(time::macros::datetime!(2026-07-01 10:19 UTC));
+        let cancel = Action::Cancel {
+            pipeline: "a".into(),
+            run: RunId::from(7),
+            why: "replaced by a new run (concurrencyPolicy: Replace)",
+        };
+        assert_eq!(
+            decide(&snapshot, &seen, clock.now()).actions,
+            vec![remember("2026-07-01 10:20"), cancel, rerun()]
         );
     }
 

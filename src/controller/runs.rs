@@ -19,6 +19,7 @@ use crate::spec::{OnSpecChange, Pinned};
 use crate::store::{RunId, RunRow, StoreError};
 
 use super::folder::Desired;
+use super::reconcile::Why;
 use super::{Controller, ControllerError, ControllerEvent, RunFault};
 
 /// A run of this controller whose task is executing it.
@@ -50,6 +51,14 @@ pub(super) type Progress = (String, RunId, RunEvent);
 
 /// The pause before recovering a faulted run, doubled at each further fault of the same run.
 const FAULT_PAUSE: Duration = Duration::from_secs(1);
+/// The pipeline's lock held for a launch (none when it could not be opened), until dropped.
+pub(super) struct LaunchGuard {
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+/// How soon a launch deferred by [`Controller::launch_guard`] is looked at again.
+pub(super) const LAUNCH_RETRY: Duration = Duration::from_millis(100);
+
 /// Faults of one run after which it is left Running for the next start (or `resume` once this
 /// controller has stopped): a fault that does not go away must not spin.
 const MAX_RUN_FAULTS: u32 = 5;
@@ -58,6 +67,9 @@ impl Controller {
     /// Runs left Running by a controller that stopped or died: recovered (see
     /// [`Controller::recover_run`]); then the notifications a crash kept from being queued. Runs of
     /// a foreground `executioner run` (generation 0) are the user's to resume and are left alone.
+    /// This asks what a run is (of a generation or not), not who drives it (`overlap::Driver`):
+    /// nobody does once its owner is gone, and a generation's run that a dead `resume` drove is
+    /// still the generation's to continue.
     pub(super) async fn recover(&mut self) -> Result<(), ControllerError> {
         for run in self.store.unfinished_runs().await? {
             if run.generation == 0 || engine::resume::owner_alive(&run) {
@@ -161,6 +173,86 @@ impl Controller {
                 );
             }
             Round::AlreadySucceeded | Round::NothingToDo | Round::OwnedElsewhere { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Takes the pipeline's lock for a launch (the one a foreground `run` holds while it checks
+    /// for a run in the way and records its own), without waiting, and re-checks under it for a
+    /// live run of another process that the pass did not see: `None` defers the launch (the
+    /// actor looks again within [`LAUNCH_RETRY`]). Under `Allow` a foreground run is no reason
+    /// to wait. A lock that cannot be opened is warned about and not waited for.
+    pub(super) async fn launch_guard(
+        &mut self,
+        d: &Desired,
+        why: Why,
+    ) -> Result<Option<LaunchGuard>, StoreError> {
+        let lock = match super::overlap::try_lock_pipeline(&self.opts.state_dir, &d.name) {
+            Ok(Some(lock)) => Some(lock),
+            Ok(None) => return self.defer_launch(&d.name, why).await,
+            Err(e) => {
+                let _ = self.events.send(ControllerEvent::Warning(format!(
+                    "pipeline {}: cannot lock it against a foreground run: {e}",
+                    d.name
+                )));
+                None
+            }
+        };
+        if d.manifest.spec.concurrency_policy != crate::spec::ConcurrencyPolicy::Allow {
+            let me = launch::this_process();
+            let others = super::overlap::live_runs_of(&self.store, &d.name).await?;
+            if others.iter().any(|r| {
+                super::overlap::Driver::of(r, Some(&me)) == super::overlap::Driver::Foreground
+            }) {
+                return self.defer_launch(&d.name, why).await;
+            }
+        }
+        Ok(Some(LaunchGuard { _lock: lock }))
+    }
+
+    /// A launch put off by [`Controller::launch_guard`]: a schedule tick (already remembered)
+    /// becomes a rerun request, so it runs once the way is clear, as the policy says; a rerun is
+    /// taken only when it starts, and a new generation is seen again at the next pass.
+    async fn defer_launch(
+        &mut self,
+        pipeline: &str,
+        why: Why,
+    ) -> Result<Option<LaunchGuard>, StoreError> {
+        self.launch_deferred = true;
+        match why {
+            Why::Schedule => {
+                self.store.request_rerun(pipeline).await?;
+            }
+            Why::RerunRequested { .. } | Why::NewGeneration => {}
+        }
+        Ok(None)
+    }
+
+    /// Asks the owner of `run` (another process's, in the way under `Replace`) to cancel it; one
+    /// that cannot be asked (the signal is refused) is waited for instead, not asked again at
+    /// each pass.
+    pub(super) async fn cancel_elsewhere(
+        &mut self,
+        pipeline: String,
+        run: RunId,
+    ) -> Result<(), StoreError> {
+        let Some(row) = self.store.run(run).await? else {
+            return Ok(());
+        };
+        if row.phase.is_terminal() {
+            return Ok(());
+        }
+        if super::overlap::cancel_foreground(&row, Some(&launch::this_process())) {
+            let why = "replaced by a new run (concurrencyPolicy: Replace)";
+            let _ = self
+                .events
+                .send(ControllerEvent::Cancelling { pipeline, run, why });
+        } else if engine::resume::owner_alive(&row) {
+            self.uncancellable.insert(run);
+            let _ = self.events.send(ControllerEvent::Warning(format!(
+                "pipeline {pipeline}: cannot ask pid {} to cancel run {run}; waiting for it to end",
+                row.owner_pid.unwrap_or_default()
+            )));
         }
         Ok(())
     }
