@@ -16,6 +16,7 @@ pub mod error_chain;
 pub mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http;
 pub mod notify;
 pub mod process;
 pub mod revision;
@@ -27,3 +28,4 @@ pub mod status;
 pub mod store;
 pub mod tls;
 pub mod validate;
+pub mod views;
