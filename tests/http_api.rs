@@ -427,7 +427,21 @@ fn the_api_serves_what_the_cli_shows_and_the_token_guards_changes() {
     assert_eq!(answer.status, 202, "{}", answer.text());
     assert_eq!(answer.json()["requested"], "rerun");
     wait_runs_done(&ws, "hello", 2);
-    let after = scrape(addr);
+    // The run's last events reach the metrics just after the store says it ended.
+    let mut after = scrape(addr);
+    wait_until(Duration::from_secs(10), || {
+        after = scrape(addr);
+        sample(&after, "executioner_running_jobs", &[]) == 0.0
+            && sample(
+                &after,
+                "executioner_attempts_total",
+                &[("pipeline", "hello"), ("reason", "Completed")],
+            ) >= sample(
+                &before,
+                "executioner_attempts_total",
+                &[("pipeline", "hello"), ("reason", "Completed")],
+            ) + 2.0
+    });
     let runs = |s: &prometheus_parse::Scrape| {
         sample(
             s,

@@ -86,7 +86,7 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
                     jobs: &jobs,
                     attempts: &attempts,
                     outputs: &outputs,
-                    revision: revision.as_ref().map(|r| r.as_str()),
+                    revision: revision.as_deref(),
                 };
                 render::print_json(&crate::views::run_detail(rows, &state_dir));
             }

@@ -216,7 +216,7 @@ pub async fn run(
         jobs: &jobs,
         attempts: &attempts,
         outputs: &outputs,
-        revision: revision.as_ref().map(|r| r.as_str()),
+        revision: revision.as_deref(),
     };
     Ok(Json(crate::views::run_detail(rows, &app.state_dir)))
 }

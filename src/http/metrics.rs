@@ -200,9 +200,7 @@ impl Metrics {
                 event,
             } => self.progress(pipeline, *run, event),
             ControllerEvent::RunFinished {
-                pipeline,
-                run,
-                phase,
+                pipeline, phase, ..
             } => {
                 self.runs
                     .get_or_create(&PipelinePhaseLabels {
@@ -210,7 +208,8 @@ impl Metrics {
                         phase: phase.as_str(),
                     })
                     .inc();
-                self.forget_run(*run);
+                // Not forgotten here: the controller reports a run's end before it has passed
+                // on the run's last progress events, which still close its attempts.
             }
             ControllerEvent::RunInterrupted { run, .. } => self.forget_run(*run),
             ControllerEvent::Reconciled { took } => {
@@ -258,7 +257,8 @@ impl Metrics {
         }
     }
 
-    /// A run ended (or was interrupted): its attempts still counted running are not.
+    /// A run was interrupted (the controller is stopping): its attempts still counted running
+    /// are not.
     fn forget_run(&self, run: RunId) {
         let mut tracking = self.tracking();
         let before = tracking.started.len();
@@ -382,11 +382,31 @@ mod tests {
             1,
             RunEvent::AttemptStarted { job: 0, attempt: 2 },
         ));
-        // The run ends without its job's end (interrupted): nothing is left running.
+        // The run's end is reported before its last events: they still count.
         m.observe(&ControllerEvent::RunFinished {
             pipeline: "p".into(),
             run: RunId::from(1),
             phase: crate::status::RunPhase::Failed,
+        });
+        assert_eq!(m.running_jobs.get(), 1);
+        m.observe(&progress(
+            1,
+            RunEvent::JobFinished {
+                job: 0,
+                phase: JobPhase::Failed,
+                reason: JobReason::ExitCode,
+                exit_code: Some(1),
+            },
+        ));
+        assert_eq!(m.running_jobs.get(), 0);
+        // An interrupted run leaves nothing running, whatever events it did not send.
+        m.observe(&progress(
+            2,
+            RunEvent::AttemptStarted { job: 0, attempt: 1 },
+        ));
+        m.observe(&ControllerEvent::RunInterrupted {
+            pipeline: "p".into(),
+            run: RunId::from(2),
         });
         assert_eq!(m.running_jobs.get(), 0);
         m.observe(&ControllerEvent::StatusBuilt {
@@ -401,7 +421,8 @@ mod tests {
         for line in [
             "executioner_runs_total{pipeline=\"p\",phase=\"Failed\"} 1",
             "executioner_jobs_total{pipeline=\"p\",phase=\"Succeeded\"} 1",
-            "executioner_attempts_total{pipeline=\"p\",reason=\"ExitCode\"} 1",
+            "executioner_jobs_total{pipeline=\"p\",phase=\"Failed\"} 1",
+            "executioner_attempts_total{pipeline=\"p\",reason=\"ExitCode\"} 2",
             "executioner_attempts_total{pipeline=\"p\",reason=\"Completed\"} 1",
             "executioner_pipelines{phase=\"Running\"} 0",
             "executioner_pipelines{phase=\"Failed\"} 1",
