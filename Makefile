@@ -2,6 +2,8 @@
 CARGO ?= cargo
 BIN := target/release/executioner
 STATE ?= .executioner
+# Where `make run`'s controller serves its JSON API and /metrics.
+LISTEN ?= 127.0.0.1:8080
 
 .PHONY: build run test test-long lint fmt schemas bench fuzz clean-state
 
@@ -14,7 +16,8 @@ run: build
 	@$(BIN) validate manifests/
 	@if $(BIN) controller --help >/dev/null 2>&1; then \
 		echo "== controller on manifests/ (status files: manifests/.status/NAME.yaml; Ctrl-C to stop)"; \
-		$(BIN) --state-dir $(STATE) controller --manifests manifests; \
+		echo "== JSON API and metrics on http://$(LISTEN)/ (e.g. /api/v1/pipelines, /metrics; read-only)"; \
+		$(BIN) --state-dir $(STATE) controller --manifests manifests --listen $(LISTEN); \
 	else \
 		for f in manifests/*.yaml; do echo "== graph of $$f"; $(BIN) graph $$f; done; \
 		if $(BIN) run --help >/dev/null 2>&1; then \

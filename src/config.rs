@@ -41,6 +41,19 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub security: SecurityConfig,
     pub history: HistoryConfig,
+    pub http: HttpConfig,
+}
+
+/// The controller's web API and metrics (`controller --listen`); off unless `listen` is set.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address the controller serves the JSON API, `/metrics` and health on, e.g.
+    /// `127.0.0.1:8080` (port 0 picks a free port, written to `STATE/http.addr`).
+    pub listen: Option<String>,
+    /// Name of the environment variable holding the bearer token that enables the API's `POST`
+    /// requests (never the token itself). Without it the API is read-only.
+    pub token_env: Option<String>,
 }
 
 /// The store's own knob: the configuration names it, the store acts on it.
@@ -133,6 +146,7 @@ impl Default for Config {
             smtp: SmtpConfig::default(),
             security: SecurityConfig::default(),
             history: HistoryConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }

@@ -28,3 +28,4 @@ pub mod status;
 pub mod store;
 pub mod tls;
 pub mod validate;
+pub mod views;

@@ -52,6 +52,12 @@ pub fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// `STATE/http.addr`: the address the controller's HTTP server is bound to (so that a port 0
+/// bind can be found).
+pub fn http_addr_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("http.addr")
+}
+
 /// `STATE/requests`: a running controller watches it for requests made by other commands.
 pub fn requests_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("requests")

@@ -18,8 +18,16 @@ pub fn manifests_dir(flag: Option<&Path>, config: &crate::config::Config) -> Pat
     super::absolute(flag.unwrap_or(&config.manifests_dir))
 }
 
-pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs) -> CliResult {
-    let config = super::load_config(global)?;
+pub fn run_controller(
+    manifests: Option<&Path>,
+    once: bool,
+    listen: Option<String>,
+    global: &GlobalArgs,
+) -> CliResult {
+    let mut config = super::load_config(global)?;
+    if listen.is_some() {
+        config.http.listen = listen;
+    }
     let state_dir = super::state_dir(&config);
     let manifests_dir = manifests_dir(manifests, &config);
     super::runtime()?.block_on(async move {
@@ -36,9 +44,19 @@ pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs)
         let cancel = CancellationToken::new();
         let kill_now = CancellationToken::new();
         let signals = super::watch_signals(cancel.clone(), kill_now.clone())?;
+        let server = start_http(&config, &store, &state_dir, &manifests_dir).await?;
+        let metrics = server.as_ref().map(|s| (s.metrics.clone(), store.clone()));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let printer = tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
+                if let Some((metrics, store)) = &metrics {
+                    metrics.observe(&event);
+                    if let ControllerEvent::RunFinished { run, .. } = &event
+                        && let Err(e) = metrics.record_job_durations(store, *run).await
+                    {
+                        tracing::warn!(error = %super::error::chain(&e), "metrics: job durations");
+                    }
+                }
                 log_event(&event);
             }
         });
@@ -49,6 +67,7 @@ pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs)
                 state_dir,
                 config,
                 once,
+                detailed_events: server.is_some(),
             },
             store,
             tx,
@@ -57,6 +76,9 @@ pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs)
         )
         .await;
         let _ = printer.await;
+        if let Some(server) = server {
+            server.stop().await;
+        }
         signals.abort();
         let all_ok = result?;
         tracing::info!(dir = %status_dir.display(), "status files");
@@ -68,6 +90,82 @@ pub fn run_controller(manifests: Option<&Path>, once: bool, global: &GlobalArgs)
             Exit::Failed
         })
     })
+}
+
+/// The HTTP server while it serves: its metrics (fed from the controller's events) and its task.
+struct Server {
+    metrics: std::sync::Arc<crate::http::metrics::Metrics>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// How long the server may take to finish its requests in flight once the controller stopped.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+impl Server {
+    async fn stop(self) {
+        self.stop.cancel();
+        let abort = self.task.abort_handle();
+        match tokio::time::timeout(HTTP_DRAIN, self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP server failed"),
+            Ok(Err(_)) | Err(_) => abort.abort(),
+        }
+    }
+}
+
+/// Binds and serves the HTTP API when `http.listen` is set (its own task: a request never holds
+/// up the reconcile loop).
+async fn start_http(
+    config: &crate::config::Config,
+    store: &crate::store::Store,
+    state_dir: &Path,
+    manifests_dir: &Path,
+) -> Result<Option<Server>, CliError> {
+    let Some(listen) = &config.http.listen else {
+        return Ok(None);
+    };
+    let token = config
+        .http
+        .token_env
+        .as_deref()
+        .map(crate::http::auth::Token::from_env)
+        .transpose()
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let bound = crate::http::bind(listen, state_dir)
+        .await
+        .map_err(|e| CliError::usage(super::error::chain(&e)))?;
+    if !bound.addr.ip().is_loopback() && token.is_none() {
+        tracing::warn!(
+            addr = %bound.addr,
+            "the HTTP API listens beyond this machine without a token (http.token_env): anyone who reaches it can read every pipeline, run and log"
+        );
+    }
+    tracing::info!(addr = %bound.addr, read_only = token.is_none(), "listening");
+    let metrics = std::sync::Arc::new(crate::http::metrics::Metrics::new());
+    let app = crate::http::App {
+        store: store.clone(),
+        state_dir: state_dir.to_owned(),
+        manifests_dir: manifests_dir.to_owned(),
+        options: Options {
+            security: super::security_policy(config),
+            ..Options::default()
+        },
+        trust: trust(config)?,
+        metrics: metrics.clone(),
+        token,
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(crate::http::serve(
+        bound,
+        std::sync::Arc::new(app),
+        stop.clone(),
+    ));
+    Ok(Some(Server {
+        metrics,
+        stop,
+        task,
+    }))
 }
 
 /// A controller event as a log line, with its fields (the subscriber formats it, see
@@ -163,6 +261,11 @@ fn log_event(event: &ControllerEvent) {
         }
         ControllerEvent::Warning(message) => tracing::warn!("{message}"),
         ControllerEvent::Stopping => tracing::info!("stopping: interrupting runs"),
+        // What the metrics are fed from: too frequent for the log.
+        ControllerEvent::RunProgress { .. }
+        | ControllerEvent::Reconciled { .. }
+        | ControllerEvent::NotificationsPending { .. }
+        | ControllerEvent::StatusBuilt { .. } => {}
     }
 }
 

@@ -34,14 +34,11 @@ pub fn list(
         }
         match output {
             OutputFormat::Json => {
-                let items: Vec<serde_json::Value> = rows
+                let items: Vec<crate::views::RunView> = rows
                     .iter()
-                    .map(|(run, attempts)| render::run_json(run, attempts))
+                    .map(|(run, attempts)| crate::views::run_view(run, attempts))
                     .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&items).unwrap_or_default()
-                );
+                render::print_json(&items);
             }
             OutputFormat::Table => {
                 if rows.is_empty() {
@@ -84,15 +81,14 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
         let outputs = store.job_outputs(run_id).await?;
         match output {
             OutputFormat::Json => {
-                let value = render::run_with_jobs_json(&run, &jobs, &attempts, &state_dir);
-                let mut value = render::with_run_data(value, &run, &outputs);
-                if let (Some(revision), Some(object)) = (&revision, value.as_object_mut()) {
-                    object.insert("revision".into(), revision.as_str().into());
-                }
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&value).unwrap_or_default()
-                );
+                let rows = crate::views::RunRows {
+                    run: &run,
+                    jobs: &jobs,
+                    attempts: &attempts,
+                    outputs: &outputs,
+                    revision: revision.as_deref(),
+                };
+                render::print_json(&crate::views::run_detail(rows, &state_dir));
             }
             OutputFormat::Table => {
                 let spans = render::round_spans(&run, &attempts);

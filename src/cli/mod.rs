@@ -224,6 +224,9 @@ pub enum Command {
         /// Reconcile until every current manifest's run is terminal, then exit.
         #[arg(long)]
         once: bool,
+        /// Serve the JSON API, /metrics and health on ADDR (overrides config `http.listen`).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Validate manifests, then write them atomically into the manifests folder.
     #[command(after_help = "Examples:
@@ -458,9 +461,11 @@ fn dispatch(cli: Cli) -> CliResult {
         Command::Logs { run, job, follow } => {
             history::logs(run, job.as_deref(), follow, &cli.global)
         }
-        Command::Controller { manifests, once } => {
-            controller::run_controller(manifests.as_deref(), once, &cli.global)
-        }
+        Command::Controller {
+            manifests,
+            once,
+            listen,
+        } => controller::run_controller(manifests.as_deref(), once, listen, &cli.global),
         Command::Status {
             name,
             output,

@@ -345,12 +345,14 @@ async fn unchanged(
         let jobs = store.jobs(run_id).await?;
         let attempts = store.attempts(run_id).await?;
         let outputs = store.job_outputs(run_id).await?;
-        let value = render::run_with_jobs_json(&run, &jobs, &attempts, state_dir);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&render::with_run_data(value, &run, &outputs))
-                .unwrap_or_default()
-        );
+        let rows = crate::views::RunRows {
+            run: &run,
+            jobs: &jobs,
+            attempts: &attempts,
+            outputs: &outputs,
+            revision: None,
+        };
+        render::print_json(&crate::views::run_detail(rows, state_dir));
     }
     Ok(match run.phase {
         RunPhase::Succeeded => Exit::Success,
@@ -521,12 +523,14 @@ async fn drive(
     match (output, run) {
         (OutputFormat::Json, Some(run)) => {
             let outputs = store.job_outputs(run_id).await?;
-            let value = render::run_with_jobs_json(&run, &jobs, &attempts, state_dir);
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&render::with_run_data(value, &run, &outputs))
-                    .unwrap_or_default()
-            );
+            let rows = crate::views::RunRows {
+                run: &run,
+                jobs: &jobs,
+                attempts: &attempts,
+                outputs: &outputs,
+                revision: None,
+            };
+            render::print_json(&crate::views::run_detail(rows, state_dir));
         }
         (_, _) if !global.quiet => {
             println!("{}", render::jobs_table(&jobs, &attempts));

@@ -12,6 +12,8 @@ pub fn schema_files() -> Vec<(&'static str, String)> {
             "config.schema.json",
             pretty(&crate::config::config_schema()),
         ),
+        // The HTTP API's OpenAPI document, generated from the same types as `-o json`.
+        ("openapi.json", crate::http::api::document()),
     ]
 }
 

@@ -58,6 +58,10 @@ pub struct ControllerOptions {
     pub config: Config,
     /// Exit once every current manifest's run is terminal.
     pub once: bool,
+    /// Also send [`ControllerEvent::RunProgress`], [`ControllerEvent::Reconciled`] and
+    /// [`ControllerEvent::NotificationsPending`] (what the metrics are fed from); off, they cost
+    /// nothing.
+    pub detailed_events: bool,
 }
 
 /// What happened, for the log.
@@ -125,6 +129,26 @@ pub enum ControllerEvent {
     },
     Warning(String),
     Stopping,
+    /// A run's progress event, as the status writer gets it (only with `detailed_events`).
+    RunProgress {
+        pipeline: String,
+        run: RunId,
+        event: crate::engine::RunEvent,
+    },
+    /// A reconcile pass ended after `took` (only with `detailed_events`).
+    Reconciled {
+        took: Duration,
+    },
+    /// A delivery pass of the outbox ended with `count` messages still to send (only with
+    /// `detailed_events`).
+    NotificationsPending {
+        count: i64,
+    },
+    /// A pipeline's status was built from the store: it is in `phase`.
+    StatusBuilt {
+        pipeline: String,
+        phase: crate::status::file::PipelinePhase,
+    },
 }
 
 /// How a run's task failed.
@@ -271,7 +295,13 @@ pub async fn run(
             && at <= tokio::time::Instant::now()
         {
             next_reconcile = None;
+            let began = std::time::Instant::now();
             let requeue = c.reconcile(std::mem::take(&mut full_pass)).await?;
+            if c.opts.detailed_events {
+                let _ = c.events.send(ControllerEvent::Reconciled {
+                    took: began.elapsed(),
+                });
+            }
             if let Some(after) = requeue {
                 next_reconcile = Some(tokio::time::Instant::now() + after);
             }
@@ -331,7 +361,12 @@ pub async fn run(
             _ = sleep_until_opt(c.status.flush_at()), if c.status.flush_at().is_some() => {
                 c.status.flush(&c.store, c.reader.folder()).await?;
             }
-            Some((name, run, event)) = progress_rx.recv() => c.status.apply(&name, run, &event),
+            Some((name, run, event)) = progress_rx.recv() => {
+                c.status.apply(&name, run, &event);
+                if c.opts.detailed_events {
+                    let _ = c.events.send(ControllerEvent::RunProgress { pipeline: name, run, event });
+                }
+            }
         }
     }
     drop(watcher);

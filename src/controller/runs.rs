@@ -485,8 +485,13 @@ impl Controller {
         let store = self.store.clone();
         let config = self.opts.config.clone();
         let events = self.events.clone();
+        let detailed = self.opts.detailed_events;
         self.deliveries.spawn(async move {
-            match crate::notify::deliver_due(&store, &config).await {
+            let pass = crate::notify::deliver_due(&store, &config).await;
+            if detailed && let Ok(count) = store.pending_outbox().await {
+                let _ = events.send(ControllerEvent::NotificationsPending { count });
+            }
+            match pass {
                 Ok((_, 0)) => {}
                 Ok((sent, failed)) => {
                     let _ = events.send(ControllerEvent::Warning(format!(

@@ -248,6 +248,10 @@ impl StatusWriter {
             suspended,
         )
         .await?;
+        let _ = self.events.send(ControllerEvent::StatusBuilt {
+            pipeline: name.to_owned(),
+            phase: doc.status.phase,
+        });
         let (key, text) = (status_key(&doc), doc.to_yaml());
         if let Some(live) = self.live.get_mut(name) {
             live.doc = Some(doc);

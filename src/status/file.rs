@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{JobPhase, RunId, RunPhase};
 
 /// `kind: PipelineStatus` document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineStatusDoc {
     pub api_version: String,
@@ -21,7 +21,7 @@ pub struct PipelineStatusDoc {
     pub status: PipelineStatus,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusMetadata {
     pub name: String,
@@ -34,11 +34,12 @@ pub struct StatusMetadata {
     pub revision: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineStatus {
     pub phase: PipelinePhase,
     pub observed_generation: Option<i64>,
+    #[schema(value_type = Option<i64>)]
     pub run_id: Option<RunId>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -49,7 +50,7 @@ pub struct PipelineStatus {
 
 /// Where a pipeline stands, as its status file and `executioner status` show it: its latest run's
 /// phase, or what keeps it from having one. Serialized by variant name (`Running`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum PipelinePhase {
     /// No run of its current generation yet.
     Pending,
@@ -99,7 +100,7 @@ impl fmt::Display for PipelinePhase {
 }
 
 /// What a condition of a pipeline's status is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ConditionType {
     /// Its manifest holds a valid pipeline.
     Valid,
@@ -108,7 +109,7 @@ pub enum ConditionType {
 }
 
 /// Whether a condition holds (Kubernetes' `True`, `False`, `Unknown`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ConditionStatus {
     True,
     False,
@@ -116,7 +117,7 @@ pub enum ConditionStatus {
 }
 
 /// Why a condition is what it is. Serialized by variant name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ConditionReason {
     /// `Valid: True`: the manifest holds a valid pipeline.
     Validated,
@@ -148,7 +149,7 @@ impl From<RunPhase> for ConditionReason {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
     pub total: usize,
@@ -162,7 +163,7 @@ pub struct Progress {
     pub cancelled: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
@@ -173,9 +174,12 @@ pub struct Condition {
     pub last_transition_time: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatus {
+    /// A job phase: `Pending`, `Waiting`, `Running`, `Succeeded`, `Failed`, `Skipped`, `Cancelled`,
+    /// `Lost` or `Interrupted`.
+    #[schema(value_type = String)]
     pub phase: JobPhase,
     pub attempts: i64,
     pub exit_code: Option<i64>,

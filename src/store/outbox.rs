@@ -185,6 +185,16 @@ impl Store {
         rows.iter().map(|row| self.outbox_row(row)).collect()
     }
 
+    /// How many messages are still to be sent: queued, or waiting for a retry (not given up).
+    pub async fn pending_outbox(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.sql("counting pending notifications"))
+    }
+
     /// Every message of a run, in the order they were queued.
     pub async fn outbox(&self, run: RunId) -> Result<Vec<OutboxEntry>, StoreError> {
         let rows = sqlx::query(select_outbox!("WHERE run_id = ? ORDER BY id"))

@@ -1,0 +1,434 @@
+//! The controller's Prometheus metrics (DESIGN 10, those that apply to one machine), kept up to
+//! date from the controller's event stream (the engine's progress events it forwards, runs ending,
+//! statuses built, reconcile passes), never by scanning the store when scraped, and encoded for
+//! `/metrics`. Owns the registry and the little state events need to become gauges (which attempts
+//! are open, each pipeline's last phase). Not the route (`mod.rs`) nor the events themselves
+//! (`controller`).
+//!
+//! `executioner_ready_jobs` is not exported: the events say when a job starts, not when its
+//! dependencies let it, and deriving it would mean the DAG of every run here.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::controller::ControllerEvent;
+use crate::engine::RunEvent;
+use crate::status::file::PipelinePhase;
+use crate::status::{JobPhase, JobReason};
+use crate::store::{RunId, Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PipelinePhaseLabels {
+    pipeline: String,
+    phase: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PipelineReasonLabels {
+    pipeline: String,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+/// A job of a run whose first attempt started: whether an attempt of it is running.
+#[derive(Debug, Clone, Copy)]
+struct Started {
+    attempt_open: bool,
+}
+
+#[derive(Debug, Default)]
+struct Tracking {
+    started: HashMap<(RunId, usize), Started>,
+    phases: HashMap<String, PipelinePhase>,
+}
+
+/// The registry and its metrics; shared by the event tap (which updates it) and `/metrics`
+/// (which encodes it).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    runs: Family<PipelinePhaseLabels, Counter>,
+    jobs: Family<PipelinePhaseLabels, Counter>,
+    attempts: Family<PipelineReasonLabels, Counter>,
+    job_duration: Histogram,
+    running_jobs: Gauge,
+    pipelines: Family<PhaseLabels, Gauge>,
+    reconcile_duration: Histogram,
+    notifications_pending: Gauge,
+    tracking: Mutex<Tracking>,
+    folder_read: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let runs = Family::<PipelinePhaseLabels, Counter>::default();
+        let jobs = Family::<PipelinePhaseLabels, Counter>::default();
+        let attempts = Family::<PipelineReasonLabels, Counter>::default();
+        // 10 ms to ~5.8 h.
+        let job_duration = Histogram::new(exponential_buckets(0.01, 4.0, 12));
+        let running_jobs = Gauge::default();
+        let pipelines = Family::<PhaseLabels, Gauge>::default();
+        // 100 us to ~6.5 s.
+        let reconcile_duration = Histogram::new(exponential_buckets(0.0001, 3.0, 11));
+        let notifications_pending = Gauge::default();
+        registry.register(
+            "executioner_runs",
+            "Runs ended, by pipeline and phase",
+            runs.clone(),
+        );
+        registry.register(
+            "executioner_jobs",
+            "Jobs ended, by pipeline and phase",
+            jobs.clone(),
+        );
+        registry.register(
+            "executioner_attempts",
+            "Attempts ended, by pipeline and reason",
+            attempts.clone(),
+        );
+        registry.register(
+            "executioner_job_duration_seconds",
+            "Time from a job's first attempt starting to the job ending, observed when its run ends",
+            job_duration.clone(),
+        );
+        registry.register(
+            "executioner_running_jobs",
+            "Attempts running now",
+            running_jobs.clone(),
+        );
+        registry.register(
+            "executioner_pipelines",
+            "Pipelines, by the phase of their status",
+            pipelines.clone(),
+        );
+        registry.register(
+            "executioner_reconcile_duration_seconds",
+            "Time a reconcile pass took",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "executioner_notifications_pending",
+            "Notifications still to send after the last delivery pass",
+            notifications_pending.clone(),
+        );
+        Metrics {
+            registry,
+            runs,
+            jobs,
+            attempts,
+            job_duration,
+            running_jobs,
+            pipelines,
+            reconcile_duration,
+            notifications_pending,
+            tracking: Mutex::new(Tracking::default()),
+            folder_read: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a reconcile pass has read the manifests folder (for `/readyz`).
+    pub fn folder_read(&self) -> bool {
+        self.folder_read.load(Ordering::Relaxed)
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn tracking(&self) -> std::sync::MutexGuard<'_, Tracking> {
+        self.tracking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Observes the durations of the jobs of run `run`, which just ended, from its stored
+    /// times: read once per run, because progress events reach the controller in bursts, so
+    /// their arrival says little about how long a job took. A job is counted in the round it
+    /// ended in.
+    pub async fn record_job_durations(&self, store: &Store, run: RunId) -> Result<(), StoreError> {
+        let Some(row) = store.run(run).await? else {
+            return Ok(());
+        };
+        let round_start = store
+            .attempts(run)
+            .await?
+            .iter()
+            .filter(|a| a.round == row.rounds)
+            .map(|a| a.started_at)
+            .min();
+        for job in store.jobs(run).await? {
+            if let (Some(start), Some(end)) = (job.started_at, job.finished_at)
+                && round_start.is_none_or(|r| end >= r)
+            {
+                self.job_duration
+                    .observe((end - start).as_seconds_f64().max(0.0));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one controller event into account.
+    pub fn observe(&self, event: &ControllerEvent) {
+        match event {
+            ControllerEvent::RunProgress {
+                pipeline,
+                run,
+                event,
+            } => self.progress(pipeline, *run, event),
+            ControllerEvent::RunFinished {
+                pipeline, phase, ..
+            } => {
+                self.runs
+                    .get_or_create(&PipelinePhaseLabels {
+                        pipeline: pipeline.clone(),
+                        phase: phase.as_str(),
+                    })
+                    .inc();
+                // Not forgotten here: the controller reports a run's end before it has passed
+                // on the run's last progress events, which still close its attempts.
+            }
+            ControllerEvent::RunInterrupted { run, .. } => self.forget_run(*run),
+            ControllerEvent::Reconciled { took } => {
+                self.reconcile_duration.observe(took.as_secs_f64());
+                self.folder_read.store(true, Ordering::Relaxed);
+            }
+            ControllerEvent::NotificationsPending { count } => {
+                self.notifications_pending.set(*count);
+            }
+            ControllerEvent::StatusBuilt { pipeline, phase } => {
+                let before = self.tracking().phases.insert(pipeline.clone(), *phase);
+                self.move_pipeline(before, Some(*phase));
+            }
+            ControllerEvent::Deleted { pipeline } => {
+                let before = self.tracking().phases.remove(pipeline);
+                self.move_pipeline(before, None);
+            }
+            ControllerEvent::Started { .. }
+            | ControllerEvent::RunStarted { .. }
+            | ControllerEvent::RunResumed { .. }
+            | ControllerEvent::Cancelling { .. }
+            | ControllerEvent::Interrupting { .. }
+            | ControllerEvent::Invalid { .. }
+            | ControllerEvent::HistoryPruned { .. }
+            | ControllerEvent::TickSkipped { .. }
+            | ControllerEvent::RunFault { .. }
+            | ControllerEvent::Warning(_)
+            | ControllerEvent::Stopping => {}
+        }
+    }
+
+    fn move_pipeline(&self, before: Option<PipelinePhase>, after: Option<PipelinePhase>) {
+        if before == after {
+            return;
+        }
+        if let Some(p) = before {
+            self.pipelines
+                .get_or_create(&PhaseLabels { phase: p.as_str() })
+                .dec();
+        }
+        if let Some(p) = after {
+            self.pipelines
+                .get_or_create(&PhaseLabels { phase: p.as_str() })
+                .inc();
+        }
+    }
+
+    /// A run was interrupted (the controller is stopping): its attempts still counted running
+    /// are not.
+    fn forget_run(&self, run: RunId) {
+        let mut tracking = self.tracking();
+        let before = tracking.started.len();
+        let mut open = 0;
+        tracking.started.retain(|(r, _), s| {
+            let keep = *r != run;
+            if !keep && s.attempt_open {
+                open += 1;
+            }
+            keep
+        });
+        if tracking.started.len() != before {
+            self.running_jobs.dec_by(open);
+        }
+    }
+
+    fn attempt_ended(&self, pipeline: &str, reason: JobReason) {
+        self.attempts
+            .get_or_create(&PipelineReasonLabels {
+                pipeline: pipeline.to_owned(),
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    fn job_ended(&self, pipeline: &str, phase: JobPhase) {
+        self.jobs
+            .get_or_create(&PipelinePhaseLabels {
+                pipeline: pipeline.to_owned(),
+                phase: phase.as_str(),
+            })
+            .inc();
+    }
+
+    fn progress(&self, pipeline: &str, run: RunId, event: &RunEvent) {
+        match event {
+            RunEvent::AttemptStarted { job, .. } => {
+                let mut tracking = self.tracking();
+                let started = tracking.started.entry((run, *job)).or_insert(Started {
+                    attempt_open: false,
+                });
+                if !started.attempt_open {
+                    started.attempt_open = true;
+                    self.running_jobs.inc();
+                }
+            }
+            RunEvent::AttemptFailedWillRetry { job, reason, .. } => {
+                if let Some(started) = self.tracking().started.get_mut(&(run, *job))
+                    && std::mem::replace(&mut started.attempt_open, false)
+                {
+                    self.running_jobs.dec();
+                }
+                self.attempt_ended(pipeline, *reason);
+            }
+            RunEvent::JobFinished {
+                job, phase, reason, ..
+            } => {
+                let started = self.tracking().started.remove(&(run, *job));
+                if let Some(started) = started {
+                    if started.attempt_open {
+                        self.running_jobs.dec();
+                    }
+                    self.attempt_ended(pipeline, *reason);
+                }
+                self.job_ended(pipeline, *phase);
+            }
+            RunEvent::JobSkipped { .. } => self.job_ended(pipeline, JobPhase::Skipped),
+            RunEvent::JobWaiting { .. } | RunEvent::SensorPassed { .. } => {}
+        }
+    }
+}
+
+/// How long a scrape may take before it is abandoned (it only encodes memory).
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(run: i64, event: RunEvent) -> ControllerEvent {
+        ControllerEvent::RunProgress {
+            pipeline: "p".into(),
+            run: RunId::from(run),
+            event,
+        }
+    }
+
+    #[test]
+    fn events_move_the_counters_and_gauges() {
+        let m = Metrics::new();
+        m.observe(&progress(
+            1,
+            RunEvent::AttemptStarted { job: 0, attempt: 1 },
+        ));
+        m.observe(&progress(
+            1,
+            RunEvent::AttemptStarted { job: 1, attempt: 1 },
+        ));
+        assert_eq!(m.running_jobs.get(), 2);
+        m.observe(&progress(
+            1,
+            RunEvent::AttemptFailedWillRetry {
+                job: 0,
+                attempt: 1,
+                reason: JobReason::ExitCode,
+                delay: Duration::ZERO,
+            },
+        ));
+        assert_eq!(m.running_jobs.get(), 1);
+        m.observe(&progress(
+            1,
+            RunEvent::JobFinished {
+                job: 1,
+                phase: JobPhase::Succeeded,
+                reason: JobReason::Completed,
+                exit_code: Some(0),
+            },
+        ));
+        assert_eq!(m.running_jobs.get(), 0);
+        m.observe(&progress(
+            1,
+            RunEvent::AttemptStarted { job: 0, attempt: 2 },
+        ));
+        // The run's end is reported before its last events: they still count.
+        m.observe(&ControllerEvent::RunFinished {
+            pipeline: "p".into(),
+            run: RunId::from(1),
+            phase: crate::status::RunPhase::Failed,
+        });
+        assert_eq!(m.running_jobs.get(), 1);
+        m.observe(&progress(
+            1,
+            RunEvent::JobFinished {
+                job: 0,
+                phase: JobPhase::Failed,
+                reason: JobReason::ExitCode,
+                exit_code: Some(1),
+            },
+        ));
+        assert_eq!(m.running_jobs.get(), 0);
+        // An interrupted run leaves nothing running, whatever events it did not send.
+        m.observe(&progress(
+            2,
+            RunEvent::AttemptStarted { job: 0, attempt: 1 },
+        ));
+        m.observe(&ControllerEvent::RunInterrupted {
+            pipeline: "p".into(),
+            run: RunId::from(2),
+        });
+        assert_eq!(m.running_jobs.get(), 0);
+        m.observe(&ControllerEvent::StatusBuilt {
+            pipeline: "p".into(),
+            phase: PipelinePhase::Running,
+        });
+        m.observe(&ControllerEvent::StatusBuilt {
+            pipeline: "p".into(),
+            phase: PipelinePhase::Failed,
+        });
+        let text = m.encode();
+        for line in [
+            "executioner_runs_total{pipeline=\"p\",phase=\"Failed\"} 1",
+            "executioner_jobs_total{pipeline=\"p\",phase=\"Succeeded\"} 1",
+            "executioner_jobs_total{pipeline=\"p\",phase=\"Failed\"} 1",
+            "executioner_attempts_total{pipeline=\"p\",reason=\"ExitCode\"} 2",
+            "executioner_attempts_total{pipeline=\"p\",reason=\"Completed\"} 1",
+            "executioner_pipelines{phase=\"Running\"} 0",
+            "executioner_pipelines{phase=\"Failed\"} 1",
+            "executioner_running_jobs 0",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+}
