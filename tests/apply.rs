@@ -534,3 +534,27 @@ fn relative_paths_without_a_working_dir_are_warned_about() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn without_manifests_apply_and_delete_use_the_folder_the_controller_watches() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path().join("watched")).unwrap();
+    // A controller of this state folder watches `watched/` (recorded in the store at its start).
+    let out = ws.run(&["controller", "--once", "--manifests", "watched"]);
+    assert_exit(&out, 0);
+    ws.write("p.yaml", &simple("p", "echo hi"));
+    let out = ws.run(&["apply", "-f", "p.yaml"]);
+    assert_exit(&out, 0);
+    assert_eq!(text(&out.stdout), "pipeline/p created\n");
+    assert!(ws.path().join("watched/p.yaml").exists());
+    assert!(!ws.path().join("manifests/p.yaml").exists());
+    let out = ws.run(&["diff", "-f", "p.yaml"]);
+    assert_exit(&out, 0);
+    let out = ws.run(&["delete", "p"]);
+    assert_exit(&out, 0);
+    assert!(!ws.path().join("watched/p.yaml").exists());
+    // --manifests still wins.
+    let out = ws.run(&["apply", "-f", "p.yaml", "--manifests", "elsewhere"]);
+    assert_exit(&out, 0);
+    assert!(ws.path().join("elsewhere/p.yaml").exists());
+}

@@ -257,7 +257,7 @@ fn severity(exit: Exit) -> u8 {
 pub fn delete(name: &str, manifests: Option<&Path>, global: &GlobalArgs) -> CliResult {
     let name = PipelineName::parse(name).map_err(|e| CliError::usage(e.to_string()))?;
     let config = super::load_config(global)?;
-    let dir = manifests.map_or_else(|| config.manifests_dir.clone(), Path::to_path_buf);
+    let dir = folder_to_write(manifests, &config);
     let folder = Folder::scan(&dir)?;
     let found = folder.find(name.as_str());
     let (file, docs) = match found.as_slice() {
@@ -306,18 +306,41 @@ pub(super) struct Source {
 
 /// Reads what `-f` names. A folder without manifest files is an error, unless `may_be_empty`
 /// (`--prune`, which decides about an empty source itself).
-/// The manifests folder to write (`--manifests`, else the configured one) and the validation
-/// options, as apply and diff both use them.
+/// The manifests folder to write and the validation options, as apply and diff both use them.
 pub(super) fn target(
     manifests: Option<&Path>,
     config: &crate::config::Config,
 ) -> (PathBuf, Options) {
-    let dir = manifests.map_or_else(|| config.manifests_dir.clone(), Path::to_path_buf);
+    let dir = folder_to_write(manifests, config);
     let options = Options {
         security: super::security_policy(config),
         ..Options::default()
     };
     (dir, options)
+}
+
+/// The manifests folder apply, diff and delete act on: `--manifests`, else the folder the
+/// controller of this state folder watches (recorded in the store when it starts, as `status`,
+/// `wait` and `suspend` read it), else the configured one. A state database that cannot be read
+/// falls back to the configuration: apply never fails for want of a state it does not need.
+pub(super) fn folder_to_write(manifests: Option<&Path>, config: &crate::config::Config) -> PathBuf {
+    if let Some(dir) = manifests {
+        return dir.to_path_buf();
+    }
+    let state_dir = super::state_dir(config);
+    if crate::state_dir::db_path(&state_dir).exists()
+        && let Ok(runtime) = super::runtime()
+        && let Ok(Some(recorded)) = runtime.block_on(async {
+            match super::open_store_existing(&state_dir, config).await {
+                Ok(Some(store)) => store.manifests_dir().await.map_err(CliError::from),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    {
+        return recorded;
+    }
+    config.manifests_dir.clone()
 }
 
 pub(super) fn read_sources(file: &Path, may_be_empty: bool) -> Result<Vec<Source>, CliError> {
