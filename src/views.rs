@@ -236,6 +236,31 @@ pub fn run_params(run: &RunRow) -> IndexMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Reads a run's jobs, attempts, outputs and (when `with_revision`) its generation's source
+/// revision from the store, and builds its [`run_detail`].
+pub async fn load_run_detail(
+    store: &crate::store::Store,
+    run: &RunRow,
+    state_dir: &Path,
+    with_revision: bool,
+) -> Result<RunDetail, crate::store::StoreError> {
+    let jobs = store.jobs(run.id).await?;
+    let attempts = store.attempts(run.id).await?;
+    let outputs = store.job_outputs(run.id).await?;
+    let revision = match with_revision {
+        true => store.revision(&run.pipeline, run.generation).await?,
+        false => None,
+    };
+    let rows = RunRows {
+        run,
+        jobs: &jobs,
+        attempts: &attempts,
+        outputs: &outputs,
+        revision: revision.as_deref(),
+    };
+    Ok(run_detail(rows, state_dir))
+}
+
 /// What [`run_detail`] is built from: a run's rows as the store gives them.
 #[derive(Debug, Clone, Copy)]
 pub struct RunRows<'a> {

@@ -342,17 +342,7 @@ async fn unchanged(
         .await?
         .ok_or_else(|| CliError::usage(format!("run {run_id} does not exist")))?;
     if output == OutputFormat::Json {
-        let jobs = store.jobs(run_id).await?;
-        let attempts = store.attempts(run_id).await?;
-        let outputs = store.job_outputs(run_id).await?;
-        let rows = crate::views::RunRows {
-            run: &run,
-            jobs: &jobs,
-            attempts: &attempts,
-            outputs: &outputs,
-            revision: None,
-        };
-        render::print_json(&crate::views::run_detail(rows, state_dir));
+        render::print_json(&crate::views::load_run_detail(store, &run, state_dir, false).await?);
     }
     Ok(match run.phase {
         RunPhase::Succeeded => Exit::Success,
@@ -522,6 +512,7 @@ async fn drive(
     };
     match (output, run) {
         (OutputFormat::Json, Some(run)) => {
+            // The rows are read already (the `-q` lines below use them too).
             let outputs = store.job_outputs(run_id).await?;
             let rows = crate::views::RunRows {
                 run: &run,

@@ -207,18 +207,8 @@ pub async fn run(
 ) -> Result<Json<RunDetail>, ApiError> {
     let id = run_id(&path(id)?)?;
     let run = known_run(&app, id).await?;
-    let jobs = app.store.jobs(id).await?;
-    let attempts = app.store.attempts(id).await?;
-    let revision = app.store.revision(&run.pipeline, run.generation).await?;
-    let outputs = app.store.job_outputs(id).await?;
-    let rows = crate::views::RunRows {
-        run: &run,
-        jobs: &jobs,
-        attempts: &attempts,
-        outputs: &outputs,
-        revision: revision.as_deref(),
-    };
-    Ok(Json(crate::views::run_detail(rows, &app.state_dir)))
+    let detail = crate::views::load_run_detail(&app.store, &run, &app.state_dir, true).await?;
+    Ok(Json(detail))
 }
 
 #[utoipa::path(get, path = "/api/v1/runs/{id}/jobs/{job}/log", tag = "api",
