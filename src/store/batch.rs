@@ -7,11 +7,11 @@
 
 use rusqlite::{Connection, params};
 
-use super::direct::Immediate;
+use super::sqlite::direct::Immediate;
 
 use super::{
-    AttemptEnd, AttemptId, RunId, Store, StoreError, attempt_not_found, job_not_found, micros,
-    saturating_i64, timestamp,
+    AttemptEnd, AttemptId, RunId, StoreError, attempt_not_found, job_not_found, micros,
+    saturating_i64, sqlite::SqliteStore, timestamp,
 };
 use crate::spec::JobId;
 use crate::status::{JobPhase, JobReason};
@@ -186,7 +186,7 @@ const START_JOB_SQL: &str = "UPDATE jobs SET phase = 'Running', reason = NULL, a
 const START_SQL: &str = "INSERT INTO attempts (run_id, job_id, round, number, phase, started_at) \
     VALUES (?, ?, ?, ?, 'Running', ?)";
 
-impl Store {
+impl SqliteStore {
     /// Commits `batch` (changes to run `run`; new attempts belong to `round`) as one transaction
     /// and empties it. Returns the ids of the attempts it started, in the order they were added.
     ///

@@ -4,9 +4,9 @@
 
 use time::OffsetDateTime;
 
-use super::{Store, StoreError, timestamp};
+use super::{StoreError, sqlite::SqliteStore, timestamp};
 
-impl Store {
+impl SqliteStore {
     /// Records that generation `generation` of `pipeline` came from `revision`, unless that
     /// generation already has one: a generation keeps the revision it was first seen at.
     pub async fn record_revision(

@@ -6,7 +6,7 @@
 
 use time::OffsetDateTime;
 
-use super::{Decoder, Store, StoreError, timestamp};
+use super::{StoreError, sqlite::Decoder, sqlite::SqliteStore, timestamp};
 
 /// One file an `apply` wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub struct AppliedFile {
     pub content_hash: String,
 }
 
-impl Store {
+impl SqliteStore {
     /// Records that `entry.source` wrote `entry.file` (replacing whoever wrote it before).
     pub async fn record_applied(&self, entry: &AppliedFile) -> Result<(), StoreError> {
         let query = sqlx::query(

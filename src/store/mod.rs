@@ -1,30 +1,23 @@
-//! The state database: runs, their jobs, every attempt, and the audit events, in SQLite. This is the
-//! only module with SQL. It records what the engine tells it, in the order it is told, and decides
+//! The state database: runs, their jobs, every attempt, and the audit events. This is the only
+//! module with SQL. It records what the engine tells it, in the order it is told, and decides
 //! nothing: which transition is allowed, when to retry and what a lost job means belong to the
 //! engine and the scheduler.
 //!
-//! Reads go through a small pool; writes through one dedicated connection per process (SQLite admits
-//! one writer at a time anyway), except the engine's per-turn transaction ([`Store::commit`]), which
-//! has a second connection of its own, used synchronously (see `store/direct.rs`): it is on every job's
-//! critical path, and a hop to sqlx's worker thread and back cost more than SQLite's own work.
-//! Writes that touch several rows run in one `BEGIN IMMEDIATE` transaction: the write lock is taken
-//! up front, so concurrent processes wait on the busy timeout instead of failing with "database is
-//! locked". SQL text is constant so the statement caches keep it prepared. Times are stored as
-//! RFC 3339 UTC strings with milliseconds.
+//! [`Store`] is the one handle the rest of the program uses; it passes each call to its backend:
+//! SQLite (`sqlite/`, the default, one file in the state folder). The rows, errors and the other
+//! types every backend shares are defined here and beside each concern (`rounds.rs`, `outbox.rs`,
+//! ...). Times are UTC with milliseconds.
 
 mod batch;
-mod direct;
 mod generations;
-mod ids;
 mod inventory;
-mod migrations;
-mod open;
 pub mod outbox;
 mod outputs;
 mod overlap;
 mod pipelines;
 pub mod retention;
 mod rounds;
+mod sqlite;
 
 pub use batch::Batch;
 pub use inventory::AppliedFile;
@@ -34,21 +27,20 @@ pub use rounds::{EVENT_JOB_REMOVED, EVENT_MARKED_SUCCESS, RoundChange};
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
+use indexmap::IndexMap;
+
 use serde::{Deserialize, Serialize};
-use sqlx::query::Query;
-use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteRow};
-use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-use tokio::sync::{Mutex, MutexGuard};
 
 use crate::spec::{JobId, PipelineName};
+use crate::status::outputs::Outputs;
 use crate::status::{JobPhase, JobReason, RunPhase, RunReason};
+use outbox::{NewOutboxEntry, OutboxEntry, OutboxId};
+use retention::{AutoVacuum, Policies, PruneMode, PruneReport, SweepReport};
 
 pub use crate::state_dir::DB_FILE;
 
@@ -246,41 +238,21 @@ pub struct EventRow {
 /// A handle on the state database; cheap to clone (the connections are shared).
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// Readers: in WAL mode they never wait for a writer.
-    pool: SqlitePool,
-    /// The one connection this process writes through. SQLite admits one writer at a time anyway,
-    /// and a dedicated connection spares the engine's per-attempt writes the pool's acquire and
-    /// release round trips.
-    writer: Arc<Mutex<WriterSlot>>,
-    /// A second writer connection, used synchronously for [`Store::commit`], the engine's
-    /// per-attempt transaction (see `store/direct.rs`).
-    direct: Arc<direct::DirectWriter>,
-    path: Arc<Path>,
-    /// Names this database among others on the machine (see [`Store::identity`]).
-    identity: Arc<str>,
+    backend: Backend,
 }
 
-macro_rules! select_runs {
-    ($tail:literal) => {
-        concat!(
-            "SELECT id, pipeline, generation, spec_json, spec_hash, phase, reason, rounds, ",
-            "owner_pid, owner_host, owner_start_time, created_at, started_at, finished_at ",
-            "FROM runs ",
-            $tail
-        )
-    };
+/// Where the rows live.
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(sqlite::SqliteStore),
 }
-// For the submodules too (declared above, so out of the macro's textual scope).
-pub(crate) use select_runs;
 
-macro_rules! select_attempts {
-    ($tail:literal) => {
-        concat!(
-            "SELECT id, run_id, job_id, round, number, phase, reason, pid, pgid, ",
-            "process_start_time, exit_code, signal, started_at, finished_at, user_time_us, ",
-            "system_time_us, max_rss_kib, max_rss_upper_bound, message FROM attempts ",
-            $tail
-        )
+/// Passes one call to the backend: `dispatch!(self, db => db.method(args))`.
+macro_rules! dispatch {
+    ($store:ident, $db:ident => $call:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($db) => $call,
+        }
     };
 }
 
@@ -288,92 +260,40 @@ impl Store {
     /// Opens (creating if needed) `STATE_DIR/executioner.db`. An existing file is checked before
     /// anything writes to it: a foreign, damaged or newer database is reported and left untouched.
     pub async fn open(state_dir: &Path, durability: Durability) -> Result<Store, StoreError> {
-        let opened = open::open(state_dir, durability).await?;
-        let identity = identity(&opened.path).into();
-        let direct = direct::DirectWriter::new(&opened.path, durability, open::BUSY_TIMEOUT);
+        let db = sqlite::SqliteStore::open(state_dir, durability).await?;
         Ok(Store {
-            direct: Arc::new(direct),
-            pool: opened.pool,
-            writer: Arc::new(Mutex::new(WriterSlot {
-                conn: Some(opened.writer),
-                options: opened.options,
-                closed: false,
-            })),
-            path: opened.path.into(),
-            identity,
+            backend: Backend::Sqlite(db),
         })
+    }
+
+    /// The SQLite backend, for tests that look at the file itself.
+    #[cfg(test)]
+    fn sqlite(&self) -> &sqlite::SqliteStore {
+        match &self.backend {
+            Backend::Sqlite(db) => db,
+        }
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        dispatch!(self, db => db.path())
     }
 
-    /// 16 hex digits of the SHA-256 of the database's canonical path: tells this database's
-    /// attempts apart from another state folder's (the engine's attempt tokens start with it).
+    /// 16 hex digits of a SHA-256 naming this database: tells this database's attempts apart from
+    /// another state folder's (the engine's attempt tokens start with it).
     pub fn identity(&self) -> &str {
-        &self.identity
+        dispatch!(self, db => db.identity())
     }
 
-    /// Closes every connection (of every clone of this handle: their later calls fail); the last
-    /// connection to the file checkpoints it and removes the WAL.
+    /// Closes every connection (of every clone of this handle: their later calls fail).
     pub async fn close(self) {
-        let writer = {
-            let mut slot = self.writer.lock().await;
-            slot.closed = true;
-            slot.conn.take()
-        };
-        self.direct.close().await;
-        if let Some(conn) = writer {
-            // Nothing is left to commit; a failure to close cleanly loses nothing.
-            let _ = conn.close().await;
+        match self.backend {
+            Backend::Sqlite(db) => db.close().await,
         }
-        self.pool.close().await;
     }
 
     pub async fn create_run(&self, new: &NewRun<'_>) -> Result<RunId, StoreError> {
-        let context = "creating a run";
-        let now = timestamp(OffsetDateTime::now_utc());
-        let mut writing = self.writing(context).await?;
-        let mut tx = writing.begin(context).await?;
-        let run = sqlx::query(
-            "INSERT INTO runs (pipeline, generation, spec_json, spec_hash, phase, rounds, \
-             owner_pid, owner_host, owner_start_time, created_at, started_at) \
-             VALUES (?, ?, ?, ?, 'Running', 1, ?, ?, ?, ?, ?)",
-        )
-        .bind(new.pipeline)
-        .bind(new.generation)
-        .bind(new.spec_json)
-        .bind(new.spec_hash)
-        .bind(i64::from(new.owner.pid))
-        .bind(new.owner.host.as_str())
-        .bind(new.owner.start_time.map(saturating_i64))
-        .bind(&now)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await
-        .map_err(self.sql(context))?
-        .last_insert_rowid();
-        // Every job in one statement: a JSON array of [id, log path], its index the position.
-        let jobs: Vec<(&str, &str)> = new
-            .jobs
-            .iter()
-            .map(|j| (j.id.as_str(), j.log_path))
-            .collect();
-        let jobs = serde_json::to_string(&jobs).unwrap_or_else(|_| "[]".to_owned());
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (run_id, job_id, position, phase, log_path) \
-             SELECT ?, j.value ->> 0, j.key, 'Pending', j.value ->> 1 FROM json_each(?) AS j",
-        )
-        .bind(run)
-        .bind(jobs)
-        .execute(&mut *tx)
-        .await
-        .map_err(self.sql(context))?;
-        debug_assert_eq!(inserted.rows_affected(), new.jobs.len() as u64);
-        tx.commit().await.map_err(self.sql(context))?;
-        writing.release();
-        Ok(RunId::from(run))
+        dispatch!(self, db => db.create_run(new).await)
     }
 
     /// Sets a job's phase, reason and message (see [`Batch::set_job`]), in a transaction of its own.
@@ -385,9 +305,7 @@ impl Store {
         reason: Option<JobReason>,
         message: Option<&str>,
     ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.set_job(job, phase, reason, message);
-        self.commit(run, 0, &mut batch).await.map(drop)
+        dispatch!(self, db => db.set_job(run, job, phase, reason, message).await)
     }
 
     /// Record-before-act: inserts the attempt (phase Running, no pid yet) and sets the job Running
@@ -400,10 +318,7 @@ impl Store {
         number: i64,
         counted: i64,
     ) -> Result<AttemptId, StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_started(job, number, counted);
-        let ids = self.commit(run, round, &mut batch).await?;
-        ids.first().copied().ok_or_else(|| job_not_found(run, job))
+        dispatch!(self, db => db.attempt_started(run, job, round, number, counted).await)
     }
 
     /// Records the attempt's process (see [`Batch::attempt_spawned`]) in a transaction of its own.
@@ -414,10 +329,7 @@ impl Store {
         pgid: i32,
         start_time: Option<u64>,
     ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_spawned(attempt, pid, pgid, start_time);
-        // No job or start rows: the run and round are not used.
-        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
+        dispatch!(self, db => db.attempt_spawned(attempt, pid, pgid, start_time).await)
     }
 
     /// Records the attempt's end (see [`Batch::attempt_finished`]) in a transaction of its own.
@@ -427,19 +339,11 @@ impl Store {
         end: &AttemptEnd,
         job: Option<(JobPhase, Option<JobReason>)>,
     ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_finished(attempt, end, job);
-        // No job or start rows: the run and round are not used.
-        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
+        dispatch!(self, db => db.attempt_finished(attempt, end, job).await)
     }
 
     pub async fn run(&self, run: RunId) -> Result<Option<RunRow>, StoreError> {
-        let row = sqlx::query(select_runs!("WHERE id = ?"))
-            .bind(run)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(self.sql("reading a run"))?;
-        row.map(|row| self.run_row(&row)).transpose()
+        dispatch!(self, db => db.run(run).await)
     }
 
     /// Runs, newest first, of one pipeline or all; a negative `limit` means no limit.
@@ -448,354 +352,381 @@ impl Store {
         pipeline: Option<&str>,
         limit: i64,
     ) -> Result<Vec<RunRow>, StoreError> {
-        let query = match pipeline {
-            Some(pipeline) => {
-                sqlx::query(select_runs!("WHERE pipeline = ? ORDER BY id DESC LIMIT ?"))
-                    .bind(pipeline)
-            }
-            None => sqlx::query(select_runs!("ORDER BY id DESC LIMIT ?")),
-        };
-        let rows = query
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.sql("listing runs"))?;
-        rows.iter().map(|row| self.run_row(row)).collect()
+        dispatch!(self, db => db.runs(pipeline, limit).await)
     }
 
     /// The newest run of a pipeline.
     pub async fn latest_run(&self, pipeline: &str) -> Result<Option<RunRow>, StoreError> {
-        let row = sqlx::query(select_runs!("WHERE pipeline = ? ORDER BY id DESC LIMIT 1"))
-            .bind(pipeline)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(self.sql("reading the latest run"))?;
-        row.map(|row| self.run_row(&row)).transpose()
+        dispatch!(self, db => db.latest_run(pipeline).await)
     }
 
     /// Runs whose phase is Running, oldest first (for crash recovery).
     pub async fn unfinished_runs(&self) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(select_runs!("WHERE phase = 'Running' ORDER BY id"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.sql("listing unfinished runs"))?;
-        rows.iter().map(|row| self.run_row(row)).collect()
+        dispatch!(self, db => db.unfinished_runs().await)
     }
 
     /// A run's jobs in declaration order.
     pub async fn jobs(&self, run: RunId) -> Result<Vec<JobRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT run_id, job_id, position, phase, reason, attempts, lost, exit_code, \
-             started_at, finished_at, log_path, message FROM jobs \
-             WHERE run_id = ? ORDER BY position",
-        )
-        .bind(run)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.sql("reading jobs"))?;
-        rows.iter().map(|row| self.job_row(row)).collect()
+        dispatch!(self, db => db.jobs(run).await)
     }
 
     /// Every attempt of a run, in the order they started.
     pub async fn attempts(&self, run: RunId) -> Result<Vec<AttemptRow>, StoreError> {
-        let rows = sqlx::query(select_attempts!("WHERE run_id = ? ORDER BY id"))
-            .bind(run)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.sql("reading attempts"))?;
-        rows.iter().map(|row| self.attempt_row(row)).collect()
+        dispatch!(self, db => db.attempts(run).await)
     }
 
     /// Attempts of this run still recorded Running (crash recovery).
     pub async fn open_attempts(&self, run: RunId) -> Result<Vec<AttemptRow>, StoreError> {
-        let rows = sqlx::query(select_attempts!(
-            "WHERE run_id = ? AND phase = 'Running' ORDER BY id"
-        ))
-        .bind(run)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.sql("reading open attempts"))?;
-        rows.iter().map(|row| self.attempt_row(row)).collect()
+        dispatch!(self, db => db.open_attempts(run).await)
     }
 
     /// Crash recovery, one transaction: each attempt still Running becomes Lost (reason Lost,
     /// finished now), and its job gets `lost + 1` and phase Lost. Attempts that already ended are
     /// left alone, so calling this twice counts a loss once.
     pub async fn mark_lost(&self, attempts: &[AttemptId]) -> Result<(), StoreError> {
-        let context = "recording lost attempts";
-        let now = timestamp(OffsetDateTime::now_utc());
-        let mut writing = self.writing(context).await?;
-        let mut tx = writing.begin(context).await?;
-        for attempt in attempts {
-            let job = sqlx::query(
-                "UPDATE attempts SET phase = 'Lost', reason = 'Lost', finished_at = ? \
-                 WHERE id = ? AND phase = 'Running' RETURNING run_id, job_id",
-            )
-            .bind(&now)
-            .bind(attempt)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(self.sql(context))?;
-            let Some(job) = job else { continue };
-            let run: RunId = job.try_get(0).map_err(self.sql(context))?;
-            let job: String = job.try_get(1).map_err(self.sql(context))?;
-            sqlx::query(
-                "UPDATE jobs SET phase = 'Lost', reason = 'Lost', lost = lost + 1, \
-                 finished_at = ? WHERE run_id = ? AND job_id = ?",
-            )
-            .bind(&now)
-            .bind(run)
-            .bind(job)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.sql(context))?;
-        }
-        tx.commit().await.map_err(self.sql(context))?;
-        writing.release();
-        Ok(())
+        dispatch!(self, db => db.mark_lost(attempts).await)
     }
 
     /// A run's audit events, oldest first.
     pub async fn events(&self, run: RunId) -> Result<Vec<EventRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, run_id, job_id, kind, reason, actor, at, detail FROM events \
-             WHERE run_id = ? ORDER BY id",
-        )
-        .bind(run)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.sql("reading events"))?;
-        rows.iter()
-            .map(|row| {
-                let row = Decoder { row, store: self };
-                Ok(EventRow {
-                    id: row.get("id")?,
-                    run_id: row.get("run_id")?,
-                    job_id: row.get("job_id")?,
-                    kind: row.get("kind")?,
-                    reason: row.get("reason")?,
-                    actor: row.get("actor")?,
-                    at: row.time("at")?,
-                    detail: row.get("detail")?,
-                })
-            })
-            .collect()
+        dispatch!(self, db => db.events(run).await)
     }
 
-    /// Takes the writer connection (reconnecting if the last write lost it).
-    async fn writing(&self, context: &'static str) -> Result<Writing<'_>, StoreError> {
-        let mut slot = self.writer.lock().await;
-        if slot.closed {
-            return Err(closed(context));
-        }
-        let conn = match slot.conn.take() {
-            Some(conn) => conn,
-            None => slot.options.connect().await.map_err(self.sql(context))?,
-        };
-        Ok(Writing {
-            slot,
-            conn,
-            path: &self.path,
-        })
-    }
-
-    /// Runs one statement on the writer (autocommit: a single statement is its own transaction, and
-    /// SQLite waits for the write lock with the busy timeout). Returns the number of rows changed.
-    async fn write_one(
+    /// Commits `batch` (changes to run `run`; new attempts belong to `round`) as one transaction
+    /// and empties it. Returns the ids of the attempts it started, in the order they were added.
+    ///
+    /// The transaction runs on the direct writer (see `store/direct.rs`): inline when the write
+    /// lock is free, which is the common case, else on the blocking pool. Its statements are few
+    /// and constant, so they stay prepared.
+    ///
+    /// A change whose row does not exist is an error ([`StoreError::NotFound`]) reported after
+    /// the commit; the rest of the batch is committed (as separate statements would have been).
+    pub async fn commit(
         &self,
-        query: Query<'_, Sqlite, SqliteArguments>,
-        context: &'static str,
-    ) -> Result<u64, StoreError> {
-        let mut writing = self.writing(context).await?;
-        let done = query
-            .execute(&mut writing.conn)
-            .await
-            .map_err(self.sql(context))?;
-        writing.release();
-        Ok(done.rows_affected())
+        run: RunId,
+        round: i64,
+        batch: &mut Batch,
+    ) -> Result<Vec<AttemptId>, StoreError> {
+        dispatch!(self, db => db.commit(run, round, batch).await)
     }
 
-    /// Runs a write transaction written as one script, `BEGIN IMMEDIATE; ...; COMMIT;`, in a
-    /// single round trip to the connection's worker thread (the engine makes these calls for every
-    /// attempt, and each round trip costs tens of microseconds). Returns the rows of its RETURNING
-    /// clauses. A script that fails or is cancelled before its COMMIT loses the connection, which
-    /// rolls the transaction back (see [`Writing`]). A cancelled call's outcome is unknown until
-    /// the next write: the dropped connection's worker thread finishes the statement it is running
-    /// (which may be the COMMIT), but it holds the write lock since its BEGIN IMMEDIATE, so every
-    /// later write is ordered after it.
-    async fn write_script(
+    /// Records that generation `generation` of `pipeline` came from `revision`, unless that
+    /// generation already has one: a generation keeps the revision it was first seen at.
+    pub async fn record_revision(
         &self,
-        query: Query<'_, Sqlite, SqliteArguments>,
-        context: &'static str,
-    ) -> Result<Vec<SqliteRow>, StoreError> {
-        let mut writing = self.writing(context).await?;
-        let rows = query
-            .fetch_all(&mut writing.conn)
-            .await
-            .map_err(self.sql(context))?;
-        writing.release();
-        Ok(rows)
+        pipeline: &str,
+        generation: i64,
+        revision: &str,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, db => db.record_revision(pipeline, generation, revision).await)
     }
 
-    fn sql(&self, context: &'static str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
-        sql_error(&self.path, context)
+    /// The source revision generation `generation` of `pipeline` was recorded at, if any.
+    pub async fn revision(
+        &self,
+        pipeline: &str,
+        generation: i64,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self, db => db.revision(pipeline, generation).await)
     }
 
-    fn run_row(&self, row: &SqliteRow) -> Result<RunRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(RunRow {
-            id: row.get("id")?,
-            pipeline: row.get("pipeline")?,
-            generation: row.get("generation")?,
-            spec_json: row.get("spec_json")?,
-            spec_hash: row.get("spec_hash")?,
-            phase: row.parse("phase")?,
-            reason: row.parse_opt("reason")?,
-            rounds: row.get("rounds")?,
-            owner_pid: row.get("owner_pid")?,
-            owner_host: row.get("owner_host")?,
-            owner_start_time: row.get("owner_start_time")?,
-            created_at: row.time("created_at")?,
-            started_at: row.time_opt("started_at")?,
-            finished_at: row.time_opt("finished_at")?,
-        })
+    /// Records that `entry.source` wrote `entry.file` (replacing whoever wrote it before).
+    pub async fn record_applied(&self, entry: &AppliedFile) -> Result<(), StoreError> {
+        dispatch!(self, db => db.record_applied(entry).await)
     }
 
-    fn job_row(&self, row: &SqliteRow) -> Result<JobRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(JobRow {
-            run_id: row.get("run_id")?,
-            job_id: row.get("job_id")?,
-            position: row.get("position")?,
-            phase: row.parse("phase")?,
-            reason: row.parse_opt("reason")?,
-            attempts: row.get("attempts")?,
-            lost: row.get("lost")?,
-            exit_code: row.get("exit_code")?,
-            started_at: row.time_opt("started_at")?,
-            finished_at: row.time_opt("finished_at")?,
-            log_path: row.get("log_path")?,
-            message: row.get("message")?,
-        })
+    /// Every file of `manifests_dir` that an apply of `source` wrote last, by file name.
+    pub async fn applied_by(
+        &self,
+        source: &str,
+        manifests_dir: &str,
+    ) -> Result<Vec<AppliedFile>, StoreError> {
+        dispatch!(self, db => db.applied_by(source, manifests_dir).await)
     }
 
-    fn attempt_row(&self, row: &SqliteRow) -> Result<AttemptRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(AttemptRow {
-            id: row.get("id")?,
-            run_id: row.get("run_id")?,
-            job_id: row.get("job_id")?,
-            round: row.get("round")?,
-            number: row.get("number")?,
-            phase: row.parse("phase")?,
-            reason: row.parse_opt("reason")?,
-            pid: row.get("pid")?,
-            pgid: row.get("pgid")?,
-            process_start_time: row.get("process_start_time")?,
-            exit_code: row.get("exit_code")?,
-            signal: row.get("signal")?,
-            started_at: row.time("started_at")?,
-            finished_at: row.time_opt("finished_at")?,
-            user_time_us: row.get("user_time_us")?,
-            system_time_us: row.get("system_time_us")?,
-            max_rss_kib: row.get("max_rss_kib")?,
-            max_rss_upper_bound: row.get("max_rss_upper_bound")?,
-            message: row.get("message")?,
-        })
-    }
-}
-
-/// The writer connection, or none after a write lost it.
-#[derive(Debug)]
-struct WriterSlot {
-    conn: Option<SqliteConnection>,
-    options: SqliteConnectOptions,
-    /// Set by [`Store::close`]: no reconnecting after that.
-    closed: bool,
-}
-
-/// A write in progress on the writer connection, taken out of its slot. [`Writing::release`] puts it
-/// back once the write has committed. Dropped instead (an error, a cancelled call), it closes the
-/// connection, which makes SQLite roll back whatever was left uncommitted, so no open transaction
-/// can leak into the next write; that write reconnects.
-struct Writing<'a> {
-    slot: MutexGuard<'a, WriterSlot>,
-    conn: SqliteConnection,
-    path: &'a Path,
-}
-
-impl Writing<'_> {
-    /// `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction that read first
-    /// could not wait for the lock later and would fail with "database is locked".
-    async fn begin(
-        &mut self,
-        context: &'static str,
-    ) -> Result<Transaction<'_, Sqlite>, StoreError> {
-        self.conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(sql_error(self.path, context))
+    /// The entry of `file` in `manifests_dir`, whichever source wrote it.
+    pub async fn applied_file(
+        &self,
+        manifests_dir: &str,
+        file: &str,
+    ) -> Result<Option<AppliedFile>, StoreError> {
+        dispatch!(self, db => db.applied_file(manifests_dir, file).await)
     }
 
-    fn release(self) {
-        let Writing { mut slot, conn, .. } = self;
-        slot.conn = Some(conn);
-    }
-}
-
-/// Reads typed columns; a value that does not decode means the file is not what we wrote.
-struct Decoder<'a> {
-    row: &'a SqliteRow,
-    store: &'a Store,
-}
-
-impl Decoder<'_> {
-    fn corrupt(&self, column: &str, detail: impl std::fmt::Display) -> StoreError {
-        StoreError::Corrupt {
-            path: self.store.path.to_path_buf(),
-            detail: format!("column {column}: {detail}"),
-        }
+    /// Drops the entry of `file` (pruned, or gone).
+    pub async fn forget_applied(&self, manifests_dir: &str, file: &str) -> Result<(), StoreError> {
+        dispatch!(self, db => db.forget_applied(manifests_dir, file).await)
     }
 
-    fn get<T>(&self, column: &str) -> Result<T, StoreError>
-    where
-        T: for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-    {
-        self.row
-            .try_get(column)
-            .map_err(|err| self.corrupt(column, err))
+    /// Queues a run round's messages and marks the round queued, in one transaction. Messages
+    /// already queued are left as they are. Returns how many were new.
+    pub async fn enqueue_notifications(
+        &self,
+        run: RunId,
+        round: i64,
+        entries: &[NewOutboxEntry<'_>],
+    ) -> Result<usize, StoreError> {
+        dispatch!(self, db => db.enqueue_notifications(run, round, entries).await)
     }
 
-    fn parse<T>(&self, column: &str) -> Result<T, StoreError>
-    where
-        T: FromStr,
-        T::Err: std::fmt::Display,
-    {
-        let text: String = self.get(column)?;
-        text.parse().map_err(|err| self.corrupt(column, err))
+    /// Runs whose latest round is terminal but whose notifications were never queued (the process
+    /// died between the two commits), oldest first.
+    pub async fn runs_not_queued(&self) -> Result<Vec<RunRow>, StoreError> {
+        dispatch!(self, db => db.runs_not_queued().await)
     }
 
-    fn parse_opt<T>(&self, column: &str) -> Result<Option<T>, StoreError>
-    where
-        T: FromStr,
-        T::Err: std::fmt::Display,
-    {
-        self.get::<Option<String>>(column)?
-            .map(|text| text.parse().map_err(|err| self.corrupt(column, err)))
-            .transpose()
+    /// Pending messages due at `now`, oldest first, at most `limit`.
+    pub async fn due_outbox(
+        &self,
+        now: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        dispatch!(self, db => db.due_outbox(now, limit).await)
     }
 
-    fn time(&self, column: &str) -> Result<OffsetDateTime, StoreError> {
-        let text: String = self.get(column)?;
-        OffsetDateTime::parse(&text, &Rfc3339).map_err(|err| self.corrupt(column, err))
+    /// How many messages are still to be sent: queued, or waiting for a retry (not given up).
+    pub async fn pending_outbox(&self) -> Result<i64, StoreError> {
+        dispatch!(self, db => db.pending_outbox().await)
     }
 
-    fn time_opt(&self, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
-        self.get::<Option<String>>(column)?
-            .map(|text| {
-                OffsetDateTime::parse(&text, &Rfc3339).map_err(|err| self.corrupt(column, err))
-            })
-            .transpose()
+    /// Every message of a run, in the order they were queued.
+    pub async fn outbox(&self, run: RunId) -> Result<Vec<OutboxEntry>, StoreError> {
+        dispatch!(self, db => db.outbox(run).await)
+    }
+
+    /// Takes a due message for sending: counts the attempt and moves `next_attempt_at` to
+    /// `lease_until`, so no other sender takes it meanwhile. Returns the attempt number, or `None`
+    /// when the message is no longer due (sent, given up, or taken by another sender).
+    pub async fn claim_outbox(
+        &self,
+        id: OutboxId,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+    ) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, db => db.claim_outbox(id, now, lease_until).await)
+    }
+
+    /// The message was delivered.
+    pub async fn outbox_sent(&self, id: OutboxId) -> Result<(), StoreError> {
+        dispatch!(self, db => db.outbox_sent(id).await)
+    }
+
+    /// The send failed: due again at `retry_at`, or given up when `None`.
+    pub async fn outbox_failed(
+        &self,
+        id: OutboxId,
+        error: &str,
+        retry_at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, db => db.outbox_failed(id, error, retry_at).await)
+    }
+
+    /// Each job's current outputs in a run: those of its latest succeeded attempt (a job whose
+    /// latest success wrote none has none, whatever an earlier round wrote).
+    pub async fn job_outputs(&self, run: RunId) -> Result<HashMap<String, Outputs>, StoreError> {
+        dispatch!(self, db => db.job_outputs(run).await)
+    }
+
+    /// Asks for a new run of pipeline `name` with these parameters (see
+    /// [`Store::request_rerun`]); false when the pipeline is unknown.
+    pub async fn request_rerun_with_params(
+        &self,
+        name: &str,
+        params: &IndexMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, db => db.request_rerun_with_params(name, params).await)
+    }
+
+    /// Consumes the parameters of a rerun request (empty when it had none).
+    pub async fn take_rerun_params(
+        &self,
+        name: &str,
+    ) -> Result<IndexMap<String, String>, StoreError> {
+        dispatch!(self, db => db.take_rerun_params(name).await)
+    }
+
+    /// The runs of `pipeline` recorded Running (their owners may be gone), newest first.
+    pub async fn running_runs_of(&self, pipeline: &str) -> Result<Vec<RunRow>, StoreError> {
+        dispatch!(self, db => db.running_runs_of(pipeline).await)
+    }
+
+    /// The runs recorded Running whose recorded owner is not process `pid` on `host` (a
+    /// controller's own runs are left out in the query: they are most of them), oldest first.
+    pub async fn running_runs_not_owned_by(
+        &self,
+        pid: u32,
+        host: &str,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        dispatch!(self, db => db.running_runs_not_owned_by(pid, host).await)
+    }
+
+    /// Records on `run` (the one going on) that the schedule's tick `tick` (its wall-clock time,
+    /// as `schedule` gives it) was skipped, with why.
+    pub async fn record_tick_skipped(
+        &self,
+        run: RunId,
+        tick: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, db => db.record_tick_skipped(run, tick, reason).await)
+    }
+
+    /// Records that pipeline `name` has spec `spec_hash` (from `source`) and returns its
+    /// generation: 1 for a new pipeline, +1 when the hash changed or the pipeline comes back after
+    /// a deletion, unchanged otherwise.
+    pub async fn observe_pipeline(
+        &self,
+        name: &str,
+        spec_hash: &str,
+        source: &str,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self, db => db.observe_pipeline(name, spec_hash, source).await)
+    }
+
+    /// Every pipeline ever observed (deleted ones included), by name.
+    pub async fn pipelines(&self) -> Result<Vec<PipelineRow>, StoreError> {
+        dispatch!(self, db => db.pipelines().await)
+    }
+
+    pub async fn pipeline(&self, name: &str) -> Result<Option<PipelineRow>, StoreError> {
+        dispatch!(self, db => db.pipeline(name).await)
+    }
+
+    pub async fn mark_pipeline_deleted(&self, name: &str) -> Result<(), StoreError> {
+        dispatch!(self, db => db.mark_pipeline_deleted(name).await)
+    }
+
+    /// Asks for a new run of the current generation; false when the pipeline is unknown.
+    pub async fn request_rerun(&self, name: &str) -> Result<bool, StoreError> {
+        dispatch!(self, db => db.request_rerun(name).await)
+    }
+
+    /// Consumes a rerun request; true when there was one.
+    pub async fn take_rerun(&self, name: &str) -> Result<bool, StoreError> {
+        dispatch!(self, db => db.take_rerun(name).await)
+    }
+
+    pub async fn set_last_tick(&self, name: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        dispatch!(self, db => db.set_last_tick(name, at).await)
+    }
+
+    /// Records the manifests folder (an absolute path) the controller of this state folder watches.
+    pub async fn set_manifests_dir(&self, dir: &std::path::Path) -> Result<(), StoreError> {
+        dispatch!(self, db => db.set_manifests_dir(dir).await)
+    }
+
+    /// The manifests folder a controller last recorded, if any.
+    pub async fn manifests_dir(&self) -> Result<Option<std::path::PathBuf>, StoreError> {
+        dispatch!(self, db => db.manifests_dir().await)
+    }
+
+    /// The newest run of one generation of a pipeline.
+    pub async fn latest_run_of_generation(
+        &self,
+        pipeline: &str,
+        generation: i64,
+    ) -> Result<Option<RunRow>, StoreError> {
+        dispatch!(self, db => db.latest_run_of_generation(pipeline, generation).await)
+    }
+
+    /// The newest run of every pipeline, in one query.
+    pub async fn latest_runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        dispatch!(self, db => db.latest_runs().await)
+    }
+
+    /// Finished runs beyond their pipeline's policy at `now`, oldest first, with their pipeline.
+    pub async fn prunable_runs(
+        &self,
+        policies: &Policies,
+        now: OffsetDateTime,
+    ) -> Result<Vec<(RunId, PipelineName)>, StoreError> {
+        dispatch!(self, db => db.prunable_runs(policies, now).await)
+    }
+
+    /// Prunes the history beyond `policies` at `now`: the rows of each selected run, in batches of
+    /// one transaction each, then its log folder under `state_dir`; then the freed pages of the
+    /// database. A dry run reads only.
+    pub async fn prune_history(
+        &self,
+        state_dir: &Path,
+        policies: &Policies,
+        now: OffsetDateTime,
+        mode: PruneMode,
+    ) -> Result<PruneReport, StoreError> {
+        dispatch!(self, db => db.prune_history(state_dir, policies, now, mode).await)
+    }
+
+    /// Finds the log folders left without their run (a prune whose process died between the
+    /// commit and the removal) and removes them, unless dry: under `STATE/logs/PIPELINE/`, each
+    /// folder named by a run id below the pipeline's oldest run left. Anything else there (a
+    /// newer number, another name, a symlink) is not ours to judge and stays.
+    pub async fn sweep_log_folders(
+        &self,
+        state_dir: &Path,
+        mode: PruneMode,
+    ) -> Result<SweepReport, StoreError> {
+        dispatch!(self, db => db.sweep_log_folders(state_dir, mode).await)
+    }
+
+    /// The database's `auto_vacuum` mode.
+    pub async fn auto_vacuum(&self) -> Result<AutoVacuum, StoreError> {
+        dispatch!(self, db => db.auto_vacuum().await)
+    }
+
+    /// Rewrites the whole database once so that it has `auto_vacuum = INCREMENTAL` (a database
+    /// created before retention existed). Holds the write lock for as long as the rewrite takes:
+    /// call it when nothing else is writing.
+    pub async fn convert_to_incremental_vacuum(&self) -> Result<(), StoreError> {
+        dispatch!(self, db => db.convert_to_incremental_vacuum().await)
+    }
+
+    /// Resume: a new round on the same run id (see [`RoundChange`]). The run becomes Running with
+    /// `rounds + 1`, no finish time and the new owner. Returns the new round number. One
+    /// transaction; an unknown run or job changes nothing.
+    pub async fn begin_round(
+        &self,
+        run: RunId,
+        change: &RoundChange<'_>,
+        owner: &Owner,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self, db => db.begin_round(run, change, owner).await)
+    }
+
+    /// Ends the run's round: the run takes the verdict of its jobs and its finish time. The jobs
+    /// named in `continue_on_error` may fail. Returns the verdict.
+    pub async fn close_run(
+        &self,
+        run: RunId,
+        continue_on_error: &[&str],
+    ) -> Result<(RunPhase, RunReason), StoreError> {
+        dispatch!(self, db => db.close_run(run, continue_on_error).await)
+    }
+
+    /// A user's cancellation of a run no process drives any more (its manifest was deleted or
+    /// replaced while no controller ran): every job that had not ended is recorded Cancelled, then
+    /// the run takes its verdict.
+    pub async fn cancel_run(
+        &self,
+        run: RunId,
+        continue_on_error: &[&str],
+    ) -> Result<(RunPhase, RunReason), StoreError> {
+        dispatch!(self, db => db.cancel_run(run, continue_on_error).await)
+    }
+
+    /// One transaction: each job becomes Succeeded with reason MarkedSuccess (its message is the
+    /// given reason), one `MarkedSuccess` event per job records the reason, the actor and the
+    /// phase it had, and the run takes the verdict of its jobs (so marking the last failed jobs
+    /// turns it Succeeded). An unknown job changes nothing. Whether the marking is allowed is the
+    /// caller's decision. Returns the run's verdict.
+    pub async fn mark_success(
+        &self,
+        run: RunId,
+        jobs: &[&str],
+        reason: &str,
+        actor: &str,
+        continue_on_error: &[&str],
+    ) -> Result<(RunPhase, RunReason), StoreError> {
+        dispatch!(self, db => db.mark_success(run, jobs, reason, actor, continue_on_error).await)
     }
 }
 
@@ -822,21 +753,6 @@ fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn identity(path: &Path) -> String {
-    use sha2::Digest;
-    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let digest = sha2::Sha256::digest(path.to_string_lossy().as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-/// What every write after [`Store::close`] gets, whichever connection it would have used.
-fn closed(context: &'static str) -> StoreError {
-    StoreError::Sql {
-        context,
-        source: sqlx::Error::PoolClosed,
-    }
-}
-
 fn job_not_found(run: RunId, job: &str) -> StoreError {
     StoreError::NotFound {
         what: format!("job {job:?} of run {run}"),
@@ -846,25 +762,5 @@ fn job_not_found(run: RunId, job: &str) -> StoreError {
 fn attempt_not_found(attempt: AttemptId) -> StoreError {
     StoreError::NotFound {
         what: format!("attempt {attempt}"),
-    }
-}
-
-/// The primary SQLite result code of a database error (the low byte of the extended code).
-fn primary_code(err: &sqlx::Error) -> Option<i32> {
-    let code = err.as_database_error()?.code()?;
-    code.parse::<i32>().ok().map(|code| code & 0xff)
-}
-
-const SQLITE_CORRUPT: i32 = 11;
-const SQLITE_NOTADB: i32 = 26;
-
-/// Maps a sqlx error; SQLite reporting a damaged file becomes [`StoreError::Corrupt`].
-fn sql_error<'a>(path: &'a Path, context: &'static str) -> impl Fn(sqlx::Error) -> StoreError + 'a {
-    move |source| match primary_code(&source) {
-        Some(SQLITE_CORRUPT | SQLITE_NOTADB) => StoreError::Corrupt {
-            path: path.to_owned(),
-            detail: source.to_string(),
-        },
-        _ => StoreError::Sql { context, source },
     }
 }

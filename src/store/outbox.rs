@@ -13,7 +13,7 @@ use std::str::FromStr;
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::{Decoder, RunId, RunRow, Store, StoreError, timestamp};
+use super::{RunId, RunRow, StoreError, sqlite::Decoder, sqlite::SqliteStore, timestamp};
 
 pub type OutboxId = i64;
 
@@ -106,7 +106,7 @@ macro_rules! select_outbox {
     };
 }
 
-impl Store {
+impl SqliteStore {
     /// Queues a run round's messages and marks the round queued, in one transaction. Messages
     /// already queued are left as they are. Returns how many were new.
     pub async fn enqueue_notifications(
@@ -156,7 +156,7 @@ impl Store {
     /// Runs whose latest round is terminal but whose notifications were never queued (the process
     /// died between the two commits), oldest first.
     pub async fn runs_not_queued(&self) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(super::select_runs!(
+        let rows = sqlx::query(super::sqlite::select_runs!(
             "WHERE phase IN ('Succeeded', 'Failed', 'Cancelled') AND NOT EXISTS \
              (SELECT 1 FROM outbox_rounds q WHERE q.run_id = runs.id AND q.round = runs.rounds) \
              ORDER BY id"
@@ -295,6 +295,7 @@ impl Store {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use crate::store::Store;
     use sqlx::{ConnectOptions, Connection};
 
     use super::*;

@@ -8,7 +8,7 @@ use indexmap::IndexMap;
 use rusqlite::{Connection, params};
 use sqlx::Row;
 
-use super::{AttemptId, RunId, Store, StoreError};
+use super::{AttemptId, RunId, StoreError, sqlite::SqliteStore};
 use crate::status::outputs::Outputs;
 
 /// One attempt's outputs, waiting in a [`super::Batch`].
@@ -39,7 +39,7 @@ pub(super) fn insert(tx: &Connection, rows: &[OutputsRow]) -> rusqlite::Result<(
     Ok(())
 }
 
-impl Store {
+impl SqliteStore {
     /// Each job's current outputs in a run: those of its latest succeeded attempt (a job whose
     /// latest success wrote none has none, whatever an earlier round wrote).
     pub async fn job_outputs(&self, run: RunId) -> Result<HashMap<String, Outputs>, StoreError> {
@@ -124,6 +124,7 @@ impl Store {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use crate::store::Store;
     use std::time::Duration;
 
     use super::*;

@@ -5,15 +5,15 @@
 
 use time::OffsetDateTime;
 
-use super::{RunId, RunRow, Store, StoreError, timestamp};
+use super::{RunId, RunRow, StoreError, sqlite::SqliteStore, timestamp};
 
 /// The audit event of a schedule tick not run because another run was going on.
 pub const EVENT_TICK_SKIPPED: &str = "TickSkipped";
 
-impl Store {
+impl SqliteStore {
     /// The runs of `pipeline` recorded Running (their owners may be gone), newest first.
     pub async fn running_runs_of(&self, pipeline: &str) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(super::select_runs!(
+        let rows = sqlx::query(super::sqlite::select_runs!(
             "WHERE phase = 'Running' AND pipeline = ? ORDER BY id DESC"
         ))
         .bind(pipeline)
@@ -30,7 +30,7 @@ impl Store {
         pid: u32,
         host: &str,
     ) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(super::select_runs!(
+        let rows = sqlx::query(super::sqlite::select_runs!(
             "WHERE phase = 'Running' \
              AND NOT (coalesce(owner_pid, -1) = ? AND coalesce(owner_host, '') = ?) ORDER BY id"
         ))

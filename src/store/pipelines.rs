@@ -4,7 +4,7 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::{Decoder, RunRow, Store, StoreError, timestamp};
+use super::{RunRow, StoreError, sqlite::Decoder, sqlite::SqliteStore, timestamp};
 
 /// One pipeline as the controller last observed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct PipelineRow {
     pub updated_at: OffsetDateTime,
 }
 
-impl Store {
+impl SqliteStore {
     /// Records that pipeline `name` has spec `spec_hash` (from `source`) and returns its
     /// generation: 1 for a new pipeline, +1 when the hash changed or the pipeline comes back after
     /// a deletion, unchanged otherwise.
@@ -160,7 +160,7 @@ impl Store {
         pipeline: &str,
         generation: i64,
     ) -> Result<Option<RunRow>, StoreError> {
-        let row = sqlx::query(super::select_runs!(
+        let row = sqlx::query(super::sqlite::select_runs!(
             "WHERE pipeline = ? AND generation = ? ORDER BY id DESC LIMIT 1"
         ))
         .bind(pipeline)
@@ -173,7 +173,7 @@ impl Store {
 
     /// The newest run of every pipeline, in one query.
     pub async fn latest_runs(&self) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(super::select_runs!(
+        let rows = sqlx::query(super::sqlite::select_runs!(
             "WHERE id IN (SELECT MAX(id) FROM runs GROUP BY pipeline)"
         ))
         .fetch_all(&self.pool)

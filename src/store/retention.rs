@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use super::{Decoder, RunId, Store, StoreError, timestamp};
+use super::{RunId, StoreError, sqlite::Decoder, sqlite::SqliteStore, timestamp};
 use crate::spec::PipelineName;
 
 /// Runs deleted per transaction: short enough that the engine's writes, waiting on the same lock,
@@ -102,7 +102,7 @@ pub enum AutoVacuum {
     Incremental,
 }
 
-impl Store {
+impl SqliteStore {
     /// Finished runs beyond their pipeline's policy at `now`, oldest first, with their pipeline.
     pub async fn prunable_runs(
         &self,
@@ -419,6 +419,7 @@ fn tree_size(dir: &Path) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::Store;
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -713,7 +714,14 @@ mod tests {
             [foreground[0].get()]
         );
         // The deleting transaction checks it again.
-        assert!(store.delete_runs(&[controllers]).await.unwrap().is_empty());
+        assert!(
+            store
+                .sqlite()
+                .delete_runs(&[controllers])
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert!(store.run(controllers).await.unwrap().is_some());
         // An older run of the current generation is history like any other.
         let newer = run_unqueued(&store, "a", generation, RunPhase::Succeeded).await;
@@ -738,7 +746,14 @@ mod tests {
             ids(&store.prunable_runs(&p, now).await.unwrap()),
             [queued.get()]
         );
-        assert!(store.delete_runs(&[unqueued]).await.unwrap().is_empty());
+        assert!(
+            store
+                .sqlite()
+                .delete_runs(&[unqueued])
+                .await
+                .unwrap()
+                .is_empty()
+        );
         // Once queued, it is history like the others.
         store.enqueue_notifications(unqueued, 1, &[]).await.unwrap();
         assert_eq!(
@@ -756,7 +771,7 @@ mod tests {
             run(&store, "a", RunPhase::Succeeded).await;
         }
         sqlx::query("UPDATE runs SET pipeline = '../escape' WHERE id IN (1, 2)")
-            .execute(&store.pool)
+            .execute(&store.sqlite().pool)
             .await
             .unwrap();
         let outside = tmp.path().join("escape").join("1");
@@ -773,7 +788,7 @@ mod tests {
         }
         assert!(outside.join("keep.txt").exists());
         let (left,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs")
-            .fetch_one(&store.pool)
+            .fetch_one(&store.sqlite().pool)
             .await
             .unwrap();
         assert_eq!(left, 3, "no row is deleted either");

@@ -9,7 +9,9 @@ use futures_util::TryStreamExt;
 use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 
-use super::{NewJob, Owner, RunId, Store, StoreError, job_not_found, saturating_i64, timestamp};
+use super::{
+    NewJob, Owner, RunId, StoreError, job_not_found, saturating_i64, sqlite::SqliteStore, timestamp,
+};
 use crate::status::{JobPhase, JobReason, JobVerdict, RunPhase, RunReason, Tally};
 
 /// The event kind recorded by [`Store::mark_success`].
@@ -39,7 +41,7 @@ pub struct RoundChange<'a> {
     pub spec: Option<(&'a str, &'a str, &'a [&'a str])>,
 }
 
-impl Store {
+impl SqliteStore {
     /// Resume: a new round on the same run id (see [`RoundChange`]). The run becomes Running with
     /// `rounds + 1`, no finish time and the new owner. Returns the new round number. One
     /// transaction; an unknown run or job changes nothing.

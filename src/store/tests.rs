@@ -9,6 +9,7 @@ use std::time::Duration;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Row};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use super::*;
 
@@ -95,7 +96,7 @@ async fn open_creates_private_folder_and_file() {
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(store.path(), dir.join(DB_FILE));
     assert_eq!(mode(store.path()), 0o600);
-    let wal = open::sibling(store.path(), "-wal");
+    let wal = sqlite::open::sibling(store.path(), "-wal");
     assert_eq!(
         mode(&wal),
         0o600,
@@ -103,29 +104,29 @@ async fn open_creates_private_folder_and_file() {
     );
 
     let journal: String = sqlx::query("PRAGMA journal_mode")
-        .fetch_one(&store.pool)
+        .fetch_one(&store.sqlite().pool)
         .await
         .and_then(|row| row.try_get(0))
         .expect("journal mode");
     assert_eq!(journal, "wal");
     let synchronous: i64 = sqlx::query("PRAGMA synchronous")
-        .fetch_one(&store.pool)
+        .fetch_one(&store.sqlite().pool)
         .await
         .and_then(|row| row.try_get(0))
         .expect("synchronous");
     assert_eq!(synchronous, 1, "NORMAL");
     let version: i64 = sqlx::query("PRAGMA user_version")
-        .fetch_one(&store.pool)
+        .fetch_one(&store.sqlite().pool)
         .await
         .and_then(|row| row.try_get(0))
         .expect("user_version");
-    assert_eq!(version, migrations::LATEST);
+    assert_eq!(version, sqlite::migrations::LATEST);
     store.close().await;
 
     // Reopening an existing database of ours, with full durability this time.
     let store = Store::open(&dir, Durability::Full).await.expect("reopen");
     let synchronous: i64 = sqlx::query("PRAGMA synchronous")
-        .fetch_one(&store.pool)
+        .fetch_one(&store.sqlite().pool)
         .await
         .and_then(|row| row.try_get(0))
         .expect("synchronous");
@@ -780,7 +781,7 @@ async fn unknown_names_read_back_are_corruption() {
     let store = open(&state_dir(&tmp)).await;
     let run = new_run(&store, "p").await;
     sqlx::query("UPDATE jobs SET phase = 'Exploded' WHERE job_id = 'load'")
-        .execute(&store.pool)
+        .execute(&store.sqlite().pool)
         .await
         .expect("tamper");
     let err = store.jobs(run).await.expect_err("unknown phase");
@@ -788,7 +789,7 @@ async fn unknown_names_read_back_are_corruption() {
     assert!(err.to_string().contains("Exploded"), "{err}");
 
     sqlx::query("UPDATE runs SET reason = 'Whatever', created_at = 'yesterday'")
-        .execute(&store.pool)
+        .execute(&store.sqlite().pool)
         .await
         .expect("tamper");
     let err = store.run(run).await.expect_err("unknown reason");
@@ -808,7 +809,7 @@ async fn names_and_reasons_read_back_are_checked() {
 
     // A job's reason is not a run's: the runs table holds run reasons only.
     sqlx::query("UPDATE runs SET reason = 'ExitCode'")
-        .execute(&store.pool)
+        .execute(&store.sqlite().pool)
         .await
         .expect("tamper");
     let err = store.run(run).await.expect_err("a job reason on a run");
@@ -817,14 +818,14 @@ async fn names_and_reasons_read_back_are_checked() {
 
     // A job id that breaks the rules (it could escape the logs folder) is not what we wrote.
     sqlx::query("UPDATE jobs SET job_id = '../x' WHERE job_id = 'load'")
-        .execute(&store.pool)
+        .execute(&store.sqlite().pool)
         .await
         .expect("tamper");
     let err = store.jobs(run).await.expect_err("a bad job id");
     assert!(err.is_corruption(), "{err:?}");
     assert!(err.to_string().contains("job_id"), "{err}");
     sqlx::query("UPDATE runs SET pipeline = 'Not A Name', reason = NULL")
-        .execute(&store.pool)
+        .execute(&store.sqlite().pool)
         .await
         .expect("tamper");
     let err = store.run(run).await.expect_err("a bad pipeline name");
@@ -837,7 +838,7 @@ async fn valid_database(dir: &Path) -> PathBuf {
     new_run(&store, "p").await;
     let path = store.path().to_owned();
     store.close().await;
-    assert!(!open::sibling(&path, "-wal").exists());
+    assert!(!sqlite::open::sibling(&path, "-wal").exists());
     path
 }
 
@@ -850,7 +851,7 @@ async fn assert_refused_untouched(dir: &Path, path: &Path) -> StoreError {
     assert!(err.is_corruption(), "{err:?}");
     assert_eq!(fs::read(path).expect("read"), before, "file changed");
     for suffix in ["-wal", "-shm", "-journal"] {
-        let sibling = open::sibling(path, suffix);
+        let sibling = sqlite::open::sibling(path, suffix);
         assert!(!sibling.exists(), "{} was created", sibling.display());
     }
     err
@@ -937,11 +938,11 @@ async fn newer_schema_is_refused_untouched() {
         .await
         .expect("bump");
     conn.close().await.expect("close");
-    assert!(!open::sibling(&path, "-wal").exists());
+    assert!(!sqlite::open::sibling(&path, "-wal").exists());
 
     let err = assert_refused_untouched(&dir, &path).await;
     assert!(
-        matches!(err, StoreError::NewerSchema { found: 99, supported, .. } if supported == migrations::LATEST),
+        matches!(err, StoreError::NewerSchema { found: 99, supported, .. } if supported == sqlite::migrations::LATEST),
         "{err:?}"
     );
 }
@@ -1165,7 +1166,7 @@ async fn a_killed_writer_loses_nothing_committed() {
         .expect("wait");
     assert!(!output.status.success(), "the child aborts");
     let run = child_run_id(&output);
-    assert!(open::sibling(&dir.join(DB_FILE), "-wal").exists());
+    assert!(sqlite::open::sibling(&dir.join(DB_FILE), "-wal").exists());
 
     let store = open(&dir).await;
     let row = store

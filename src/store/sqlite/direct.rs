@@ -33,7 +33,7 @@ use super::{Durability, StoreError, closed};
 
 /// The connection, opened lazily again after it had to be dropped.
 #[derive(Debug)]
-pub(super) struct DirectWriter {
+pub(in crate::store) struct DirectWriter {
     slot: Arc<Mutex<Slot>>,
     path: PathBuf,
     durability: Durability,
@@ -56,7 +56,11 @@ enum Failure {
 }
 
 impl DirectWriter {
-    pub(super) fn new(path: &Path, durability: Durability, busy_timeout: Duration) -> DirectWriter {
+    pub(in crate::store) fn new(
+        path: &Path,
+        durability: Durability,
+        busy_timeout: Duration,
+    ) -> DirectWriter {
         DirectWriter {
             slot: Arc::new(Mutex::new(Slot {
                 conn: None,
@@ -72,7 +76,7 @@ impl DirectWriter {
     /// too, else on the blocking pool, waiting for it. `write` must do all its work inside one
     /// [`Immediate`] transaction, so that an error saying the database is busy means nothing was
     /// written.
-    pub(super) async fn run<T, F>(
+    pub(in crate::store) async fn run<T, F>(
         self: &Arc<Self>,
         context: &'static str,
         write: F,
@@ -103,7 +107,7 @@ impl DirectWriter {
     }
 
     /// Closes the connection (after the write in progress, if any); later writes fail.
-    pub(super) async fn close(&self) {
+    pub(in crate::store) async fn close(&self) {
         let mut slot = self.slot.lock().await;
         slot.closed = true;
         slot.conn = None;
@@ -171,17 +175,17 @@ impl DirectWriter {
 /// start and its COMMIT, and in both cases nothing was written. Dropped without a commit, it rolls
 /// back. (rusqlite's own transaction prepares its BEGIN and COMMIT anew every time; these stay
 /// prepared, which is measurable at one transaction per attempt.)
-pub(super) struct Immediate<'c> {
+pub(in crate::store) struct Immediate<'c> {
     conn: &'c Connection,
 }
 
 impl<'c> Immediate<'c> {
-    pub(super) fn begin(conn: &'c Connection) -> rusqlite::Result<Immediate<'c>> {
+    pub(in crate::store) fn begin(conn: &'c Connection) -> rusqlite::Result<Immediate<'c>> {
         conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         Ok(Immediate { conn })
     }
 
-    pub(super) fn commit(self) -> rusqlite::Result<()> {
+    pub(in crate::store) fn commit(self) -> rusqlite::Result<()> {
         self.conn.prepare_cached("COMMIT")?.execute([])?;
         Ok(())
     }

@@ -19,7 +19,7 @@ use super::migrations;
 use super::{Durability, StoreError, primary_code, sql_error};
 
 /// How long a connection waits for another process's write lock before giving up.
-pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(in crate::store) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const MAX_READERS: u32 = 4;
 
@@ -30,18 +30,21 @@ const SQLITE_BUSY: i32 = 5;
 const SQLITE_LOCKED: i32 = 6;
 
 /// An open, migrated database.
-pub(super) struct Opened {
-    pub(super) path: PathBuf,
+pub(in crate::store) struct Opened {
+    pub(in crate::store) path: PathBuf,
     /// Readers, connected on demand.
-    pub(super) pool: SqlitePool,
-    pub(super) writer: SqliteConnection,
+    pub(in crate::store) pool: SqlitePool,
+    pub(in crate::store) writer: SqliteConnection,
     /// To reconnect the writer.
-    pub(super) options: SqliteConnectOptions,
+    pub(in crate::store) options: SqliteConnectOptions,
 }
 
 /// Creates or checks the state folder and the database file, verifies an existing database, and
 /// returns it migrated.
-pub(super) async fn open(state_dir: &Path, durability: Durability) -> Result<Opened, StoreError> {
+pub(in crate::store) async fn open(
+    state_dir: &Path,
+    durability: Durability,
+) -> Result<Opened, StoreError> {
     prepare_dir(state_dir)?;
     let path = crate::state_dir::db_path(state_dir);
     prepare_file(&path)?;
@@ -263,7 +266,7 @@ fn read_up_to(file: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// `PATH` + `suffix`, e.g. `executioner.db-wal`.
-pub(super) fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(in crate::store) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = OsString::from(path.as_os_str());
     name.push(suffix);
     PathBuf::from(name)

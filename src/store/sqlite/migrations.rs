@@ -12,7 +12,7 @@ use sqlx::{AssertSqlSafe, Connection, Row, SqliteConnection};
 use super::{StoreError, sql_error};
 
 /// Migration `i` (0-based) takes a database from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[
+pub(in crate::store) const MIGRATIONS: &[&str] = &[
     // 1: runs, jobs, attempts, events.
     r#"
 CREATE TABLE runs (
@@ -189,10 +189,10 @@ CREATE TABLE IF NOT EXISTS rerun_params (
 ];
 
 /// The schema version this build writes and understands.
-pub(super) const LATEST: i64 = MIGRATIONS.len() as i64;
+pub(in crate::store) const LATEST: i64 = MIGRATIONS.len() as i64;
 
 /// The schema version of a database, refused when newer than this build.
-pub(super) async fn checked_version(
+pub(in crate::store) async fn checked_version(
     conn: &mut SqliteConnection,
     path: &Path,
     context: &'static str,
@@ -214,7 +214,10 @@ pub(super) async fn checked_version(
 
 /// Applies every missing migration, one transaction each. A database newer than this build is left
 /// untouched and reported.
-pub(super) async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
+pub(in crate::store) async fn migrate(
+    conn: &mut SqliteConnection,
+    path: &Path,
+) -> Result<(), StoreError> {
     let context = "migrating the schema";
     // The usual case, up to date, needs no write lock.
     let current: i64 = sqlx::query("PRAGMA user_version")
