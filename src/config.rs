@@ -42,6 +42,18 @@ pub struct Config {
     pub security: SecurityConfig,
     pub history: HistoryConfig,
     pub http: HttpConfig,
+    pub database: DatabaseConfig,
+}
+
+/// Where the state database lives.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Absent: SQLite, `executioner.db` in the state folder (the one-machine default).
+    /// `postgres://USER@HOST:PORT/DB?sslmode=require`: PostgreSQL, shared by controllers and
+    /// workers on several hosts (a password in the URL is never shown; prefer `PGPASSWORD` or
+    /// `~/.pgpass`).
+    pub url: Option<String>,
 }
 
 /// The controller's web API and metrics (`controller --listen`); off unless `listen` is set.
@@ -147,6 +159,7 @@ impl Default for Config {
             security: SecurityConfig::default(),
             history: HistoryConfig::default(),
             http: HttpConfig::default(),
+            database: DatabaseConfig::default(),
         }
     }
 }
@@ -269,6 +282,11 @@ impl Config {
         leaves(&value, "", &mut |key, v| {
             let shown = if key.contains("password") && !key.ends_with("password_env") {
                 "***".to_owned()
+            } else if key == "database.url" {
+                v.as_str().map_or_else(
+                    || v.to_string(),
+                    |url| serde_json::Value::from(redact_url(url)).to_string(),
+                )
             } else {
                 v.to_string()
             };
@@ -284,6 +302,21 @@ impl Config {
             .map(|w| w as usize)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .max(1)
+    }
+}
+
+/// `url` without the password of its user part (`postgres://u:***@host/db`); text that is not a
+/// URL is shown as it is, unless it holds an `@` (then it is hidden whole: it may hold a password).
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Only fails for URLs that cannot have a password, and this one has one.
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string().into()
+        }
+        Ok(_) => url.into(),
+        Err(_) if url.contains('@') => "***".into(),
+        Err(_) => url.into(),
     }
 }
 

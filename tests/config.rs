@@ -137,6 +137,52 @@ fn secrets_are_masked_in_config_output() {
 }
 
 #[test]
+fn the_database_url_comes_from_flag_env_or_file_and_its_password_is_masked() {
+    let ws = Workspace::new();
+    let (code, all, _) = config_json(&ws, &[], &[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        entry(&all, "database.url"),
+        (&serde_json::Value::Null, "default")
+    );
+    ws.write(
+        "executioner.toml",
+        "[database]\nurl = \"postgres://ops:hunter2@db.example:5432/exe?sslmode=require\"\n",
+    );
+    let (code, all, _) = config_json(&ws, &[], &[]);
+    assert_eq!(code, Some(0));
+    assert!(!all.to_string().contains("hunter2"), "{all}");
+    assert_eq!(
+        entry(&all, "database.url").0,
+        "postgres://ops:***@db.example:5432/exe?sslmode=require"
+    );
+    let (_, all, _) = config_json(
+        &ws,
+        &[("EXECUTIONER_DATABASE__URL", "postgres://env-host/exe")],
+        &[],
+    );
+    assert_eq!(
+        entry(&all, "database.url"),
+        (
+            &serde_json::json!("postgres://env-host/exe"),
+            "env EXECUTIONER_DATABASE__URL"
+        )
+    );
+    let (_, all, _) = config_json(
+        &ws,
+        &[("EXECUTIONER_DATABASE__URL", "postgres://env-host/exe")],
+        &["--database-url", "postgres://flag-host/exe"],
+    );
+    assert_eq!(
+        entry(&all, "database.url"),
+        (
+            &serde_json::json!("postgres://flag-host/exe"),
+            "flag --database-url"
+        )
+    );
+}
+
+#[test]
 fn security_policy_rejects_shell_and_unlisted_commands_with_positions() {
     let ws = Workspace::new();
     ws.write(

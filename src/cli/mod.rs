@@ -74,6 +74,10 @@ pub struct GlobalArgs {
     /// State folder (database, logs, lock). Default .executioner/ in the working directory.
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// State database: a `postgres://` URL to share one among hosts (config `database.url`);
+    /// absent: SQLite in the state folder.
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
     /// Log line format.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<crate::config::LogFormat>,
@@ -541,6 +545,9 @@ pub fn load_config_layers(global: &GlobalArgs) -> Result<crate::config::Loaded, 
     if let Some(dir) = &global.state_dir {
         flags.push(("state_dir", serde_json::json!(dir), "--state-dir"));
     }
+    if let Some(url) = &global.database_url {
+        flags.push(("database.url", serde_json::json!(url), "--database-url"));
+    }
     if let Some(format) = global.log_format {
         flags.push(("log_format", serde_json::json!(format), "--log-format"));
     }
@@ -586,6 +593,12 @@ pub async fn open_store(
     state_dir: &std::path::Path,
     config: &crate::config::Config,
 ) -> Result<crate::store::Store, CliError> {
+    if let Some(url) = &config.database.url {
+        return Err(CliError::usage(format!(
+            "database.url is set ({}), but this build has no PostgreSQL store yet; unset it to use SQLite in the state folder",
+            crate::config::redact_url(url)
+        )));
+    }
     crate::store::Store::open(state_dir, config.durability)
         .await
         .map_err(CliError::from)
