@@ -15,16 +15,19 @@ impl SqliteStore {
         generation: i64,
         revision: &str,
     ) -> Result<(), StoreError> {
-        let query = sqlx::query(
+        self.execute(
+            "recording a source revision",
             "INSERT INTO generations (pipeline, generation, revision, recorded_at) \
              VALUES (?1, ?2, ?3, ?4) ON CONFLICT (pipeline, generation) DO NOTHING",
+            super::sqlite::owned_params![
+                pipeline.to_owned(),
+                generation,
+                revision.to_owned(),
+                timestamp(OffsetDateTime::now_utc()),
+            ],
         )
-        .bind(pipeline)
-        .bind(generation)
-        .bind(revision)
-        .bind(timestamp(OffsetDateTime::now_utc()));
-        self.write_one(query, "recording a source revision").await?;
-        Ok(())
+        .await
+        .map(drop)
     }
 
     /// The source revision generation `generation` of `pipeline` was recorded at, if any.

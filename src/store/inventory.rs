@@ -25,21 +25,24 @@ pub struct AppliedFile {
 impl SqliteStore {
     /// Records that `entry.source` wrote `entry.file` (replacing whoever wrote it before).
     pub async fn record_applied(&self, entry: &AppliedFile) -> Result<(), StoreError> {
-        let query = sqlx::query(
+        self.execute(
+            "recording what apply wrote",
             "INSERT INTO apply_inventory (manifests_dir, file, source, pipeline, content_hash, applied_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
              ON CONFLICT (manifests_dir, file) DO UPDATE SET source = excluded.source, \
                pipeline = excluded.pipeline, content_hash = excluded.content_hash, \
                applied_at = excluded.applied_at",
+            super::sqlite::owned_params![
+                entry.manifests_dir.clone(),
+                entry.file.clone(),
+                entry.source.clone(),
+                entry.pipeline.clone(),
+                entry.content_hash.clone(),
+                timestamp(OffsetDateTime::now_utc()),
+            ],
         )
-        .bind(&entry.manifests_dir)
-        .bind(&entry.file)
-        .bind(&entry.source)
-        .bind(&entry.pipeline)
-        .bind(&entry.content_hash)
-        .bind(timestamp(OffsetDateTime::now_utc()));
-        self.write_one(query, "recording what apply wrote").await?;
-        Ok(())
+        .await
+        .map(drop)
     }
 
     /// Every file of `manifests_dir` that an apply of `source` wrote last, by file name.
@@ -84,12 +87,13 @@ impl SqliteStore {
 
     /// Drops the entry of `file` (pruned, or gone).
     pub async fn forget_applied(&self, manifests_dir: &str, file: &str) -> Result<(), StoreError> {
-        let query =
-            sqlx::query("DELETE FROM apply_inventory WHERE manifests_dir = ?1 AND file = ?2")
-                .bind(manifests_dir)
-                .bind(file);
-        self.write_one(query, "forgetting what apply wrote").await?;
-        Ok(())
+        self.execute(
+            "forgetting what apply wrote",
+            "DELETE FROM apply_inventory WHERE manifests_dir = ?1 AND file = ?2",
+            super::sqlite::owned_params![manifests_dir.to_owned(), file.to_owned()],
+        )
+        .await
+        .map(drop)
     }
 }
 

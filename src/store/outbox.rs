@@ -10,7 +10,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use sqlx::Row;
 use time::OffsetDateTime;
 
 use super::{RunId, RunRow, StoreError, sqlite::Decoder, sqlite::SqliteStore, timestamp};
@@ -115,42 +114,39 @@ impl SqliteStore {
         round: i64,
         entries: &[NewOutboxEntry<'_>],
     ) -> Result<usize, StoreError> {
-        let context = "queuing notifications";
         let now = timestamp(OffsetDateTime::now_utc());
-        let mut writing = self.writing(context).await?;
-        let mut tx = writing.begin(context).await?;
-        let mut queued = 0;
-        for entry in entries {
-            let done = sqlx::query(
-                "INSERT INTO outbox (run_id, round, channel, scope, target, payload, \
-                 next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
-                 ON CONFLICT (run_id, round, channel, scope, target) DO NOTHING",
-            )
-            .bind(run)
-            .bind(round)
-            .bind(entry.channel.as_str())
-            .bind(entry.scope)
-            .bind(entry.target)
-            .bind(entry.payload)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.sql(context))?;
-            queued += usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
-        }
-        sqlx::query(
-            "INSERT INTO outbox_rounds (run_id, round, queued_at) VALUES (?, ?, ?) \
-             ON CONFLICT (run_id, round) DO NOTHING",
-        )
-        .bind(run)
-        .bind(round)
-        .bind(&now)
-        .execute(&mut *tx)
+        let entries: Vec<(&'static str, String, String, String)> = entries
+            .iter()
+            .map(|e| {
+                let (scope, target, payload) = (
+                    e.scope.to_owned(),
+                    e.target.to_owned(),
+                    e.payload.to_owned(),
+                );
+                (e.channel.as_str(), scope, target, payload)
+            })
+            .collect();
+        self.write("queuing notifications", move |tx| {
+            let mut queued = 0;
+            for (channel, scope, target, payload) in &entries {
+                queued += tx
+                    .prepare_cached(
+                        "INSERT INTO outbox (run_id, round, channel, scope, target, payload, \
+                         next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
+                         ON CONFLICT (run_id, round, channel, scope, target) DO NOTHING",
+                    )?
+                    .execute(rusqlite::params![
+                        run, round, channel, scope, target, payload, now
+                    ])?;
+            }
+            tx.prepare_cached(
+                "INSERT INTO outbox_rounds (run_id, round, queued_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (run_id, round) DO NOTHING",
+            )?
+            .execute(rusqlite::params![run, round, now])?;
+            Ok(Ok(queued))
+        })
         .await
-        .map_err(self.sql(context))?;
-        tx.commit().await.map_err(self.sql(context))?;
-        writing.release();
-        Ok(queued)
     }
 
     /// Runs whose latest round is terminal but whose notifications were never queued (the process
@@ -214,30 +210,25 @@ impl SqliteStore {
         now: OffsetDateTime,
         lease_until: OffsetDateTime,
     ) -> Result<Option<i64>, StoreError> {
-        let query = sqlx::query(
+        self.execute_returning(
+            "claiming a notification",
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?1 \
              WHERE id = ?2 AND sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ?3 \
              RETURNING attempts",
+            super::sqlite::owned_params![timestamp(lease_until), id, timestamp(now)],
         )
-        .bind(timestamp(lease_until))
-        .bind(id)
-        .bind(timestamp(now));
-        let context = "claiming a notification";
-        let rows = self.write_script(query, context).await?;
-        rows.first()
-            .map(|row| row.try_get(0))
-            .transpose()
-            .map_err(self.sql(context))
+        .await
     }
 
     /// The message was delivered.
     pub async fn outbox_sent(&self, id: OutboxId) -> Result<(), StoreError> {
-        let query = sqlx::query("UPDATE outbox SET sent_at = ?1, last_error = NULL WHERE id = ?2")
-            .bind(timestamp(OffsetDateTime::now_utc()))
-            .bind(id);
-        self.write_one(query, "recording a sent notification")
-            .await?;
-        Ok(())
+        self.execute(
+            "recording a sent notification",
+            "UPDATE outbox SET sent_at = ?1, last_error = NULL WHERE id = ?2",
+            super::sqlite::owned_params![timestamp(OffsetDateTime::now_utc()), id],
+        )
+        .await
+        .map(drop)
     }
 
     /// The send failed: due again at `retry_at`, or given up when `None`.
@@ -248,17 +239,19 @@ impl SqliteStore {
         retry_at: Option<OffsetDateTime>,
     ) -> Result<(), StoreError> {
         let now = OffsetDateTime::now_utc();
-        let query = sqlx::query(
+        self.execute(
+            "recording a failed notification",
             "UPDATE outbox SET last_error = ?1, next_attempt_at = coalesce(?2, next_attempt_at), \
              failed_at = CASE WHEN ?2 IS NULL THEN ?3 ELSE NULL END WHERE id = ?4",
+            super::sqlite::owned_params![
+                error.to_owned(),
+                retry_at.map(timestamp),
+                timestamp(now),
+                id
+            ],
         )
-        .bind(error)
-        .bind(retry_at.map(timestamp))
-        .bind(timestamp(now))
-        .bind(id);
-        self.write_one(query, "recording a failed notification")
-            .await?;
-        Ok(())
+        .await
+        .map(drop)
     }
 
     fn outbox_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, StoreError> {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use indexmap::IndexMap;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use sqlx::Row;
 
 use super::{AttemptId, RunId, StoreError, sqlite::SqliteStore};
@@ -75,29 +75,24 @@ impl SqliteStore {
         name: &str,
         params: &IndexMap<String, String>,
     ) -> Result<bool, StoreError> {
-        let context = "requesting a rerun";
         let json = serde_json::to_string(params).unwrap_or_else(|_| "{}".to_owned());
-        let mut writing = self.writing(context).await?;
-        let mut tx = writing.begin(context).await?;
-        let known =
-            sqlx::query("UPDATE pipelines SET rerun_requested = 1 WHERE name = ? AND deleted = 0")
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.sql(context))?
-                .rows_affected()
+        let name = name.to_owned();
+        self.write("requesting a rerun", move |tx| {
+            let known = tx
+                .prepare_cached(
+                    "UPDATE pipelines SET rerun_requested = 1 WHERE name = ? AND deleted = 0",
+                )?
+                .execute([&name])?
                 > 0;
-        if known {
-            sqlx::query("INSERT OR REPLACE INTO rerun_params (pipeline, params) VALUES (?, ?)")
-                .bind(name)
-                .bind(&json)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.sql(context))?;
-        }
-        tx.commit().await.map_err(self.sql(context))?;
-        writing.release();
-        Ok(known)
+            if known {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO rerun_params (pipeline, params) VALUES (?, ?)",
+                )?
+                .execute([&name, &json])?;
+            }
+            Ok(Ok(known))
+        })
+        .await
     }
 
     /// Consumes the parameters of a rerun request (empty when it had none).
@@ -105,14 +100,19 @@ impl SqliteStore {
         &self,
         name: &str,
     ) -> Result<IndexMap<String, String>, StoreError> {
-        let context = "taking a rerun request's parameters";
-        let query =
-            sqlx::query("DELETE FROM rerun_params WHERE pipeline = ? RETURNING params").bind(name);
-        let rows = self.write_script(query, context).await?;
-        let Some(row) = rows.first() else {
+        let owned = name.to_owned();
+        let json: Option<String> = self
+            .write("taking a rerun request's parameters", move |tx| {
+                let json = tx
+                    .prepare_cached("DELETE FROM rerun_params WHERE pipeline = ? RETURNING params")?
+                    .query_row([&owned], |row| row.get(0))
+                    .optional()?;
+                Ok(Ok(json))
+            })
+            .await?;
+        let Some(json) = json else {
             return Ok(IndexMap::new());
         };
-        let json: String = row.try_get(0).map_err(self.sql(context))?;
         serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
             path: self.path.to_path_buf(),
             detail: format!("rerun parameters of {name}: {e}"),

@@ -51,17 +51,20 @@ impl SqliteStore {
         reason: &str,
     ) -> Result<(), StoreError> {
         let detail = serde_json::json!({ "tick": tick }).to_string();
-        let query = sqlx::query(
+        self.execute(
+            "recording a skipped tick",
             "INSERT INTO events (run_id, job_id, kind, reason, actor, at, detail) \
              VALUES (?, NULL, ?, ?, 'controller', ?, ?)",
+            super::sqlite::owned_params![
+                run,
+                EVENT_TICK_SKIPPED,
+                reason.to_owned(),
+                timestamp(OffsetDateTime::now_utc()),
+                detail,
+            ],
         )
-        .bind(run)
-        .bind(EVENT_TICK_SKIPPED)
-        .bind(reason)
-        .bind(timestamp(OffsetDateTime::now_utc()))
-        .bind(detail);
-        self.write_one(query, "recording a skipped tick").await?;
-        Ok(())
+        .await
+        .map(drop)
     }
 }
 

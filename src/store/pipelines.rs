@@ -34,7 +34,8 @@ impl SqliteStore {
         source: &str,
     ) -> Result<i64, StoreError> {
         let now = timestamp(OffsetDateTime::now_utc());
-        let query = sqlx::query(
+        let generation = self.execute_returning(
+            "recording a pipeline",
             "INSERT INTO pipelines (name, generation, spec_hash, source, deleted, updated_at) \
              VALUES (?1, 1, ?2, ?3, 0, ?4) \
              ON CONFLICT (name) DO UPDATE SET \
@@ -44,22 +45,10 @@ impl SqliteStore {
                                  THEN excluded.updated_at ELSE updated_at END, \
                spec_hash = excluded.spec_hash, source = excluded.source, deleted = 0 \
              RETURNING generation",
+            super::sqlite::owned_params![name.to_owned(), spec_hash.to_owned(), source.to_owned(), now],
         )
-        .bind(name)
-        .bind(spec_hash)
-        .bind(source)
-        .bind(&now);
-        let rows = self.write_script(query, "recording a pipeline").await?;
-        let generation = rows
-            .first()
-            .map(|r| r.try_get::<i64, _>("generation"))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt {
-                path: self.path.to_path_buf(),
-                detail: format!("pipelines.generation: {e}"),
-            })?
-            .unwrap_or(1);
-        Ok(generation)
+        .await?;
+        Ok(generation.unwrap_or(1))
     }
 
     /// Every pipeline ever observed (deleted ones included), by name.
@@ -88,53 +77,61 @@ impl SqliteStore {
 
     pub async fn mark_pipeline_deleted(&self, name: &str) -> Result<(), StoreError> {
         let now = timestamp(OffsetDateTime::now_utc());
-        let query = sqlx::query(
+        self.execute(
+            "deleting a pipeline",
             "UPDATE pipelines SET deleted = 1, rerun_requested = 0, updated_at = ?1 WHERE name = ?2",
+            super::sqlite::owned_params![now, name.to_owned()],
         )
-        .bind(&now)
-        .bind(name);
-        self.write_one(query, "deleting a pipeline").await?;
-        Ok(())
+        .await
+        .map(drop)
     }
 
     /// Asks for a new run of the current generation; false when the pipeline is unknown.
     pub async fn request_rerun(&self, name: &str) -> Result<bool, StoreError> {
-        let query =
-            sqlx::query("UPDATE pipelines SET rerun_requested = 1 WHERE name = ? AND deleted = 0")
-                .bind(name);
-        Ok(self.write_one(query, "requesting a rerun").await? > 0)
+        let changed = self
+            .execute(
+                "requesting a rerun",
+                "UPDATE pipelines SET rerun_requested = 1 WHERE name = ? AND deleted = 0",
+                super::sqlite::owned_params![name.to_owned()],
+            )
+            .await?;
+        Ok(changed > 0)
     }
 
     /// Consumes a rerun request; true when there was one.
     pub async fn take_rerun(&self, name: &str) -> Result<bool, StoreError> {
-        let query = sqlx::query(
-            "UPDATE pipelines SET rerun_requested = 0 WHERE name = ? AND rerun_requested = 1",
-        )
-        .bind(name);
-        Ok(self.write_one(query, "taking a rerun request").await? > 0)
+        let changed = self
+            .execute(
+                "taking a rerun request",
+                "UPDATE pipelines SET rerun_requested = 0 WHERE name = ? AND rerun_requested = 1",
+                super::sqlite::owned_params![name.to_owned()],
+            )
+            .await?;
+        Ok(changed > 0)
     }
 
     pub async fn set_last_tick(&self, name: &str, at: OffsetDateTime) -> Result<(), StoreError> {
-        let query = sqlx::query("UPDATE pipelines SET last_tick = ?1 WHERE name = ?2")
-            .bind(timestamp(at))
-            .bind(name);
-        self.write_one(query, "recording a schedule tick").await?;
-        Ok(())
+        self.execute(
+            "recording a schedule tick",
+            "UPDATE pipelines SET last_tick = ?1 WHERE name = ?2",
+            super::sqlite::owned_params![timestamp(at), name.to_owned()],
+        )
+        .await
+        .map(drop)
     }
 
     /// Records the manifests folder (an absolute path) the controller of this state folder watches.
     pub async fn set_manifests_dir(&self, dir: &std::path::Path) -> Result<(), StoreError> {
         let now = timestamp(OffsetDateTime::now_utc());
-        let query = sqlx::query(
+        self.execute(
+            "recording the manifests folder",
             "INSERT INTO controller_settings (key, value, updated_at) VALUES ('manifests_dir', ?1, ?2) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
              WHERE value <> excluded.value",
+            super::sqlite::owned_params![dir.to_string_lossy().into_owned(), now],
         )
-        .bind(dir.to_string_lossy().into_owned())
-        .bind(&now);
-        self.write_one(query, "recording the manifests folder")
-            .await?;
-        Ok(())
+        .await
+        .map(drop)
     }
 
     /// The manifests folder a controller last recorded, if any.

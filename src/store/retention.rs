@@ -30,7 +30,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use sqlx::Row;
 use time::OffsetDateTime;
 
 use super::{RunId, StoreError, sqlite::Decoder, sqlite::SqliteStore, timestamp};
@@ -203,56 +202,58 @@ impl SqliteStore {
     /// nor its current generation's, notifications queued and none waiting), in one transaction;
     /// returns those deleted with their pipeline.
     async fn delete_runs(&self, runs: &[RunId]) -> Result<Vec<(RunId, PipelineName)>, StoreError> {
-        let context = "pruning runs";
         let ids: Vec<i64> = runs.iter().map(|r| r.get()).collect();
         let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned());
-        let mut writing = self.writing(context).await?;
-        let mut tx = writing.begin(context).await?;
-        // Checked again in the transaction that deletes: since the selection, a run may have
-        // been resumed, or its pipeline given a new generation (whose newest run this is).
-        let rows = sqlx::query(
-            "SELECT r.id, r.pipeline FROM runs AS r JOIN json_each(?1) AS c ON r.id = c.value \
-             WHERE r.phase IN ('Succeeded', 'Failed', 'Cancelled') \
-               AND EXISTS (SELECT 1 FROM runs AS n WHERE n.pipeline = r.pipeline AND n.id > r.id) \
-               AND NOT EXISTS (SELECT 1 FROM pipelines AS g WHERE g.name = r.pipeline \
-                   AND g.generation = r.generation \
-                   AND NOT EXISTS (SELECT 1 FROM runs AS n WHERE n.pipeline = r.pipeline \
-                                   AND n.generation = r.generation AND n.id > r.id)) \
-               AND EXISTS (SELECT 1 FROM outbox_rounds AS q WHERE q.run_id = r.id \
-                           AND q.round = r.rounds) \
-               AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.run_id = r.id \
-                               AND o.sent_at IS NULL AND o.failed_at IS NULL) \
-             ORDER BY r.id",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
+        let path = self.path.clone();
+        self.write_blocking("pruning runs", move |tx| {
+            // Checked again in the transaction that deletes: since the selection, a run may have
+            // been resumed, or its pipeline given a new generation (whose newest run this is).
+            let mut select = tx.prepare_cached(
+                "SELECT r.id, r.pipeline FROM runs AS r JOIN json_each(?1) AS c ON r.id = c.value \
+                 WHERE r.phase IN ('Succeeded', 'Failed', 'Cancelled') \
+                   AND EXISTS (SELECT 1 FROM runs AS n WHERE n.pipeline = r.pipeline AND n.id > r.id) \
+                   AND NOT EXISTS (SELECT 1 FROM pipelines AS g WHERE g.name = r.pipeline \
+                       AND g.generation = r.generation \
+                       AND NOT EXISTS (SELECT 1 FROM runs AS n WHERE n.pipeline = r.pipeline \
+                                       AND n.generation = r.generation AND n.id > r.id)) \
+                   AND EXISTS (SELECT 1 FROM outbox_rounds AS q WHERE q.run_id = r.id \
+                               AND q.round = r.rounds) \
+                   AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.run_id = r.id \
+                                   AND o.sent_at IS NULL AND o.failed_at IS NULL) \
+                 ORDER BY r.id",
+            )?;
+            let rows: Vec<(i64, String)> = select
+                .query_map([&ids], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut confirmed = Vec::with_capacity(rows.len());
+            for (run, pipeline) in rows {
+                match PipelineName::parse(&pipeline) {
+                    Ok(name) => confirmed.push((RunId::from(run), name)),
+                    Err(err) => {
+                        return Ok(Err(StoreError::Corrupt {
+                            path: path.to_path_buf(),
+                            detail: format!("column pipeline: {err}"),
+                        }));
+                    }
+                }
+            }
+            let ids: Vec<i64> = confirmed.iter().map(|(r, _)| r.get()).collect();
+            let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned());
+            // Children before parents (foreign keys are on). Every table with a run id: runs,
+            // jobs, attempts, events, outbox, outbox_rounds (see `migrations`).
+            for statement in [
+                "DELETE FROM attempts WHERE run_id IN (SELECT value FROM json_each(?1))",
+                "DELETE FROM jobs WHERE run_id IN (SELECT value FROM json_each(?1))",
+                "DELETE FROM events WHERE run_id IN (SELECT value FROM json_each(?1))",
+                "DELETE FROM outbox WHERE run_id IN (SELECT value FROM json_each(?1))",
+                "DELETE FROM outbox_rounds WHERE run_id IN (SELECT value FROM json_each(?1))",
+                "DELETE FROM runs WHERE id IN (SELECT value FROM json_each(?1))",
+            ] {
+                tx.prepare_cached(statement)?.execute([&ids])?;
+            }
+            Ok(Ok(confirmed))
+        })
         .await
-        .map_err(self.sql(context))?;
-        let confirmed: Vec<(RunId, PipelineName)> = rows
-            .iter()
-            .map(|row| self.run_and_pipeline(row))
-            .collect::<Result<_, _>>()?;
-        let ids: Vec<i64> = confirmed.iter().map(|(r, _)| r.get()).collect();
-        let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned());
-        // Children before parents (foreign keys are on). Every table with a run id: runs,
-        // jobs, attempts, events, outbox, outbox_rounds (see `migrations`).
-        for statement in [
-            "DELETE FROM attempts WHERE run_id IN (SELECT value FROM json_each(?1))",
-            "DELETE FROM jobs WHERE run_id IN (SELECT value FROM json_each(?1))",
-            "DELETE FROM events WHERE run_id IN (SELECT value FROM json_each(?1))",
-            "DELETE FROM outbox WHERE run_id IN (SELECT value FROM json_each(?1))",
-            "DELETE FROM outbox_rounds WHERE run_id IN (SELECT value FROM json_each(?1))",
-            "DELETE FROM runs WHERE id IN (SELECT value FROM json_each(?1))",
-        ] {
-            sqlx::query(statement)
-                .bind(&ids)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.sql(context))?;
-        }
-        tx.commit().await.map_err(self.sql(context))?;
-        writing.release();
-        Ok(confirmed)
     }
 
     /// Finds the log folders left without their run (a prune whose process died between the
@@ -308,16 +309,14 @@ impl SqliteStore {
 
     /// The database's `auto_vacuum` mode.
     pub async fn auto_vacuum(&self) -> Result<AutoVacuum, StoreError> {
-        let context = "reading the vacuum mode";
         // Read on the writer: a connection answers from what it read of the file header at its
         // last transaction, and an idle reader may predate a conversion.
-        let mut writing = self.writing(context).await?;
-        let mode: i64 = sqlx::query("PRAGMA auto_vacuum")
-            .fetch_one(&mut writing.conn)
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(self.sql(context))?;
-        writing.release();
+        let mode: i64 = self
+            .direct
+            .run("reading the vacuum mode", |conn| {
+                conn.query_row("PRAGMA auto_vacuum", [], |row| row.get(0))
+            })
+            .await?;
         match mode {
             0 => Ok(AutoVacuum::None),
             1 => Ok(AutoVacuum::Full),
@@ -333,48 +332,36 @@ impl SqliteStore {
     /// created before retention existed). Holds the write lock for as long as the rewrite takes:
     /// call it when nothing else is writing.
     pub async fn convert_to_incremental_vacuum(&self) -> Result<(), StoreError> {
-        let context = "converting the database to incremental vacuum";
-        let mut writing = self.writing(context).await?;
-        // The new mode is only noted by the pragma; the VACUUM applies it.
-        sqlx::raw_sql("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
-            .execute(&mut writing.conn)
+        self.direct
+            .run_blocking("converting the database to incremental vacuum", |conn| {
+                // The new mode is only noted by the pragma; the VACUUM applies it.
+                conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
+            })
             .await
-            .map_err(self.sql(context))?;
-        writing.release();
-        Ok(())
     }
 
     /// Gives the free pages back to the file system, when the database allows it; returns how
     /// many bytes that was. (With `auto_vacuum = NONE` the pages stay free for reuse.)
     async fn incremental_vacuum(&self) -> Result<u64, StoreError> {
-        let context = "vacuuming the database";
         if self.auto_vacuum().await? != AutoVacuum::Incremental {
             return Ok(0);
         }
-        let mut writing = self.writing(context).await?;
-        let pages = |row: sqlx::sqlite::SqliteRow| row.try_get::<i64, _>(0);
-        let free: i64 = sqlx::query("PRAGMA freelist_count")
-            .fetch_one(&mut writing.conn)
-            .await
-            .and_then(pages)
-            .map_err(self.sql(context))?;
-        let page_size: i64 = sqlx::query("PRAGMA page_size")
-            .fetch_one(&mut writing.conn)
-            .await
-            .and_then(pages)
-            .map_err(self.sql(context))?;
-        sqlx::query("PRAGMA incremental_vacuum")
-            .fetch_all(&mut writing.conn)
-            .await
-            .map_err(self.sql(context))?;
-        // The file shrinks when the WAL is copied back into it; a passive checkpoint waits for
-        // nobody (what readers still use is copied by a later one).
-        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_all(&mut writing.conn)
-            .await
-            .map_err(self.sql(context))?;
-        writing.release();
-        Ok(u64::try_from(free.saturating_mul(page_size)).unwrap_or(0))
+        let freed = self
+            .direct
+            .run_blocking("vacuuming the database", |conn| {
+                let free: i64 = conn.query_row("PRAGMA freelist_count", [], |row| row.get(0))?;
+                let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+                // Each step of the pragma is a row; running it to the end frees every page.
+                let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
+                let mut steps = vacuum.query([])?;
+                while steps.next()?.is_some() {}
+                // The file shrinks when the WAL is copied back into it; a passive checkpoint
+                // waits for nobody (what readers still use is copied by a later one).
+                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+                Ok(free.saturating_mul(page_size))
+            })
+            .await?;
+        Ok(u64::try_from(freed).unwrap_or(0))
     }
 }
 

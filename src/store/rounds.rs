@@ -3,11 +3,14 @@
 //! its phase is the verdict derived from its jobs ([`crate::status::verdict`]) inside the same
 //! transaction, so no stored run phase can disagree with its jobs.
 
+use std::collections::HashSet;
+use std::path::Path;
 use std::str::FromStr;
 
-use futures_util::TryStreamExt;
-use sqlx::{Row, Sqlite, Transaction};
+use rusqlite::OptionalExtension;
 use time::OffsetDateTime;
+
+use super::sqlite::direct::Immediate;
 
 use super::{
     NewJob, Owner, RunId, StoreError, job_not_found, saturating_i64, sqlite::SqliteStore, timestamp,
@@ -51,137 +54,17 @@ impl SqliteStore {
         change: &RoundChange<'_>,
         owner: &Owner,
     ) -> Result<i64, StoreError> {
-        let context = "starting a new round";
         let now = timestamp(OffsetDateTime::now_utc());
-        let mut writing = self.writing(context).await?;
-        let mut tx = writing.begin(context).await?;
-        let (check_owner, pid_was, start_was) = match change.owner_was {
-            Some((pid, start)) => (true, pid, start),
-            None => (false, None, None),
-        };
-        let round: Option<i64> = sqlx::query(
-            "UPDATE runs SET phase = 'Running', reason = NULL, rounds = rounds + 1, \
-             finished_at = NULL, owner_pid = ?, owner_host = ?, owner_start_time = ? \
-             WHERE id = ? AND (NOT ? OR (owner_pid IS ? AND owner_start_time IS ?)) \
-             RETURNING rounds",
-        )
-        .bind(i64::from(owner.pid))
-        .bind(owner.host.as_str())
-        .bind(owner.start_time.map(saturating_i64))
-        .bind(run)
-        .bind(check_owner)
-        .bind(pid_was)
-        .bind(start_was)
-        .fetch_optional(&mut *tx)
+        let change = OwnedRoundChange::from(change);
+        let owner = (
+            i64::from(owner.pid),
+            owner.host.clone(),
+            owner.start_time.map(saturating_i64),
+        );
+        self.write("starting a new round", move |tx| {
+            begin_round(tx, run, &change, &owner, &now)
+        })
         .await
-        .and_then(|row| row.map(|row| row.try_get(0)).transpose())
-        .map_err(self.sql(context))?;
-        let Some(round) = round else {
-            let exists: Option<i64> = sqlx::query("SELECT id FROM runs WHERE id = ?")
-                .bind(run)
-                .fetch_optional(&mut *tx)
-                .await
-                .and_then(|row| row.map(|row| row.try_get(0)).transpose())
-                .map_err(self.sql(context))?;
-            return Err(match exists {
-                Some(_) => StoreError::TakenOver { run },
-                None => StoreError::NotFound {
-                    what: format!("run {run}"),
-                },
-            });
-        };
-        for job in change.removed {
-            let previous: Option<(String, i64)> =
-                sqlx::query("SELECT phase, attempts FROM jobs WHERE run_id = ? AND job_id = ?")
-                    .bind(run)
-                    .bind(*job)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .and_then(|row| {
-                        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-                            .transpose()
-                    })
-                    .map_err(self.sql(context))?;
-            let Some((phase, attempts)) = previous else {
-                return Err(job_not_found(run, job));
-            };
-            // Attempts first: they refer to the job's row.
-            for table in [
-                "DELETE FROM attempts WHERE run_id = ? AND job_id = ?",
-                "DELETE FROM jobs WHERE run_id = ? AND job_id = ?",
-            ] {
-                sqlx::query(table)
-                    .bind(run)
-                    .bind(*job)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(self.sql(context))?;
-            }
-            let detail =
-                serde_json::json!({ "previousPhase": phase, "attempts": attempts }).to_string();
-            let event = Event {
-                job,
-                kind: EVENT_JOB_REMOVED,
-                reason: "not in the new spec",
-                actor: None,
-                detail: &detail,
-            };
-            insert_event(&mut tx, run, &event, &now)
-                .await
-                .map_err(self.sql(context))?;
-        }
-        for job in change.added {
-            sqlx::query(
-                "INSERT INTO jobs (run_id, job_id, position, phase, log_path) \
-                 VALUES (?, ?, (SELECT coalesce(max(position), -1) + 1 FROM jobs WHERE run_id = ?), \
-                 'Pending', ?)",
-            )
-            .bind(run)
-            .bind(job.id)
-            .bind(run)
-            .bind(job.log_path)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.sql(context))?;
-        }
-        if let Some((spec_json, spec_hash, order)) = change.spec {
-            sqlx::query("UPDATE runs SET spec_json = ?, spec_hash = ? WHERE id = ?")
-                .bind(spec_json)
-                .bind(spec_hash)
-                .bind(run)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.sql(context))?;
-            for (position, job) in order.iter().enumerate() {
-                sqlx::query("UPDATE jobs SET position = ? WHERE run_id = ? AND job_id = ?")
-                    .bind(saturating_i64(position as u64))
-                    .bind(run)
-                    .bind(*job)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(self.sql(context))?;
-            }
-        }
-        for job in change.rerun {
-            let done = sqlx::query(
-                "UPDATE jobs SET phase = 'Pending', reason = NULL, attempts = 0, \
-                 exit_code = NULL, started_at = NULL, finished_at = NULL, message = NULL, \
-                 lost = CASE WHEN ? THEN 0 ELSE lost END \
-                 WHERE run_id = ? AND job_id = ?",
-            )
-            .bind(change.reset_lost)
-            .bind(run)
-            .bind(*job)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.sql(context))?;
-            if done.rows_affected() == 0 {
-                return Err(job_not_found(run, job));
-            }
-        }
-        tx.commit().await.map_err(self.sql(context))?;
-        writing.release();
-        Ok(round)
     }
 
     /// Ends the run's round: the run takes the verdict of its jobs and its finish time. The jobs
@@ -211,28 +94,21 @@ impl SqliteStore {
         continue_on_error: &[&str],
         cancel_rest: bool,
     ) -> Result<(RunPhase, RunReason), StoreError> {
-        let context = "finishing a run";
         let now = timestamp(OffsetDateTime::now_utc());
-        let mut writing = self.writing(context).await?;
-        let mut tx = writing.begin(context).await?;
-        if cancel_rest {
-            sqlx::query(
-                "UPDATE jobs SET phase = 'Cancelled', reason = 'Cancelled', \
-                 finished_at = coalesce(finished_at, ?) WHERE run_id = ? \
-                 AND phase IN ('Pending', 'Waiting', 'Running', 'Lost', 'Interrupted')",
-            )
-            .bind(&now)
-            .bind(run)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.sql(context))?;
-        }
-        let verdict = self
-            .settle_verdict(&mut tx, run, continue_on_error, &now, context)
-            .await?;
-        tx.commit().await.map_err(self.sql(context))?;
-        writing.release();
-        Ok(verdict)
+        let may_fail = owned_set(continue_on_error);
+        let path = self.path.clone();
+        self.write("finishing a run", move |tx| {
+            if cancel_rest {
+                tx.prepare_cached(
+                    "UPDATE jobs SET phase = 'Cancelled', reason = 'Cancelled', \
+                     finished_at = coalesce(finished_at, ?) WHERE run_id = ? \
+                     AND phase IN ('Pending', 'Waiting', 'Running', 'Lost', 'Interrupted')",
+                )?
+                .execute(rusqlite::params![now, run])?;
+            }
+            settle_verdict(tx, run, &may_fail, &now, &path)
+        })
+        .await
     }
 
     /// One transaction: each job becomes Succeeded with reason MarkedSuccess (its message is the
@@ -248,107 +124,234 @@ impl SqliteStore {
         actor: &str,
         continue_on_error: &[&str],
     ) -> Result<(RunPhase, RunReason), StoreError> {
-        let context = "marking jobs succeeded";
         let now = timestamp(OffsetDateTime::now_utc());
-        let mut writing = self.writing(context).await?;
-        let mut tx = writing.begin(context).await?;
-        for job in jobs {
-            let previous: Option<String> =
-                sqlx::query("SELECT phase FROM jobs WHERE run_id = ? AND job_id = ?")
-                    .bind(run)
-                    .bind(*job)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .and_then(|row| row.map(|row| row.try_get(0)).transpose())
-                    .map_err(self.sql(context))?;
-            let Some(previous) = previous else {
-                return Err(job_not_found(run, job));
-            };
-            sqlx::query(
-                "UPDATE jobs SET phase = 'Succeeded', reason = 'MarkedSuccess', \
-                 message = nullif(?1, ''), finished_at = coalesce(finished_at, ?2) \
-                 WHERE run_id = ?3 AND job_id = ?4",
-            )
-            .bind(reason)
-            .bind(&now)
-            .bind(run)
-            .bind(*job)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.sql(context))?;
-            let detail = serde_json::json!({ "previousPhase": previous }).to_string();
-            let event = Event {
-                job,
-                kind: EVENT_MARKED_SUCCESS,
-                reason,
-                actor: Some(actor),
-                detail: &detail,
-            };
-            insert_event(&mut tx, run, &event, &now)
-                .await
-                .map_err(self.sql(context))?;
-        }
-        let verdict = self
-            .settle_verdict(&mut tx, run, continue_on_error, &now, context)
-            .await?;
-        tx.commit().await.map_err(self.sql(context))?;
-        writing.release();
-        Ok(verdict)
+        let jobs: Vec<String> = jobs.iter().map(|j| (*j).to_owned()).collect();
+        let (reason, actor) = (reason.to_owned(), actor.to_owned());
+        let may_fail = owned_set(continue_on_error);
+        let path = self.path.clone();
+        self.write("marking jobs succeeded", move |tx| {
+            for job in &jobs {
+                let previous: Option<String> = tx
+                    .prepare_cached("SELECT phase FROM jobs WHERE run_id = ? AND job_id = ?")?
+                    .query_row(rusqlite::params![run, job], |row| row.get(0))
+                    .optional()?;
+                let Some(previous) = previous else {
+                    return Ok(Err(job_not_found(run, job)));
+                };
+                tx.prepare_cached(
+                    "UPDATE jobs SET phase = 'Succeeded', reason = 'MarkedSuccess', \
+                     message = nullif(?1, ''), finished_at = coalesce(finished_at, ?2) \
+                     WHERE run_id = ?3 AND job_id = ?4",
+                )?
+                .execute(rusqlite::params![reason, now, run, job])?;
+                let detail = serde_json::json!({ "previousPhase": previous }).to_string();
+                let event = Event {
+                    job,
+                    kind: EVENT_MARKED_SUCCESS,
+                    reason: &reason,
+                    actor: Some(&actor),
+                    detail: &detail,
+                };
+                insert_event(tx, run, &event, &now)?;
+            }
+            settle_verdict(tx, run, &may_fail, &now, &path)
+        })
+        .await
     }
+}
 
-    /// Sets the run's phase and reason to the verdict of its jobs, and its finish time if it has
-    /// none.
-    async fn settle_verdict(
-        &self,
-        tx: &mut Transaction<'_, Sqlite>,
-        run: RunId,
-        continue_on_error: &[&str],
-        now: &str,
-        context: &'static str,
-    ) -> Result<(RunPhase, RunReason), StoreError> {
-        // Folded row by row: a 10,000-job run's rows are never all in memory at once.
-        let corrupt = |detail: String| StoreError::Corrupt {
-            path: self.path.to_path_buf(),
-            detail,
-        };
-        let may_fail: std::collections::HashSet<&str> = continue_on_error.iter().copied().collect();
-        let mut tally = Tally::default();
-        let mut rows = sqlx::query("SELECT job_id, phase, reason FROM jobs WHERE run_id = ?")
-            .bind(run)
-            .fetch(&mut **tx);
-        while let Some(row) = rows.try_next().await.map_err(self.sql(context))? {
-            let id: &str = row.try_get(0).map_err(self.sql(context))?;
-            let phase: &str = row.try_get(1).map_err(self.sql(context))?;
-            let reason: Option<&str> = row.try_get(2).map_err(self.sql(context))?;
-            tally.add(JobVerdict {
-                phase: JobPhase::from_str(phase).map_err(|e| corrupt(e.to_string()))?,
-                reason: reason
-                    .map(JobReason::from_str)
-                    .transpose()
-                    .map_err(|e| corrupt(e.to_string()))?,
-                continue_on_error: may_fail.contains(id),
-            });
+/// A [`RoundChange`] the write owns (it may run on the blocking pool).
+#[derive(Debug)]
+struct OwnedRoundChange {
+    rerun: Vec<String>,
+    reset_lost: bool,
+    owner_was: Option<(Option<i64>, Option<i64>)>,
+    /// Id and log path.
+    added: Vec<(String, String)>,
+    removed: Vec<String>,
+    spec: Option<(String, String, Vec<String>)>,
+}
+
+impl From<&RoundChange<'_>> for OwnedRoundChange {
+    fn from(change: &RoundChange<'_>) -> Self {
+        let strings = |jobs: &[&str]| jobs.iter().map(|j| (*j).to_owned()).collect::<Vec<_>>();
+        OwnedRoundChange {
+            rerun: strings(change.rerun),
+            reset_lost: change.reset_lost,
+            owner_was: change.owner_was,
+            added: change
+                .added
+                .iter()
+                .map(|j| (j.id.as_str().to_owned(), j.log_path.to_owned()))
+                .collect(),
+            removed: strings(change.removed),
+            spec: change
+                .spec
+                .map(|(json, hash, order)| (json.to_owned(), hash.to_owned(), strings(order))),
         }
-        drop(rows);
-        let (phase, reason) = tally.finish();
-        let done = sqlx::query(
+    }
+}
+
+fn owned_set(jobs: &[&str]) -> HashSet<String> {
+    jobs.iter().map(|j| (*j).to_owned()).collect()
+}
+
+/// The transaction of [`SqliteStore::begin_round`]. `owner` is pid, host and start time.
+fn begin_round(
+    tx: &Immediate<'_>,
+    run: RunId,
+    change: &OwnedRoundChange,
+    owner: &(i64, String, Option<i64>),
+    now: &str,
+) -> rusqlite::Result<Result<i64, StoreError>> {
+    let (check_owner, pid_was, start_was) = match change.owner_was {
+        Some((pid, start)) => (true, pid, start),
+        None => (false, None, None),
+    };
+    let round: Option<i64> = tx
+        .prepare_cached(
+            "UPDATE runs SET phase = 'Running', reason = NULL, rounds = rounds + 1, \
+             finished_at = NULL, owner_pid = ?, owner_host = ?, owner_start_time = ? \
+             WHERE id = ? AND (NOT ? OR (owner_pid IS ? AND owner_start_time IS ?)) \
+             RETURNING rounds",
+        )?
+        .query_row(
+            rusqlite::params![
+                owner.0,
+                owner.1,
+                owner.2,
+                run,
+                check_owner,
+                pid_was,
+                start_was
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(round) = round else {
+        let exists: Option<i64> = tx
+            .prepare_cached("SELECT id FROM runs WHERE id = ?")?
+            .query_row([run], |row| row.get(0))
+            .optional()?;
+        return Ok(Err(match exists {
+            Some(_) => StoreError::TakenOver { run },
+            None => StoreError::NotFound {
+                what: format!("run {run}"),
+            },
+        }));
+    };
+    for job in &change.removed {
+        let previous: Option<(String, i64)> = tx
+            .prepare_cached("SELECT phase, attempts FROM jobs WHERE run_id = ? AND job_id = ?")?
+            .query_row(rusqlite::params![run, job], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?;
+        let Some((phase, attempts)) = previous else {
+            return Ok(Err(job_not_found(run, job)));
+        };
+        // Attempts first: they refer to the job's row.
+        for table in [
+            "DELETE FROM attempts WHERE run_id = ? AND job_id = ?",
+            "DELETE FROM jobs WHERE run_id = ? AND job_id = ?",
+        ] {
+            tx.prepare_cached(table)?
+                .execute(rusqlite::params![run, job])?;
+        }
+        let detail =
+            serde_json::json!({ "previousPhase": phase, "attempts": attempts }).to_string();
+        let event = Event {
+            job,
+            kind: EVENT_JOB_REMOVED,
+            reason: "not in the new spec",
+            actor: None,
+            detail: &detail,
+        };
+        insert_event(tx, run, &event, now)?;
+    }
+    for (job, log_path) in &change.added {
+        tx.prepare_cached(
+            "INSERT INTO jobs (run_id, job_id, position, phase, log_path) \
+             VALUES (?1, ?2, (SELECT coalesce(max(position), -1) + 1 FROM jobs WHERE run_id = ?1), \
+             'Pending', ?3)",
+        )?
+        .execute(rusqlite::params![run, job, log_path])?;
+    }
+    if let Some((spec_json, spec_hash, order)) = &change.spec {
+        tx.prepare_cached("UPDATE runs SET spec_json = ?, spec_hash = ? WHERE id = ?")?
+            .execute(rusqlite::params![spec_json, spec_hash, run])?;
+        for (position, job) in order.iter().enumerate() {
+            tx.prepare_cached("UPDATE jobs SET position = ? WHERE run_id = ? AND job_id = ?")?
+                .execute(rusqlite::params![saturating_i64(position as u64), run, job])?;
+        }
+    }
+    for job in &change.rerun {
+        let changed = tx
+            .prepare_cached(
+                "UPDATE jobs SET phase = 'Pending', reason = NULL, attempts = 0, \
+                 exit_code = NULL, started_at = NULL, finished_at = NULL, message = NULL, \
+                 lost = CASE WHEN ? THEN 0 ELSE lost END \
+                 WHERE run_id = ? AND job_id = ?",
+            )?
+            .execute(rusqlite::params![change.reset_lost, run, job])?;
+        if changed == 0 {
+            return Ok(Err(job_not_found(run, job)));
+        }
+    }
+    Ok(Ok(round))
+}
+
+/// Sets the run's phase and reason to the verdict of its jobs, and its finish time if it has
+/// none.
+fn settle_verdict(
+    tx: &Immediate<'_>,
+    run: RunId,
+    may_fail: &HashSet<String>,
+    now: &str,
+    path: &Path,
+) -> rusqlite::Result<Result<(RunPhase, RunReason), StoreError>> {
+    // Folded row by row: a 10,000-job run's rows are never all in memory at once.
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let mut tally = Tally::default();
+    let mut select =
+        tx.prepare_cached("SELECT job_id, phase, reason FROM jobs WHERE run_id = ?")?;
+    let mut rows = select.query([run])?;
+    while let Some(row) = rows.next()? {
+        let id = row.get_ref(0)?.as_str()?;
+        let phase = row.get_ref(1)?.as_str()?;
+        let reason = row.get_ref(2)?.as_str_or_null()?;
+        let phase = match JobPhase::from_str(phase) {
+            Ok(phase) => phase,
+            Err(e) => return Ok(Err(corrupt(e.to_string()))),
+        };
+        let reason = match reason.map(JobReason::from_str).transpose() {
+            Ok(reason) => reason,
+            Err(e) => return Ok(Err(corrupt(e.to_string()))),
+        };
+        tally.add(JobVerdict {
+            phase,
+            reason,
+            continue_on_error: may_fail.contains(id),
+        });
+    }
+    drop(rows);
+    drop(select);
+    let (phase, reason) = tally.finish();
+    let changed = tx
+        .prepare_cached(
             "UPDATE runs SET phase = ?, reason = ?, finished_at = coalesce(finished_at, ?) \
              WHERE id = ?",
-        )
-        .bind(phase.as_str())
-        .bind(reason.as_str())
-        .bind(now)
-        .bind(run)
-        .execute(&mut **tx)
-        .await
-        .map_err(self.sql(context))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: format!("run {run}"),
-            });
-        }
-        Ok((phase, reason))
+        )?
+        .execute(rusqlite::params![phase.as_str(), reason.as_str(), now, run])?;
+    if changed == 0 {
+        return Ok(Err(StoreError::NotFound {
+            what: format!("run {run}"),
+        }));
     }
+    Ok(Ok((phase, reason)))
 }
 
 /// One audit event of a job.
@@ -360,24 +363,24 @@ struct Event<'a> {
     detail: &'a str,
 }
 
-async fn insert_event(
-    tx: &mut Transaction<'_, Sqlite>,
+fn insert_event(
+    tx: &Immediate<'_>,
     run: RunId,
     event: &Event<'_>,
     at: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
         "INSERT INTO events (run_id, job_id, kind, reason, actor, at, detail) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(run)
-    .bind(event.job)
-    .bind(event.kind)
-    .bind(event.reason)
-    .bind(event.actor)
-    .bind(at)
-    .bind(event.detail)
-    .execute(&mut **tx)
-    .await
+    )?
+    .execute(rusqlite::params![
+        run,
+        event.job,
+        event.kind,
+        event.reason,
+        event.actor,
+        at,
+        event.detail
+    ])
     .map(drop)
 }

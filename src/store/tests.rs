@@ -96,6 +96,11 @@ async fn open_creates_private_folder_and_file() {
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(store.path(), dir.join(DB_FILE));
     assert_eq!(mode(store.path()), 0o600);
+    // The WAL exists while a connection that wrote is open.
+    store
+        .observe_pipeline("p", "hash", "p.yaml")
+        .await
+        .expect("write");
     let wal = sqlite::open::sibling(store.path(), "-wal");
     assert_eq!(
         mode(&wal),

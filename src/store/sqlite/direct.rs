@@ -91,6 +91,36 @@ impl DirectWriter {
             Err(Failure::Failed(error)) => return Err(error),
             Err(Failure::Busy(_)) => {}
         }
+        self.slow(slot, context, write).await
+    }
+
+    /// Runs `write` on the blocking pool once the connection is free, waiting for SQLite's write
+    /// lock with the busy timeout: for the long writes (a prune, a vacuum) that must not hold up
+    /// the async runtime's thread even when the lock is free.
+    pub(in crate::store) async fn run_blocking<T, F>(
+        self: &Arc<Self>,
+        context: &'static str,
+        write: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let slot = Arc::clone(&self.slot).lock_owned().await;
+        self.slow(slot, context, write).await
+    }
+
+    /// The slow path: `write` on the blocking pool, keeping the connection until it is done.
+    async fn slow<T, F>(
+        self: &Arc<Self>,
+        mut slot: tokio::sync::OwnedMutexGuard<Slot>,
+        context: &'static str,
+        write: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
         let this = Arc::clone(self);
         let slow = tokio::task::spawn_blocking(move || {
             match this.attempt(&mut slot, context, this.busy_timeout, &write) {

@@ -1,8 +1,8 @@
 //! How [`RunId`] and [`AttemptId`] go in and out of SQLite columns through sqlx: as the INTEGER
 //! row ids they are; and [`PipelineName`] and [`JobId`]: as TEXT, checked again when read (a
 //! name that breaks the rules means the file is not what we wrote). The ids themselves belong to
-//! `status`, the names to `spec`; the direct writer (rusqlite) binds their bare number with
-//! `.get()` and their text with `.as_str()`.
+//! `status`, the names to `spec`. The direct writer (rusqlite) binds the ids as their numbers
+//! (`ToSql` below) and the names by their text (`.as_str()`).
 
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
@@ -45,6 +45,19 @@ macro_rules! id_column {
 
 id_column!(RunId);
 id_column!(AttemptId);
+
+macro_rules! id_param {
+    ($name:ident) => {
+        impl rusqlite::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.get().into())
+            }
+        }
+    };
+}
+
+id_param!(RunId);
+id_param!(AttemptId);
 
 macro_rules! name_column {
     ($name:ident) => {

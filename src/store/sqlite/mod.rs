@@ -1,13 +1,14 @@
 //! The SQLite backend of the store (the default): the state database is one file in the state
 //! folder, `executioner.db`.
 //!
-//! Reads go through a small pool; writes through one dedicated connection per process (SQLite admits
-//! one writer at a time anyway), except the engine's per-turn transaction ([`Store::commit`]), which
-//! has a second connection of its own, used synchronously (see `direct.rs`): it is on every job's
-//! critical path, and a hop to sqlx's worker thread and back cost more than SQLite's own work.
-//! Writes that touch several rows run in one `BEGIN IMMEDIATE` transaction: the write lock is taken
-//! up front, so concurrent processes wait on the busy timeout instead of failing with "database is
-//! locked". SQL text is constant so the statement caches keep it prepared. Times are stored as
+//! Reads go through a small sqlx pool (in WAL mode they never wait for a writer). Every write goes
+//! through one connection per process, the direct writer (`direct.rs`, rusqlite, used on the
+//! caller's thread when SQLite's write lock is free): the engine's per-turn transaction
+//! ([`Store::commit`]) is on every job's critical path, and a hop to sqlx's worker thread and back
+//! cost more than SQLite's own work; the other writes share the connection, so no two connections
+//! of one process contend for the lock. Each write is one `BEGIN IMMEDIATE` transaction: the write
+//! lock is taken up front, so concurrent processes wait on the busy timeout instead of failing
+//! with "database is locked". SQL text is constant so the statement caches keep it prepared. Times are stored as
 //! RFC 3339 UTC strings with milliseconds.
 //!
 //! The SQL of each concern sits beside its types one level up (`store/rounds.rs`, `outbox.rs`, ...);
@@ -24,12 +25,24 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use sqlx::query::Query;
-use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteRow};
-use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use rusqlite::OptionalExtension;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::{Mutex, MutexGuard};
+
+use direct::Immediate;
+
+/// The parameters of a write, owned: the write may run on the blocking pool.
+pub(super) type Params = Vec<Box<dyn rusqlite::ToSql + Send + Sync>>;
+
+/// `owned_params![a, b]`: [`Params`] from owned values.
+macro_rules! owned_params {
+    ($($param:expr),* $(,)?) => {
+        vec![$(Box::new($param) as Box<dyn rusqlite::ToSql + Send + Sync>),*]
+    };
+}
+pub(crate) use owned_params;
 
 use super::{
     AttemptEnd, AttemptId, AttemptRow, Batch, Durability, EventRow, JobRow, NewRun, RunId, RunRow,
@@ -43,12 +56,7 @@ use crate::status::{JobPhase, JobReason};
 pub(super) struct SqliteStore {
     /// Readers: in WAL mode they never wait for a writer.
     pub(super) pool: SqlitePool,
-    /// The one connection this process writes through. SQLite admits one writer at a time anyway,
-    /// and a dedicated connection spares the engine's per-attempt writes the pool's acquire and
-    /// release round trips.
-    pub(super) writer: Arc<Mutex<WriterSlot>>,
-    /// A second writer connection, used synchronously for [`SqliteStore::commit`], the engine's
-    /// per-attempt transaction (see `store/direct.rs`).
+    /// The one connection this process writes through (see `direct.rs`).
     pub(super) direct: Arc<direct::DirectWriter>,
     pub(super) path: Arc<Path>,
     /// Names this database among others on the machine (see [`SqliteStore::identity`]).
@@ -89,11 +97,6 @@ impl SqliteStore {
         Ok(SqliteStore {
             direct: Arc::new(direct),
             pool: opened.pool,
-            writer: Arc::new(Mutex::new(WriterSlot {
-                conn: Some(opened.writer),
-                options: opened.options,
-                closed: false,
-            })),
             path: opened.path.into(),
             identity,
         })
@@ -113,42 +116,23 @@ impl SqliteStore {
     /// Closes every connection (of every clone of this handle: their later calls fail); the last
     /// connection to the file checkpoints it and removes the WAL.
     pub async fn close(self) {
-        let writer = {
-            let mut slot = self.writer.lock().await;
-            slot.closed = true;
-            slot.conn.take()
-        };
         self.direct.close().await;
-        if let Some(conn) = writer {
-            // Nothing is left to commit; a failure to close cleanly loses nothing.
-            let _ = conn.close().await;
-        }
         self.pool.close().await;
     }
 
     pub async fn create_run(&self, new: &NewRun<'_>) -> Result<RunId, StoreError> {
-        let context = "creating a run";
         let now = timestamp(OffsetDateTime::now_utc());
-        let mut writing = self.writing(context).await?;
-        let mut tx = writing.begin(context).await?;
-        let run = sqlx::query(
-            "INSERT INTO runs (pipeline, generation, spec_json, spec_hash, phase, rounds, \
-             owner_pid, owner_host, owner_start_time, created_at, started_at) \
-             VALUES (?, ?, ?, ?, 'Running', 1, ?, ?, ?, ?, ?)",
-        )
-        .bind(new.pipeline)
-        .bind(new.generation)
-        .bind(new.spec_json)
-        .bind(new.spec_hash)
-        .bind(i64::from(new.owner.pid))
-        .bind(new.owner.host.as_str())
-        .bind(new.owner.start_time.map(saturating_i64))
-        .bind(&now)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await
-        .map_err(self.sql(context))?
-        .last_insert_rowid();
+        let run = owned_params![
+            new.pipeline.as_str().to_owned(),
+            new.generation,
+            new.spec_json.to_owned(),
+            new.spec_hash.to_owned(),
+            i64::from(new.owner.pid),
+            new.owner.host.clone(),
+            new.owner.start_time.map(saturating_i64),
+            now.clone(),
+            now,
+        ];
         // Every job in one statement: a JSON array of [id, log path], its index the position.
         let jobs: Vec<(&str, &str)> = new
             .jobs
@@ -156,19 +140,25 @@ impl SqliteStore {
             .map(|j| (j.id.as_str(), j.log_path))
             .collect();
         let jobs = serde_json::to_string(&jobs).unwrap_or_else(|_| "[]".to_owned());
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (run_id, job_id, position, phase, log_path) \
-             SELECT ?, j.value ->> 0, j.key, 'Pending', j.value ->> 1 FROM json_each(?) AS j",
-        )
-        .bind(run)
-        .bind(jobs)
-        .execute(&mut *tx)
+        let count = new.jobs.len();
+        self.write("creating a run", move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO runs (pipeline, generation, spec_json, spec_hash, phase, rounds, \
+                 owner_pid, owner_host, owner_start_time, created_at, started_at) \
+                 VALUES (?, ?, ?, ?, 'Running', 1, ?, ?, ?, ?, ?)",
+            )?
+            .execute(rusqlite::params_from_iter(run.iter()))?;
+            let run = tx.last_insert_rowid();
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO jobs (run_id, job_id, position, phase, log_path) \
+                     SELECT ?, j.value ->> 0, j.key, 'Pending', j.value ->> 1 FROM json_each(?) AS j",
+                )?
+                .execute(rusqlite::params![run, jobs])?;
+            debug_assert_eq!(inserted, count);
+            Ok(Ok(RunId::from(run)))
+        })
         .await
-        .map_err(self.sql(context))?;
-        debug_assert_eq!(inserted.rows_affected(), new.jobs.len() as u64);
-        tx.commit().await.map_err(self.sql(context))?;
-        writing.release();
-        Ok(RunId::from(run))
     }
 
     /// Sets a job's phase, reason and message (see [`Batch::set_job`]), in a transaction of its own.
@@ -317,37 +307,29 @@ impl SqliteStore {
     /// finished now), and its job gets `lost + 1` and phase Lost. Attempts that already ended are
     /// left alone, so calling this twice counts a loss once.
     pub async fn mark_lost(&self, attempts: &[AttemptId]) -> Result<(), StoreError> {
-        let context = "recording lost attempts";
         let now = timestamp(OffsetDateTime::now_utc());
-        let mut writing = self.writing(context).await?;
-        let mut tx = writing.begin(context).await?;
-        for attempt in attempts {
-            let job = sqlx::query(
-                "UPDATE attempts SET phase = 'Lost', reason = 'Lost', finished_at = ? \
-                 WHERE id = ? AND phase = 'Running' RETURNING run_id, job_id",
-            )
-            .bind(&now)
-            .bind(attempt)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(self.sql(context))?;
-            let Some(job) = job else { continue };
-            let run: RunId = job.try_get(0).map_err(self.sql(context))?;
-            let job: String = job.try_get(1).map_err(self.sql(context))?;
-            sqlx::query(
-                "UPDATE jobs SET phase = 'Lost', reason = 'Lost', lost = lost + 1, \
-                 finished_at = ? WHERE run_id = ? AND job_id = ?",
-            )
-            .bind(&now)
-            .bind(run)
-            .bind(job)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.sql(context))?;
-        }
-        tx.commit().await.map_err(self.sql(context))?;
-        writing.release();
-        Ok(())
+        let attempts: Vec<i64> = attempts.iter().map(|a| a.get()).collect();
+        self.write("recording lost attempts", move |tx| {
+            for attempt in &attempts {
+                let job: Option<(i64, String)> = tx
+                    .prepare_cached(
+                        "UPDATE attempts SET phase = 'Lost', reason = 'Lost', finished_at = ? \
+                         WHERE id = ? AND phase = 'Running' RETURNING run_id, job_id",
+                    )?
+                    .query_row(rusqlite::params![now, attempt], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .optional()?;
+                let Some((run, job)) = job else { continue };
+                tx.prepare_cached(
+                    "UPDATE jobs SET phase = 'Lost', reason = 'Lost', lost = lost + 1, \
+                     finished_at = ? WHERE run_id = ? AND job_id = ?",
+                )?
+                .execute(rusqlite::params![now, run, job])?;
+            }
+            Ok(Ok(()))
+        })
+        .await
     }
 
     /// A run's audit events, oldest first.
@@ -377,59 +359,70 @@ impl SqliteStore {
             .collect()
     }
 
-    /// Takes the writer connection (reconnecting if the last write lost it).
-    pub(super) async fn writing(&self, context: &'static str) -> Result<Writing<'_>, StoreError> {
-        let mut slot = self.writer.lock().await;
-        if slot.closed {
-            return Err(closed(context));
-        }
-        let conn = match slot.conn.take() {
-            Some(conn) => conn,
-            None => slot.options.connect().await.map_err(self.sql(context))?,
-        };
-        Ok(Writing {
-            slot,
-            conn,
-            path: &self.path,
+    /// Runs `write` in one `BEGIN IMMEDIATE` transaction on the direct writer, the one connection
+    /// this process writes through (see `direct.rs`): committed when `write` returns `Ok(Ok(_))`,
+    /// rolled back when it returns an error of either kind. `write` may run more than once (a
+    /// first try that found the write lock busy wrote nothing), so it must only read what it
+    /// captured.
+    pub(super) async fn write<T, F>(&self, context: &'static str, write: F) -> Result<T, StoreError>
+    where
+        F: Fn(&Immediate<'_>) -> rusqlite::Result<Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.direct
+            .run(context, move |conn| transaction(conn, &write))
+            .await?
+    }
+
+    /// [`SqliteStore::write`] on the blocking pool (see `DirectWriter::run_blocking`).
+    pub(super) async fn write_blocking<T, F>(
+        &self,
+        context: &'static str,
+        write: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn(&Immediate<'_>) -> rusqlite::Result<Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.direct
+            .run_blocking(context, move |conn| transaction(conn, &write))
+            .await?
+    }
+
+    /// Runs one statement in a transaction of its own; returns the number of rows it changed.
+    pub(super) async fn execute(
+        &self,
+        context: &'static str,
+        sql: &'static str,
+        params: Params,
+    ) -> Result<usize, StoreError> {
+        self.write(context, move |tx| {
+            let changed = tx
+                .prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(params.iter()))?;
+            Ok(Ok(changed))
         })
+        .await
     }
 
-    /// Runs one statement on the writer (autocommit: a single statement is its own transaction, and
-    /// SQLite waits for the write lock with the busy timeout). Returns the number of rows changed.
-    pub(super) async fn write_one(
+    /// Runs one statement with a `RETURNING` of one integer column in a transaction of its own;
+    /// returns the value of its first row, if any.
+    pub(super) async fn execute_returning(
         &self,
-        query: Query<'_, Sqlite, SqliteArguments>,
         context: &'static str,
-    ) -> Result<u64, StoreError> {
-        let mut writing = self.writing(context).await?;
-        let done = query
-            .execute(&mut writing.conn)
-            .await
-            .map_err(self.sql(context))?;
-        writing.release();
-        Ok(done.rows_affected())
-    }
-
-    /// Runs a write transaction written as one script, `BEGIN IMMEDIATE; ...; COMMIT;`, in a
-    /// single round trip to the connection's worker thread (the engine makes these calls for every
-    /// attempt, and each round trip costs tens of microseconds). Returns the rows of its RETURNING
-    /// clauses. A script that fails or is cancelled before its COMMIT loses the connection, which
-    /// rolls the transaction back (see [`Writing`]). A cancelled call's outcome is unknown until
-    /// the next write: the dropped connection's worker thread finishes the statement it is running
-    /// (which may be the COMMIT), but it holds the write lock since its BEGIN IMMEDIATE, so every
-    /// later write is ordered after it.
-    pub(super) async fn write_script(
-        &self,
-        query: Query<'_, Sqlite, SqliteArguments>,
-        context: &'static str,
-    ) -> Result<Vec<SqliteRow>, StoreError> {
-        let mut writing = self.writing(context).await?;
-        let rows = query
-            .fetch_all(&mut writing.conn)
-            .await
-            .map_err(self.sql(context))?;
-        writing.release();
-        Ok(rows)
+        sql: &'static str,
+        params: Params,
+    ) -> Result<Option<i64>, StoreError> {
+        self.write(context, move |tx| {
+            let mut statement = tx.prepare_cached(sql)?;
+            let mut rows = statement.query(rusqlite::params_from_iter(params.iter()))?;
+            let value = match rows.next()? {
+                Some(row) => Some(row.get(0)?),
+                None => None,
+            };
+            Ok(Ok(value))
+        })
+        .await
     }
 
     pub(super) fn sql(&self, context: &'static str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
@@ -500,41 +493,19 @@ impl SqliteStore {
     }
 }
 
-/// The writer connection, or none after a write lost it.
-#[derive(Debug)]
-pub(super) struct WriterSlot {
-    conn: Option<SqliteConnection>,
-    options: SqliteConnectOptions,
-    /// Set by [`SqliteStore::close`]: no reconnecting after that.
-    closed: bool,
-}
-
-/// A write in progress on the writer connection, taken out of its slot. [`Writing::release`] puts it
-/// back once the write has committed. Dropped instead (an error, a cancelled call), it closes the
-/// connection, which makes SQLite roll back whatever was left uncommitted, so no open transaction
-/// can leak into the next write; that write reconnects.
-pub(super) struct Writing<'a> {
-    pub(super) slot: MutexGuard<'a, WriterSlot>,
-    pub(super) conn: SqliteConnection,
-    pub(super) path: &'a Path,
-}
-
-impl Writing<'_> {
-    /// `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction that read first
-    /// could not wait for the lock later and would fail with "database is locked".
-    pub(super) async fn begin(
-        &mut self,
-        context: &'static str,
-    ) -> Result<Transaction<'_, Sqlite>, StoreError> {
-        self.conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(sql_error(self.path, context))
-    }
-
-    pub(super) fn release(self) {
-        let Writing { mut slot, conn, .. } = self;
-        slot.conn = Some(conn);
+/// `write` in one `BEGIN IMMEDIATE` transaction: committed on `Ok(Ok(_))`, else rolled back.
+fn transaction<T>(
+    conn: &rusqlite::Connection,
+    write: &impl Fn(&Immediate<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+) -> rusqlite::Result<Result<T, StoreError>> {
+    let tx = Immediate::begin(conn)?;
+    match write(&tx)? {
+        Ok(value) => {
+            tx.commit()?;
+            Ok(Ok(value))
+        }
+        // Dropping the transaction rolls it back.
+        Err(error) => Ok(Err(error)),
     }
 }
 

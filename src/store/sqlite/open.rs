@@ -34,13 +34,10 @@ pub(in crate::store) struct Opened {
     pub(in crate::store) path: PathBuf,
     /// Readers, connected on demand.
     pub(in crate::store) pool: SqlitePool,
-    pub(in crate::store) writer: SqliteConnection,
-    /// To reconnect the writer.
-    pub(in crate::store) options: SqliteConnectOptions,
 }
 
 /// Creates or checks the state folder and the database file, verifies an existing database, and
-/// returns it migrated.
+/// returns it migrated (through a connection of its own, closed when done).
 pub(in crate::store) async fn open(
     state_dir: &Path,
     durability: Durability,
@@ -80,13 +77,11 @@ pub(in crate::store) async fn open(
         // A ping per acquire would double the cost of small reads; a broken connection shows up
         // as an error on the statement itself anyway.
         .test_before_acquire(false)
-        .connect_lazy_with(options.clone());
-    Ok(Opened {
-        path,
-        pool,
-        writer,
-        options,
-    })
+        .connect_lazy_with(options);
+    // From here on every write goes through the direct writer; this connection only prepared the
+    // file. Failing to close it cleanly loses nothing.
+    let _ = writer.close().await;
+    Ok(Opened { path, pool })
 }
 
 /// The state folder: created 0700, or refused when others could write into it (and so replace the
