@@ -66,6 +66,27 @@ impl Served {
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// Waits until the job `job` of `run` is `phase`.
+    fn wait_job(&self, run: i64, job: &str, phase: &str) {
+        let mut last = Value::Null;
+        let start = Instant::now();
+        loop {
+            let detail = get_json(self.addr, &format!("/api/v1/runs/{run}"));
+            let jobs = detail["jobs"].as_array().unwrap();
+            if let Some(j) = jobs.iter().find(|j| j["id"] == job) {
+                if j["phase"] == phase {
+                    return;
+                }
+                last = j.clone();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{job} of run {run} never {phase}: {last}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Served {
@@ -106,6 +127,8 @@ struct Reader {
     stream: TcpStream,
     raw: Vec<u8>,
     chunked: bool,
+    /// The body's length when the head gave it (a server may keep the connection open after).
+    length: Option<usize>,
     body: Vec<u8>,
     eof: bool,
 }
@@ -117,20 +140,40 @@ impl Reader {
         target: &str,
         headers: &[(&str, &str)],
     ) -> (Reader, u16, Vec<(String, String)>) {
+        Reader::send(addr, "GET", target, headers, None)
+    }
+
+    /// Sends a request (a JSON `body` if any) and reads the response head.
+    fn send(
+        addr: SocketAddr,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (Reader, u16, Vec<(String, String)>) {
         let mut stream = TcpStream::connect(addr).unwrap();
         stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
+            .set_read_timeout(Some(Duration::from_secs(120)))
             .unwrap();
-        let mut head = format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+        let mut head =
+            format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
+        if let Some(body) = body {
+            head.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
         head.push_str("\r\n");
+        head.push_str(body.unwrap_or_default());
         stream.write_all(head.as_bytes()).unwrap();
         let mut reader = Reader {
             stream,
             raw: Vec::new(),
             chunked: false,
+            length: None,
             body: Vec::new(),
             eof: false,
         };
@@ -155,6 +198,10 @@ impl Reader {
         reader.chunked = headers
             .iter()
             .any(|(k, v)| k == "transfer-encoding" && v == "chunked");
+        reader.length = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok());
         (reader, status, headers)
     }
 
@@ -191,7 +238,12 @@ impl Reader {
     }
 
     fn read_all(mut self) -> String {
-        while self.fill() {}
+        loop {
+            self.decode();
+            if self.length.is_some_and(|n| self.body.len() >= n) || !self.fill() {
+                break;
+            }
+        }
         self.decode();
         text(&self.body)
     }
@@ -382,4 +434,401 @@ fn a_jobs_log_streams_line_by_line_resumes_from_an_offset_and_ends_with_the_phas
         let body: Value = serde_json::from_str(&answer.body).unwrap();
         assert!(body["error"].is_string(), "{body}");
     }
+}
+
+/// A pipeline `live` whose job `talk` (its description holds HTML) writes a first line, waits
+/// for the file `go` in the workspace, writes a line with HTML in it and another, lasts a
+/// second more and writes a last one; `after` waits for it.
+fn live_pipeline(ws: &Workspace) {
+    let go = ws.path().join("go");
+    let jobs = format!(
+        "    - id: talk\n      description: \"<img src=x onerror=alert(2)> talks\"\n      command: |\n        echo first\n        while [ ! -e {go} ]; do sleep 0.05; done\n        echo '<script>alert(1)</script>'\n        echo 'second line'\n        sleep 1\n        printf last\n    - id: after\n      command: echo done\n      dependencies: [talk]\n",
+        go = go.display()
+    );
+    ws.write("manifests/live.yaml", &manifest("live", "", &jobs));
+}
+
+#[test]
+fn pages_render_names_labels_and_log_lines_as_text() {
+    let ws = Workspace::new();
+    live_pipeline(&ws);
+    let served = Served::start(&ws);
+    let run = latest_run(served.addr, "live");
+    served.wait_job(run, "talk", "Running");
+
+    let page = get(served.addr, &format!("/runs/{run}?job=talk"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(
+        page.header("content-security-policy")
+            .is_some_and(|c| c.contains("script-src 'self'")),
+        "{:?}",
+        page.headers
+    );
+    let body = &page.body;
+    // The only script is the page's own; the label is text in the picture's <title>.
+    assert_eq!(body.matches("<script").count(), 1, "{body}");
+    assert!(body.contains(r#"<script src="/assets/ui.js" defer></script>"#));
+    assert!(!body.contains("<img src=x"), "{body}");
+    assert!(
+        body.contains("&lt;img src=x onerror=alert(2)&gt; talks"),
+        "{body}"
+    );
+    assert!(body.contains(r#"class="job phase-Running""#), "{body}");
+    assert!(body.contains(&format!(
+        r#"data-stream="/api/v1/runs/{run}/jobs/talk/log/stream""#
+    )));
+
+    std::fs::write(ws.path().join("go"), "").unwrap();
+    served.wait_job(run, "talk", "Succeeded");
+    let page = get(served.addr, &format!("/runs/{run}?job=talk"));
+    assert_eq!(page.body.matches("<script").count(), 1, "{}", page.body);
+    assert!(
+        page.body
+            .contains("&lt;script&gt;alert(1)&lt;/script&gt;\nsecond line\nlast")
+    );
+    assert!(
+        !page.body.contains("data-stream"),
+        "a finished job's log is not followed"
+    );
+
+    for target in [
+        "/".to_owned(),
+        "/pipelines/live".to_owned(),
+        format!("/runs/{run}"),
+    ] {
+        let page = get(served.addr, &target);
+        assert_eq!(page.status, 200, "{target}: {}", page.body);
+        assert_eq!(page.body.matches("<script").count(), 1, "{target}");
+    }
+    // A hostile id is refused, on a page that names it as text.
+    for (target, status) in [
+        (format!("/runs/{run}?job=%3Cscript%3E"), 400),
+        (format!("/runs/{run}?job=nope"), 404),
+        ("/runs/%3Cscript%3E".to_owned(), 400),
+        ("/pipelines/%3Cscript%3Ex".to_owned(), 400),
+        ("/pipelines/nope".to_owned(), 404),
+        ("/runs/99999".to_owned(), 404),
+    ] {
+        let page = get(served.addr, &target);
+        assert_eq!(page.status, status, "{target}: {}", page.body);
+        assert_eq!(
+            page.header("content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        assert_eq!(
+            page.body.matches("<script").count(),
+            1,
+            "{target}: {}",
+            page.body
+        );
+    }
+    let css = get(served.addr, "/assets/ui.css");
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Headless Chromium through WebDriver.
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// Whether the browser is there; when not, under `EXECUTIONER_CI=1` the test fails, else it
+/// says how to install it and is skipped.
+fn browser_installed() -> bool {
+    if std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists() {
+        return true;
+    }
+    let hint = "headless Chromium is needed: apt-get install chromium chromium-driver";
+    assert!(
+        std::env::var_os("EXECUTIONER_CI").is_none_or(|v| v != "1"),
+        "{hint}"
+    );
+    eprintln!("skipped: {hint}");
+    false
+}
+
+/// A chromedriver process and one browser session of it, both ended when dropped.
+struct Browser {
+    driver: Child,
+    addr: SocketAddr,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_until(Duration::from_secs(30), || TcpStream::connect(addr).is_ok());
+        let profile = tempfile::tempdir().unwrap();
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,900",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([format!("--user-data-dir={}", profile.path().display())])
+        .collect::<Vec<_>>();
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+            "goog:loggingPrefs": {"browser": "ALL"},
+        }}});
+        let mut browser = Browser {
+            driver,
+            addr,
+            session: String::new(),
+            _profile: profile,
+        };
+        let answer = browser.command("POST", "/session", Some(caps));
+        browser.session = answer["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {answer}"))
+            .to_owned();
+        browser
+    }
+
+    /// One WebDriver command; its `value`.
+    fn command(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let body = body.map(|b| b.to_string());
+        let (reader, status, _) = Reader::send(self.addr, method, path, &[], body.as_deref());
+        let text = reader.read_all();
+        let answer: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"));
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+        answer["value"].clone()
+    }
+
+    fn session(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.command(method, &format!("/session/{}{path}", self.session), body)
+    }
+
+    fn open(&self, url: &str) {
+        self.session("POST", "/url", Some(serde_json::json!({ "url": url })));
+    }
+
+    /// The value of a script's `return`.
+    fn eval(&self, script: &str) -> Value {
+        self.session(
+            "POST",
+            "/execute/sync",
+            Some(serde_json::json!({ "script": script, "args": [] })),
+        )
+    }
+
+    /// Waits until `script` returns true.
+    fn wait_for(&self, what: &str, script: &str) {
+        let start = Instant::now();
+        while self.eval(script) != Value::Bool(true) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "never: {what} ({script})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The errors the page's hook and the browser's console saw.
+    fn errors(&self) -> Vec<String> {
+        let mut errors: Vec<String> = self
+            .eval("return window.executionerErrors || ['ui.js did not run'];")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        let log = self.session(
+            "POST",
+            "/se/log",
+            Some(serde_json::json!({ "type": "browser" })),
+        );
+        for entry in log.as_array().into_iter().flatten() {
+            if entry["level"] == "SEVERE" {
+                errors.push(entry["message"].to_string());
+            }
+        }
+        errors
+    }
+
+    /// Saves a PNG of the window as `DIR/name` when `EXECUTIONER_SCREENSHOTS=DIR` is set.
+    fn screenshot(&self, name: &str) {
+        let Some(dir) = std::env::var_os("EXECUTIONER_SCREENSHOTS") else {
+            return;
+        };
+        let png = base64_decode(self.session("GET", "/screenshot", None).as_str().unwrap());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(std::path::Path::new(&dir).join(name), png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let path = format!("/session/{}", self.session);
+            let _ = Reader::send(self.addr, "DELETE", &path, &[], None)
+                .0
+                .read_all();
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Standard base64 (a screenshot), padding and line breaks ignored.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|c| !matches!(c, b'=' | b'\n' | b'\r'))
+        .map(value)
+        .collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for group in digits.chunks(4) {
+        let mut n = 0u32;
+        for (i, d) in group.iter().enumerate() {
+            n |= u32::from(*d) << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..group.len()]);
+    }
+    out
+}
+
+#[test]
+fn base64_decodes_what_it_should() {
+    assert_eq!(base64_decode("aGVsbG8="), b"hello");
+    assert_eq!(base64_decode("aGk="), b"hi");
+    assert_eq!(base64_decode("YWJj"), b"abc");
+}
+
+/// The text and phase badge of each pipeline row of `/`.
+const PIPELINE_PHASES: &str = "return Object.fromEntries([...document.querySelectorAll('tr[data-pipeline]')].map(r => [r.dataset.pipeline, r.querySelector('.badge').textContent]));";
+
+#[test]
+fn the_pages_in_chromium_show_pipelines_a_coloured_dag_and_a_live_log_line() {
+    if !browser_installed() {
+        return;
+    }
+    let ws = Workspace::new();
+    for sample in ["hello.yaml", "flaky.yaml", "etl.yaml", "heartbeat.yaml"] {
+        std::fs::copy(common::repo().join("manifests").join(sample), {
+            std::fs::create_dir_all(ws.path().join("manifests")).unwrap();
+            ws.path().join("manifests").join(sample)
+        })
+        .unwrap();
+    }
+    live_pipeline(&ws);
+    let served = Served::start(&ws);
+    let run = latest_run(served.addr, "live");
+    served.wait_job(run, "talk", "Running");
+    for (name, phase) in [("hello", "Succeeded"), ("flaky-demo", "Failed")] {
+        let id = latest_run(served.addr, name);
+        wait_until(Duration::from_secs(60), || {
+            get_json(served.addr, &format!("/api/v1/runs/{id}"))["phase"] == phase
+        });
+    }
+    let browser = Browser::start();
+
+    browser.open(&served.url("/"));
+    let phases = browser.eval(PIPELINE_PHASES);
+    assert_eq!(phases["hello"], "Succeeded", "{phases}");
+    assert_eq!(phases["flaky-demo"], "Failed", "{phases}");
+    assert_eq!(phases["live"], "Running", "{phases}");
+    assert!(phases["nightly-etl"].is_string(), "{phases}");
+    let tick = browser
+        .eval("return document.querySelector('tr[data-pipeline=\"heartbeat\"] time').textContent;");
+    assert!(
+        tick.as_str().unwrap().ends_with(":00Z"),
+        "the next tick: {tick}"
+    );
+    browser.wait_for(
+        "the page is live",
+        "return document.getElementById('live-state').textContent === 'live';",
+    );
+    browser.screenshot("pipelines.png");
+    assert_eq!(browser.errors(), Vec::<String>::new());
+
+    browser.open(&served.url("/pipelines/flaky-demo"));
+    let rows = browser.eval("return document.querySelectorAll('tr[data-run]').length;");
+    assert_eq!(rows, 1);
+    browser.screenshot("pipeline.png");
+    assert_eq!(browser.errors(), Vec::<String>::new());
+
+    browser.open(&served.url(&format!("/runs/{run}?job=talk")));
+    let fill = |job: &str| {
+        browser.eval(&format!(
+            "return getComputedStyle(document.querySelector('g[data-job=\"{job}\"] rect')).fill;"
+        ))
+    };
+    assert_eq!(fill("talk"), "rgb(86, 180, 233)", "Running is blue");
+    assert_eq!(fill("after"), "rgb(217, 217, 217)", "Pending is grey");
+    browser.wait_for(
+        "the log holds the first line",
+        "return document.getElementById('log-text').textContent.includes('first\\n');",
+    );
+    // Marks this document: a reload would lose the mark.
+    browser.eval("window.notReloaded = true; return true;");
+    browser.wait_for(
+        "the log stream is open",
+        "return document.getElementById('live-state').textContent === 'live';",
+    );
+    std::fs::write(ws.path().join("go"), "").unwrap();
+    browser.wait_for(
+        "the line written after the page loaded",
+        "return document.getElementById('log-text').textContent.includes('<script>alert(1)</script>\\nsecond line\\n');",
+    );
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('#log-text *').length;"),
+        0,
+        "the log's HTML is text"
+    );
+    browser.screenshot("run.png");
+    browser.wait_for(
+        "the picture turns Succeeded by itself",
+        "return document.querySelector('g[data-job=\"after\"]').classList.contains('phase-Succeeded') && document.getElementById('log-state').textContent === 'Succeeded';",
+    );
+    assert_eq!(fill("talk"), "rgb(0, 158, 115)", "Succeeded is green");
+    assert_eq!(
+        browser.eval("return window.notReloaded === true;"),
+        true,
+        "no reload"
+    );
+    assert!(
+        browser
+            .eval("return document.getElementById('log-text').textContent;")
+            .as_str()
+            .unwrap()
+            .contains("second line\nlast"),
+    );
+    assert_eq!(browser.errors(), Vec::<String>::new());
 }

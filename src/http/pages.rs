@@ -159,6 +159,8 @@ fn layout(title: &str, live: Live<'_>, body: Markup) -> Markup {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                // No icon: without this a browser asks for /favicon.ico (a 404 in its console).
+                link rel="icon" href="data:,";
                 title { (title) " · executioner" }
                 link rel="stylesheet" href="/assets/ui.css";
                 style { (PreEscaped(phase_style())) }
