@@ -420,8 +420,8 @@ fn a_jobs_log_streams_line_by_line_resumes_from_an_offset_and_ends_with_the_phas
     // Validated ids only; unknown ones are JSON 404s.
     for (target, status) in [
         (format!("/api/v1/runs/{run}/jobs/nope/log/stream"), 404),
-        (format!("/api/v1/runs/99999/jobs/talk/log/stream"), 404),
-        (format!("/api/v1/runs/x/jobs/talk/log/stream"), 400),
+        ("/api/v1/runs/99999/jobs/talk/log/stream".to_owned(), 404),
+        ("/api/v1/runs/x/jobs/talk/log/stream".to_owned(), 400),
         (
             format!("/api/v1/runs/{run}/jobs/..%2F..%2Fetc/log/stream"),
             400,
@@ -829,6 +829,66 @@ fn the_pages_in_chromium_show_pipelines_a_coloured_dag_and_a_live_log_line() {
             .as_str()
             .unwrap()
             .contains("second line\nlast"),
+    );
+    assert_eq!(browser.errors(), Vec::<String>::new());
+}
+
+/// The page load of a 1,000-job run (HTML and DAG picture) in Chromium: the median of 5 loads,
+/// navigation start to the load event (`performance.timing`). A measurement, not a check (no
+/// timing assertion): `cargo test --release --test browser page_load -- --ignored --nocapture`
+/// (bench/README.md).
+#[test]
+#[ignore = "a measurement: run it with --ignored --nocapture"]
+fn page_load_of_a_1000_job_run() {
+    if !browser_installed() {
+        return;
+    }
+    let ws = Workspace::new();
+    // 20 layers of 50 jobs, each after two of the layer before.
+    let mut jobs = String::new();
+    for layer in 0..20 {
+        for i in 0..50 {
+            jobs.push_str(&format!(
+                "    - id: j{layer}-{i}\n      command: \"true\"\n"
+            ));
+            if layer > 0 {
+                jobs.push_str(&format!(
+                    "      dependencies: [j{p}-{i}, j{p}-{}]\n",
+                    (i + 7) % 50,
+                    p = layer - 1
+                ));
+            }
+        }
+    }
+    ws.write("manifests/big.yaml", &manifest("big", "", &jobs));
+    let served = Served::start(&ws);
+    let run = latest_run(served.addr, "big");
+    wait_until(Duration::from_secs(600), || {
+        get_json(served.addr, &format!("/api/v1/runs/{run}"))["phase"] == "Succeeded"
+    });
+    let html = get(served.addr, &format!("/runs/{run}"));
+    assert_eq!(html.status, 200);
+    let browser = Browser::start();
+    let mut loads: Vec<f64> = (0..5)
+        .map(|_| {
+            browser.open(&served.url(&format!("/runs/{run}")));
+            browser.wait_for(
+                "the load event",
+                "return performance.timing.loadEventEnd > 0;",
+            );
+            browser
+                .eval(
+                    "return performance.timing.loadEventEnd - performance.timing.navigationStart;",
+                )
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    loads.sort_by(f64::total_cmp);
+    println!(
+        "page load of a 1,000-job run ({} KiB of HTML): median {} ms of {loads:?}",
+        html.body.len() / 1024,
+        loads[2]
     );
     assert_eq!(browser.errors(), Vec::<String>::new());
 }

@@ -304,10 +304,11 @@ async fn pipeline(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, PageError> {
     let name = pipeline_name(&path(name)?)?;
-    if app.store.pipeline(name.as_str()).await?.is_none() {
+    let runs = app.store.runs(Some(name.as_str()), RUNS_LISTED).await?;
+    // A pipeline only ever run in the foreground (`executioner run`) has runs but no row.
+    if runs.is_empty() && app.store.pipeline(name.as_str()).await?.is_none() {
         return Err(ApiError::not_found(format!("pipeline/{name} not found")).into());
     }
-    let runs = app.store.runs(Some(name.as_str()), RUNS_LISTED).await?;
     let mut rows: Vec<(RunView, Option<String>)> = Vec::with_capacity(runs.len());
     for run in &runs {
         let attempts = app.store.attempts(run.id).await?;
