@@ -222,6 +222,7 @@ pub async fn log_stream(
         file: None,
         offset: resume.or(query.from).unwrap_or(0),
         partial: Vec::new(),
+        chunk: vec![0; CHUNK],
         ready: VecDeque::new(),
         check_phase: true,
         since_check: Duration::ZERO,
@@ -247,6 +248,8 @@ struct Follow {
     offset: u64,
     /// The start of a line whose end was not read yet (less than [`CHUNK`] bytes).
     partial: Vec<u8>,
+    /// The buffer each read goes into ([`CHUNK`] bytes, kept for the life of the stream).
+    chunk: Vec<u8>,
     ready: VecDeque<Event>,
     /// A change notice of the run came (or none was looked at yet): read the job's phase.
     check_phase: bool,
@@ -305,40 +308,25 @@ impl Follow {
         let Some(file) = self.file.as_mut() else {
             return 0;
         };
-        let mut chunk = vec![0u8; CHUNK];
-        let n = match file.read(&mut chunk).await {
+        let n = match file.read(&mut self.chunk).await {
             Ok(n) => n,
             Err(_) => return 0,
         };
-        chunk.truncate(n);
-        self.take(&chunk);
+        let chunk = std::mem::take(&mut self.chunk);
+        self.take(&chunk[..n]);
+        self.chunk = chunk;
         n
     }
 
     /// Turns the bytes just read (following `partial`) into one event per complete line.
     fn take(&mut self, bytes: &[u8]) {
-        let mut start_offset = self.offset - self.partial.len() as u64;
+        let start = self.offset - self.partial.len() as u64;
         self.offset += bytes.len() as u64;
         self.partial.extend_from_slice(bytes);
-        let mut rest: &[u8] = &self.partial;
-        let mut events = Vec::new();
-        loop {
-            if let Some(end) = rest.iter().position(|b| *b == b'\n') {
-                start_offset += end as u64 + 1;
-                events.push(line_event(&rest[..end], start_offset));
-                rest = &rest[end + 1..];
-            } else if rest.len() >= CHUNK {
-                // A line longer than a chunk is sent in pieces, cut at a character boundary.
-                let cut = utf8_cut(&rest[..CHUNK]);
-                start_offset += cut as u64;
-                events.push(line_event(&rest[..cut], start_offset));
-                rest = &rest[cut..];
-            } else {
-                break;
-            }
-        }
-        self.partial = rest.to_vec();
-        self.ready.extend(events);
+        let (lines, used) = split_lines(&self.partial, start);
+        self.ready
+            .extend(lines.into_iter().map(|(line, end)| line_event(line, end)));
+        self.partial.drain(..used);
     }
 
     /// The last line of a finished job's log, when it does not end with a newline.
@@ -382,6 +370,28 @@ impl Follow {
     }
 }
 
+/// The complete lines of `bytes` (which start at byte `start` of the file), each with the offset
+/// just after it, and how many bytes they used; a line of [`CHUNK`] bytes or more without its
+/// end yet is cut into pieces of at most [`CHUNK`] bytes at a character boundary.
+fn split_lines(bytes: &[u8], start: u64) -> (Vec<(&[u8], u64)>, usize) {
+    let mut lines = Vec::new();
+    let mut used = 0;
+    loop {
+        let rest = &bytes[used..];
+        let window = &rest[..rest.len().min(CHUNK)];
+        if let Some(end) = window.iter().position(|b| *b == b'\n') {
+            used += end + 1;
+            lines.push((&rest[..end], start + used as u64));
+        } else if rest.len() >= CHUNK {
+            let cut = utf8_cut(&rest[..CHUNK]);
+            used += cut;
+            lines.push((&rest[..cut], start + used as u64));
+        } else {
+            return (lines, used);
+        }
+    }
+}
+
 /// The longest prefix of `bytes` that does not end inside a UTF-8 character (at most 3 bytes
 /// shorter; never empty).
 fn utf8_cut(bytes: &[u8]) -> usize {
@@ -415,6 +425,21 @@ mod tests {
         assert_eq!(utf8_cut(&text[..2]), 1);
         assert_eq!(utf8_cut(text), 3);
         assert_eq!(utf8_cut(b"\xff\xfe"), 2, "invalid bytes are cut anywhere");
+    }
+
+    #[test]
+    fn lines_carry_the_offset_after_them_and_long_ones_come_in_pieces() {
+        let (lines, used) = split_lines(b"ab\ncd\nhalf", 10);
+        assert_eq!(lines, [(&b"ab"[..], 13), (&b"cd"[..], 16)]);
+        assert_eq!(used, 6, "the half line waits for its end");
+
+        let mut long = "é".repeat(CHUNK / 2 + 10).into_bytes();
+        long.push(b'\n');
+        let (lines, used) = split_lines(&long, 0);
+        assert_eq!(used, long.len());
+        assert!(lines.iter().all(|(l, _)| l.len() <= CHUNK));
+        assert!(lines.iter().all(|(l, _)| std::str::from_utf8(l).is_ok()));
+        assert_eq!(lines.last().map(|(_, end)| *end), Some(long.len() as u64));
     }
 
     #[test]
