@@ -23,6 +23,7 @@ pub mod outbox;
 mod outputs;
 mod overlap;
 mod pipelines;
+pub mod postgres;
 pub mod retention;
 mod rounds;
 
@@ -107,6 +108,9 @@ pub enum StoreError {
     /// Another process opened a round of the run first (see [`RoundChange::owner_was`]).
     #[error("run {run} was taken over by another process")]
     TakenOver { run: RunId },
+    /// A PostgreSQL state database that cannot be reached (`database` names it without password).
+    #[error("cannot connect to the state database {database}: {detail}")]
+    Connect { database: String, detail: String },
 }
 
 impl StoreError {
@@ -119,7 +123,8 @@ impl StoreError {
             | StoreError::Sql { .. }
             | StoreError::Direct { .. }
             | StoreError::NotFound { .. }
-            | StoreError::TakenOver { .. } => false,
+            | StoreError::TakenOver { .. }
+            | StoreError::Connect { .. } => false,
         }
     }
 }
