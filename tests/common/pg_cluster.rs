@@ -133,7 +133,9 @@ fn server_user() -> String {
             return name.to_owned();
         }
     }
-    panic!("running as root, but there is neither a `postgres` nor a `nobody` user to run PostgreSQL as")
+    panic!(
+        "running as root, but there is neither a `postgres` nor a `nobody` user to run PostgreSQL as"
+    )
 }
 
 /// Cluster folders whose test binary is gone (its pid file names a dead process).
@@ -188,7 +190,14 @@ impl Cluster {
         initdb
             .arg("-D")
             .arg(&data)
-            .args(["--username", USER, "--auth", "scram-sha-256", "--encoding", "UTF8"])
+            .args([
+                "--username",
+                USER,
+                "--auth",
+                "scram-sha-256",
+                "--encoding",
+                "UTF8",
+            ])
             .args(["--locale", "C", "--no-sync"])
             .arg(format!("--pwfile={}", pwfile.display()))
             .stdout(Stdio::null());
@@ -258,7 +267,10 @@ impl Cluster {
                 .arg("-k")
                 .arg(&self.socket_dir)
                 .args(["-c", "listen_addresses=127.0.0.1"])
-                .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+                // fsync off: a commit still reaches the OS before it returns, so a kill -9 of the
+                // server loses nothing committed (only a power loss would); synchronous_commit
+                // stays on for that reason.
+                .args(["-c", "fsync=off"])
                 .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -129,7 +129,11 @@ impl PgStore {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(&sql)?;
-            let found: HashSet<String> = rows.iter().map(first).collect::<Result<_, _>>().map_err(&sql)?;
+            let found: HashSet<String> = rows
+                .iter()
+                .map(first)
+                .collect::<Result<_, _>>()
+                .map_err(&sql)?;
             missing_job = changes
                 .iter()
                 .find(|c| !found.contains(c.job.as_str()))
@@ -146,7 +150,11 @@ impl PgStore {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(&sql)?;
-            let found: HashSet<i64> = found.iter().map(first).collect::<Result<_, _>>().map_err(&sql)?;
+            let found: HashSet<i64> = found
+                .iter()
+                .map(first)
+                .collect::<Result<_, _>>()
+                .map_err(&sql)?;
             missing_pid = rows
                 .iter()
                 .find(|r| !found.contains(&r.id.get()))
@@ -213,8 +221,16 @@ impl PgStore {
             .bind(ends.iter().map(|e| e.user_time_us).collect::<Vec<_>>())
             .bind(ends.iter().map(|e| e.system_time_us).collect::<Vec<_>>())
             .bind(ends.iter().map(|e| e.max_rss_kib).collect::<Vec<_>>())
-            .bind(ends.iter().map(|e| e.max_rss_upper_bound).collect::<Vec<_>>())
-            .bind(ends.iter().map(|e| e.message.as_deref()).collect::<Vec<_>>())
+            .bind(
+                ends.iter()
+                    .map(|e| e.max_rss_upper_bound)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                ends.iter()
+                    .map(|e| e.message.as_deref())
+                    .collect::<Vec<_>>(),
+            )
             .bind(ends.iter().map(|e| e.job_phase).collect::<Vec<_>>())
             .bind(ends.iter().map(|e| e.job_reason).collect::<Vec<_>>())
             .bind(ends.iter().map(|e| e.terminal).collect::<Vec<_>>())

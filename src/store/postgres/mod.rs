@@ -84,7 +84,9 @@ impl PgStore {
                 detail: format!("no answer within {}s", ACQUIRE_TIMEOUT.as_secs()),
             })?
             .map_err(connect_error)?;
-        let migrated = MIGRATOR.run(&mut conn).await;
+        // `run_direct` rather than `run`: `run`'s `Acquire` bound makes this future not `Send`
+        // (sqlx's own workaround), and callers spawn it.
+        let migrated = MIGRATOR.run_direct(None, &mut conn, false).await;
         // Closing ends the session, and with it the migrator's advisory lock even after an error.
         let _ = conn.close().await;
         migrated.map_err(|error| migrate_error(&target, error))?;

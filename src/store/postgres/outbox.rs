@@ -48,7 +48,12 @@ impl PgStore {
             .bind(run.get())
             .bind(round)
             .bind(now)
-            .bind(entries.iter().map(|e| e.channel.as_str()).collect::<Vec<_>>())
+            .bind(
+                entries
+                    .iter()
+                    .map(|e| e.channel.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .bind(entries.iter().map(|e| e.scope).collect::<Vec<_>>())
             .bind(entries.iter().map(|e| e.target).collect::<Vec<_>>())
             .bind(entries.iter().map(|e| e.payload).collect::<Vec<_>>())

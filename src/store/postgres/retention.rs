@@ -16,7 +16,9 @@ use time::OffsetDateTime;
 
 use super::{Decoder, PgStore, ms};
 use crate::spec::PipelineName;
-use crate::store::retention::{AutoVacuum, Policies, PruneMode, PruneReport, PrunedRun, SweepReport};
+use crate::store::retention::{
+    AutoVacuum, Policies, PruneMode, PruneReport, PrunedRun, SweepReport,
+};
 use crate::store::{RunId, StoreError};
 
 /// Runs deleted per transaction, as on SQLite.

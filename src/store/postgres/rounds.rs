@@ -69,13 +69,14 @@ impl PgStore {
             });
         };
         for job in change.removed {
-            let previous: Option<(String, i64)> =
-                sqlx::query_as("SELECT phase, attempts FROM jobs WHERE run_id = $1 AND job_id = $2")
-                    .bind(run.get())
-                    .bind(*job)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(&sql)?;
+            let previous: Option<(String, i64)> = sqlx::query_as(
+                "SELECT phase, attempts FROM jobs WHERE run_id = $1 AND job_id = $2",
+            )
+            .bind(run.get())
+            .bind(*job)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(&sql)?;
             let Some((phase, attempts)) = previous else {
                 return Err(job_not_found(run, job));
             };
@@ -100,7 +101,9 @@ impl PgStore {
                 actor: None,
                 detail: &detail,
             };
-            insert_event(&mut tx, run, &event, now).await.map_err(&sql)?;
+            insert_event(&mut tx, run, &event, now)
+                .await
+                .map_err(&sql)?;
         }
         if !change.added.is_empty() {
             let ids: Vec<&str> = change.added.iter().map(|j| j.id.as_str()).collect();
@@ -151,7 +154,11 @@ impl PgStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(&sql)?;
-            if let Some(job) = change.rerun.iter().find(|job| !reset.iter().any(|r| r == *job)) {
+            if let Some(job) = change
+                .rerun
+                .iter()
+                .find(|job| !reset.iter().any(|r| r == *job))
+            {
                 return Err(job_not_found(run, job));
             }
         }
@@ -257,7 +264,9 @@ impl PgStore {
                 actor: Some(actor),
                 detail: &detail,
             };
-            insert_event(&mut tx, run, &event, now).await.map_err(&sql)?;
+            insert_event(&mut tx, run, &event, now)
+                .await
+                .map_err(&sql)?;
         }
         let verdict = self
             .settle_verdict(&mut tx, run, continue_on_error, now, context)

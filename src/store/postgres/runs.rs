@@ -148,11 +148,11 @@ impl PgStore {
         // PostgreSQL's LIMIT NULL is no limit (SQLite's is a negative one).
         let limit = (limit >= 0).then_some(limit);
         let query = match pipeline {
-            Some(pipeline) => {
-                sqlx::query(select_runs!("WHERE pipeline = $2 ORDER BY id DESC LIMIT $1"))
-                    .bind(limit)
-                    .bind(pipeline)
-            }
+            Some(pipeline) => sqlx::query(select_runs!(
+                "WHERE pipeline = $2 ORDER BY id DESC LIMIT $1"
+            ))
+            .bind(limit)
+            .bind(pipeline),
             None => sqlx::query(select_runs!("ORDER BY id DESC LIMIT $1")).bind(limit),
         };
         let rows = query
@@ -164,13 +164,11 @@ impl PgStore {
 
     /// The newest run of a pipeline.
     pub async fn latest_run(&self, pipeline: &str) -> Result<Option<RunRow>, StoreError> {
-        let row = sqlx::query(select_runs!(
-            "WHERE pipeline = $1 ORDER BY id DESC LIMIT 1"
-        ))
-        .bind(pipeline)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(self.sql("reading the latest run"))?;
+        let row = sqlx::query(select_runs!("WHERE pipeline = $1 ORDER BY id DESC LIMIT 1"))
+            .bind(pipeline)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.sql("reading the latest run"))?;
         row.map(|row| self.run_row(&row)).transpose()
     }
 

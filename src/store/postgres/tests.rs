@@ -67,7 +67,10 @@ fn landed_sqlite_migrations_are_never_edited() {
     let scripts = crate::store::migrations::MIGRATIONS;
     for (i, pinned) in SQLITE_MIGRATIONS.iter().enumerate() {
         let Some(script) = scripts.get(i) else {
-            panic!("SQLite migration {} is gone; a landed migration stays forever", i + 1);
+            panic!(
+                "SQLite migration {} is gone; a landed migration stays forever",
+                i + 1
+            );
         };
         assert_eq!(
             hex(&sha2::Sha256::digest(script.as_bytes())),
@@ -1384,6 +1387,65 @@ macro_rules! shared_store_tests {
             assert!(again.runs.is_empty());
         }
 
+        /// The controller decides by the newest run of the pipeline's current generation: a later
+        /// foreground run (generation 0) does not make that run prunable, else the controller would
+        /// run the pipeline again.
+        #[tokio::test]
+        async fn the_current_generations_newest_run_is_kept() {
+            let Some((_guard, store)) = $open().await else { return };
+            let generation = store.observe_pipeline("a", "h", "a.yaml").await.unwrap();
+            let controllers = run_unqueued(&store, "a", generation, RunPhase::Succeeded).await;
+            store
+                .enqueue_notifications(controllers, 1, &[])
+                .await
+                .unwrap();
+            let mut foreground = Vec::new();
+            for _ in 0..2 {
+                let r = run_unqueued(&store, "a", 0, RunPhase::Succeeded).await;
+                store.enqueue_notifications(r, 1, &[]).await.unwrap();
+                foreground.push(r);
+            }
+            let p = policies(keep(1, 30), &[]);
+            let now = OffsetDateTime::now_utc();
+            assert_eq!(
+                ids(&store.prunable_runs(&p, now).await.unwrap()),
+                [foreground[0].get()]
+            );
+            // The deleting transaction checks it again.
+            assert!(store.delete_runs(&[controllers]).await.unwrap().is_empty());
+            assert!(store.run(controllers).await.unwrap().is_some());
+            // An older run of the current generation is history like any other.
+            let newer = run_unqueued(&store, "a", generation, RunPhase::Succeeded).await;
+            store.enqueue_notifications(newer, 1, &[]).await.unwrap();
+            assert_eq!(
+                ids(&store.prunable_runs(&p, now).await.unwrap()),
+                [controllers.get(), foreground[0].get(), foreground[1].get()]
+            );
+        }
+
+        /// A run whose end was committed but whose notifications are not queued yet (its process is
+        /// between the two, or died there and the next start queues them) is kept.
+        #[tokio::test]
+        async fn a_run_whose_notifications_are_not_queued_yet_is_kept() {
+            let Some((_guard, store)) = $open().await else { return };
+            let unqueued = run_unqueued(&store, "a", 1, RunPhase::Failed).await;
+            let queued = run(&store, "a", RunPhase::Succeeded).await;
+            run(&store, "a", RunPhase::Succeeded).await;
+            let p = policies(keep(1, 30), &[]);
+            let now = OffsetDateTime::now_utc();
+            assert_eq!(
+                ids(&store.prunable_runs(&p, now).await.unwrap()),
+                [queued.get()]
+            );
+            assert!(store.delete_runs(&[unqueued]).await.unwrap().is_empty());
+            // Once queued, it is history like the others.
+            store.enqueue_notifications(unqueued, 1, &[]).await.unwrap();
+            assert_eq!(
+                ids(&store.prunable_runs(&p, now).await.unwrap()),
+                [unqueued.get(), queued.get()]
+            );
+        }
+
     };
 }
 pub(crate) use shared_store_tests;
@@ -1402,12 +1464,86 @@ mod on_postgres {
 /// A state folder in a temporary folder.
 async fn open_sqlite() -> Option<(tempfile::TempDir, crate::store::Store)> {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let store = crate::store::Store::open(&tmp.path().join("state"), crate::store::Durability::Normal)
-        .await
-        .expect("open");
+    let store =
+        crate::store::Store::open(&tmp.path().join("state"), crate::store::Durability::Normal)
+            .await
+            .expect("open");
     Some((tmp, store))
 }
 
 mod on_sqlite {
     super::shared_store_tests!(crate::store::Store, super::open_sqlite);
+}
+
+/// A pipeline name in the database that is not one (`../escape`: a row edited by hand) is
+/// reported as a damaged database, by the reads and by a prune, and no folder outside `logs/` is
+/// removed.
+#[tokio::test]
+async fn a_name_read_back_that_is_not_one_is_corruption() {
+    use crate::store::retention::{Policies, PruneMode, RetentionPolicy};
+    use crate::store::{NewJob, NewRun, Owner, RunId, StoreError};
+    let Some((_db, store)) = open_postgres().await else {
+        return;
+    };
+    let pipeline = crate::spec::PipelineName::parse("a").unwrap();
+    let job = crate::spec::JobId::parse("a").unwrap();
+    let owner = Owner {
+        pid: 1,
+        host: "h".into(),
+        start_time: None,
+    };
+    for _ in 0..3 {
+        let run = store
+            .create_run(&NewRun {
+                pipeline: &pipeline,
+                generation: 1,
+                spec_json: "{}",
+                spec_hash: "h",
+                jobs: &[NewJob {
+                    id: &job,
+                    log_path: "a.log",
+                }],
+                owner: &owner,
+            })
+            .await
+            .unwrap();
+        store
+            .set_job(run, &job, crate::status::JobPhase::Succeeded, None, None)
+            .await
+            .unwrap();
+        store.close_run(run, &[]).await.unwrap();
+        store.enqueue_notifications(run, 1, &[]).await.unwrap();
+    }
+    sqlx::query("UPDATE runs SET pipeline = '../escape' WHERE id IN (1, 2)")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    let err = store.run(RunId::from(1)).await.unwrap_err();
+    assert!(err.is_corruption(), "{err:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("escape").join("1");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("keep.txt"), b"not a log").unwrap();
+    let keep_one = RetentionPolicy {
+        keep_runs: 1,
+        keep_for: std::time::Duration::from_secs(30 * 86_400),
+    };
+    let policies = Policies {
+        default: keep_one,
+        pipelines: Default::default(),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    for mode in [PruneMode::DryRun, PruneMode::Delete] {
+        let err = store
+            .prune_history(tmp.path(), &policies, now, mode)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    }
+    assert!(outside.join("keep.txt").exists());
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 3, "no row is deleted either");
 }
