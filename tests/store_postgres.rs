@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::sync::Mutex;
-
 use common::pg_cluster;
 use executioner::spec::{JobId, PipelineName};
 use executioner::store::postgres::PgStore;
@@ -19,7 +17,7 @@ use executioner::store::{NewJob, NewRun, Owner, RoundChange, RunId, StoreError};
 
 /// Every test of this binary holds it, so a test that stops the server never cuts another's
 /// call short.
-static FAULTS: Mutex<()> = Mutex::new(());
+static FAULTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn owner(pid: u32) -> Owner {
     Owner {
@@ -48,15 +46,9 @@ async fn new_run(store: &PgStore) -> RunId {
         .unwrap()
 }
 
-fn faults() -> std::sync::MutexGuard<'static, ()> {
-    FAULTS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[tokio::test]
 async fn connection_errors_name_the_server_and_never_the_password() {
-    let _faults = faults();
+    let _faults = FAULTS.lock().await;
     let Some(db) = pg_cluster::database().await else {
         return;
     };
@@ -94,7 +86,7 @@ async fn connection_errors_name_the_server_and_never_the_password() {
 
 #[tokio::test]
 async fn the_identity_names_the_database_not_the_password() {
-    let _faults = faults();
+    let _faults = FAULTS.lock().await;
     let (Some(a), Some(b)) = (pg_cluster::database().await, pg_cluster::database().await) else {
         return;
     };
@@ -117,7 +109,7 @@ async fn the_identity_names_the_database_not_the_password() {
 
 #[tokio::test]
 async fn concurrent_connectors_migrate_once() {
-    let _faults = faults();
+    let _faults = FAULTS.lock().await;
     let Some(db) = pg_cluster::database().await else {
         return;
     };
@@ -144,7 +136,7 @@ async fn concurrent_connectors_migrate_once() {
 
 #[tokio::test]
 async fn a_newer_or_edited_database_is_refused_untouched() {
-    let _faults = faults();
+    let _faults = FAULTS.lock().await;
     let Some(db) = pg_cluster::database().await else {
         return;
     };
@@ -183,7 +175,7 @@ async fn a_newer_or_edited_database_is_refused_untouched() {
 /// the owner they both saw, one opens the round and the other is told it was taken over.
 #[tokio::test]
 async fn row_locks_give_one_claim_and_one_owner() {
-    let _faults = faults();
+    let _faults = FAULTS.lock().await;
     let Some(db) = pg_cluster::database().await else {
         return;
     };
@@ -243,7 +235,7 @@ async fn row_locks_give_one_claim_and_one_owner() {
 /// store handle works again once the server is back (the pool reconnects).
 #[tokio::test]
 async fn committed_rows_survive_a_restart_and_a_crash_of_the_server() {
-    let _faults = faults();
+    let _faults = FAULTS.lock().await;
     let Some(db) = pg_cluster::database().await else {
         return;
     };
