@@ -299,3 +299,24 @@ async fn a_version_8_state_file_opens_and_reads_back() {
         .unwrap();
     assert_eq!(store.pipeline("ok").await.unwrap().unwrap().generation, 2);
 }
+
+/// `sslmode` comes from the URL: `require` against a server without TLS is refused (rather than
+/// silently sent in the clear), `prefer` falls back, `disable` never tries.
+#[tokio::test]
+async fn sslmode_in_the_url_is_honoured() {
+    let _faults = FAULTS.lock().await;
+    let Some(db) = pg_cluster::database().await else {
+        return;
+    };
+    let err = PgStore::connect(&format!("{}?sslmode=require", db.url))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Connect { .. }), "{err:?}");
+    let text = executioner::error_chain::render(&err);
+    assert!(!text.contains(pg_cluster::PASSWORD), "{text}");
+    for mode in ["prefer", "disable"] {
+        PgStore::connect(&format!("{}?sslmode={mode}", db.url))
+            .await
+            .unwrap();
+    }
+}
