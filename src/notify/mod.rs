@@ -430,10 +430,7 @@ pub async fn deliver_due_with(
 ) -> Result<(usize, usize), NotifyError> {
     let now = OffsetDateTime::now_utc();
     let due = store.due_outbox(now, BATCH).await?;
-    let state_dir = store
-        .path()
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let state_dir = store.state_dir().to_path_buf();
     let smtp_timeout = config.smtp.timeout.as_std();
     let mut mailer: Option<Result<email::Mailer, Failure>> = None;
     // Set once the server looks unreachable: the other emails wait for the next call rather than

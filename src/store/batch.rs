@@ -22,54 +22,54 @@ use crate::status::{JobPhase, JobReason};
 /// running at a time, and a job being skipped or cancelled has none).
 #[derive(Debug, Default)]
 pub struct Batch {
-    ends: Vec<EndRow>,
-    jobs: Vec<JobChange>,
-    spawned: Vec<SpawnedRow>,
-    starts: Vec<StartRow>,
-    outputs: Vec<super::outputs::OutputsRow>,
+    pub(super) ends: Vec<EndRow>,
+    pub(super) jobs: Vec<JobChange>,
+    pub(super) spawned: Vec<SpawnedRow>,
+    pub(super) starts: Vec<StartRow>,
+    pub(super) outputs: Vec<super::outputs::OutputsRow>,
 }
 
 #[derive(Debug)]
-struct EndRow {
-    id: AttemptId,
-    phase: &'static str,
-    reason: Option<&'static str>,
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-    user_time_us: i64,
-    system_time_us: i64,
-    max_rss_kib: i64,
-    max_rss_upper_bound: bool,
-    message: Option<String>,
+pub(super) struct EndRow {
+    pub(super) id: AttemptId,
+    pub(super) phase: &'static str,
+    pub(super) reason: Option<&'static str>,
+    pub(super) exit_code: Option<i32>,
+    pub(super) signal: Option<i32>,
+    pub(super) user_time_us: i64,
+    pub(super) system_time_us: i64,
+    pub(super) max_rss_kib: i64,
+    pub(super) max_rss_upper_bound: bool,
+    pub(super) message: Option<String>,
     /// The job's new phase, when this attempt decides it (not for an attempt that will be retried).
-    job_phase: Option<&'static str>,
-    job_reason: Option<&'static str>,
-    terminal: bool,
+    pub(super) job_phase: Option<&'static str>,
+    pub(super) job_reason: Option<&'static str>,
+    pub(super) terminal: bool,
 }
 
 #[derive(Debug)]
-struct JobChange {
-    job: JobId,
-    phase: &'static str,
-    reason: Option<&'static str>,
-    message: Option<String>,
-    starts: bool,
-    terminal: bool,
+pub(super) struct JobChange {
+    pub(super) job: JobId,
+    pub(super) phase: &'static str,
+    pub(super) reason: Option<&'static str>,
+    pub(super) message: Option<String>,
+    pub(super) starts: bool,
+    pub(super) terminal: bool,
 }
 
 #[derive(Debug)]
-struct SpawnedRow {
-    id: AttemptId,
-    pid: i32,
-    pgid: i32,
-    start_time: Option<i64>,
+pub(super) struct SpawnedRow {
+    pub(super) id: AttemptId,
+    pub(super) pid: i32,
+    pub(super) pgid: i32,
+    pub(super) start_time: Option<i64>,
 }
 
 #[derive(Debug)]
-struct StartRow {
-    job: JobId,
-    number: i64,
-    counted: i64,
+pub(super) struct StartRow {
+    pub(super) job: JobId,
+    pub(super) number: i64,
+    pub(super) counted: i64,
 }
 
 impl Batch {

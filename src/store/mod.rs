@@ -15,6 +15,7 @@ pub mod outbox;
 mod outputs;
 mod overlap;
 mod pipelines;
+pub mod postgres;
 pub mod retention;
 mod rounds;
 mod sqlite;
@@ -29,6 +30,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -99,6 +101,9 @@ pub enum StoreError {
     /// Another process opened a round of the run first (see [`RoundChange::owner_was`]).
     #[error("run {run} was taken over by another process")]
     TakenOver { run: RunId },
+    /// A PostgreSQL state database that cannot be reached (`database` names it without password).
+    #[error("cannot connect to the state database {database}: {detail}")]
+    Connect { database: String, detail: String },
 }
 
 impl StoreError {
@@ -111,7 +116,8 @@ impl StoreError {
             | StoreError::Sql { .. }
             | StoreError::Direct { .. }
             | StoreError::NotFound { .. }
-            | StoreError::TakenOver { .. } => false,
+            | StoreError::TakenOver { .. }
+            | StoreError::Connect { .. } => false,
         }
     }
 }
@@ -239,12 +245,15 @@ pub struct EventRow {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    /// The state folder: logs and locks live there whichever backend holds the rows.
+    state_dir: Arc<Path>,
 }
 
 /// Where the rows live.
 #[derive(Debug, Clone)]
 enum Backend {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 /// Passes one call to the backend: `dispatch!(self, db => db.method(args))`.
@@ -252,6 +261,7 @@ macro_rules! dispatch {
     ($store:ident, $db:ident => $call:expr) => {
         match &$store.backend {
             Backend::Sqlite($db) => $call,
+            Backend::Postgres($db) => $call,
         }
     };
 }
@@ -263,7 +273,29 @@ impl Store {
         let db = sqlite::SqliteStore::open(state_dir, durability).await?;
         Ok(Store {
             backend: Backend::Sqlite(db),
+            state_dir: state_dir.into(),
         })
+    }
+
+    /// Connects to the state database `url` names (config `database.url`): a `postgres://` (or
+    /// `postgresql://`) URL, with its `sslmode`; migrates it first if it is behind. The state
+    /// folder (created private if missing) still holds this host's logs and locks.
+    pub async fn connect(state_dir: &Path, url: &str) -> Result<Store, StoreError> {
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        match scheme {
+            Some("postgres" | "postgresql") => {
+                sqlite::open::prepare_dir(state_dir)?;
+                Ok(Store {
+                    backend: Backend::Postgres(postgres::PgStore::connect(url).await?),
+                    state_dir: state_dir.into(),
+                })
+            }
+            _ => Err(StoreError::Connect {
+                database: crate::config::redact_url(url).into_owned(),
+                detail: "not a postgres:// URL (leave database.url unset for SQLite in the state folder)"
+                    .to_owned(),
+            }),
+        }
     }
 
     /// The SQLite backend, for tests that look at the file itself.
@@ -271,12 +303,44 @@ impl Store {
     fn sqlite(&self) -> &sqlite::SqliteStore {
         match &self.backend {
             Backend::Sqlite(db) => db,
+            Backend::Postgres(_) => panic!("a SQLite test on a PostgreSQL store"),
         }
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        dispatch!(self, db => db.path())
+    /// The state folder this handle was opened for.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The PostgreSQL backend, for tests that look at its rows directly.
+    #[cfg(test)]
+    fn postgres(&self) -> &postgres::PgStore {
+        match &self.backend {
+            Backend::Postgres(db) => db,
+            Backend::Sqlite(_) => panic!("a PostgreSQL test on a SQLite store"),
+        }
+    }
+
+    /// The database file, or the PostgreSQL database (without password), for messages.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(db) => db.path().display().to_string(),
+            Backend::Postgres(db) => db.target().to_owned(),
+        }
+    }
+
+    /// Whether the rows are in a PostgreSQL database shared by several hosts.
+    pub fn is_shared(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(_) => false,
+            Backend::Postgres(_) => true,
+        }
+    }
+
+    /// Prunes these runs now (retention's deleting transaction), for the tests of its re-checks.
+    #[cfg(test)]
+    async fn delete_runs(&self, runs: &[RunId]) -> Result<Vec<(RunId, PipelineName)>, StoreError> {
+        dispatch!(self, db => db.delete_runs(runs).await)
     }
 
     /// 16 hex digits of a SHA-256 naming this database: tells this database's attempts apart from
@@ -289,6 +353,7 @@ impl Store {
     pub async fn close(self) {
         match self.backend {
             Backend::Sqlite(db) => db.close().await,
+            Backend::Postgres(db) => db.close().await,
         }
     }
 

@@ -431,7 +431,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
         let ended = finished_run(&store, RunPhase::Failed).await;
-        let path = store.path().to_path_buf();
+        let path = store.sqlite().path().to_path_buf();
         store.close().await;
         // Back to version 2, as a database written before the outbox existed.
         let mut conn = sqlx::sqlite::SqliteConnectOptions::new()

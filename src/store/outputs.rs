@@ -14,8 +14,8 @@ use crate::status::outputs::Outputs;
 /// One attempt's outputs, waiting in a [`super::Batch`].
 #[derive(Debug)]
 pub(super) struct OutputsRow {
-    attempt: AttemptId,
-    json: String,
+    pub(super) attempt: AttemptId,
+    pub(super) json: String,
 }
 
 impl OutputsRow {

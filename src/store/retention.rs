@@ -201,7 +201,10 @@ impl SqliteStore {
     /// Deletes the rows of `runs` that are still prunable (finished, not their pipeline's latest
     /// nor its current generation's, notifications queued and none waiting), in one transaction;
     /// returns those deleted with their pipeline.
-    async fn delete_runs(&self, runs: &[RunId]) -> Result<Vec<(RunId, PipelineName)>, StoreError> {
+    pub(super) async fn delete_runs(
+        &self,
+        runs: &[RunId],
+    ) -> Result<Vec<(RunId, PipelineName)>, StoreError> {
         let ids: Vec<i64> = runs.iter().map(|r| r.get()).collect();
         let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned());
         let path = self.path.clone();

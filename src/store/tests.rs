@@ -94,14 +94,14 @@ async fn open_creates_private_folder_and_file() {
     let dir = tmp.path().join("nested").join("state");
     let store = open(&dir).await;
     assert_eq!(mode(&dir), 0o700);
-    assert_eq!(store.path(), dir.join(DB_FILE));
-    assert_eq!(mode(store.path()), 0o600);
+    assert_eq!(store.sqlite().path(), dir.join(DB_FILE));
+    assert_eq!(mode(store.sqlite().path()), 0o600);
     // The WAL exists while a connection that wrote is open.
     store
         .observe_pipeline("p", "hash", "p.yaml")
         .await
         .expect("write");
-    let wal = sqlite::open::sibling(store.path(), "-wal");
+    let wal = sqlite::open::sibling(store.sqlite().path(), "-wal");
     assert_eq!(
         mode(&wal),
         0o600,
@@ -841,7 +841,7 @@ async fn names_and_reasons_read_back_are_checked() {
 async fn valid_database(dir: &Path) -> PathBuf {
     let store = open(dir).await;
     new_run(&store, "p").await;
-    let path = store.path().to_owned();
+    let path = store.sqlite().path().to_owned();
     store.close().await;
     assert!(!sqlite::open::sibling(&path, "-wal").exists());
     path
@@ -1224,7 +1224,7 @@ fn corruption_errors_map_to_exit_code_3() {
 /// Takes SQLite's write lock on a connection of its own, as another process writing would; it is
 /// released by `COMMIT` on that connection.
 fn hold_write_lock(store: &Store) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open(store.path()).expect("second connection");
+    let conn = rusqlite::Connection::open(store.sqlite().path()).expect("second connection");
     conn.execute_batch("BEGIN IMMEDIATE").expect("write lock");
     conn
 }

@@ -86,7 +86,7 @@ pub(in crate::store) async fn open(
 
 /// The state folder: created 0700, or refused when others could write into it (and so replace the
 /// database that resumes run commands from).
-fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
+pub(in crate::store) fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
     match fs::metadata(dir) {
         Ok(meta) => {
             if !meta.is_dir() {

@@ -1,0 +1,280 @@
+//! The state database on PostgreSQL: [`PgStore`], the same public methods as the SQLite store with
+//! the same arguments, results and meaning, for a database that several hosts share. This file owns
+//! connecting (a sqlx pool, `sslmode` from the URL, the embedded migrations applied first),
+//! the errors in the user's terms (host, port and database, never the password), and decoding rows
+//! into the shared row types of `store/mod.rs`. What each operation writes is in the submodules,
+//! split by mechanism as on the SQLite side; which transitions are allowed stays the engine's.
+//!
+//! Differences of mechanism, not of meaning: SQLite serialises writers with one file lock
+//! (`BEGIN IMMEDIATE`); here every multi-row write is one transaction from the pool, and what SQLite
+//! read under its global lock is read under row locks (`FOR UPDATE`, or an `UPDATE ... WHERE` whose
+//! condition PostgreSQL checks again on the locked row). Ids come from identity columns with
+//! `RETURNING`. Times are `timestamptz`, written with millisecond precision as SQLite keeps them.
+
+mod batch;
+mod generations;
+mod inventory;
+mod outbox;
+mod outputs;
+mod overlap;
+mod pipelines;
+mod retention;
+mod rounds;
+mod runs;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, Postgres, Row};
+use time::OffsetDateTime;
+
+use super::{AttemptId, RunId, StoreError};
+use crate::spec::{JobId, PipelineName};
+
+/// The embedded migrations (`migrations/postgres/NNNN_name.sql`), applied in order at connect.
+/// sqlx records each one with its checksum in `_sqlx_migrations` and refuses a database whose
+/// applied migration was edited since; `tests.rs` pins every checksum.
+pub(super) static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Connections per process: the engine's group commits, the controller's reads and the outbox
+/// sender each hold one for a short transaction.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// How long a call waits for a free connection, or for the server to answer a connect.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A handle on a PostgreSQL state database; cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    /// `postgres://USER@HOST:PORT/DATABASE`: how messages name the database (no password).
+    target: Arc<str>,
+    identity: Arc<str>,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database?sslmode=...`),
+    /// applies the migrations it lacks (concurrent connectors are serialised by sqlx's advisory
+    /// lock, taken on a connection of its own that is closed afterwards, so the lock never stays
+    /// with a pooled connection), and returns the pool. A database with a migration this build
+    /// does not know is refused untouched ([`StoreError::NewerSchema`]).
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Connect {
+            database: "(the configured PostgreSQL URL)".to_owned(),
+            detail: format!(
+                "not a PostgreSQL URL (postgres://user:password@host:port/database): {}",
+                redact(&source.to_string(), url)
+            ),
+        })?;
+        let target = target_of(&options);
+        let connect_error = |source: sqlx::Error| StoreError::Connect {
+            database: target.clone(),
+            detail: redact(&source.to_string(), url),
+        };
+        let mut conn = tokio::time::timeout(ACQUIRE_TIMEOUT, options.connect())
+            .await
+            .map_err(|_| StoreError::Connect {
+                database: target.clone(),
+                detail: format!("no answer within {}s", ACQUIRE_TIMEOUT.as_secs()),
+            })?
+            .map_err(connect_error)?;
+        // `run_direct` rather than `run`: `run`'s `Acquire` bound makes this future not `Send`
+        // (sqlx's own workaround), and callers spawn it.
+        let migrated = MIGRATOR.run_direct(None, &mut conn, false).await;
+        // Closing ends the session, and with it the migrator's advisory lock even after an error.
+        let _ = conn.close().await;
+        migrated.map_err(|error| migrate_error(&target, error))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        Ok(PgStore {
+            identity: identity_of(&target).into(),
+            target: target.into(),
+            pool,
+        })
+    }
+
+    /// 16 hex digits of the SHA-256 of `USER@HOST:PORT/DATABASE` (never the password): tells this
+    /// database's attempts apart from another's, as the SQLite store's canonical path does.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// `postgres://USER@HOST:PORT/DATABASE`, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Closes every connection (of every clone of this handle: their later calls fail).
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+
+    fn sql(&self, context: &'static str) -> impl Fn(sqlx::Error) -> StoreError + use<> {
+        move |source| StoreError::Sql { context, source }
+    }
+
+    /// A value that does not decode: the database holds something this build did not write.
+    fn corrupt(&self, detail: String) -> StoreError {
+        StoreError::Corrupt {
+            path: PathBuf::from(&*self.target),
+            detail,
+        }
+    }
+
+    async fn begin(
+        &self,
+        context: &'static str,
+    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(self.sql(context))
+    }
+}
+
+/// `postgres://USER@HOST:PORT/DATABASE` of a URL's options.
+fn target_of(options: &PgConnectOptions) -> String {
+    format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or(options.get_username())
+    )
+}
+
+fn identity_of(target: &str) -> String {
+    use sha2::Digest;
+    let name = target.trim_start_matches("postgres://");
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// `text` without the URL's password, should a driver message ever quote the URL.
+fn redact(text: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|password| !password.is_empty());
+    match password {
+        Some(password) => text.replace(password, "***"),
+        None => text.to_owned(),
+    }
+}
+
+fn migrate_error(target: &str, error: MigrateError) -> StoreError {
+    let path = PathBuf::from(target);
+    let supported = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    match error {
+        // Applied by a newer build: leave the database alone.
+        MigrateError::VersionMissing(found) => StoreError::NewerSchema {
+            path,
+            found,
+            supported,
+        },
+        MigrateError::VersionMismatch(version) => StoreError::Corrupt {
+            path,
+            detail: format!(
+                "migration {version} applied to the database differs from this build's (edited after it landed)"
+            ),
+        },
+        MigrateError::Dirty(version) => StoreError::Corrupt {
+            path,
+            detail: format!("migration {version} is only partly applied"),
+        },
+        MigrateError::Execute(source) | MigrateError::ExecuteMigration(source, _) => {
+            StoreError::Sql {
+                context: "migrating the schema",
+                source,
+            }
+        }
+        other => StoreError::Corrupt {
+            path,
+            detail: format!("migrating the schema: {other}"),
+        },
+    }
+}
+
+/// A time as the store keeps it: UTC, milliseconds (what SQLite's text holds), so both backends
+/// read back the same value.
+fn ms(at: OffsetDateTime) -> OffsetDateTime {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    at.replace_nanosecond(u32::from(at.millisecond()) * 1_000_000)
+        .unwrap_or(at)
+}
+
+fn now() -> OffsetDateTime {
+    ms(OffsetDateTime::now_utc())
+}
+
+/// Reads typed columns; a value that does not decode means the database is not what we wrote.
+struct Decoder<'a> {
+    row: &'a PgRow,
+    store: &'a PgStore,
+}
+
+impl Decoder<'_> {
+    fn corrupt(&self, column: &str, detail: impl std::fmt::Display) -> StoreError {
+        self.store.corrupt(format!("column {column}: {detail}"))
+    }
+
+    fn get<T>(&self, column: &str) -> Result<T, StoreError>
+    where
+        T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+    {
+        self.row
+            .try_get(column)
+            .map_err(|err| self.corrupt(column, err))
+    }
+
+    fn parse<T>(&self, column: &str) -> Result<T, StoreError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let text: String = self.get(column)?;
+        text.parse().map_err(|err| self.corrupt(column, err))
+    }
+
+    fn parse_opt<T>(&self, column: &str) -> Result<Option<T>, StoreError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        self.get::<Option<String>>(column)?
+            .map(|text| text.parse().map_err(|err| self.corrupt(column, err)))
+            .transpose()
+    }
+
+    fn run_id(&self, column: &str) -> Result<RunId, StoreError> {
+        self.get::<i64>(column).map(RunId::from)
+    }
+
+    fn attempt_id(&self, column: &str) -> Result<AttemptId, StoreError> {
+        self.get::<i64>(column).map(AttemptId::from)
+    }
+
+    fn job_id(&self, column: &str) -> Result<JobId, StoreError> {
+        let text: String = self.get(column)?;
+        JobId::parse(&text).map_err(|err| self.corrupt(column, err))
+    }
+
+    fn job_id_opt(&self, column: &str) -> Result<Option<JobId>, StoreError> {
+        self.get::<Option<String>>(column)?
+            .map(|text| JobId::parse(&text).map_err(|err| self.corrupt(column, err)))
+            .transpose()
+    }
+
+    fn pipeline(&self, column: &str) -> Result<PipelineName, StoreError> {
+        let text: String = self.get(column)?;
+        PipelineName::parse(&text).map_err(|err| self.corrupt(column, err))
+    }
+}
