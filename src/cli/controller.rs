@@ -263,6 +263,7 @@ fn log_event(event: &ControllerEvent) {
         ControllerEvent::Stopping => tracing::info!("stopping: interrupting runs"),
         // What the metrics are fed from: too frequent for the log.
         ControllerEvent::RunProgress { .. }
+        | ControllerEvent::RunPlanned { .. }
         | ControllerEvent::Reconciled { .. }
         | ControllerEvent::NotificationsPending { .. }
         | ControllerEvent::StatusBuilt { .. } => {}

@@ -135,6 +135,14 @@ pub enum ControllerEvent {
         run: RunId,
         event: crate::engine::RunEvent,
     },
+    /// Run `run` is handed to the engine (only with `detailed_events`): each job's dependencies
+    /// (by the engine's job index) and whether it runs in this round (a resume keeps the others'
+    /// results), so that its progress events say which jobs are ready.
+    RunPlanned {
+        run: RunId,
+        dependencies: Vec<Vec<usize>>,
+        runs: Vec<bool>,
+    },
     /// A reconcile pass ended after `took` (only with `detailed_events`).
     Reconciled {
         took: Duration,

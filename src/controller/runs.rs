@@ -330,6 +330,17 @@ impl Controller {
         let run = request.run_id;
         let jobs = plan.jobs.iter().map(|j| j.id.to_string()).collect();
         self.status.run_started(&name, run, jobs);
+        if self.opts.detailed_events {
+            let _ = self.events.send(ControllerEvent::RunPlanned {
+                run,
+                dependencies: plan.jobs.iter().map(|j| j.dependencies.clone()).collect(),
+                runs: request
+                    .starts
+                    .iter()
+                    .map(|s| *s == crate::scheduler::Start::Run)
+                    .collect(),
+            });
+        }
         let store = self.store.clone();
         let options = self.engine.clone();
         let (cancel, interrupt) = (stop.cancel.clone(), stop.interrupt.clone());

@@ -1,12 +1,13 @@
 //! The controller's HTTP server (DESIGN 10): the router of the JSON API, health and `/metrics`,
-//! its limits (URL length, request size, time per request), the JSON error body every failure
-//! gets, and serving on its own tokio task so that no request ever holds up the reconcile loop.
+//! its limits on a parsed request (URL length, request size, time per request), the JSON error
+//! body every failure gets, and serving on its own tokio task so that no request ever holds up the reconcile loop.
 //! It reads through the `Store` API only and changes nothing but through the controller's own
 //! request mechanisms (a rerun request, a cancel request). Owns neither the handlers (`api`), the
-//! metrics (`metrics`) nor the token (`auth`); the CLI binds it and feeds the metrics.
+//! metrics (`metrics`), the token (`auth`) nor the connections and their heads (`conn`); the CLI binds it and feeds the metrics.
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod dag_svg;
 pub mod metrics;
 
@@ -239,9 +240,9 @@ pub async fn bind(listen: &str, state_dir: &std::path::Path) -> Result<Bound, Ht
     Ok(Bound { listener, addr })
 }
 
-/// Serves `app` on `bound` until `stop`; connections in flight are let finish.
+/// Serves `app` on `bound` until `stop`; connections in flight are let finish. Through
+/// `conn` rather than `axum::serve`: that one sets no header read timeout, and a head too big
+/// for hyper would get hyper's bodyless 414/431 instead of our JSON error.
 pub async fn serve(bound: Bound, app: Arc<App>, stop: CancellationToken) -> std::io::Result<()> {
-    axum::serve(bound.listener, router(app))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    conn::serve(bound.listener, router(app), stop).await
 }
