@@ -45,12 +45,15 @@ pub fn run_controller(
         let kill_now = CancellationToken::new();
         let signals = super::watch_signals(cancel.clone(), kill_now.clone())?;
         let server = start_http(&config, &store, &state_dir, &manifests_dir).await?;
-        let metrics = server.as_ref().map(|s| (s.metrics.clone(), store.clone()));
+        let metrics = server
+            .as_ref()
+            .map(|s| (s.metrics.clone(), s.changes.clone(), store.clone()));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let printer = tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
-                if let Some((metrics, store)) = &metrics {
+                if let Some((metrics, changes, store)) = &metrics {
                     metrics.observe(&event);
+                    changes.observe(&event);
                     if let ControllerEvent::RunFinished { run, .. } = &event
                         && let Err(e) = metrics.record_job_durations(store, *run).await
                     {
@@ -95,6 +98,7 @@ pub fn run_controller(
 /// The HTTP server while it serves: its metrics (fed from the controller's events) and its task.
 struct Server {
     metrics: std::sync::Arc<crate::http::metrics::Metrics>,
+    changes: crate::http::live::Changes,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -104,6 +108,8 @@ const HTTP_DRAIN: Duration = Duration::from_secs(5);
 
 impl Server {
     async fn stop(self) {
+        // The live streams never end by themselves: end them so that the drain does not wait.
+        self.changes.close();
         self.stop.cancel();
         let abort = self.task.abort_handle();
         match tokio::time::timeout(HTTP_DRAIN, self.task).await {
@@ -143,6 +149,7 @@ async fn start_http(
     }
     tracing::info!(addr = %bound.addr, read_only = token.is_none(), "listening");
     let metrics = std::sync::Arc::new(crate::http::metrics::Metrics::new());
+    let changes = crate::http::live::Changes::new();
     let app = crate::http::App {
         store: store.clone(),
         state_dir: state_dir.to_owned(),
@@ -154,6 +161,7 @@ async fn start_http(
         trust: trust(config)?,
         metrics: metrics.clone(),
         token,
+        changes: changes.clone(),
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(crate::http::serve(
@@ -163,6 +171,7 @@ async fn start_http(
     ));
     Ok(Some(Server {
         metrics,
+        changes,
         stop,
         task,
     }))

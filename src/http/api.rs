@@ -55,23 +55,23 @@ const DEFAULT_LIMIT: i64 = 20;
 /// The most runs one request lists.
 const MAX_LIMIT: i64 = 1000;
 
-fn path<T>(given: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+pub(super) fn path<T>(given: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
     given
         .map(|Path(v)| v)
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
-fn pipeline_name(given: &str) -> Result<PipelineName, ApiError> {
+pub(super) fn pipeline_name(given: &str) -> Result<PipelineName, ApiError> {
     PipelineName::parse(given).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-fn run_id(given: &str) -> Result<RunId, ApiError> {
+pub(super) fn run_id(given: &str) -> Result<RunId, ApiError> {
     given
         .parse::<RunId>()
         .map_err(|_| ApiError::bad_request(format!("{given:?} is not a run id")))
 }
 
-fn job_id(given: &str) -> Result<JobId, ApiError> {
+pub(super) fn job_id(given: &str) -> Result<JobId, ApiError> {
     JobId::parse(given).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
@@ -188,7 +188,7 @@ pub async fn runs(
     Ok(Json(out))
 }
 
-async fn known_run(app: &App, id: RunId) -> Result<crate::store::RunRow, ApiError> {
+pub(super) async fn known_run(app: &App, id: RunId) -> Result<crate::store::RunRow, ApiError> {
     app.store
         .run(id)
         .await?
@@ -343,7 +343,8 @@ impl utoipa::Modify for BearerScheme {
         title = "executioner",
         description = "The controller's JSON API (the objects of `-o json`), health and metrics."
     ),
-    paths(healthz, readyz, metrics, openapi, pipelines, pipeline, rerun, runs, run, cancel, log),
+    paths(healthz, readyz, metrics, openapi, pipelines, pipeline, rerun, runs, run, cancel, log,
+        super::live::log_stream, super::live::events),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;

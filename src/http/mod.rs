@@ -9,7 +9,9 @@ pub mod api;
 pub mod auth;
 pub mod conn;
 pub mod dag_svg;
+pub mod live;
 pub mod metrics;
+pub mod pages;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +49,8 @@ pub struct App {
     pub metrics: Arc<metrics::Metrics>,
     /// When set, the `POST` requests are enabled for whoever presents it.
     pub token: Option<auth::Token>,
+    /// Where the controller's events are published to the pages' live streams.
+    pub changes: live::Changes,
 }
 
 /// An error answer: its status and a message, sent as `{"error": "..."}`.
@@ -168,6 +172,8 @@ pub const ROUTES: &[&str] = &[
     "/api/v1/runs/{id}",
     "/api/v1/runs/{id}/cancel",
     "/api/v1/runs/{id}/jobs/{job}/log",
+    "/api/v1/runs/{id}/jobs/{job}/log/stream",
+    "/api/v1/events",
 ];
 
 /// The router of the API, health and metrics.
@@ -184,6 +190,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route(ROUTES[8], get(api::run))
         .route(ROUTES[9], post(api::cancel))
         .route(ROUTES[10], get(api::log))
+        .route(ROUTES[11], get(live::log_stream))
+        .route(ROUTES[12], get(live::events))
+        .merge(pages::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(limits))

@@ -1,0 +1,459 @@
+//! The live side of the web pages, as server-sent events: the change notices of
+//! `GET /api/v1/events` (fed from the controller's events through a `tokio::sync::broadcast`,
+//! so a slow client only ever misses notices and is told to refresh; it never slows the
+//! controller) and `GET /api/v1/runs/{id}/jobs/{job}/log/stream`, a job's log file followed as
+//! it grows. Owns neither the pages (`pages`) nor the JSON they re-fetch (`api`).
+//!
+//! The log stream's contract (shared with other clients, keep it): `text/event-stream`, one
+//! `event: line` per line of the file with `id:` the byte offset just after that line and
+//! `data:` the line (lossy UTF-8, without its `\n`); resumed from `Last-Event-ID` (what a
+//! browser's `EventSource` sends when it reconnects), else `?from=OFFSET`; when the job is
+//! terminal and the file drained, one `event: end` with the job's phase as its data, and the
+//! stream closes; a keep-alive comment every 15 s.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::controller::ControllerEvent;
+use crate::spec::JobId;
+use crate::status::JobPhase;
+use crate::store::RunId;
+
+use super::api::{ErrorBody, job_id, known_run, path, run_id};
+use super::{ApiError, App};
+
+/// How often a followed log file is read again for new bytes.
+///
+/// Polling rather than inotify (`notify`): one read per client per interval costs nothing next
+/// to a job's own work, needs no watch per client (200 clients following logs would be 200
+/// inotify watches, against a per-user limit), and sees the bytes of any writer on any file
+/// system. A line shows at most this long after it was written.
+pub const POLL: Duration = Duration::from_millis(200);
+/// The most bytes read from a log at once, and the longest line sent as one event (a longer
+/// one is sent in pieces of this size): what one client can hold in memory.
+pub const CHUNK: usize = 64 * 1024;
+/// The interval of the keep-alive comments of both streams.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often a followed job's phase is read from the store when no change notice came (a run
+/// driven by another process, e.g. a foreground `executioner run`, sends none).
+const PHASE_EVERY: Duration = Duration::from_secs(5);
+/// Notices kept for a slow client before it is told to refresh instead.
+const BACKLOG: usize = 256;
+
+/// A change notice: what changed (a pipeline, a run of it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Change {
+    pub pipeline: Option<String>,
+    #[schema(value_type = Option<i64>)]
+    pub run: Option<RunId>,
+}
+
+/// Where change notices are published, and the signal that ends every stream (the server is
+/// stopping: a stream never ends by itself, so the graceful shutdown would wait for it).
+#[derive(Debug, Clone)]
+pub struct Changes {
+    tx: broadcast::Sender<Change>,
+    closed: CancellationToken,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes::new()
+    }
+}
+
+impl Changes {
+    pub fn new() -> Changes {
+        Changes {
+            tx: broadcast::channel(BACKLOG).0,
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// Publishes what `event` changed, if anything a page shows. Never waits: a client that
+    /// is behind loses its oldest notices (and is told to refresh).
+    pub fn observe(&self, event: &ControllerEvent) {
+        if let Some(change) = change_of(event) {
+            // No subscriber is not an error: nobody is looking.
+            let _ = self.tx.send(change);
+        }
+    }
+
+    /// Ends every stream (the server is stopping).
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.tx.subscribe()
+    }
+}
+
+/// What a controller event changed on the pages.
+fn change_of(event: &ControllerEvent) -> Option<Change> {
+    let both = |pipeline: &String, run: &RunId| {
+        Some(Change {
+            pipeline: Some(pipeline.clone()),
+            run: Some(*run),
+        })
+    };
+    match event {
+        ControllerEvent::RunStarted { pipeline, run, .. }
+        | ControllerEvent::RunResumed { pipeline, run, .. }
+        | ControllerEvent::RunFinished { pipeline, run, .. }
+        | ControllerEvent::Cancelling { pipeline, run, .. }
+        | ControllerEvent::Interrupting { pipeline, run }
+        | ControllerEvent::RunInterrupted { pipeline, run }
+        | ControllerEvent::TickSkipped { pipeline, run, .. }
+        | ControllerEvent::RunFault { pipeline, run, .. }
+        | ControllerEvent::RunProgress { pipeline, run, .. } => both(pipeline, run),
+        ControllerEvent::Deleted { pipeline } | ControllerEvent::StatusBuilt { pipeline, .. } => {
+            Some(Change {
+                pipeline: Some(pipeline.clone()),
+                run: None,
+            })
+        }
+        ControllerEvent::Invalid { .. } => Some(Change {
+            pipeline: None,
+            run: None,
+        }),
+        ControllerEvent::Started { .. }
+        | ControllerEvent::HistoryPruned { .. }
+        | ControllerEvent::Warning(_)
+        | ControllerEvent::Stopping
+        | ControllerEvent::Reconciled { .. }
+        | ControllerEvent::NotificationsPending { .. } => None,
+    }
+}
+
+type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
+type Events = Sse<axum::response::sse::KeepAliveStream<EventStream>>;
+
+fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Events {
+    let stream: EventStream = Box::pin(stream);
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+}
+
+#[utoipa::path(get, path = "/api/v1/events", tag = "api",
+    responses((status = 200, description = "Server-sent events: `event: change` with `data: {\"pipeline\":..,\"run\":..}` (JSON, either may be null) whenever something a page shows changed; `event: refresh` when notices were lost (re-read everything); a keep-alive comment every 15 s", content_type = "text/event-stream", body = Change)))]
+pub async fn events(State(app): State<Arc<App>>) -> Events {
+    let state = (app.changes.subscribe(), app.changes.closed.clone());
+    sse(futures_util::stream::unfold(
+        state,
+        |(mut rx, closed)| async move {
+            let event = tokio::select! {
+                _ = closed.cancelled() => return None,
+                received = rx.recv() => match received {
+                    Ok(change) => Event::default()
+                        .event("change")
+                        .data(serde_json::to_string(&change).unwrap_or_default()),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        Event::default().event("refresh").data("{}")
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            Some((Ok(event), (rx, closed)))
+        },
+    ))
+}
+
+/// `?from=OFFSET` of the log stream.
+#[derive(Debug, Deserialize)]
+pub struct FromQuery {
+    from: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/runs/{id}/jobs/{job}/log/stream", tag = "api",
+    params(
+        ("id" = i64, Path, description = "A run id"),
+        ("job" = String, Path, description = "A job id"),
+        ("from" = Option<u64>, Query, description = "The byte offset to start at (default 0); the `Last-Event-ID` header wins over it"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "The `id` of the last event received: resume just after it")),
+    responses(
+        (status = 200, description = "Server-sent events: `event: line`, `id: <byte offset just after the line>`, `data: <the line>` for each line of the job's log (secrets masked, lossy UTF-8); waits for a job that has not started; when the job has ended and its log is drained, `event: end` with `data: <the job's phase>`, and the stream closes; a keep-alive comment every 15 s", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Not a run id, job id or offset", body = ErrorBody),
+        (status = 404, description = "No such run or job", body = ErrorBody)))]
+pub async fn log_stream(
+    State(app): State<Arc<App>>,
+    ids: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<FromQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Events, ApiError> {
+    let (id, job) = path(ids)?;
+    let (id, job) = (run_id(&id)?, job_id(&job)?);
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let resume = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID is not a byte offset"))?,
+        ),
+        None => None,
+    };
+    let run = known_run(&app, id).await?;
+    if !app.store.jobs(id).await?.iter().any(|j| j.job_id == job) {
+        return Err(ApiError::not_found(format!("run {id} has no job {job}")));
+    }
+    // Every part of the path is a validated name or id: it stays inside the state folder.
+    let file = crate::state_dir::job_log_path(&app.state_dir, &run.pipeline, run.id, &job);
+    let follow = Follow {
+        changes: app.changes.subscribe(),
+        closed: app.changes.closed.clone(),
+        app,
+        run: id,
+        job,
+        path: file,
+        file: None,
+        offset: resume.or(query.from).unwrap_or(0),
+        partial: Vec::new(),
+        ready: VecDeque::new(),
+        check_phase: true,
+        since_check: Duration::ZERO,
+        done: false,
+    };
+    Ok(sse(futures_util::stream::unfold(
+        follow,
+        |mut follow| async move {
+            let event = follow.next().await?;
+            Some((Ok(event), follow))
+        },
+    )))
+}
+
+/// One client following one job's log.
+struct Follow {
+    app: Arc<App>,
+    run: RunId,
+    job: JobId,
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+    /// The offset just after the bytes read (`partial` included).
+    offset: u64,
+    /// The start of a line whose end was not read yet (less than [`CHUNK`] bytes).
+    partial: Vec<u8>,
+    ready: VecDeque<Event>,
+    /// A change notice of the run came (or none was looked at yet): read the job's phase.
+    check_phase: bool,
+    since_check: Duration,
+    done: bool,
+    changes: broadcast::Receiver<Change>,
+    closed: CancellationToken,
+}
+
+impl Follow {
+    /// The next event, `None` when the stream ends.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            if self.done || self.closed.is_cancelled() {
+                return None;
+            }
+            if self.read().await > 0 {
+                continue;
+            }
+            if self.check_phase || self.since_check >= PHASE_EVERY {
+                self.check_phase = false;
+                self.since_check = Duration::ZERO;
+                if let Some(phase) = self.terminal_phase().await {
+                    // The job's process is gone, so the file is complete: drain it.
+                    while self.read().await > 0 {}
+                    self.flush_partial();
+                    self.ready
+                        .push_back(Event::default().event("end").data(phase.as_str()));
+                    self.done = true;
+                    continue;
+                }
+            }
+            self.wait().await;
+        }
+    }
+
+    /// Reads what the file holds past the offset (at most [`CHUNK`] bytes) into events; the
+    /// number of bytes read (0 at its end, or while it does not exist).
+    async fn read(&mut self) -> usize {
+        if self.file.is_none() {
+            let Ok(mut file) = tokio::fs::File::open(&self.path).await else {
+                return 0;
+            };
+            let start = self.offset - self.partial.len() as u64;
+            if tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(start))
+                .await
+                .is_err()
+            {
+                return 0;
+            }
+            self.file = Some(file);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return 0;
+        };
+        let mut chunk = vec![0u8; CHUNK];
+        let n = match file.read(&mut chunk).await {
+            Ok(n) => n,
+            Err(_) => return 0,
+        };
+        chunk.truncate(n);
+        self.take(&chunk);
+        n
+    }
+
+    /// Turns the bytes just read (following `partial`) into one event per complete line.
+    fn take(&mut self, bytes: &[u8]) {
+        let mut start_offset = self.offset - self.partial.len() as u64;
+        self.offset += bytes.len() as u64;
+        self.partial.extend_from_slice(bytes);
+        let mut rest: &[u8] = &self.partial;
+        let mut events = Vec::new();
+        loop {
+            if let Some(end) = rest.iter().position(|b| *b == b'\n') {
+                start_offset += end as u64 + 1;
+                events.push(line_event(&rest[..end], start_offset));
+                rest = &rest[end + 1..];
+            } else if rest.len() >= CHUNK {
+                // A line longer than a chunk is sent in pieces, cut at a character boundary.
+                let cut = utf8_cut(&rest[..CHUNK]);
+                start_offset += cut as u64;
+                events.push(line_event(&rest[..cut], start_offset));
+                rest = &rest[cut..];
+            } else {
+                break;
+            }
+        }
+        self.partial = rest.to_vec();
+        self.ready.extend(events);
+    }
+
+    /// The last line of a finished job's log, when it does not end with a newline.
+    fn flush_partial(&mut self) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.ready.push_back(line_event(&line, self.offset));
+        }
+    }
+
+    /// The job's phase when it is terminal (or when the run or job is gone: a pruned run's
+    /// stream ends, with the last phase known).
+    async fn terminal_phase(&self) -> Option<JobPhase> {
+        let jobs = self.app.store.jobs(self.run).await.ok()?;
+        match jobs.iter().find(|j| j.job_id == self.job) {
+            Some(j) if j.phase.is_terminal() => Some(j.phase),
+            Some(_) => None,
+            None => Some(JobPhase::Cancelled),
+        }
+    }
+
+    /// Waits for the next poll, a change of the run, or the server's stop.
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => self.since_check += POLL,
+            _ = self.closed.cancelled() => {}
+            received = self.changes.recv() => match received {
+                Ok(change) => {
+                    if change.run == Some(self.run) {
+                        self.check_phase = true;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.check_phase = true,
+                // The sender lives as long as the server: only polling is left.
+                Err(broadcast::error::RecvError::Closed) => {
+                    tokio::time::sleep(POLL).await;
+                    self.since_check += POLL;
+                }
+            },
+        }
+    }
+}
+
+/// The longest prefix of `bytes` that does not end inside a UTF-8 character (at most 3 bytes
+/// shorter; never empty).
+fn utf8_cut(bytes: &[u8]) -> usize {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+        Err(_) => bytes.len(),
+    }
+}
+
+/// An `event: line` of a log line ending just before byte `end`. A carriage return cannot be
+/// sent in an event: a line's trailing one (CRLF) is dropped, an inner one (a progress bar
+/// redrawn) becomes a line break, which `EventSource` hands over as `\n`.
+fn line_event(line: &[u8], end: u64) -> Event {
+    let text = String::from_utf8_lossy(line);
+    let text = text.strip_suffix('\r').unwrap_or(&text);
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    Event::default()
+        .event("line")
+        .id(end.to_string())
+        .data(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_never_splits_a_character() {
+        let text = "aé".as_bytes();
+        assert_eq!(utf8_cut(&text[..2]), 1);
+        assert_eq!(utf8_cut(text), 3);
+        assert_eq!(utf8_cut(b"\xff\xfe"), 2, "invalid bytes are cut anywhere");
+    }
+
+    #[test]
+    fn every_controller_event_of_a_run_names_it() {
+        let run = RunId::from(7);
+        let event = ControllerEvent::RunFinished {
+            pipeline: "p".into(),
+            run,
+            phase: crate::status::RunPhase::Succeeded,
+        };
+        assert_eq!(
+            change_of(&event),
+            Some(Change {
+                pipeline: Some("p".into()),
+                run: Some(run)
+            })
+        );
+        assert_eq!(
+            change_of(&ControllerEvent::Reconciled {
+                took: Duration::ZERO
+            }),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_misses_notices_and_the_sender_never_waits() {
+        let changes = Changes::new();
+        let mut rx = changes.subscribe();
+        let event = ControllerEvent::Deleted {
+            pipeline: "p".into(),
+        };
+        for _ in 0..BACKLOG * 4 {
+            changes.observe(&event);
+        }
+        assert!(matches!(
+            rx.recv().await,
+            Err(broadcast::error::RecvError::Lagged(_))
+        ));
+        assert!(rx.recv().await.is_ok(), "it goes on after the gap");
+    }
+}
