@@ -191,6 +191,7 @@ fn log_event(event: &ControllerEvent) {
             run,
             generation,
             why,
+            ..
         } => {
             tracing::info!(pipeline = %pipeline, run = run.get(), generation, why = %why, "run started")
         }
@@ -198,6 +199,7 @@ fn log_event(event: &ControllerEvent) {
             pipeline,
             run,
             lost,
+            ..
         } => tracing::warn!(
             pipeline = %pipeline,
             run = run.get(),
@@ -272,7 +274,6 @@ fn log_event(event: &ControllerEvent) {
         ControllerEvent::Stopping => tracing::info!("stopping: interrupting runs"),
         // What the metrics are fed from: too frequent for the log.
         ControllerEvent::RunProgress { .. }
-        | ControllerEvent::RunPlanned { .. }
         | ControllerEvent::Reconciled { .. }
         | ControllerEvent::NotificationsPending { .. }
         | ControllerEvent::StatusBuilt { .. } => {}

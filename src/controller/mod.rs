@@ -76,11 +76,15 @@ pub enum ControllerEvent {
         run: RunId,
         generation: i64,
         why: &'static str,
+        /// Only with `detailed_events`.
+        round: Option<RoundJobs>,
     },
     RunResumed {
         pipeline: String,
         run: RunId,
         lost: Vec<String>,
+        /// Only with `detailed_events`.
+        round: Option<RoundJobs>,
     },
     RunFinished {
         pipeline: String,
@@ -135,14 +139,6 @@ pub enum ControllerEvent {
         run: RunId,
         event: crate::engine::RunEvent,
     },
-    /// Run `run` is handed to the engine (only with `detailed_events`): each job's dependencies
-    /// (by the engine's job index) and whether it runs in this round (a resume keeps the others'
-    /// results), so that its progress events say which jobs are ready.
-    RunPlanned {
-        run: RunId,
-        dependencies: Vec<Vec<usize>>,
-        runs: Vec<bool>,
-    },
     /// A reconcile pass ended after `took` (only with `detailed_events`).
     Reconciled {
         took: Duration,
@@ -157,6 +153,15 @@ pub enum ControllerEvent {
         pipeline: String,
         phase: crate::status::file::PipelinePhase,
     },
+}
+
+/// The jobs of a run's round as the engine gets them, so that its progress events can say which
+/// jobs are ready (the metrics): each job's dependencies, by the engine's job index, and whether it
+/// runs in this round (a resume keeps the others' results).
+#[derive(Debug, Clone)]
+pub struct RoundJobs {
+    pub dependencies: Vec<Vec<usize>>,
+    pub runs: Vec<bool>,
 }
 
 /// How a run's task failed.

@@ -7,7 +7,7 @@
 //!
 //! `executioner_ready_jobs` counts the jobs whose dependencies have ended and that have not
 //! started: they wait only for a worker (or their pipeline's `maxParallel`). It is derived from the
-//! run's dependencies (`ControllerEvent::RunPlanned`, once per run) and its jobs' ends and starts;
+//! run's dependencies (`RoundJobs`, with the run's start or resumption) and its jobs' ends and starts;
 //! a job waiting out its retry delay is not counted (no event says when the delay is over).
 
 use std::collections::HashMap;
@@ -301,12 +301,17 @@ impl Metrics {
                 // Not forgotten here: the controller reports a run's end before it has passed
                 // on the run's last progress events, which still close its attempts.
             }
-            ControllerEvent::RunPlanned {
+            ControllerEvent::RunStarted {
                 run,
-                dependencies,
-                runs,
+                round: Some(round),
+                ..
+            }
+            | ControllerEvent::RunResumed {
+                run,
+                round: Some(round),
+                ..
             } => {
-                let readiness = Readiness::new(dependencies, runs);
+                let readiness = Readiness::new(&round.dependencies, &round.runs);
                 let added = readiness.ready;
                 let before = self.tracking().readiness.insert(*run, readiness);
                 self.ready_jobs
@@ -560,15 +565,25 @@ mod tests {
         }
     }
 
+    fn started(run: i64, dependencies: Vec<Vec<usize>>, runs: Vec<bool>) -> ControllerEvent {
+        ControllerEvent::RunStarted {
+            pipeline: "p".into(),
+            run: RunId::from(run),
+            generation: 1,
+            why: "test",
+            round: Some(crate::controller::RoundJobs { dependencies, runs }),
+        }
+    }
+
     #[test]
     fn ready_jobs_follow_the_dependencies_of_each_run() {
         let m = Metrics::new();
         // 0 and 1 need nothing, 2 needs both, 3 needs 2; 4 keeps an earlier round's result.
-        m.observe(&ControllerEvent::RunPlanned {
-            run: RunId::from(1),
-            dependencies: vec![vec![], vec![], vec![0, 1], vec![2], vec![]],
-            runs: vec![true, true, true, true, false],
-        });
+        m.observe(&started(
+            1,
+            vec![vec![], vec![], vec![0, 1], vec![2], vec![]],
+            vec![true, true, true, true, false],
+        ));
         assert_eq!(m.ready_jobs.get(), 2);
         m.observe(&progress(
             1,
@@ -590,11 +605,7 @@ mod tests {
         m.observe(&progress(1, finished(1)));
         assert_eq!(m.ready_jobs.get(), 1, "2 is ready");
         // Another run's jobs add up; a fault forgets them.
-        m.observe(&ControllerEvent::RunPlanned {
-            run: RunId::from(2),
-            dependencies: vec![vec![], vec![]],
-            runs: vec![true, true],
-        });
+        m.observe(&started(2, vec![vec![], vec![]], vec![true, true]));
         assert_eq!(m.ready_jobs.get(), 3);
         m.observe(&ControllerEvent::RunFault {
             pipeline: "p".into(),

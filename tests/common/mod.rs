@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod ca;
+pub mod http;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
