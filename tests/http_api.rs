@@ -614,7 +614,7 @@ fn a_bad_listen_address_or_a_missing_token_is_a_usage_error() {
 #[test]
 fn every_metric_of_the_design_is_exported_and_ready_jobs_wait_for_a_worker() {
     let ws = Workspace::new();
-    // Four independent jobs and one worker: three of them wait for it at first.
+    // Four independent jobs and one worker: while one runs, the others wait for it.
     let jobs: String = (0..4)
         .map(|i| format!("    - {{id: j{i}, command: \"sleep 0.5\"}}\n"))
         .collect();
@@ -632,14 +632,12 @@ fn every_metric_of_the_design_is_exported_and_ready_jobs_wait_for_a_worker() {
             &[("pipeline", "wide"), ("phase", "Succeeded")],
         ) == 1.0
     });
+    // All four are ready when the run starts, then three wait while one runs, and so on.
     assert!(
-        most_ready >= 1.0,
-        "no job was ever seen waiting for the worker"
+        most_ready >= 2.0,
+        "never more ready jobs than workers: {most_ready}"
     );
-    assert!(
-        most_ready <= 3.0,
-        "{most_ready} ready with four jobs and one running"
-    );
+    assert!(most_ready <= 4.0, "{most_ready} ready with four jobs");
     let s = scrape(addr);
     assert_eq!(sample(&s, "executioner_ready_jobs", &[]), 0.0);
     for name in [

@@ -290,7 +290,9 @@ impl Metrics {
                 event,
             } => self.progress(pipeline, *run, event),
             ControllerEvent::RunFinished {
-                pipeline, phase, ..
+                pipeline,
+                phase,
+                run,
             } => {
                 self.runs
                     .get_or_create(&PipelinePhaseLabels {
@@ -298,8 +300,10 @@ impl Metrics {
                         phase: phase.as_str(),
                     })
                     .inc();
-                // Not forgotten here: the controller reports a run's end before it has passed
-                // on the run's last progress events, which still close its attempts.
+                // Its attempts are not forgotten here: the controller reports a run's end before
+                // it has passed on the run's last progress events, which still close them. But
+                // nothing of an ended run is ready, whatever events it did not send.
+                self.forget_readiness(*run);
             }
             ControllerEvent::RunStarted {
                 run,
@@ -634,5 +638,14 @@ mod tests {
             m.tracking().readiness.is_empty(),
             "an ended run is forgotten"
         );
+        // A run that ends with jobs never started (no event for them) leaves none ready.
+        m.observe(&started(3, vec![vec![], vec![0]], vec![true, true]));
+        assert_eq!(m.ready_jobs.get(), 1);
+        m.observe(&ControllerEvent::RunFinished {
+            pipeline: "p".into(),
+            run: RunId::from(3),
+            phase: crate::status::RunPhase::Cancelled,
+        });
+        assert_eq!(m.ready_jobs.get(), 0);
     }
 }
