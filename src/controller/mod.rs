@@ -59,8 +59,8 @@ pub struct ControllerOptions {
     /// Exit once every current manifest's run is terminal.
     pub once: bool,
     /// Also send [`ControllerEvent::RunProgress`], [`ControllerEvent::Reconciled`] and
-    /// [`ControllerEvent::NotificationsPending`] (what the metrics are fed from); off, they cost
-    /// nothing.
+    /// [`ControllerEvent::NotificationsPending`], and the `round` of a run started or resumed
+    /// (what the metrics are fed from); off, they cost nothing.
     pub detailed_events: bool,
 }
 

@@ -1,9 +1,10 @@
 //! The controller's HTTP server (DESIGN 10): the router of the JSON API, health and `/metrics`,
-//! its limits on a parsed request (URL length, request size, time per request), the JSON error
-//! body every failure gets, and serving on its own tokio task so that no request ever holds up the reconcile loop.
+//! its limits (URL length, request size, time per request), the JSON error body every failure
+//! gets, and serving on its own tokio task so that no request ever holds up the reconcile loop.
 //! It reads through the `Store` API only and changes nothing but through the controller's own
 //! request mechanisms (a rerun request, a cancel request). Owns neither the handlers (`api`), the
-//! metrics (`metrics`), the token (`auth`) nor the connections and their heads (`conn`); the CLI binds it and feeds the metrics.
+//! metrics (`metrics`) nor the token (`auth`); the CLI binds it and feeds the metrics. The
+//! connections, their timeouts and the limits of a request head are `conn`'s.
 
 pub mod api;
 pub mod auth;
