@@ -36,6 +36,13 @@ temp file, then renamed in) one at a time, and each job writes `date +%s%N`
 to a marker file. Reaction = the job's timestamp - time.time_ns() taken right
 before the rename. DESIGN target: median < 50 ms.
 
+Then (alone with --ui; skipped with --no-ui) the cost of the HTTP server to the
+controller: the same reaction time with the server off, and with it on and 20
+clients following a live log (GET /api/v1/runs/ID/jobs/JOB/log/stream) of a job
+that prints a line every 50 ms, which runs in both conditions. The conditions
+alternate in blocks of fresh controllers; the ratio of the medians (on / off)
+is reported. Goal (issue 17): <= 1.2.
+
 Results: a table on stdout and bench/out/results.json. The DESIGN targets are
 shown as PASS/OVER markers for information only; the exit status is 0 unless a
 command failed (or the executioner binary is missing).
@@ -93,6 +100,11 @@ REACTION_GAP_S = 0.2  # between drops
 REACTION_SETTLE_S = 0.5  # after the lock holds the pid (the watch is set up right after)
 REACTION_START_S = 60.0  # for the controller to take its lock
 REACTION_STOP_S = 15.0  # SIGTERM -> SIGKILL
+# The HTTP server's cost (issue 17): reaction time on / off, 20 followers of a live log.
+TARGET_UI_RATIO = 1.2
+UI_CLIENTS = 20
+UI_BLOCKS = 4  # per condition, alternating off, on, off, on, ...
+UI_LINE_S = 0.05  # the live job prints a line this often
 
 
 class BenchError(RuntimeError):
@@ -448,6 +460,21 @@ def stop_controller(proc: subprocess.Popen) -> int | None:
         return proc.wait()
 
 
+def time_drop(manifests: Path, markers: Path, i: int) -> float | None:
+    """Drops manifest react-<i> (temp file, then rename); ms until its job stamped its marker."""
+    marker = markers / f"react-{i}.stamp"
+    tmpfile = manifests / f".tmp-{i}"
+    tmpfile.write_text(reaction_manifest(i, marker))
+    t0 = time.time_ns()
+    os.rename(tmpfile, manifests / f"react-{i}.yaml")
+    deadline = time.monotonic() + REACTION_TIMEOUT_S
+    stamp = None
+    while stamp is None and time.monotonic() < deadline:
+        time.sleep(REACTION_POLL_S)
+        stamp = read_stamp(marker)
+    return None if stamp is None else (stamp - t0) / 1e6
+
+
 def bench_reaction(exe: str, repeats: int) -> Reaction:
     """Drop `repeats` one-job manifests into a running controller's folder, one at a time.
 
@@ -488,26 +515,16 @@ def bench_reaction(exe: str, repeats: int) -> Reaction:
             for i in range(repeats):
                 if i:
                     time.sleep(REACTION_GAP_S)
-                marker = markers / f"react-{i}.stamp"
-                tmpfile = manifests / f".tmp-{i}"
-                tmpfile.write_text(reaction_manifest(i, marker))
-                t0 = time.time_ns()
-                os.rename(tmpfile, manifests / f"react-{i}.yaml")
-                deadline = time.monotonic() + REACTION_TIMEOUT_S
-                stamp = None
-                while stamp is None and time.monotonic() < deadline:
-                    time.sleep(REACTION_POLL_S)
-                    stamp = read_stamp(marker)
+                ms = time_drop(manifests, markers, i)
                 if proc.poll() is not None:
                     res.error = (f"the controller exited with code {proc.returncode} during drop {i}"
                                  f"\n  controller output (last lines):\n    {log_tail(log)}")
                     return res
-                if stamp is None:
+                if ms is None:
                     res.timeouts.append(i)
                     progress(f"  reaction: drop {i + 1}/{repeats}: job not started after "
                              f"{REACTION_TIMEOUT_S:.0f} s")
                     continue
-                ms = (stamp - t0) / 1e6
                 res.samples_ms.append(ms)
                 progress(f"  reaction: drop {i + 1}/{repeats}: {ms:.1f} ms")
         finally:
@@ -533,6 +550,205 @@ def print_reaction(r: Reaction) -> None:
         print(f"  FAILED: {r.error}")
     if r.passed() is not None:
         print(f"  DESIGN target (informational): median < {TARGET_REACTION_MS:.0f} ms: "
+              f"{'PASS' if r.passed() else 'OVER'}")
+
+
+# --------------------------------------------------------------------------
+# The HTTP server's cost: reaction time with it off, and on with clients following a live log
+
+
+@dataclass
+class UiCost:
+    """Outcome of bench_ui: reaction samples per condition."""
+    repeats: int  # drops per condition
+    off_ms: list[float] = field(default_factory=list)
+    on_ms: list[float] = field(default_factory=list)
+    timeouts: int = 0
+    lines_streamed: int = 0  # `event: line` the clients received, over all "on" blocks
+    skipped: str | None = None
+    error: str | None = None
+
+    def ratio(self) -> float | None:
+        if not self.off_ms or not self.on_ms:
+            return None
+        return statistics.median(self.on_ms) / statistics.median(self.off_ms)
+
+    def passed(self) -> bool | None:
+        if self.timeouts:
+            return False
+        r = self.ratio()
+        return None if r is None else r <= TARGET_UI_RATIO
+
+    def to_json(self) -> dict:
+        med = lambda v: round(statistics.median(v), 3) if v else None  # noqa: E731
+        r = self.ratio()
+        return {
+            "drops_per_condition": self.repeats,
+            "clients": UI_CLIENTS,
+            "blocks_per_condition": UI_BLOCKS,
+            "off_samples_ms": [round(v, 3) for v in self.off_ms],
+            "on_samples_ms": [round(v, 3) for v in self.on_ms],
+            "off_median_ms": med(self.off_ms),
+            "on_median_ms": med(self.on_ms),
+            "ratio": r and round(r, 3),
+            "lines_streamed": self.lines_streamed,
+            "timeouts": self.timeouts,
+            "target_ratio": TARGET_UI_RATIO,
+            "pass": self.passed(),
+            "skipped": self.skipped,
+            "error": self.error,
+        }
+
+
+def live_job_manifest(started: Path) -> str:
+    """A job that touches `started`, then prints a line every UI_LINE_S until it is stopped."""
+    script = f'touch "$0"; while :; do echo "line $(date +%s%N)"; sleep {UI_LINE_S}; done'
+    cmd = ["sh", "-c", script, str(started)]
+    return "\n".join([
+        "apiVersion: executioner.dev/v1",
+        "kind: Pipeline",
+        "metadata:",
+        "  name: live",
+        "spec:",
+        "  jobs:",
+        "    - id: talk",
+        f"      command: [{', '.join(json.dumps(c) for c in cmd)}]",
+    ]) + "\n"
+
+
+class Followers:
+    """UI_CLIENTS connections following one job's log stream, read (and dropped) by a thread."""
+
+    def __init__(self, addr: tuple[str, int], target: str):
+        import selectors
+        import socket
+        import threading
+        self.lines = 0
+        self._stop = threading.Event()
+        self._sel = selectors.DefaultSelector()
+        self._socks = []
+        for _ in range(UI_CLIENTS):
+            s = socket.create_connection(addr, timeout=10)
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+                      .encode())
+            s.setblocking(False)
+            self._sel.register(s, selectors.EVENT_READ)
+            self._socks.append(s)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._sel.select(timeout=0.1):
+                try:
+                    data = key.fileobj.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self._sel.unregister(key.fileobj)
+                    continue
+                self.lines += data.count(b"event: line")
+
+    def close(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        for s in self._socks:
+            s.close()
+        return self.lines
+
+
+def ui_block(exe: str, on: bool, first: int, count: int, res: UiCost) -> None:
+    """One fresh controller (HTTP on or off) with the live job running: `count` drops."""
+    with tempfile.TemporaryDirectory(prefix="executioner-ui-") as tmp:
+        root = Path(tmp)
+        state, manifests, markers = root / "state", root / "manifests", root / "markers"
+        manifests.mkdir()
+        markers.mkdir()
+        started = markers / "live.started"
+        (manifests / "live.yaml").write_text(live_job_manifest(started))
+        log = root / "controller.log"
+        env = dict(os.environ, EXECUTIONER_RESYNC_INTERVAL=str(REACTION_RESYNC_S))
+        argv = [exe, "--state-dir", str(state), "controller", "--manifests", str(manifests)]
+        if on:
+            argv += ["--listen", "127.0.0.1:0"]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        followers = None
+        try:
+            deadline = time.monotonic() + REACTION_START_S
+            while not started.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    res.error = (f"the live job did not start (controller exit {proc.poll()})"
+                                 f"\n  controller output (last lines):\n    {log_tail(log)}")
+                    return
+                time.sleep(0.01)
+            if on:
+                host, port = (state / "http.addr").read_text().strip().rsplit(":", 1)
+                # The live run is the state folder's first run.
+                followers = Followers((host, int(port)), "/api/v1/runs/1/jobs/talk/log/stream")
+            time.sleep(REACTION_SETTLE_S)
+            for i in range(first, first + count):
+                time.sleep(REACTION_GAP_S)
+                ms = time_drop(manifests, markers, i)
+                if proc.poll() is not None:
+                    res.error = (f"the controller exited with code {proc.returncode} during drop {i}"
+                                 f"\n  controller output (last lines):\n    {log_tail(log)}")
+                    return
+                if ms is None:
+                    res.timeouts += 1
+                    continue
+                (res.on_ms if on else res.off_ms).append(ms)
+                progress(f"  ui: {'on ' if on else 'off'} drop {i + 1}: {ms:.1f} ms")
+        finally:
+            if followers:
+                res.lines_streamed += followers.close()
+            stop_controller(proc)
+
+
+def bench_ui(exe: str, repeats: int) -> UiCost:
+    """Reaction time with the HTTP server off, and on with UI_CLIENTS following a live log.
+
+    The conditions alternate in UI_BLOCKS blocks each (off, on, off, on, ...), each block a fresh
+    controller whose folder holds the live job (it runs in both conditions: only the server and
+    its clients differ), so that drifting machine load hits both alike.
+    """
+    res = UiCost(repeats)
+    if not has_controller(exe):
+        res.skipped = f"{exe} has no `controller` subcommand"
+        return res
+    per_block = max(1, math.ceil(repeats / UI_BLOCKS))
+    progress(f"ui: reaction time, HTTP server off vs on with {UI_CLIENTS} clients following a "
+             f"live log; {UI_BLOCKS} blocks of {per_block} drops per condition, interleaved")
+    drop = 0
+    for _ in range(UI_BLOCKS):
+        for on in (False, True):
+            ui_block(exe, on, drop, per_block, res)
+            drop += per_block
+            if res.error:
+                return res
+    return res
+
+
+def print_ui(r: UiCost) -> None:
+    print()
+    print(f"HTTP server's cost: reaction time, server off vs on with {UI_CLIENTS} clients "
+          f"following a live log (a line every {UI_LINE_S * 1000:.0f} ms)")
+    if r.skipped:
+        print(f"  skipped: {r.skipped}")
+        return
+    if r.off_ms and r.on_ms:
+        print(f"  off: {len(r.off_ms)} drops, median {statistics.median(r.off_ms):.1f} ms   "
+              f"on: {len(r.on_ms)} drops, median {statistics.median(r.on_ms):.1f} ms   "
+              f"ratio on/off {r.ratio():.2f}   ({r.lines_streamed} lines streamed)")
+    if r.timeouts:
+        print(f"  {r.timeouts} drop(s) never started within {REACTION_TIMEOUT_S:.0f} s")
+    if r.error:
+        print(f"  FAILED: {r.error}")
+    if r.passed() is not None:
+        print(f"  goal (informational): ratio <= {TARGET_UI_RATIO}: "
               f"{'PASS' if r.passed() else 'OVER'}")
 
 
@@ -731,7 +947,7 @@ def tool_version(argv: list[str]) -> str | None:
 
 
 def write_json(results: list[Result], args, exe, ninja, make,
-               reaction: Reaction | None = None) -> Path:
+               reaction: Reaction | None = None, ui: UiCost | None = None) -> Path:
     doc = {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": {
@@ -749,6 +965,8 @@ def write_json(results: list[Result], args, exe, ninja, make,
             "dag_tables": args.run_dag,
             "reaction": args.run_reaction,
             "reaction_repeats": args.reaction_repeats,
+            "ui": args.run_ui,
+            "ui_repeats": args.ui_repeats,
         },
         "tools": {
             "executioner": exe and {"path": exe, "version": tool_version([exe, "--version"])},
@@ -760,10 +978,13 @@ def write_json(results: list[Result], args, exe, ninja, make,
             "peak_rss_mib_at_10000": TARGET_PEAK_RSS_MIB,
             "validate_and_plan_s_at_10000": TARGET_PLAN_S,
             "reaction_median_ms": TARGET_REACTION_MS,
+            "ui_reaction_ratio": TARGET_UI_RATIO,
         },
         "results": [r.to_json() for r in results],
         "reaction": reaction.to_json() if reaction else None,
+        "ui": ui.to_json() if ui else None,
     }
+    OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "results.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
@@ -794,6 +1015,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                "by default it runs after the DAG tables")
     reaction.add_argument("--no-reaction", action="store_true",
                           help="skip the reaction-time benchmark")
+    reaction.add_argument("--ui", action="store_true",
+                          help="run only the HTTP server's cost (reaction time off vs on with "
+                               "clients following a live log); by default it runs after the "
+                               "reaction time")
+    p.add_argument("--no-ui", action="store_true", help="skip the HTTP server's cost")
+    p.add_argument("--ui-repeats", type=int, default=20,
+                   help="manifests dropped per condition for the HTTP server's cost (default 20)")
     p.add_argument("--reaction-repeats", type=int, default=20,
                    help="manifests dropped for the reaction time (default 20)")
     p.add_argument("--no-settle", action="store_true",
@@ -818,10 +1046,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--repeats and --workers must be at least 1")
     if args.reaction_repeats < 1:
         p.error("--reaction-repeats must be at least 1")
-    if args.reaction and args.only_baselines:
-        p.error("--reaction needs the executioner binary; it cannot go with --only-baselines")
-    args.run_dag = not args.reaction
-    args.run_reaction = not args.no_reaction and not args.only_baselines
+    if args.ui_repeats < 1:
+        p.error("--ui-repeats must be at least 1")
+    if (args.reaction or args.ui) and args.only_baselines:
+        p.error("--reaction and --ui need the executioner binary; not with --only-baselines")
+    if args.ui and args.no_ui:
+        p.error("--ui and --no-ui contradict each other")
+    args.run_dag = not args.reaction and not args.ui
+    args.run_reaction = not args.no_reaction and not args.only_baselines and not args.ui
+    args.run_ui = not args.no_ui and not args.only_baselines and not args.reaction
     return args
 
 
@@ -857,11 +1090,16 @@ def main(argv: list[str] | None = None) -> int:
         exe = os.path.abspath(exe)
 
     if not args.run_dag:
-        reaction = bench_reaction(exe, args.reaction_repeats)
-        print_reaction(reaction)
-        path = write_json([], args, exe, None, None, reaction)
+        reaction = ui = None
+        if args.run_reaction:
+            reaction = bench_reaction(exe, args.reaction_repeats)
+            print_reaction(reaction)
+        if args.run_ui:
+            ui = bench_ui(exe, args.ui_repeats)
+            print_ui(ui)
+        path = write_json([], args, exe, None, None, reaction, ui)
         print(f"\nresults: {path.relative_to(REPO)}")
-        return 1 if reaction.error else 0
+        return 1 if (reaction and reaction.error) or (ui and ui.error) else 0
 
     ninja = shutil.which("ninja")
     if not ninja:
@@ -902,10 +1140,14 @@ def main(argv: list[str] | None = None) -> int:
     if exe and args.run_reaction:
         reaction = bench_reaction(exe, args.reaction_repeats)
         print_reaction(reaction)
-    path = write_json(results, args, exe, ninja, make, reaction)
+    ui = None
+    if exe and args.run_ui:
+        ui = bench_ui(exe, args.ui_repeats)
+        print_ui(ui)
+    path = write_json(results, args, exe, ninja, make, reaction, ui)
     print(f"\nresults: {path.relative_to(REPO)}")
     print("noise: expect +-50% between invocations on a 2-core machine; compare medians of one run.")
-    return 1 if reaction and reaction.error else 0
+    return 1 if (reaction and reaction.error) or (ui and ui.error) else 0
 
 
 if __name__ == "__main__":

@@ -608,3 +608,53 @@ fn a_bad_listen_address_or_a_missing_token_is_a_usage_error() {
     );
     assert!(!Path::new(&ws.state_dir().join("http.addr")).exists());
 }
+
+/// Every metric of DESIGN 10 that applies without PostgreSQL is exported, and
+/// `executioner_ready_jobs` counts the jobs that wait only for a worker.
+#[test]
+fn every_metric_of_the_design_is_exported_and_ready_jobs_wait_for_a_worker() {
+    let ws = Workspace::new();
+    // Four independent jobs and one worker: while one runs, the others wait for it.
+    let jobs: String = (0..4)
+        .map(|i| format!("    - {{id: j{i}, command: \"sleep 0.5\"}}\n"))
+        .collect();
+    ws.write("manifests/wide.yaml", &manifest("wide", "", &jobs));
+    let served = Served::start(&ws, "127.0.0.1:0", &[("EXECUTIONER_WORKERS", "1")]);
+    let addr = served.addr;
+    let mut most_ready = 0.0f64;
+    wait_until(Duration::from_secs(60), || {
+        let s = scrape(addr);
+        most_ready = most_ready.max(sample(&s, "executioner_ready_jobs", &[]));
+        assert!(sample(&s, "executioner_running_jobs", &[]) <= 1.0);
+        sample(
+            &s,
+            "executioner_runs_total",
+            &[("pipeline", "wide"), ("phase", "Succeeded")],
+        ) == 1.0
+    });
+    // All four are ready when the run starts, then three wait while one runs, and so on.
+    assert!(
+        most_ready >= 2.0,
+        "never more ready jobs than workers: {most_ready}"
+    );
+    assert!(most_ready <= 4.0, "{most_ready} ready with four jobs");
+    let s = scrape(addr);
+    assert_eq!(sample(&s, "executioner_ready_jobs", &[]), 0.0);
+    for name in [
+        "executioner_runs_total",
+        "executioner_jobs_total",
+        "executioner_attempts_total",
+        "executioner_job_duration_seconds",
+        "executioner_running_jobs",
+        "executioner_ready_jobs",
+        "executioner_pipelines",
+        "executioner_reconcile_duration_seconds",
+        "executioner_notifications_pending",
+    ] {
+        assert!(
+            s.samples.iter().any(|m| m.metric == name),
+            "{name} is not exported:\n{}",
+            get(addr, "/metrics").text()
+        );
+    }
+}

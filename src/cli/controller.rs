@@ -191,6 +191,7 @@ fn log_event(event: &ControllerEvent) {
             run,
             generation,
             why,
+            ..
         } => {
             tracing::info!(pipeline = %pipeline, run = run.get(), generation, why = %why, "run started")
         }
@@ -198,6 +199,7 @@ fn log_event(event: &ControllerEvent) {
             pipeline,
             run,
             lost,
+            ..
         } => tracing::warn!(
             pipeline = %pipeline,
             run = run.get(),

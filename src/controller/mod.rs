@@ -59,8 +59,8 @@ pub struct ControllerOptions {
     /// Exit once every current manifest's run is terminal.
     pub once: bool,
     /// Also send [`ControllerEvent::RunProgress`], [`ControllerEvent::Reconciled`] and
-    /// [`ControllerEvent::NotificationsPending`] (what the metrics are fed from); off, they cost
-    /// nothing.
+    /// [`ControllerEvent::NotificationsPending`], and the `round` of a run started or resumed
+    /// (what the metrics are fed from); off, they cost nothing.
     pub detailed_events: bool,
 }
 
@@ -76,11 +76,15 @@ pub enum ControllerEvent {
         run: RunId,
         generation: i64,
         why: &'static str,
+        /// Only with `detailed_events`.
+        round: Option<RoundJobs>,
     },
     RunResumed {
         pipeline: String,
         run: RunId,
         lost: Vec<String>,
+        /// Only with `detailed_events`.
+        round: Option<RoundJobs>,
     },
     RunFinished {
         pipeline: String,
@@ -149,6 +153,15 @@ pub enum ControllerEvent {
         pipeline: String,
         phase: crate::status::file::PipelinePhase,
     },
+}
+
+/// The jobs of a run's round as the engine gets them, so that its progress events can say which
+/// jobs are ready (the metrics): each job's dependencies, by the engine's job index, and whether it
+/// runs in this round (a resume keeps the others' results).
+#[derive(Debug, Clone)]
+pub struct RoundJobs {
+    pub dependencies: Vec<Vec<usize>>,
+    pub runs: Vec<bool>,
 }
 
 /// How a run's task failed.

@@ -163,6 +163,7 @@ impl Controller {
                     pipeline: run.pipeline.to_string(),
                     run: run.id,
                     lost: lost.iter().map(ToString::to_string).collect(),
+                    round: self.round_jobs(&plan, &request),
                 });
                 self.spawn_run(
                     run.pipeline.to_string(),
@@ -311,11 +312,28 @@ impl Controller {
             run: request.run_id,
             generation,
             why,
+            round: self.round_jobs(&plan, &request),
         });
         self.settled.remove(&d.name);
         self.dirty.insert(d.name.clone());
         self.spawn_run(d.name.clone(), plan, request, generation, 0);
         Ok(())
+    }
+
+    /// What the metrics need of a round's jobs (only when they are kept: `detailed_events`).
+    fn round_jobs(
+        &self,
+        plan: &engine::Plan,
+        request: &engine::RunRequest,
+    ) -> Option<super::RoundJobs> {
+        self.opts.detailed_events.then(|| super::RoundJobs {
+            dependencies: plan.jobs.iter().map(|j| j.dependencies.clone()).collect(),
+            runs: request
+                .starts
+                .iter()
+                .map(|s| *s == crate::scheduler::Start::Run)
+                .collect(),
+        })
     }
 
     fn spawn_run(

@@ -139,7 +139,7 @@ pub async fn pipelines(
 }
 
 #[utoipa::path(get, path = "/api/v1/pipelines/{name}", tag = "api",
-    params(("name" = String, Path, description = "A pipeline name")),
+    params(("name" = String, Path, description = "A pipeline name (a lowercase DNS label)", min_length = 1, max_length = 63, pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")),
     responses(
         (status = 200, description = "One pipeline's status (`status NAME -o json`)", body = PipelineStatusDoc),
         (status = 400, description = "Not a pipeline name", body = ErrorBody),
@@ -159,8 +159,8 @@ pub async fn pipeline(
 
 #[utoipa::path(get, path = "/api/v1/runs", tag = "api",
     params(
-        ("pipeline" = Option<String>, Query, description = "Only runs of this pipeline"),
-        ("limit" = Option<i64>, Query, description = "How many runs, the newest (default 20, at most 1000)")),
+        ("pipeline" = Option<String>, Query, description = "Only runs of this pipeline", min_length = 1, max_length = 63, pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        ("limit" = Option<i64>, Query, description = "How many runs, the newest (default 20, at most 1000)", minimum = 1, maximum = 1000)),
     responses(
         (status = 200, description = "Runs, newest first (`runs -o json`)", body = Vec<RunView>),
         (status = 400, description = "A bad pipeline name or limit", body = ErrorBody)))]
@@ -196,7 +196,7 @@ pub(super) async fn known_run(app: &App, id: RunId) -> Result<crate::store::RunR
 }
 
 #[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "api",
-    params(("id" = i64, Path, description = "A run id")),
+    params(("id" = i64, Path, description = "A run id", minimum = 1)),
     responses(
         (status = 200, description = "A run with its jobs (`runs show ID -o json`)", body = RunDetail),
         (status = 400, description = "Not a run id", body = ErrorBody),
@@ -212,7 +212,7 @@ pub async fn run(
 }
 
 #[utoipa::path(get, path = "/api/v1/runs/{id}/jobs/{job}/log", tag = "api",
-    params(("id" = i64, Path, description = "A run id"), ("job" = String, Path, description = "A job id")),
+    params(("id" = i64, Path, description = "A run id", minimum = 1), ("job" = String, Path, description = "A job id (A-Z, a-z, 0-9, `_`, `.`, `-`; not `.` or `..`)", min_length = 1, max_length = 63, pattern = "^([A-Za-z0-9_-][A-Za-z0-9_.-]*|\\.[A-Za-z0-9_-][A-Za-z0-9_.-]*|\\.\\.[A-Za-z0-9_.-]+)$")),
     responses(
         (status = 200, description = "The job's log as written (secrets masked), as plain text", content_type = "text/plain", body = String),
         (status = 400, description = "Not a run id or job id", body = ErrorBody),
@@ -253,7 +253,7 @@ pub async fn log(
 }
 
 #[utoipa::path(post, path = "/api/v1/pipelines/{name}/rerun", tag = "api",
-    params(("name" = String, Path, description = "A pipeline name")),
+    params(("name" = String, Path, description = "A pipeline name (a lowercase DNS label)", min_length = 1, max_length = 63, pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")),
     security(("bearer" = [])),
     responses(
         (status = 202, description = "A rerun is requested (`executioner rerun NAME`)", body = Accepted),
@@ -289,7 +289,7 @@ pub async fn rerun(
 }
 
 #[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", tag = "api",
-    params(("id" = i64, Path, description = "A run id")),
+    params(("id" = i64, Path, description = "A run id", minimum = 1)),
     security(("bearer" = [])),
     responses(
         (status = 202, description = "The controller is asked to cancel the run", body = Accepted),
@@ -375,5 +375,56 @@ mod tests {
             let name = reference.split('"').next().unwrap_or_default();
             assert!(schemas.contains_key(name), "unresolved {name}");
         }
+    }
+
+    /// schemathesis sends what the document says is valid and expects it accepted: the
+    /// document's patterns and lengths agree with the parsers of names and ids.
+    #[test]
+    fn the_documented_names_and_ids_are_what_the_parsers_accept() {
+        let doc: serde_json::Value = serde_json::from_str(&document()).expect("JSON");
+        let schema = |path: &str, name: &str| {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .expect("parameters")
+                .iter()
+                .find(|p| p["name"] == name)
+                .map(|p| p["schema"].clone())
+                .expect(name)
+        };
+        let documented = |schema: &serde_json::Value, text: &str| {
+            let pattern =
+                regex::Regex::new(schema["pattern"].as_str().expect("pattern")).expect("regex");
+            let len = text.chars().count() as u64;
+            pattern.is_match(text)
+                && schema["minLength"].as_u64().is_some_and(|m| len >= m)
+                && schema["maxLength"].as_u64().is_some_and(|m| len <= m)
+        };
+        let long = "a".repeat(63);
+        let too_long = "a".repeat(64);
+        let candidates = [
+            "a", "a-b", "-a", "a-", "A", "a.b", ".", "..", "...", ".a", "..a", "a..b", "a_b",
+            "a/b", "", "\u{e9}", "x\u{1f}", "0", "9-9", &long, &too_long,
+        ];
+        let name = schema("/api/v1/pipelines/{name}", "name");
+        let filter = schema("/api/v1/runs", "pipeline");
+        let job = schema("/api/v1/runs/{id}/jobs/{job}/log", "job");
+        for text in candidates {
+            let valid = PipelineName::parse(text).is_ok();
+            assert_eq!(documented(&name, text), valid, "pipeline name {text:?}");
+            assert_eq!(documented(&filter, text), valid, "pipeline filter {text:?}");
+            assert_eq!(
+                documented(&job, text),
+                JobId::parse(text).is_ok(),
+                "job id {text:?}"
+            );
+        }
+        for path in ["/api/v1/runs/{id}", "/api/v1/runs/{id}/jobs/{job}/log"] {
+            assert_eq!(schema(path, "id")["minimum"], 1, "{path}");
+        }
+        let limit = schema("/api/v1/runs", "limit");
+        assert_eq!(
+            (limit["minimum"].clone(), limit["maximum"].clone()),
+            (1.into(), MAX_LIMIT.into())
+        );
     }
 }

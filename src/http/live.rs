@@ -179,8 +179,8 @@ pub struct FromQuery {
 
 #[utoipa::path(get, path = "/api/v1/runs/{id}/jobs/{job}/log/stream", tag = "api",
     params(
-        ("id" = i64, Path, description = "A run id"),
-        ("job" = String, Path, description = "A job id"),
+        ("id" = i64, Path, description = "A run id", minimum = 1),
+        ("job" = String, Path, description = "A job id (A-Z, a-z, 0-9, `_`, `.`, `-`; not `.` or `..`)", min_length = 1, max_length = 63, pattern = "^([A-Za-z0-9_-][A-Za-z0-9_.-]*|\\.[A-Za-z0-9_-][A-Za-z0-9_.-]*|\\.\\.[A-Za-z0-9_.-]+)$"),
         ("from" = Option<u64>, Query, description = "The byte offset to start at (default 0); the `Last-Event-ID` header wins over it"),
         ("Last-Event-ID" = Option<u64>, Header, description = "The `id` of the last event received: resume just after it")),
     responses(

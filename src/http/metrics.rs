@@ -2,11 +2,13 @@
 //! date from the controller's event stream (the engine's progress events it forwards, runs ending,
 //! statuses built, reconcile passes), never by scanning the store when scraped, and encoded for
 //! `/metrics`. Owns the registry and the little state events need to become gauges (which attempts
-//! are open, each pipeline's last phase). Not the route (`mod.rs`) nor the events themselves
-//! (`controller`).
+//! are open, each pipeline's last phase, which jobs of each running run are ready). Not the route
+//! (`mod.rs`) nor the events themselves (`controller`).
 //!
-//! `executioner_ready_jobs` is not exported: the events say when a job starts, not when its
-//! dependencies let it, and deriving it would mean the DAG of every run here.
+//! `executioner_ready_jobs` counts the jobs whose dependencies have ended and that have not
+//! started: they wait only for a worker (or their pipeline's `maxParallel`). It is derived from the
+//! run's dependencies (`RoundJobs`, with the run's start or resumption) and its jobs' ends and starts;
+//! a job waiting out its retry delay is not counted (no event says when the delay is over).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -49,10 +51,90 @@ struct Started {
     attempt_open: bool,
 }
 
+/// What `executioner_ready_jobs` follows of one run.
+#[derive(Debug)]
+struct Readiness {
+    /// Per job, its dependencies that have not ended yet; `None` once it started or ended (or
+    /// when it does not run in this round).
+    waiting_on: Vec<Option<usize>>,
+    /// Per job, the jobs that depend on it.
+    dependents: Vec<Vec<usize>>,
+    ended: Vec<bool>,
+    /// Jobs with `waiting_on == Some(0)`.
+    ready: i64,
+}
+
+impl Readiness {
+    fn new(dependencies: &[Vec<usize>], runs: &[bool]) -> Readiness {
+        let n = dependencies.len();
+        let mut dependents = vec![Vec::new(); n];
+        for (job, deps) in dependencies.iter().enumerate() {
+            for &d in deps.iter().filter(|&&d| d < n) {
+                dependents[d].push(job);
+            }
+        }
+        let ended: Vec<bool> = (0..n)
+            .map(|i| !runs.get(i).copied().unwrap_or(true))
+            .collect();
+        let waiting_on: Vec<Option<usize>> = (0..n)
+            .map(|i| {
+                (!ended[i]).then(|| {
+                    dependencies[i]
+                        .iter()
+                        .filter(|&&d| d < n && !ended[d])
+                        .count()
+                })
+            })
+            .collect();
+        let ready = waiting_on.iter().filter(|w| **w == Some(0)).count() as i64;
+        Readiness {
+            waiting_on,
+            dependents,
+            ended,
+            ready,
+        }
+    }
+
+    /// Job `job` started: the change of the ready count.
+    fn started(&mut self, job: usize) -> i64 {
+        match self.waiting_on.get_mut(job).map(Option::take) {
+            Some(Some(0)) => {
+                self.ready -= 1;
+                -1
+            }
+            Some(_) | None => 0,
+        }
+    }
+
+    /// Job `job` ended (finished or skipped): the change of the ready count.
+    fn ended(&mut self, job: usize) -> i64 {
+        let mut change = self.started(job);
+        if self.ended.get(job).is_none_or(|e| *e) {
+            return change;
+        }
+        self.ended[job] = true;
+        for &d in &self.dependents[job] {
+            if let Some(left) = self.waiting_on[d].as_mut() {
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    self.ready += 1;
+                    change += 1;
+                }
+            }
+        }
+        change
+    }
+
+    fn all_ended(&self) -> bool {
+        self.ended.iter().all(|e| *e)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Tracking {
     started: HashMap<(RunId, usize), Started>,
     phases: HashMap<String, PipelinePhase>,
+    readiness: HashMap<RunId, Readiness>,
 }
 
 /// The registry and its metrics; shared by the event tap (which updates it) and `/metrics`
@@ -65,6 +147,7 @@ pub struct Metrics {
     attempts: Family<PipelineReasonLabels, Counter>,
     job_duration: Histogram,
     running_jobs: Gauge,
+    ready_jobs: Gauge,
     pipelines: Family<PhaseLabels, Gauge>,
     reconcile_duration: Histogram,
     notifications_pending: Gauge,
@@ -87,6 +170,7 @@ impl Metrics {
         // 10 ms to ~5.8 h.
         let job_duration = Histogram::new(exponential_buckets(0.01, 4.0, 12));
         let running_jobs = Gauge::default();
+        let ready_jobs = Gauge::default();
         let pipelines = Family::<PhaseLabels, Gauge>::default();
         // 100 us to ~6.5 s.
         let reconcile_duration = Histogram::new(exponential_buckets(0.0001, 3.0, 11));
@@ -117,6 +201,11 @@ impl Metrics {
             running_jobs.clone(),
         );
         registry.register(
+            "executioner_ready_jobs",
+            "Jobs whose dependencies have ended, waiting for a worker",
+            ready_jobs.clone(),
+        );
+        registry.register(
             "executioner_pipelines",
             "Pipelines, by the phase of their status",
             pipelines.clone(),
@@ -138,6 +227,7 @@ impl Metrics {
             attempts,
             job_duration,
             running_jobs,
+            ready_jobs,
             pipelines,
             reconcile_duration,
             notifications_pending,
@@ -200,7 +290,9 @@ impl Metrics {
                 event,
             } => self.progress(pipeline, *run, event),
             ControllerEvent::RunFinished {
-                pipeline, phase, ..
+                pipeline,
+                phase,
+                run,
             } => {
                 self.runs
                     .get_or_create(&PipelinePhaseLabels {
@@ -208,10 +300,30 @@ impl Metrics {
                         phase: phase.as_str(),
                     })
                     .inc();
-                // Not forgotten here: the controller reports a run's end before it has passed
-                // on the run's last progress events, which still close its attempts.
+                // Its attempts are not forgotten here: the controller reports a run's end before
+                // it has passed on the run's last progress events, which still close them. But
+                // nothing of an ended run is ready, whatever events it did not send.
+                self.forget_readiness(*run);
+            }
+            ControllerEvent::RunStarted {
+                run,
+                round: Some(round),
+                ..
+            }
+            | ControllerEvent::RunResumed {
+                run,
+                round: Some(round),
+                ..
+            } => {
+                let readiness = Readiness::new(&round.dependencies, &round.runs);
+                let added = readiness.ready;
+                let before = self.tracking().readiness.insert(*run, readiness);
+                self.ready_jobs
+                    .inc_by(added - before.map_or(0, |r| r.ready));
             }
             ControllerEvent::RunInterrupted { run, .. } => self.forget_run(*run),
+            // Recovered (planned again) or left for the next start: nothing of it is ready here.
+            ControllerEvent::RunFault { run, .. } => self.forget_readiness(*run),
             ControllerEvent::Reconciled { took } => {
                 self.reconcile_duration.observe(took.as_secs_f64());
                 self.folder_read.store(true, Ordering::Relaxed);
@@ -235,7 +347,6 @@ impl Metrics {
             | ControllerEvent::Invalid { .. }
             | ControllerEvent::HistoryPruned { .. }
             | ControllerEvent::TickSkipped { .. }
-            | ControllerEvent::RunFault { .. }
             | ControllerEvent::Warning(_)
             | ControllerEvent::Stopping => {}
         }
@@ -257,9 +368,29 @@ impl Metrics {
         }
     }
 
+    fn forget_readiness(&self, run: RunId) {
+        if let Some(r) = self.tracking().readiness.remove(&run) {
+            self.ready_jobs.dec_by(r.ready);
+        }
+    }
+
+    /// Job `job` of `run` started or ended: its run's ready jobs change.
+    fn readiness_moved(&self, run: RunId, job: usize, ended: bool) {
+        let mut tracking = self.tracking();
+        let Some(r) = tracking.readiness.get_mut(&run) else {
+            return;
+        };
+        let change = if ended { r.ended(job) } else { r.started(job) };
+        if r.all_ended() {
+            tracking.readiness.remove(&run);
+        }
+        self.ready_jobs.inc_by(change);
+    }
+
     /// A run was interrupted (the controller is stopping): its attempts still counted running
-    /// are not.
+    /// are not, nor its jobs ready.
     fn forget_run(&self, run: RunId) {
+        self.forget_readiness(run);
         let mut tracking = self.tracking();
         let before = tracking.started.len();
         let mut open = 0;
@@ -296,6 +427,7 @@ impl Metrics {
     fn progress(&self, pipeline: &str, run: RunId, event: &RunEvent) {
         match event {
             RunEvent::AttemptStarted { job, .. } => {
+                self.readiness_moved(run, *job, false);
                 let mut tracking = self.tracking();
                 let started = tracking.started.entry((run, *job)).or_insert(Started {
                     attempt_open: false,
@@ -324,8 +456,12 @@ impl Metrics {
                     self.attempt_ended(pipeline, *reason);
                 }
                 self.job_ended(pipeline, *phase);
+                self.readiness_moved(run, *job, true);
             }
-            RunEvent::JobSkipped { .. } => self.job_ended(pipeline, JobPhase::Skipped),
+            RunEvent::JobSkipped { job, .. } => {
+                self.job_ended(pipeline, JobPhase::Skipped);
+                self.readiness_moved(run, *job, true);
+            }
             RunEvent::JobWaiting { .. } | RunEvent::SensorPassed { .. } => {}
         }
     }
@@ -427,8 +563,89 @@ mod tests {
             "executioner_pipelines{phase=\"Running\"} 0",
             "executioner_pipelines{phase=\"Failed\"} 1",
             "executioner_running_jobs 0",
+            "executioner_ready_jobs 0",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
+    }
+
+    fn started(run: i64, dependencies: Vec<Vec<usize>>, runs: Vec<bool>) -> ControllerEvent {
+        ControllerEvent::RunStarted {
+            pipeline: "p".into(),
+            run: RunId::from(run),
+            generation: 1,
+            why: "test",
+            round: Some(crate::controller::RoundJobs { dependencies, runs }),
+        }
+    }
+
+    #[test]
+    fn ready_jobs_follow_the_dependencies_of_each_run() {
+        let m = Metrics::new();
+        // 0 and 1 need nothing, 2 needs both, 3 needs 2; 4 keeps an earlier round's result.
+        m.observe(&started(
+            1,
+            vec![vec![], vec![], vec![0, 1], vec![2], vec![]],
+            vec![true, true, true, true, false],
+        ));
+        assert_eq!(m.ready_jobs.get(), 2);
+        m.observe(&progress(
+            1,
+            RunEvent::AttemptStarted { job: 0, attempt: 1 },
+        ));
+        assert_eq!(m.ready_jobs.get(), 1);
+        let finished = |job| RunEvent::JobFinished {
+            job,
+            phase: JobPhase::Succeeded,
+            reason: JobReason::Completed,
+            exit_code: Some(0),
+        };
+        m.observe(&progress(1, finished(0)));
+        assert_eq!(m.ready_jobs.get(), 1, "2 still waits for 1");
+        m.observe(&progress(
+            1,
+            RunEvent::AttemptStarted { job: 1, attempt: 1 },
+        ));
+        m.observe(&progress(1, finished(1)));
+        assert_eq!(m.ready_jobs.get(), 1, "2 is ready");
+        // Another run's jobs add up; a fault forgets them.
+        m.observe(&started(2, vec![vec![], vec![]], vec![true, true]));
+        assert_eq!(m.ready_jobs.get(), 3);
+        m.observe(&ControllerEvent::RunFault {
+            pipeline: "p".into(),
+            run: RunId::from(2),
+            fault: crate::controller::RunFault::Panicked("boom".into()),
+            retry_in: None,
+        });
+        assert_eq!(m.ready_jobs.get(), 1);
+        // Skipped before it started (its dependency failed): no longer ready, nor is 3.
+        m.observe(&progress(
+            1,
+            RunEvent::JobSkipped {
+                job: 2,
+                reason: JobReason::UpstreamFailed,
+            },
+        ));
+        m.observe(&progress(
+            1,
+            RunEvent::JobSkipped {
+                job: 3,
+                reason: JobReason::UpstreamFailed,
+            },
+        ));
+        assert_eq!(m.ready_jobs.get(), 0);
+        assert!(
+            m.tracking().readiness.is_empty(),
+            "an ended run is forgotten"
+        );
+        // A run that ends with jobs never started (no event for them) leaves none ready.
+        m.observe(&started(3, vec![vec![], vec![0]], vec![true, true]));
+        assert_eq!(m.ready_jobs.get(), 1);
+        m.observe(&ControllerEvent::RunFinished {
+            pipeline: "p".into(),
+            run: RunId::from(3),
+            phase: crate::status::RunPhase::Cancelled,
+        });
+        assert_eq!(m.ready_jobs.get(), 0);
     }
 }

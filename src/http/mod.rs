@@ -3,10 +3,12 @@
 //! gets, and serving on its own tokio task so that no request ever holds up the reconcile loop.
 //! It reads through the `Store` API only and changes nothing but through the controller's own
 //! request mechanisms (a rerun request, a cancel request). Owns neither the handlers (`api`), the
-//! metrics (`metrics`) nor the token (`auth`); the CLI binds it and feeds the metrics.
+//! metrics (`metrics`) nor the token (`auth`); the CLI binds it and feeds the metrics. The
+//! connections, their timeouts and the limits of a request head are `conn`'s.
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod dag_svg;
 pub mod live;
 pub mod metrics;
@@ -248,9 +250,9 @@ pub async fn bind(listen: &str, state_dir: &std::path::Path) -> Result<Bound, Ht
     Ok(Bound { listener, addr })
 }
 
-/// Serves `app` on `bound` until `stop`; connections in flight are let finish.
+/// Serves `app` on `bound` until `stop`; connections in flight are let finish. Through
+/// `conn` rather than `axum::serve`: that one sets no header read timeout, and a head too big
+/// for hyper would get hyper's bodyless 414/431 instead of our JSON error.
 pub async fn serve(bound: Bound, app: Arc<App>, stop: CancellationToken) -> std::io::Result<()> {
-    axum::serve(bound.listener, router(app))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    conn::serve(bound.listener, router(app), stop).await
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod ca;
+pub mod http;
 pub mod pg_cluster;
 
 use std::path::{Path, PathBuf};
