@@ -588,28 +588,26 @@ pub fn security_policy(config: &crate::config::Config) -> crate::validate::Secur
     crate::validate::SecurityPolicy::from_config(&config.security)
 }
 
-/// Opens (creating if needed) the state database.
+/// Opens (creating if needed) the state database: SQLite in the state folder, or the
+/// PostgreSQL database `database.url` names.
 pub async fn open_store(
     state_dir: &std::path::Path,
     config: &crate::config::Config,
 ) -> Result<crate::store::Store, CliError> {
-    if let Some(url) = &config.database.url {
-        return Err(CliError::usage(format!(
-            "database.url is set ({}), but this build has no PostgreSQL store yet; unset it to use SQLite in the state folder",
-            crate::config::redact_url(url)
-        )));
-    }
-    crate::store::Store::open(state_dir, config.durability)
-        .await
-        .map_err(CliError::from)
+    let store = match &config.database.url {
+        Some(url) => crate::store::Store::connect(state_dir, url).await,
+        None => crate::store::Store::open(state_dir, config.durability).await,
+    };
+    store.map_err(CliError::from)
 }
 
-/// Opens the state database if there is one (read commands never create a state folder).
+/// Opens the state database if there is one (read commands never create a state folder's
+/// database; a PostgreSQL database is always there to read).
 pub async fn open_store_existing(
     state_dir: &std::path::Path,
     config: &crate::config::Config,
 ) -> Result<Option<crate::store::Store>, CliError> {
-    if !crate::state_dir::db_path(state_dir).exists() {
+    if config.database.url.is_none() && !crate::state_dir::db_path(state_dir).exists() {
         return Ok(None);
     }
     open_store(state_dir, config).await.map(Some)
