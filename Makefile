@@ -48,6 +48,10 @@ schemas:
 bench: build
 	@command -v ninja >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq ninja-build) || echo "ninja not installed; its column will be empty"
 	python3 bench/bench.py --executioner $(BIN) $(BENCH_ARGS)
+	@# The web UI's page load of a 1,000-job run in headless Chromium (median of 5; bench/README.md).
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		$(CARGO) test --release --quiet --test browser page_load -- --ignored --nocapture; \
+	else echo "page load: skipped: chromium and chromium-driver are not installed"; fi
 
 # Bounded fuzzing of the manifest loader (needs nightly Rust and cargo-fuzz; see docs/fuzzing.md).
 fuzz:
