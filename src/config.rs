@@ -305,19 +305,71 @@ impl Config {
     }
 }
 
-/// `url` without the password of its user part (`postgres://u:***@host/db`); text that is not a
-/// URL is shown as it is, unless it holds an `@` (then it is hidden whole: it may hold a password).
+/// Query parameters of a database URL that carry a secret (sqlx-postgres reads `password`).
+const SECRET_PARAMS: &[&str] = &["password", "sslpassword"];
+
+/// `url` without its secrets: the password of its user part (`postgres://u:***@host/db`) and the
+/// values of its `password`-like query parameters. Text that is not a URL is shown as it is,
+/// unless it holds an `@` or `password` (then it is hidden whole).
 pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            // Only fails for URLs that cannot have a password, and this one has one.
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string().into()
-        }
-        Ok(_) => url.into(),
-        Err(_) if url.contains('@') => "***".into(),
-        Err(_) => url.into(),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return if url.contains('@') || url.contains("password") {
+            "***".into()
+        } else {
+            url.into()
+        };
+    };
+    let secret_query = parsed
+        .query_pairs()
+        .any(|(key, _)| SECRET_PARAMS.contains(&key.as_ref()));
+    if parsed.password().is_none() && !secret_query {
+        return url.into();
     }
+    if parsed.password().is_some() {
+        // Only fails for URLs that cannot have a password, and this one has one.
+        let _ = parsed.set_password(Some("***"));
+    }
+    if secret_query {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if SECRET_PARAMS.contains(&key.as_ref()) {
+                    "***".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string().into()
+}
+
+/// `text` (a driver's message, say) with every secret of `url` replaced by `***`: the password of
+/// its user part, raw and percent-decoded, and its `password`-like query values.
+pub fn redact_secrets(text: &str, url: &str) -> String {
+    let mut secrets: Vec<String> = Vec::new();
+    if let Ok(parsed) = url::Url::parse(url) {
+        if let Some(raw) = parsed.password() {
+            secrets.push(raw.to_owned());
+            // The driver sends the password decoded, and may quote it so.
+            if let Ok(decoded) = percent_encoding::percent_decode_str(raw).decode_utf8() {
+                secrets.push(decoded.into_owned());
+            }
+        }
+        for (key, value) in parsed.query_pairs() {
+            if SECRET_PARAMS.contains(&key.as_ref()) {
+                secrets.push(value.into_owned());
+            }
+        }
+    }
+    // Longest first, so a secret that contains another is replaced whole.
+    secrets.retain(|s| !s.is_empty());
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets
+        .iter()
+        .fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "***"))
 }
 
 impl Loaded {
@@ -457,4 +509,31 @@ pub fn config_schema() -> serde_json::Value {
         );
     }
     schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{redact_secrets, redact_url};
+
+    #[test]
+    fn database_url_secrets_are_masked_wherever_the_driver_reads_them() {
+        assert_eq!(
+            redact_url("postgres://ops:hunter2@db:5432/exe?sslmode=require"),
+            "postgres://ops:***@db:5432/exe?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://ops@db/exe?sslmode=require&password=s3cret"),
+            "postgres://ops@db/exe?sslmode=require&password=***"
+        );
+        assert_eq!(redact_url("postgres://ops@db/exe"), "postgres://ops@db/exe");
+        // An `@` in the password: the user part ends at the last one.
+        let url = "postgres://ops:p%40ss@db/exe";
+        assert!(!redact_url(url).contains("ss@"), "{}", redact_url(url));
+        assert_eq!(redact_url("not a url with user@host"), "***");
+        assert_eq!(
+            redact_secrets("auth failed for p@ss and s3cret", "postgres://o:p%40ss@h/d?password=s3cret"),
+            "auth failed for *** and ***"
+        );
+        assert_eq!(redact_secrets("no secret here", "postgres://o@h/d"), "no secret here");
+    }
 }

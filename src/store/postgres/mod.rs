@@ -69,13 +69,13 @@ impl PgStore {
             database: "(the configured PostgreSQL URL)".to_owned(),
             detail: format!(
                 "not a PostgreSQL URL (postgres://user:password@host:port/database): {}",
-                redact(&source.to_string(), url)
+                crate::config::redact_secrets(&source.to_string(), url)
             ),
         })?;
         let target = target_of(&options);
         let connect_error = |source: sqlx::Error| StoreError::Connect {
             database: target.clone(),
-            detail: redact(&source.to_string(), url),
+            detail: crate::config::redact_secrets(&source.to_string(), url),
         };
         let mut conn = tokio::time::timeout(ACQUIRE_TIMEOUT, options.connect())
             .await
@@ -154,20 +154,6 @@ fn identity_of(target: &str) -> String {
     let name = target.trim_start_matches("postgres://");
     let digest = sha2::Sha256::digest(name.as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-/// `text` without the URL's password, should a driver message ever quote the URL.
-fn redact(text: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, password)| password)
-        .filter(|password| !password.is_empty());
-    match password {
-        Some(password) => text.replace(password, "***"),
-        None => text.to_owned(),
-    }
 }
 
 fn migrate_error(target: &str, error: MigrateError) -> StoreError {
