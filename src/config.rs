@@ -367,9 +367,9 @@ pub fn redact_secrets(text: &str, url: &str) -> String {
     // Longest first, so a secret that contains another is replaced whole.
     secrets.retain(|s| !s.is_empty());
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    secrets
-        .iter()
-        .fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "***"))
+    secrets.iter().fold(text.to_owned(), |text, secret| {
+        text.replace(secret.as_str(), "***")
+    })
 }
 
 impl Loaded {
@@ -531,9 +531,15 @@ mod tests {
         assert!(!redact_url(url).contains("ss@"), "{}", redact_url(url));
         assert_eq!(redact_url("not a url with user@host"), "***");
         assert_eq!(
-            redact_secrets("auth failed for p@ss and s3cret", "postgres://o:p%40ss@h/d?password=s3cret"),
+            redact_secrets(
+                "auth failed for p@ss and s3cret",
+                "postgres://o:p%40ss@h/d?password=s3cret"
+            ),
             "auth failed for *** and ***"
         );
-        assert_eq!(redact_secrets("no secret here", "postgres://o@h/d"), "no secret here");
+        assert_eq!(
+            redact_secrets("no secret here", "postgres://o@h/d"),
+            "no secret here"
+        );
     }
 }

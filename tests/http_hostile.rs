@@ -250,3 +250,38 @@ async fn two_hundred_followers_of_a_live_log_leave_the_controller_reconciling() 
         assert!(f.await.expect("a follower failed") > 0);
     }
 }
+
+/// Clients cannot hold more than `MAX_CONNECTIONS` connections (the file descriptors the
+/// controller needs to start jobs): one past the limit is closed at once, and once the others
+/// go, the server serves again.
+#[test]
+fn connections_past_the_limit_are_closed_and_the_server_recovers() {
+    let ws = Workspace::new();
+    hello(&ws);
+    let served = Served::start(&ws, &[]);
+    let addr = served.addr;
+    wait_phase(&ws, "hello", "Succeeded", 1);
+    let limit = executioner::http::conn::MAX_CONNECTIONS;
+    // Idle connections (no request yet: they hold a slot until the header timeout).
+    let idle: Vec<TcpStream> = (0..limit)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    // Give the accept loop time to take them all.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut extra = TcpStream::connect(addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut answer = Vec::new();
+    let read = extra.read_to_end(&mut answer);
+    assert!(
+        matches!(read, Ok(0)) || answer.is_empty(),
+        "one connection past {limit} is closed unanswered: {read:?} {}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(idle);
+    common::wait_until(Duration::from_secs(10), || {
+        std::panic::catch_unwind(|| get(addr, "/healthz").status).is_ok_and(|s| s == 200)
+    });
+}

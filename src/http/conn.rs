@@ -30,6 +30,11 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most bytes read and dropped after a refusal before the connection is closed.
 const DRAIN: usize = 4 * 1024 * 1024;
 
+/// The most connections served at once (each holds a socket; a log follower also a file): past
+/// it a new connection is closed at once, so clients cannot take the file descriptors the
+/// controller needs to start jobs.
+pub const MAX_CONNECTIONS: usize = 512;
+
 /// Serves `router` on `listener` until `stop`, then lets the connections in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -42,6 +47,7 @@ pub async fn serve(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_headers(MAX_HEADERS);
     let graceful = GracefulShutdown::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -56,6 +62,11 @@ pub async fn serve(
             },
             () = stop.cancelled() => break,
         };
+        let Ok(slot) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!("refusing a connection: {MAX_CONNECTIONS} are open");
+            drop(tcp);
+            continue;
+        };
         let connection = builder.serve_connection(
             TokioIo::new(HeadGuard::new(tcp)),
             TowerToHyperService::new(router.clone()),
@@ -66,6 +77,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended");
             }
+            drop(slot);
         });
     }
     drop(listener);

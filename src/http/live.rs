@@ -50,6 +50,8 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How often a followed job's phase is read from the store when no change notice came (a run
 /// driven by another process, e.g. a foreground `executioner run`, sends none).
 const PHASE_EVERY: Duration = Duration::from_secs(5);
+/// The most lines cut into events at once: with [`CHUNK`], what one client can hold.
+const LINES_AT_ONCE: usize = 256;
 /// Notices kept for a slow client before it is told to refresh instead.
 const BACKLOG: usize = 256;
 
@@ -67,7 +69,13 @@ pub struct Change {
 pub struct Changes {
     tx: broadcast::Sender<Change>,
     closed: CancellationToken,
+    /// One permit per open stream (see [`MAX_STREAMS`]).
+    streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// The most live streams (of both kinds) open at once; one more is answered 503. Each log
+/// follower holds a file, a socket and up to two [`CHUNK`]s.
+pub const MAX_STREAMS: usize = 256;
 
 impl Default for Changes {
     fn default() -> Self {
@@ -80,7 +88,18 @@ impl Changes {
         Changes {
             tx: broadcast::channel(BACKLOG).0,
             closed: CancellationToken::new(),
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
         }
+    }
+
+    /// A permit to open one more stream, or the 503 that says there are too many.
+    fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("{MAX_STREAMS} live streams are open; try again later"),
+            )
+        })
     }
 
     /// Publishes what `event` changed, if anything a page shows. Never waits: a client that
@@ -148,12 +167,14 @@ fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -
 }
 
 #[utoipa::path(get, path = "/api/v1/events", tag = "api",
-    responses((status = 200, description = "Server-sent events: `event: change` with `data: {\"pipeline\":..,\"run\":..}` (JSON, either may be null) whenever something a page shows changed; `event: refresh` when notices were lost (re-read everything); a keep-alive comment every 15 s", content_type = "text/event-stream", body = Change)))]
-pub async fn events(State(app): State<Arc<App>>) -> Events {
-    let state = (app.changes.subscribe(), app.changes.closed.clone());
-    sse(futures_util::stream::unfold(
+    responses((status = 200, description = "Server-sent events: `event: change` with `data: {\"pipeline\":..,\"run\":..}` (JSON, either may be null) whenever something a page shows changed; `event: refresh` when notices were lost (re-read everything); a keep-alive comment every 15 s", content_type = "text/event-stream", body = Change),
+        (status = 503, description = "Too many live streams are open (256)", body = ErrorBody)))]
+pub async fn events(State(app): State<Arc<App>>) -> Result<Events, ApiError> {
+    let permit = app.changes.stream_permit()?;
+    let state = (app.changes.subscribe(), app.changes.closed.clone(), permit);
+    Ok(sse(futures_util::stream::unfold(
         state,
-        |(mut rx, closed)| async move {
+        |(mut rx, closed, permit)| async move {
             let event = tokio::select! {
                 _ = closed.cancelled() => return None,
                 received = rx.recv() => match received {
@@ -166,9 +187,9 @@ pub async fn events(State(app): State<Arc<App>>) -> Events {
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
             };
-            Some((Ok(event), (rx, closed)))
+            Some((Ok(event), (rx, closed, permit)))
         },
-    ))
+    )))
 }
 
 /// `?from=OFFSET` of the log stream.
@@ -186,7 +207,8 @@ pub struct FromQuery {
     responses(
         (status = 200, description = "Server-sent events: `event: line`, `id: <byte offset just after the line>`, `data: <the line>` for each line of the job's log (secrets masked, lossy UTF-8); waits for a job that has not started; when the job has ended and its log is drained, `event: end` with `data: <the job's phase>`, and the stream closes; a keep-alive comment every 15 s", content_type = "text/event-stream", body = String),
         (status = 400, description = "Not a run id, job id or offset", body = ErrorBody),
-        (status = 404, description = "No such run or job", body = ErrorBody)))]
+        (status = 404, description = "No such run or job", body = ErrorBody),
+        (status = 503, description = "Too many live streams are open (256)", body = ErrorBody)))]
 pub async fn log_stream(
     State(app): State<Arc<App>>,
     ids: Result<Path<(String, String)>, PathRejection>,
@@ -207,12 +229,13 @@ pub async fn log_stream(
         None => None,
     };
     let run = known_run(&app, id).await?;
-    if !app.store.jobs(id).await?.iter().any(|j| j.job_id == job) {
+    if app.store.job(id, job.as_str()).await?.is_none() {
         return Err(ApiError::not_found(format!("run {id} has no job {job}")));
     }
     // Every part of the path is a validated name or id: it stays inside the state folder.
     let file = crate::state_dir::job_log_path(&app.state_dir, &run.pipeline, run.id, &job);
     let follow = Follow {
+        _permit: app.changes.stream_permit()?,
         changes: app.changes.subscribe(),
         closed: app.changes.closed.clone(),
         app,
@@ -226,6 +249,8 @@ pub async fn log_stream(
         ready: VecDeque::new(),
         check_phase: true,
         since_check: Duration::ZERO,
+        last_check: None,
+        ended: None,
         done: false,
     };
     Ok(sse(futures_util::stream::unfold(
@@ -254,9 +279,15 @@ struct Follow {
     /// A change notice of the run came (or none was looked at yet): read the job's phase.
     check_phase: bool,
     since_check: Duration,
+    /// When the job's phase was last read.
+    last_check: Option<tokio::time::Instant>,
+    /// The job has ended with this phase: the rest of the file is read, then the stream ends.
+    ended: Option<JobPhase>,
     done: bool,
     changes: broadcast::Receiver<Change>,
     closed: CancellationToken,
+    /// Held for the life of the stream.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Follow {
@@ -269,19 +300,26 @@ impl Follow {
             if self.done || self.closed.is_cancelled() {
                 return None;
             }
-            if self.read().await > 0 {
+            if self.cut() || self.read().await > 0 {
                 continue;
             }
-            if self.check_phase || self.since_check >= PHASE_EVERY {
+            if let Some(phase) = self.ended {
+                // The job's process is gone and its file is drained.
+                self.flush_partial();
+                self.ready
+                    .push_back(Event::default().event("end").data(phase.as_str()));
+                self.done = true;
+                continue;
+            }
+            // A notice arms the check; it runs at most once a poll however many notices come.
+            let due = self.last_check.is_none_or(|at| at.elapsed() >= POLL);
+            if (self.check_phase && due) || self.since_check >= PHASE_EVERY {
                 self.check_phase = false;
                 self.since_check = Duration::ZERO;
+                self.last_check = Some(tokio::time::Instant::now());
                 if let Some(phase) = self.terminal_phase().await {
-                    // The job's process is gone, so the file is complete: drain it.
-                    while self.read().await > 0 {}
-                    self.flush_partial();
-                    self.ready
-                        .push_back(Event::default().event("end").data(phase.as_str()));
-                    self.done = true;
+                    // Read what is left before the end (a chunk at a time, as ever).
+                    self.ended = Some(phase);
                     continue;
                 }
             }
@@ -318,15 +356,24 @@ impl Follow {
         n
     }
 
-    /// Turns the bytes just read (following `partial`) into one event per complete line.
+    /// Appends the bytes just read to `partial` and cuts its first lines into events.
     fn take(&mut self, bytes: &[u8]) {
-        let start = self.offset - self.partial.len() as u64;
         self.offset += bytes.len() as u64;
         self.partial.extend_from_slice(bytes);
-        let (lines, used) = split_lines(&self.partial, start);
+        self.cut();
+    }
+
+    /// Cuts at most [`LINES_AT_ONCE`] complete lines of `partial` into events (so a client
+    /// holds at most that many events and two chunks of bytes, however short the lines); true
+    /// when it cut any.
+    fn cut(&mut self) -> bool {
+        let start = self.offset - self.partial.len() as u64;
+        let (lines, used) = split_lines(&self.partial, start, LINES_AT_ONCE);
+        let any = !lines.is_empty();
         self.ready
             .extend(lines.into_iter().map(|(line, end)| line_event(line, end)));
         self.partial.drain(..used);
+        any
     }
 
     /// The last line of a finished job's log, when it does not end with a newline.
@@ -340,8 +387,7 @@ impl Follow {
     /// The job's phase when it is terminal (or when the run or job is gone: a pruned run's
     /// stream ends, with the last phase known).
     async fn terminal_phase(&self) -> Option<JobPhase> {
-        let jobs = self.app.store.jobs(self.run).await.ok()?;
-        match jobs.iter().find(|j| j.job_id == self.job) {
+        match self.app.store.job(self.run, self.job.as_str()).await.ok()? {
             Some(j) if j.phase.is_terminal() => Some(j.phase),
             Some(_) => None,
             None => Some(JobPhase::Cancelled),
@@ -373,10 +419,10 @@ impl Follow {
 /// The complete lines of `bytes` (which start at byte `start` of the file), each with the offset
 /// just after it, and how many bytes they used; a line of [`CHUNK`] bytes or more without its
 /// end yet is cut into pieces of at most [`CHUNK`] bytes at a character boundary.
-fn split_lines(bytes: &[u8], start: u64) -> (Vec<(&[u8], u64)>, usize) {
+fn split_lines(bytes: &[u8], start: u64, most: usize) -> (Vec<(&[u8], u64)>, usize) {
     let mut lines = Vec::new();
     let mut used = 0;
-    loop {
+    while lines.len() < most {
         let rest = &bytes[used..];
         let window = &rest[..rest.len().min(CHUNK)];
         if let Some(end) = window.iter().position(|b| *b == b'\n') {
@@ -387,9 +433,10 @@ fn split_lines(bytes: &[u8], start: u64) -> (Vec<(&[u8], u64)>, usize) {
             used += cut;
             lines.push((&rest[..cut], start + used as u64));
         } else {
-            return (lines, used);
+            break;
         }
     }
+    (lines, used)
 }
 
 /// The longest prefix of `bytes` that does not end inside a UTF-8 character (at most 3 bytes
@@ -409,6 +456,13 @@ fn line_event(line: &[u8], end: u64) -> Event {
     let text = String::from_utf8_lossy(line);
     let text = text.strip_suffix('\r').unwrap_or(&text);
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    // An event with an empty data field is not dispatched by `EventSource`: an empty line is
+    // sent as one space.
+    let text = if text.is_empty() {
+        " ".to_owned()
+    } else {
+        text
+    };
     Event::default()
         .event("line")
         .id(end.to_string())
@@ -420,6 +474,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn streams_past_the_limit_are_refused_503() {
+        let changes = Changes::new();
+        let held: Vec<_> = (0..MAX_STREAMS)
+            .map(|_| changes.stream_permit().expect("a permit"))
+            .collect();
+        let refused = changes.stream_permit().expect_err("one too many");
+        assert_eq!(refused.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        drop(held);
+        assert!(
+            changes.stream_permit().is_ok(),
+            "permits come back with the streams"
+        );
+    }
+
+    #[test]
+    fn lines_are_cut_a_bounded_number_at_a_time() {
+        let many = "x\n".repeat(1000);
+        let (lines, used) = split_lines(many.as_bytes(), 0, LINES_AT_ONCE);
+        assert_eq!(lines.len(), LINES_AT_ONCE);
+        assert_eq!(used, 2 * LINES_AT_ONCE);
+        assert_eq!(lines[0], (&b"x"[..], 2));
+    }
+
+    /// `EventSource` drops an event whose data is empty: a blank line is sent as one space, so
+    /// it shows as a line and its offset is still the resume point.
+    #[test]
+    fn a_blank_line_is_an_event_with_data() {
+        let (lines, _) = split_lines(b"a\n\nb\n", 0, usize::MAX);
+        assert_eq!(lines[1], (&b""[..], 3));
+        let text = format!("{:?}", line_event(lines[1].0, lines[1].1));
+        assert!(text.contains("data:  \\n"), "{text}");
+    }
+
+    #[test]
     fn a_cut_never_splits_a_character() {
         let text = "aé".as_bytes();
         assert_eq!(utf8_cut(&text[..2]), 1);
@@ -429,13 +517,13 @@ mod tests {
 
     #[test]
     fn lines_carry_the_offset_after_them_and_long_ones_come_in_pieces() {
-        let (lines, used) = split_lines(b"ab\ncd\nhalf", 10);
+        let (lines, used) = split_lines(b"ab\ncd\nhalf", 10, usize::MAX);
         assert_eq!(lines, [(&b"ab"[..], 13), (&b"cd"[..], 16)]);
         assert_eq!(used, 6, "the half line waits for its end");
 
         let mut long = "é".repeat(CHUNK / 2 + 10).into_bytes();
         long.push(b'\n');
-        let (lines, used) = split_lines(&long, 0);
+        let (lines, used) = split_lines(&long, 0, usize::MAX);
         assert_eq!(used, long.len());
         assert!(lines.iter().all(|(l, _)| l.len() <= CHUNK));
         assert!(lines.iter().all(|(l, _)| std::str::from_utf8(l).is_ok()));

@@ -275,7 +275,9 @@ async fn index(State(app): State<Arc<App>>) -> Result<Response, PageError> {
                                 }
                                 td.num {
                                     @if p.total > 0 {
-                                        (p.succeeded + p.failed + p.skipped + p.cancelled) "/" (p.total) " jobs"
+                                        (p.succeeded + p.failed + p.skipped + p.cancelled) "/" (p.total) " ended"
+                                        @if p.failed > 0 { " · " (p.failed) " failed" }
+                                        @if p.running > 0 { " · " (p.running) " running" }
                                     } @else { span.none { "—" } }
                                 }
                                 td {
@@ -477,10 +479,10 @@ async fn run(
                 .find(|j| j.id == job.as_str())
                 .ok_or_else(|| ApiError::not_found(format!("run {id} has no job {job}")))?,
         ),
-        None => detail
-            .jobs
-            .iter()
-            .find(|j| job_phase(j) == JobPhase::Running),
+        // What an operator opens a run for: the job running now, else the first that failed.
+        None => [JobPhase::Running, JobPhase::Failed]
+            .into_iter()
+            .find_map(|phase| detail.jobs.iter().find(|j| job_phase(j) == phase)),
     };
     let log = match selected {
         Some(job) => {

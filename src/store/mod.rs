@@ -435,6 +435,11 @@ impl Store {
         dispatch!(self, db => db.jobs(run).await)
     }
 
+    /// One job of a run (`None` when the run has no such job).
+    pub async fn job(&self, run: RunId, job: &str) -> Result<Option<JobRow>, StoreError> {
+        dispatch!(self, db => db.job(run, job).await)
+    }
+
     /// Every attempt of a run, in the order they started.
     pub async fn attempts(&self, run: RunId) -> Result<Vec<AttemptRow>, StoreError> {
         dispatch!(self, db => db.attempts(run).await)

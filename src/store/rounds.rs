@@ -61,7 +61,8 @@ impl SqliteStore {
             owner.host.clone(),
             owner.start_time.map(saturating_i64),
         );
-        self.write("starting a new round", move |tx| {
+        // These writes scale with the run (on the blocking pool, not the runtime's thread).
+        self.write_blocking("starting a new round", move |tx| {
             begin_round(tx, run, &change, &owner, &now)
         })
         .await
@@ -97,7 +98,7 @@ impl SqliteStore {
         let now = timestamp(OffsetDateTime::now_utc());
         let may_fail = owned_set(continue_on_error);
         let path = self.path.clone();
-        self.write("finishing a run", move |tx| {
+        self.write_blocking("finishing a run", move |tx| {
             if cancel_rest {
                 tx.prepare_cached(
                     "UPDATE jobs SET phase = 'Cancelled', reason = 'Cancelled', \
@@ -129,7 +130,7 @@ impl SqliteStore {
         let (reason, actor) = (reason.to_owned(), actor.to_owned());
         let may_fail = owned_set(continue_on_error);
         let path = self.path.clone();
-        self.write("marking jobs succeeded", move |tx| {
+        self.write_blocking("marking jobs succeeded", move |tx| {
             for job in &jobs {
                 let previous: Option<String> = tx
                     .prepare_cached("SELECT phase FROM jobs WHERE run_id = ? AND job_id = ?")?

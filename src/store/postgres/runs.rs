@@ -195,6 +195,21 @@ impl PgStore {
         rows.iter().map(|row| self.job_row(row)).collect()
     }
 
+    /// One job of a run.
+    pub async fn job(&self, run: RunId, job: &str) -> Result<Option<JobRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT run_id, job_id, position, phase, reason, attempts, lost, exit_code, \
+             started_at, finished_at, log_path, message FROM jobs \
+             WHERE run_id = $1 AND job_id = $2",
+        )
+        .bind(run.get())
+        .bind(job)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.sql("reading a job"))?;
+        row.map(|row| self.job_row(&row)).transpose()
+    }
+
     /// Every attempt of a run, in the order they started.
     pub async fn attempts(&self, run: RunId) -> Result<Vec<AttemptRow>, StoreError> {
         let rows = sqlx::query(select_attempts!("WHERE run_id = $1 ORDER BY id"))

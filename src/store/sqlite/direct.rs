@@ -1,18 +1,20 @@
-//! The direct writer: a second connection to the state database, used synchronously on the
-//! caller's thread, for the one write on the engine's critical path, [`Store::commit`] (every
-//! attempt start and end goes through it).
+//! The direct writer: the one connection this process writes the state database through
+//! (rusqlite), used synchronously on the caller's thread when it can be. The write on the engine's
+//! critical path, [`Store::commit`] (every attempt start and end goes through it), is why.
 //!
-//! Why a second connection: sqlx runs each connection on a worker thread, so every write is a
+//! Why not sqlx for writes: sqlx runs each connection on a worker thread, so every write is a
 //! message there and rows and a wake-up back, two cross-thread hops that cost more than SQLite's
 //! own work for these small transactions (measured in `bench/README.md`). SQLite is fast enough to
 //! call inline: a chain job's transaction takes about 50–100 µs here (file locks and WAL writes).
+//! Writes that grow with a run (creating it, a new round, its verdict) and the prune and vacuum
+//! go to the blocking pool at once ([`DirectWriter::run_blocking`]).
 //!
 //! How it never stalls the async runtime for long:
 //! - callers take the connection in turn, through an async FIFO mutex, so a write waiting for it
 //!   blocks no thread and writes are made in the order they were asked for;
 //! - the fast path then runs the transaction with a busy timeout of zero, so it either gets
 //!   SQLite's write lock at once or gives up with nothing written;
-//! - the slow path, taken when the write lock is busy (the sqlx writer, another process), runs the
+//! - the slow path, taken when the write lock is busy (another process holds it), runs the
 //!   same transaction on tokio's blocking pool and waits for the lock with the normal busy timeout.
 //!   It keeps the connection until it is done, even if its caller stops waiting (a cancelled
 //!   call): the write is then made or not as a whole, and before any later one.

@@ -141,7 +141,8 @@ impl SqliteStore {
             .collect();
         let jobs = serde_json::to_string(&jobs).unwrap_or_else(|_| "[]".to_owned());
         let count = new.jobs.len();
-        self.write("creating a run", move |tx| {
+        // On the blocking pool: a 10,000-job run is 10,000 rows.
+        self.write_blocking("creating a run", move |tx| {
             tx.prepare_cached(
                 "INSERT INTO runs (pipeline, generation, spec_json, spec_hash, phase, rounds, \
                  owner_pid, owner_host, owner_start_time, created_at, started_at) \
@@ -279,6 +280,21 @@ impl SqliteStore {
         .await
         .map_err(self.sql("reading jobs"))?;
         rows.iter().map(|row| self.job_row(row)).collect()
+    }
+
+    /// One job of a run.
+    pub async fn job(&self, run: RunId, job: &str) -> Result<Option<JobRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT run_id, job_id, position, phase, reason, attempts, lost, exit_code, \
+             started_at, finished_at, log_path, message FROM jobs \
+             WHERE run_id = ? AND job_id = ?",
+        )
+        .bind(run)
+        .bind(job)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.sql("reading a job"))?;
+        row.map(|row| self.job_row(&row)).transpose()
     }
 
     /// Every attempt of a run, in the order they started.
