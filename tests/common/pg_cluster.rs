@@ -39,7 +39,10 @@ pub struct Cluster {
     root: PathBuf,
     data: PathBuf,
     socket_dir: PathBuf,
-    port: u16,
+    /// Chosen free when the cluster is made; chosen again if another process takes it before the
+    /// first start (never after: the databases' URLs name it).
+    port: std::sync::atomic::AtomicU16,
+    started: std::sync::atomic::AtomicBool,
     /// Who runs the server: `None` when the tests do not run as root.
     os_user: Option<String>,
     postmaster: Mutex<Option<Child>>,
@@ -227,7 +230,8 @@ impl Cluster {
             root,
             data,
             socket_dir,
-            port: free_port(),
+            port: std::sync::atomic::AtomicU16::new(free_port()),
+            started: std::sync::atomic::AtomicBool::new(false),
             os_user,
             postmaster: Mutex::new(None),
             spawner: Mutex::new(sender),
@@ -237,7 +241,7 @@ impl Cluster {
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.port.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -248,7 +252,7 @@ impl Cluster {
     pub fn url(&self, database: &str) -> String {
         format!(
             "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{database}",
-            self.port
+            self.port()
         )
     }
 
@@ -263,7 +267,7 @@ impl Cluster {
             command
                 .arg("-D")
                 .arg(&self.data)
-                .args(["-p", &self.port.to_string()])
+                .args(["-p", &self.port().to_string()])
                 .arg("-k")
                 .arg(&self.socket_dir)
                 .args(["-c", "listen_addresses=127.0.0.1"])
@@ -284,14 +288,21 @@ impl Cluster {
             let mut child = child.recv().unwrap().expect("postgres starts");
             if self.wait_ready(&mut child, deadline) {
                 *postmaster = Some(child);
+                self.started
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 return;
+            }
+            if !self.started.load(std::sync::atomic::Ordering::SeqCst) {
+                // Most likely another process took the port since it was found free.
+                self.port
+                    .store(free_port(), std::sync::atomic::Ordering::SeqCst);
             }
             // It exited: after a kill -9, the old backends may still hold the shared memory for
             // a moment. Try again until the deadline.
             assert!(
                 Instant::now() < deadline,
                 "PostgreSQL did not start on port {} (data in {})",
-                self.port,
+                self.port(),
                 self.data.display()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -304,8 +315,12 @@ impl Cluster {
             if let Ok(Some(_)) = child.try_wait() {
                 return false;
             }
+            // Through this cluster's own socket folder: a server of another test binary that
+            // happens to listen on the same TCP port can never answer for this one.
             let ready = Command::new(self.bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .arg("-h")
+                .arg(&self.socket_dir)
+                .args(["-p", &self.port().to_string(), "-q"])
                 .status()
                 .is_ok_and(|status| status.success());
             if ready {
