@@ -26,6 +26,8 @@ pub use overlap::EVENT_TICK_SKIPPED;
 pub use pipelines::PipelineRow;
 pub use rounds::{EVENT_JOB_REMOVED, EVENT_MARKED_SUCCESS, RoundChange};
 #[cfg(test)]
+mod test_bodies;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -310,15 +312,6 @@ impl Store {
     /// The state folder this handle was opened for.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
-    }
-
-    /// The PostgreSQL backend, for tests that look at its rows directly.
-    #[cfg(test)]
-    fn postgres(&self) -> &postgres::PgStore {
-        match &self.backend {
-            Backend::Postgres(db) => db,
-            Backend::Sqlite(_) => panic!("a PostgreSQL test on a SQLite store"),
-        }
     }
 
     /// The database file, or the PostgreSQL database (without password), for messages.

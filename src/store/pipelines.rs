@@ -193,26 +193,3 @@ impl SqliteStore {
         })
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use crate::store::{Durability, Store};
-
-    #[tokio::test]
-    async fn the_manifests_folder_is_recorded_and_replaced() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
-        assert_eq!(store.manifests_dir().await.unwrap(), None);
-        store.set_manifests_dir("/srv/a".as_ref()).await.unwrap();
-        store.set_manifests_dir("/srv/a".as_ref()).await.unwrap();
-        assert_eq!(
-            store.manifests_dir().await.unwrap().as_deref(),
-            Some(std::path::Path::new("/srv/a"))
-        );
-        store.set_manifests_dir("/srv/b".as_ref()).await.unwrap();
-        assert_eq!(
-            store.manifests_dir().await.unwrap().as_deref(),
-            Some(std::path::Path::new("/srv/b"))
-        );
-    }
-}

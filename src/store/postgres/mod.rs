@@ -52,7 +52,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A handle on a PostgreSQL state database; cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     /// `postgres://USER@HOST:PORT/DATABASE`: how messages name the database (no password).
     target: Arc<str>,
     identity: Arc<str>,
