@@ -354,6 +354,10 @@ impl Store {
         dispatch!(self, db => db.create_run(new).await)
     }
 
+    // The four convenience writes below are each a one-change [`Batch`] through [`Store::commit`],
+    // for both backends. The engine builds its own batches (one group commit per turn); these
+    // serve single writes off that path (a pre-check's Waiting, tests).
+
     /// Sets a job's phase, reason and message (see [`Batch::set_job`]), in a transaction of its own.
     pub async fn set_job(
         &self,
@@ -363,7 +367,9 @@ impl Store {
         reason: Option<JobReason>,
         message: Option<&str>,
     ) -> Result<(), StoreError> {
-        dispatch!(self, db => db.set_job(run, job, phase, reason, message).await)
+        let mut batch = Batch::default();
+        batch.set_job(job, phase, reason, message);
+        self.commit(run, 0, &mut batch).await.map(drop)
     }
 
     /// Record-before-act: inserts the attempt (phase Running, no pid yet) and sets the job Running
@@ -376,7 +382,10 @@ impl Store {
         number: i64,
         counted: i64,
     ) -> Result<AttemptId, StoreError> {
-        dispatch!(self, db => db.attempt_started(run, job, round, number, counted).await)
+        let mut batch = Batch::default();
+        batch.attempt_started(job, number, counted);
+        let ids = self.commit(run, round, &mut batch).await?;
+        ids.first().copied().ok_or_else(|| job_not_found(run, job))
     }
 
     /// Records the attempt's process (see [`Batch::attempt_spawned`]) in a transaction of its own.
@@ -387,7 +396,10 @@ impl Store {
         pgid: i32,
         start_time: Option<u64>,
     ) -> Result<(), StoreError> {
-        dispatch!(self, db => db.attempt_spawned(attempt, pid, pgid, start_time).await)
+        let mut batch = Batch::default();
+        batch.attempt_spawned(attempt, pid, pgid, start_time);
+        // No job or start rows: the run and round are not used.
+        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
     }
 
     /// Records the attempt's end (see [`Batch::attempt_finished`]) in a transaction of its own.
@@ -397,7 +409,10 @@ impl Store {
         end: &AttemptEnd,
         job: Option<(JobPhase, Option<JobReason>)>,
     ) -> Result<(), StoreError> {
-        dispatch!(self, db => db.attempt_finished(attempt, end, job).await)
+        let mut batch = Batch::default();
+        batch.attempt_finished(attempt, end, job);
+        // No job or start rows: the run and round are not used.
+        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
     }
 
     pub async fn run(&self, run: RunId) -> Result<Option<RunRow>, StoreError> {

@@ -1,16 +1,13 @@
 //! Runs, their jobs, attempts and events on PostgreSQL: creating a run with its jobs, the reads
-//! every command makes, the single-change writes (each a one-change [`Batch`], as on SQLite), and
-//! crash recovery's `mark_lost`. The row decoders of the shared row types live here too.
+//! every command makes, and crash recovery's `mark_lost` (the single-change writes are one-change
+//! batches, built by the facade in `store/mod.rs`). The row decoders of the shared row types live here too.
 
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use super::{Decoder, PgStore, now};
-use crate::spec::JobId;
-use crate::status::{JobPhase, JobReason};
 use crate::store::{
-    AttemptEnd, AttemptId, AttemptRow, Batch, EventRow, JobRow, NewRun, RunId, RunRow, StoreError,
-    job_not_found, saturating_i64,
+    AttemptId, AttemptRow, EventRow, JobRow, NewRun, RunId, RunRow, StoreError, saturating_i64,
 };
 
 macro_rules! select_runs {
@@ -73,61 +70,6 @@ impl PgStore {
         .map_err(self.sql(context))?;
         tx.commit().await.map_err(self.sql(context))?;
         Ok(RunId::from(run))
-    }
-
-    /// Sets a job's phase, reason and message (see [`Batch::set_job`]), in a transaction of its own.
-    pub async fn set_job(
-        &self,
-        run: RunId,
-        job: &JobId,
-        phase: JobPhase,
-        reason: Option<JobReason>,
-        message: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.set_job(job, phase, reason, message);
-        self.commit(run, 0, &mut batch).await.map(drop)
-    }
-
-    /// Record-before-act: inserts the attempt (phase Running, no pid yet) and sets the job Running
-    /// with `attempts = counted`, in one transaction committed before the caller spawns anything.
-    pub async fn attempt_started(
-        &self,
-        run: RunId,
-        job: &JobId,
-        round: i64,
-        number: i64,
-        counted: i64,
-    ) -> Result<AttemptId, StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_started(job, number, counted);
-        let ids = self.commit(run, round, &mut batch).await?;
-        ids.first().copied().ok_or_else(|| job_not_found(run, job))
-    }
-
-    /// Records the attempt's process (see [`Batch::attempt_spawned`]) in a transaction of its own.
-    pub async fn attempt_spawned(
-        &self,
-        attempt: AttemptId,
-        pid: i32,
-        pgid: i32,
-        start_time: Option<u64>,
-    ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_spawned(attempt, pid, pgid, start_time);
-        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
-    }
-
-    /// Records the attempt's end (see [`Batch::attempt_finished`]) in a transaction of its own.
-    pub async fn attempt_finished(
-        &self,
-        attempt: AttemptId,
-        end: &AttemptEnd,
-        job: Option<(JobPhase, Option<JobReason>)>,
-    ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_finished(attempt, end, job);
-        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
     }
 
     pub async fn run(&self, run: RunId) -> Result<Option<RunRow>, StoreError> {

@@ -45,11 +45,9 @@ macro_rules! owned_params {
 pub(crate) use owned_params;
 
 use super::{
-    AttemptEnd, AttemptId, AttemptRow, Batch, Durability, EventRow, JobRow, NewRun, RunId, RunRow,
-    StoreError, job_not_found, saturating_i64, timestamp,
+    AttemptId, AttemptRow, Durability, EventRow, JobRow, NewRun, RunId, RunRow, StoreError,
+    saturating_i64, timestamp,
 };
-use crate::spec::JobId;
-use crate::status::{JobPhase, JobReason};
 
 /// A handle on the state database; cheap to clone (the connections are shared).
 #[derive(Debug, Clone)]
@@ -159,63 +157,6 @@ impl SqliteStore {
             Ok(Ok(RunId::from(run)))
         })
         .await
-    }
-
-    /// Sets a job's phase, reason and message (see [`Batch::set_job`]), in a transaction of its own.
-    pub async fn set_job(
-        &self,
-        run: RunId,
-        job: &JobId,
-        phase: JobPhase,
-        reason: Option<JobReason>,
-        message: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.set_job(job, phase, reason, message);
-        self.commit(run, 0, &mut batch).await.map(drop)
-    }
-
-    /// Record-before-act: inserts the attempt (phase Running, no pid yet) and sets the job Running
-    /// with `attempts = counted`, in one transaction committed before the caller spawns anything.
-    pub async fn attempt_started(
-        &self,
-        run: RunId,
-        job: &JobId,
-        round: i64,
-        number: i64,
-        counted: i64,
-    ) -> Result<AttemptId, StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_started(job, number, counted);
-        let ids = self.commit(run, round, &mut batch).await?;
-        ids.first().copied().ok_or_else(|| job_not_found(run, job))
-    }
-
-    /// Records the attempt's process (see [`Batch::attempt_spawned`]) in a transaction of its own.
-    pub async fn attempt_spawned(
-        &self,
-        attempt: AttemptId,
-        pid: i32,
-        pgid: i32,
-        start_time: Option<u64>,
-    ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_spawned(attempt, pid, pgid, start_time);
-        // No job or start rows: the run and round are not used.
-        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
-    }
-
-    /// Records the attempt's end (see [`Batch::attempt_finished`]) in a transaction of its own.
-    pub async fn attempt_finished(
-        &self,
-        attempt: AttemptId,
-        end: &AttemptEnd,
-        job: Option<(JobPhase, Option<JobReason>)>,
-    ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_finished(attempt, end, job);
-        // No job or start rows: the run and round are not used.
-        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
     }
 
     pub async fn run(&self, run: RunId) -> Result<Option<RunRow>, StoreError> {
