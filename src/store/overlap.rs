@@ -10,6 +10,11 @@ use super::{RunId, RunRow, StoreError, sqlite::SqliteStore, timestamp};
 /// The audit event of a schedule tick not run because another run was going on.
 pub const EVENT_TICK_SKIPPED: &str = "TickSkipped";
 
+/// The detail of a [`EVENT_TICK_SKIPPED`] event: the tick's wall-clock time, as `schedule` gives it.
+pub(super) fn tick_skipped_detail(tick: &str) -> String {
+    serde_json::json!({ "tick": tick }).to_string()
+}
+
 impl SqliteStore {
     /// The runs of `pipeline` recorded Running (their owners may be gone), newest first.
     pub async fn running_runs_of(&self, pipeline: &str) -> Result<Vec<RunRow>, StoreError> {
@@ -50,7 +55,7 @@ impl SqliteStore {
         tick: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let detail = serde_json::json!({ "tick": tick }).to_string();
+        let detail = tick_skipped_detail(tick);
         self.execute(
             "recording a skipped tick",
             "INSERT INTO events (run_id, job_id, kind, reason, actor, at, detail) \
