@@ -6,6 +6,7 @@
 
 use time::OffsetDateTime;
 
+use super::rows;
 use super::{StoreError, sqlite::Decoder, sqlite::SqliteStore, timestamp};
 
 /// One file an `apply` wrote.
@@ -61,7 +62,7 @@ impl SqliteStore {
         .await
         .map_err(self.sql("reading what apply wrote"))?;
         rows.iter()
-            .map(|row| applied_file(&Decoder { row, store: self }))
+            .map(|row| rows::applied_file(&Decoder { row, store: self }))
             .collect()
     }
 
@@ -81,7 +82,7 @@ impl SqliteStore {
         .await
         .map_err(self.sql("reading what apply wrote"))?;
         row.as_ref()
-            .map(|row| applied_file(&Decoder { row, store: self }))
+            .map(|row| rows::applied_file(&Decoder { row, store: self }))
             .transpose()
     }
 
@@ -95,14 +96,4 @@ impl SqliteStore {
         .await
         .map(drop)
     }
-}
-
-fn applied_file(row: &Decoder<'_>) -> Result<AppliedFile, StoreError> {
-    Ok(AppliedFile {
-        manifests_dir: row.get("manifests_dir")?,
-        file: row.get("file")?,
-        source: row.get("source")?,
-        pipeline: row.get("pipeline")?,
-        content_hash: row.get("content_hash")?,
-    })
 }

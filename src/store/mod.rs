@@ -18,6 +18,7 @@ mod pipelines;
 pub mod postgres;
 pub mod retention;
 mod rounds;
+mod rows;
 mod sqlite;
 
 pub use batch::Batch;

@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 use time::OffsetDateTime;
 
+use super::rows;
 use super::{RunId, RunRow, StoreError, sqlite::Decoder, sqlite::SqliteStore, timestamp};
 
 pub type OutboxId = i64;
@@ -255,32 +256,7 @@ impl SqliteStore {
     }
 
     fn outbox_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, StoreError> {
-        let decoder = Decoder { row, store: self };
-        let state = match (decoder.time_opt("sent_at")?, decoder.time_opt("failed_at")?) {
-            (Some(at), _) => OutboxState::Sent { at },
-            (None, Some(at)) => OutboxState::GaveUp {
-                at,
-                error: decoder
-                    .get::<Option<String>>("last_error")?
-                    .unwrap_or_default(),
-            },
-            (None, None) => OutboxState::Pending {
-                next_attempt_at: decoder.time("next_attempt_at")?,
-                last_error: decoder.get("last_error")?,
-            },
-        };
-        Ok(OutboxEntry {
-            id: decoder.get("id")?,
-            run_id: decoder.get("run_id")?,
-            round: decoder.get("round")?,
-            channel: decoder.parse("channel")?,
-            scope: decoder.get("scope")?,
-            target: decoder.get("target")?,
-            payload: decoder.get("payload")?,
-            attempts: decoder.get("attempts")?,
-            state,
-            created_at: decoder.time("created_at")?,
-        })
+        rows::outbox_row(&Decoder { row, store: self })
     }
 }
 

@@ -4,6 +4,7 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
+use super::rows;
 use super::{RunRow, StoreError, sqlite::Decoder, sqlite::SqliteStore, timestamp};
 
 /// One pipeline as the controller last observed it.
@@ -180,16 +181,6 @@ impl SqliteStore {
     }
 
     fn pipeline_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(PipelineRow {
-            name: row.get("name")?,
-            generation: row.get("generation")?,
-            spec_hash: row.get("spec_hash")?,
-            source: row.get("source")?,
-            deleted: row.get::<i64>("deleted")? != 0,
-            rerun_requested: row.get::<i64>("rerun_requested")? != 0,
-            last_tick: row.time_opt("last_tick")?,
-            updated_at: row.time("updated_at")?,
-        })
+        rows::pipeline_row(&Decoder { row, store: self })
     }
 }

@@ -6,6 +6,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use super::{Decoder, PgStore, now};
+use crate::store::rows;
 use crate::store::{
     AttemptId, AttemptRow, EventRow, JobRow, NewRun, RunId, RunRow, StoreError, saturating_i64,
 };
@@ -198,83 +199,20 @@ impl PgStore {
         .await
         .map_err(self.sql("reading events"))?;
         rows.iter()
-            .map(|row| {
-                let row = Decoder { row, store: self };
-                Ok(EventRow {
-                    id: row.get("id")?,
-                    run_id: row.run_id("run_id")?,
-                    job_id: row.job_id_opt("job_id")?,
-                    kind: row.get("kind")?,
-                    reason: row.get("reason")?,
-                    actor: row.get("actor")?,
-                    at: row.get("at")?,
-                    detail: row.get("detail")?,
-                })
-            })
+            .map(|row| rows::event_row(&Decoder { row, store: self }))
             .collect()
     }
 
     pub(super) fn run_row(&self, row: &PgRow) -> Result<RunRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(RunRow {
-            id: row.run_id("id")?,
-            pipeline: row.pipeline("pipeline")?,
-            generation: row.get("generation")?,
-            spec_json: row.get("spec_json")?,
-            spec_hash: row.get("spec_hash")?,
-            phase: row.parse("phase")?,
-            reason: row.parse_opt("reason")?,
-            rounds: row.get("rounds")?,
-            owner_pid: row.get("owner_pid")?,
-            owner_host: row.get("owner_host")?,
-            owner_start_time: row.get("owner_start_time")?,
-            created_at: row.get("created_at")?,
-            started_at: row.get("started_at")?,
-            finished_at: row.get("finished_at")?,
-        })
+        rows::run_row(&Decoder { row, store: self })
     }
 
     fn job_row(&self, row: &PgRow) -> Result<JobRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(JobRow {
-            run_id: row.run_id("run_id")?,
-            job_id: row.job_id("job_id")?,
-            position: row.get("position")?,
-            phase: row.parse("phase")?,
-            reason: row.parse_opt("reason")?,
-            attempts: row.get("attempts")?,
-            lost: row.get("lost")?,
-            exit_code: row.get("exit_code")?,
-            started_at: row.get("started_at")?,
-            finished_at: row.get("finished_at")?,
-            log_path: row.get("log_path")?,
-            message: row.get("message")?,
-        })
+        rows::job_row(&Decoder { row, store: self })
     }
 
     fn attempt_row(&self, row: &PgRow) -> Result<AttemptRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(AttemptRow {
-            id: row.attempt_id("id")?,
-            run_id: row.run_id("run_id")?,
-            job_id: row.job_id("job_id")?,
-            round: row.get("round")?,
-            number: row.get("number")?,
-            phase: row.parse("phase")?,
-            reason: row.parse_opt("reason")?,
-            pid: row.get("pid")?,
-            pgid: row.get("pgid")?,
-            process_start_time: row.get("process_start_time")?,
-            exit_code: row.get("exit_code")?,
-            signal: row.get("signal")?,
-            started_at: row.get("started_at")?,
-            finished_at: row.get("finished_at")?,
-            user_time_us: row.get("user_time_us")?,
-            system_time_us: row.get("system_time_us")?,
-            max_rss_kib: row.get("max_rss_kib")?,
-            max_rss_upper_bound: row.get("max_rss_upper_bound")?,
-            message: row.get("message")?,
-        })
+        rows::attempt_row(&Decoder { row, store: self })
     }
 }
 
