@@ -1373,6 +1373,41 @@ macro_rules! shared_store_tests {
             );
         }
 
+        #[tokio::test]
+        async fn a_pipeline_reads_back_its_generation_rerun_request_last_tick_and_deletion() {
+            let Some((_guard, store)) = $open().await else { return };
+            assert_eq!(store.observe_pipeline("a", "h1", "a.yaml").await.unwrap(), 1);
+            assert_eq!(store.observe_pipeline("a", "h1", "a.yaml").await.unwrap(), 1);
+            assert_eq!(store.observe_pipeline("a", "h2", "a.yaml").await.unwrap(), 2);
+            let row = store.pipeline("a").await.unwrap().unwrap();
+            assert_eq!(
+                (row.name.as_str(), row.generation, row.spec_hash.as_str()),
+                ("a", 2, "h2")
+            );
+            assert_eq!(row.source, "a.yaml");
+            assert!(!row.deleted && !row.rerun_requested);
+            assert_eq!(row.last_tick, None);
+
+            assert!(store.request_rerun("a").await.unwrap());
+            assert!(!store.request_rerun("nope").await.unwrap());
+            let tick = time::macros::datetime!(2026-11-27 02:00:00.123 UTC);
+            store.set_last_tick("a", tick).await.unwrap();
+            let row = store.pipeline("a").await.unwrap().unwrap();
+            assert!(row.rerun_requested);
+            assert_eq!(row.last_tick, Some(tick));
+            assert!(store.take_rerun("a").await.unwrap());
+            assert!(!store.take_rerun("a").await.unwrap());
+
+            store.mark_pipeline_deleted("a").await.unwrap();
+            let rows = store.pipelines().await.unwrap();
+            assert_eq!(rows.len(), 1);
+            assert!(rows[0].deleted);
+            // Back after a deletion: a new generation.
+            assert_eq!(store.observe_pipeline("a", "h2", "a.yaml").await.unwrap(), 3);
+            assert!(!store.pipeline("a").await.unwrap().unwrap().deleted);
+            assert!(store.pipeline("nope").await.unwrap().is_none());
+        }
+
         // Rows edited by hand (a damaged or tampered database): what is read back is checked.
 
         #[tokio::test]
