@@ -1534,6 +1534,81 @@ mod on_postgres {
     super::shared_store_tests!(super::open_postgres);
 }
 
+/// The twin of SQLite's `concurrent_stores_create_distinct_runs`: twenty handles connect at once
+/// to a fresh PostgreSQL database (racing to migrate it, as processes on several hosts would) and
+/// each creates and finishes a run: every run gets its own id and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_handles_on_one_postgres_database_create_distinct_runs() {
+    use crate::spec::{JobId, PipelineName};
+    use crate::status::{JobPhase, JobReason};
+    use crate::store::{AttemptEnd, NewJob, NewRun, Owner, StoreError};
+    let Some(database) = pg_cluster::database().await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let state = tmp.path().join(format!("host-{i}"));
+            let url = database.url.clone();
+            tokio::spawn(async move {
+                let store = Store::connect(&state, &url).await?;
+                let owner = Owner {
+                    pid: std::process::id(),
+                    host: format!("host-{i}"),
+                    start_time: None,
+                };
+                let race = PipelineName::parse("race").expect("name");
+                let job = JobId::parse("a").expect("job id");
+                let run = store
+                    .create_run(&NewRun {
+                        pipeline: &race,
+                        generation: 1,
+                        spec_json: "{}",
+                        spec_hash: "h",
+                        jobs: &[NewJob {
+                            id: &job,
+                            log_path: "a.log",
+                        }],
+                        owner: &owner,
+                    })
+                    .await?;
+                let attempt = store.attempt_started(run, &job, 1, 1, 1).await?;
+                let end = AttemptEnd {
+                    phase: JobPhase::Succeeded,
+                    reason: Some(JobReason::Completed),
+                    exit_code: Some(0),
+                    signal: None,
+                    user_time: std::time::Duration::ZERO,
+                    system_time: std::time::Duration::ZERO,
+                    max_rss_kib: 0,
+                    max_rss_upper_bound: false,
+                    message: None,
+                };
+                store
+                    .attempt_finished(
+                        attempt,
+                        &end,
+                        Some((JobPhase::Succeeded, Some(JobReason::Completed))),
+                    )
+                    .await?;
+                store.close().await;
+                Ok::<_, StoreError>(run)
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.expect("join").expect("no store error"));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 20);
+    let store = Store::connect(&tmp.path().join("reader"), &database.url)
+        .await
+        .expect("connect");
+    assert_eq!(store.runs(Some("race"), 100).await.expect("runs").len(), 20);
+}
+
 /// A state folder in a temporary folder.
 async fn open_sqlite() -> Option<(tempfile::TempDir, Store)> {
     let tmp = tempfile::tempdir().expect("tempdir");
