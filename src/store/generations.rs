@@ -47,28 +47,3 @@ impl SqliteStore {
         Ok(revision.map(|(r,)| r))
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use crate::store::{Durability, Store};
-
-    /// A generation keeps the revision it was first recorded at; another generation has its own.
-    #[tokio::test]
-    async fn a_generation_keeps_its_first_revision() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
-        assert_eq!(store.revision("p", 1).await.unwrap(), None);
-        store.record_revision("p", 1, "abc").await.unwrap();
-        store.record_revision("p", 1, "def-dirty").await.unwrap();
-        store.record_revision("p", 2, "def").await.unwrap();
-        assert_eq!(
-            store.revision("p", 1).await.unwrap().as_deref(),
-            Some("abc")
-        );
-        assert_eq!(
-            store.revision("p", 2).await.unwrap().as_deref(),
-            Some("def")
-        );
-        assert_eq!(store.revision("q", 1).await.unwrap(), None);
-    }
-}

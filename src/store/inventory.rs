@@ -6,6 +6,7 @@
 
 use time::OffsetDateTime;
 
+use super::rows;
 use super::{StoreError, sqlite::Decoder, sqlite::SqliteStore, timestamp};
 
 /// One file an `apply` wrote.
@@ -61,7 +62,7 @@ impl SqliteStore {
         .await
         .map_err(self.sql("reading what apply wrote"))?;
         rows.iter()
-            .map(|row| applied_file(&Decoder { row, store: self }))
+            .map(|row| rows::applied_file(&Decoder { row, store: self }))
             .collect()
     }
 
@@ -81,7 +82,7 @@ impl SqliteStore {
         .await
         .map_err(self.sql("reading what apply wrote"))?;
         row.as_ref()
-            .map(|row| applied_file(&Decoder { row, store: self }))
+            .map(|row| rows::applied_file(&Decoder { row, store: self }))
             .transpose()
     }
 
@@ -94,73 +95,5 @@ impl SqliteStore {
         )
         .await
         .map(drop)
-    }
-}
-
-fn applied_file(row: &Decoder<'_>) -> Result<AppliedFile, StoreError> {
-    Ok(AppliedFile {
-        manifests_dir: row.get("manifests_dir")?,
-        file: row.get("file")?,
-        source: row.get("source")?,
-        pipeline: row.get("pipeline")?,
-        content_hash: row.get("content_hash")?,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::AppliedFile;
-    use crate::store::{Durability, Store};
-
-    fn entry(file: &str, source: &str, hash: &str) -> AppliedFile {
-        AppliedFile {
-            manifests_dir: "/m".into(),
-            file: file.into(),
-            source: source.into(),
-            pipeline: file.trim_end_matches(".yaml").into(),
-            content_hash: hash.into(),
-        }
-    }
-
-    /// A file has one owner, the source that wrote it last; forgetting drops it.
-    #[tokio::test]
-    async fn the_last_source_to_write_a_file_owns_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
-        store
-            .record_applied(&entry("a.yaml", "/s", "1"))
-            .await
-            .unwrap();
-        store
-            .record_applied(&entry("b.yaml", "/s", "2"))
-            .await
-            .unwrap();
-        store
-            .record_applied(&entry("a.yaml", "/s", "3"))
-            .await
-            .unwrap();
-        let files = store.applied_by("/s", "/m").await.unwrap();
-        assert_eq!(
-            files,
-            [entry("a.yaml", "/s", "3"), entry("b.yaml", "/s", "2")]
-        );
-        assert!(store.applied_by("/s", "/other").await.unwrap().is_empty());
-
-        store
-            .record_applied(&entry("b.yaml", "/t", "4"))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.applied_by("/s", "/m").await.unwrap(),
-            [entry("a.yaml", "/s", "3")]
-        );
-        store.forget_applied("/m", "a.yaml").await.unwrap();
-        assert!(store.applied_by("/s", "/m").await.unwrap().is_empty());
-        assert_eq!(store.applied_by("/t", "/m").await.unwrap().len(), 1);
-        assert_eq!(
-            store.applied_file("/m", "b.yaml").await.unwrap(),
-            Some(entry("b.yaml", "/t", "4"))
-        );
-        assert_eq!(store.applied_file("/m", "a.yaml").await.unwrap(), None);
     }
 }

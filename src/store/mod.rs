@@ -18,6 +18,7 @@ mod pipelines;
 pub mod postgres;
 pub mod retention;
 mod rounds;
+mod rows;
 mod sqlite;
 
 pub use batch::Batch;
@@ -25,6 +26,8 @@ pub use inventory::AppliedFile;
 pub use overlap::EVENT_TICK_SKIPPED;
 pub use pipelines::PipelineRow;
 pub use rounds::{EVENT_JOB_REMOVED, EVENT_MARKED_SUCCESS, RoundChange};
+#[cfg(test)]
+mod test_bodies;
 #[cfg(test)]
 mod tests;
 
@@ -312,15 +315,6 @@ impl Store {
         &self.state_dir
     }
 
-    /// The PostgreSQL backend, for tests that look at its rows directly.
-    #[cfg(test)]
-    fn postgres(&self) -> &postgres::PgStore {
-        match &self.backend {
-            Backend::Postgres(db) => db,
-            Backend::Sqlite(_) => panic!("a PostgreSQL test on a SQLite store"),
-        }
-    }
-
     /// The database file, or the PostgreSQL database (without password), for messages.
     pub fn location(&self) -> String {
         match &self.backend {
@@ -361,6 +355,10 @@ impl Store {
         dispatch!(self, db => db.create_run(new).await)
     }
 
+    // The four convenience writes below are each a one-change [`Batch`] through [`Store::commit`],
+    // for both backends. The engine builds its own batches (one group commit per turn); these
+    // serve single writes off that path (a pre-check's Waiting, tests).
+
     /// Sets a job's phase, reason and message (see [`Batch::set_job`]), in a transaction of its own.
     pub async fn set_job(
         &self,
@@ -370,7 +368,9 @@ impl Store {
         reason: Option<JobReason>,
         message: Option<&str>,
     ) -> Result<(), StoreError> {
-        dispatch!(self, db => db.set_job(run, job, phase, reason, message).await)
+        let mut batch = Batch::default();
+        batch.set_job(job, phase, reason, message);
+        self.commit(run, 0, &mut batch).await.map(drop)
     }
 
     /// Record-before-act: inserts the attempt (phase Running, no pid yet) and sets the job Running
@@ -383,7 +383,10 @@ impl Store {
         number: i64,
         counted: i64,
     ) -> Result<AttemptId, StoreError> {
-        dispatch!(self, db => db.attempt_started(run, job, round, number, counted).await)
+        let mut batch = Batch::default();
+        batch.attempt_started(job, number, counted);
+        let ids = self.commit(run, round, &mut batch).await?;
+        ids.first().copied().ok_or_else(|| job_not_found(run, job))
     }
 
     /// Records the attempt's process (see [`Batch::attempt_spawned`]) in a transaction of its own.
@@ -394,7 +397,10 @@ impl Store {
         pgid: i32,
         start_time: Option<u64>,
     ) -> Result<(), StoreError> {
-        dispatch!(self, db => db.attempt_spawned(attempt, pid, pgid, start_time).await)
+        let mut batch = Batch::default();
+        batch.attempt_spawned(attempt, pid, pgid, start_time);
+        // No job or start rows: the run and round are not used.
+        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
     }
 
     /// Records the attempt's end (see [`Batch::attempt_finished`]) in a transaction of its own.
@@ -404,7 +410,10 @@ impl Store {
         end: &AttemptEnd,
         job: Option<(JobPhase, Option<JobReason>)>,
     ) -> Result<(), StoreError> {
-        dispatch!(self, db => db.attempt_finished(attempt, end, job).await)
+        let mut batch = Batch::default();
+        batch.attempt_finished(attempt, end, job);
+        // No job or start rows: the run and round are not used.
+        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
     }
 
     pub async fn run(&self, run: RunId) -> Result<Option<RunRow>, StoreError> {

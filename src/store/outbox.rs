@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 use time::OffsetDateTime;
 
+use super::rows;
 use super::{RunId, RunRow, StoreError, sqlite::Decoder, sqlite::SqliteStore, timestamp};
 
 pub type OutboxId = i64;
@@ -255,32 +256,7 @@ impl SqliteStore {
     }
 
     fn outbox_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, StoreError> {
-        let decoder = Decoder { row, store: self };
-        let state = match (decoder.time_opt("sent_at")?, decoder.time_opt("failed_at")?) {
-            (Some(at), _) => OutboxState::Sent { at },
-            (None, Some(at)) => OutboxState::GaveUp {
-                at,
-                error: decoder
-                    .get::<Option<String>>("last_error")?
-                    .unwrap_or_default(),
-            },
-            (None, None) => OutboxState::Pending {
-                next_attempt_at: decoder.time("next_attempt_at")?,
-                last_error: decoder.get("last_error")?,
-            },
-        };
-        Ok(OutboxEntry {
-            id: decoder.get("id")?,
-            run_id: decoder.get("run_id")?,
-            round: decoder.get("round")?,
-            channel: decoder.parse("channel")?,
-            scope: decoder.get("scope")?,
-            target: decoder.get("target")?,
-            payload: decoder.get("payload")?,
-            attempts: decoder.get("attempts")?,
-            state,
-            created_at: decoder.time("created_at")?,
-        })
+        rows::outbox_row(&Decoder { row, store: self })
     }
 }
 
@@ -325,103 +301,6 @@ mod tests {
         store.set_job(run, &job_id, job, None, None).await.unwrap();
         assert_eq!(store.close_run(run, &[]).await.unwrap().0, phase);
         run
-    }
-
-    fn email(target: &str) -> NewOutboxEntry<'_> {
-        NewOutboxEntry {
-            channel: OutboxChannel::Email,
-            scope: "",
-            target,
-            payload: "{}",
-        }
-    }
-
-    #[tokio::test]
-    async fn queuing_twice_queues_once_and_marks_the_round() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
-        let run = finished_run(&store, RunPhase::Failed).await;
-        assert_eq!(store.runs_not_queued().await.unwrap().len(), 1);
-        let entries = [email("a@x"), email("b@x"), email("a@x")];
-        assert_eq!(
-            store.enqueue_notifications(run, 1, &entries).await.unwrap(),
-            2
-        );
-        assert_eq!(
-            store.enqueue_notifications(run, 1, &entries).await.unwrap(),
-            0
-        );
-        assert!(store.runs_not_queued().await.unwrap().is_empty());
-        // The same message about another round (a resume) is a new message.
-        assert_eq!(
-            store
-                .enqueue_notifications(run, 2, &entries[..1])
-                .await
-                .unwrap(),
-            1
-        );
-        assert_eq!(store.outbox(run).await.unwrap().len(), 3);
-    }
-
-    #[tokio::test]
-    async fn a_claimed_message_is_not_due_until_its_lease_ends() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
-        let run = finished_run(&store, RunPhase::Failed).await;
-        store
-            .enqueue_notifications(run, 1, &[email("a@x")])
-            .await
-            .unwrap();
-        let now = OffsetDateTime::now_utc();
-        let due = store.due_outbox(now, 10).await.unwrap();
-        assert_eq!(due.len(), 1);
-        let id = due[0].id;
-        let lease = now + time::Duration::minutes(5);
-        assert_eq!(store.claim_outbox(id, now, lease).await.unwrap(), Some(1));
-        assert_eq!(store.claim_outbox(id, now, lease).await.unwrap(), None);
-        assert!(store.due_outbox(now, 10).await.unwrap().is_empty());
-        // A sender that died: the message is due again once the lease has passed.
-        let later = lease + time::Duration::seconds(1);
-        assert_eq!(store.due_outbox(later, 10).await.unwrap().len(), 1);
-        assert_eq!(store.claim_outbox(id, later, later).await.unwrap(), Some(2));
-
-        store
-            .outbox_failed(id, "no route", Some(later + time::Duration::minutes(1)))
-            .await
-            .unwrap();
-        let entry = &store.outbox(run).await.unwrap()[0];
-        assert!(matches!(
-            &entry.state,
-            OutboxState::Pending { last_error: Some(e), .. } if e == "no route"
-        ));
-        store.outbox_failed(id, "bad address", None).await.unwrap();
-        let entry = &store.outbox(run).await.unwrap()[0];
-        assert!(
-            matches!(&entry.state, OutboxState::GaveUp { error, .. } if error == "bad address")
-        );
-        let far = later + time::Duration::days(30);
-        assert!(store.due_outbox(far, 10).await.unwrap().is_empty());
-        assert_eq!(store.claim_outbox(id, far, far).await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn sent_is_final() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
-        let run = finished_run(&store, RunPhase::Succeeded).await;
-        store
-            .enqueue_notifications(run, 1, &[email("a@x")])
-            .await
-            .unwrap();
-        let now = OffsetDateTime::now_utc();
-        let id = store.due_outbox(now, 10).await.unwrap()[0].id;
-        store.claim_outbox(id, now, now).await.unwrap();
-        store.outbox_sent(id).await.unwrap();
-        let entry = &store.outbox(run).await.unwrap()[0];
-        assert!(matches!(entry.state, OutboxState::Sent { .. }));
-        let far = now + time::Duration::days(30);
-        assert!(store.due_outbox(far, 10).await.unwrap().is_empty());
-        assert_eq!(store.claim_outbox(id, far, far).await.unwrap(), None);
     }
 
     /// Upgrading a database of version 2 marks the runs that had already ended as queued, so

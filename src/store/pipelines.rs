@@ -4,6 +4,7 @@
 use sqlx::Row;
 use time::OffsetDateTime;
 
+use super::rows;
 use super::{RunRow, StoreError, sqlite::Decoder, sqlite::SqliteStore, timestamp};
 
 /// One pipeline as the controller last observed it.
@@ -180,39 +181,6 @@ impl SqliteStore {
     }
 
     fn pipeline_row(&self, row: &sqlx::sqlite::SqliteRow) -> Result<PipelineRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(PipelineRow {
-            name: row.get("name")?,
-            generation: row.get("generation")?,
-            spec_hash: row.get("spec_hash")?,
-            source: row.get("source")?,
-            deleted: row.get::<i64>("deleted")? != 0,
-            rerun_requested: row.get::<i64>("rerun_requested")? != 0,
-            last_tick: row.time_opt("last_tick")?,
-            updated_at: row.time("updated_at")?,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::store::{Durability, Store};
-
-    #[tokio::test]
-    async fn the_manifests_folder_is_recorded_and_replaced() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
-        assert_eq!(store.manifests_dir().await.unwrap(), None);
-        store.set_manifests_dir("/srv/a".as_ref()).await.unwrap();
-        store.set_manifests_dir("/srv/a".as_ref()).await.unwrap();
-        assert_eq!(
-            store.manifests_dir().await.unwrap().as_deref(),
-            Some(std::path::Path::new("/srv/a"))
-        );
-        store.set_manifests_dir("/srv/b".as_ref()).await.unwrap();
-        assert_eq!(
-            store.manifests_dir().await.unwrap().as_deref(),
-            Some(std::path::Path::new("/srv/b"))
-        );
+        rows::pipeline_row(&Decoder { row, store: self })
     }
 }

@@ -22,6 +22,17 @@ pub const EVENT_MARKED_SUCCESS: &str = "MarkedSuccess";
 /// The event kind recorded when a resume with a changed spec drops a job from the run.
 pub const EVENT_JOB_REMOVED: &str = "JobRemoved";
 
+/// The detail of a [`EVENT_MARKED_SUCCESS`] event: the phase the job had, as stored
+/// (`{"previousPhase":"Failed"}`).
+pub(super) fn marked_success_detail(previous: &str) -> String {
+    serde_json::json!({ "previousPhase": previous }).to_string()
+}
+
+/// The detail of a [`EVENT_JOB_REMOVED`] event: the phase the job had, as stored, and its attempts.
+pub(super) fn job_removed_detail(phase: &str, attempts: i64) -> String {
+    serde_json::json!({ "previousPhase": phase, "attempts": attempts }).to_string()
+}
+
 /// What a new round changes in a run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RoundChange<'a> {
@@ -145,7 +156,7 @@ impl SqliteStore {
                      WHERE run_id = ?3 AND job_id = ?4",
                 )?
                 .execute(rusqlite::params![reason, now, run, job])?;
-                let detail = serde_json::json!({ "previousPhase": previous }).to_string();
+                let detail = marked_success_detail(&previous);
                 let event = Event {
                     job,
                     kind: EVENT_MARKED_SUCCESS,
@@ -259,8 +270,7 @@ fn begin_round(
             tx.prepare_cached(table)?
                 .execute(rusqlite::params![run, job])?;
         }
-        let detail =
-            serde_json::json!({ "previousPhase": phase, "attempts": attempts }).to_string();
+        let detail = job_removed_detail(&phase, attempts);
         let event = Event {
             job,
             kind: EVENT_JOB_REMOVED,

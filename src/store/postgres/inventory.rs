@@ -2,6 +2,7 @@
 //! source last wrote, with a hash of its bytes (see `store/inventory.rs` for what it is for).
 
 use super::{Decoder, PgStore, now};
+use crate::store::rows;
 use crate::store::{AppliedFile, StoreError};
 
 impl PgStore {
@@ -42,7 +43,7 @@ impl PgStore {
         .await
         .map_err(self.sql("reading what apply wrote"))?;
         rows.iter()
-            .map(|row| applied_file(&Decoder { row, store: self }))
+            .map(|row| rows::applied_file(&Decoder { row, store: self }))
             .collect()
     }
 
@@ -62,7 +63,7 @@ impl PgStore {
         .await
         .map_err(self.sql("reading what apply wrote"))?;
         row.as_ref()
-            .map(|row| applied_file(&Decoder { row, store: self }))
+            .map(|row| rows::applied_file(&Decoder { row, store: self }))
             .transpose()
     }
 
@@ -76,14 +77,4 @@ impl PgStore {
             .map_err(self.sql("forgetting what apply wrote"))?;
         Ok(())
     }
-}
-
-fn applied_file(row: &Decoder<'_>) -> Result<AppliedFile, StoreError> {
-    Ok(AppliedFile {
-        manifests_dir: row.get("manifests_dir")?,
-        file: row.get("file")?,
-        source: row.get("source")?,
-        pipeline: row.get("pipeline")?,
-        content_hash: row.get("content_hash")?,
-    })
 }

@@ -34,8 +34,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Postgres, Row};
 use time::OffsetDateTime;
 
-use super::{AttemptId, RunId, StoreError};
-use crate::spec::{JobId, PipelineName};
+use super::StoreError;
 
 /// The embedded migrations (`migrations/postgres/NNNN_name.sql`), applied in order at connect.
 /// sqlx records each one with its checksum in `_sqlx_migrations` and refuses a database whose
@@ -52,7 +51,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A handle on a PostgreSQL state database; cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     /// `postgres://USER@HOST:PORT/DATABASE`: how messages name the database (no password).
     target: Arc<str>,
     identity: Arc<str>,
@@ -220,47 +219,38 @@ impl Decoder<'_> {
             .try_get(column)
             .map_err(|err| self.corrupt(column, err))
     }
+}
 
-    fn parse<T>(&self, column: &str) -> Result<T, StoreError>
-    where
-        T: FromStr,
-        T::Err: std::fmt::Display,
-    {
-        let text: String = self.get(column)?;
-        text.parse().map_err(|err| self.corrupt(column, err))
+impl crate::store::rows::Columns for Decoder<'_> {
+    fn corrupt_column(&self, column: &str, detail: &dyn std::fmt::Display) -> StoreError {
+        self.corrupt(column, detail)
     }
 
-    fn parse_opt<T>(&self, column: &str) -> Result<Option<T>, StoreError>
-    where
-        T: FromStr,
-        T::Err: std::fmt::Display,
-    {
-        self.get::<Option<String>>(column)?
-            .map(|text| text.parse().map_err(|err| self.corrupt(column, err)))
-            .transpose()
+    fn text(&self, column: &str) -> Result<String, StoreError> {
+        self.get(column)
     }
 
-    fn run_id(&self, column: &str) -> Result<RunId, StoreError> {
-        self.get::<i64>(column).map(RunId::from)
+    fn text_opt(&self, column: &str) -> Result<Option<String>, StoreError> {
+        self.get(column)
     }
 
-    fn attempt_id(&self, column: &str) -> Result<AttemptId, StoreError> {
-        self.get::<i64>(column).map(AttemptId::from)
+    fn int(&self, column: &str) -> Result<i64, StoreError> {
+        self.get(column)
     }
 
-    fn job_id(&self, column: &str) -> Result<JobId, StoreError> {
-        let text: String = self.get(column)?;
-        JobId::parse(&text).map_err(|err| self.corrupt(column, err))
+    fn int_opt(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        self.get(column)
     }
 
-    fn job_id_opt(&self, column: &str) -> Result<Option<JobId>, StoreError> {
-        self.get::<Option<String>>(column)?
-            .map(|text| JobId::parse(&text).map_err(|err| self.corrupt(column, err)))
-            .transpose()
+    fn flag(&self, column: &str) -> Result<bool, StoreError> {
+        self.get(column)
     }
 
-    fn pipeline(&self, column: &str) -> Result<PipelineName, StoreError> {
-        let text: String = self.get(column)?;
-        PipelineName::parse(&text).map_err(|err| self.corrupt(column, err))
+    fn time(&self, column: &str) -> Result<OffsetDateTime, StoreError> {
+        self.get(column)
+    }
+
+    fn time_opt(&self, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.get(column)
     }
 }

@@ -8,7 +8,8 @@ use time::OffsetDateTime;
 
 use super::runs::select_runs;
 use super::{Decoder, PgStore, ms, now};
-use crate::store::outbox::{NewOutboxEntry, OutboxEntry, OutboxId, OutboxState};
+use crate::store::outbox::{NewOutboxEntry, OutboxEntry, OutboxId};
+use crate::store::rows;
 use crate::store::{RunId, RunRow, StoreError};
 
 macro_rules! select_outbox {
@@ -183,33 +184,6 @@ impl PgStore {
     }
 
     fn outbox_row(&self, row: &PgRow) -> Result<OutboxEntry, StoreError> {
-        let decoder = Decoder { row, store: self };
-        let sent: Option<OffsetDateTime> = decoder.get("sent_at")?;
-        let failed: Option<OffsetDateTime> = decoder.get("failed_at")?;
-        let state = match (sent, failed) {
-            (Some(at), _) => OutboxState::Sent { at },
-            (None, Some(at)) => OutboxState::GaveUp {
-                at,
-                error: decoder
-                    .get::<Option<String>>("last_error")?
-                    .unwrap_or_default(),
-            },
-            (None, None) => OutboxState::Pending {
-                next_attempt_at: decoder.get("next_attempt_at")?,
-                last_error: decoder.get("last_error")?,
-            },
-        };
-        Ok(OutboxEntry {
-            id: decoder.get("id")?,
-            run_id: decoder.run_id("run_id")?,
-            round: decoder.get("round")?,
-            channel: decoder.parse("channel")?,
-            scope: decoder.get("scope")?,
-            target: decoder.get("target")?,
-            payload: decoder.get("payload")?,
-            attempts: decoder.get("attempts")?,
-            state,
-            created_at: decoder.get("created_at")?,
-        })
+        rows::outbox_row(&Decoder { row, store: self })
     }
 }

@@ -44,7 +44,7 @@ impl PgStore {
         tick: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let detail = serde_json::json!({ "tick": tick }).to_string();
+        let detail = crate::store::overlap::tick_skipped_detail(tick);
         sqlx::query(
             "INSERT INTO events (run_id, job_id, kind, reason, actor, at, detail) \
              VALUES ($1, NULL, $2, $3, 'controller', $4, $5)",

@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 
 use super::runs::select_runs;
 use super::{Decoder, PgStore, ms, now};
+use crate::store::rows;
 use crate::store::{PipelineRow, RunRow, StoreError};
 
 impl PgStore {
@@ -168,16 +169,6 @@ impl PgStore {
     }
 
     fn pipeline_row(&self, row: &PgRow) -> Result<PipelineRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(PipelineRow {
-            name: row.get("name")?,
-            generation: row.get("generation")?,
-            spec_hash: row.get("spec_hash")?,
-            source: row.get("source")?,
-            deleted: row.get("deleted")?,
-            rerun_requested: row.get("rerun_requested")?,
-            last_tick: row.get("last_tick")?,
-            updated_at: row.get("updated_at")?,
-        })
+        rows::pipeline_row(&Decoder { row, store: self })
     }
 }

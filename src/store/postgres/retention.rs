@@ -19,6 +19,7 @@ use crate::spec::PipelineName;
 use crate::store::retention::{
     AutoVacuum, Policies, PruneMode, PruneReport, PrunedRun, SweepReport,
 };
+use crate::store::rows::Columns as _;
 use crate::store::{RunId, StoreError};
 
 /// Runs deleted per transaction, as on SQLite.

@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 
 use super::PgStore;
 use crate::status::{JobPhase, JobReason, JobVerdict, RunPhase, RunReason, Tally};
+use crate::store::rounds::{job_removed_detail, marked_success_detail};
 use crate::store::{
     EVENT_JOB_REMOVED, EVENT_MARKED_SUCCESS, Owner, RoundChange, RunId, StoreError, job_not_found,
     saturating_i64,
@@ -92,8 +93,7 @@ impl PgStore {
                     .await
                     .map_err(&sql)?;
             }
-            let detail =
-                serde_json::json!({ "previousPhase": phase, "attempts": attempts }).to_string();
+            let detail = job_removed_detail(&phase, attempts);
             let event = Event {
                 job,
                 kind: EVENT_JOB_REMOVED,
@@ -256,7 +256,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(&sql)?;
-            let detail = serde_json::json!({ "previousPhase": previous }).to_string();
+            let detail = marked_success_detail(&previous);
             let event = Event {
                 job,
                 kind: EVENT_MARKED_SUCCESS,

@@ -1,16 +1,14 @@
 //! Runs, their jobs, attempts and events on PostgreSQL: creating a run with its jobs, the reads
-//! every command makes, the single-change writes (each a one-change [`Batch`], as on SQLite), and
-//! crash recovery's `mark_lost`. The row decoders of the shared row types live here too.
+//! every command makes, and crash recovery's `mark_lost` (the single-change writes are one-change
+//! batches, built by the facade in `store/mod.rs`). The row decoders of the shared row types live here too.
 
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use super::{Decoder, PgStore, now};
-use crate::spec::JobId;
-use crate::status::{JobPhase, JobReason};
+use crate::store::rows;
 use crate::store::{
-    AttemptEnd, AttemptId, AttemptRow, Batch, EventRow, JobRow, NewRun, RunId, RunRow, StoreError,
-    job_not_found, saturating_i64,
+    AttemptId, AttemptRow, EventRow, JobRow, NewRun, RunId, RunRow, StoreError, saturating_i64,
 };
 
 macro_rules! select_runs {
@@ -73,61 +71,6 @@ impl PgStore {
         .map_err(self.sql(context))?;
         tx.commit().await.map_err(self.sql(context))?;
         Ok(RunId::from(run))
-    }
-
-    /// Sets a job's phase, reason and message (see [`Batch::set_job`]), in a transaction of its own.
-    pub async fn set_job(
-        &self,
-        run: RunId,
-        job: &JobId,
-        phase: JobPhase,
-        reason: Option<JobReason>,
-        message: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.set_job(job, phase, reason, message);
-        self.commit(run, 0, &mut batch).await.map(drop)
-    }
-
-    /// Record-before-act: inserts the attempt (phase Running, no pid yet) and sets the job Running
-    /// with `attempts = counted`, in one transaction committed before the caller spawns anything.
-    pub async fn attempt_started(
-        &self,
-        run: RunId,
-        job: &JobId,
-        round: i64,
-        number: i64,
-        counted: i64,
-    ) -> Result<AttemptId, StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_started(job, number, counted);
-        let ids = self.commit(run, round, &mut batch).await?;
-        ids.first().copied().ok_or_else(|| job_not_found(run, job))
-    }
-
-    /// Records the attempt's process (see [`Batch::attempt_spawned`]) in a transaction of its own.
-    pub async fn attempt_spawned(
-        &self,
-        attempt: AttemptId,
-        pid: i32,
-        pgid: i32,
-        start_time: Option<u64>,
-    ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_spawned(attempt, pid, pgid, start_time);
-        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
-    }
-
-    /// Records the attempt's end (see [`Batch::attempt_finished`]) in a transaction of its own.
-    pub async fn attempt_finished(
-        &self,
-        attempt: AttemptId,
-        end: &AttemptEnd,
-        job: Option<(JobPhase, Option<JobReason>)>,
-    ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_finished(attempt, end, job);
-        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
     }
 
     pub async fn run(&self, run: RunId) -> Result<Option<RunRow>, StoreError> {
@@ -271,83 +214,20 @@ impl PgStore {
         .await
         .map_err(self.sql("reading events"))?;
         rows.iter()
-            .map(|row| {
-                let row = Decoder { row, store: self };
-                Ok(EventRow {
-                    id: row.get("id")?,
-                    run_id: row.run_id("run_id")?,
-                    job_id: row.job_id_opt("job_id")?,
-                    kind: row.get("kind")?,
-                    reason: row.get("reason")?,
-                    actor: row.get("actor")?,
-                    at: row.get("at")?,
-                    detail: row.get("detail")?,
-                })
-            })
+            .map(|row| rows::event_row(&Decoder { row, store: self }))
             .collect()
     }
 
     pub(super) fn run_row(&self, row: &PgRow) -> Result<RunRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(RunRow {
-            id: row.run_id("id")?,
-            pipeline: row.pipeline("pipeline")?,
-            generation: row.get("generation")?,
-            spec_json: row.get("spec_json")?,
-            spec_hash: row.get("spec_hash")?,
-            phase: row.parse("phase")?,
-            reason: row.parse_opt("reason")?,
-            rounds: row.get("rounds")?,
-            owner_pid: row.get("owner_pid")?,
-            owner_host: row.get("owner_host")?,
-            owner_start_time: row.get("owner_start_time")?,
-            created_at: row.get("created_at")?,
-            started_at: row.get("started_at")?,
-            finished_at: row.get("finished_at")?,
-        })
+        rows::run_row(&Decoder { row, store: self })
     }
 
     fn job_row(&self, row: &PgRow) -> Result<JobRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(JobRow {
-            run_id: row.run_id("run_id")?,
-            job_id: row.job_id("job_id")?,
-            position: row.get("position")?,
-            phase: row.parse("phase")?,
-            reason: row.parse_opt("reason")?,
-            attempts: row.get("attempts")?,
-            lost: row.get("lost")?,
-            exit_code: row.get("exit_code")?,
-            started_at: row.get("started_at")?,
-            finished_at: row.get("finished_at")?,
-            log_path: row.get("log_path")?,
-            message: row.get("message")?,
-        })
+        rows::job_row(&Decoder { row, store: self })
     }
 
     fn attempt_row(&self, row: &PgRow) -> Result<AttemptRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(AttemptRow {
-            id: row.attempt_id("id")?,
-            run_id: row.run_id("run_id")?,
-            job_id: row.job_id("job_id")?,
-            round: row.get("round")?,
-            number: row.get("number")?,
-            phase: row.parse("phase")?,
-            reason: row.parse_opt("reason")?,
-            pid: row.get("pid")?,
-            pgid: row.get("pgid")?,
-            process_start_time: row.get("process_start_time")?,
-            exit_code: row.get("exit_code")?,
-            signal: row.get("signal")?,
-            started_at: row.get("started_at")?,
-            finished_at: row.get("finished_at")?,
-            user_time_us: row.get("user_time_us")?,
-            system_time_us: row.get("system_time_us")?,
-            max_rss_kib: row.get("max_rss_kib")?,
-            max_rss_upper_bound: row.get("max_rss_upper_bound")?,
-            message: row.get("message")?,
-        })
+        rows::attempt_row(&Decoder { row, store: self })
     }
 }
 

@@ -22,7 +22,6 @@ pub(super) mod migrations;
 pub(super) mod open;
 
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use rusqlite::OptionalExtension;
@@ -44,12 +43,11 @@ macro_rules! owned_params {
 }
 pub(crate) use owned_params;
 
+use super::rows;
 use super::{
-    AttemptEnd, AttemptId, AttemptRow, Batch, Durability, EventRow, JobRow, NewRun, RunId, RunRow,
-    StoreError, job_not_found, saturating_i64, timestamp,
+    AttemptId, AttemptRow, Durability, EventRow, JobRow, NewRun, RunId, RunRow, StoreError,
+    saturating_i64, timestamp,
 };
-use crate::spec::JobId;
-use crate::status::{JobPhase, JobReason};
 
 /// A handle on the state database; cheap to clone (the connections are shared).
 #[derive(Debug, Clone)]
@@ -160,63 +158,6 @@ impl SqliteStore {
             Ok(Ok(RunId::from(run)))
         })
         .await
-    }
-
-    /// Sets a job's phase, reason and message (see [`Batch::set_job`]), in a transaction of its own.
-    pub async fn set_job(
-        &self,
-        run: RunId,
-        job: &JobId,
-        phase: JobPhase,
-        reason: Option<JobReason>,
-        message: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.set_job(job, phase, reason, message);
-        self.commit(run, 0, &mut batch).await.map(drop)
-    }
-
-    /// Record-before-act: inserts the attempt (phase Running, no pid yet) and sets the job Running
-    /// with `attempts = counted`, in one transaction committed before the caller spawns anything.
-    pub async fn attempt_started(
-        &self,
-        run: RunId,
-        job: &JobId,
-        round: i64,
-        number: i64,
-        counted: i64,
-    ) -> Result<AttemptId, StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_started(job, number, counted);
-        let ids = self.commit(run, round, &mut batch).await?;
-        ids.first().copied().ok_or_else(|| job_not_found(run, job))
-    }
-
-    /// Records the attempt's process (see [`Batch::attempt_spawned`]) in a transaction of its own.
-    pub async fn attempt_spawned(
-        &self,
-        attempt: AttemptId,
-        pid: i32,
-        pgid: i32,
-        start_time: Option<u64>,
-    ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_spawned(attempt, pid, pgid, start_time);
-        // No job or start rows: the run and round are not used.
-        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
-    }
-
-    /// Records the attempt's end (see [`Batch::attempt_finished`]) in a transaction of its own.
-    pub async fn attempt_finished(
-        &self,
-        attempt: AttemptId,
-        end: &AttemptEnd,
-        job: Option<(JobPhase, Option<JobReason>)>,
-    ) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        batch.attempt_finished(attempt, end, job);
-        // No job or start rows: the run and round are not used.
-        self.commit(RunId::from(0), 0, &mut batch).await.map(drop)
     }
 
     pub async fn run(&self, run: RunId) -> Result<Option<RunRow>, StoreError> {
@@ -359,19 +300,7 @@ impl SqliteStore {
         .await
         .map_err(self.sql("reading events"))?;
         rows.iter()
-            .map(|row| {
-                let row = Decoder { row, store: self };
-                Ok(EventRow {
-                    id: row.get("id")?,
-                    run_id: row.get("run_id")?,
-                    job_id: row.get("job_id")?,
-                    kind: row.get("kind")?,
-                    reason: row.get("reason")?,
-                    actor: row.get("actor")?,
-                    at: row.time("at")?,
-                    detail: row.get("detail")?,
-                })
-            })
+            .map(|row| rows::event_row(&Decoder { row, store: self }))
             .collect()
     }
 
@@ -446,66 +375,15 @@ impl SqliteStore {
     }
 
     pub(super) fn run_row(&self, row: &SqliteRow) -> Result<RunRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(RunRow {
-            id: row.get("id")?,
-            pipeline: row.get("pipeline")?,
-            generation: row.get("generation")?,
-            spec_json: row.get("spec_json")?,
-            spec_hash: row.get("spec_hash")?,
-            phase: row.parse("phase")?,
-            reason: row.parse_opt("reason")?,
-            rounds: row.get("rounds")?,
-            owner_pid: row.get("owner_pid")?,
-            owner_host: row.get("owner_host")?,
-            owner_start_time: row.get("owner_start_time")?,
-            created_at: row.time("created_at")?,
-            started_at: row.time_opt("started_at")?,
-            finished_at: row.time_opt("finished_at")?,
-        })
+        rows::run_row(&Decoder { row, store: self })
     }
 
     pub(super) fn job_row(&self, row: &SqliteRow) -> Result<JobRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(JobRow {
-            run_id: row.get("run_id")?,
-            job_id: row.get("job_id")?,
-            position: row.get("position")?,
-            phase: row.parse("phase")?,
-            reason: row.parse_opt("reason")?,
-            attempts: row.get("attempts")?,
-            lost: row.get("lost")?,
-            exit_code: row.get("exit_code")?,
-            started_at: row.time_opt("started_at")?,
-            finished_at: row.time_opt("finished_at")?,
-            log_path: row.get("log_path")?,
-            message: row.get("message")?,
-        })
+        rows::job_row(&Decoder { row, store: self })
     }
 
     pub(super) fn attempt_row(&self, row: &SqliteRow) -> Result<AttemptRow, StoreError> {
-        let row = Decoder { row, store: self };
-        Ok(AttemptRow {
-            id: row.get("id")?,
-            run_id: row.get("run_id")?,
-            job_id: row.get("job_id")?,
-            round: row.get("round")?,
-            number: row.get("number")?,
-            phase: row.parse("phase")?,
-            reason: row.parse_opt("reason")?,
-            pid: row.get("pid")?,
-            pgid: row.get("pgid")?,
-            process_start_time: row.get("process_start_time")?,
-            exit_code: row.get("exit_code")?,
-            signal: row.get("signal")?,
-            started_at: row.time("started_at")?,
-            finished_at: row.time_opt("finished_at")?,
-            user_time_us: row.get("user_time_us")?,
-            system_time_us: row.get("system_time_us")?,
-            max_rss_kib: row.get("max_rss_kib")?,
-            max_rss_upper_bound: row.get("max_rss_upper_bound")?,
-            message: row.get("message")?,
-        })
+        rows::attempt_row(&Decoder { row, store: self })
     }
 }
 
@@ -547,32 +425,40 @@ impl Decoder<'_> {
             .try_get(column)
             .map_err(|err| self.corrupt(column, err))
     }
+}
 
-    pub(super) fn parse<T>(&self, column: &str) -> Result<T, StoreError>
-    where
-        T: FromStr,
-        T::Err: std::fmt::Display,
-    {
-        let text: String = self.get(column)?;
-        text.parse().map_err(|err| self.corrupt(column, err))
+impl rows::Columns for Decoder<'_> {
+    fn corrupt_column(&self, column: &str, detail: &dyn std::fmt::Display) -> StoreError {
+        self.corrupt(column, detail)
     }
 
-    pub(super) fn parse_opt<T>(&self, column: &str) -> Result<Option<T>, StoreError>
-    where
-        T: FromStr,
-        T::Err: std::fmt::Display,
-    {
-        self.get::<Option<String>>(column)?
-            .map(|text| text.parse().map_err(|err| self.corrupt(column, err)))
-            .transpose()
+    fn text(&self, column: &str) -> Result<String, StoreError> {
+        self.get(column)
     }
 
-    pub(super) fn time(&self, column: &str) -> Result<OffsetDateTime, StoreError> {
+    fn text_opt(&self, column: &str) -> Result<Option<String>, StoreError> {
+        self.get(column)
+    }
+
+    fn int(&self, column: &str) -> Result<i64, StoreError> {
+        self.get(column)
+    }
+
+    fn int_opt(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        self.get(column)
+    }
+
+    fn flag(&self, column: &str) -> Result<bool, StoreError> {
+        self.get(column)
+    }
+
+    /// SQLite keeps times as RFC 3339 text (see `store::timestamp`).
+    fn time(&self, column: &str) -> Result<OffsetDateTime, StoreError> {
         let text: String = self.get(column)?;
         OffsetDateTime::parse(&text, &Rfc3339).map_err(|err| self.corrupt(column, err))
     }
 
-    pub(super) fn time_opt(&self, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+    fn time_opt(&self, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
         self.get::<Option<String>>(column)?
             .map(|text| {
                 OffsetDateTime::parse(&text, &Rfc3339).map_err(|err| self.corrupt(column, err))
