@@ -43,6 +43,16 @@ that prints a line every 50 ms, which runs in both conditions. The conditions
 alternate in blocks of fresh controllers; the ratio of the medians (on / off)
 is reported. Goal (issue 17): <= 1.2.
 
+Last (alone with --postgres; skipped with --no-postgres, and with a line saying so when
+PostgreSQL's server binaries are not installed) the cost of the PostgreSQL store (issue 16): a
+throwaway cluster (initdb into a temporary folder, as the `postgres` user when run as root; a
+postmaster on a free loopback port with fsync=on and synchronous_commit=on; stopped and removed at
+the end, on Ctrl-C, SIGTERM or an error too), then for fanout and chain of each --pg-sizes,
+`executioner run` on SQLite (default durability, and durability=full), on PostgreSQL (a new
+database per invocation) and the spawn floor, interleaved, medians of --repeats. Reported: per-job
+overhead of each and the ratio PostgreSQL / SQLite wall time. The issue's goal, <= 2.0, is for the
+version with workers; today's figure is the store's cost alone.
+
 Results: a table on stdout and bench/out/results.json. The DESIGN targets are
 shown as PASS/OVER markers for information only; the exit status is 0 unless a
 command failed (or the executioner binary is missing).
@@ -105,6 +115,17 @@ TARGET_UI_RATIO = 1.2
 UI_CLIENTS = 20
 UI_BLOCKS = 4  # per condition, alternating off, on, off, on, ...
 UI_LINE_S = 0.05  # the live job prints a line this often
+# The PostgreSQL store (issue 16): `executioner run` on PostgreSQL against SQLite, same DAGs.
+TARGET_PG_RATIO = 2.0  # the goal of the worker version (postgres / sqlite wall time)
+PG_SHAPES = ("fanout", "chain")
+# Measured each repetition, in this order rotated by one per repetition.
+PG_CONDITIONS = ("sqlite", "sqlite_full", "postgres", "floor")
+PG_USER = "executioner"
+PG_PASSWORD = "throwaway-bench"
+PG_FOLDER_PREFIX = "executioner-bench-pg-"
+# The server's settings that decide what a commit costs, spelled out so the comparison is honest
+# whatever the packaged defaults: every commit is flushed to disk before it returns.
+PG_SETTINGS = (("listen_addresses", "127.0.0.1"), ("fsync", "on"), ("synchronous_commit", "on"))
 
 
 class BenchError(RuntimeError):
@@ -214,7 +235,7 @@ def generate_case(shape: str, n: int) -> Case:
 
 
 def run_timed(argv: list[str], cwd: Path | None = None,
-              measure_rss: bool = False) -> tuple[float, int]:
+              measure_rss: bool = False, env: dict[str, str] | None = None) -> tuple[float, int]:
     """Run argv with output discarded; return (seconds, ru_maxrss KiB).
 
     Uses os.wait4 instead of Popen.wait so the child's rusage is available.
@@ -231,7 +252,7 @@ def run_timed(argv: list[str], cwd: Path | None = None,
     """
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        argv, cwd=cwd, stdin=subprocess.DEVNULL,
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         preexec_fn=_force_fork if measure_rss else None,
     )
@@ -239,7 +260,7 @@ def run_timed(argv: list[str], cwd: Path | None = None,
     elapsed = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        fail(argv, cwd, proc.returncode)
+        fail(argv, cwd, proc.returncode, env)
     return elapsed, rusage.ru_maxrss
 
 
@@ -252,9 +273,10 @@ def rss_spawn_floor() -> int:
     return max(run_timed(["true"], measure_rss=True)[1] for _ in range(3))
 
 
-def fail(argv: list[str], cwd: Path | None, code: int) -> None:
+def fail(argv: list[str], cwd: Path | None, code: int,
+         env: dict[str, str] | None = None) -> None:
     """Re-run a failed command with its output captured, then raise."""
-    rerun = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL,
+    rerun = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, errors="replace")
     tail = (rerun.stdout + rerun.stderr).strip().splitlines()[-20:]
     raise BenchError(
@@ -753,6 +775,342 @@ def print_ui(r: UiCost) -> None:
 
 
 # --------------------------------------------------------------------------
+# The PostgreSQL store: `executioner run` with its state in PostgreSQL against the same run on SQLite
+
+
+@dataclass
+class PgResult:
+    """One (shape, N) of bench_postgres: wall times per condition, in seconds."""
+    shape: str
+    n: int
+    samples: dict[str, list[float]] = field(
+        default_factory=lambda: {c: [] for c in PG_CONDITIONS})
+
+    def median_ms(self, cond: str) -> float | None:
+        s = self.samples.get(cond)
+        return statistics.median(s) * 1000 if s else None
+
+    def overhead_ms_per_job(self, cond: str) -> float | None:
+        t, f = self.median_ms(cond), self.median_ms("floor")
+        return None if t is None or f is None else (t - f) / self.n
+
+    def to_json(self) -> dict:
+        return {
+            "shape": self.shape,
+            "n": self.n,
+            "samples_ms": {c: [round(s * 1000, 3) for s in v] for c, v in self.samples.items()},
+            "median_ms": {c: self.median_ms(c) and round(self.median_ms(c), 3)
+                          for c in self.samples},
+            "overhead_ms_per_job": {
+                c: round(self.overhead_ms_per_job(c), 4)
+                for c in ("sqlite", "sqlite_full", "postgres")
+                if self.overhead_ms_per_job(c) is not None
+            },
+            "postgres_over_sqlite": ratio(self.median_ms("postgres"), self.median_ms("sqlite")),
+            "postgres_over_sqlite_full": ratio(self.median_ms("postgres"),
+                                               self.median_ms("sqlite_full")),
+        }
+
+
+@dataclass
+class PgBench:
+    """Outcome of bench_postgres; `skipped` or `error` set when there are no (or not all) numbers."""
+    results: list[PgResult] = field(default_factory=list)
+    server: str | None = None  # `postgres --version`
+    skipped: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "server": self.server,
+            "settings": dict(PG_SETTINGS),
+            "target_ratio": TARGET_PG_RATIO,
+            "results": [r.to_json() for r in self.results],
+            "skipped": self.skipped,
+            "error": self.error,
+        }
+
+
+def pg_server_bin() -> Path | None:
+    """The highest installed version's server binaries (`/usr/lib/postgresql/N/bin`), else
+    `pg_config --bindir`, when it has `initdb` and `postgres` (as tests/common/pg_cluster.rs)."""
+    def has_server(d: Path) -> bool:
+        return (d / "initdb").is_file() and (d / "postgres").is_file()
+
+    versions = []
+    base = Path("/usr/lib/postgresql")
+    if base.is_dir():
+        for entry in base.iterdir():
+            if entry.name.isdigit() and has_server(entry / "bin"):
+                versions.append((int(entry.name), entry / "bin"))
+    if versions:
+        return max(versions)[1]
+    try:
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    d = Path(out.stdout.strip())
+    return d if out.returncode == 0 and has_server(d) else None
+
+
+def remove_stale_pg_folders() -> None:
+    """Cluster folders left by a bench that was killed (its owner.pid names a dead process)."""
+    for entry in Path(tempfile.gettempdir()).glob(f"{PG_FOLDER_PREFIX}*"):
+        try:
+            pid = int((entry / "owner.pid").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
+class PgCluster:
+    """A throwaway PostgreSQL cluster for one bench invocation: initdb into a temporary folder,
+    a postmaster on a free loopback port, stopped (fast shutdown) and the folder removed on exit
+    from the `with` block, whatever ends it. As root the server runs as `postgres` (initdb refuses
+    root). The postmaster gets a parent-death signal (setpriv), so a bench killed with -9 does not
+    leave it running; the next invocation removes the folder (remove_stale_pg_folders)."""
+
+    def __init__(self, bin_dir: Path):
+        self.bin = bin_dir
+        self.root: Path | None = None
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.user: str | None = None  # the OS user running the server; None: ourselves
+        self.databases = 0
+
+    def __enter__(self) -> "PgCluster":
+        try:
+            self._start()
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop()
+
+    def _as_server_user(self, program: str, *args: str) -> list[str]:
+        setpriv = shutil.which("setpriv")
+        exe = str(self.bin / program)
+        if setpriv:
+            ids = ([f"--reuid={self.user}", f"--regid={self.user}", "--init-groups"]
+                   if self.user else [])
+            return [setpriv, *ids, "--pdeathsig", "KILL", "--", exe, *args]
+        if self.user:
+            return ["runuser", "-u", self.user, "--", exe, *args]
+        return [exe, *args]
+
+    def _start(self) -> None:
+        import pwd
+        remove_stale_pg_folders()
+        self.root = Path(tempfile.mkdtemp(prefix=PG_FOLDER_PREFIX))
+        (self.root / "owner.pid").write_text(f"{os.getpid()}\n")
+        sock = self.root / "sock"
+        sock.mkdir()
+        pwfile = self.root / "pwfile"
+        pwfile.write_text(PG_PASSWORD)
+        if os.geteuid() == 0:
+            for name in ("postgres", "nobody"):
+                try:
+                    pw = pwd.getpwnam(name)
+                except KeyError:
+                    continue
+                self.user = name
+                for p in (self.root, sock, pwfile):
+                    os.chown(p, pw.pw_uid, pw.pw_gid)
+                break
+            else:
+                raise BenchError("running as root, but there is neither a `postgres` nor a "
+                                 "`nobody` user to run PostgreSQL as")
+        argv = self._as_server_user(
+            "initdb", "-D", str(self.root / "data"), "--username", PG_USER,
+            "--auth", "scram-sha-256", "--encoding", "UTF8", "--locale", "C", "--no-sync",
+            f"--pwfile={pwfile}")
+        out = subprocess.run(argv, cwd="/", stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, errors="replace")
+        if out.returncode != 0:
+            raise BenchError(f"initdb failed ({shlex.join(argv)}):\n    "
+                             + "\n    ".join(out.stderr.strip().splitlines()[-10:]))
+        with socket_free_port() as port:
+            self.port = port
+        settings = [a for k, v in PG_SETTINGS for a in ("-c", f"{k}={v}")]
+        argv = self._as_server_user(
+            "postgres", "-D", str(self.root / "data"), "-p", str(self.port), "-k", str(sock),
+            *settings)
+        log = self.root / "server.log"
+        with open(log, "wb") as out_f:
+            # A session of its own: a Ctrl-C reaches the bench, which then stops the server in
+            # order, rather than the server too, in the middle of a measured run.
+            self.proc = subprocess.Popen(argv, cwd="/", stdin=subprocess.DEVNULL, stdout=out_f,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + REACTION_START_S
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(f"PostgreSQL exited with code {self.proc.returncode} at start "
+                                 f"({shlex.join(argv)}):\n    {log_tail(log)}")
+            ready = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1",
+                                    "-p", str(self.port), "-q"], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if ready.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"PostgreSQL did not accept connections on port {self.port} "
+                                 f"within {REACTION_START_S:.0f} s:\n    {log_tail(log)}")
+            time.sleep(0.05)
+
+    def _stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.proc.wait(timeout=REACTION_STOP_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.root:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+    def version(self) -> str | None:
+        return tool_version([str(self.bin / "postgres"), "--version"])
+
+    def url(self, database: str) -> str:
+        return f"postgres://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def fresh_database(self, tag: str) -> str:
+        """CREATE DATABASE, then CHECKPOINT: the copy of the template and the previous runs'
+        dirty pages are written now, not during the next measured run. Returns its URL."""
+        self.databases += 1
+        name = f"bench_{tag}_{self.databases}"  # letters, digits, underscores: no quoting
+        argv = [str(self.bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
+                "-p", str(self.port), "-U", PG_USER, "-d", "postgres",
+                "-c", f"CREATE DATABASE {name}", "-c", "CHECKPOINT"]
+        env = dict(os.environ, PGPASSWORD=PG_PASSWORD)
+        out = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, errors="replace")
+        if out.returncode != 0:
+            raise BenchError(f"creating database {name} failed: {out.stderr.strip()}")
+        return self.url(name)
+
+
+class socket_free_port:
+    """A free loopback port (bound, then released on exit: the server binds it right after)."""
+
+    def __enter__(self) -> int:
+        import socket
+        self._s = socket.socket()
+        self._s.bind(("127.0.0.1", 0))
+        return self._s.getsockname()[1]
+
+    def __exit__(self, *exc) -> None:
+        self._s.close()
+
+
+def run_pg_condition(exe: str, case: Case, workers: int, cond: str, rep: int,
+                     cluster: PgCluster, floor_argv: list[str]) -> float:
+    if cond == "floor":
+        return run_floor(case, workers, floor_argv)
+    state = fresh_state_dir(case, f"{cond}{rep}")
+    argv = [exe, "--state-dir", str(state), "run", str(case.dir / "pipeline.yaml"),
+            "--workers", str(workers), "-q"]
+    env = dict(os.environ)
+    # Our own setting wins over a caller's, whichever condition it is.
+    env.pop("EXECUTIONER_DURABILITY", None)
+    env.pop("EXECUTIONER_DATABASE__URL", None)
+    if cond == "sqlite_full":
+        env["EXECUTIONER_DURABILITY"] = "full"
+    if cond == "postgres":
+        argv += ["--database-url", cluster.fresh_database(f"{case.shape}_{case.n}")]
+    return run_timed(argv, cwd=case.dir, env=env)[0]
+
+
+def bench_postgres(exe: str, args) -> PgBench:
+    """The fanout and chain of each --pg-sizes with `executioner run` on SQLite (default
+    durability, and durability=full) and on PostgreSQL, plus the spawn floor, interleaved (the
+    order rotates each repetition), medians of --repeats."""
+    res = PgBench()
+    bin_dir = pg_server_bin()
+    if bin_dir is None:
+        res.skipped = ("PostgreSQL's server binaries (initdb, postgres) were not found in "
+                       "/usr/lib/postgresql/*/bin nor `pg_config --bindir` "
+                       "(apt-get install postgresql)")
+        return res
+    conds = list(PG_CONDITIONS)
+    try:
+        with PgCluster(bin_dir) as cluster:
+            res.server = cluster.version()
+            progress(f"postgres: {res.server} on 127.0.0.1:{cluster.port} ("
+                     + ", ".join(f"{k}={v}" for k, v in PG_SETTINGS)
+                     + f"); shapes {','.join(PG_SHAPES)}, sizes "
+                     f"{','.join(map(str, args.pg_sizes))}, {args.repeats} repeats")
+            for shape in PG_SHAPES:
+                for n in args.pg_sizes:
+                    case = generate_case(shape, n)
+                    r = PgResult(shape, n)
+                    res.results.append(r)
+                    for rep in range(args.repeats):
+                        k = rep % len(conds)
+                        for cond in conds[k:] + conds[:k]:
+                            r.samples[cond].append(run_pg_condition(
+                                exe, case, args.workers, cond, rep, cluster, args.floor_argv))
+                        progress(f"  postgres: {shape:8} N={n:<6} rep {rep + 1}/{args.repeats} "
+                                 + " ".join(f"{c}={r.samples[c][-1] * 1000:.0f}ms"
+                                            for c in conds))
+    except BenchError as e:
+        res.error = str(e)
+    return res
+
+
+def print_postgres(b: PgBench) -> None:
+    print()
+    print("The PostgreSQL store: `executioner run` with --database-url postgres://... against "
+          "SQLite (no workers: the jobs run in the `run` process)")
+    if b.skipped:
+        print(f"  skipped: {b.skipped}")
+        return
+    print(f"  server: {b.server}; " + ", ".join(f"{k}={v}" for k, v in PG_SETTINGS))
+    if b.results:
+        cols: list[tuple[str, callable]] = [
+            ("shape", lambda r: r.shape),
+            ("N", lambda r: str(r.n)),
+            ("sqlite ms", lambda r: fmt(r.median_ms("sqlite"))),
+            ("sqlite-full ms", lambda r: fmt(r.median_ms("sqlite_full"))),
+            ("postgres ms", lambda r: fmt(r.median_ms("postgres"))),
+            ("floor ms", lambda r: fmt(r.median_ms("floor"))),
+            ("sqlite ms/job", lambda r: fmt(r.overhead_ms_per_job("sqlite"), "+.3f")),
+            ("sqlite-full ms/job", lambda r: fmt(r.overhead_ms_per_job("sqlite_full"), "+.3f")),
+            ("postgres ms/job", lambda r: fmt(r.overhead_ms_per_job("postgres"), "+.3f")),
+            ("pg/sqlite", lambda r: fmt(ratio(r.median_ms("postgres"), r.median_ms("sqlite")),
+                                        ".2f")),
+            ("pg/sqlite-full", lambda r: fmt(ratio(r.median_ms("postgres"),
+                                                   r.median_ms("sqlite_full")), ".2f")),
+        ]
+        rows = [[c[0] for c in cols]] + [[c[1](r) for c in cols] for r in b.results]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+        for k, row in enumerate(rows):
+            cells = [row[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(row[1:], widths[1:])]
+            print("  " + "  ".join(cells))
+            if k == 0:
+                print("  " + "  ".join("-" * w for w in widths))
+        print("  (medians; sqlite = the default durability=normal, sqlite-full = "
+              "durability=full (a sync per commit, as PostgreSQL's synchronous_commit=on); "
+              "ms/job = (median - median floor) / N)")
+        for r in b.results:
+            q = ratio(r.median_ms("postgres"), r.median_ms("sqlite"))
+            if q is not None:
+                print(f"  goal of the worker version (issue 16, informational): {r.shape} N={r.n} "
+                      f"postgres / sqlite {q:.2f} <= {TARGET_PG_RATIO}: "
+                      f"{'PASS' if q <= TARGET_PG_RATIO else 'OVER'} "
+                      "(today: the store's cost alone, no workers)")
+    if b.error:
+        print(f"  FAILED: {b.error}")
+
+
+# --------------------------------------------------------------------------
 # Measurement loop
 
 
@@ -947,7 +1305,8 @@ def tool_version(argv: list[str]) -> str | None:
 
 
 def write_json(results: list[Result], args, exe, ninja, make,
-               reaction: Reaction | None = None, ui: UiCost | None = None) -> Path:
+               reaction: Reaction | None = None, ui: UiCost | None = None,
+               pg: PgBench | None = None) -> Path:
     doc = {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": {
@@ -967,6 +1326,8 @@ def write_json(results: list[Result], args, exe, ninja, make,
             "reaction_repeats": args.reaction_repeats,
             "ui": args.run_ui,
             "ui_repeats": args.ui_repeats,
+            "postgres": args.run_pg,
+            "pg_sizes": args.pg_sizes,
         },
         "tools": {
             "executioner": exe and {"path": exe, "version": tool_version([exe, "--version"])},
@@ -979,10 +1340,12 @@ def write_json(results: list[Result], args, exe, ninja, make,
             "validate_and_plan_s_at_10000": TARGET_PLAN_S,
             "reaction_median_ms": TARGET_REACTION_MS,
             "ui_reaction_ratio": TARGET_UI_RATIO,
+            "postgres_over_sqlite": TARGET_PG_RATIO,
         },
         "results": [r.to_json() for r in results],
         "reaction": reaction.to_json() if reaction else None,
         "ui": ui.to_json() if ui else None,
+        "postgres": pg.to_json() if pg else None,
     }
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "results.json"
@@ -1019,7 +1382,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           help="run only the HTTP server's cost (reaction time off vs on with "
                                "clients following a live log); by default it runs after the "
                                "reaction time")
+    reaction.add_argument("--postgres", action="store_true",
+                          help="run only the PostgreSQL store's cost (`run` on PostgreSQL vs "
+                               "SQLite, a throwaway cluster); by default it runs last when "
+                               "PostgreSQL's server binaries are installed")
     p.add_argument("--no-ui", action="store_true", help="skip the HTTP server's cost")
+    p.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL store's cost")
+    p.add_argument("--pg-sizes", default="1000",
+                   help="comma-separated job counts for the PostgreSQL store's cost (default 1000)")
     p.add_argument("--ui-repeats", type=int, default=20,
                    help="manifests dropped per condition for the HTTP server's cost (default 20)")
     p.add_argument("--reaction-repeats", type=int, default=20,
@@ -1036,11 +1406,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                   .split(",") if s.strip()]
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    args.pg_sizes = [int(s) for s in args.pg_sizes.split(",") if s.strip()]
     args.floor_argv = shlex.split(args.floor_cmd)
     for s in args.shapes:
         if s not in ("fanout", "chain", "layered"):
             p.error(f"unknown shape {s!r} (fanout, chain, layered)")
-    if any(n < 1 for n in args.sizes):
+    if any(n < 1 for n in args.sizes + args.pg_sizes):
         p.error("sizes must be positive")
     if args.repeats < 1 or args.workers < 1:
         p.error("--repeats and --workers must be at least 1")
@@ -1048,13 +1419,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--reaction-repeats must be at least 1")
     if args.ui_repeats < 1:
         p.error("--ui-repeats must be at least 1")
-    if (args.reaction or args.ui) and args.only_baselines:
-        p.error("--reaction and --ui need the executioner binary; not with --only-baselines")
+    if (args.reaction or args.ui or args.postgres) and args.only_baselines:
+        p.error("--reaction, --ui and --postgres need the executioner binary; "
+                "not with --only-baselines")
     if args.ui and args.no_ui:
         p.error("--ui and --no-ui contradict each other")
-    args.run_dag = not args.reaction and not args.ui
-    args.run_reaction = not args.no_reaction and not args.only_baselines and not args.ui
-    args.run_ui = not args.no_ui and not args.only_baselines and not args.reaction
+    if args.postgres and args.no_postgres:
+        p.error("--postgres and --no-postgres contradict each other")
+    alone = args.reaction or args.ui or args.postgres
+    args.run_dag = not alone
+    args.run_reaction = not args.no_reaction and not args.only_baselines and (
+        args.reaction or not alone)
+    args.run_ui = not args.no_ui and not args.only_baselines and (args.ui or not alone)
+    args.run_pg = not args.no_postgres and not args.only_baselines and (
+        args.postgres or not alone)
     return args
 
 
@@ -1076,6 +1454,19 @@ def settle(skip: bool) -> None:
     time.sleep(wait)
 
 
+def prepare_state(args) -> None:
+    """The folders the measured runs write to; waits for an earlier clean-up to settle."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    if STATE_ROOT.exists():  # left by an interrupted invocation
+        shutil.rmtree(STATE_ROOT)
+        CLEANED_AT.write_text(f"{time.time()}\n")
+    settle(args.no_settle)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
@@ -1088,18 +1479,41 @@ def main(argv: list[str] | None = None) -> int:
                   " or use --only-baselines", file=sys.stderr)
             return 2
         exe = os.path.abspath(exe)
+    if args.postgres and pg_server_bin() is None:
+        print("error: --postgres: PostgreSQL's server binaries (initdb, postgres) were not found in "
+              "/usr/lib/postgresql/*/bin nor `pg_config --bindir`\n"
+              "  install them with `apt-get install postgresql`", file=sys.stderr)
+        return 2
 
+    # A SIGTERM ends the bench as a Ctrl-C does: through the `finally` blocks, which stop the
+    # PostgreSQL cluster and delete the state folders.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return run_parts(args, exe)
+    finally:
+        # Deleted only now, after every part (see STATE_ROOT): a mass deletion slows the file
+        # creation of whatever is measured next.
+        if STATE_ROOT.exists():
+            shutil.rmtree(STATE_ROOT, ignore_errors=True)
+            CLEANED_AT.write_text(f"{time.time()}\n")
+
+
+def run_parts(args, exe: str | None) -> int:
     if not args.run_dag:
-        reaction = ui = None
+        reaction = ui = pg = None
         if args.run_reaction:
             reaction = bench_reaction(exe, args.reaction_repeats)
             print_reaction(reaction)
         if args.run_ui:
             ui = bench_ui(exe, args.ui_repeats)
             print_ui(ui)
-        path = write_json([], args, exe, None, None, reaction, ui)
+        if args.run_pg:
+            prepare_state(args)
+            pg = bench_postgres(exe, args)
+            print_postgres(pg)
+        path = write_json([], args, exe, None, None, reaction, ui, pg)
         print(f"\nresults: {path.relative_to(REPO)}")
-        return 1 if (reaction and reaction.error) or (ui and ui.error) else 0
+        return 1 if any(part and part.error for part in (reaction, ui, pg)) else 0
 
     ninja = shutil.which("ninja")
     if not ninja:
@@ -1109,11 +1523,7 @@ def main(argv: list[str] | None = None) -> int:
     if not make:
         print("warning: `make` is not on PATH; continuing without the make column.", file=sys.stderr)
 
-    WORK.mkdir(parents=True, exist_ok=True)
-    if STATE_ROOT.exists():  # left by an interrupted invocation
-        shutil.rmtree(STATE_ROOT)
-        CLEANED_AT.write_text(f"{time.time()}\n")
-    settle(args.no_settle)
+    prepare_state(args)
     progress(f"bench: shapes={','.join(args.shapes)} sizes={','.join(map(str, args.sizes))} "
              f"repeats={args.repeats} workers={args.workers} "
              f"tools={','.join(t for t, on in (('executioner', exe), ('ninja', ninja), ('make', make)) if on)},floor")
@@ -1127,9 +1537,6 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"\nbench FAILED: {e}", file=sys.stderr)
         return 1
-    finally:
-        shutil.rmtree(STATE_ROOT, ignore_errors=True)
-        CLEANED_AT.write_text(f"{time.time()}\n")
 
     print()
     print_table(results, bool(exe), bool(ninja), bool(make))
@@ -1144,11 +1551,15 @@ def main(argv: list[str] | None = None) -> int:
     if exe and args.run_ui:
         ui = bench_ui(exe, args.ui_repeats)
         print_ui(ui)
-    path = write_json(results, args, exe, ninja, make, reaction, ui)
+    sys.stdout.flush()
+    pg = None
+    if exe and args.run_pg:
+        pg = bench_postgres(exe, args)
+        print_postgres(pg)
+    path = write_json(results, args, exe, ninja, make, reaction, ui, pg)
     print(f"\nresults: {path.relative_to(REPO)}")
     print("noise: expect +-50% between invocations on a 2-core machine; compare medians of one run.")
-    return 1 if (reaction and reaction.error) or (ui and ui.error) else 0
-
+    return 1 if any(part and part.error for part in (reaction, ui, pg)) else 0
 
 if __name__ == "__main__":
     sys.exit(main())
