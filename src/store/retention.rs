@@ -260,9 +260,7 @@ impl SqliteStore {
     }
 
     /// Finds the log folders left without their run (a prune whose process died between the
-    /// commit and the removal) and removes them, unless dry: under `STATE/logs/PIPELINE/`, each
-    /// folder named by a run id below the pipeline's oldest run left. Anything else there (a
-    /// newer number, another name, a symlink) is not ours to judge and stays.
+    /// commit and the removal) and removes them, unless dry (see [`sweep`]).
     pub async fn sweep_log_folders(
         &self,
         state_dir: &Path,
@@ -273,41 +271,11 @@ impl SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(self.sql(context))?;
-        let mut report = SweepReport::default();
-        for row in &rows {
-            let (oldest, pipeline) = self.run_and_pipeline(row)?;
-            let dir = state_dir.join("logs").join(pipeline.as_str());
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            let mut orphans: Vec<(i64, PathBuf)> = entries
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .filter_map(|e| {
-                    let name = e.file_name();
-                    let name = name.to_str()?;
-                    let id: i64 = name.parse().ok()?;
-                    // Only the name a run's folder has (`007` is not run 7's).
-                    (id < oldest.get() && name == id.to_string()).then(|| (id, e.path()))
-                })
-                .collect();
-            orphans.sort_unstable();
-            for (_, path) in orphans {
-                let bytes = tree_size(&path);
-                if mode == PruneMode::Delete {
-                    match std::fs::remove_dir_all(&path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            report.leftovers.push((path, e));
-                            continue;
-                        }
-                    }
-                }
-                report.folders.push((path, bytes));
-            }
-        }
-        Ok(report)
+        let oldest = rows
+            .iter()
+            .map(|row| self.run_and_pipeline(row))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(sweep(state_dir, &oldest, mode))
     }
 
     /// The database's `auto_vacuum` mode.
@@ -392,8 +360,52 @@ fn cutoff(now: OffsetDateTime, keep_for: std::time::Duration) -> String {
         .unwrap_or_default()
 }
 
+/// The log folders left without their run, removed unless dry: under `STATE/logs/PIPELINE/`,
+/// each folder named by a run id below the pipeline's oldest run left (`oldest`, per pipeline).
+/// Anything else there (a newer number, another name, a symlink) is not ours to judge and stays.
+pub(super) fn sweep(
+    state_dir: &Path,
+    oldest: &[(RunId, PipelineName)],
+    mode: PruneMode,
+) -> SweepReport {
+    let mut report = SweepReport::default();
+    for (oldest, pipeline) in oldest {
+        let dir = state_dir.join("logs").join(pipeline.as_str());
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut orphans: Vec<(i64, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| {
+                let name = e.file_name();
+                let name = name.to_str()?;
+                let id: i64 = name.parse().ok()?;
+                // Only the name a run's folder has (`007` is not run 7's).
+                (id < oldest.get() && name == id.to_string()).then(|| (id, e.path()))
+            })
+            .collect();
+        orphans.sort_unstable();
+        for (_, path) in orphans {
+            let bytes = tree_size(&path);
+            if mode == PruneMode::Delete {
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        report.leftovers.push((path, e));
+                        continue;
+                    }
+                }
+            }
+            report.folders.push((path, bytes));
+        }
+    }
+    report
+}
+
 /// The total size of the files under `dir` (symlinks not followed); 0 when it is missing.
-fn tree_size(dir: &Path) -> u64 {
+pub(super) fn tree_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

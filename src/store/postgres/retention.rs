@@ -9,7 +9,7 @@
 //! [`PgStore::convert_to_incremental_vacuum`] does nothing, and a prune reports 0 bytes freed
 //! (autovacuum frees them later, when it runs, in the server's own time).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sqlx::postgres::PgRow;
 use time::OffsetDateTime;
@@ -101,7 +101,7 @@ impl PgStore {
             for (run, pipeline) in selected {
                 let dir = crate::state_dir::run_log_dir(state_dir, pipeline.as_str(), run);
                 report.runs.push(PrunedRun {
-                    log_bytes: tree_size(&dir),
+                    log_bytes: crate::store::retention::tree_size(&dir),
                     pipeline,
                     run,
                 });
@@ -112,7 +112,7 @@ impl PgStore {
             let ids: Vec<RunId> = batch.iter().map(|(run, _)| *run).collect();
             for (run, pipeline) in self.delete_runs(&ids).await? {
                 let dir = crate::state_dir::run_log_dir(state_dir, pipeline.as_str(), run);
-                let log_bytes = tree_size(&dir);
+                let log_bytes = crate::store::retention::tree_size(&dir);
                 match std::fs::remove_dir_all(&dir) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -180,8 +180,8 @@ impl PgStore {
         Ok(confirmed)
     }
 
-    /// Finds the log folders left without their run and removes them, unless dry (see the SQLite
-    /// store's `sweep_log_folders`).
+    /// Finds the log folders left without their run and removes them, unless dry (see
+    /// `store::retention::sweep`).
     pub async fn sweep_log_folders(
         &self,
         state_dir: &Path,
@@ -192,40 +192,11 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(self.sql(context))?;
-        let mut report = SweepReport::default();
-        for row in &rows {
-            let (oldest, pipeline) = self.run_and_pipeline(row)?;
-            let dir = state_dir.join("logs").join(pipeline.as_str());
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            let mut orphans: Vec<(i64, PathBuf)> = entries
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .filter_map(|e| {
-                    let name = e.file_name();
-                    let name = name.to_str()?;
-                    let id: i64 = name.parse().ok()?;
-                    (id < oldest.get() && name == id.to_string()).then(|| (id, e.path()))
-                })
-                .collect();
-            orphans.sort_unstable();
-            for (_, path) in orphans {
-                let bytes = tree_size(&path);
-                if mode == PruneMode::Delete {
-                    match std::fs::remove_dir_all(&path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            report.leftovers.push((path, e));
-                            continue;
-                        }
-                    }
-                }
-                report.folders.push((path, bytes));
-            }
-        }
-        Ok(report)
+        let oldest = rows
+            .iter()
+            .map(|row| self.run_and_pipeline(row))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::store::retention::sweep(state_dir, &oldest, mode))
     }
 
     /// Always [`AutoVacuum::Incremental`]: autovacuum reclaims space without a conversion (see
@@ -248,19 +219,4 @@ fn cutoff(now: OffsetDateTime, keep_for: std::time::Duration) -> Option<OffsetDa
         .and_then(|d| now.checked_sub(d))
         .filter(|at| at.year() >= 0)
         .map(ms)
-}
-
-/// The total size of the files under `dir` (symlinks not followed); 0 when it is missing.
-fn tree_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| match entry.file_type() {
-            Ok(kind) if kind.is_dir() => tree_size(&entry.path()),
-            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
-            Ok(_) | Err(_) => 0,
-        })
-        .sum()
 }
