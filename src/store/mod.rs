@@ -45,7 +45,7 @@ use crate::spec::{JobId, PipelineName};
 use crate::status::outputs::Outputs;
 use crate::status::{JobPhase, JobReason, RunPhase, RunReason};
 use outbox::{NewOutboxEntry, OutboxEntry, OutboxId};
-use retention::{AutoVacuum, Policies, PruneMode, PruneReport, SweepReport};
+use retention::{AutoVacuum, Policies, PruneMode, SweepReport};
 
 pub use crate::state_dir::DB_FILE;
 
@@ -331,8 +331,8 @@ impl Store {
         }
     }
 
-    /// Prunes these runs now (retention's deleting transaction), for the tests of its re-checks.
-    #[cfg(test)]
+    /// Deletes the rows of `runs` that are still prunable, in one transaction; returns those
+    /// deleted (retention's deleting transaction, which checks its rules again).
     async fn delete_runs(&self, runs: &[RunId]) -> Result<Vec<(RunId, PipelineName)>, StoreError> {
         dispatch!(self, db => db.delete_runs(runs).await)
     }
@@ -722,17 +722,10 @@ impl Store {
         dispatch!(self, db => db.prunable_runs(policies, now).await)
     }
 
-    /// Prunes the history beyond `policies` at `now`: the rows of each selected run, in batches of
-    /// one transaction each, then its log folder under `state_dir`; then the freed pages of the
-    /// database. A dry run reads only.
-    pub async fn prune_history(
-        &self,
-        state_dir: &Path,
-        policies: &Policies,
-        now: OffsetDateTime,
-        mode: PruneMode,
-    ) -> Result<PruneReport, StoreError> {
-        dispatch!(self, db => db.prune_history(state_dir, policies, now, mode).await)
+    /// Gives the pages retention freed back to the file system where the backend keeps them
+    /// (SQLite's incremental vacuum); how many bytes that was.
+    async fn reclaim_space(&self) -> Result<u64, StoreError> {
+        dispatch!(self, db => db.reclaim_space().await)
     }
 
     /// Finds the log folders left without their run (a prune whose process died between the

@@ -150,54 +150,6 @@ impl SqliteStore {
         Ok((row.get("id")?, row.get("pipeline")?))
     }
 
-    /// Prunes the history beyond `policies` at `now`: the rows of each selected run, in batches of
-    /// one transaction each, then its log folder under `state_dir`; then the freed pages of the
-    /// database. A dry run reads only.
-    pub async fn prune_history(
-        &self,
-        state_dir: &Path,
-        policies: &Policies,
-        now: OffsetDateTime,
-        mode: PruneMode,
-    ) -> Result<PruneReport, StoreError> {
-        let selected = self.prunable_runs(policies, now).await?;
-        let mut report = PruneReport::default();
-        if mode == PruneMode::DryRun {
-            for (run, pipeline) in selected {
-                let dir = crate::state_dir::run_log_dir(state_dir, pipeline.as_str(), run);
-                report.runs.push(PrunedRun {
-                    log_bytes: tree_size(&dir),
-                    pipeline,
-                    run,
-                });
-            }
-            return Ok(report);
-        }
-        for batch in selected.chunks(BATCH) {
-            let ids: Vec<RunId> = batch.iter().map(|(run, _)| *run).collect();
-            // Rows first: a run without rows is gone for every reader, and a folder left behind
-            // by a failed removal is only disk space.
-            for (run, pipeline) in self.delete_runs(&ids).await? {
-                let dir = crate::state_dir::run_log_dir(state_dir, pipeline.as_str(), run);
-                let log_bytes = tree_size(&dir);
-                match std::fs::remove_dir_all(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => report.leftovers.push((dir, e)),
-                }
-                report.runs.push(PrunedRun {
-                    pipeline,
-                    run,
-                    log_bytes,
-                });
-            }
-        }
-        if !report.runs.is_empty() {
-            report.db_bytes_freed = self.incremental_vacuum().await?;
-        }
-        Ok(report)
-    }
-
     /// Deletes the rows of `runs` that are still prunable (finished, not their pipeline's latest
     /// nor its current generation's, notifications queued and none waiting), in one transaction;
     /// returns those deleted with their pipeline.
@@ -313,7 +265,7 @@ impl SqliteStore {
 
     /// Gives the free pages back to the file system, when the database allows it; returns how
     /// many bytes that was. (With `auto_vacuum = NONE` the pages stay free for reuse.)
-    async fn incremental_vacuum(&self) -> Result<u64, StoreError> {
+    pub async fn reclaim_space(&self) -> Result<u64, StoreError> {
         if self.auto_vacuum().await? != AutoVacuum::Incremental {
             return Ok(0);
         }
@@ -358,6 +310,56 @@ fn cutoff(now: OffsetDateTime, keep_for: std::time::Duration) -> String {
         .filter(|at| at.year() >= 0)
         .map(timestamp)
         .unwrap_or_default()
+}
+
+impl super::Store {
+    /// Prunes the history beyond `policies` at `now`: the rows of each selected run, in batches of
+    /// one transaction each, then its log folder under `state_dir`; then the freed pages of the
+    /// database. A dry run reads only.
+    pub async fn prune_history(
+        &self,
+        state_dir: &Path,
+        policies: &Policies,
+        now: OffsetDateTime,
+        mode: PruneMode,
+    ) -> Result<PruneReport, StoreError> {
+        let selected = self.prunable_runs(policies, now).await?;
+        let mut report = PruneReport::default();
+        if mode == PruneMode::DryRun {
+            for (run, pipeline) in selected {
+                let dir = crate::state_dir::run_log_dir(state_dir, pipeline.as_str(), run);
+                report.runs.push(PrunedRun {
+                    log_bytes: tree_size(&dir),
+                    pipeline,
+                    run,
+                });
+            }
+            return Ok(report);
+        }
+        for batch in selected.chunks(BATCH) {
+            let ids: Vec<RunId> = batch.iter().map(|(run, _)| *run).collect();
+            // Rows first: a run without rows is gone for every reader, and a folder left behind
+            // by a failed removal is only disk space.
+            for (run, pipeline) in self.delete_runs(&ids).await? {
+                let dir = crate::state_dir::run_log_dir(state_dir, pipeline.as_str(), run);
+                let log_bytes = tree_size(&dir);
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => report.leftovers.push((dir, e)),
+                }
+                report.runs.push(PrunedRun {
+                    pipeline,
+                    run,
+                    log_bytes,
+                });
+            }
+        }
+        if !report.runs.is_empty() {
+            report.db_bytes_freed = self.reclaim_space().await?;
+        }
+        Ok(report)
+    }
 }
 
 /// The log folders left without their run, removed unless dry: under `STATE/logs/PIPELINE/`,

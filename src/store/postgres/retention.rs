@@ -16,14 +16,9 @@ use time::OffsetDateTime;
 
 use super::{Decoder, PgStore, ms};
 use crate::spec::PipelineName;
-use crate::store::retention::{
-    AutoVacuum, Policies, PruneMode, PruneReport, PrunedRun, SweepReport,
-};
+use crate::store::retention::{AutoVacuum, Policies, PruneMode, SweepReport};
 use crate::store::rows::Columns as _;
 use crate::store::{RunId, StoreError};
-
-/// Runs deleted per transaction, as on SQLite.
-const BATCH: usize = 200;
 
 impl PgStore {
     /// Finished runs beyond their pipeline's policy at `now`, oldest first, with their pipeline.
@@ -84,48 +79,6 @@ impl PgStore {
     fn run_and_pipeline(&self, row: &PgRow) -> Result<(RunId, PipelineName), StoreError> {
         let row = Decoder { row, store: self };
         Ok((row.run_id("id")?, row.pipeline("pipeline")?))
-    }
-
-    /// Prunes the history beyond `policies` at `now`: the rows of each selected run, in batches of
-    /// one transaction each, then its log folder under `state_dir`. A dry run reads only.
-    pub async fn prune_history(
-        &self,
-        state_dir: &Path,
-        policies: &Policies,
-        now: OffsetDateTime,
-        mode: PruneMode,
-    ) -> Result<PruneReport, StoreError> {
-        let selected = self.prunable_runs(policies, now).await?;
-        let mut report = PruneReport::default();
-        if mode == PruneMode::DryRun {
-            for (run, pipeline) in selected {
-                let dir = crate::state_dir::run_log_dir(state_dir, pipeline.as_str(), run);
-                report.runs.push(PrunedRun {
-                    log_bytes: crate::store::retention::tree_size(&dir),
-                    pipeline,
-                    run,
-                });
-            }
-            return Ok(report);
-        }
-        for batch in selected.chunks(BATCH) {
-            let ids: Vec<RunId> = batch.iter().map(|(run, _)| *run).collect();
-            for (run, pipeline) in self.delete_runs(&ids).await? {
-                let dir = crate::state_dir::run_log_dir(state_dir, pipeline.as_str(), run);
-                let log_bytes = crate::store::retention::tree_size(&dir);
-                match std::fs::remove_dir_all(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => report.leftovers.push((dir, e)),
-                }
-                report.runs.push(PrunedRun {
-                    pipeline,
-                    run,
-                    log_bytes,
-                });
-            }
-        }
-        Ok(report)
     }
 
     /// Deletes the rows of `runs` that are still prunable, in one transaction (the candidates'
@@ -203,6 +156,11 @@ impl PgStore {
     /// the module's comment).
     pub async fn auto_vacuum(&self) -> Result<AutoVacuum, StoreError> {
         Ok(AutoVacuum::Incremental)
+    }
+
+    /// 0: autovacuum reuses the pages a prune frees (see the module's comment).
+    pub async fn reclaim_space(&self) -> Result<u64, StoreError> {
+        Ok(0)
     }
 
     /// Nothing to do on PostgreSQL (see the module's comment).
