@@ -123,10 +123,12 @@ async fn the_controller_reconciles_and_status_and_wait_read_postgres() {
     assert!(text(&out.stdout).contains("hi"), "{}", text(&out.stdout));
 }
 
-/// The server stopped for a few seconds while a controller's run goes on: the writes wait for a
-/// connection (the pool's acquire timeout is 10 s) and the run ends Succeeded with every job
-/// recorded once. (A longer outage is the controller's fault recovery; reconnecting with backoff
-/// for as long as it takes is part of issue 16 still to come.)
+/// The server stopped for a few seconds while a controller's run goes on: the run still ends
+/// Succeeded with every job succeeded exactly once. A write that waits for a connection goes on
+/// when the server is back (the pool's acquire timeout is 10 s); one that finds its connection
+/// closed by the stop fails the engine's turn, and the controller recovers the run: the attempt
+/// in flight is recorded Lost and run again (at least once). Pausing without losing an attempt,
+/// and reconnecting with backoff for as long as it takes, are part of issue 16 still to come.
 #[tokio::test]
 async fn a_controllers_run_goes_on_through_a_stop_and_start_of_the_server() {
     let _faults = FAULTS.lock().await;
@@ -175,10 +177,22 @@ async fn a_controllers_run_goes_on_through_a_stop_and_start_of_the_server() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let show = json(&exe(&ws, &db.url, &["runs", "show", "1", "-o", "json"]));
     assert_eq!(show["phase"], "Succeeded", "{show}");
-    for i in 0..6 {
-        let (phase, _, attempts) = common::job_state(&show, &format!("j{i}"));
-        assert_eq!((phase.as_str(), attempts), ("Succeeded", 1), "j{i}: {show}");
+    for job in show["jobs"].as_array().expect("jobs") {
+        assert_eq!(job["phase"], "Succeeded", "{show}");
+        let attempts = job["attemptList"].as_array().expect("attempts");
+        let succeeded = attempts
+            .iter()
+            .filter(|a| a["phase"] == "Succeeded")
+            .count();
+        assert_eq!(succeeded, 1, "each job succeeded once: {show}");
+        assert!(
+            attempts
+                .iter()
+                .all(|a| a["phase"] == "Succeeded" || a["phase"] == "Lost"),
+            "an attempt cut by the outage is Lost, no other outcome: {show}"
+        );
     }
+    assert_eq!(show["jobs"].as_array().map(Vec::len), Some(6), "{show}");
 }
 
 #[test]
