@@ -423,86 +423,17 @@ pub(super) fn tree_size(dir: &Path) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use crate::store::Store;
 
     use super::*;
-    use crate::status::{JobPhase, RunPhase};
-    use crate::store::{Durability, NewJob, NewRun, Owner};
+    use crate::status::RunPhase;
+    use crate::store::Durability;
+    use crate::store::test_bodies::run;
 
     async fn store() -> (tempfile::TempDir, Store) {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path(), Durability::Normal).await.unwrap();
         (tmp, store)
-    }
-
-    /// A run of `pipeline` with one job; finished with `phase` unless that is Running, and then
-    /// its (no) notifications queued, as every process that runs one does.
-    async fn run(store: &Store, pipeline: &str, phase: RunPhase) -> RunId {
-        let run = run_unqueued(store, pipeline, 1, phase).await;
-        if phase != RunPhase::Running {
-            let rounds = store.run(run).await.unwrap().unwrap().rounds;
-            store.enqueue_notifications(run, rounds, &[]).await.unwrap();
-        }
-        run
-    }
-
-    /// A run as [`run`] makes it, of `generation`, whose end was not yet followed by the queuing
-    /// of its notifications.
-    async fn run_unqueued(
-        store: &Store,
-        pipeline: &str,
-        generation: i64,
-        phase: RunPhase,
-    ) -> RunId {
-        let owner = Owner {
-            pid: std::process::id(),
-            host: "test-host".into(),
-            start_time: None,
-        };
-        let pipeline = crate::spec::PipelineName::parse(pipeline).unwrap();
-        let a = crate::spec::JobId::parse("a").unwrap();
-        let run = store
-            .create_run(&NewRun {
-                pipeline: &pipeline,
-                generation,
-                spec_json: "{}",
-                spec_hash: "h",
-                jobs: &[NewJob {
-                    id: &a,
-                    log_path: "a.log",
-                }],
-                owner: &owner,
-            })
-            .await
-            .unwrap();
-        let attempt = store.attempt_started(run, &a, 1, 1, 1).await.unwrap();
-        if phase == RunPhase::Running {
-            return run;
-        }
-        let job = match phase {
-            RunPhase::Succeeded => JobPhase::Succeeded,
-            RunPhase::Cancelled => JobPhase::Cancelled,
-            RunPhase::Failed | RunPhase::Pending | RunPhase::Running => JobPhase::Failed,
-        };
-        let end = crate::store::AttemptEnd {
-            phase: job,
-            reason: None,
-            exit_code: Some(0),
-            signal: None,
-            user_time: Duration::ZERO,
-            system_time: Duration::ZERO,
-            max_rss_kib: 0,
-            max_rss_upper_bound: false,
-            message: None,
-        };
-        store
-            .attempt_finished(attempt, &end, Some((job, None)))
-            .await
-            .unwrap();
-        assert_eq!(store.close_run(run, &[]).await.unwrap().0, phase);
-        run
     }
 
     #[tokio::test]

@@ -40,74 +40,15 @@ macro_rules! shared_store_tests {
         #[allow(unused_imports)]
         use crate::store::retention::{Policies, PruneMode, PrunedRun, RetentionPolicy};
         #[allow(unused_imports)]
-        use super::{count_runs, tamper};
+        use super::{
+            JOB_IDS, count_runs, end, jid, jobs, new_run, owner, run, run_unqueued, tamper,
+        };
         #[allow(unused_imports)]
         use crate::store::{
             AppliedFile, AttemptEnd, AttemptId, Batch, EVENT_JOB_REMOVED, EVENT_MARKED_SUCCESS,
             NewJob, NewRun, Owner, RunId, RunRow, Store, StoreError,
         };
 
-        fn owner() -> Owner {
-            Owner {
-                pid: std::process::id(),
-                host: "test-host".to_owned(),
-                start_time: Some(12_345),
-            }
-        }
-
-        static JOB_IDS: std::sync::LazyLock<[JobId; 3]> =
-            std::sync::LazyLock::new(|| ["extract", "load", "report"].map(jid));
-
-        /// The three jobs of every test run.
-        fn jobs() -> [NewJob<'static>; 3] {
-            [
-                NewJob {
-                    id: &JOB_IDS[0],
-                    log_path: "logs/p/1/extract.log",
-                },
-                NewJob {
-                    id: &JOB_IDS[1],
-                    log_path: "logs/p/1/load.log",
-                },
-                NewJob {
-                    id: &JOB_IDS[2],
-                    log_path: "logs/p/1/report.log",
-                },
-            ]
-        }
-
-        fn jid(id: &str) -> JobId {
-            JobId::parse(id).expect("job id")
-        }
-
-        async fn new_run(store: &Store, pipeline: &str) -> RunId {
-            let owner = owner();
-            let pipeline = PipelineName::parse(pipeline).expect("pipeline name");
-            store
-                .create_run(&NewRun {
-                    pipeline: &pipeline,
-                    generation: 3,
-                    spec_json: r#"{"jobs":[]}"#,
-                    spec_hash: "abc123",
-                    jobs: &jobs(),
-                    owner: &owner,
-                })
-                .await
-                .expect("create run")
-        }
-        fn end(phase: JobPhase, reason: JobReason, exit_code: i32) -> AttemptEnd {
-            AttemptEnd {
-                phase,
-                reason: Some(reason),
-                exit_code: Some(exit_code),
-                signal: None,
-                user_time: Duration::from_micros(1500),
-                system_time: Duration::from_micros(250),
-                max_rss_kib: 2048,
-                max_rss_upper_bound: false,
-                message: None,
-            }
-        }
         #[tokio::test]
         async fn run_round_trip() {
             let Some((_guard, store)) = $open().await else { return };
@@ -1114,74 +1055,6 @@ macro_rules! shared_store_tests {
 
 
 
-        /// A run of `pipeline` with one job; finished with `phase` unless that is Running, and then
-        /// its (no) notifications queued, as every process that runs one does.
-        async fn run(store: &Store, pipeline: &str, phase: RunPhase) -> RunId {
-            let run = run_unqueued(store, pipeline, 1, phase).await;
-            if phase != RunPhase::Running {
-                let rounds = store.run(run).await.unwrap().unwrap().rounds;
-                store.enqueue_notifications(run, rounds, &[]).await.unwrap();
-            }
-            run
-        }
-
-        /// A run as [`run`] makes it, of `generation`, whose end was not yet followed by the queuing
-        /// of its notifications.
-        async fn run_unqueued(
-            store: &Store,
-            pipeline: &str,
-            generation: i64,
-            phase: RunPhase,
-        ) -> RunId {
-            let owner = Owner {
-                pid: std::process::id(),
-                host: "test-host".into(),
-                start_time: None,
-            };
-            let pipeline = crate::spec::PipelineName::parse(pipeline).unwrap();
-            let a = crate::spec::JobId::parse("a").unwrap();
-            let run = store
-                .create_run(&NewRun {
-                    pipeline: &pipeline,
-                    generation,
-                    spec_json: "{}",
-                    spec_hash: "h",
-                    jobs: &[NewJob {
-                        id: &a,
-                        log_path: "a.log",
-                    }],
-                    owner: &owner,
-                })
-                .await
-                .unwrap();
-            let attempt = store.attempt_started(run, &a, 1, 1, 1).await.unwrap();
-            if phase == RunPhase::Running {
-                return run;
-            }
-            let job = match phase {
-                RunPhase::Succeeded => JobPhase::Succeeded,
-                RunPhase::Cancelled => JobPhase::Cancelled,
-                RunPhase::Failed | RunPhase::Pending | RunPhase::Running => JobPhase::Failed,
-            };
-            let end = crate::store::AttemptEnd {
-                phase: job,
-                reason: None,
-                exit_code: Some(0),
-                signal: None,
-                user_time: Duration::ZERO,
-                system_time: Duration::ZERO,
-                max_rss_kib: 0,
-                max_rss_upper_bound: false,
-                message: None,
-            };
-            store
-                .attempt_finished(attempt, &end, Some((job, None)))
-                .await
-                .unwrap();
-            assert_eq!(store.close_run(run, &[]).await.unwrap().0, phase);
-            run
-        }
-
         fn ids(selected: &[(RunId, PipelineName)]) -> Vec<i64> {
             selected.iter().map(|(r, _)| r.get()).collect()
         }
@@ -1499,6 +1372,144 @@ macro_rules! shared_store_tests {
     };
 }
 pub(crate) use shared_store_tests;
+
+// The fixtures of the bodies above, and of the SQLite-only tests (`store/tests.rs`, the vacuum
+// tests of `retention.rs`): backend-neutral, written once.
+
+use crate::spec::{JobId, PipelineName};
+use crate::status::{JobPhase, JobReason, RunPhase};
+use crate::store::{AttemptEnd, NewJob, NewRun, Owner, RunId};
+use std::time::Duration;
+
+pub(super) fn owner() -> Owner {
+    Owner {
+        pid: std::process::id(),
+        host: "test-host".to_owned(),
+        start_time: Some(12_345),
+    }
+}
+
+pub(super) static JOB_IDS: std::sync::LazyLock<[JobId; 3]> =
+    std::sync::LazyLock::new(|| ["extract", "load", "report"].map(jid));
+
+/// The three jobs of every test run.
+pub(super) fn jobs() -> [NewJob<'static>; 3] {
+    [
+        NewJob {
+            id: &JOB_IDS[0],
+            log_path: "logs/p/1/extract.log",
+        },
+        NewJob {
+            id: &JOB_IDS[1],
+            log_path: "logs/p/1/load.log",
+        },
+        NewJob {
+            id: &JOB_IDS[2],
+            log_path: "logs/p/1/report.log",
+        },
+    ]
+}
+
+pub(super) fn jid(id: &str) -> JobId {
+    JobId::parse(id).expect("job id")
+}
+
+pub(super) async fn new_run(store: &Store, pipeline: &str) -> RunId {
+    let owner = owner();
+    let pipeline = PipelineName::parse(pipeline).expect("pipeline name");
+    store
+        .create_run(&NewRun {
+            pipeline: &pipeline,
+            generation: 3,
+            spec_json: r#"{"jobs":[]}"#,
+            spec_hash: "abc123",
+            jobs: &jobs(),
+            owner: &owner,
+        })
+        .await
+        .expect("create run")
+}
+pub(super) fn end(phase: JobPhase, reason: JobReason, exit_code: i32) -> AttemptEnd {
+    AttemptEnd {
+        phase,
+        reason: Some(reason),
+        exit_code: Some(exit_code),
+        signal: None,
+        user_time: Duration::from_micros(1500),
+        system_time: Duration::from_micros(250),
+        max_rss_kib: 2048,
+        max_rss_upper_bound: false,
+        message: None,
+    }
+}
+
+/// A run of `pipeline` with one job; finished with `phase` unless that is Running, and then
+/// its (no) notifications queued, as every process that runs one does.
+pub(super) async fn run(store: &Store, pipeline: &str, phase: RunPhase) -> RunId {
+    let run = run_unqueued(store, pipeline, 1, phase).await;
+    if phase != RunPhase::Running {
+        let rounds = store.run(run).await.unwrap().unwrap().rounds;
+        store.enqueue_notifications(run, rounds, &[]).await.unwrap();
+    }
+    run
+}
+
+/// A run as [`run`] makes it, of `generation`, whose end was not yet followed by the queuing
+/// of its notifications.
+pub(super) async fn run_unqueued(
+    store: &Store,
+    pipeline: &str,
+    generation: i64,
+    phase: RunPhase,
+) -> RunId {
+    let owner = Owner {
+        pid: std::process::id(),
+        host: "test-host".into(),
+        start_time: None,
+    };
+    let pipeline = crate::spec::PipelineName::parse(pipeline).unwrap();
+    let a = crate::spec::JobId::parse("a").unwrap();
+    let run = store
+        .create_run(&NewRun {
+            pipeline: &pipeline,
+            generation,
+            spec_json: "{}",
+            spec_hash: "h",
+            jobs: &[NewJob {
+                id: &a,
+                log_path: "a.log",
+            }],
+            owner: &owner,
+        })
+        .await
+        .unwrap();
+    let attempt = store.attempt_started(run, &a, 1, 1, 1).await.unwrap();
+    if phase == RunPhase::Running {
+        return run;
+    }
+    let job = match phase {
+        RunPhase::Succeeded => JobPhase::Succeeded,
+        RunPhase::Cancelled => JobPhase::Cancelled,
+        RunPhase::Failed | RunPhase::Pending | RunPhase::Running => JobPhase::Failed,
+    };
+    let end = crate::store::AttemptEnd {
+        phase: job,
+        reason: None,
+        exit_code: Some(0),
+        signal: None,
+        user_time: Duration::ZERO,
+        system_time: Duration::ZERO,
+        max_rss_kib: 0,
+        max_rss_upper_bound: false,
+        message: None,
+    };
+    store
+        .attempt_finished(attempt, &end, Some((job, None)))
+        .await
+        .unwrap();
+    assert_eq!(store.close_run(run, &[]).await.unwrap().0, phase);
+    run
+}
 
 /// Runs `sql` (an `UPDATE` both dialects read alike) on the backend's own connections, as someone
 /// editing the database by hand would.

@@ -15,54 +15,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::*;
 
-fn owner() -> Owner {
-    Owner {
-        pid: std::process::id(),
-        host: "test-host".to_owned(),
-        start_time: Some(12_345),
-    }
-}
-
-static JOB_IDS: std::sync::LazyLock<[JobId; 3]> =
-    std::sync::LazyLock::new(|| ["extract", "load", "report"].map(jid));
-
-/// The three jobs of every test run.
-fn jobs() -> [NewJob<'static>; 3] {
-    [
-        NewJob {
-            id: &JOB_IDS[0],
-            log_path: "logs/p/1/extract.log",
-        },
-        NewJob {
-            id: &JOB_IDS[1],
-            log_path: "logs/p/1/load.log",
-        },
-        NewJob {
-            id: &JOB_IDS[2],
-            log_path: "logs/p/1/report.log",
-        },
-    ]
-}
-
-fn jid(id: &str) -> JobId {
-    JobId::parse(id).expect("job id")
-}
-
-async fn new_run(store: &Store, pipeline: &str) -> RunId {
-    let owner = owner();
-    let pipeline = PipelineName::parse(pipeline).expect("pipeline name");
-    store
-        .create_run(&NewRun {
-            pipeline: &pipeline,
-            generation: 3,
-            spec_json: r#"{"jobs":[]}"#,
-            spec_hash: "abc123",
-            jobs: &jobs(),
-            owner: &owner,
-        })
-        .await
-        .expect("create run")
-}
+use super::test_bodies::{JOB_IDS, end, jid, jobs, new_run, owner};
 
 fn state_dir(tmp: &tempfile::TempDir) -> PathBuf {
     tmp.path().join("state")
@@ -70,20 +23,6 @@ fn state_dir(tmp: &tempfile::TempDir) -> PathBuf {
 
 async fn open(dir: &Path) -> Store {
     Store::open(dir, Durability::Normal).await.expect("open")
-}
-
-fn end(phase: JobPhase, reason: JobReason, exit_code: i32) -> AttemptEnd {
-    AttemptEnd {
-        phase,
-        reason: Some(reason),
-        exit_code: Some(exit_code),
-        signal: None,
-        user_time: Duration::from_micros(1500),
-        system_time: Duration::from_micros(250),
-        max_rss_kib: 2048,
-        max_rss_upper_bound: false,
-        message: None,
-    }
 }
 
 fn mode(path: &Path) -> u32 {
