@@ -16,7 +16,7 @@ run: build
 	@$(BIN) validate manifests/
 	@if $(BIN) controller --help >/dev/null 2>&1; then \
 		echo "== controller on manifests/ (status files: manifests/.status/NAME.yaml; Ctrl-C to stop)"; \
-		echo "== JSON API and metrics on http://$(LISTEN)/ (e.g. /api/v1/pipelines, /metrics; read-only)"; \
+		echo "== web UI on http://$(LISTEN)/ (also /api/v1/pipelines, /metrics; read-only)"; \
 		$(BIN) --state-dir $(STATE) controller --manifests manifests --listen $(LISTEN); \
 	else \
 		for f in manifests/*.yaml; do echo "== graph of $$f"; $(BIN) graph $$f; done; \
