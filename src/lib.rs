@@ -29,3 +29,4 @@ pub mod store;
 pub mod tls;
 pub mod validate;
 pub mod views;
+pub mod worker;

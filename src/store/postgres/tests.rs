@@ -4,10 +4,16 @@
 use super::MIGRATOR;
 
 /// Every landed PostgreSQL migration: (version, hex SHA-384 of its file, as sqlx records it).
-const PG_MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "a6c4fd6658236b79ce09d3cc2acc76e792557dd6a23043f0ce713e9678db368ae6751a1dfd99d61c37fbd9763605b088",
-)];
+const PG_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "a6c4fd6658236b79ce09d3cc2acc76e792557dd6a23043f0ce713e9678db368ae6751a1dfd99d61c37fbd9763605b088",
+    ),
+    (
+        2,
+        "b37c6e991987c9bd3bf6c31def864e20e1cbc1b6966b0867e99f94fb941bdf02307dc37ed8b828893c894631afbc0b7f",
+    ),
+];
 
 /// Every landed SQLite migration script (`store/migrations.rs`), hex SHA-256, in order.
 const SQLITE_MIGRATIONS: &[&str] = &[
