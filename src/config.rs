@@ -54,6 +54,20 @@ pub struct DatabaseConfig {
     /// workers on several hosts (a password in the URL is never shown; prefer `PGPASSWORD` or
     /// `~/.pgpass`).
     pub url: Option<String>,
+    /// How long a lease lasts (a worker's on each attempt it runs, the leading controller's on
+    /// its leadership) unless renewed, which happens every third of it. A worker that cannot renew
+    /// stops its jobs before the lease ends; an attempt whose lease ended is recorded `Lost`.
+    /// Default 15s (PostgreSQL only).
+    pub lease_ttl: Option<Duration>,
+}
+
+impl DatabaseConfig {
+    /// The lease TTL, default 15 s, at least 1 s.
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        self.lease_ttl
+            .map_or(std::time::Duration::from_secs(15), Duration::as_std)
+            .max(std::time::Duration::from_secs(1))
+    }
 }
 
 /// The controller's web API and metrics (`controller --listen`); off unless `listen` is set.

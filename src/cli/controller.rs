@@ -22,6 +22,7 @@ pub fn run_controller(
     manifests: Option<&Path>,
     once: bool,
     listen: Option<String>,
+    slots: Option<usize>,
     global: &GlobalArgs,
 ) -> CliResult {
     let mut config = super::load_config(global)?;
@@ -45,6 +46,34 @@ pub fn run_controller(
         let kill_now = CancellationToken::new();
         let signals = super::watch_signals(cancel.clone(), kill_now.clone())?;
         let server = start_http(&config, &store, &state_dir, &manifests_dir).await?;
+        // With a shared store the jobs run on workers; this one runs some of them in this
+        // process, on a store of its own (its writes are fenced by its leases, not by this
+        // controller's leadership).
+        let worker_stop = cancel.child_token();
+        let embedded = match slots.unwrap_or_else(|| config.workers()) {
+            n if n > 0 && store.is_shared() => {
+                let worker_store = super::open_store(&state_dir, &config).await?;
+                let opts = super::worker::options(
+                    &config,
+                    &state_dir,
+                    super::worker::default_name(true),
+                    std::collections::BTreeMap::new(),
+                    n,
+                );
+                let (tx, rx) = mpsc::unbounded_channel();
+                let printer = tokio::spawn(super::worker::print_events(rx));
+                let stop = worker_stop.clone();
+                let kill = kill_now.clone();
+                Some(tokio::spawn(async move {
+                    let served = crate::worker::serve(worker_store, opts, tx, stop, kill).await;
+                    if let Err(e) = &served {
+                        tracing::error!(error = %super::error::chain(e), "embedded worker stopped");
+                    }
+                    let _ = printer.await;
+                }))
+            }
+            _ => None,
+        };
         let metrics = server
             .as_ref()
             .map(|s| (s.metrics.clone(), s.changes.clone(), store.clone()));
@@ -78,6 +107,11 @@ pub fn run_controller(
             kill_now,
         )
         .await;
+        // `--once` ends here with nothing left to run; a stop has already reached the worker.
+        worker_stop.cancel();
+        if let Some(embedded) = embedded {
+            let _ = embedded.await;
+        }
         let _ = printer.await;
         if let Some(server) = server {
             server.stop().await;

@@ -22,6 +22,7 @@ mod schema;
 mod suspend;
 mod validate;
 mod wait;
+mod worker;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -231,6 +232,26 @@ pub enum Command {
         /// Serve the JSON API, /metrics and health on ADDR (overrides config `http.listen`).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// With a PostgreSQL database: attempts this controller runs itself, through its
+        /// embedded worker (default: config `workers`; 0: none, only separate workers run jobs).
+        #[arg(long, value_name = "N")]
+        slots: Option<usize>,
+    },
+    /// Run jobs for the controllers of a PostgreSQL state database (DESIGN 9): claims queued
+    /// attempts whose `runOn` labels match its own, with a lease on each.
+    #[command(after_help = "Examples:
+  executioner worker --database-url postgres://exe@db/executioner
+  executioner worker --name gpu-1 --labels gpu=true,zone=eu --slots 4")]
+    Worker {
+        /// Unique among live workers (default: this host's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Labels placement matches (`runOn`): KEY=VALUE,... (repeatable).
+        #[arg(long, value_name = "K=V,...")]
+        labels: Vec<String>,
+        /// Attempts run at once (default: config `workers`, i.e. the number of CPUs).
+        #[arg(long, value_name = "N")]
+        slots: Option<usize>,
     },
     /// Validate manifests, then write them atomically into the manifests folder.
     #[command(after_help = "Examples:
@@ -469,7 +490,13 @@ fn dispatch(cli: Cli) -> CliResult {
             manifests,
             once,
             listen,
-        } => controller::run_controller(manifests.as_deref(), once, listen, &cli.global),
+            slots,
+        } => controller::run_controller(manifests.as_deref(), once, listen, slots, &cli.global),
+        Command::Worker {
+            name,
+            labels,
+            slots,
+        } => worker::run_worker(name, &labels, slots, &cli.global),
         Command::Status {
             name,
             output,

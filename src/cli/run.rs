@@ -369,7 +369,7 @@ async fn round(
     owner: &crate::store::Owner,
     respec: Option<&Pinned>,
 ) -> Result<Option<RunRequest>, CliError> {
-    match launch::next_round(store, run, plan, mode, owner, respec).await? {
+    match launch::next_round(store, run, plan, mode, owner, respec, false).await? {
         Round::OwnedElsewhere { pid, host } => Err(CliError::usage(format!(
             "run {} is still running (pid {pid} on {host})",
             run.id
@@ -461,6 +461,8 @@ async fn drive(
         workers: Arc::new(Semaphore::new(workers)),
         shutdown_grace: config.shutdown_grace.as_std(),
         plugin_dirs: config.plugin_dirs.clone(),
+        // A foreground run is the user's own process: its jobs run here, on either store.
+        queue: None,
     };
     let stop = engine::Stop::default();
     let signals = super::watch_signals(stop.cancel.clone(), stop.kill_now.clone())?;

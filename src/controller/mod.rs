@@ -260,6 +260,18 @@ pub async fn run(
         ..Options::default()
     };
     let (progress, mut progress_rx) = mpsc::unbounded_channel::<Progress>();
+    // With a shared store, workers run the jobs (this controller's embedded one among them): the
+    // engine queues every attempt, and the worker slots, not this process, bound how many run.
+    let (queue, workers) = if store.is_shared() {
+        let (changed, _) = mpsc::unbounded_channel();
+        let ttl = opts.config.database.lease_ttl();
+        let dispatch =
+            crate::engine::remote::Dispatch::start(store.clone(), ttl, cancel.clone(), changed)
+                .await?;
+        (Some(dispatch), Semaphore::MAX_PERMITS)
+    } else {
+        (None, workers)
+    };
     let mut c = Controller {
         reader: FolderReader::new(opts.manifests_dir.clone(), options, trust),
         status: StatusWriter::new(
@@ -279,6 +291,7 @@ pub async fn run(
             workers: Arc::new(Semaphore::new(workers)),
             shutdown_grace: opts.config.shutdown_grace.as_std(),
             plugin_dirs: opts.config.plugin_dirs.clone(),
+            queue,
         },
         opts,
         store,

@@ -71,8 +71,11 @@ impl Controller {
     /// nobody does once its owner is gone, and a generation's run that a dead `resume` drove is
     /// still the generation's to continue.
     pub(super) async fn recover(&mut self) -> Result<(), ControllerError> {
+        // A leader of a shared store takes over every generation's run: a live owner elsewhere
+        // is a deposed leader, whose writes fail by its epoch.
+        let leader = self.engine.queue.is_some();
         for run in self.store.unfinished_runs().await? {
-            if run.generation == 0 || engine::resume::owner_alive(&run) {
+            if run.generation == 0 || (!leader && engine::resume::owner_alive(&run)) {
                 continue;
             }
             self.recover_run(run, 0).await?;
@@ -147,7 +150,7 @@ impl Controller {
             Some(Err(_)) | None => None,
         };
         let Some(plan) = plan.filter(|_| continues) else {
-            engine::resume::recover(&self.store, &run).await?;
+            engine::resume::recover(&self.store, &run, false).await?;
             let coe = pinned
                 .as_ref()
                 .map_or_else(Vec::new, Pinned::continue_on_error);
@@ -157,7 +160,17 @@ impl Controller {
         };
         let owner = launch::this_process();
         let mode = engine::resume::ResumeMode::Continue;
-        match launch::next_round(&self.store, &run, &plan, mode, &owner, None).await? {
+        match launch::next_round(
+            &self.store,
+            &run,
+            &plan,
+            mode,
+            &owner,
+            None,
+            self.engine.queue.is_some(),
+        )
+        .await?
+        {
             Round::Next { request, lost, .. } => {
                 let _ = self.events.send(ControllerEvent::RunResumed {
                     pipeline: run.pipeline.to_string(),

@@ -39,6 +39,15 @@ pub(super) enum AttemptOutcome {
     },
     /// Stopped by the loop (cancellation or run timeout).
     Stopped,
+    /// A queued attempt whose worker stopped holding its lease (recorded `Lost` already): run
+    /// again, not counted against `retry.limit`.
+    Lost,
+    /// A queued attempt its worker stopped because the worker was stopping: run again, not
+    /// counted (as a controller's stop is not).
+    Interrupted,
+    /// A queued attempt this controller stopped waiting for (it is stopping, or no longer leads):
+    /// nothing is recorded; the worker goes on and the next leader adopts the attempt.
+    Detached,
 }
 
 #[derive(Debug)]

@@ -97,6 +97,7 @@ pub async fn new_run(
         starts,
         previous_attempts: vec![0; plan.jobs.len()],
         lost: vec![0; plan.jobs.len()],
+        adopt: Vec::new(),
     })
 }
 
@@ -120,6 +121,10 @@ pub enum Round {
 /// Recovers a run left Running by a dead executioner (if so), then opens its next round under
 /// `mode`. With `respec` (a changed manifest given to `run --resume-from`), `plan` is that spec's:
 /// its new jobs run, the jobs it no longer has leave the run, and the run pins it from now on.
+///
+/// `leader`: the caller is the leading controller of a shared store, whose workers run the
+/// attempts: it takes the run over whoever owned it (a deposed leader's writes fail by its epoch),
+/// and the attempts queued by the earlier leader are adopted (waited for), not recorded Lost.
 pub async fn next_round(
     store: &Store,
     run: &RunRow,
@@ -127,20 +132,24 @@ pub async fn next_round(
     mode: resume::ResumeMode,
     owner: &Owner,
     respec: Option<&Pinned>,
+    leader: bool,
 ) -> Result<Round, StoreError> {
     let mut lost = Vec::new();
+    let mut adopted = Vec::new();
     if run.phase == RunPhase::Running {
         // A run this process owns is asked for another round only when no task of it drives
         // the run any more (the controller recovering a run whose task failed).
         let ours = run.owner_pid == Some(i64::from(owner.pid))
             && run.owner_start_time.and_then(|t| u64::try_from(t).ok()) == owner.start_time;
-        if resume::owner_alive(run) && !ours {
+        if resume::owner_alive(run) && !ours && !leader {
             return Ok(Round::OwnedElsewhere {
                 pid: run.owner_pid.unwrap_or_default(),
                 host: run.owner_host.clone().unwrap_or_default(),
             });
         }
-        lost = resume::recover(store, run).await?;
+        let recovered = resume::recover(store, run, leader).await?;
+        lost = recovered.lost;
+        adopted = recovered.adopted;
     }
     let rows = store.jobs(run.id).await?;
     let in_plan: HashSet<&str> = plan.jobs.iter().map(|j| j.id.as_str()).collect();
@@ -218,6 +227,16 @@ pub async fn next_round(
             starts: decided.starts,
             previous_attempts,
             lost: lost_counts,
+            adopt: adopted
+                .iter()
+                .filter_map(|a| {
+                    Some(super::Adopted {
+                        job: plan.index_of(&a.job)?,
+                        attempt: a.attempt,
+                        number: a.number,
+                    })
+                })
+                .collect(),
         },
         rerun: decided.rerun,
         lost,

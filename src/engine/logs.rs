@@ -23,6 +23,9 @@ pub(super) fn ended_marker(result: &AttemptResult, took: Duration) -> String {
         AttemptOutcome::Succeeded => "succeeded".to_owned(),
         AttemptOutcome::Failed { reason, .. } => format!("failed ({reason})"),
         AttemptOutcome::Stopped => "stopped".to_owned(),
+        AttemptOutcome::Lost => "lost (its worker's lease expired)".to_owned(),
+        AttemptOutcome::Interrupted => "interrupted (its worker stopped)".to_owned(),
+        AttemptOutcome::Detached => "left to its worker".to_owned(),
     };
     format!(
         "attempt {} {outcome}: {status}, after {:.3}s",

@@ -22,6 +22,7 @@ mod logs;
 mod mask;
 pub mod plan;
 mod prefetch;
+pub mod remote;
 pub mod resume;
 mod run;
 
@@ -59,6 +60,9 @@ pub struct EngineOptions {
     /// Grace period between SIGTERM and SIGKILL.
     pub shutdown_grace: Duration,
     pub plugin_dirs: Vec<PathBuf>,
+    /// With a shared (PostgreSQL) store and workers: the attempts are queued for workers and
+    /// their results come back through this; `None` runs them in this process.
+    pub queue: Option<remote::Dispatch>,
 }
 
 /// One run (or resume round) to execute.
@@ -72,6 +76,17 @@ pub struct RunRequest {
     pub previous_attempts: Vec<i64>,
     /// Times each job was lost so far.
     pub lost: Vec<i64>,
+    /// Attempts an earlier leader queued that workers may still run: waited for, not started
+    /// again (only with [`EngineOptions::queue`]).
+    pub adopt: Vec<Adopted>,
+}
+
+/// A queued attempt of an earlier leader that a continued run waits for.
+#[derive(Debug, Clone, Copy)]
+pub struct Adopted {
+    pub job: usize,
+    pub attempt: AttemptId,
+    pub number: i64,
 }
 
 /// Progress, in the past tense, for display.

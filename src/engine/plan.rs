@@ -48,6 +48,9 @@ pub struct PlannedJob {
     pub working_dir: String,
     /// The upstream jobs whose outputs its env or command refers to (`${jobs.ID.outputs.KEY}`).
     pub reads_outputs: Vec<usize>,
+    /// Its placement on workers (`runOn`: the job's, else the pipeline's) as the JSON object of
+    /// the labels a worker must have; `{}` for any worker.
+    pub placement: Arc<str>,
 }
 
 /// A whole pipeline, ready to execute.
@@ -241,6 +244,17 @@ fn plan_job(
     secrets: &mut Vec<String>,
 ) -> Result<PlannedJob, PlanError> {
     let defaults = &manifest.spec.defaults;
+    let labels = job
+        .run_on
+        .as_ref()
+        .or(manifest.spec.run_on.as_ref())
+        .map(|r| &r.labels);
+    let placement: Arc<str> = match labels {
+        Some(labels) if !labels.is_empty() => serde_json::to_string(labels)
+            .unwrap_or_else(|_| "{}".into())
+            .into(),
+        Some(_) | None => "{}".into(),
+    };
     let working_dir = match &job.working_dir {
         Some(wd) => join_template(Path::new(pipeline_dir), wd),
         None => pipeline_dir.to_owned(),
@@ -273,6 +287,7 @@ fn plan_job(
         env: layer(&job.env, process_env, secrets)?,
         working_dir,
         reads_outputs: Vec::new(),
+        placement,
     })
 }
 

@@ -113,13 +113,68 @@ pub fn plan_resume(plan: &Plan, rows: &[JobRow], mode: ResumeMode) -> ResumePlan
     ResumePlan { starts, rerun }
 }
 
+/// What [`recover`] found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The jobs whose attempts were recorded Lost.
+    pub lost: Vec<JobId>,
+    /// Queued attempts left to their workers, for the next round to wait for.
+    pub adopted: Vec<AdoptedAttempt>,
+}
+
+/// A queued attempt a leader adopts.
+#[derive(Debug, Clone)]
+pub struct AdoptedAttempt {
+    pub job: JobId,
+    pub attempt: AttemptId,
+    pub number: i64,
+}
+
 /// Attempts found running in a run whose owner is gone: stops what is left of their process
-/// groups (only when pid and start time still match) and records them `Lost`.
-/// Returns the ids of the jobs whose attempts were lost.
-pub async fn recover(store: &Store, run: &RunRow) -> Result<Vec<JobId>, StoreError> {
-    let open = store.open_attempts(run.id).await?;
+/// groups (only when pid and start time still match) and records them `Lost`. With a shared
+/// store, an attempt queued for a worker is the worker's: a leader (`adopt`) leaves it to it and
+/// waits for its end; anyone else asks its worker to stop it and records it Lost.
+pub async fn recover(store: &Store, run: &RunRow, adopt: bool) -> Result<Recovered, StoreError> {
+    let mut open = store.open_attempts(run.id).await?;
     if open.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Recovered::default());
+    }
+    let mut recovered = Recovered::default();
+    if store.is_shared() {
+        let queued: std::collections::HashSet<AttemptId> = store
+            .work_states(run.id)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        if adopt {
+            open.retain(|a| {
+                if queued.contains(&a.id) {
+                    recovered.adopted.push(AdoptedAttempt {
+                        job: a.job_id.clone(),
+                        attempt: a.id,
+                        number: a.number,
+                    });
+                    false
+                } else {
+                    true
+                }
+            });
+        } else {
+            let stop: Vec<i64> = open
+                .iter()
+                .filter(|a| queued.contains(&a.id))
+                .map(|a| a.id.get())
+                .collect();
+            if !stop.is_empty() {
+                store
+                    .cancel_queued(&stop, &super::remote::stopped_text())
+                    .await?;
+            }
+        }
+        if open.is_empty() {
+            return Ok(recovered);
+        }
     }
     for attempt in &open {
         let group = match (attempt.pgid, attempt.process_start_time) {
@@ -150,7 +205,8 @@ pub async fn recover(store: &Store, run: &RunRow) -> Result<Vec<JobId>, StoreErr
     }
     let ids: Vec<AttemptId> = open.iter().map(|a| a.id).collect();
     store.mark_lost(&ids).await?;
-    Ok(open.into_iter().map(|a| a.job_id).collect())
+    recovered.lost = open.into_iter().map(|a| a.job_id).collect();
+    Ok(recovered)
 }
 
 /// True when the run's recorded owner process is still alive (same pid and start time).

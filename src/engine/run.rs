@@ -23,6 +23,7 @@ use crate::store::{AttemptEnd, AttemptId, Batch, RunId, Store, StoreError};
 
 use super::attempt::{AttemptOutcome, AttemptResult, AttemptSpec, Spawned, run_attempt};
 use super::logs::RunLog;
+use super::remote::{self, RemoteSpec};
 use super::{
     EngineError, EngineOptions, MAX_LOST, Plan, RunEvent, RunReport, RunRequest, Stop, prefetch,
 };
@@ -73,6 +74,8 @@ struct JobTrack {
     counted: u32,
     next_number: i64,
     first_start: Option<Instant>,
+    /// Times the job was lost so far (earlier rounds included).
+    lost: i64,
 }
 
 /// Runs `request` of `plan` to its end.
@@ -179,6 +182,7 @@ pub async fn execute(
                 counted: 0,
                 next_number: request.previous_attempts.get(i).copied().unwrap_or(0) + 1,
                 first_start: None,
+                lost: request.lost.get(i).copied().unwrap_or(0),
             })
             .collect(),
         scheduler,
@@ -201,6 +205,37 @@ pub async fn execute(
     // one and giving it back instead would let two runs sharing the workers hand it to each other
     // forever, neither ever starting a job (a livelock the controller's tests once hit).
     let mut reserved: Option<tokio::sync::OwnedSemaphorePermit> = None;
+
+    // Attempts a dead or deposed leader queued, which their workers may still be running: this
+    // loop waits for them rather than starting them again.
+    if let Some(dispatch) = &options.queue {
+        for adopted in &request.adopt {
+            if !state.scheduler.take(adopted.job) {
+                continue;
+            }
+            let track = &mut state.tracks[adopted.job];
+            track.counted += 1;
+            track.next_number = track.next_number.max(adopted.number + 1);
+            track.first_start.get_or_insert_with(Instant::now);
+            let permit = match options.workers.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => match Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => continue,
+                },
+            };
+            let dispatch = dispatch.clone();
+            let (job, attempt, number) = (adopted.job, adopted.attempt, adopted.number);
+            let (cancel, interrupt) = (attempt_cancel.clone(), interrupt.clone());
+            attempts.spawn(async move {
+                let result =
+                    remote::await_end(&dispatch, job, attempt, number, &cancel, &interrupt).await;
+                (result, permit)
+            });
+            prefetch.started();
+            state.running += 1;
+        }
+    }
 
     loop {
         // Start what can start. Retries first (they were ready earlier), then new jobs. The
@@ -244,8 +279,6 @@ pub async fn execute(
             track.next_number += 1;
             track.counted += 1;
             track.first_start.get_or_insert_with(Instant::now);
-            turn.batch
-                .attempt_started(&plan.jobs[job].id, number, i64::from(track.counted));
             turn.events.push(RunEvent::AttemptStarted {
                 job,
                 attempt: number,
@@ -253,6 +286,30 @@ pub async fn execute(
             // The task prepares (environment, log file) while the turn is committed, and waits
             // for its attempt's id before it acts.
             let (recorded, recorded_rx) = oneshot::channel();
+            if let Some(dispatch) = &options.queue {
+                // A worker runs it: queued with its row, in this turn's commit.
+                turn.batch.attempt_queued(
+                    &plan.jobs[job].id,
+                    number,
+                    i64::from(track.counted),
+                    plan.jobs[job].placement.clone(),
+                );
+                let spec = RemoteSpec {
+                    dispatch: dispatch.clone(),
+                    job,
+                    number,
+                    recorded: recorded_rx,
+                    cancel: attempt_cancel.clone(),
+                    interrupt: interrupt.clone(),
+                };
+                attempts.spawn(async move { (remote::remote_attempt(spec).await, permit) });
+                turn.launches.push(Launch { recorded });
+                prefetch.started();
+                state.running += 1;
+                continue;
+            }
+            turn.batch
+                .attempt_started(&plan.jobs[job].id, number, i64::from(track.counted));
             let ctx = AttemptSpec {
                 store: store.clone(),
                 plan: plan.clone(),
@@ -582,6 +639,56 @@ impl LoopState {
                 .attempt_spawned(result.attempt_id, pid, pgid, None);
         }
         match decision {
+            Settled::Detached => {}
+            Settled::Again { lost } => {
+                // Neither a failure nor an end: the attempt does not count against the limit.
+                let track = &mut self.tracks[job];
+                track.counted = track.counted.saturating_sub(1);
+                if lost {
+                    track.lost += 1;
+                } else {
+                    turn.batch.attempt_finished(result.attempt_id, &end, None);
+                }
+                let what = if lost {
+                    "lost (its worker's lease expired)"
+                } else {
+                    "interrupted (its worker stopped)"
+                };
+                match self.halted {
+                    // The next controller continues it.
+                    Some(Halt::Interrupted) => {}
+                    Some(Halt::Cancelled) => {
+                        turn.finish_job(plan, job, JobPhase::Cancelled, JobReason::Cancelled, None);
+                        let decisions = self.scheduler.finished(job, Outcome::Cancelled);
+                        turn.skipped(plan, &decisions);
+                    }
+                    Some(Halt::RunTimeout) => {
+                        turn.finish_job(plan, job, JobPhase::Failed, JobReason::RunTimeout, None);
+                        let ignored = plan.jobs[job].continue_on_error;
+                        let decisions = self.scheduler.finished(job, Outcome::Failed { ignored });
+                        turn.skipped(plan, &decisions);
+                    }
+                    None if self.tracks[job].lost >= MAX_LOST => {
+                        turn.batch.set_job(
+                            &plan.jobs[job].id,
+                            JobPhase::Failed,
+                            Some(JobReason::LostTooOften),
+                            Some("lost 3 times"),
+                        );
+                        turn.finished(plan, job, JobPhase::Failed, JobReason::LostTooOften, None);
+                        let ignored = plan.jobs[job].continue_on_error;
+                        let decisions = self.scheduler.finished(job, Outcome::Failed { ignored });
+                        turn.skipped(plan, &decisions);
+                    }
+                    None => {
+                        turn.lines.push(format!(
+                            "{} attempt {} {what}; running it again",
+                            plan.jobs[job].id, result.number
+                        ));
+                        self.retry_at.insert((tokio::time::Instant::now(), job));
+                    }
+                }
+            }
             Settled::Retry { delay, reason } => {
                 turn.batch.attempt_finished(result.attempt_id, &end, None);
                 turn.lines.push(format!(
@@ -654,6 +761,13 @@ enum Settled {
     },
     /// Stopped by a controller that is stopping: neither a failure nor an end.
     Interrupted,
+    /// A queued attempt lost by its worker (`lost`) or stopped by a worker that was stopping:
+    /// it runs again, not counted against `retry.limit`.
+    Again {
+        lost: bool,
+    },
+    /// A queued attempt this controller left to its worker: nothing to record.
+    Detached,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -691,6 +805,9 @@ fn settle_attempt(
             },
             JobPhase::Succeeded,
         ),
+        AttemptOutcome::Lost => (Settled::Again { lost: true }, JobPhase::Lost),
+        AttemptOutcome::Interrupted => (Settled::Again { lost: false }, JobPhase::Interrupted),
+        AttemptOutcome::Detached => (Settled::Detached, JobPhase::Running),
         AttemptOutcome::Stopped => match halted {
             Some(Halt::Interrupted) => (Settled::Interrupted, JobPhase::Interrupted),
             Some(Halt::RunTimeout) => (
@@ -764,6 +881,10 @@ fn attempt_end(result: &AttemptResult, phase: &JobPhase, halted: Option<Halt>) -
             halted.map_or(JobReason::Cancelled, Halt::stopped_reason),
             None,
         ),
+        AttemptOutcome::Lost => (JobReason::Lost, None),
+        AttemptOutcome::Interrupted | AttemptOutcome::Detached => {
+            (JobReason::ControllerStopped, None)
+        }
     };
     AttemptEnd {
         phase: *phase,

@@ -178,6 +178,18 @@ impl Scheduler {
         Some(job)
     }
 
+    /// Takes `job` out of the ready ones as started, when it is ready: a job whose attempt is
+    /// already under way (a run continued by another controller adopts its queued attempts).
+    /// Returns false when it is not ready.
+    pub fn take(&mut self, job: usize) -> bool {
+        if !self.ready.remove(&job) {
+            return false;
+        }
+        self.state[job] = State::Started;
+        self.started += 1;
+        true
+    }
+
     /// True when ready jobs wait for a worker.
     pub fn has_ready(&self) -> bool {
         self.halted.is_none() && !self.ready.is_empty()

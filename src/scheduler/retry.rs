@@ -9,7 +9,7 @@ use crate::spec::RetryPolicy;
 pub const MAX_COMPUTED_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How an attempt failed, as far as retrying is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Failure {
     ExitCode(i32),
     Signal(i32),

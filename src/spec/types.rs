@@ -104,6 +104,11 @@ pub struct PipelineSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     #[schemars(extend("default" = false))]
     pub fail_fast: bool,
+    /// Where the jobs run when the state database is PostgreSQL and workers run them: only on a
+    /// worker whose labels include all of these. A job's own `runOn` replaces it. Left out, any
+    /// worker. Ignored by `executioner run` and with SQLite (jobs run where executioner runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_on: Option<RunOn>,
     /// Cron schedule: 5 fields (minute hour day-of-month month day-of-week) or one of `@yearly`,
     /// `@annually`, `@monthly`, `@weekly`, `@daily`, `@midnight`, `@hourly`; optionally prefixed
     /// `TZ=Area/City ` (UTC otherwise). One run per tick.
@@ -223,6 +228,18 @@ pub struct JobSpec {
     /// Notifications about this job alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notify>,
+    /// Where this job runs (workers with these labels), replacing the pipeline's `runOn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_on: Option<RunOn>,
+}
+
+/// Placement on workers (DESIGN 9): the labels a worker must have, each with this value.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunOn {
+    /// Label names and the value each must have on the worker (`executioner worker --labels`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Fields that jobs inherit when they leave them out.

@@ -185,6 +185,8 @@ named_enum! {
         OutputTooLarge,
         /// What the job wrote to `$EXECUTIONER_OUTPUT` is not `KEY=VALUE` lines and blocks.
         InvalidOutput,
+        /// Queued for a worker (PostgreSQL), and no live worker has the labels its `runOn` asks for.
+        NoWorker,
     }
 }
 

@@ -70,6 +70,8 @@ pub(super) struct StartRow {
     pub(super) job: JobId,
     pub(super) number: i64,
     pub(super) counted: i64,
+    /// Queued for a worker with this placement (PostgreSQL only), else run by the caller.
+    pub(super) queue: Option<std::sync::Arc<str>>,
 }
 
 impl Batch {
@@ -166,6 +168,25 @@ impl Batch {
             job: job.clone(),
             number,
             counted,
+            queue: None,
+        });
+    }
+
+    /// As [`Batch::attempt_started`], and the attempt is queued in the same transaction for a
+    /// worker whose labels contain `placement` (a JSON object), which is woken by a notification
+    /// sent at commit. Only a PostgreSQL store has workers.
+    pub fn attempt_queued(
+        &mut self,
+        job: &JobId,
+        number: i64,
+        counted: i64,
+        placement: std::sync::Arc<str>,
+    ) {
+        self.starts.push(StartRow {
+            job: job.clone(),
+            number,
+            counted,
+            queue: Some(placement),
         });
     }
 }

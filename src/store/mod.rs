@@ -16,6 +16,7 @@ mod outputs;
 mod overlap;
 mod pipelines;
 pub mod postgres;
+pub mod queue;
 pub mod retention;
 mod rounds;
 mod rows;
@@ -25,6 +26,7 @@ pub use batch::Batch;
 pub use inventory::AppliedFile;
 pub use overlap::EVENT_TICK_SKIPPED;
 pub use pipelines::PipelineRow;
+pub use queue::{Claim, QueueEnd, WorkState};
 pub use rounds::{EVENT_JOB_REMOVED, EVENT_MARKED_SUCCESS, RoundChange};
 #[cfg(test)]
 mod test_bodies;
@@ -107,6 +109,9 @@ pub enum StoreError {
     /// A PostgreSQL state database that cannot be reached (`database` names it without password).
     #[error("cannot connect to the state database {database}: {detail}")]
     Connect { database: String, detail: String },
+    /// A shared-database feature asked of the SQLite store.
+    #[error("{what} need a PostgreSQL state database (config database.url)")]
+    NeedsPostgres { what: &'static str },
 }
 
 impl StoreError {
@@ -120,7 +125,8 @@ impl StoreError {
             | StoreError::Direct { .. }
             | StoreError::NotFound { .. }
             | StoreError::TakenOver { .. }
-            | StoreError::Connect { .. } => false,
+            | StoreError::Connect { .. }
+            | StoreError::NeedsPostgres { .. } => false,
         }
     }
 }

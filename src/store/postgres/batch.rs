@@ -94,6 +94,12 @@ impl PgStore {
                 .iter()
                 .find(|end| !found.contains(&end.id.get()))
                 .map(|end| end.id);
+            // A queued attempt is settled: its item leaves the queue with the end that settles it.
+            sqlx::query("DELETE FROM work_items WHERE attempt_id = ANY($1)")
+                .bind(batch.ends.iter().map(|e| e.id.get()).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await
+                .map_err(&sql)?;
         }
         if !batch.outputs.is_empty() {
             // The last outputs given for an attempt win (one statement may not change a row twice).
@@ -182,13 +188,26 @@ impl PgStore {
                 let job: String = row.try_get(1).map_err(&sql)?;
                 ids.insert(job, id);
             }
+            let mut queued: (Vec<i64>, Vec<&str>, Vec<&str>) = Default::default();
             for start in starts {
                 match ids.get(start.job.as_str()) {
-                    Some(id) => started.push(AttemptId::from(*id)),
+                    Some(id) => {
+                        started.push(AttemptId::from(*id));
+                        if let Some(placement) = &start.queue {
+                            queued.0.push(*id);
+                            queued.1.push(start.job.as_str());
+                            queued.2.push(placement);
+                        }
+                    }
                     None => {
                         missing_start.get_or_insert_with(|| start.job.clone());
                     }
                 }
+            }
+            if !queued.0.is_empty() {
+                super::queue::enqueue(&mut tx, run, &queued.0, &queued.1, &queued.2)
+                    .await
+                    .map_err(&sql)?;
             }
         }
         tx.commit().await.map_err(&sql)?;

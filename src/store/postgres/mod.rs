@@ -18,6 +18,7 @@ mod outbox;
 mod outputs;
 mod overlap;
 mod pipelines;
+pub mod queue;
 mod retention;
 mod rounds;
 mod runs;

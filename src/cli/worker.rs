@@ -1,0 +1,172 @@
+//! `executioner worker`: a worker process (DESIGN 9) on a PostgreSQL state database, and the
+//! controller's embedded one (`controller --slots N`). The worker itself is `crate::worker`; this
+//! file parses its flags, opens its store and prints what it reports.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::worker::{self, WorkerEvent, WorkerOptions};
+
+use super::{CliError, CliResult, Exit, GlobalArgs};
+
+/// `--labels k=v,k2=v2` (also repeated): the labels placement (`runOn`) matches.
+pub fn parse_labels(values: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    let mut labels = BTreeMap::new();
+    for part in values.iter().flat_map(|v| v.split(',')) {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = part.split_once('=') else {
+            return Err(CliError::usage(format!(
+                "--labels: {part:?} is not KEY=VALUE (for example --labels zone=eu,gpu=true)"
+            )));
+        };
+        let key = key.trim();
+        let valid = !key.is_empty()
+            && key.len() <= 63
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        if !valid {
+            return Err(CliError::usage(format!(
+                "--labels: label name {key:?} must be 1-63 of A-Z a-z 0-9 - _ . /"
+            )));
+        }
+        labels.insert(key.to_owned(), value.trim().to_owned());
+    }
+    Ok(labels)
+}
+
+/// The worker's name when `--name` is left out: this host's name (the embedded worker's adds
+/// `-controller`), so that a worker restarted on the same host takes its own name back.
+pub fn default_name(embedded: bool) -> String {
+    let host = crate::process::hostname();
+    if embedded {
+        format!("{host}-controller")
+    } else {
+        host
+    }
+}
+
+pub fn options(
+    config: &Config,
+    state_dir: &std::path::Path,
+    name: String,
+    labels: BTreeMap<String, String>,
+    slots: usize,
+) -> WorkerOptions {
+    WorkerOptions {
+        name,
+        labels,
+        slots: slots.max(1),
+        lease_ttl: config.database.lease_ttl(),
+        state_dir: state_dir.to_path_buf(),
+        shutdown_grace: config.shutdown_grace.as_std(),
+        plugin_dirs: config.plugin_dirs.clone(),
+    }
+}
+
+pub fn run_worker(
+    name: Option<String>,
+    labels: &[String],
+    slots: Option<usize>,
+    global: &GlobalArgs,
+) -> CliResult {
+    let config = super::load_config(global)?;
+    if config.database.url.is_none() {
+        return Err(CliError::usage(
+            "a worker needs a PostgreSQL state database: set database.url \
+             (EXECUTIONER_DATABASE__URL or --database-url postgres://...)",
+        ));
+    }
+    let labels = parse_labels(labels)?;
+    let state_dir = super::state_dir(&config);
+    let slots = slots.unwrap_or_else(|| config.workers());
+    let name = name.unwrap_or_else(|| default_name(false));
+    let plain = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !plain {
+        return Err(CliError::usage(format!(
+            "--name {name:?}: 1-253 of A-Z a-z 0-9 - _ ."
+        )));
+    }
+    super::runtime()?.block_on(async move {
+        let store = super::open_store(&state_dir, &config).await?;
+        let stop = CancellationToken::new();
+        let kill_now = CancellationToken::new();
+        let _signals = super::watch_signals(stop.clone(), kill_now.clone())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let printer = tokio::spawn(print_events(rx));
+        let opts = options(&config, &state_dir, name, labels, slots);
+        let served = worker::serve(store, opts, tx, stop.clone(), kill_now).await;
+        let _ = printer.await;
+        match served {
+            Err(worker::WorkerError::Store(e)) => Err(CliError::from(e)),
+            Ok(()) if stop.is_cancelled() => Ok(Exit::Interrupted),
+            Ok(()) => Ok(Exit::Success),
+        }
+    })
+}
+
+/// Prints a worker's events as log lines until its channel closes.
+pub async fn print_events(mut rx: mpsc::UnboundedReceiver<WorkerEvent>) {
+    while let Some(event) = rx.recv().await {
+        log_event(&event);
+    }
+}
+
+fn log_event(event: &WorkerEvent) {
+    match event {
+        WorkerEvent::Registered {
+            name,
+            labels,
+            slots,
+        } => {
+            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            tracing::info!(worker = %name, labels = %labels.join(","), slots, "worker registered");
+        }
+        WorkerEvent::Started {
+            attempt,
+            run,
+            job,
+            number,
+        } => tracing::info!(
+            attempt = attempt.get(),
+            run = run.get(),
+            job = %job,
+            number,
+            "attempt started"
+        ),
+        WorkerEvent::Finished {
+            attempt,
+            job,
+            recorded,
+        } => {
+            if *recorded {
+                tracing::info!(attempt = attempt.get(), job = %job, "attempt finished");
+            } else {
+                tracing::warn!(
+                    attempt = attempt.get(),
+                    job = %job,
+                    "attempt finished; its result was discarded (the lease was no longer this worker's)"
+                );
+            }
+        }
+        WorkerEvent::LeaseLost { attempt, job, why } => {
+            tracing::warn!(attempt = attempt.get(), job = %job, "job killed: {why}")
+        }
+        WorkerEvent::LeftoversKilled { groups } => tracing::warn!(
+            groups,
+            "stopped jobs an earlier worker of this name left running on this host"
+        ),
+        WorkerEvent::Warning(message) => tracing::warn!("{message}"),
+        WorkerEvent::Reconnected => tracing::info!("state database reachable again"),
+    }
+}
