@@ -427,7 +427,7 @@ pub fn status(
                         d.metadata.generation.to_string(),
                         d.status.run_id.map_or("-".into(), |r| r.to_string()),
                         format!(
-                            "{}/{} succeeded, {} failed, {} running, {} skipped{}",
+                            "{}/{} succeeded, {} failed, {} running, {} skipped{}{}",
                             p.succeeded,
                             p.total,
                             p.failed,
@@ -435,6 +435,11 @@ pub fn status(
                             p.skipped,
                             if p.cancelled > 0 {
                                 format!(", {} cancelled", p.cancelled)
+                            } else {
+                                String::new()
+                            },
+                            if p.waiting_for_worker > 0 {
+                                format!(", {} waiting for a worker", p.waiting_for_worker)
                             } else {
                                 String::new()
                             }

@@ -657,6 +657,16 @@ async fn print_progress(
             RunEvent::SensorPassed { job } => {
                 format!("{:<24} Running (sensor passed)", names[*job])
             }
+            RunEvent::NoWorker { job, waiting } => {
+                if *waiting {
+                    format!(
+                        "{:<24} Pending (NoWorker: no live worker matches its runOn)",
+                        names[*job]
+                    )
+                } else {
+                    format!("{:<24} Running (a worker took it)", names[*job])
+                }
+            }
             RunEvent::AttemptFailedWillRetry {
                 job,
                 attempt,

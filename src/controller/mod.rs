@@ -263,11 +263,9 @@ pub async fn run(
     // With a shared store, workers run the jobs (this controller's embedded one among them): the
     // engine queues every attempt, and the worker slots, not this process, bound how many run.
     let (queue, workers) = if store.is_shared() {
-        let (changed, _) = mpsc::unbounded_channel();
         let ttl = opts.config.database.lease_ttl();
         let dispatch =
-            crate::engine::remote::Dispatch::start(store.clone(), ttl, cancel.clone(), changed)
-                .await?;
+            crate::engine::remote::Dispatch::start(store.clone(), ttl, cancel.clone()).await?;
         (Some(dispatch), Semaphore::MAX_PERMITS)
     } else {
         (None, workers)

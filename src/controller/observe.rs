@@ -3,6 +3,7 @@
 //! while no controller runs. Status times come from stored times only, so two reads of an
 //! unchanged state agree. Writing the files is `status_writer`'s job.
 
+use crate::status::JobReason;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
@@ -73,7 +74,7 @@ pub async fn pipeline_status(
     };
     let mut job_map = IndexMap::new();
     for j in &jobs {
-        count_job(&mut progress, j.phase);
+        count_job(&mut progress, j.phase, j.reason);
         let log: Option<PathBuf> = run
             .as_ref()
             .map(|r| crate::state_dir::job_log_path(dirs.state, &r.pipeline, r.id, &j.job_id));
@@ -81,6 +82,7 @@ pub async fn pipeline_status(
             j.job_id.to_string(),
             JobStatus {
                 phase: j.phase,
+                reason: j.reason,
                 attempts: j.attempts,
                 exit_code: j.exit_code,
                 started_at: j.started_at.map(format_time),
@@ -192,7 +194,10 @@ fn invalid_reason(reason: InvalidReason) -> ConditionReason {
 }
 
 /// Counts one job of a run in its progress.
-pub fn count_job(progress: &mut Progress, phase: JobPhase) {
+pub fn count_job(progress: &mut Progress, phase: JobPhase, reason: Option<JobReason>) {
+    if phase == JobPhase::Pending && reason == Some(JobReason::NoWorker) {
+        progress.waiting_for_worker += 1;
+    }
     match phase {
         JobPhase::Succeeded => progress.succeeded += 1,
         JobPhase::Failed | JobPhase::Lost => progress.failed += 1,

@@ -132,6 +132,7 @@ impl StatusWriter {
             | RunEvent::AttemptStarted { job, .. }
             | RunEvent::JobWaiting { job }
             | RunEvent::SensorPassed { job }
+            | RunEvent::NoWorker { job, .. }
             | RunEvent::AttemptFailedWillRetry { job, .. }
             | RunEvent::JobFinished { job, .. } => *job,
         };
@@ -163,6 +164,13 @@ impl StatusWriter {
                 job.finished_at = None;
             }
             RunEvent::SensorPassed { .. } => job.phase = JobPhase::Running,
+            RunEvent::NoWorker { waiting, .. } => {
+                (job.phase, job.reason) = if *waiting {
+                    (JobPhase::Pending, Some(crate::status::JobReason::NoWorker))
+                } else {
+                    (JobPhase::Running, None)
+                };
+            }
             // The job stays Running until its next attempt.
             RunEvent::AttemptFailedWillRetry { .. } => {}
             RunEvent::JobFinished {
@@ -178,7 +186,7 @@ impl StatusWriter {
             ..Progress::default()
         };
         for j in doc.status.jobs.values() {
-            observe::count_job(&mut progress, j.phase);
+            observe::count_job(&mut progress, j.phase, j.reason);
         }
         doc.status.progress = progress;
         if progress.running + progress.pending == 0 {
@@ -352,6 +360,7 @@ mod tests {
     fn running_doc(run: RunId, jobs: &[&str]) -> PipelineStatusDoc {
         let job = JobStatus {
             phase: JobPhase::Pending,
+            reason: None,
             attempts: 0,
             exit_code: None,
             started_at: None,

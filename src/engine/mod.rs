@@ -107,6 +107,12 @@ pub enum RunEvent {
     SensorPassed {
         job: usize,
     },
+    /// A queued job no live worker can take (`waiting`: Pending, reason `NoWorker`), or one a
+    /// worker took since (Running again).
+    NoWorker {
+        job: usize,
+        waiting: bool,
+    },
     AttemptFailedWillRetry {
         job: usize,
         attempt: i64,

@@ -24,7 +24,7 @@ use crate::state_dir::{
 use crate::status::JobReason;
 use crate::status::outputs::Outputs;
 use crate::store::queue::DONE_CHANNEL;
-use crate::store::{AttemptId, Claim, QueueEnd, RunId, Store, StoreError};
+use crate::store::{AttemptId, Claim, QueueEnd, Store, StoreError};
 
 use super::attempt::{AttemptOutcome, AttemptResult, AttemptSpec, Spawned, run_attempt};
 use super::{Plan, RunEvent};
@@ -205,18 +205,18 @@ struct DispatchInner {
 #[derive(Debug, Default)]
 struct Waiting {
     by_attempt: HashMap<AttemptId, oneshot::Sender<QueueEnd>>,
+    /// Where each waiting attempt's run reports progress, and its job there.
+    progress: HashMap<AttemptId, (usize, mpsc::UnboundedSender<RunEvent>)>,
     early: HashSet<AttemptId>,
     early_order: VecDeque<AttemptId>,
 }
 
 impl Dispatch {
-    /// Starts the listener task (it ends with `stop`). `changed` is told the runs whose jobs the
-    /// sweep showed as waiting for a worker, or running again.
+    /// Starts the listener task (it ends with `stop`).
     pub async fn start(
         store: Store,
         worker_ttl: Duration,
         stop: CancellationToken,
-        changed: mpsc::UnboundedSender<RunId>,
     ) -> Result<Dispatch, StoreError> {
         let listener = store.listen(&[DONE_CHANNEL]).await?;
         let (wake, woken) = mpsc::unbounded_channel();
@@ -229,7 +229,7 @@ impl Dispatch {
             }),
         };
         let task = dispatch.clone();
-        tokio::spawn(async move { task.serve(listener, woken, stop, changed).await });
+        tokio::spawn(async move { task.serve(listener, woken, stop).await });
         Ok(dispatch)
     }
 
@@ -237,12 +237,18 @@ impl Dispatch {
         &self.inner.store
     }
 
-    /// Waits for attempt `attempt`'s end.
-    fn wait_for(&self, attempt: AttemptId) -> oneshot::Receiver<QueueEnd> {
+    /// Waits for attempt `attempt`'s end (of job `job`, whose run's progress goes to `events`).
+    fn wait_for(
+        &self,
+        attempt: AttemptId,
+        job: usize,
+        events: &mpsc::UnboundedSender<RunEvent>,
+    ) -> oneshot::Receiver<QueueEnd> {
         let (tx, rx) = oneshot::channel();
         let early = {
             let mut waiting = self.waiting();
             waiting.by_attempt.insert(attempt, tx);
+            waiting.progress.insert(attempt, (job, events.clone()));
             waiting.early.remove(&attempt)
         };
         if early {
@@ -252,7 +258,9 @@ impl Dispatch {
     }
 
     fn forget(&self, attempt: AttemptId) {
-        self.waiting().by_attempt.remove(&attempt);
+        let mut waiting = self.waiting();
+        waiting.by_attempt.remove(&attempt);
+        waiting.progress.remove(&attempt);
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
@@ -267,7 +275,6 @@ impl Dispatch {
         mut listener: sqlx::postgres::PgListener,
         mut woken: mpsc::UnboundedReceiver<AttemptId>,
         stop: CancellationToken,
-        changed: mpsc::UnboundedSender<RunId>,
     ) {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -300,9 +307,14 @@ impl Dispatch {
                         Err(e) => tracing::warn!("expiring leases: {e}"),
                     }
                     match self.inner.store.mark_no_worker(self.inner.worker_ttl).await {
-                        Ok(runs) => for run in runs {
-                            let _ = changed.send(run);
-                        },
+                        Ok(changed) => {
+                            let waiting = self.waiting();
+                            for (attempt, now_waiting) in changed {
+                                if let Some((job, events)) = waiting.progress.get(&attempt) {
+                                    let _ = events.send(RunEvent::NoWorker { job: *job, waiting: now_waiting });
+                                }
+                            }
+                        }
                         Err(e) => tracing::warn!("looking for workers: {e}"),
                     }
                     due.extend(self.waiting().by_attempt.keys().copied());
@@ -347,6 +359,7 @@ impl Dispatch {
         };
         let mut waiting = self.waiting();
         for end in ends {
+            waiting.progress.remove(&end.attempt);
             if let Some(tx) = waiting.by_attempt.remove(&end.attempt) {
                 let _ = tx.send(end);
             }
@@ -364,6 +377,7 @@ pub(super) struct RemoteSpec {
     pub(super) cancel: CancellationToken,
     /// The controller is stopping: leave the attempt to its worker and the next leader.
     pub(super) interrupt: CancellationToken,
+    pub(super) events: mpsc::UnboundedSender<RunEvent>,
 }
 
 /// A queued attempt, from the loop's side: waits for its end and says what it was.
@@ -375,6 +389,7 @@ pub(super) async fn remote_attempt(spec: RemoteSpec) -> AttemptResult {
         recorded,
         cancel,
         interrupt,
+        events,
     } = spec;
     let Ok(attempt) = recorded.await else {
         return AttemptResult {
@@ -388,7 +403,20 @@ pub(super) async fn remote_attempt(spec: RemoteSpec) -> AttemptResult {
             outputs: None,
         };
     };
-    await_end(&dispatch, job, attempt, number, &cancel, &interrupt).await
+    let stop = Halting {
+        cancel: &cancel,
+        interrupt: &interrupt,
+    };
+    await_end(&dispatch, job, attempt, number, stop, &events).await
+}
+
+/// How the loop stops a queued attempt it waits for.
+#[derive(Clone, Copy)]
+pub(super) struct Halting<'a> {
+    /// The run is cancelled or timed out: ask the worker to stop it.
+    pub(super) cancel: &'a CancellationToken,
+    /// The controller is stopping: leave it to its worker.
+    pub(super) interrupt: &'a CancellationToken,
 }
 
 /// Waits for queued attempt `attempt`'s end (also for an attempt a new leader adopts).
@@ -397,9 +425,10 @@ pub(super) async fn await_end(
     job: usize,
     attempt: AttemptId,
     number: i64,
-    cancel: &CancellationToken,
-    interrupt: &CancellationToken,
+    stop: Halting<'_>,
+    events: &mpsc::UnboundedSender<RunEvent>,
 ) -> AttemptResult {
+    let Halting { cancel, interrupt } = stop;
     let detached = AttemptResult {
         job,
         attempt_id: attempt,
@@ -410,7 +439,7 @@ pub(super) async fn await_end(
         spawn_error: None,
         outputs: None,
     };
-    let mut end = dispatch.wait_for(attempt);
+    let mut end = dispatch.wait_for(attempt, job, events);
     let mut asked = false;
     let end = loop {
         tokio::select! {
@@ -458,6 +487,7 @@ pub(super) async fn await_end(
 }
 
 /// What a worker needs to run one claimed attempt.
+#[derive(Debug)]
 pub struct ClaimedAttempt {
     pub store: Store,
     pub plan: Arc<Plan>,

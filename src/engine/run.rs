@@ -227,9 +227,14 @@ pub async fn execute(
             let dispatch = dispatch.clone();
             let (job, attempt, number) = (adopted.job, adopted.attempt, adopted.number);
             let (cancel, interrupt) = (attempt_cancel.clone(), interrupt.clone());
+            let events = events.clone();
             attempts.spawn(async move {
+                let stop = remote::Halting {
+                    cancel: &cancel,
+                    interrupt: &interrupt,
+                };
                 let result =
-                    remote::await_end(&dispatch, job, attempt, number, &cancel, &interrupt).await;
+                    remote::await_end(&dispatch, job, attempt, number, stop, &events).await;
                 (result, permit)
             });
             prefetch.started();
@@ -301,6 +306,7 @@ pub async fn execute(
                     recorded: recorded_rx,
                     cancel: attempt_cancel.clone(),
                     interrupt: interrupt.clone(),
+                    events: events.clone(),
                 };
                 attempts.spawn(async move { (remote::remote_attempt(spec).await, permit) });
                 turn.launches.push(Launch { recorded });

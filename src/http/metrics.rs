@@ -462,7 +462,9 @@ impl Metrics {
                 self.job_ended(pipeline, JobPhase::Skipped);
                 self.readiness_moved(run, *job, true);
             }
-            RunEvent::JobWaiting { .. } | RunEvent::SensorPassed { .. } => {}
+            RunEvent::JobWaiting { .. }
+            | RunEvent::SensorPassed { .. }
+            | RunEvent::NoWorker { .. } => {}
         }
     }
 }

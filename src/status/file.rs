@@ -161,6 +161,13 @@ pub struct Progress {
     /// Stopped by a user's cancellation (not counted as skipped).
     #[serde(default)]
     pub cancelled: usize,
+    /// Of the pending jobs, those queued that no live worker can take (reason `NoWorker`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waiting_for_worker: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -181,6 +188,10 @@ pub struct JobStatus {
     /// `Lost` or `Interrupted`.
     #[schema(value_type = String)]
     pub phase: JobPhase,
+    /// Why it is in its phase (`NoWorker` while queued with no live worker to take it, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub reason: Option<crate::status::JobReason>,
     pub attempts: i64,
     pub exit_code: Option<i64>,
     pub started_at: Option<String>,
@@ -279,6 +290,7 @@ mod tests {
                     "a".to_owned(),
                     JobStatus {
                         phase: JobPhase::Waiting,
+                        reason: None,
                         attempts: 0,
                         exit_code: None,
                         started_at: None,

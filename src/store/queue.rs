@@ -115,7 +115,10 @@ impl Store {
         self.queue()?.work_states(run).await
     }
 
-    pub async fn mark_no_worker(&self, ttl: Duration) -> Result<Vec<RunId>, StoreError> {
+    pub async fn mark_no_worker(
+        &self,
+        ttl: Duration,
+    ) -> Result<Vec<(AttemptId, bool)>, StoreError> {
         self.queue()?.mark_no_worker(ttl).await
     }
 

@@ -67,18 +67,19 @@ const STATES_SQL: &str = "SELECT attempt_id, state FROM work_items WHERE run_id 
 
 /// Queued items no live worker's labels contain, and the jobs of those that some worker took
 /// since they were shown waiting for one.
-const NO_WORKER_SQL: &str = "WITH waiting AS (SELECT w.run_id, w.job_id FROM work_items AS w \
+const NO_WORKER_SQL: &str = "WITH waiting AS (SELECT w.attempt_id, w.run_id, w.job_id \
+        FROM work_items AS w \
         WHERE w.state = 'queued' AND NOT EXISTS (SELECT 1 FROM workers AS k \
             WHERE k.stopped_at IS NULL \
             AND k.heartbeat_at > now() - $1 * interval '1 millisecond' \
             AND k.labels @> w.labels)), \
     pending AS (UPDATE jobs AS j SET phase = 'Pending', reason = 'NoWorker' FROM waiting \
         WHERE j.run_id = waiting.run_id AND j.job_id = waiting.job_id AND j.phase = 'Running' \
-        RETURNING j.run_id), \
+        RETURNING waiting.attempt_id), \
     taken AS (UPDATE jobs AS j SET phase = 'Running', reason = NULL FROM work_items AS w \
         WHERE j.phase = 'Pending' AND j.reason = 'NoWorker' AND w.run_id = j.run_id \
-            AND w.job_id = j.job_id AND w.state <> 'queued' RETURNING j.run_id) \
-    SELECT run_id FROM pending UNION SELECT run_id FROM taken";
+            AND w.job_id = j.job_id AND w.state <> 'queued' RETURNING w.attempt_id) \
+    SELECT attempt_id, TRUE FROM pending UNION ALL SELECT attempt_id, FALSE FROM taken";
 
 const GROUPS_SQL: &str = "SELECT a.pgid, a.process_start_time FROM work_items AS w \
     JOIN attempts AS a ON a.id = w.attempt_id \
@@ -292,9 +293,12 @@ impl PgStore {
     }
 
     /// Shows the queued jobs no live worker can take as Pending (`NoWorker`), and those a worker
-    /// took since as Running again; `ttl` is how old a worker's heartbeat may be. Returns the runs
-    /// it changed.
-    pub async fn mark_no_worker(&self, ttl: Duration) -> Result<Vec<RunId>, StoreError> {
+    /// took since as Running again; `ttl` is how old a worker's heartbeat may be. Returns the
+    /// attempts whose jobs it changed, each with whether it now waits for a worker.
+    pub async fn mark_no_worker(
+        &self,
+        ttl: Duration,
+    ) -> Result<Vec<(AttemptId, bool)>, StoreError> {
         let sql = self.sql("showing the jobs no worker can take");
         let rows = sqlx::query(NO_WORKER_SQL)
             .bind(millis(ttl))
@@ -302,7 +306,7 @@ impl PgStore {
             .await
             .map_err(&sql)?;
         rows.iter()
-            .map(|row| Ok(RunId::from(row.try_get::<i64, _>(0)?)))
+            .map(|row| Ok((AttemptId::from(row.try_get::<i64, _>(0)?), row.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(&sql)
     }
