@@ -56,7 +56,7 @@ pub fn run_controller(
                 let opts = super::worker::options(
                     &config,
                     &state_dir,
-                    super::worker::default_name(true),
+                    super::worker::default_name(Some(&state_dir)),
                     std::collections::BTreeMap::new(),
                     n,
                 );

@@ -41,14 +41,20 @@ pub fn parse_labels(values: &[String]) -> Result<BTreeMap<String, String>, CliEr
     Ok(labels)
 }
 
-/// The worker's name when `--name` is left out: this host's name (the embedded worker's adds
-/// `-controller`), so that a worker restarted on the same host takes its own name back.
-pub fn default_name(embedded: bool) -> String {
+/// The worker's name when `--name` is left out: this host's name, so that a worker restarted on
+/// the same host takes its name back (and stops what its predecessor left). A controller's
+/// embedded worker adds `-controller-` and a digest of its state folder: two controllers on one
+/// host (each has its own state folder) get two names, and a restarted one gets its own back.
+pub fn default_name(embedded_in: Option<&std::path::Path>) -> String {
     let host = crate::process::hostname();
-    if embedded {
-        format!("{host}-controller")
-    } else {
-        host
+    match embedded_in {
+        None => host,
+        Some(state_dir) => {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(state_dir.to_string_lossy().as_bytes());
+            let short: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+            format!("{host}-controller-{short}")
+        }
     }
 }
 
@@ -86,7 +92,7 @@ pub fn run_worker(
     let labels = parse_labels(labels)?;
     let state_dir = super::state_dir(&config);
     let slots = slots.unwrap_or_else(|| config.workers());
-    let name = name.unwrap_or_else(|| default_name(false));
+    let name = name.unwrap_or_else(|| default_name(None));
     let plain = !name.is_empty()
         && name.len() <= 253
         && name
@@ -168,5 +174,32 @@ fn log_event(event: &WorkerEvent) {
         ),
         WorkerEvent::Warning(message) => tracing::warn!("{message}"),
         WorkerEvent::Reconnected => tracing::info!("state database reachable again"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_key_value_pairs_in_one_or_more_flags() {
+        let labels = parse_labels(&["zone=eu, gpu=true".into(), "tier=1".into()]).unwrap();
+        assert_eq!(labels.len(), 3);
+        assert_eq!(labels["zone"], "eu");
+        assert_eq!(labels["gpu"], "true");
+        assert_eq!(labels["tier"], "1");
+        let bad = parse_labels(&["zone".into()]).unwrap_err().render();
+        assert!(bad.contains("not KEY=VALUE"), "{bad}");
+        let bad = parse_labels(&["a b=1".into()]).unwrap_err().render();
+        assert!(bad.contains("label name"), "{bad}");
+    }
+
+    #[test]
+    fn two_controllers_on_one_host_name_their_workers_apart() {
+        let a = default_name(Some(std::path::Path::new("/srv/a/state")));
+        let b = default_name(Some(std::path::Path::new("/srv/b/state")));
+        assert_ne!(a, b);
+        assert_eq!(a, default_name(Some(std::path::Path::new("/srv/a/state"))));
+        assert_eq!(default_name(None), crate::process::hostname());
     }
 }

@@ -584,3 +584,105 @@ pub async fn run_claimed(attempt: ClaimedAttempt, interrupted: &CancellationToke
 pub fn kill_leftover(pgid: i32, start_time: u64) -> bool {
     process::kill_leftover_group(pgid, start_time)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(outcome: AttemptOutcome, exit: Option<ExitStatus>) -> AttemptResult {
+        AttemptResult {
+            job: 2,
+            attempt_id: AttemptId::from(7),
+            pid: Some((100, 100)),
+            number: 3,
+            outcome,
+            exit: exit.map(|status| Exited {
+                status,
+                usage: Usage {
+                    user: Duration::from_millis(250),
+                    system: Duration::from_micros(1500),
+                    max_rss_kib: 4096,
+                    max_rss_upper_bound: true,
+                },
+                captured: None,
+            }),
+            spawn_error: None,
+            outputs: None,
+        }
+    }
+
+    fn round_trip(r: &AttemptResult, interrupted: bool) -> AttemptResult {
+        let text = serde_json::to_string(&Wire::encode(r, interrupted)).unwrap();
+        serde_json::from_str::<Wire>(&text)
+            .unwrap()
+            .decode(r.job, r.attempt_id, r.number)
+    }
+
+    /// What the leader decides from a worker's result is what it would decide from the same
+    /// attempt run locally: outcome, failure kind, exit status and usage cross the database.
+    #[test]
+    fn a_result_crosses_the_database_unchanged() {
+        let failed = result(
+            AttemptOutcome::Failed {
+                failure: Failure::ExitCode(3),
+                reason: JobReason::ExitCode,
+                message: "exited with code 3".into(),
+            },
+            Some(ExitStatus::Code(3)),
+        );
+        let back = round_trip(&failed, false);
+        match back.outcome {
+            AttemptOutcome::Failed {
+                failure, reason, ..
+            } => {
+                assert_eq!(failure, Failure::ExitCode(3));
+                assert_eq!(reason, JobReason::ExitCode);
+            }
+            other => panic!("{other:?}"),
+        }
+        let exit = back.exit.unwrap();
+        assert_eq!(exit.status, ExitStatus::Code(3));
+        assert_eq!(exit.usage.user, Duration::from_millis(250));
+        assert_eq!(exit.usage.system, Duration::from_micros(1500));
+        assert_eq!(exit.usage.max_rss_kib, 4096);
+        assert!(exit.usage.max_rss_upper_bound);
+        assert_eq!(back.pid, Some((100, 100)));
+
+        let mut succeeded = result(AttemptOutcome::Succeeded, Some(ExitStatus::Code(0)));
+        succeeded.outputs = Some([("k".to_owned(), "v".to_owned())].into_iter().collect());
+        let back = round_trip(&succeeded, false);
+        assert!(matches!(back.outcome, AttemptOutcome::Succeeded));
+        assert_eq!(back.outputs.unwrap()["k"], "v");
+
+        let killed = result(AttemptOutcome::Stopped, Some(ExitStatus::Signal(15)));
+        let back = round_trip(&killed, false);
+        assert!(matches!(back.outcome, AttemptOutcome::Stopped));
+        assert_eq!(back.exit.unwrap().status, ExitStatus::Signal(15));
+    }
+
+    /// A job its worker stopped because the worker was stopping is neither a failure nor a
+    /// cancellation: the leader runs it again without counting it.
+    #[test]
+    fn a_job_stopped_by_its_stopping_worker_comes_back_interrupted() {
+        let stopped = result(AttemptOutcome::Stopped, Some(ExitStatus::Signal(15)));
+        assert!(matches!(
+            round_trip(&stopped, true).outcome,
+            AttemptOutcome::Interrupted
+        ));
+        let failed = result(
+            AttemptOutcome::Failed {
+                failure: Failure::Signal(15),
+                reason: JobReason::Signaled,
+                message: "killed by signal 15".into(),
+            },
+            Some(ExitStatus::Signal(15)),
+        );
+        assert!(matches!(
+            round_trip(&failed, true).outcome,
+            AttemptOutcome::Interrupted
+        ));
+        let text = stopped_text();
+        let wire: Wire = serde_json::from_str(&text).unwrap();
+        assert_eq!(wire.outcome, WireOutcome::Stopped);
+    }
+}
