@@ -309,6 +309,7 @@ pub async fn run(
         uncancellable: HashSet::new(),
     };
     let mut full_pass = true;
+    let mut outage = Outage::default();
 
     let mut next_reconcile: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     let mut resync_at = tokio::time::Instant::now() + resync;
@@ -320,7 +321,21 @@ pub async fn run(
         {
             next_reconcile = None;
             let began = std::time::Instant::now();
-            let requeue = c.reconcile(std::mem::take(&mut full_pass)).await?;
+            let requeue = match c.reconcile(std::mem::take(&mut full_pass)).await {
+                Ok(requeue) => {
+                    outage.end(&c.events);
+                    requeue
+                }
+                // A shared database away (restarting, unreachable): nothing committed is lost;
+                // the pass is made again, whole, once it answers.
+                Err(ControllerError::Store(e)) if e.is_transient() => {
+                    full_pass = true;
+                    next_reconcile =
+                        Some(tokio::time::Instant::now() + outage.pause(&e, &c.events));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if c.opts.detailed_events {
                 let _ = c.events.send(ControllerEvent::Reconciled {
                     took: began.elapsed(),
@@ -339,7 +354,14 @@ pub async fn run(
         tokio::select! {
             biased;
             Some(done) = c.runs.join_next_with_id(), if !c.runs.is_empty() => {
-                c.task_ended(done).await?;
+                match c.task_ended(done).await {
+                    Ok(()) => {}
+                    // Its status file is written at the next pass.
+                    Err(ControllerError::Store(e)) if e.is_transient() => {
+                        let _ = outage.pause(&e, &c.events);
+                    }
+                    Err(e) => return Err(e),
+                }
                 if !stopping {
                     // Coalesced: a burst of runs ending costs one pass, not one each.
                     let at = tokio::time::Instant::now() + DEBOUNCE;
@@ -383,7 +405,14 @@ pub async fn run(
             }
             // Last, so that a stream of events never holds up the branches above.
             _ = sleep_until_opt(c.status.flush_at()), if c.status.flush_at().is_some() => {
-                c.status.flush(&c.store, c.reader.folder()).await?;
+                match c.status.flush(&c.store, c.reader.folder()).await {
+                    Ok(()) => {}
+                    // Written at the next pass's flush, once the database answers.
+                    Err(e) if e.is_transient() => {
+                        let _ = outage.pause(&e, &c.events);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             Some((name, run, event)) = progress_rx.recv() => {
                 c.status.apply(&name, run, &event);
@@ -405,6 +434,42 @@ pub async fn run(
     let all_succeeded = c.all_succeeded().await?;
     c.pruner.stop().await;
     Ok(all_succeeded)
+}
+
+/// A shared database that stopped answering: how long to pause before the next try (doubling from
+/// 250 ms to 8 s), and one warning per outage, not one per try.
+#[derive(Debug, Default)]
+struct Outage {
+    pause: Option<Duration>,
+}
+
+impl Outage {
+    fn pause(
+        &mut self,
+        e: &StoreError,
+        events: &mpsc::UnboundedSender<ControllerEvent>,
+    ) -> Duration {
+        let pause = match self.pause {
+            None => {
+                let _ = events.send(ControllerEvent::Warning(format!(
+                    "state database unreachable ({}); pausing, trying again with backoff",
+                    crate::error_chain::render(e)
+                )));
+                Duration::from_millis(250)
+            }
+            Some(p) => (p * 2).min(Duration::from_secs(8)),
+        };
+        self.pause = Some(pause);
+        pause
+    }
+
+    fn end(&mut self, events: &mpsc::UnboundedSender<ControllerEvent>) {
+        if self.pause.take().is_some() {
+            let _ = events.send(ControllerEvent::Warning(
+                "state database reachable again; going on".into(),
+            ));
+        }
+    }
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -441,8 +506,8 @@ impl Controller {
             })?;
 
         if !self.recovered {
-            self.recovered = true;
             self.recover().await?;
+            self.recovered = true;
         }
         let recovery_in = self.recover_faulted().await?;
 

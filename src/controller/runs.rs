@@ -78,6 +78,10 @@ impl Controller {
             if run.generation == 0 || (!leader && engine::resume::owner_alive(&run)) {
                 continue;
             }
+            // Recovered by an earlier try of this pass (the database went away meanwhile).
+            if self.active.values().any(|a| a.run == run.id) {
+                continue;
+            }
             self.recover_run(run, 0).await?;
         }
         // Runs that ended before a crash but whose notifications were never queued.
@@ -104,7 +108,15 @@ impl Controller {
                 continue;
             };
             // Its task is gone, so the store's row is all there is (it may have ended meanwhile).
-            if let Some(run) = self.store.run(f.run).await?
+            let row = match self.store.run(f.run).await {
+                Ok(row) => row,
+                Err(e) => {
+                    // Tried again at the next pass (the database may be away).
+                    self.faulted.insert(name, f);
+                    return Err(e.into());
+                }
+            };
+            if let Some(run) = row
                 && !run.phase.is_terminal()
             {
                 self.recover_run(run, f.faults).await?;
@@ -483,7 +495,15 @@ impl Controller {
             return Ok(());
         };
         self.status.run_ended(name);
-        let faults = a.faults + 1;
+        // A shared database that was away is not the run's fault: it is recovered, without
+        // counting, for as long as the outage lasts (each try waits for the database).
+        let outage = matches!(&fault, RunFault::Engine(e)
+            if matches!(&**e, EngineError::Store { source, .. } if source.is_transient()));
+        let faults = if outage {
+            a.faults.min(2)
+        } else {
+            a.faults + 1
+        };
         let retry_in =
             (faults < MAX_RUN_FAULTS).then(|| FAULT_PAUSE * 2u32.pow(faults.saturating_sub(1)));
         if let Some(pause) = retry_in {

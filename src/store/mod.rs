@@ -129,6 +129,35 @@ impl StoreError {
             | StoreError::NeedsPostgres { .. } => false,
         }
     }
+
+    /// A shared database that cannot be reached right now (restarting, a dropped connection, no
+    /// connection within the pool's timeout): the caller pauses and tries again, and nothing it
+    /// had committed is lost. SQLite's errors are never transient in this sense.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Connect { .. } => true,
+            StoreError::Sql { source, .. } => match source {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_) => true,
+                // Class 08: connection exception; 57P01-57P03: the server is shutting down,
+                // crashed or not yet accepting connections.
+                sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+                    code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+                }),
+                _ => false,
+            },
+            StoreError::Io { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::NewerSchema { .. }
+            | StoreError::Unsafe { .. }
+            | StoreError::Direct { .. }
+            | StoreError::NotFound { .. }
+            | StoreError::TakenOver { .. }
+            | StoreError::NeedsPostgres { .. } => false,
+        }
+    }
 }
 
 /// The process that drives a run (so recovery can tell a live owner from a dead one).

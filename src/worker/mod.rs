@@ -28,6 +28,9 @@ use crate::spec::Pinned;
 use crate::store::queue::{CANCEL_CHANNEL, WORK_CHANNEL};
 use crate::store::{AttemptId, Claim, RunId, Store, StoreError};
 
+/// The longest pause between tries to record a result while the database is away: short, so
+/// that a result is in before the leader can expire its lease once the database is back.
+const MAX_RESULT_PAUSE: Duration = Duration::from_secs(1);
 /// How often an idle worker looks for work whose notification it missed.
 const POLL_EVERY: Duration = Duration::from_secs(5);
 /// Plans of runs kept for their next attempts.
@@ -96,7 +99,11 @@ struct Running {
     job: String,
     cancel: CancellationToken,
     kill_now: CancellationToken,
-    /// Set when the lease is gone: its result is not written.
+    /// Cancelled when the job is stopped for this worker's own reasons (it is stopping, or the
+    /// lease is in doubt): its result then says interrupted, not stopped by its run.
+    interrupted: CancellationToken,
+    /// Set when the lease was taken over: its result is not written (the database would refuse
+    /// it anyway).
     abandoned: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -191,6 +198,7 @@ pub async fn serve(
                             job: claim.job.clone(),
                             cancel: CancellationToken::new(),
                             kill_now: kill_now.child_token(),
+                            interrupted: interrupted.child_token(),
                             abandoned: Arc::default(),
                         };
                         let work = ClaimedAttempt {
@@ -207,7 +215,7 @@ pub async fn serve(
                         tasks.spawn(attempt_task(
                             store.clone(),
                             work,
-                            interrupted.clone(),
+                            entry.interrupted.clone(),
                             entry.abandoned.clone(),
                             events.clone(),
                         ));
@@ -276,7 +284,7 @@ pub async fn serve(
                         let held: HashMap<i64, bool> = held.into_iter().collect();
                         for (token, r) in &running {
                             match held.get(token) {
-                                None => lose(r, "its lease was taken over", &events),
+                                None => lose(r, Lease::TakenOver, &events),
                                 Some(true) => r.cancel.cancel(),
                                 Some(false) => {}
                             }
@@ -292,7 +300,7 @@ pub async fn serve(
                         failing = true;
                         if last_renewed.elapsed() >= give_up_after {
                             for r in running.values() {
-                                lose(r, "its lease could not be renewed in time", &events);
+                                lose(r, Lease::InDoubt, &events);
                             }
                         }
                     }
@@ -320,17 +328,35 @@ pub async fn serve(
     Ok(())
 }
 
-/// The job's lease is gone: it is killed at once and its result will not be written.
-fn lose(r: &Running, why: &'static str, events: &mpsc::UnboundedSender<WorkerEvent>) {
-    if r.abandoned.swap(true, std::sync::atomic::Ordering::SeqCst) {
+/// Why a job's lease is no longer good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lease {
+    /// The database says another holds it (or it was recorded Lost).
+    TakenOver,
+    /// Renewals failed for two thirds of the TTL: it may be about to end.
+    InDoubt,
+}
+
+/// The job's lease is gone or in doubt: the job is killed at once (before the lease can end and
+/// another worker start it). Its result is still offered while in doubt, as interrupted (the
+/// database takes it only if the lease was never taken over); never after a takeover.
+fn lose(r: &Running, lease: Lease, events: &mpsc::UnboundedSender<WorkerEvent>) {
+    if r.kill_now.is_cancelled() && lease == Lease::InDoubt {
         return;
     }
+    if lease == Lease::TakenOver && r.abandoned.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    r.interrupted.cancel();
     r.kill_now.cancel();
     r.cancel.cancel();
     let _ = events.send(WorkerEvent::LeaseLost {
         attempt: r.attempt,
         job: r.job.clone(),
-        why,
+        why: match lease {
+            Lease::TakenOver => "its lease was taken over",
+            Lease::InDoubt => "its lease could not be renewed in time",
+        },
     });
 }
 
@@ -359,7 +385,7 @@ async fn attempt_task(
             Err(e) => {
                 tracing::debug!("attempt {}: recording its result: {e}", claim.attempt);
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_PAUSE);
+                pause = (pause * 2).min(MAX_RESULT_PAUSE);
             }
         }
     };
