@@ -164,9 +164,11 @@ pub async fn execute(
             }
         }
     }
+    // Logs made ahead for the jobs to come; not when workers run them (each writes its own, on
+    // its host, and an empty file here would hide the shipped one from `logs`).
     let prefetch = prefetch::LogPrefetch::start(
         (0..n)
-            .filter(|&i| starts[i] == Start::Run)
+            .filter(|&i| starts[i] == Start::Run && options.queue.is_none())
             .map(|i| {
                 let path = job_log_path(&options.state_dir, &plan.pipeline, run, &plan.jobs[i].id);
                 (i, path)
