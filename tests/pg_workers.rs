@@ -496,40 +496,37 @@ async fn logs_from_another_state_folder_print_and_follow_the_shipped_chunks() {
         text(&out.stderr)
     );
 
-    // --follow prints what comes, until the job ends.
+    // --follow prints each chunk as it comes (each is seen before the next is shipped), until
+    // the job ends.
     let mut follow = exe_command(&other, Some(&db.url), &["logs", &run_arg, "a", "--follow"]);
     follow.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = follow.spawn().unwrap();
-    assert!(
-        store
-            .append_log_chunk(attempt, 5, 2, b"more\n")
-            .await
-            .unwrap()
-    );
+    let mut child = follow.spawn().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = lines.send(line.unwrap());
+        }
+    });
+    let next_line = || seen.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(next_line(), "hello from h1");
+    assert!(store.append_log_chunk(attempt, 5, 2, b"more\n").await.unwrap());
+    assert_eq!(next_line(), "more");
+    assert!(store.append_log_chunk(attempt, 5, 3, b"done\n").await.unwrap());
     let a = JobId::parse("a").unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        store
-            .append_log_chunk(attempt, 5, 3, b"done\n")
-            .await
-            .unwrap()
-    );
     store
-        .set_job(
-            run,
-            &a,
-            JobPhase::Succeeded,
-            Some(JobReason::Completed),
-            None,
-        )
+        .set_job(run, &a, JobPhase::Succeeded, Some(JobReason::Completed), None)
         .await
         .unwrap();
+    assert_eq!(next_line(), "done");
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()
         .unwrap();
+    reader.join().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "hello from h1\nmore\ndone\n");
+    assert!(seen.try_recv().is_err(), "nothing after the job ended");
 }
 
 #[tokio::test]
