@@ -395,6 +395,30 @@ async fn the_shipper_stops_at_the_cap_with_a_marker_line() {
             path.display()
         )
     );
+
+    // One long line with no newline in the cap: cut inside it, the marker on a line of its own.
+    let a = JobId::parse("a").unwrap();
+    let second = store.attempt_started(run, &a, 1, 2, 2).await.unwrap();
+    claim_by_hand(&pool, run, second, 4).await;
+    let offset = std::fs::metadata(&path).unwrap().len();
+    append(&path, b"0123456789abcdefghij");
+    let ship = ShipHandle::start(store.clone(), second, 4, path.clone(), offset, 10);
+    let report = ship.finish().await.unwrap();
+    assert_eq!(
+        (report.outcome, report.bytes, report.chunks),
+        (ShipOutcome::Truncated, 10, 2)
+    );
+    let chunks = store.log_chunks(run, "a", None).await.unwrap();
+    let second_text: Vec<u8> = chunks
+        .iter()
+        .filter(|c| c.attempt_id == second)
+        .flat_map(|c| c.data.clone())
+        .collect();
+    assert!(
+        String::from_utf8(second_text)
+            .unwrap()
+            .starts_with("0123456789\n[executioner] output truncated after 10 bytes (cap 10);"),
+    );
 }
 
 #[tokio::test]
@@ -511,12 +535,28 @@ async fn logs_from_another_state_folder_print_and_follow_the_shipped_chunks() {
     });
     let next_line = || seen.recv_timeout(Duration::from_secs(20)).unwrap();
     assert_eq!(next_line(), "hello from h1");
-    assert!(store.append_log_chunk(attempt, 5, 2, b"more\n").await.unwrap());
+    assert!(
+        store
+            .append_log_chunk(attempt, 5, 2, b"more\n")
+            .await
+            .unwrap()
+    );
     assert_eq!(next_line(), "more");
-    assert!(store.append_log_chunk(attempt, 5, 3, b"done\n").await.unwrap());
+    assert!(
+        store
+            .append_log_chunk(attempt, 5, 3, b"done\n")
+            .await
+            .unwrap()
+    );
     let a = JobId::parse("a").unwrap();
     store
-        .set_job(run, &a, JobPhase::Succeeded, Some(JobReason::Completed), None)
+        .set_job(
+            run,
+            &a,
+            JobPhase::Succeeded,
+            Some(JobReason::Completed),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(next_line(), "done");

@@ -45,12 +45,13 @@ pub async fn print_job_log(
             let _ = out.flush();
         }
         if cursor.is_none() && (!follow || ended) {
-            let error = match (follow, job.phase) {
-                (true, crate::status::JobPhase::Pending) => format!(
+            let error = if follow && job.phase == crate::status::JobPhase::Pending {
+                format!(
                     "run {} ended before job {} started: it has no log",
                     run.id, job.job_id
-                ),
-                _ => no_log(run, &job),
+                )
+            } else {
+                no_log(run, &job)
             };
             return Err(CliError::usage(error));
         }

@@ -91,7 +91,8 @@ impl ShipHandle {
         let _ = self.finish.send(());
         match self.task.await {
             Ok(result) => result,
-            // Only a panic in the task, which has no unwrap: surface it rather than hide it.
+            // The task is never aborted, and this runs on the runtime that would cancel it: the
+            // error can only be a panic in the task, surfaced here rather than hidden.
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
     }

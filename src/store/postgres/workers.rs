@@ -29,52 +29,55 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let context = "registering a worker";
         let labels = serde_json::to_string(&worker.labels).unwrap_or_else(|_| "{}".to_owned());
-        // The name is free when nobody has it, its holder stopped or went stale, or the holder is
-        // this very process registering again (then it keeps its start time).
-        let registered = sqlx::query(
-            "INSERT INTO workers (name, host, pid, labels, slots, started_at, heartbeat_at) \
-             VALUES ($1, $2, $3, $4::jsonb, $5, now(), now()) \
-             ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid, \
-                 labels = excluded.labels, slots = excluded.slots, \
-                 started_at = CASE WHEN workers.host = excluded.host AND workers.pid = excluded.pid \
-                                    AND workers.stopped_at IS NULL \
-                              THEN workers.started_at ELSE now() END, \
-                 heartbeat_at = now(), stopped_at = NULL \
-             WHERE workers.stopped_at IS NOT NULL \
-                OR workers.heartbeat_at < now() - make_interval(secs => $6) \
-                OR (workers.host = excluded.host AND workers.pid = excluded.pid)",
-        )
-        .bind(&worker.name)
-        .bind(&worker.host)
-        .bind(i64::from(worker.pid))
-        .bind(&labels)
-        .bind(i64::from(worker.slots))
-        .bind(seconds(ttl))
-        .execute(&self.pool)
-        .await
-        .map_err(self.sql(context))?
-        .rows_affected()
-            > 0;
-        if registered {
-            return Ok(());
-        }
-        let holder = sqlx::query("SELECT host, pid FROM workers WHERE name = $1")
+        // A refused upsert, then no row: the holder's row was deleted in between (by hand), and
+        // the name is free for the next try. Twice in a row would take a race nobody runs.
+        let mut holder = None;
+        for _ in 0..3 {
+            // The name is free when nobody has it, its holder stopped or went stale, or the
+            // holder is this very process registering again (then it keeps its start time).
+            let registered = sqlx::query(
+                "INSERT INTO workers (name, host, pid, labels, slots, started_at, heartbeat_at) \
+                 VALUES ($1, $2, $3, $4::jsonb, $5, now(), now()) \
+                 ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid, \
+                     labels = excluded.labels, slots = excluded.slots, \
+                     started_at = CASE WHEN workers.host = excluded.host \
+                                        AND workers.pid = excluded.pid \
+                                        AND workers.stopped_at IS NULL \
+                                  THEN workers.started_at ELSE now() END, \
+                     heartbeat_at = now(), stopped_at = NULL \
+                 WHERE workers.stopped_at IS NOT NULL \
+                    OR workers.heartbeat_at < now() - make_interval(secs => $6) \
+                    OR (workers.host = excluded.host AND workers.pid = excluded.pid)",
+            )
             .bind(&worker.name)
-            .fetch_optional(&self.pool)
+            .bind(&worker.host)
+            .bind(i64::from(worker.pid))
+            .bind(&labels)
+            .bind(i64::from(worker.slots))
+            .bind(seconds(ttl))
+            .execute(&self.pool)
             .await
-            .map_err(self.sql(context))?;
-        let (host, pid) = match holder {
-            Some(row) => {
+            .map_err(self.sql(context))?
+            .rows_affected()
+                > 0;
+            if registered {
+                return Ok(());
+            }
+            let row = sqlx::query("SELECT host, pid FROM workers WHERE name = $1")
+                .bind(&worker.name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(self.sql(context))?;
+            if let Some(row) = row {
                 let d = Decoder {
                     row: &row,
                     store: self,
                 };
-                (d.get::<String>("host")?, d.get::<i64>("pid")?)
+                holder = Some((d.get::<String>("host")?, d.get::<i64>("pid")?));
+                break;
             }
-            // Gone between the two statements: the holder's row was deleted by hand. Say who
-            // asked rather than guess.
-            None => (String::from("(unknown)"), 0),
-        };
+        }
+        let (host, pid) = holder.unwrap_or_else(|| ("(another host)".to_owned(), 0));
         Err(StoreError::WorkerNameTaken {
             name: worker.name.clone(),
             host,
