@@ -56,7 +56,12 @@ pub struct ShipHandle {
 impl ShipHandle {
     /// Starts shipping the output of `attempt` (claimed with `token`) that the log at `path`
     /// holds from `offset` on, at most `cap` bytes. A file that does not exist yet is read once
-    /// it does.
+    /// it does. Call it on a tokio runtime; a handle dropped without [`ShipHandle::finish`]
+    /// ships what the file holds then and ends, unwatched.
+    ///
+    /// For the shipped log to read like the local one, give the offset where the attempt's
+    /// opening marker line starts, and call `finish` after its closing line is written and
+    /// before the attempt is settled: once its queue item is settled, chunks are refused.
     pub fn start(
         store: Store,
         attempt: AttemptId,
