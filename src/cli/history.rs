@@ -179,7 +179,7 @@ pub fn show(run_id: RunId, output: OutputFormat, global: &GlobalArgs) -> CliResu
 pub fn logs(run_id: RunId, job: Option<&str>, follow: bool, global: &GlobalArgs) -> CliResult {
     let config = super::load_config(global)?;
     let state_dir = super::state_dir(&config);
-    let (path, pipeline_done) = super::runtime()?.block_on(async {
+    let local = super::runtime()?.block_on(async {
         let (store, run) = open_run(&state_dir, &config, run_id).await?;
         let path = match job {
             Some(id) => {
@@ -188,6 +188,12 @@ pub fn logs(run_id: RunId, job: Option<&str>, follow: bool, global: &GlobalArgs)
                     return Err(CliError::usage(format!("run {run_id} has no job {id:?}")));
                 };
                 let path = state_dir::job_log_path(&state_dir, &run.pipeline, run.id, id);
+                // No file here, but a shared database: the job ran (or runs) on another host,
+                // whose worker shipped its output.
+                if !path.exists() && store.is_shared() {
+                    super::shipped::print_job_log(&store, &run, row, follow).await?;
+                    return Ok(None);
+                }
                 // No log: the job never started (or its log was removed). Only a job that may
                 // still start is worth following.
                 let may_start =
@@ -203,8 +209,11 @@ pub fn logs(run_id: RunId, job: Option<&str>, follow: bool, global: &GlobalArgs)
             }
             None => state_dir::run_log_path(&state_dir, &run.pipeline, run.id),
         };
-        Ok::<_, CliError>((path, run.phase.is_terminal()))
+        Ok::<_, CliError>(Some((path, run.phase.is_terminal())))
     })?;
+    let Some((path, pipeline_done)) = local else {
+        return Ok(Exit::Success);
+    };
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => {

@@ -19,10 +19,12 @@ mod prune;
 mod render;
 mod run;
 mod schema;
+mod shipped;
 mod suspend;
 mod validate;
 mod wait;
 mod worker;
+mod workers;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -215,6 +217,15 @@ pub enum Command {
         /// Keep printing until the run ends.
         #[arg(short, long)]
         follow: bool,
+    },
+    /// Workers registered in the PostgreSQL state database: labels, slots, running attempts,
+    /// last heartbeat, state.
+    #[command(after_help = "Examples:
+  executioner workers
+  executioner workers -o json | jq '.[] | select(.state == \"Live\")'")]
+    Workers {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: OutputFormat,
     },
     /// Watch a manifests folder and reconcile: every pipeline's current generation is run to a
     /// terminal state; status files go to MANIFESTS/.status/NAME.yaml.
@@ -486,6 +497,7 @@ fn dispatch(cli: Cli) -> CliResult {
         Command::Logs { run, job, follow } => {
             history::logs(run, job.as_deref(), follow, &cli.global)
         }
+        Command::Workers { output } => workers::run(output, &cli.global),
         Command::Controller {
             manifests,
             once,

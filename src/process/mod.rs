@@ -683,6 +683,11 @@ pub fn read_start_time(pid: i32) -> Option<u64> {
     after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether a process with this pid exists on this host (running or not yet reaped).
+pub fn pid_exists(pid: i32) -> bool {
+    pid > 0 && read_start_time(pid).is_some()
+}
+
 /// Whether a process with this pid exists (running or not yet reaped) and started at
 /// `start_time`, so a reused pid is never mistaken for the recorded process.
 pub fn is_same_process(pid: i32, start_time: u64) -> bool {

@@ -21,6 +21,7 @@ pub mod retention;
 mod rounds;
 mod rows;
 mod sqlite;
+pub mod workers;
 
 pub use batch::Batch;
 pub use inventory::AppliedFile;
@@ -109,9 +110,21 @@ pub enum StoreError {
     /// A PostgreSQL state database that cannot be reached (`database` names it without password).
     #[error("cannot connect to the state database {database}: {detail}")]
     Connect { database: String, detail: String },
-    /// A shared-database feature asked of the SQLite store.
-    #[error("{what} need a PostgreSQL state database (config database.url)")]
-    NeedsPostgres { what: &'static str },
+    /// A call only a shared (PostgreSQL) database has, on the SQLite file `database`.
+    #[error("{what} need a PostgreSQL database (set database.url); {database} is SQLite")]
+    NeedsPostgres {
+        what: &'static str,
+        database: String,
+    },
+    /// Another live worker holds the name (see [`Store::register_worker`]).
+    #[error(
+        "worker name {name:?} is held by a live worker on {host} (pid {pid}): give this one another --name, or stop that one"
+    )]
+    WorkerNameTaken {
+        name: String,
+        host: String,
+        pid: i64,
+    },
 }
 
 impl StoreError {
@@ -126,7 +139,8 @@ impl StoreError {
             | StoreError::NotFound { .. }
             | StoreError::TakenOver { .. }
             | StoreError::Connect { .. }
-            | StoreError::NeedsPostgres { .. } => false,
+            | StoreError::NeedsPostgres { .. }
+            | StoreError::WorkerNameTaken { .. } => false,
         }
     }
 
@@ -155,7 +169,8 @@ impl StoreError {
             | StoreError::Direct { .. }
             | StoreError::NotFound { .. }
             | StoreError::TakenOver { .. }
-            | StoreError::NeedsPostgres { .. } => false,
+            | StoreError::NeedsPostgres { .. }
+            | StoreError::WorkerNameTaken { .. } => false,
         }
     }
 }

@@ -43,8 +43,9 @@ impl Store {
     fn queue(&self) -> Result<&super::postgres::PgStore, StoreError> {
         match &self.backend {
             Backend::Postgres(db) => Ok(db),
-            Backend::Sqlite(_) => Err(StoreError::NeedsPostgres {
+            Backend::Sqlite(db) => Err(StoreError::NeedsPostgres {
                 what: "workers and their queue",
+                database: db.path().display().to_string(),
             }),
         }
     }
@@ -124,45 +125,5 @@ impl Store {
 
     pub async fn claimed_groups(&self, worker: &str) -> Result<Vec<(i32, u64)>, StoreError> {
         self.queue()?.claimed_groups(worker).await
-    }
-
-    /// TEMPORARY until the workers table's module lands.
-    pub async fn register_worker_tmp(
-        &self,
-        name: &str,
-        labels: &str,
-        slots: i64,
-    ) -> Result<(), StoreError> {
-        let db = self.queue()?;
-        sqlx::query("INSERT INTO workers (name, host, pid, labels, slots, started_at, heartbeat_at) VALUES ($1, $2, $3, $4::jsonb, $5, now(), now()) ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid, labels = excluded.labels, slots = excluded.slots, started_at = now(), heartbeat_at = now(), stopped_at = NULL")
-            .bind(name).bind(crate::process::hostname()).bind(i64::from(std::process::id())).bind(labels).bind(slots)
-            .execute(&db.pool).await.map_err(|source| StoreError::Sql { context: "registering", source })?;
-        Ok(())
-    }
-    /// TEMPORARY.
-    pub async fn heartbeat_tmp(&self, name: &str) -> Result<(), StoreError> {
-        let db = self.queue()?;
-        sqlx::query("UPDATE workers SET heartbeat_at = now() WHERE name = $1")
-            .bind(name)
-            .execute(&db.pool)
-            .await
-            .map_err(|source| StoreError::Sql {
-                context: "heartbeat",
-                source,
-            })?;
-        Ok(())
-    }
-    /// TEMPORARY.
-    pub async fn stopped_tmp(&self, name: &str) -> Result<(), StoreError> {
-        let db = self.queue()?;
-        sqlx::query("UPDATE workers SET stopped_at = now() WHERE name = $1")
-            .bind(name)
-            .execute(&db.pool)
-            .await
-            .map_err(|source| StoreError::Sql {
-                context: "stopped",
-                source,
-            })?;
-        Ok(())
     }
 }

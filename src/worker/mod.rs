@@ -26,6 +26,7 @@ use crate::engine::remote::{ClaimedAttempt, run_claimed};
 use crate::engine::{Plan, PlanError};
 use crate::spec::Pinned;
 use crate::store::queue::{CANCEL_CHANNEL, WORK_CHANNEL};
+use crate::store::workers::WorkerInfo;
 use crate::store::{AttemptId, Claim, RunId, Store, StoreError};
 
 /// The longest pause between tries to record a result while the database is away: short, so
@@ -116,11 +117,29 @@ pub async fn serve(
     stop: CancellationToken,
     kill_now: CancellationToken,
 ) -> Result<(), WorkerError> {
-    let _pid = std::process::id();
+    let pid = std::process::id();
+    let info = WorkerInfo {
+        name: opts.name.clone(),
+        host: crate::process::hostname(),
+        pid,
+        labels: opts.labels.clone(),
+        slots: u32::try_from(opts.slots).unwrap_or(u32::MAX),
+    };
+    match store.register_worker(&info, opts.lease_ttl).await {
+        // A worker of this name on this host that is gone (killed, say): its name is ours again,
+        // and what it left running is stopped below.
+        Err(StoreError::WorkerNameTaken { host, pid: old, .. })
+            if host == info.host
+                && i32::try_from(old).is_ok_and(|old| !crate::process::pid_exists(old)) =>
+        {
+            let old = u32::try_from(old).ok();
+            store
+                .register_worker_replacing(&info, opts.lease_ttl, old)
+                .await?;
+        }
+        other => other?,
+    }
     let labels = serde_json::to_string(&opts.labels).unwrap_or_else(|_| "{}".into());
-    store
-        .register_worker_tmp(&opts.name, &labels, opts.slots as i64)
-        .await?;
     let _ = events.send(WorkerEvent::Registered {
         name: opts.name.clone(),
         labels: opts.labels.clone(),
@@ -274,7 +293,7 @@ pub async fn serve(
                     } else {
                         store.renew(&opts.name, &tokens, opts.lease_ttl).await?
                     };
-                    store.heartbeat_tmp(&opts.name).await?;
+                    store.worker_heartbeat(&opts.name, pid).await?;
                     Ok::<_, StoreError>(held)
                 }
                 .await;
@@ -319,7 +338,7 @@ pub async fn serve(
             plans.clear();
         }
     }
-    if let Err(e) = store.stopped_tmp(&opts.name).await {
+    if let Err(e) = store.worker_stopped(&opts.name, pid).await {
         let _ = events.send(WorkerEvent::Warning(format!(
             "recording this worker stopped: {}",
             crate::error_chain::render(&e)
@@ -371,7 +390,35 @@ async fn attempt_task(
     events: mpsc::UnboundedSender<WorkerEvent>,
 ) -> i64 {
     let claim = work.claim.clone();
+    // The attempt's part of the job's log (from where its opening marker will be written) goes
+    // to the database as it grows, so `logs` works from any host.
+    let shipper = work.plan.index_of(&claim.job).map(|job| {
+        let log = crate::state_dir::job_log_path(
+            &work.state_dir,
+            &work.plan.pipeline,
+            claim.run,
+            &work.plan.jobs[job].id,
+        );
+        let offset = std::fs::metadata(&log).map_or(0, |m| m.len());
+        ship::ShipHandle::start(
+            store.clone(),
+            claim.attempt,
+            claim.token,
+            log,
+            offset,
+            ship::DEFAULT_CAP,
+        )
+    });
     let text = run_claimed(work, &interrupted).await;
+    if let Some(shipper) = shipper
+        && let Err(e) = shipper.finish().await
+    {
+        let _ = events.send(WorkerEvent::Warning(format!(
+            "attempt {}: shipping the end of its log: {}",
+            claim.attempt,
+            crate::error_chain::render(&e)
+        )));
+    }
     let mut pause = FIRST_PAUSE;
     let recorded = loop {
         if abandoned.load(std::sync::atomic::Ordering::SeqCst) {

@@ -24,6 +24,7 @@ mod rounds;
 mod runs;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 use std::path::PathBuf;
 use std::str::FromStr;
