@@ -683,9 +683,20 @@ pub fn read_start_time(pid: i32) -> Option<u64> {
     after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Whether a process with this pid exists on this host (running or not yet reaped).
+/// Whether a live process with this pid exists on this host (a zombie, killed and not yet
+/// reaped, does not count).
 pub fn pid_exists(pid: i32) -> bool {
-    pid > 0 && read_start_time(pid).is_some()
+    if pid <= 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state (field 3) follows the command name, which is in parentheses.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
 }
 
 /// Whether a process with this pid exists (running or not yet reaped) and started at
