@@ -43,6 +43,24 @@ pub struct Config {
     pub history: HistoryConfig,
     pub http: HttpConfig,
     pub database: DatabaseConfig,
+    pub controller: ControllerConfig,
+}
+
+/// Controllers sharing a PostgreSQL database (`database.url`): one leads, the others stand by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// How long the leader's lease lasts unrenewed: a standby takes over within this time of the
+    /// leader stopping (renewed every third of it). Unused on SQLite.
+    pub lease_ttl: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(15),
+        }
+    }
 }
 
 /// Where the state database lives.
@@ -160,6 +178,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             http: HttpConfig::default(),
             database: DatabaseConfig::default(),
+            controller: ControllerConfig::default(),
         }
     }
 }

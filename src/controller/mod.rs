@@ -14,6 +14,7 @@
 
 pub mod folder;
 mod gather;
+pub mod leader;
 pub mod lock;
 pub mod observe;
 pub mod overlap;
@@ -62,6 +63,9 @@ pub struct ControllerOptions {
     /// [`ControllerEvent::NotificationsPending`], and the `round` of a run started or resumed
     /// (what the metrics are fed from); off, they cost nothing.
     pub detailed_events: bool,
+    /// With a shared store, fired when this controller loses the lead (`leader.rs`): the actor
+    /// then ends at once, its run tasks aborted, writing nothing more.
+    pub lead_lost: Option<CancellationToken>,
 }
 
 /// What happened, for the log.
@@ -153,6 +157,8 @@ pub enum ControllerEvent {
         pipeline: String,
         phase: crate::status::file::PipelinePhase,
     },
+    /// With a shared store: this controller stands by, leads, or lost or gave up the lead.
+    Leadership(leader::LeadershipChange),
 }
 
 /// The jobs of a run's round as the engine gets them, so that its progress events can say which
@@ -327,6 +333,11 @@ pub async fn run(
         }
         tokio::select! {
             biased;
+            _ = lead_lost(&c.opts.lead_lost) => {
+                // Another controller decides from now on and adopts the runs: dropping the actor
+                // aborts their tasks (a job's process group dies with its task) and writes nothing.
+                return Ok(false);
+            }
             Some(done) = c.runs.join_next_with_id(), if !c.runs.is_empty() => {
                 c.task_ended(done).await?;
                 if !stopping {
@@ -394,6 +405,13 @@ pub async fn run(
     let all_succeeded = c.all_succeeded().await?;
     c.pruner.stop().await;
     Ok(all_succeeded)
+}
+
+async fn lead_lost(lost: &Option<CancellationToken>) {
+    match lost {
+        Some(lost) => lost.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

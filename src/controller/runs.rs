@@ -63,6 +63,16 @@ pub(super) const LAUNCH_RETRY: Duration = Duration::from_millis(100);
 /// controller has stopped): a fault that does not go away must not spin.
 const MAX_RUN_FAULTS: u32 = 5;
 
+/// A run a leader adopts from a live controller that lost the lead, as recovery must see it: its
+/// owner gone. The engine's owner check asks whether the recorded process lives on this host;
+/// naming a host it is not on answers no, while the recorded pid and start time (which the
+/// round's change compares) and the attempts' process groups (which recovery stops) are kept.
+fn deposed_owner(mut run: RunRow) -> RunRow {
+    let host = run.owner_host.take().unwrap_or_default();
+    run.owner_host = Some(format!("{host} (lost the lead)"));
+    run
+}
+
 impl Controller {
     /// Runs left Running by a controller that stopped or died: recovered (see
     /// [`Controller::recover_run`]); then the notifications a crash kept from being queued. Runs of
@@ -71,10 +81,19 @@ impl Controller {
     /// nobody does once its owner is gone, and a generation's run that a dead `resume` drove is
     /// still the generation's to continue.
     pub(super) async fn recover(&mut self) -> Result<(), ControllerError> {
+        // A leader (its store fenced) adopts every run of a generation, even one whose recorded
+        // owner lives: that owner is a controller that lost the lead (this one, earlier, too)
+        // and whose tasks were dropped with it.
+        let leader = self.store.fenced_with().is_some();
         for run in self.store.unfinished_runs().await? {
-            if run.generation == 0 || engine::resume::owner_alive(&run) {
+            if run.generation == 0 {
                 continue;
             }
+            let run = match (engine::resume::owner_alive(&run), leader) {
+                (false, _) => run,
+                (true, false) => continue,
+                (true, true) => deposed_owner(run),
+            };
             self.recover_run(run, 0).await?;
         }
         // Runs that ended before a crash but whose notifications were never queued.

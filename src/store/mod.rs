@@ -11,6 +11,7 @@
 mod batch;
 mod generations;
 mod inventory;
+mod leader;
 pub mod outbox;
 mod outputs;
 mod overlap;
@@ -23,6 +24,7 @@ mod sqlite;
 
 pub use batch::Batch;
 pub use inventory::AppliedFile;
+pub use leader::LeaderRow;
 pub use overlap::EVENT_TICK_SKIPPED;
 pub use pipelines::PipelineRow;
 pub use rounds::{EVENT_JOB_REMOVED, EVENT_MARKED_SUCCESS, RoundChange};
@@ -107,6 +109,17 @@ pub enum StoreError {
     /// A PostgreSQL state database that cannot be reached (`database` names it without password).
     #[error("cannot connect to the state database {database}: {detail}")]
     Connect { database: String, detail: String },
+    /// A fenced write of a leader whose lease another controller took over (`leader.rs`).
+    #[error(
+        "this controller is no longer the leader: its lease (epoch {epoch}) was taken over by another controller, so its writes are refused"
+    )]
+    Deposed { epoch: i64 },
+    /// An operation the backend does not have (a defect of the caller).
+    #[error("{what} is not available on this state database: {detail}")]
+    Unsupported {
+        what: &'static str,
+        detail: &'static str,
+    },
 }
 
 impl StoreError {
@@ -120,7 +133,9 @@ impl StoreError {
             | StoreError::Direct { .. }
             | StoreError::NotFound { .. }
             | StoreError::TakenOver { .. }
-            | StoreError::Connect { .. } => false,
+            | StoreError::Connect { .. }
+            | StoreError::Deposed { .. }
+            | StoreError::Unsupported { .. } => false,
         }
     }
 }
