@@ -590,3 +590,54 @@ fn a_frozen_leader_is_deposed_and_stands_by_when_it_wakes() {
     let old = log(workspaces[first]);
     assert!(!old.contains("controller failed"), "{old}");
 }
+
+/// SIGTERM to the leader: it stops as it always does (exit 130), gives up the lead (the lease
+/// expired as of its exit), and the standby takes over at its next try.
+#[test]
+fn a_stopped_leader_resigns_and_the_standby_takes_over_at_once() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(pg_cluster::database()) else {
+        return;
+    };
+    let (a, b) = (Workspace::new(), Workspace::new());
+    write_both(
+        &[&a, &b],
+        "once.yaml",
+        &manifest("once", "", "    - {id: a, command: \"true\"}\n"),
+    );
+    let ttl = [("EXECUTIONER_CONTROLLER__LEASE_TTL", "6s")];
+    let mut controllers = [
+        Controller::start(&a, &db.url, &ttl),
+        Controller::start(&b, &db.url, &ttl),
+    ];
+    let workspaces = [&a, &b];
+    let first = the_one_leader(&[&controllers[0], &controllers[1]], Duration::from_secs(30));
+    let lease = || {
+        rt.block_on(async {
+            let (_dir, store) = connect(&db).await;
+            store.leader().await.unwrap().unwrap()
+        })
+    };
+    let before = lease();
+    let mut child = controllers[first].child.take().unwrap();
+    common::sigterm(&child);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{}", log(workspaces[first]));
+    assert!(
+        log(workspaces[first]).contains("gave up the lead"),
+        "{}",
+        log(workspaces[first])
+    );
+    // Expired as it stopped (or already taken over with the next epoch).
+    let after = lease();
+    assert!(
+        (after.holder == before.holder
+            && after.epoch == before.epoch
+            && after.expires_at <= time::OffsetDateTime::now_utc())
+            || after.epoch == before.epoch + 1,
+        "the lease still runs after the leader stopped: {before:?} then {after:?}"
+    );
+    common::wait_until(Duration::from_secs(30), || {
+        controllers[1 - first].ready().0 == 200
+    });
+}

@@ -70,21 +70,12 @@ pub async fn run_elected(
     cancel: CancellationToken,
     kill_now: CancellationToken,
 ) -> Result<bool, ControllerError> {
-    let ttl = opts.config.controller.lease_ttl.as_std();
-    let (tx, mut leadership) = watch::channel(Leadership::Standby);
-    let stop = CancellationToken::new();
-    let renew_now = Arc::new(Notify::new());
-    let election = tokio::spawn(elect(
-        Election {
-            store: store.clone(),
-            holder: holder_name(),
-            ttl,
-            events: events.clone(),
-            renew_now: renew_now.clone(),
-        },
-        tx,
-        stop.clone(),
-    ));
+    let election = Election::start(
+        store.clone(),
+        opts.config.controller.lease_ttl.as_std(),
+        events.clone(),
+    );
+    let mut leadership = election.leadership.clone();
     let outcome = loop {
         let Some(epoch) = wait_to_lead(&mut leadership, &cancel).await else {
             break Ok(true);
@@ -109,15 +100,14 @@ pub async fn run_elected(
             // A write found the lease taken over before the election did: the actor is gone
             // (dropped with its tasks); the election learns it at its next renewal, made now.
             Err(ControllerError::Store(StoreError::Deposed { .. })) if !cancel.is_cancelled() => {
-                renew_now.notify_one();
+                election.renew_now.notify_one();
                 wait_not_leading(&mut leadership, epoch, &cancel).await;
             }
             Ok(_) if lost.is_cancelled() && !cancel.is_cancelled() => {}
             other => break other,
         }
     };
-    stop.cancel();
-    let _ = election.await;
+    election.stop().await;
     outcome
 }
 
@@ -162,17 +152,61 @@ async fn lost_when_not(
     lost.cancel();
 }
 
+/// The election task while it runs: its [`Leadership`] watch, and how to stop it.
+#[derive(Debug)]
+pub struct Election {
+    /// Standby until this controller leads; each change is also reported as a
+    /// [`ControllerEvent::Leadership`].
+    pub leadership: watch::Receiver<Leadership>,
+    /// Renew (or try) now rather than at the next period.
+    renew_now: Arc<Notify>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Election {
+    /// Starts electing on `store` (shared) with leases of `ttl`, as holder `HOST:PID`.
+    pub fn start(
+        store: Store,
+        ttl: Duration,
+        events: mpsc::UnboundedSender<ControllerEvent>,
+    ) -> Election {
+        let (tx, leadership) = watch::channel(Leadership::Standby);
+        let stop = CancellationToken::new();
+        let renew_now = Arc::new(Notify::new());
+        let candidate = Candidate {
+            store,
+            holder: holder_name(),
+            ttl,
+            events,
+            renew_now: renew_now.clone(),
+        };
+        let task = tokio::spawn(elect(candidate, tx, stop.clone()));
+        Election {
+            leadership,
+            renew_now,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops electing; gives up the lead if this controller holds it.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// What the election task needs.
-struct Election {
+struct Candidate {
     store: Store,
     holder: String,
     ttl: Duration,
     events: mpsc::UnboundedSender<ControllerEvent>,
-    /// Renew (or try) now rather than at the next period.
     renew_now: Arc<Notify>,
 }
 
-impl Election {
+impl Candidate {
     fn report(&self, change: LeadershipChange) {
         let _ = self.events.send(ControllerEvent::Leadership(change));
     }
@@ -187,7 +221,7 @@ impl Election {
 
 /// The election: tries to lead every period while standby, renews every period while leading,
 /// and publishes each change on `leadership`. On `stop`, gives up the lead it holds.
-async fn elect(e: Election, leadership: watch::Sender<Leadership>, stop: CancellationToken) {
+async fn elect(e: Candidate, leadership: watch::Sender<Leadership>, stop: CancellationToken) {
     // The leader last reported while standby, so that the log says each leader once.
     let mut reported: Option<Option<(String, i64)>> = None;
     // While leading: when the last renewal that succeeded began.

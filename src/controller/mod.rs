@@ -336,6 +336,9 @@ pub async fn run(
             _ = lead_lost(&c.opts.lead_lost) => {
                 // Another controller decides from now on and adopts the runs: dropping the actor
                 // aborts their tasks (a job's process group dies with its task) and writes nothing.
+                for (name, a) in &c.active {
+                    let _ = c.events.send(ControllerEvent::RunInterrupted { pipeline: name.clone(), run: a.run });
+                }
                 return Ok(false);
             }
             Some(done) = c.runs.join_next_with_id(), if !c.runs.is_empty() => {

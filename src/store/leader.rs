@@ -103,3 +103,29 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Durability;
+
+    #[tokio::test]
+    async fn a_sqlite_store_has_no_lease_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Normal).await.unwrap();
+        let error = store
+            .try_lead("a", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Unsupported { .. }), "{error:?}");
+        assert!(error.to_string().contains("PostgreSQL"), "{error}");
+        assert!(matches!(
+            store.fence(1),
+            Err(StoreError::Unsupported { .. })
+        ));
+        assert!(store.leader().await.is_err());
+        assert_eq!(store.fenced_with(), None);
+        // An unfenced handle of a SQLite store is a plain clone that still works.
+        assert!(store.unfenced().pipelines().await.unwrap().is_empty());
+    }
+}
