@@ -53,6 +53,14 @@ database per invocation) and the spawn floor, interleaved, medians of --repeats.
 overhead of each and the ratio PostgreSQL / SQLite wall time. The issue's goal, <= 2.0, is for the
 version with workers; today's figure is the store's cost alone.
 
+Alone with --failover (not part of the default run): controller failover on PostgreSQL (issue
+16): on a throwaway cluster as above, two `executioner controller` processes (own state folders,
+one database, `--lease-ttl`, default the configured default 15 s) until one leads (/readyz 200,
+the other 503 standby), then the leader is killed with kill -9; failover = from the kill to the
+standby's /readyz answering 200 (it leads and has reconciled once), killed at a random point of
+the leader's renewal period. Median of --failover-tries
+(default 5) fresh pairs; results in bench/out/failover.json.
+
 Results: a table on stdout and bench/out/results.json. The DESIGN targets are
 shown as PASS/OVER markers for information only; the exit status is 0 unless a
 command failed (or the executioner binary is missing).
@@ -67,6 +75,7 @@ import json
 import math
 import os
 import platform
+import random
 import shlex
 import shutil
 import signal
@@ -1111,6 +1120,133 @@ def print_postgres(b: PgBench) -> None:
 
 
 # --------------------------------------------------------------------------
+# Controller failover (issue 16): kill -9 of the leader -> the standby leads.
+
+FAILOVER_POLL_S = 0.01
+FAILOVER_START_S = 60.0  # for a pair to have one leader
+
+
+def parse_seconds(ttl: str) -> float:
+    """`15s`, `1500ms`, `2m` or a number of seconds, as --lease-ttl takes it."""
+    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if ttl.endswith(suffix):
+            return float(ttl[:-len(suffix)]) * scale
+    return float(ttl)
+
+
+def readyz(addr: str) -> int | None:
+    """The status of GET /readyz at `addr` (HOST:PORT), None when nothing answers."""
+    import http.client
+    host, port = addr.rsplit(":", 1)
+    try:
+        conn = http.client.HTTPConnection(host, int(port), timeout=2)
+        conn.request("GET", "/readyz")
+        status = conn.getresponse().status
+        conn.close()
+        return status
+    except OSError:
+        return None
+
+
+def start_failover_controller(exe: str, url: str, ttl: str, base: Path) -> tuple[subprocess.Popen, str]:
+    """A controller on `url` with its own state and manifests folders under `base`, serving HTTP on
+    a free port; returns it and its address."""
+    (base / "manifests").mkdir(parents=True)
+    state = base / "state"
+    env = dict(os.environ, EXECUTIONER_DATABASE__URL=url, EXECUTIONER_LEASE_TTL=ttl)
+    env.pop("EXECUTIONER_STATE_DIR", None)
+    with open(base / "controller.log", "wb") as log:
+        proc = subprocess.Popen([exe, "--state-dir", str(state), "controller", "--manifests",
+                                 str(base / "manifests"), "--listen", "127.0.0.1:0"],
+                                cwd=base, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + FAILOVER_START_S
+    while True:
+        try:
+            return proc, (state / "http.addr").read_text().strip()
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_controller(proc)
+            raise BenchError(f"the controller did not serve HTTP:\n    "
+                             f"{log_tail(base / 'controller.log')}")
+        time.sleep(0.02)
+
+
+def failover_once(exe: str, url: str, ttl: str, base: Path) -> float:
+    """One pair of controllers: waits for one leader, kills it with -9, returns the seconds until
+    the standby's /readyz answers 200."""
+    pair = [start_failover_controller(exe, url, ttl, base / name) for name in ("a", "b")]
+    try:
+        deadline = time.monotonic() + FAILOVER_START_S
+        while True:
+            answers = [readyz(addr) for _, addr in pair]
+            if sorted(answers) == [200, 503]:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"no single leader (readyz {answers}):\n    "
+                                 f"{log_tail(base / 'a' / 'controller.log')}")
+            time.sleep(FAILOVER_POLL_S)
+        leader, standby = (pair[0], pair[1]) if answers[0] == 200 else (pair[1], pair[0])
+        # Killed at a random point of the renewal period (a third of the lease), not right after
+        # it took the lead: the lease left then ranges over two thirds to all of it.
+        time.sleep(random.uniform(0, parse_seconds(ttl) / 3))
+        killed = time.monotonic()
+        leader[0].kill()
+        leader[0].wait()
+        deadline = killed + FAILOVER_START_S
+        while readyz(standby[1]) != 200:
+            if time.monotonic() > deadline:
+                raise BenchError("the standby did not take over within "
+                                 f"{FAILOVER_START_S:.0f} s")
+            time.sleep(FAILOVER_POLL_S)
+        return time.monotonic() - killed
+    finally:
+        for proc, _ in pair:
+            stop_controller(proc)
+
+
+def bench_failover(exe: str, args) -> dict:
+    """--failover-tries pairs on one throwaway cluster, a fresh database each; the failover times
+    and their median."""
+    bin_dir = pg_server_bin()
+    res: dict = {"lease_ttl": args.lease_ttl, "tries": args.failover_tries, "seconds": []}
+    if bin_dir is None:
+        res["error"] = "PostgreSQL's server binaries were not found (apt-get install postgresql)"
+        return res
+    try:
+        with PgCluster(bin_dir) as cluster:
+            res["server"] = cluster.version()
+            progress(f"failover: {res['server']}, lease_ttl {args.lease_ttl}, "
+                     f"{args.failover_tries} tries")
+            for i in range(args.failover_tries):
+                base = Path(tempfile.mkdtemp(prefix="executioner-failover-"))
+                try:
+                    t = failover_once(exe, cluster.fresh_database(f"failover{i}"),
+                                      args.lease_ttl, base)
+                finally:
+                    shutil.rmtree(base, ignore_errors=True)
+                res["seconds"].append(t)
+                progress(f"  failover: try {i + 1}/{args.failover_tries}: {t:.2f} s")
+    except BenchError as e:
+        res["error"] = str(e)
+    if res["seconds"]:
+        res["median_seconds"] = statistics.median(res["seconds"])
+    return res
+
+
+def print_failover(r: dict) -> None:
+    print()
+    print(f"Controller failover on PostgreSQL (kill -9 of the leader -> the standby's /readyz "
+          f"200), lease_ttl {r['lease_ttl']}")
+    if r["seconds"]:
+        print(f"  median {r['median_seconds']:.2f} s over {len(r['seconds'])} tries: "
+              + ", ".join(f"{t:.2f}" for t in r["seconds"]))
+    if r.get("error"):
+        print(f"  FAILED: {r['error']}")
+
+
+# --------------------------------------------------------------------------
 # Measurement loop
 
 
@@ -1386,6 +1522,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           help="run only the PostgreSQL store's cost (`run` on PostgreSQL vs "
                                "SQLite, a throwaway cluster); by default it runs last when "
                                "PostgreSQL's server binaries are installed")
+    p.add_argument("--failover", action="store_true",
+                   help="run only the controller failover time on PostgreSQL (two controllers, "
+                        "kill -9 of the leader); never part of the default run")
+    p.add_argument("--lease-ttl", default="15s",
+                   help="lease_ttl for --failover (default 15s, the default)")
+    p.add_argument("--failover-tries", type=int, default=5,
+                   help="pairs of controllers for --failover (default 5)")
     p.add_argument("--no-ui", action="store_true", help="skip the HTTP server's cost")
     p.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL store's cost")
     p.add_argument("--pg-sizes", default="1000",
@@ -1419,6 +1562,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--reaction-repeats must be at least 1")
     if args.ui_repeats < 1:
         p.error("--ui-repeats must be at least 1")
+    if args.failover_tries < 1:
+        p.error("--failover-tries must be at least 1")
+    if args.failover and args.only_baselines:
+        p.error("--failover needs the executioner binary; not with --only-baselines")
     if (args.reaction or args.ui or args.postgres) and args.only_baselines:
         p.error("--reaction, --ui and --postgres need the executioner binary; "
                 "not with --only-baselines")
@@ -1499,6 +1646,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_parts(args, exe: str | None) -> int:
+    if args.failover:
+        failover = bench_failover(exe, args)
+        print_failover(failover)
+        OUT.mkdir(parents=True, exist_ok=True)
+        path = OUT / "failover.json"
+        path.write_text(json.dumps(failover, indent=2) + "\n")
+        print(f"\nresults: {path.relative_to(REPO)}")
+        return 1 if failover.get("error") else 0
     if not args.run_dag:
         reaction = ui = pg = None
         if args.run_reaction:

@@ -43,6 +43,11 @@ pub struct Config {
     pub history: HistoryConfig,
     pub http: HttpConfig,
     pub database: DatabaseConfig,
+    /// With a PostgreSQL database: how long a lease lasts unrenewed (renewed every third of it),
+    /// the leading controller's (a standby takes over within it of the leader stopping) and a
+    /// worker's on each attempt it runs (a worker that cannot renew stops its jobs before it
+    /// ends; an attempt whose lease ended is recorded `Lost`). At least 1s. Unused on SQLite.
+    pub lease_ttl: Duration,
 }
 
 /// Where the state database lives.
@@ -54,20 +59,6 @@ pub struct DatabaseConfig {
     /// workers on several hosts (a password in the URL is never shown; prefer `PGPASSWORD` or
     /// `~/.pgpass`).
     pub url: Option<String>,
-    /// How long a lease lasts (a worker's on each attempt it runs, the leading controller's on
-    /// its leadership) unless renewed, which happens every third of it. A worker that cannot renew
-    /// stops its jobs before the lease ends; an attempt whose lease ended is recorded `Lost`.
-    /// Default 15s (PostgreSQL only).
-    pub lease_ttl: Option<Duration>,
-}
-
-impl DatabaseConfig {
-    /// The lease TTL, default 15 s, at least 1 s.
-    pub fn lease_ttl(&self) -> std::time::Duration {
-        self.lease_ttl
-            .map_or(std::time::Duration::from_secs(15), Duration::as_std)
-            .max(std::time::Duration::from_secs(1))
-    }
 }
 
 /// The controller's web API and metrics (`controller --listen`); off unless `listen` is set.
@@ -174,6 +165,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             http: HttpConfig::default(),
             database: DatabaseConfig::default(),
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -308,6 +300,13 @@ impl Config {
         });
         rows.sort();
         rows
+    }
+
+    /// The lease TTL (`lease_ttl`), at least 1 s.
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        self.lease_ttl
+            .as_std()
+            .max(std::time::Duration::from_secs(1))
     }
 
     /// Worker count: configured, or the number of CPUs.

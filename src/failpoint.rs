@@ -31,7 +31,8 @@ pub fn fails(name: &str) -> bool {
 
 /// The controller's clock for schedules: the wall clock, or (`failpoints` builds only) with
 /// `EXECUTIONER_CLOCK_SCALE=N` one that runs N times faster from its first reading, so that a test
-/// sees a per-minute schedule tick every 60/N seconds.
+/// sees a per-minute schedule tick every 60/N seconds. `EXECUTIONER_CLOCK_ORIGIN=UNIX_MS` starts it
+/// there instead, so that several processes share one fast clock.
 pub fn schedule_now() -> chrono::DateTime<chrono::Utc> {
     let now = chrono::Utc::now();
     #[cfg(feature = "failpoints")]
@@ -40,7 +41,13 @@ pub fn schedule_now() -> chrono::DateTime<chrono::Utc> {
         static START: OnceLock<chrono::DateTime<chrono::Utc>> = OnceLock::new();
         let scale = clock_scale();
         if scale > 1 {
-            let start = *START.get_or_init(|| now);
+            let start = *START.get_or_init(|| {
+                std::env::var("EXECUTIONER_CLOCK_ORIGIN")
+                    .ok()
+                    .and_then(|ms| ms.parse().ok())
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .unwrap_or(now)
+            });
             return start + (now - start) * scale as i32;
         }
     }

@@ -650,6 +650,7 @@ fn every_metric_of_the_design_is_exported_and_ready_jobs_wait_for_a_worker() {
         "executioner_pipelines",
         "executioner_reconcile_duration_seconds",
         "executioner_notifications_pending",
+        "executioner_leader",
     ] {
         assert!(
             s.samples.iter().any(|m| m.metric == name),

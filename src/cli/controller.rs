@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::controller::leader::LeadershipChange;
 use crate::controller::{self, ControllerEvent, ControllerOptions, RunFault, lock};
 use crate::status::file::{ConditionType, PipelinePhase, PipelineStatusDoc};
 use crate::validate::Options;
@@ -93,20 +94,20 @@ pub fn run_controller(
             }
         });
         let status_dir = manifests_dir.join(".status");
-        let result = controller::run(
-            ControllerOptions {
-                manifests_dir,
-                state_dir,
-                config,
-                once,
-                detailed_events: server.is_some(),
-            },
-            store,
-            tx,
-            cancel.clone(),
-            kill_now,
-        )
-        .await;
+        let opts = ControllerOptions {
+            manifests_dir,
+            state_dir,
+            config,
+            once,
+            detailed_events: server.is_some(),
+            lead_lost: None,
+        };
+        // Several controllers may share a PostgreSQL store: only the elected one decides.
+        let result = if store.is_shared() {
+            controller::leader::run_elected(opts, store, tx, cancel.clone(), kill_now).await
+        } else {
+            controller::run(opts, store, tx, cancel.clone(), kill_now).await
+        };
         // `--once` ends here with nothing left to run; a stop has already reached the worker.
         worker_stop.cancel();
         if let Some(embedded) = embedded {
@@ -185,7 +186,8 @@ async fn start_http(
     let metrics = std::sync::Arc::new(crate::http::metrics::Metrics::new());
     let changes = crate::http::live::Changes::new();
     let app = crate::http::App {
-        store: store.clone(),
+        // The API writes requests (rerun, cancel), never a leader's decisions: not fenced.
+        store: store.unfenced(),
         state_dir: state_dir.to_owned(),
         manifests_dir: manifests_dir.to_owned(),
         options: Options {
@@ -306,11 +308,32 @@ fn log_event(event: &ControllerEvent) {
         }
         ControllerEvent::Warning(message) => tracing::warn!("{message}"),
         ControllerEvent::Stopping => tracing::info!("stopping: interrupting runs"),
+        ControllerEvent::Leadership(change) => log_leadership(change),
         // What the metrics are fed from: too frequent for the log.
         ControllerEvent::RunProgress { .. }
         | ControllerEvent::Reconciled { .. }
         | ControllerEvent::NotificationsPending { .. }
         | ControllerEvent::StatusBuilt { .. } => {}
+    }
+}
+
+fn log_leadership(change: &LeadershipChange) {
+    match change {
+        LeadershipChange::Standby {
+            leader: Some((holder, epoch)),
+        } => tracing::info!("standby: leader is {holder} (epoch {epoch})"),
+        LeadershipChange::Standby { leader: None } => {
+            tracing::info!("standby: no controller leads yet")
+        }
+        LeadershipChange::Leading { holder, epoch } => {
+            tracing::info!("leading as {holder} (epoch {epoch}): recovering runs and reconciling")
+        }
+        LeadershipChange::Deposed { epoch, why } => tracing::warn!(
+            "no longer the leader (epoch {epoch}): {why}; its runs are left to the new leader, standing by"
+        ),
+        LeadershipChange::Resigned { epoch } => {
+            tracing::info!("gave up the lead (epoch {epoch}) so a standby takes over at once")
+        }
     }
 }
 

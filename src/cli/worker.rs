@@ -69,7 +69,7 @@ pub fn options(
         name,
         labels,
         slots: slots.max(1),
-        lease_ttl: config.database.lease_ttl(),
+        lease_ttl: config.lease_ttl(),
         state_dir: state_dir.to_path_buf(),
         shutdown_grace: config.shutdown_grace.as_std(),
         plugin_dirs: config.plugin_dirs.clone(),

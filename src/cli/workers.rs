@@ -38,7 +38,7 @@ pub fn run(output: OutputFormat, global: &GlobalArgs) -> CliResult {
     let state_dir = super::state_dir(&config);
     super::runtime()?.block_on(async {
         let store = super::open_store(&state_dir, &config).await?;
-        let workers = store.workers(config.database.lease_ttl()).await?;
+        let workers = store.workers(config.lease_ttl()).await?;
         match output {
             OutputFormat::Json => {
                 let views: Vec<WorkerView<'_>> = workers.iter().map(view).collect();

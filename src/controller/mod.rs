@@ -14,6 +14,7 @@
 
 pub mod folder;
 mod gather;
+pub mod leader;
 pub mod lock;
 pub mod observe;
 pub mod overlap;
@@ -62,6 +63,9 @@ pub struct ControllerOptions {
     /// [`ControllerEvent::NotificationsPending`], and the `round` of a run started or resumed
     /// (what the metrics are fed from); off, they cost nothing.
     pub detailed_events: bool,
+    /// With a shared store, fired when this controller loses the lead (`leader.rs`): the actor
+    /// then ends at once, its run tasks aborted, writing nothing more.
+    pub lead_lost: Option<CancellationToken>,
 }
 
 /// What happened, for the log.
@@ -153,6 +157,8 @@ pub enum ControllerEvent {
         pipeline: String,
         phase: crate::status::file::PipelinePhase,
     },
+    /// With a shared store: this controller stands by, leads, or lost or gave up the lead.
+    Leadership(leader::LeadershipChange),
 }
 
 /// The jobs of a run's round as the engine gets them, so that its progress events can say which
@@ -262,13 +268,16 @@ pub async fn run(
     let (progress, mut progress_rx) = mpsc::unbounded_channel::<Progress>();
     // With a shared store, workers run the jobs (this controller's embedded one among them): the
     // engine queues every attempt, and the worker slots, not this process, bound how many run.
-    let (queue, workers) = if store.is_shared() {
-        let ttl = opts.config.database.lease_ttl();
+    let (queue, workers, _dispatch_guard) = if store.is_shared() {
+        let ttl = opts.config.lease_ttl();
+        // Ends with this function, also when a controller that lost the lead drops it.
+        let stop = cancel.child_token();
         let dispatch =
-            crate::engine::remote::Dispatch::start(store.clone(), ttl, cancel.clone()).await?;
-        (Some(dispatch), Semaphore::MAX_PERMITS)
+            crate::engine::remote::Dispatch::start(store.clone(), ttl, stop.clone()).await?;
+        let guard = stop.drop_guard();
+        (Some(dispatch), Semaphore::MAX_PERMITS, Some(guard))
     } else {
-        (None, workers)
+        (None, workers, None)
     };
     let mut c = Controller {
         reader: FolderReader::new(opts.manifests_dir.clone(), options, trust),
@@ -353,6 +362,14 @@ pub async fn run(
         }
         tokio::select! {
             biased;
+            _ = lead_lost(&c.opts.lead_lost) => {
+                // Another controller decides from now on and adopts the runs: dropping the actor
+                // aborts their tasks (a job's process group dies with its task) and writes nothing.
+                for (name, a) in &c.active {
+                    let _ = c.events.send(ControllerEvent::RunInterrupted { pipeline: name.clone(), run: a.run });
+                }
+                return Ok(false);
+            }
             Some(done) = c.runs.join_next_with_id(), if !c.runs.is_empty() => {
                 match c.task_ended(done).await {
                     Ok(()) => {}
@@ -469,6 +486,13 @@ impl Outage {
                 "state database reachable again; going on".into(),
             ));
         }
+    }
+}
+
+async fn lead_lost(lost: &Option<CancellationToken>) {
+    match lost {
+        Some(lost) => lost.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -71,9 +71,10 @@ impl Controller {
     /// nobody does once its owner is gone, and a generation's run that a dead `resume` drove is
     /// still the generation's to continue.
     pub(super) async fn recover(&mut self) -> Result<(), ControllerError> {
-        // A leader of a shared store takes over every generation's run: a live owner elsewhere
-        // is a deposed leader, whose writes fail by its epoch.
-        let leader = self.engine.queue.is_some();
+        // A leader (its store fenced) adopts every run of a generation, even one whose recorded
+        // owner lives: that owner is a controller that lost the lead (this one, earlier, too)
+        // and whose tasks were dropped with it.
+        let leader = self.store.fenced_with().is_some();
         for run in self.store.unfinished_runs().await? {
             if run.generation == 0 || (!leader && engine::resume::owner_alive(&run)) {
                 continue;

@@ -95,8 +95,13 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "The store answers and the manifests folder was read", body = Health),
-        (status = 503, description = "Not ready yet", body = ErrorBody)))]
+        (status = 503, description = "Not ready yet, or standby (another controller leads)", body = ErrorBody)))]
 pub async fn readyz(State(app): State<Arc<App>>) -> Result<Json<Health>, ApiError> {
+    if app.metrics.standby() {
+        return Err(ApiError::unavailable(
+            "standby: another controller leads and decides; this one takes over if it stops",
+        ));
+    }
     app.store.pipelines().await.map_err(|e| {
         ApiError::unavailable(format!(
             "the store does not answer: {}",

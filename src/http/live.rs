@@ -154,7 +154,8 @@ fn change_of(event: &ControllerEvent) -> Option<Change> {
         | ControllerEvent::Warning(_)
         | ControllerEvent::Stopping
         | ControllerEvent::Reconciled { .. }
-        | ControllerEvent::NotificationsPending { .. } => None,
+        | ControllerEvent::NotificationsPending { .. }
+        | ControllerEvent::Leadership(_) => None,
     }
 }
 

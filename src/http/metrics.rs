@@ -23,6 +23,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::controller::ControllerEvent;
+use crate::controller::leader::LeadershipChange;
 use crate::engine::RunEvent;
 use crate::status::file::PipelinePhase;
 use crate::status::{JobPhase, JobReason};
@@ -151,8 +152,11 @@ pub struct Metrics {
     pipelines: Family<PhaseLabels, Gauge>,
     reconcile_duration: Histogram,
     notifications_pending: Gauge,
+    leader: Gauge,
     tracking: Mutex<Tracking>,
     folder_read: AtomicBool,
+    /// With a shared store, while another controller leads (for `/readyz`).
+    standby: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -175,6 +179,10 @@ impl Metrics {
         // 100 us to ~6.5 s.
         let reconcile_duration = Histogram::new(exponential_buckets(0.0001, 3.0, 11));
         let notifications_pending = Gauge::default();
+        let leader = Gauge::default();
+        // A controller on its own store (SQLite) leads alone; a shared store's says otherwise
+        // with its first election event.
+        leader.set(1);
         registry.register(
             "executioner_runs",
             "Runs ended, by pipeline and phase",
@@ -220,6 +228,11 @@ impl Metrics {
             "Notifications still to send after the last delivery pass",
             notifications_pending.clone(),
         );
+        registry.register(
+            "executioner_leader",
+            "1 while this controller leads (decides), 0 while it stands by for another",
+            leader.clone(),
+        );
         Metrics {
             registry,
             runs,
@@ -231,14 +244,21 @@ impl Metrics {
             pipelines,
             reconcile_duration,
             notifications_pending,
+            leader,
             tracking: Mutex::new(Tracking::default()),
             folder_read: AtomicBool::new(false),
+            standby: AtomicBool::new(false),
         }
     }
 
     /// Whether a reconcile pass has read the manifests folder (for `/readyz`).
     pub fn folder_read(&self) -> bool {
         self.folder_read.load(Ordering::Relaxed)
+    }
+
+    /// Whether another controller leads (for `/readyz`).
+    pub fn standby(&self) -> bool {
+        self.standby.load(Ordering::Relaxed)
     }
 
     /// The metrics in the OpenMetrics text format.
@@ -338,6 +358,16 @@ impl Metrics {
             ControllerEvent::Deleted { pipeline } => {
                 let before = self.tracking().phases.remove(pipeline);
                 self.move_pipeline(before, None);
+            }
+            ControllerEvent::Leadership(change) => {
+                let leading = match change {
+                    LeadershipChange::Leading { .. } => true,
+                    LeadershipChange::Standby { .. }
+                    | LeadershipChange::Deposed { .. }
+                    | LeadershipChange::Resigned { .. } => false,
+                };
+                self.leader.set(i64::from(leading));
+                self.standby.store(!leading, Ordering::Relaxed);
             }
             ControllerEvent::Started { .. }
             | ControllerEvent::RunStarted { .. }
@@ -566,9 +596,34 @@ mod tests {
             "executioner_pipelines{phase=\"Failed\"} 1",
             "executioner_running_jobs 0",
             "executioner_ready_jobs 0",
+            "executioner_leader 1",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_leader_gauge_and_standby_follow_the_election() {
+        let m = Metrics::new();
+        assert!(!m.standby(), "a controller on its own store leads alone");
+        let change = |c| m.observe(&ControllerEvent::Leadership(c));
+        change(LeadershipChange::Standby {
+            leader: Some(("other:1".into(), 3)),
+        });
+        assert!(m.standby());
+        assert!(m.encode().contains("executioner_leader 0"));
+        change(LeadershipChange::Leading {
+            holder: "me:2".into(),
+            epoch: 4,
+        });
+        assert!(!m.standby());
+        assert!(m.encode().contains("executioner_leader 1"));
+        change(LeadershipChange::Deposed {
+            epoch: 4,
+            why: "taken over".into(),
+        });
+        assert!(m.standby());
+        assert!(m.encode().contains("executioner_leader 0"));
     }
 
     fn started(run: i64, dependencies: Vec<Vec<usize>>, runs: Vec<bool>) -> ControllerEvent {

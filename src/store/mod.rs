@@ -11,6 +11,7 @@
 mod batch;
 mod generations;
 mod inventory;
+mod leader;
 pub mod outbox;
 mod outputs;
 mod overlap;
@@ -25,6 +26,7 @@ pub mod workers;
 
 pub use batch::Batch;
 pub use inventory::AppliedFile;
+pub use leader::LeaderRow;
 pub use overlap::EVENT_TICK_SKIPPED;
 pub use pipelines::PipelineRow;
 pub use queue::{Claim, QueueEnd, WorkState};
@@ -125,6 +127,17 @@ pub enum StoreError {
         host: String,
         pid: i64,
     },
+    /// A fenced write of a leader whose lease another controller took over (`leader.rs`).
+    #[error(
+        "this controller is no longer the leader: its lease (epoch {epoch}) was taken over by another controller, so its writes are refused"
+    )]
+    Deposed { epoch: i64 },
+    /// An operation the backend does not have (a defect of the caller).
+    #[error("{what} is not available on this state database: {detail}")]
+    Unsupported {
+        what: &'static str,
+        detail: &'static str,
+    },
 }
 
 impl StoreError {
@@ -140,7 +153,9 @@ impl StoreError {
             | StoreError::TakenOver { .. }
             | StoreError::Connect { .. }
             | StoreError::NeedsPostgres { .. }
-            | StoreError::WorkerNameTaken { .. } => false,
+            | StoreError::WorkerNameTaken { .. }
+            | StoreError::Deposed { .. }
+            | StoreError::Unsupported { .. } => false,
         }
     }
 
@@ -170,7 +185,9 @@ impl StoreError {
             | StoreError::NotFound { .. }
             | StoreError::TakenOver { .. }
             | StoreError::NeedsPostgres { .. }
-            | StoreError::WorkerNameTaken { .. } => false,
+            | StoreError::WorkerNameTaken { .. }
+            | StoreError::Deposed { .. }
+            | StoreError::Unsupported { .. } => false,
         }
     }
 }

@@ -13,17 +13,16 @@ impl PgStore {
         generation: i64,
         revision: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO generations (pipeline, generation, revision, recorded_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (pipeline, generation) DO NOTHING",
         )
         .bind(pipeline)
         .bind(generation)
         .bind(revision)
-        .bind(now())
-        .execute(&self.pool)
-        .await
-        .map_err(self.sql("recording a source revision"))?;
+        .bind(now());
+        self.execute_decision("recording a source revision", query)
+            .await?;
         Ok(())
     }
 

@@ -14,6 +14,7 @@
 mod batch;
 mod generations;
 mod inventory;
+mod leader;
 mod outbox;
 mod outputs;
 mod overlap;
@@ -57,6 +58,9 @@ pub struct PgStore {
     /// `postgres://USER@HOST:PORT/DATABASE`: how messages name the database (no password).
     target: Arc<str>,
     identity: Arc<str>,
+    /// The leader's epoch every write transaction checks first (`leader.rs`), shared by the
+    /// clones; `leader::NO_FENCE` for a handle that checks nothing (commands, workers).
+    fence: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl PgStore {
@@ -100,6 +104,7 @@ impl PgStore {
             identity: identity_of(&target).into(),
             target: target.into(),
             pool,
+            fence: Arc::new(leader::NO_FENCE.into()),
         })
     }
 
@@ -131,11 +136,32 @@ impl PgStore {
         }
     }
 
+    /// Begins a write transaction, checked against the fence first when this handle has one (a
+    /// leader's: one statement more, see [`PgStore::check_fence`]). Every multi-statement write
+    /// starts here.
     async fn begin(
         &self,
         context: &'static str,
     ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        self.pool.begin().await.map_err(self.sql(context))
+        let mut tx = self.pool.begin().await.map_err(self.sql(context))?;
+        self.check_fence(&mut tx, context).await?;
+        Ok(tx)
+    }
+
+    /// One write statement that is a leader's decision: straight on the pool when unfenced (one
+    /// round trip, as before), else in a transaction from [`PgStore::begin`].
+    async fn execute_decision(
+        &self,
+        context: &'static str,
+        query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<sqlx::postgres::PgQueryResult, StoreError> {
+        if self.fenced_with().is_none() {
+            return query.execute(&self.pool).await.map_err(self.sql(context));
+        }
+        let mut tx = self.begin(context).await?;
+        let done = query.execute(&mut *tx).await.map_err(self.sql(context))?;
+        tx.commit().await.map_err(self.sql(context))?;
+        Ok(done)
     }
 }
 

@@ -45,7 +45,7 @@ impl PgStore {
         reason: &str,
     ) -> Result<(), StoreError> {
         let detail = crate::store::overlap::tick_skipped_detail(tick);
-        sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO events (run_id, job_id, kind, reason, actor, at, detail) \
              VALUES ($1, NULL, $2, $3, 'controller', $4, $5)",
         )
@@ -53,10 +53,9 @@ impl PgStore {
         .bind(EVENT_TICK_SKIPPED)
         .bind(reason)
         .bind(now())
-        .bind(detail)
-        .execute(&self.pool)
-        .await
-        .map_err(self.sql("recording a skipped tick"))?;
+        .bind(detail);
+        self.execute_decision("recording a skipped tick", query)
+            .await?;
         Ok(())
     }
 }

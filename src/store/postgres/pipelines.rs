@@ -21,7 +21,7 @@ impl PgStore {
         spec_hash: &str,
         source: &str,
     ) -> Result<i64, StoreError> {
-        sqlx::query_scalar(
+        let query = sqlx::query_scalar(
             "INSERT INTO pipelines AS p (name, generation, spec_hash, source, deleted, updated_at) \
              VALUES ($1, 1, $2, $3, FALSE, $4) \
              ON CONFLICT (name) DO UPDATE SET \
@@ -36,10 +36,16 @@ impl PgStore {
         .bind(name)
         .bind(spec_hash)
         .bind(source)
-        .bind(now())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(self.sql("recording a pipeline"))
+        .bind(now());
+        let context = "recording a pipeline";
+        if self.fenced_with().is_none() {
+            return query.fetch_one(&self.pool).await.map_err(self.sql(context));
+        }
+        // A leader's generation count is a decision: checked against its fence.
+        let mut tx = self.begin(context).await?;
+        let generation = query.fetch_one(&mut *tx).await.map_err(self.sql(context))?;
+        tx.commit().await.map_err(self.sql(context))?;
+        Ok(generation)
     }
 
     /// Every pipeline ever observed (deleted ones included), by name.
@@ -67,15 +73,13 @@ impl PgStore {
     }
 
     pub async fn mark_pipeline_deleted(&self, name: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        let query = sqlx::query(
             "UPDATE pipelines SET deleted = TRUE, rerun_requested = FALSE, updated_at = $1 \
              WHERE name = $2",
         )
         .bind(now())
-        .bind(name)
-        .execute(&self.pool)
-        .await
-        .map_err(self.sql("deleting a pipeline"))?;
+        .bind(name);
+        self.execute_decision("deleting a pipeline", query).await?;
         Ok(())
     }
 
@@ -94,39 +98,37 @@ impl PgStore {
     /// Consumes a rerun request; true when there was one (one taker wins: the row lock makes a
     /// second taker see it consumed).
     pub async fn take_rerun(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE pipelines SET rerun_requested = FALSE WHERE name = $1 AND rerun_requested",
         )
-        .bind(name)
-        .execute(&self.pool)
-        .await
-        .map_err(self.sql("taking a rerun request"))?;
+        .bind(name);
+        let done = self
+            .execute_decision("taking a rerun request", query)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
     pub async fn set_last_tick(&self, name: &str, at: OffsetDateTime) -> Result<(), StoreError> {
-        sqlx::query("UPDATE pipelines SET last_tick = $1 WHERE name = $2")
+        let query = sqlx::query("UPDATE pipelines SET last_tick = $1 WHERE name = $2")
             .bind(ms(at))
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(self.sql("recording a schedule tick"))?;
+            .bind(name);
+        self.execute_decision("recording a schedule tick", query)
+            .await?;
         Ok(())
     }
 
     /// Records the manifests folder (an absolute path) the controller of this database watches.
     pub async fn set_manifests_dir(&self, dir: &std::path::Path) -> Result<(), StoreError> {
-        sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO controller_settings AS s (key, value, updated_at) \
              VALUES ('manifests_dir', $1, $2) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
                updated_at = excluded.updated_at WHERE s.value <> excluded.value",
         )
         .bind(dir.to_string_lossy().into_owned())
-        .bind(now())
-        .execute(&self.pool)
-        .await
-        .map_err(self.sql("recording the manifests folder"))?;
+        .bind(now());
+        self.execute_decision("recording the manifests folder", query)
+            .await?;
         Ok(())
     }
 
