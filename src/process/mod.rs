@@ -44,8 +44,9 @@
 //!   of the runtime it was spawned on (the one task without an owner: it ends when the kernel
 //!   reports the exit, which SIGKILL makes prompt).
 //! - After [`supervise_jobs`] (a worker calls it) every child is a per-job supervisor that runs
-//!   the program and dies with its whole tree when this process dies (see [`supervise`]); the
-//!   child's status and accounting are the program's, and the notes above hold unchanged.
+//!   the program and dies with its whole tree when this process dies (see [`supervise`]). The
+//!   child's status and accounting are the program's; its own peak memory is read from the
+//!   program (the supervisor's first child), with the supervisor's size as a second floor.
 
 mod environment;
 mod lookup;
@@ -387,7 +388,8 @@ impl Child {
         let pid = match &self.supervisor {
             None => self.pid,
             Some(readings) => {
-                // Read first: the job's image was folded in when the supervisor was smaller.
+                // The supervisor's high-water mark only grows, so this reading covers the size
+                // the job's kernel figure started from.
                 if let Some(kib) = read_vm_hwm_kib(self.pid) {
                     readings
                         .supervisor_peak_kib

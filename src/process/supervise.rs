@@ -27,7 +27,7 @@
 //!   kernel figure is never below the supervisor's own size (as the supervisor's is never below
 //!   its caller's): while the job runs, the caller reads the job's own high-water mark (the job is
 //!   the supervisor's first child) and the supervisor's, and keeps the kernel's figure only when
-//!   it is above both (see [`Readings`]). A job that waits for processes after the last reading
+//!   it is above both (see `Readings`). A job that waits for processes after the last reading
 //!   is not seen to have: its peak is then its own, without theirs.
 //! - The supervisor waits on a pidfd of the job and the lifeline with one `poll`: one thread, no
 //!   locks between "the job ended" and "the caller died".
