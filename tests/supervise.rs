@@ -117,9 +117,10 @@ fn the_exit_code_passes_through() {
 
 #[test]
 fn the_signal_that_killed_the_job_passes_through() {
-    for signal in [Signal::SIGKILL, Signal::SIGTERM] {
-        let status = run_supervised(&format!("kill -{} $$", signal as i32));
-        assert_eq!(status.signal(), Some(signal as i32), "{status:?}");
+    // A real-time signal too (SIGRTMIN + 6), whose default action also terminates.
+    for signal in [libc::SIGKILL, libc::SIGTERM, libc::SIGRTMIN() + 6] {
+        let status = run_supervised(&format!("kill -{signal} $$"));
+        assert_eq!(status.signal(), Some(signal), "{status:?}");
     }
 }
 

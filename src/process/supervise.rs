@@ -386,10 +386,7 @@ fn process_group(pid: i32) -> Option<i32> {
 /// own). Exits 128 + `signal` if the signal does not kill.
 fn die_by(signal: i32) -> ! {
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
-    if let Ok(signal) = Signal::try_from(signal) {
-        let _ = sys::default_action(signal);
-        let _ = nix::sys::signal::raise(signal);
-    }
+    let _ = sys::raise_at_default_action(signal);
     std::process::exit(128 + signal)
 }
 

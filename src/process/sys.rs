@@ -122,11 +122,18 @@ pub(super) fn catch_and_do_nothing(signal: Signal) -> io::Result<()> {
     Ok(())
 }
 
-/// Puts `signal` back to its default action.
-pub(super) fn default_action(signal: Signal) -> io::Result<()> {
-    let action = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    // SAFETY: the default action runs no code of ours.
-    unsafe { sigaction(signal, &action) }?;
+/// Sends this process `signal` (any number, real-time ones included, which nix's `Signal` does
+/// not name) at its default action.
+pub(super) fn raise_at_default_action(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: `signal` is a plain integer (the kernel refuses a bad one); the default action runs
+    // no code of ours, and `raise` reads no memory of ours. Setting the action fails only for
+    // SIGKILL and SIGSTOP, which are always at their default action anyway.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        if libc::raise(signal) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     Ok(())
 }
 
