@@ -43,12 +43,18 @@
 //! - Dropping a [`Child`] that was not reaped SIGKILLs its group and reaps it on a detached task
 //!   of the runtime it was spawned on (the one task without an owner: it ends when the kernel
 //!   reports the exit, which SIGKILL makes prompt).
+//! - After [`supervise_jobs`] (a worker calls it) every child is a per-job supervisor that runs
+//!   the program and dies with its whole tree when this process dies (see [`supervise`]). The
+//!   child's status and accounting are the program's; its own peak memory is read from the
+//!   program (the supervisor's first child), with the supervisor's size as a second floor.
 
 mod environment;
 mod lookup;
+pub mod supervise;
 mod sys;
 
 pub use environment::Environment;
+pub use supervise::{SUPERVISE_ARG, supervise_jobs, supervise_main};
 
 use std::ffi::{CString, OsString};
 use std::fmt;
@@ -195,6 +201,8 @@ pub struct Child {
     /// The child's own `VmHWM` (KiB) as last read while it ran (when `peak_read`).
     peak_seen_kib: AtomicU64,
     peak_read: AtomicBool,
+    /// When the child is a supervisor (see [`supervise`]): what was read of it and its job.
+    supervisor: Option<supervise::Readings>,
 }
 
 #[derive(Debug)]
@@ -355,8 +363,12 @@ impl Child {
             self.signal_group(Signal::SIGKILL);
             // Unreaped, the pid is still this child's: ask whether it waited for processes (only
             // when a reading of its own could stand for the job: a short job costs no read).
-            let had_children =
-                self.peak_read.load(Ordering::Relaxed) && waited_for_children(self.pid);
+            // A supervisor always waited for its job: ask of the job, as seen while it ran.
+            let had_children = self.peak_read.load(Ordering::Relaxed)
+                && match &self.supervisor {
+                    Some(readings) => readings.job_waited.load(Ordering::Relaxed),
+                    None => waited_for_children(self.pid),
+                };
             match sys::wait4_nohang(self.pid).map_err(|source| self.wait_error(source))? {
                 Some((status, rusage)) => {
                     let usage = self.own_usage(&rusage, had_children);
@@ -369,10 +381,34 @@ impl Child {
 
     /// Reads the child's own memory high-water mark. Only while it is not reaped: its pid cannot
     /// be another process's then (a zombie has no memory left to read, and is skipped).
+    /// Under a supervisor the reading is of its job. (Were the job reaped and its pid reused
+    /// between the two reads of `/proc`, the reading would be of a process just started: a few
+    /// KiB, below the job's own high-water mark, and the maximum is what is kept.)
     fn sample_peak(&self) {
-        if let Some(kib) = read_vm_hwm_kib(self.pid) {
+        let pid = match &self.supervisor {
+            None => self.pid,
+            Some(readings) => {
+                // The supervisor's high-water mark only grows, so this reading covers the size
+                // the job's kernel figure started from.
+                if let Some(kib) = read_vm_hwm_kib(self.pid) {
+                    readings
+                        .supervisor_peak_kib
+                        .fetch_max(kib, Ordering::Relaxed);
+                }
+                match supervise::job_pid(self.pid) {
+                    Some(job) => job,
+                    None => return,
+                }
+            }
+        };
+        if let Some(kib) = read_vm_hwm_kib(pid) {
             self.peak_seen_kib.fetch_max(kib, Ordering::Relaxed);
             self.peak_read.store(true, Ordering::Relaxed);
+            if let Some(readings) = &self.supervisor
+                && waited_for_children(pid)
+            {
+                readings.job_waited.store(true, Ordering::Relaxed);
+            }
         }
     }
 
@@ -385,7 +421,15 @@ impl Child {
             .map_or(u64::MAX, |own| {
                 u64::try_from(own.max_rss()).unwrap_or(u64::MAX)
             });
-        if usage.max_rss_kib <= ours {
+        // A supervisor's job starts from the supervisor's size as the supervisor does from ours:
+        // its high-water mark is a floor too, and before it has been read any figure may be it.
+        let floor = match &self.supervisor {
+            Some(readings) => ours.max(readings.supervisor_peak_kib.load(Ordering::Relaxed)),
+            None => ours,
+        };
+        let unread_supervisor =
+            self.supervisor.is_some() && !self.peak_read.load(Ordering::Relaxed);
+        if usage.max_rss_kib <= floor || unread_supervisor {
             if had_children || !self.peak_read.load(Ordering::Relaxed) {
                 usage.max_rss_upper_bound = true;
             } else {
@@ -469,6 +513,16 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
     }
     let search_path = spec.env.get("PATH");
     let path = lookup::resolve(&spec.program, search_path, &cwd).map_err(spawn_error)?;
+    // Under `supervise_jobs` the child is the supervisor, which executes `path` as its own child.
+    let supervision = supervise::active();
+    let supervisor_head;
+    let (path, argv_head) = match supervision {
+        None => (path, std::slice::from_ref(&spec.program)),
+        Some(supervision) => {
+            supervisor_head = supervision.argv_head(&spec.program, path);
+            (supervision.exe.clone(), &supervisor_head[..])
+        }
+    };
     let nul = || {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -482,7 +536,7 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
     let c_cwd = CString::new(cwd.as_os_str().as_bytes()).map_err(|_| spawn_error(nul()))?;
     let mut argv_block = Vec::new();
     let mut argv_starts = Vec::with_capacity(spec.args.len() + 1);
-    for arg in std::iter::once(&spec.program).chain(&spec.args) {
+    for arg in argv_head.iter().chain(&spec.args) {
         if arg.as_bytes().contains(&0) {
             return Err(spawn_error(nul()));
         }
@@ -525,6 +579,7 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
         stdin,
         stdout: output,
         stderr: output,
+        inherit: supervision.map(|s| (s.lifeline(), supervise::LIFELINE_FD)),
     });
     drop(output_file);
     let pid = spawned.map_err(|source| {
@@ -575,6 +630,7 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, ProcessError> {
         capture,
         peak_seen_kib: AtomicU64::new(0),
         peak_read: AtomicBool::new(false),
+        supervisor: supervision.map(|_| supervise::Readings::default()),
     };
     Ok(child)
 }

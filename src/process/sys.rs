@@ -1,13 +1,16 @@
 //! The unsafe calls supervision needs and neither std nor nix wraps safely: `posix_spawn` with an
-//! environment we built, `pidfd_open`, registering a pidfd with tokio's reactor, and `wait4` on one
-//! pid with its resource usage. Each is a small safe wrapper; this is the only place in the
-//! `process` module that uses `unsafe`.
+//! environment we built, `pidfd_open`, registering a pidfd with tokio's reactor, `wait4` on one
+//! pid with its resource usage, and for the per-job supervisor: owning a descriptor it inherited
+//! or duplicated, and setting signal dispositions. Each is a small safe wrapper; this is the only
+//! place in the `process` module that uses `unsafe`.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_char};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -80,6 +83,60 @@ pub(super) fn wait4_nohang(pid: i32) -> io::Result<Option<(libc::c_int, libc::ru
     }
 }
 
+/// A close-on-exec duplicate of `fd` numbered `lowest` or above (`F_DUPFD_CLOEXEC`).
+pub(super) fn dup_cloexec_above(fd: BorrowedFd<'_>, lowest: RawFd) -> io::Result<OwnedFd> {
+    let duplicate = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(lowest))?;
+    // SAFETY: the kernel has just created this descriptor for this call alone, so nothing else
+    // owns or will close it.
+    Ok(unsafe { OwnedFd::from_raw_fd(duplicate) })
+}
+
+/// Takes ownership of descriptor `fd`, which this process inherited at `execve` and nothing in it
+/// has opened or claimed since (the supervisor calls this first thing), and makes it
+/// close-on-exec so it goes no further. Fails if `fd` is not open.
+pub(super) fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on a bare number reads no memory of ours; it fails with EBADF if the number
+    // is not an open descriptor, and then nothing is claimed.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (above) and was inherited, not opened by any code of this process, so
+    // no other owner exists to close it (the caller takes it once, before anything else runs).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+extern "C" fn do_nothing(_signal: libc::c_int) {}
+
+/// Catches `signal` with a handler that does nothing (and restarts interrupted system calls): the
+/// process survives it, while a program it executes starts with the default action, since
+/// `execve` resets handlers (an ignored disposition would be inherited).
+pub(super) fn catch_and_do_nothing(signal: Signal) -> io::Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(do_nothing),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler touches nothing (it is async-signal-safe), and replacing a disposition
+    // cannot break another handler: the supervisor installs no others.
+    unsafe { sigaction(signal, &action) }?;
+    Ok(())
+}
+
+/// Sends this process `signal` (any number, real-time ones included, which nix's `Signal` does
+/// not name) at its default action.
+pub(super) fn raise_at_default_action(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: `signal` is a plain integer (the kernel refuses a bad one); the default action runs
+    // no code of ours, and `raise` reads no memory of ours. Setting the action fails only for
+    // SIGKILL and SIGSTOP, which are always at their default action anyway.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        if libc::raise(signal) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// `KEY=VALUE\0`-style strings in one buffer and the NULL-terminated array of pointers to them
 /// that `posix_spawn` takes for `argv` and `envp`.
 pub(super) struct CStrings<'a> {
@@ -115,7 +172,8 @@ impl<'a> CStrings<'a> {
 /// What [`posix_spawn`] starts: `path` (absolute, or relative to `cwd`) with `argv` and exactly
 /// the environment `envp`, in working directory `cwd`, with these descriptors as its stdin,
 /// stdout and stderr, as the leader of a new process group, with no signal blocked and SIGPIPE
-/// back to its default action (Rust ignores it in this process).
+/// back to its default action (Rust ignores it in this process). With `inherit`, also that
+/// descriptor as that number.
 pub(super) struct Spawn<'a> {
     pub path: &'a CStr,
     pub argv: &'a CStrings<'a>,
@@ -124,6 +182,7 @@ pub(super) struct Spawn<'a> {
     pub stdin: BorrowedFd<'a>,
     pub stdout: BorrowedFd<'a>,
     pub stderr: BorrowedFd<'a>,
+    pub inherit: Option<(BorrowedFd<'a>, RawFd)>,
 }
 
 /// Starts `spawn` with glibc's `posix_spawn` (a `vfork`-style clone: the call returns once the
@@ -134,6 +193,10 @@ pub(super) fn posix_spawn(spawn: &Spawn<'_>) -> io::Result<i32> {
     actions.dup2(spawn.stdin, 0)?;
     actions.dup2(spawn.stdout, 1)?;
     actions.dup2(spawn.stderr, 2)?;
+    // After the standard three: their sources may have had this number.
+    if let Some((fd, number)) = spawn.inherit {
+        actions.dup2(fd, number)?;
+    }
     actions.chdir(spawn.cwd)?;
     let attributes = Attributes::new()?;
     let argv = spawn.argv.pointers();
