@@ -53,6 +53,7 @@ pub fn run_controller(
         let worker_stop = cancel.child_token();
         let embedded = match slots.unwrap_or_else(|| config.workers()) {
             n if n > 0 && store.is_shared() => {
+                super::worker::supervise_jobs()?;
                 let worker_store = super::open_store(&state_dir, &config).await?;
                 let opts = super::worker::options(
                     &config,

@@ -58,6 +58,17 @@ pub fn default_name(embedded_in: Option<&std::path::Path>) -> String {
     }
 }
 
+/// Every job of this process runs under a supervisor from now on, so that its process tree dies
+/// with this process, even by kill -9 (DESIGN 9: no job left running while its lease is taken
+/// over elsewhere).
+pub fn supervise_jobs() -> Result<(), CliError> {
+    crate::process::supervise::supervise_jobs().map_err(|e| {
+        CliError::usage(format!(
+            "cannot set up the supervision of jobs (a pipe, this executable's path): {e}"
+        ))
+    })
+}
+
 pub fn options(
     config: &Config,
     state_dir: &std::path::Path,
@@ -103,6 +114,7 @@ pub fn run_worker(
             "--name {name:?}: 1-253 of A-Z a-z 0-9 - _ ."
         )));
     }
+    supervise_jobs()?;
     super::runtime()?.block_on(async move {
         let store = super::open_store(&state_dir, &config).await?;
         let stop = CancellationToken::new();
