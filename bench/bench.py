@@ -53,6 +53,7 @@ database per invocation) and the spawn floor, interleaved, medians of --repeats.
 overhead of each and the ratio PostgreSQL / SQLite wall time. The issue's goal, <= 2.0, is for the
 version with workers; today's figure is the store's cost alone.
 
+<<<<<<< HEAD
 Alone with --failover (not part of the default run): controller failover on PostgreSQL (issue
 16): on a throwaway cluster as above, two `executioner controller` processes (own state folders,
 one database, `--lease-ttl`, default the configured default 15 s) until one leads (/readyz 200,
@@ -60,6 +61,18 @@ the other 503 standby), then the leader is killed with kill -9; failover = from 
 standby's /readyz answering 200 (it leads and has reconciled once), killed at a random point of
 the leader's renewal period. Median of --failover-tries
 (default 5) fresh pairs; results in bench/out/failover.json.
+=======
+After it (alone with --distributed; skipped with --no-distributed, and with a line saying so when
+PostgreSQL is not installed) the workers on PostgreSQL (issue 16 part 2), on a throwaway cluster
+as above: (1) the --dist-fanout-n fanout of `true` through `controller --once --slots 1` plus one
+`executioner worker --slots 1` against `controller --once` and `run` on SQLite (2 workers), wall
+times interleaved, medians of --repeats, ratio to both; (2) dispatch latency on a chain of
+--dist-chain-n jobs that stamp `date +%s%N` at their start and end (start of job i+1 - end of job
+i; p50 and p99 of --repeats runs pooled) with the embedded worker only, with a separate worker,
+and, for reference, on SQLite and the spawn floor; (3) Lost -> re-run: kill -9 of the worker
+running a long job, the time until the job's new attempt starts on an idle worker, lease TTL 3 s,
+median of --dist-tries. Each part is an entry of DIST_PARTS (leader failover plugs in there).
+>>>>>>> dbench
 
 Results: a table on stdout and bench/out/results.json. The DESIGN targets are
 shown as PASS/OVER markers for information only; the exit status is 0 unless a
@@ -135,6 +148,17 @@ PG_FOLDER_PREFIX = "executioner-bench-pg-"
 # The server's settings that decide what a commit costs, spelled out so the comparison is honest
 # whatever the packaged defaults: every commit is flushed to disk before it returns.
 PG_SETTINGS = (("listen_addresses", "127.0.0.1"), ("fsync", "on"), ("synchronous_commit", "on"))
+# Workers on PostgreSQL (issue 16 part 2, --distributed), on a cluster as the store's cost's.
+# pg_workers_async: the same on a database with synchronous_commit=off (below), for reference.
+DIST_FANOUT_CONDITIONS = ("pg_workers", "sqlite_controller", "sqlite_run", "pg_workers_async")
+# embedded_async: the embedded worker on a database with synchronous_commit=off (no flush per
+# commit), to tell the disk's share from the protocol's.
+DIST_DISPATCH_CONDITIONS = ("embedded", "worker", "embedded_async", "sqlite", "floor")
+TARGET_DISPATCH_P50_MS = 5.0
+TARGET_DISPATCH_P99_MS = 25.0  # Hatchet's published hot dispatch is < 25 ms
+DIST_LOST_TTL_S = 3.0  # the lease TTL of the Lost -> re-run measurement
+DIST_LOST_IDLE_S = 0.5  # the idle worker is registered at least this long before the kill
+DIST_RUN_TIMEOUT_S = 300.0  # for one `controller --once`
 
 
 class BenchError(RuntimeError):
@@ -1120,6 +1144,7 @@ def print_postgres(b: PgBench) -> None:
 
 
 # --------------------------------------------------------------------------
+<<<<<<< HEAD
 # Controller failover (issue 16): kill -9 of the leader -> the standby leads.
 
 FAILOVER_POLL_S = 0.01
@@ -1244,6 +1269,560 @@ def print_failover(r: dict) -> None:
               + ", ".join(f"{t:.2f}" for t in r["seconds"]))
     if r.get("error"):
         print(f"  FAILED: {r['error']}")
+=======
+# Workers on PostgreSQL (issue 16 part 2): controllers and workers sharing one database
+
+
+@dataclass
+class DistFanout:
+    """The N-job fanout of `true` through controller --once: wall seconds per condition."""
+    n: int
+    samples: dict[str, list[float]] = field(
+        default_factory=lambda: {c: [] for c in DIST_FANOUT_CONDITIONS})
+
+    def median_ms(self, cond: str) -> float | None:
+        s = self.samples.get(cond)
+        return statistics.median(s) * 1000 if s else None
+
+    def ratios(self) -> dict[str, float | None]:
+        pg = self.median_ms("pg_workers")
+        return {"pg_over_sqlite_controller": ratio(pg, self.median_ms("sqlite_controller")),
+                "pg_over_sqlite_run": ratio(pg, self.median_ms("sqlite_run")),
+                "pg_async_over_sqlite_controller": ratio(self.median_ms("pg_workers_async"),
+                                                         self.median_ms("sqlite_controller"))}
+
+    def to_json(self) -> dict:
+        return {
+            "n": self.n,
+            "samples_ms": {c: [round(s * 1000, 3) for s in v] for c, v in self.samples.items()},
+            "median_ms": {c: self.median_ms(c) and round(self.median_ms(c), 3)
+                          for c in self.samples},
+            **{k: v and round(v, 3) for k, v in self.ratios().items()},
+            "target_ratio": TARGET_PG_RATIO,
+        }
+
+    def print_lines(self) -> list[str]:
+        r = self.ratios()
+        runs = len(self.samples["pg_workers"])
+        lines = [f"1. {self.n}-job fanout of `true`, wall time of `controller --once` from its "
+                 f"start to its exit after the run's end (medians of {runs}):"]
+        labels = {
+            "pg_workers": "PostgreSQL, controller --slots 1 + one worker --slots 1",
+            "sqlite_controller": "SQLite, controller --once, workers = 2",
+            "sqlite_run": "SQLite, executioner run --workers 2",
+            "pg_workers_async": "the PostgreSQL one, synchronous_commit=off (reference)",
+        }
+        for c in DIST_FANOUT_CONDITIONS:
+            lines.append(f"   {labels[c]:56} {fmt(self.median_ms(c)):>9} ms")
+        q = r["pg_over_sqlite_controller"]
+        lines.append(f"   PostgreSQL / SQLite controller {fmt(q, '.2f')}   "
+                     f"PostgreSQL / SQLite run {fmt(r['pg_over_sqlite_run'], '.2f')}   "
+                     "synchronous_commit=off / SQLite controller "
+                     f"{fmt(r['pg_async_over_sqlite_controller'], '.2f')}")
+        if q is not None:
+            lines.append(f"   goal (issue 16, informational): PostgreSQL / SQLite controller "
+                         f"<= {TARGET_PG_RATIO}: {'PASS' if q <= TARGET_PG_RATIO else 'OVER'}")
+        return lines
+
+
+def nearest_rank(sorted_values: list[float], q: float) -> float:
+    return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
+
+
+@dataclass
+class DistDispatch:
+    """A chain of N jobs per run: start of job i+1 minus end of job i, in ms, per condition."""
+    n: int
+    samples_ms: dict[str, list[float]] = field(
+        default_factory=lambda: {c: [] for c in DIST_DISPATCH_CONDITIONS})
+    run_p50_ms: dict[str, list[float]] = field(
+        default_factory=lambda: {c: [] for c in DIST_DISPATCH_CONDITIONS})
+
+    def stats(self, cond: str) -> dict[str, float] | None:
+        s = sorted(self.samples_ms.get(cond) or [])
+        if not s:
+            return None
+        return {"p50": nearest_rank(s, 0.5), "p99": nearest_rank(s, 0.99),
+                "min": s[0], "max": s[-1]}
+
+    def to_json(self) -> dict:
+        return {
+            "n": self.n,
+            "per_condition": {c: {
+                "latencies": len(self.samples_ms[c]),
+                "run_p50_ms": [round(v, 3) for v in self.run_p50_ms[c]],
+                **{f"{k}_ms": round(v, 3) for k, v in (self.stats(c) or {}).items()},
+            } for c in DIST_DISPATCH_CONDITIONS},
+            "target_p50_ms": TARGET_DISPATCH_P50_MS,
+            "target_p99_ms": TARGET_DISPATCH_P99_MS,
+        }
+
+    def print_lines(self) -> list[str]:
+        runs = len(self.run_p50_ms["embedded"])
+        lines = [f"2. Dispatch latency: a chain of {self.n} jobs, each `date +%s%N` at its start "
+                 f"and end; start of job i+1 - end of job i ({self.n - 1} per run, {runs} "
+                 "run(s) pooled; nothing subtracted):"]
+        labels = {
+            "embedded": "PostgreSQL, controller --slots 1 (embedded worker only)",
+            "worker": "PostgreSQL, controller --slots 0 + worker --slots 1",
+            "embedded_async": "the embedded worker, synchronous_commit=off (reference)",
+            "sqlite": "SQLite, controller --once (reference)",
+            "floor": "spawn floor: posix_spawn right after the last reap",
+        }
+        for c in DIST_DISPATCH_CONDITIONS:
+            st = self.stats(c)
+            if st is None:
+                continue
+            runs_p50 = ", ".join(f"{v:.1f}" for v in self.run_p50_ms[c])
+            lines.append(f"   {labels[c]:56} p50 {st['p50']:7.1f} ms  p99 {st['p99']:7.1f} ms  "
+                         f"max {st['max']:7.1f} ms  (p50 per run: {runs_p50})")
+        for c in ("embedded", "worker"):
+            st = self.stats(c)
+            if st:
+                ok = st["p50"] <= TARGET_DISPATCH_P50_MS and st["p99"] <= TARGET_DISPATCH_P99_MS
+                lines.append(f"   goal (issue 16, informational): {c}: p50 <= "
+                             f"{TARGET_DISPATCH_P50_MS:.0f} ms and p99 <= "
+                             f"{TARGET_DISPATCH_P99_MS:.0f} ms: {'PASS' if ok else 'OVER'}")
+        return lines
+
+
+@dataclass
+class DistLost:
+    """kill -9 of the worker running a long job -> the job's new attempt starts on an idle worker."""
+    tries: int
+    samples_ms: list[float] = field(default_factory=list)
+    # Tries after which the killed worker's job was still running (killed by the bench).
+    orphans: int = 0
+
+    def to_json(self) -> dict:
+        med = statistics.median(self.samples_ms) if self.samples_ms else None
+        return {
+            "tries": self.tries,
+            "lease_ttl_s": DIST_LOST_TTL_S,
+            "samples_ms": [round(v, 3) for v in self.samples_ms],
+            "median_ms": med and round(med, 3),
+            "min_ms": round(min(self.samples_ms), 3) if self.samples_ms else None,
+            "max_ms": round(max(self.samples_ms), 3) if self.samples_ms else None,
+            "orphaned_jobs": self.orphans,
+        }
+
+    def print_lines(self) -> list[str]:
+        lines = [f"3. Lost -> re-run: kill -9 of the worker running a long job -> its new attempt "
+                 f"starts on the idle worker (lease TTL {DIST_LOST_TTL_S:g} s, so TTL-bound by "
+                 "design):"]
+        if self.samples_ms:
+            s = self.samples_ms
+            lines.append(f"   median {statistics.median(s):.0f} ms over {len(s)} tries   "
+                         f"min {min(s):.0f} ms   max {max(s):.0f} ms   "
+                         f"(samples: {', '.join(f'{v:.0f}' for v in s)})")
+        if self.orphans:
+            lines.append(f"   the killed worker's job was still running after {self.orphans} of "
+                         f"{len(self.samples_ms)} tries (the bench killed it): a kill -9 does not "
+                         "yet take the job's processes with it")
+        return lines
+
+
+@dataclass
+class DistBench:
+    """Outcome of bench_distributed: one entry per part that ran (see DIST_PARTS)."""
+    parts: dict[str, object] = field(default_factory=dict)
+    server: str | None = None
+    skipped: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "server": self.server,
+            "settings": dict(PG_SETTINGS),
+            "parts": {name: part.to_json() for name, part in self.parts.items()},
+            "skipped": self.skipped,
+            "error": self.error,
+        }
+
+
+class DistProcess:
+    """One `executioner controller` or `worker` of the distributed part, its output in a log."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], root: Path, log: Path):
+        self.argv = argv
+        self.log = log
+        with open(log, "wb") as out:
+            # cwd = the temp root: no ./executioner.toml of the caller's is read.
+            self.proc = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT)
+
+    def failure(self, what: str) -> BenchError:
+        return BenchError(f"{what} ({shlex.join(self.argv)}, exit {self.proc.poll()})"
+                          f"\n  output (last lines):\n    {log_tail(self.log)}")
+
+    def wait_for_line(self, text: str, timeout: float) -> None:
+        """Until `text` is in its log (a worker's "worker registered": it then listens at once)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if text in self.log.read_text(errors="replace"):
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise self.failure(f"exited before logging {text!r}")
+            if time.monotonic() > deadline:
+                raise self.failure(f"did not log {text!r} within {timeout:.0f} s")
+            time.sleep(0.01)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise self.failure(f"still running after {timeout:.0f} s") from None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after REACTION_STOP_S."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=REACTION_STOP_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class DistSetup:
+    """The folders, environment and processes of one measured try; stops its processes on exit.
+
+    Everything it writes lives under STATE_ROOT, deleted when the bench ends (see STATE_ROOT)."""
+
+    def __init__(self, exe: str, tag: str, database_url: str | None,
+                 lease_ttl_s: float | None = None):
+        self.exe = exe
+        self.root = STATE_ROOT / f"dist-{tag}-{next(_state_dirs)}"
+        self.manifests = self.root / "manifests"
+        self.stamps = self.root / "stamps"
+        for d in (self.manifests, self.stamps):
+            d.mkdir(parents=True)
+        os.chmod(self.root, 0o700)
+        self.env = dict(os.environ)
+        # Our own settings win over a caller's.
+        for key in ("EXECUTIONER_DURABILITY", "EXECUTIONER_DATABASE__URL",
+                    "EXECUTIONER_DATABASE__LEASE_TTL", "EXECUTIONER_WORKERS"):
+            self.env.pop(key, None)
+        self.env["EXECUTIONER_WORKERS"] = "2"
+        if database_url:
+            self.env["EXECUTIONER_DATABASE__URL"] = database_url
+        if lease_ttl_s is not None:
+            self.env["EXECUTIONER_DATABASE__LEASE_TTL"] = f"{lease_ttl_s:g}s"
+        self.procs: list[DistProcess] = []
+
+    def __enter__(self) -> "DistSetup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+
+    def start(self, name: str, *args: str) -> DistProcess:
+        """`executioner --state-dir ROOT/NAME ARGS...` (each process its own state folder)."""
+        argv = [self.exe, "--state-dir", str(self.root / f"state-{name}"), *args]
+        p = DistProcess(argv, self.env, self.root, self.root / f"{name}.log")
+        self.procs.append(p)
+        return p
+
+    def worker(self, name: str) -> DistProcess:
+        """A worker with one slot, registered (and so listening) when this returns."""
+        p = self.start(name, "worker", "--name", name, "--slots", "1")
+        p.wait_for_line("worker registered", REACTION_START_S)
+        return p
+
+    def controller(self, *args: str) -> DistProcess:
+        return self.start("controller", "controller", "--manifests", str(self.manifests), "--once",
+                          *args)
+
+    def timed_controller(self, *args: str) -> float:
+        """Seconds from starting `controller --once` to its exit (0 expected)."""
+        t0 = time.perf_counter()
+        p = self.controller(*args)
+        code = p.wait(DIST_RUN_TIMEOUT_S)
+        elapsed = time.perf_counter() - t0
+        if code != 0:
+            raise p.failure("the controller failed")
+        return elapsed
+
+
+def dist_fanout_condition(exe: str, case: Case, cond: str, rep: int, cluster: PgCluster) -> float:
+    if cond == "sqlite_run":
+        state = STATE_ROOT / f"dist-run-{rep}-{next(_state_dirs)}"
+        env = {k: v for k, v in os.environ.items() if k not in (
+            "EXECUTIONER_DURABILITY", "EXECUTIONER_DATABASE__URL")}
+        argv = [exe, "--state-dir", str(state), "run", str(case.dir / "pipeline.yaml"),
+                "--workers", "2", "-q"]
+        return run_timed(argv, cwd=case.dir, env=env)[0]
+    url = None
+    if cond == "pg_workers":
+        url = cluster.fresh_database(f"fanout_{case.n}")
+    elif cond == "pg_workers_async":
+        url = database_without_flush(cluster, f"fanout_{case.n}")
+    with DistSetup(exe, f"fanout{rep}-{cond}", url) as s:
+        shutil.copy(case.dir / "pipeline.yaml", s.manifests / "pipeline.yaml")
+        if url:
+            # Registered before the controller starts: an idle worker waiting for work.
+            s.worker("bench-worker")
+            return s.timed_controller("--slots", "1")
+        return s.timed_controller()
+
+
+def bench_dist_fanout(exe: str, args, cluster: PgCluster) -> DistFanout:
+    """The fanout through PostgreSQL (controller --once --slots 1 + one worker --slots 1) against
+    `controller --once` and `run` on SQLite (2 workers), interleaved, the order rotated by one
+    each repetition, medians of --repeats."""
+    case = generate_case("fanout", args.dist_fanout_n)
+    res = DistFanout(case.n)
+    conds = list(DIST_FANOUT_CONDITIONS)
+    for rep in range(args.repeats):
+        k = rep % len(conds)
+        for cond in conds[k:] + conds[:k]:
+            res.samples[cond].append(dist_fanout_condition(exe, case, cond, rep, cluster))
+        progress(f"  distributed: fanout N={case.n} rep {rep + 1}/{args.repeats} "
+                 + " ".join(f"{c}={res.samples[c][-1] * 1000:.0f}ms" for c in conds))
+    return res
+
+
+def chain_stamp_manifest(n: int, stamps: Path) -> str:
+    """A chain of n jobs; job i appends `date +%s%N` to stamps/j<i> at its start and at its end."""
+    script = 'date +%s%N >> "$0"; date +%s%N >> "$0"'
+    lines = ["apiVersion: executioner.dev/v1", "kind: Pipeline", "metadata:",
+             f"  name: dispatch-{n}", "spec:", "  jobs:"]
+    for i in range(n):
+        cmd = ["sh", "-c", script, str(stamps / job_id(i))]
+        lines.append(f"    - id: {job_id(i)}")
+        lines.append(f"      command: [{', '.join(json.dumps(c) for c in cmd)}]")
+        if i:
+            lines.append(f"      dependencies: [{job_id(i - 1)}]")
+    return "\n".join(lines) + "\n"
+
+
+def chain_latencies_ms(n: int, stamps: Path) -> list[float]:
+    """start(i+1) - end(i) for the chain's jobs, from their stamp files."""
+    pairs = []
+    for i in range(n):
+        try:
+            values = [int(v) for v in (stamps / job_id(i)).read_text().split()]
+        except (OSError, ValueError) as e:
+            raise BenchError(f"dispatch: the stamps of {job_id(i)} cannot be read: {e}") from None
+        if len(values) != 2:
+            raise BenchError(f"dispatch: {job_id(i)} left {len(values)} stamps, not 2 "
+                             "(did it run more than once?)")
+        pairs.append(values)
+    return [(pairs[i + 1][0] - pairs[i][1]) / 1e6 for i in range(n - 1)]
+
+
+def dist_dispatch_floor(n: int, stamps: Path) -> None:
+    """The same chain with the bench as the scheduler: posix_spawn job i+1 right after reaping i."""
+    script = 'date +%s%N >> "$0"; date +%s%N >> "$0"'
+    sh = shutil.which("sh") or "/bin/sh"
+    env = dict(os.environ)
+    for i in range(n):
+        pid = os.posix_spawn(sh, ["sh", "-c", script, str(stamps / job_id(i))], env)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise BenchError(f"dispatch floor: job {i} exited with status {status}")
+
+
+def database_without_flush(cluster: PgCluster, tag: str) -> str:
+    """A fresh database whose sessions commit without waiting for the WAL flush
+    (`synchronous_commit = off`: a server crash may lose the last commits, never corrupt)."""
+    url = cluster.fresh_database(tag)
+    name = url.rsplit("/", 1)[1]
+    argv = [str(cluster.bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
+            "-p", str(cluster.port), "-U", PG_USER, "-d", "postgres",
+            "-c", f"ALTER DATABASE {name} SET synchronous_commit = off"]
+    out = subprocess.run(argv, env=dict(os.environ, PGPASSWORD=PG_PASSWORD),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         errors="replace")
+    if out.returncode != 0:
+        raise BenchError(f"setting synchronous_commit on {name} failed: {out.stderr.strip()}")
+    return url
+
+
+def dist_dispatch_condition(exe: str, n: int, cond: str, rep: int,
+                            cluster: PgCluster) -> list[float]:
+    url = None
+    if cond in ("embedded", "worker"):
+        url = cluster.fresh_database(f"chain_{n}")
+    elif cond == "embedded_async":
+        url = database_without_flush(cluster, f"chain_{n}")
+    with DistSetup(exe, f"chain{rep}-{cond}", url) as s:
+        if cond == "floor":
+            dist_dispatch_floor(n, s.stamps)
+            return chain_latencies_ms(n, s.stamps)
+        (s.manifests / "chain.yaml").write_text(chain_stamp_manifest(n, s.stamps))
+        if cond in ("embedded", "embedded_async"):
+            s.timed_controller("--slots", "1")
+        elif cond == "worker":
+            s.worker("bench-worker")
+            s.timed_controller("--slots", "0")
+        else:
+            s.timed_controller()
+        return chain_latencies_ms(n, s.stamps)
+
+
+def bench_dist_dispatch(exe: str, args, cluster: PgCluster) -> DistDispatch:
+    """A chain of --dist-chain-n jobs per condition, interleaved (order rotated each repetition),
+    --repeats runs pooled."""
+    res = DistDispatch(args.dist_chain_n)
+    conds = list(DIST_DISPATCH_CONDITIONS)
+    for rep in range(args.repeats):
+        k = rep % len(conds)
+        for cond in conds[k:] + conds[:k]:
+            lat = dist_dispatch_condition(exe, res.n, cond, rep, cluster)
+            res.samples_ms[cond].extend(lat)
+            res.run_p50_ms[cond].append(nearest_rank(sorted(lat), 0.5) if lat else math.nan)
+        progress(f"  distributed: dispatch chain N={res.n} rep {rep + 1}/{args.repeats} p50 "
+                 + " ".join(f"{c}={res.run_p50_ms[c][-1]:.1f}ms" for c in conds))
+    return res
+
+
+LOST_SCRIPT = """\
+# A long job for the Lost -> re-run measurement: its first attempt stamps its start and sleeps;
+# the next one (on the other worker) stamps its start and ends. Line: `date +%s%N` and the pid.
+echo "$(date +%s%N) $$" >> "$1"
+[ "$(wc -l < "$1")" -ge 2 ] || exec sleep 600
+"""
+
+
+def read_lines(path: Path) -> list[list[str]]:
+    """The complete (newline-terminated) lines of `path`, split in words."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    return [line.split() for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+def wait_for_stamps(path: Path, count: int, timeout: float, what: str,
+                    procs: list[DistProcess]) -> list[list[str]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = read_lines(path)
+        if len(lines) >= count:
+            return lines
+        for p in procs:
+            if p.proc.poll() is not None:
+                raise p.failure(f"exited while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(REACTION_POLL_S)
+
+
+def lost_job_running(pid: int) -> bool:
+    """Whether `pid` is still LOST_SCRIPT's `sleep` (not a zombie waiting for a PID 1 that does
+    not reap, nor a process that took the number since)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z" and argv[:2] == [b"sleep", b"600"]
+
+
+def bench_dist_lost(exe: str, args, cluster: PgCluster) -> DistLost:
+    """Per try (--dist-tries), with lease TTL DIST_LOST_TTL_S everywhere: worker A runs a one-job
+    pipeline's long job (controller --once --slots 0), worker B is started and idle; kill -9 A
+    at a random phase of A's lease renewals; the time from right before the kill to the stamp of
+    the job's next attempt (on B: A is dead). Expected: between TTL - TTL/3 and TTL plus the
+    leader's sweep (1 s) plus one dispatch."""
+    res = DistLost(args.dist_tries)
+    for t in range(args.dist_tries):
+        url = cluster.fresh_database("lost")
+        with DistSetup(exe, f"lost{t}", url, lease_ttl_s=DIST_LOST_TTL_S) as s:
+            script = s.root / "lost.sh"
+            script.write_text(LOST_SCRIPT)
+            stamps = s.stamps / "starts"
+            cmd = ["sh", str(script), str(stamps)]
+            (s.manifests / "lost.yaml").write_text("\n".join([
+                "apiVersion: executioner.dev/v1", "kind: Pipeline", "metadata:",
+                "  name: lost", "spec:", "  jobs:", "    - id: long",
+                f"      command: [{', '.join(json.dumps(c) for c in cmd)}]"]) + "\n")
+            a = s.worker("bench-a")
+            controller = s.controller("--slots", "0")
+            first = wait_for_stamps(stamps, 1, REACTION_START_S, "the long job's first start",
+                                    [a, controller])
+            pid = int(first[0][1])
+            try:
+                s.worker("bench-b")
+                # Plus a random part of a renewal period: the kill falls anywhere between two
+                # renewals of the lease (and two sweeps of the leader), not always at one phase.
+                time.sleep(DIST_LOST_IDLE_S + random.uniform(0, DIST_LOST_TTL_S / 3))
+                t0 = time.time_ns()
+                a.proc.kill()
+                a.proc.wait()
+                lines = wait_for_stamps(stamps, 2, DIST_LOST_TTL_S * 3 + REACTION_TIMEOUT_S,
+                                        "the long job's new attempt after kill -9 of its worker",
+                                        [controller])
+                ms = (int(lines[1][0]) - t0) / 1e6
+                code = controller.wait(DIST_RUN_TIMEOUT_S)
+                if code != 0:
+                    raise controller.failure("the controller failed")
+            finally:
+                # What the killed worker left: its job, if it is still running.
+                orphaned = lost_job_running(pid)
+                if orphaned:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)  # the job leads its own process group
+                    except OSError:
+                        os.kill(pid, signal.SIGKILL)
+            res.samples_ms.append(ms)
+            res.orphans += orphaned
+            progress(f"  distributed: lost try {t + 1}/{args.dist_tries}: {ms:.0f} ms")
+    return res
+
+
+# The parts of --distributed, in the order they run: name -> function(exe, args, cluster) giving
+# an object with to_json() and print_lines(). Leader failover (--failover) plugs in as one more.
+DIST_PARTS = {
+    "fanout": bench_dist_fanout,
+    "dispatch": bench_dist_dispatch,
+    "lost": bench_dist_lost,
+}
+
+
+def bench_distributed(exe: str, args) -> DistBench:
+    """The parts named by --dist-parts against one throwaway cluster (as bench_postgres)."""
+    res = DistBench()
+    bin_dir = pg_server_bin()
+    if bin_dir is None:
+        res.skipped = ("PostgreSQL's server binaries (initdb, postgres) were not found in "
+                       "/usr/lib/postgresql/*/bin nor `pg_config --bindir` "
+                       "(apt-get install postgresql)")
+        return res
+    try:
+        with PgCluster(bin_dir) as cluster:
+            res.server = cluster.version()
+            progress(f"distributed: {res.server} on 127.0.0.1:{cluster.port} ("
+                     + ", ".join(f"{k}={v}" for k, v in PG_SETTINGS)
+                     + f"); parts {','.join(args.dist_parts)}; fanout N={args.dist_fanout_n}, "
+                     f"chain N={args.dist_chain_n}, {args.repeats} repeats, "
+                     f"{args.dist_tries} lost tries")
+            for name in args.dist_parts:
+                res.parts[name] = DIST_PARTS[name](exe, args, cluster)
+    except BenchError as e:
+        res.error = str(e)
+    return res
+
+
+def print_distributed(b: DistBench) -> None:
+    print()
+    print("Workers on PostgreSQL: controllers and workers sharing one database (issue 16)")
+    if b.skipped:
+        print(f"  skipped: {b.skipped}")
+        return
+    print(f"  server: {b.server}; " + ", ".join(f"{k}={v}" for k, v in PG_SETTINGS))
+    for part in b.parts.values():
+        for line in part.print_lines():
+            print("  " + line)
+    if b.error:
+        print(f"  FAILED: {b.error}")
+>>>>>>> dbench
 
 
 # --------------------------------------------------------------------------
@@ -1442,7 +2021,7 @@ def tool_version(argv: list[str]) -> str | None:
 
 def write_json(results: list[Result], args, exe, ninja, make,
                reaction: Reaction | None = None, ui: UiCost | None = None,
-               pg: PgBench | None = None) -> Path:
+               pg: PgBench | None = None, dist: DistBench | None = None) -> Path:
     doc = {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": {
@@ -1464,6 +2043,11 @@ def write_json(results: list[Result], args, exe, ninja, make,
             "ui_repeats": args.ui_repeats,
             "postgres": args.run_pg,
             "pg_sizes": args.pg_sizes,
+            "distributed": args.run_dist,
+            "dist_parts": args.dist_parts,
+            "dist_fanout_n": args.dist_fanout_n,
+            "dist_chain_n": args.dist_chain_n,
+            "dist_tries": args.dist_tries,
         },
         "tools": {
             "executioner": exe and {"path": exe, "version": tool_version([exe, "--version"])},
@@ -1477,11 +2061,14 @@ def write_json(results: list[Result], args, exe, ninja, make,
             "reaction_median_ms": TARGET_REACTION_MS,
             "ui_reaction_ratio": TARGET_UI_RATIO,
             "postgres_over_sqlite": TARGET_PG_RATIO,
+            "dispatch_p50_ms": TARGET_DISPATCH_P50_MS,
+            "dispatch_p99_ms": TARGET_DISPATCH_P99_MS,
         },
         "results": [r.to_json() for r in results],
         "reaction": reaction.to_json() if reaction else None,
         "ui": ui.to_json() if ui else None,
         "postgres": pg.to_json() if pg else None,
+        "distributed": dist.to_json() if dist else None,
     }
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "results.json"
@@ -1522,6 +2109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           help="run only the PostgreSQL store's cost (`run` on PostgreSQL vs "
                                "SQLite, a throwaway cluster); by default it runs last when "
                                "PostgreSQL's server binaries are installed")
+<<<<<<< HEAD
     p.add_argument("--failover", action="store_true",
                    help="run only the controller failover time on PostgreSQL (two controllers, "
                         "kill -9 of the leader); never part of the default run")
@@ -1529,10 +2117,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="lease_ttl for --failover (default 15s, the default)")
     p.add_argument("--failover-tries", type=int, default=5,
                    help="pairs of controllers for --failover (default 5)")
+=======
+    reaction.add_argument("--distributed", action="store_true",
+                          help="run only the workers on PostgreSQL (fanout through workers vs "
+                               "SQLite, dispatch latency, Lost -> re-run; a throwaway cluster); "
+                               "by default it runs last when PostgreSQL is installed")
+>>>>>>> dbench
     p.add_argument("--no-ui", action="store_true", help="skip the HTTP server's cost")
     p.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL store's cost")
     p.add_argument("--pg-sizes", default="1000",
                    help="comma-separated job counts for the PostgreSQL store's cost (default 1000)")
+    p.add_argument("--no-distributed", action="store_true",
+                   help="skip the workers on PostgreSQL")
+    p.add_argument("--dist-parts", default=",".join(DIST_PARTS),
+                   help=f"parts of the workers on PostgreSQL (default {','.join(DIST_PARTS)})")
+    p.add_argument("--dist-fanout-n", type=int, default=1000,
+                   help="jobs of the fanout through workers (default 1000; uses --repeats)")
+    p.add_argument("--dist-chain-n", type=int, default=200,
+                   help="jobs of the dispatch-latency chain (default 200; uses --repeats)")
+    p.add_argument("--dist-tries", type=int, default=5,
+                   help="kill -9 tries of the Lost -> re-run time (default 5)")
     p.add_argument("--ui-repeats", type=int, default=20,
                    help="manifests dropped per condition for the HTTP server's cost (default 20)")
     p.add_argument("--reaction-repeats", type=int, default=20,
@@ -1554,32 +2158,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for s in args.shapes:
         if s not in ("fanout", "chain", "layered"):
             p.error(f"unknown shape {s!r} (fanout, chain, layered)")
-    if any(n < 1 for n in args.sizes + args.pg_sizes):
+    args.dist_parts = [s.strip() for s in args.dist_parts.split(",") if s.strip()]
+    for s in args.dist_parts:
+        if s not in DIST_PARTS:
+            p.error(f"--dist-parts: unknown part {s!r} ({', '.join(DIST_PARTS)})")
+    if any(n < 1 for n in args.sizes + args.pg_sizes + [args.dist_fanout_n, args.dist_tries]):
         p.error("sizes must be positive")
+    if args.dist_chain_n < 2:
+        p.error("--dist-chain-n must be at least 2")
     if args.repeats < 1 or args.workers < 1:
         p.error("--repeats and --workers must be at least 1")
     if args.reaction_repeats < 1:
         p.error("--reaction-repeats must be at least 1")
     if args.ui_repeats < 1:
         p.error("--ui-repeats must be at least 1")
+<<<<<<< HEAD
     if args.failover_tries < 1:
         p.error("--failover-tries must be at least 1")
     if args.failover and args.only_baselines:
         p.error("--failover needs the executioner binary; not with --only-baselines")
     if (args.reaction or args.ui or args.postgres) and args.only_baselines:
         p.error("--reaction, --ui and --postgres need the executioner binary; "
+=======
+    if (args.reaction or args.ui or args.postgres or args.distributed) and args.only_baselines:
+        p.error("--reaction, --ui, --postgres and --distributed need the executioner binary; "
+>>>>>>> dbench
                 "not with --only-baselines")
     if args.ui and args.no_ui:
         p.error("--ui and --no-ui contradict each other")
     if args.postgres and args.no_postgres:
         p.error("--postgres and --no-postgres contradict each other")
-    alone = args.reaction or args.ui or args.postgres
+    if args.distributed and args.no_distributed:
+        p.error("--distributed and --no-distributed contradict each other")
+    alone = args.reaction or args.ui or args.postgres or args.distributed
     args.run_dag = not alone
     args.run_reaction = not args.no_reaction and not args.only_baselines and (
         args.reaction or not alone)
     args.run_ui = not args.no_ui and not args.only_baselines and (args.ui or not alone)
     args.run_pg = not args.no_postgres and not args.only_baselines and (
         args.postgres or not alone)
+    args.run_dist = not args.no_distributed and not args.only_baselines and (
+        args.distributed or not alone)
     return args
 
 
@@ -1626,8 +2245,9 @@ def main(argv: list[str] | None = None) -> int:
                   " or use --only-baselines", file=sys.stderr)
             return 2
         exe = os.path.abspath(exe)
-    if args.postgres and pg_server_bin() is None:
-        print("error: --postgres: PostgreSQL's server binaries (initdb, postgres) were not found in "
+    if (args.postgres or args.distributed) and pg_server_bin() is None:
+        flag = "--postgres" if args.postgres else "--distributed"
+        print(f"error: {flag}: PostgreSQL's server binaries (initdb, postgres) were not found in "
               "/usr/lib/postgresql/*/bin nor `pg_config --bindir`\n"
               "  install them with `apt-get install postgresql`", file=sys.stderr)
         return 2
@@ -1655,20 +2275,24 @@ def run_parts(args, exe: str | None) -> int:
         print(f"\nresults: {path.relative_to(REPO)}")
         return 1 if failover.get("error") else 0
     if not args.run_dag:
-        reaction = ui = pg = None
+        reaction = ui = pg = dist = None
         if args.run_reaction:
             reaction = bench_reaction(exe, args.reaction_repeats)
             print_reaction(reaction)
         if args.run_ui:
             ui = bench_ui(exe, args.ui_repeats)
             print_ui(ui)
-        if args.run_pg:
+        if args.run_pg or args.run_dist:
             prepare_state(args)
+        if args.run_pg:
             pg = bench_postgres(exe, args)
             print_postgres(pg)
-        path = write_json([], args, exe, None, None, reaction, ui, pg)
+        if args.run_dist:
+            dist = bench_distributed(exe, args)
+            print_distributed(dist)
+        path = write_json([], args, exe, None, None, reaction, ui, pg, dist)
         print(f"\nresults: {path.relative_to(REPO)}")
-        return 1 if any(part and part.error for part in (reaction, ui, pg)) else 0
+        return 1 if any(part and part.error for part in (reaction, ui, pg, dist)) else 0
 
     ninja = shutil.which("ninja")
     if not ninja:
@@ -1711,10 +2335,15 @@ def run_parts(args, exe: str | None) -> int:
     if exe and args.run_pg:
         pg = bench_postgres(exe, args)
         print_postgres(pg)
-    path = write_json(results, args, exe, ninja, make, reaction, ui, pg)
+    sys.stdout.flush()
+    dist = None
+    if exe and args.run_dist:
+        dist = bench_distributed(exe, args)
+        print_distributed(dist)
+    path = write_json(results, args, exe, ninja, make, reaction, ui, pg, dist)
     print(f"\nresults: {path.relative_to(REPO)}")
     print("noise: expect +-50% between invocations on a 2-core machine; compare medians of one run.")
-    return 1 if any(part and part.error for part in (reaction, ui, pg)) else 0
+    return 1 if any(part and part.error for part in (reaction, ui, pg, dist)) else 0
 
 if __name__ == "__main__":
     sys.exit(main())
