@@ -53,15 +53,6 @@ database per invocation) and the spawn floor, interleaved, medians of --repeats.
 overhead of each and the ratio PostgreSQL / SQLite wall time. The issue's goal, <= 2.0, is for the
 version with workers; today's figure is the store's cost alone.
 
-<<<<<<< HEAD
-Alone with --failover (not part of the default run): controller failover on PostgreSQL (issue
-16): on a throwaway cluster as above, two `executioner controller` processes (own state folders,
-one database, `--lease-ttl`, default the configured default 15 s) until one leads (/readyz 200,
-the other 503 standby), then the leader is killed with kill -9; failover = from the kill to the
-standby's /readyz answering 200 (it leads and has reconciled once), killed at a random point of
-the leader's renewal period. Median of --failover-tries
-(default 5) fresh pairs; results in bench/out/failover.json.
-=======
 After it (alone with --distributed; skipped with --no-distributed, and with a line saying so when
 PostgreSQL is not installed) the workers on PostgreSQL (issue 16 part 2), on a throwaway cluster
 as above: (1) the --dist-fanout-n fanout of `true` through `controller --once --slots 1` plus one
@@ -72,7 +63,13 @@ i; p50 and p99 of --repeats runs pooled) with the embedded worker only, with a s
 and, for reference, on SQLite and the spawn floor; (3) Lost -> re-run: kill -9 of the worker
 running a long job, the time until the job's new attempt starts on an idle worker, lease TTL 3 s,
 median of --dist-tries. Each part is an entry of DIST_PARTS (leader failover plugs in there).
->>>>>>> dbench
+Alone with --failover (not part of the default run): controller failover on PostgreSQL (issue
+16): on a throwaway cluster as above, two `executioner controller` processes (own state folders,
+one database, `--lease-ttl`, default the configured default 15 s) until one leads (/readyz 200,
+the other 503 standby), then the leader is killed with kill -9; failover = from the kill to the
+standby's /readyz answering 200 (it leads and has reconciled once), killed at a random point of
+the leader's renewal period. Median of --failover-tries
+(default 5) fresh pairs; results in bench/out/failover.json.
 
 Results: a table on stdout and bench/out/results.json. The DESIGN targets are
 shown as PASS/OVER markers for information only; the exit status is 0 unless a
@@ -1144,7 +1141,6 @@ def print_postgres(b: PgBench) -> None:
 
 
 # --------------------------------------------------------------------------
-<<<<<<< HEAD
 # Controller failover (issue 16): kill -9 of the leader -> the standby leads.
 
 FAILOVER_POLL_S = 0.01
@@ -1269,7 +1265,6 @@ def print_failover(r: dict) -> None:
               + ", ".join(f"{t:.2f}" for t in r["seconds"]))
     if r.get("error"):
         print(f"  FAILED: {r['error']}")
-=======
 # Workers on PostgreSQL (issue 16 part 2): controllers and workers sharing one database
 
 
@@ -1505,13 +1500,13 @@ class DistSetup:
         self.env = dict(os.environ)
         # Our own settings win over a caller's.
         for key in ("EXECUTIONER_DURABILITY", "EXECUTIONER_DATABASE__URL",
-                    "EXECUTIONER_DATABASE__LEASE_TTL", "EXECUTIONER_WORKERS"):
+                    "EXECUTIONER_LEASE_TTL", "EXECUTIONER_WORKERS"):
             self.env.pop(key, None)
         self.env["EXECUTIONER_WORKERS"] = "2"
         if database_url:
             self.env["EXECUTIONER_DATABASE__URL"] = database_url
         if lease_ttl_s is not None:
-            self.env["EXECUTIONER_DATABASE__LEASE_TTL"] = f"{lease_ttl_s:g}s"
+            self.env["EXECUTIONER_LEASE_TTL"] = f"{lease_ttl_s:g}s"
         self.procs: list[DistProcess] = []
 
     def __enter__(self) -> "DistSetup":
@@ -1822,7 +1817,6 @@ def print_distributed(b: DistBench) -> None:
             print("  " + line)
     if b.error:
         print(f"  FAILED: {b.error}")
->>>>>>> dbench
 
 
 # --------------------------------------------------------------------------
@@ -2109,7 +2103,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           help="run only the PostgreSQL store's cost (`run` on PostgreSQL vs "
                                "SQLite, a throwaway cluster); by default it runs last when "
                                "PostgreSQL's server binaries are installed")
-<<<<<<< HEAD
     p.add_argument("--failover", action="store_true",
                    help="run only the controller failover time on PostgreSQL (two controllers, "
                         "kill -9 of the leader); never part of the default run")
@@ -2117,12 +2110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="lease_ttl for --failover (default 15s, the default)")
     p.add_argument("--failover-tries", type=int, default=5,
                    help="pairs of controllers for --failover (default 5)")
-=======
     reaction.add_argument("--distributed", action="store_true",
                           help="run only the workers on PostgreSQL (fanout through workers vs "
                                "SQLite, dispatch latency, Lost -> re-run; a throwaway cluster); "
                                "by default it runs last when PostgreSQL is installed")
->>>>>>> dbench
     p.add_argument("--no-ui", action="store_true", help="skip the HTTP server's cost")
     p.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL store's cost")
     p.add_argument("--pg-sizes", default="1000",
@@ -2172,17 +2163,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--reaction-repeats must be at least 1")
     if args.ui_repeats < 1:
         p.error("--ui-repeats must be at least 1")
-<<<<<<< HEAD
     if args.failover_tries < 1:
         p.error("--failover-tries must be at least 1")
     if args.failover and args.only_baselines:
         p.error("--failover needs the executioner binary; not with --only-baselines")
-    if (args.reaction or args.ui or args.postgres) and args.only_baselines:
-        p.error("--reaction, --ui and --postgres need the executioner binary; "
-=======
     if (args.reaction or args.ui or args.postgres or args.distributed) and args.only_baselines:
         p.error("--reaction, --ui, --postgres and --distributed need the executioner binary; "
->>>>>>> dbench
                 "not with --only-baselines")
     if args.ui and args.no_ui:
         p.error("--ui and --no-ui contradict each other")
