@@ -100,6 +100,19 @@ impl Store {
         self.queue()?.claimed_finished(attempt, token, result).await
     }
 
+    pub async fn finish_and_claim(
+        &self,
+        worker: &str,
+        labels: &str,
+        finished: &[(i64, i64, &str)],
+        limit: usize,
+        ttl: Duration,
+    ) -> Result<(Vec<i64>, Vec<Claim>), StoreError> {
+        self.queue()?
+            .finish_and_claim(worker, labels, finished, limit, ttl)
+            .await
+    }
+
     pub async fn queue_ends(&self, attempts: &[i64]) -> Result<Vec<QueueEnd>, StoreError> {
         self.queue()?.queue_ends(attempts).await
     }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -167,6 +167,16 @@ pub async fn serve(
     let mut failing = false;
     let interrupted = CancellationToken::new();
     let mut want_claim = true;
+    // Results the attempts offer, recorded together with the next claim (one commit for both).
+    let (offers, mut offered) = mpsc::unbounded_channel::<Offered>();
+    let mut ctx = Starter {
+        store: store.clone(),
+        opts: opts.clone(),
+        events: events.clone(),
+        kill_now: kill_now.clone(),
+        interrupted: interrupted.clone(),
+        offers,
+    };
 
     loop {
         let now = tokio::time::Instant::now();
@@ -186,59 +196,7 @@ pub async fn serve(
                     // A full claim may have left more behind.
                     want_claim = claims.len() == free;
                     for claim in claims {
-                        let plan = match plan_of(&store, &mut plans, claim.run).await {
-                            Ok(plan) => plan,
-                            Err(e) => {
-                                let text = unplannable(&e);
-                                let _ = store
-                                    .claimed_finished(claim.attempt, claim.token, &text)
-                                    .await;
-                                continue;
-                            }
-                        };
-                        let upstream = match upstream_of(&store, &plan, &claim).await {
-                            Ok(upstream) => upstream,
-                            Err(e) => {
-                                let _ = events.send(WorkerEvent::Warning(format!(
-                                    "attempt {}: reading its upstream outputs: {e}",
-                                    claim.attempt
-                                )));
-                                Vec::new()
-                            }
-                        };
-                        let _ = events.send(WorkerEvent::Started {
-                            attempt: claim.attempt,
-                            run: claim.run,
-                            job: claim.job.clone(),
-                            number: claim.number,
-                        });
-                        let entry = Running {
-                            attempt: claim.attempt,
-                            job: claim.job.clone(),
-                            cancel: CancellationToken::new(),
-                            kill_now: kill_now.child_token(),
-                            interrupted: interrupted.child_token(),
-                            abandoned: Arc::default(),
-                        };
-                        let work = ClaimedAttempt {
-                            store: store.clone(),
-                            plan,
-                            claim: claim.clone(),
-                            state_dir: opts.state_dir.clone(),
-                            upstream,
-                            grace: opts.shutdown_grace,
-                            plugin_dirs: opts.plugin_dirs.clone(),
-                            cancel: entry.cancel.clone(),
-                            kill_now: entry.kill_now.clone(),
-                        };
-                        tasks.spawn(attempt_task(
-                            store.clone(),
-                            work,
-                            entry.interrupted.clone(),
-                            entry.abandoned.clone(),
-                            events.clone(),
-                        ));
-                        running.insert(claim.token, entry);
+                        start_claim(&mut ctx, claim, &mut plans, &mut running, &mut tasks).await;
                     }
                 }
                 Err(e) => {
@@ -279,6 +237,39 @@ pub async fn serve(
                     want_claim = true;
                 }
             },
+            Some(first) = offered.recv() => {
+                let mut batch = vec![first];
+                while let Ok(more) = offered.try_recv() {
+                    batch.push(more);
+                }
+                let busy = running.len().saturating_sub(batch.len());
+                let free = if stop.is_cancelled() { 0 } else { opts.slots.saturating_sub(busy) };
+                let results: Vec<(i64, i64, &str)> = batch
+                    .iter()
+                    .map(|o| (o.attempt.get(), o.token, o.text.as_str()))
+                    .collect();
+                match store
+                    .finish_and_claim(&opts.name, &labels, &results, free, opts.lease_ttl)
+                    .await
+                {
+                    Ok((accepted, claims)) => {
+                        want_claim = claims.len() == free && free > 0;
+                        for o in batch {
+                            let _ = o.reply.send(Some(accepted.contains(&o.attempt.get())));
+                        }
+                        for claim in claims {
+                            start_claim(&mut ctx, claim, &mut plans, &mut running, &mut tasks).await;
+                        }
+                    }
+                    Err(e) => {
+                        // Each attempt tries again on its own, with backoff.
+                        tracing::debug!("recording results: {e}");
+                        for o in batch {
+                            let _ = o.reply.send(None);
+                        }
+                    }
+                }
+            }
             Some(joined) = tasks.join_next() => {
                 if let Ok(token) = joined {
                     running.remove(&token);
@@ -356,6 +347,90 @@ enum Lease {
     InDoubt,
 }
 
+/// What starting a claimed attempt needs from the worker's loop.
+struct Starter {
+    store: Store,
+    opts: WorkerOptions,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+    kill_now: CancellationToken,
+    interrupted: CancellationToken,
+    offers: mpsc::UnboundedSender<Offered>,
+}
+
+/// A finished attempt's result, offered to the loop to record with its next claim.
+struct Offered {
+    attempt: AttemptId,
+    token: i64,
+    text: String,
+    /// Whether the database took it; `None`: not recorded (the attempt tries on its own).
+    reply: oneshot::Sender<Option<bool>>,
+}
+
+/// Starts a claimed attempt: its run's plan, its upstream outputs, its task.
+async fn start_claim(
+    ctx: &mut Starter,
+    claim: Claim,
+    plans: &mut HashMap<RunId, Arc<Plan>>,
+    running: &mut HashMap<i64, Running>,
+    tasks: &mut JoinSet<i64>,
+) {
+    let plan = match plan_of(&ctx.store, plans, claim.run).await {
+        Ok(plan) => plan,
+        Err(e) => {
+            let text = unplannable(&e);
+            let _ = ctx
+                .store
+                .claimed_finished(claim.attempt, claim.token, &text)
+                .await;
+            return;
+        }
+    };
+    let upstream = match upstream_of(&ctx.store, &plan, &claim).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            let _ = ctx.events.send(WorkerEvent::Warning(format!(
+                "attempt {}: reading its upstream outputs: {e}",
+                claim.attempt
+            )));
+            Vec::new()
+        }
+    };
+    let _ = ctx.events.send(WorkerEvent::Started {
+        attempt: claim.attempt,
+        run: claim.run,
+        job: claim.job.clone(),
+        number: claim.number,
+    });
+    let entry = Running {
+        attempt: claim.attempt,
+        job: claim.job.clone(),
+        cancel: CancellationToken::new(),
+        kill_now: ctx.kill_now.child_token(),
+        interrupted: ctx.interrupted.child_token(),
+        abandoned: Arc::default(),
+    };
+    let work = ClaimedAttempt {
+        store: ctx.store.clone(),
+        plan,
+        claim: claim.clone(),
+        state_dir: ctx.opts.state_dir.clone(),
+        upstream,
+        grace: ctx.opts.shutdown_grace,
+        plugin_dirs: ctx.opts.plugin_dirs.clone(),
+        cancel: entry.cancel.clone(),
+        kill_now: entry.kill_now.clone(),
+    };
+    tasks.spawn(attempt_task(
+        ctx.store.clone(),
+        work,
+        entry.interrupted.clone(),
+        entry.abandoned.clone(),
+        ctx.events.clone(),
+        ctx.offers.clone(),
+    ));
+    running.insert(claim.token, entry);
+}
+
 /// The job's lease is gone or in doubt: the job is killed at once (before the lease can end and
 /// another worker start it). Its result is still offered while in doubt, as interrupted (the
 /// database takes it only if the lease was never taken over); never after a takeover.
@@ -388,6 +463,7 @@ async fn attempt_task(
     interrupted: CancellationToken,
     abandoned: Arc<std::sync::atomic::AtomicBool>,
     events: mpsc::UnboundedSender<WorkerEvent>,
+    offers: mpsc::UnboundedSender<Offered>,
 ) -> i64 {
     let claim = work.claim.clone();
     // The attempt's part of the job's log (from where its opening marker will be written) goes
@@ -419,8 +495,25 @@ async fn attempt_task(
             crate::error_chain::render(&e)
         )));
     }
+    let (reply, replied) = oneshot::channel();
+    let offer = Offered {
+        attempt: claim.attempt,
+        token: claim.token,
+        text: text.clone(),
+        reply,
+    };
+    let first = if abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+        Some(false)
+    } else if offers.send(offer).is_ok() {
+        replied.await.ok().flatten()
+    } else {
+        None
+    };
     let mut pause = FIRST_PAUSE;
     let recorded = loop {
+        if let Some(recorded) = first {
+            break recorded;
+        }
         if abandoned.load(std::sync::atomic::Ordering::SeqCst) {
             break false;
         }

@@ -47,6 +47,14 @@ const FINISH_SQL: &str = "WITH u AS (UPDATE work_items SET state = 'done', resul
         WHERE attempt_id = $1 AND token = $2 AND state = 'claimed' RETURNING attempt_id) \
     SELECT pg_notify('executioner_done', attempt_id::text) FROM u";
 
+/// Several claimed attempts' results at once (a worker's slots that ended together).
+const FINISH_MANY_SQL: &str = "WITH u AS (UPDATE work_items AS w SET state = 'done', \
+        result = f.result FROM unnest($1::bigint[], $2::bigint[], $3::text[]) \
+            AS f (id, token, result) \
+        WHERE w.attempt_id = f.id AND w.token = f.token AND w.state = 'claimed' \
+        RETURNING w.attempt_id) \
+    SELECT attempt_id, pg_notify('executioner_done', attempt_id::text) FROM u";
+
 const RESULTS_SQL: &str = "SELECT attempt_id, state, result, worker FROM work_items \
     WHERE attempt_id = ANY($1) AND state IN ('done', 'lost')";
 
@@ -85,6 +93,17 @@ const GROUPS_SQL: &str = "SELECT a.pgid, a.process_start_time FROM work_items AS
     JOIN attempts AS a ON a.id = w.attempt_id \
     WHERE w.worker = $1 AND w.state = 'claimed' AND a.pgid IS NOT NULL \
         AND a.process_start_time IS NOT NULL";
+
+fn claim_of(row: &sqlx::postgres::PgRow) -> Result<Claim, sqlx::Error> {
+    Ok(Claim {
+        attempt: AttemptId::from(row.try_get::<i64, _>(0)?),
+        run: RunId::from(row.try_get::<i64, _>(1)?),
+        job: row.try_get(2)?,
+        token: row.try_get(3)?,
+        number: row.try_get(4)?,
+        round: row.try_get(5)?,
+    })
+}
 
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -143,16 +162,7 @@ impl PgStore {
             .await
             .map_err(&sql)?;
         rows.iter()
-            .map(|row| {
-                Ok(Claim {
-                    attempt: AttemptId::from(row.try_get::<i64, _>(0)?),
-                    run: RunId::from(row.try_get::<i64, _>(1)?),
-                    job: row.try_get(2)?,
-                    token: row.try_get(3)?,
-                    number: row.try_get(4)?,
-                    round: row.try_get(5)?,
-                })
-            })
+            .map(claim_of)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(&sql)
     }
@@ -216,6 +226,52 @@ impl PgStore {
             .await
             .map_err(self.sql("recording a claimed attempt's result"))?;
         Ok(row.is_some())
+    }
+
+    /// Records the results of `finished` claimed attempts (attempt, token, result) and claims at
+    /// most `limit` more, in one transaction: one commit where a worker whose job ended takes the
+    /// next would otherwise make two. Returns the attempts whose results were taken (a result
+    /// whose token no longer holds is discarded) and the new claims.
+    pub async fn finish_and_claim(
+        &self,
+        worker: &str,
+        labels: &str,
+        finished: &[(i64, i64, &str)],
+        limit: usize,
+        ttl: Duration,
+    ) -> Result<(Vec<i64>, Vec<Claim>), StoreError> {
+        let sql = self.sql("recording results and claiming queued attempts");
+        let mut tx = self.pool.begin().await.map_err(&sql)?;
+        let rows = sqlx::query(FINISH_MANY_SQL)
+            .bind(finished.iter().map(|f| f.0).collect::<Vec<_>>())
+            .bind(finished.iter().map(|f| f.1).collect::<Vec<_>>())
+            .bind(finished.iter().map(|f| f.2).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(&sql)?;
+        let accepted = rows
+            .iter()
+            .map(|row| row.try_get::<i64, _>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&sql)?;
+        let claims = if limit == 0 {
+            Vec::new()
+        } else {
+            let rows = sqlx::query(CLAIM_SQL)
+                .bind(worker)
+                .bind(labels)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(millis(ttl))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(&sql)?;
+            rows.iter()
+                .map(claim_of)
+                .collect::<Result<_, _>>()
+                .map_err(&sql)?
+        };
+        tx.commit().await.map_err(&sql)?;
+        Ok((accepted, claims))
     }
 
     /// The ends of those of `attempts` that have one: a worker's result, or a lease that expired.
