@@ -191,8 +191,22 @@ fn ledger_job(id: &str, ledger: &Path, sleep: &str, extra: &str) -> String {
 
 /// A pipeline of `jobs` (YAML list items) with `mark` in every job's environment.
 fn pipeline(name: &str, mark: &str, jobs: &str) -> String {
+    placed_pipeline(name, mark, "", jobs)
+}
+
+/// [`pipeline`] with a `spec.runOn` (`zone: a`, say; empty for none).
+fn placed_pipeline(name: &str, mark: &str, run_on: &str, jobs: &str) -> String {
     let (key, value) = mark.split_once('=').unwrap();
-    common::manifest(name, &format!("  env:\n    {key}: \"{value}\"\n"), jobs)
+    let run_on = if run_on.is_empty() {
+        String::new()
+    } else {
+        format!("  runOn: {{labels: {{{run_on}}}}}\n")
+    };
+    common::manifest(
+        name,
+        &format!("{run_on}  env:\n    {key}: \"{value}\"\n"),
+        jobs,
+    )
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -360,8 +374,10 @@ fn job_ids(prefix: &str, n: usize) -> Vec<String> {
 // The scenarios.
 
 /// a. One controller with no slots and two workers labelled zone=a and zone=b: a 200-job pipeline
-/// placed half on each runs every job on its zone's worker (the ledger names the worker; the
-/// job's log is in that worker's state folder and not in the other's).
+/// placed half on each (the pipeline's `runOn` says zone a, every other job's own says b) runs
+/// every job on its zone's worker (the ledger names the worker; the job's log is in that worker's
+/// state folder and not in the other's). A pipeline placed on zone c waits `Pending`/`NoWorker`
+/// until a worker of zone c comes.
 #[tokio::test]
 async fn a_placement_runs_each_job_on_a_worker_of_its_labels() {
     let _serial = SERIAL.lock().await;
@@ -375,18 +391,35 @@ async fn a_placement_runs_each_job_on_a_worker_of_its_labels() {
     let n = 200;
     let jobs: String = (0..n)
         .map(|i| {
-            let zone = if i % 2 == 0 { "a" } else { "b" };
-            let run_on = format!(", runOn: {{labels: {{zone: {zone}}}}}");
-            ledger_job(&format!("j{i}"), &ledger, "0", &run_on)
+            let run_on = if i % 2 == 0 {
+                ""
+            } else {
+                ", runOn: {labels: {zone: b}}"
+            };
+            ledger_job(&format!("j{i}"), &ledger, "0", run_on)
         })
         .collect();
     let _controller = Host::controller(&ws, &db.url, "controller", "manifests", 0);
     let wa = Host::worker(&ws, &db.url, TTL_SECS, "wa", "zone=a", 6);
     let wb = Host::worker(&ws, &db.url, TTL_SECS, "wb", "zone=b,disk=ssd", 6);
-    ws.write("manifests/place.yaml", &pipeline("place", &mark, &jobs));
+    let ledger_c = ws.path().join("c/ledger");
+    std::fs::create_dir_all(ledger_c.parent().unwrap()).unwrap();
+    let job_c = ledger_job("c0", &ledger_c, "0", "");
+    ws.write(
+        "manifests/zone-c.yaml",
+        &placed_pipeline("zone-c", &mark, "zone: c", &job_c),
+    );
+    ws.write(
+        "manifests/place.yaml",
+        &placed_pipeline("place", &mark, "zone: a", &jobs),
+    );
     let sql = pool(&db.url).await;
     let phase = wait_run_terminal(&sql, "place", Duration::from_secs(120)).await;
     assert_eq!(phase, "Succeeded", "{}", wa.log_text());
+    let place_run: i64 = sqlx::query_scalar("SELECT id FROM runs WHERE pipeline = 'place'")
+        .fetch_one(&sql)
+        .await
+        .unwrap();
 
     let ids = job_ids("j", n);
     let ledger = Ledger::read(&ledger);
@@ -396,7 +429,10 @@ async fn a_placement_runs_each_job_on_a_worker_of_its_labels() {
         let starts = &ledger.starts[id];
         assert_eq!(starts.len(), 1, "{id}: {starts:?}");
         assert_eq!(starts[0].worker, own.name, "{id} ran on the wrong worker");
-        let log = |host: &Host| host.state_dir.join(format!("logs/place/1/{id}.log"));
+        let log = |host: &Host| {
+            host.state_dir
+                .join(format!("logs/place/{place_run}/{id}.log"))
+        };
         let printed = std::fs::read_to_string(log(own)).unwrap_or_default();
         assert!(
             printed.contains(&format!("{id} on {}", own.name)),
@@ -413,7 +449,13 @@ async fn a_placement_runs_each_job_on_a_worker_of_its_labels() {
             cmd.current_dir(elsewhere.path())
                 .arg("--state-dir")
                 .arg(elsewhere.state_dir())
-                .args(["--database-url", &db.url, "logs", "1", id])
+                .args([
+                    "--database-url",
+                    &db.url,
+                    "logs",
+                    &place_run.to_string(),
+                    id,
+                ])
                 .env_remove("EXECUTIONER_STATE_DIR")
                 .env_remove("EXECUTIONER_DATABASE__URL")
                 .stdin(Stdio::null());
@@ -421,19 +463,46 @@ async fn a_placement_runs_each_job_on_a_worker_of_its_labels() {
             let worker = if id == "j0" { "wa" } else { "wb" };
             assert!(
                 text(&out.stdout).contains(&format!("{id} on {worker}")),
-                "logs 1 {id}: {}{}",
+                "logs {place_run} {id}: {}{}",
                 text(&out.stdout),
                 text(&out.stderr)
             );
         }
     }
-    let run = runs_show(&ws, &db.url, 1);
+    let run = runs_show(&ws, &db.url, place_run);
     for id in &ids {
         assert_eq!(
             attempts_of(&run, id),
             [("Succeeded".into(), "Completed".into())]
         );
     }
+
+    // No live worker has zone c: its job waits, shown Pending (NoWorker), until one comes.
+    let start = Instant::now();
+    loop {
+        let job: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT j.phase, j.reason FROM jobs AS j JOIN runs AS r ON r.id = j.run_id \
+             WHERE r.pipeline = 'zone-c'",
+        )
+        .fetch_optional(&sql)
+        .await
+        .unwrap();
+        if job == Some(("Pending".into(), Some("NoWorker".into()))) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "zone-c's job: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(Ledger::read(&ledger_c).text, "", "nobody ran zone-c's job");
+    let wc = Host::worker(&ws, &db.url, TTL_SECS, "wc", "zone=c", 1);
+    let phase = wait_run_terminal(&sql, "zone-c", Duration::from_secs(30)).await;
+    assert_eq!(phase, "Succeeded", "{}", wc.log_text());
+    let ledger_c = Ledger::read(&ledger_c);
+    ledger_c.assert_each_ended_once(&["c0".to_owned()]);
+    assert_eq!(ledger_c.ends["c0"][0].worker, "wc");
     assert!(wait_no_marker(&mark, Duration::from_secs(5)).is_empty());
     eprintln!("scenario a took {:?}", started.elapsed());
 }
