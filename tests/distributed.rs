@@ -72,6 +72,7 @@ impl Host {
         let marker =
             common::marker(name).replace("EXECUTIONER_TEST_MARKER=", "EXECUTIONER_TEST_HOST=");
         let (marker_key, marker_value) = marker.split_once('=').unwrap();
+        let before = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let child = Command::new(common::bin())
             .current_dir(ws.path())
             .arg("--state-dir")
@@ -103,7 +104,7 @@ impl Host {
             child: Some(child),
         };
         let start = Instant::now();
-        while !host.log_text().contains(ready) {
+        while !host.log_text().get(before..).unwrap_or("").contains(ready) {
             let exited = host.child.as_mut().unwrap().try_wait().unwrap();
             assert!(
                 exited.is_none() && start.elapsed() < Duration::from_secs(30),
