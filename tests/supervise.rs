@@ -3,7 +3,7 @@
 //! group reach the job and reports the job's status, kills the job's whole tree (its group and a
 //! `setsid` escapee) once the lifeline breaks, and leaves the job's CPU time and peak memory in
 //! the `wait4` of its caller. The last tests go through `process::spawn` after
-//! `supervise_jobs`, as a worker does. Events are ordered by files and /proc, with a timeout.
+//! `supervise_jobs`, as a worker does, one of them in a process killed with SIGKILL. Events are ordered by files and /proc, with a timeout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -215,16 +215,50 @@ fn children_user_time() -> Duration {
 /// `process::spawn` as a worker uses it: after `supervise_jobs` (through the real binary, this
 /// test binary being a harness), in this whole test binary.
 fn spawn_supervised(script: &str, output: Output) -> process::Child {
+    spawn_supervised_in(Path::new("/"), script, output)
+}
+
+fn spawn_supervised_in(cwd: &Path, script: &str, output: Output) -> process::Child {
     process::supervise::supervise_jobs_through(EXE.into()).unwrap();
     process::spawn(SpawnSpec {
         program: "sh".into(),
         args: ["-c", script].iter().map(OsString::from).collect(),
         env: [("PATH", PATH)].into_iter().collect(),
-        cwd: "/".into(),
+        cwd: cwd.into(),
         stdin: Stdin::Null,
         output,
     })
     .unwrap()
+}
+
+/// Set for [`supervising_process`] by the test that runs it (and kills it).
+const SUPERVISING_DIR: &str = "EXECUTIONER_TEST_SUPERVISING_DIR";
+
+/// Not a test by itself: with `SUPERVISING_DIR` set it is a process that supervises its jobs, as
+/// a worker does, starts `TREE` in that folder and waits forever, for the test below to kill.
+#[tokio::test]
+async fn supervising_process() {
+    let Some(dir) = std::env::var_os(SUPERVISING_DIR) else {
+        return;
+    };
+    let _child = spawn_supervised_in(Path::new(&dir), TREE, Output::Null);
+    std::future::pending::<()>().await;
+}
+
+#[test]
+fn a_process_supervising_its_jobs_killed_with_sigkill_takes_their_trees_with_it() {
+    let dir = TempDir::new().unwrap();
+    let mut supervising = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "supervising_process", "--test-threads=1"])
+        .env(SUPERVISING_DIR, dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pids = tree_pids(dir.path());
+    supervising.kill().unwrap();
+    supervising.wait().unwrap();
+    assert_all_gone(pids);
 }
 
 #[tokio::test]
