@@ -184,6 +184,7 @@ async fn finished_run(store: &Store, state_dir: &Path, dir: &Path, manifest: Val
         workers: Arc::new(Semaphore::new(2)),
         shutdown_grace: Duration::from_secs(1),
         plugin_dirs: Vec::new(),
+        queue: None,
     };
     let (events, _ignored) = mpsc::unbounded_channel();
     let report = engine::execute(

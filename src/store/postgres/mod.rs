@@ -91,7 +91,12 @@ impl PgStore {
             .map_err(connect_error)?;
         // `run_direct` rather than `run`: `run`'s `Acquire` bound makes this future not `Send`
         // (sqlx's own workaround), and callers spawn it.
-        let migrated = MIGRATOR.run_direct(None, &mut conn, false).await;
+        // A database already at this build's schema is not migrated again: the migrator's
+        // bookkeeping needs CREATE on the schema, which a worker's role need not have.
+        let migrated = match schema_is_current(&mut conn).await {
+            true => Ok(()),
+            false => MIGRATOR.run_direct(None, &mut conn, false).await,
+        };
         // Closing ends the session, and with it the migrator's advisory lock even after an error.
         let _ = conn.close().await;
         migrated.map_err(|error| migrate_error(&target, error))?;
@@ -163,6 +168,28 @@ impl PgStore {
         tx.commit().await.map_err(self.sql(context))?;
         Ok(done)
     }
+}
+
+/// Whether the database has exactly this build's migrations applied, each with its checksum (a
+/// read only; any doubt answers no and leaves the decision to the migrator).
+async fn schema_is_current(conn: &mut sqlx::PgConnection) -> bool {
+    let applied: Result<Vec<(i64, Vec<u8>, bool)>, sqlx::Error> =
+        sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await;
+    let Ok(applied) = applied else {
+        // No table yet (a new database), or not readable: the migrator decides.
+        return false;
+    };
+    let embedded: Vec<(i64, &[u8])> = MIGRATOR
+        .iter()
+        .map(|m| (m.version, m.checksum.as_ref()))
+        .collect();
+    applied.len() == embedded.len()
+        && applied
+            .iter()
+            .zip(&embedded)
+            .all(|((v, sum, ok), (ev, esum))| *ok && v == ev && sum.as_slice() == *esum)
 }
 
 /// `postgres://USER@HOST:PORT/DATABASE` of a URL's options.
