@@ -79,11 +79,21 @@ pub(super) struct Supervision {
 
 static SUPERVISION: OnceLock<Supervision> = OnceLock::new();
 
-/// Runs every child [`spawn`](super::spawn) starts from now on under a supervisor (this
-/// executable), so the child's process tree dies with this process. Call it once, at start, from
+/// Runs every child [`spawn`](super::spawn) starts from now on under a supervisor
+/// (`executioner-supervise` beside this executable, or this executable), so the child's process
+/// tree dies with this process. Call it once, at start, from
 /// the binary (a test harness is not a supervisor); later calls do nothing.
 pub fn supervise_jobs() -> io::Result<()> {
-    supervise_jobs_through(std::env::current_exe()?)
+    let exe = std::env::current_exe()?;
+    // The small `executioner-supervise` beside this executable when it is installed (it starts
+    // in a fraction of the time), else this executable itself.
+    let small = exe.with_file_name("executioner-supervise");
+    let exe = if std::fs::metadata(&small).is_ok_and(|m| m.is_file()) {
+        small
+    } else {
+        exe
+    };
+    supervise_jobs_through(exe)
 }
 
 /// [`supervise_jobs`] with the supervisor executable named: for tests, whose own executable is a
