@@ -9,12 +9,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Workspace, json, manifest, pg_cluster, run_with_timeout, text};
+use common::http::Served;
+use common::{Workspace, json, manifest, pg_cluster, run_with_timeout};
 use executioner::spec::{JobId, PipelineName};
 use executioner::store::{NewJob, NewRun, Owner, Store, StoreError};
 
@@ -166,81 +166,18 @@ async fn a_fenced_stores_writes_fail_once_deposed_and_an_unfenced_ones_go_on() {
 // Controller processes.
 
 /// A controller process on `ws` (its own state folder and manifests copy) and the shared
-/// database, serving HTTP on a free port.
-struct Controller {
-    child: Option<Child>,
-    addr: SocketAddr,
-}
+/// database, serving HTTP on a free port (`common::http::Served`).
+struct Controller;
 
 impl Controller {
-    fn start(ws: &Workspace, url: &str, env: &[(&str, &str)]) -> Controller {
-        std::fs::create_dir_all(ws.path().join("manifests")).unwrap();
-        let mut cmd = Command::new(common::bin());
-        cmd.current_dir(ws.path())
-            .args(["--state-dir", ws.state_dir().to_str().unwrap()])
-            .args(["controller", "--manifests", "manifests"])
-            .args(["--listen", "127.0.0.1:0"])
-            .env("EXECUTIONER_DATABASE__URL", url)
-            .env("EXECUTIONER_LEASE_TTL", TTL)
-            .env("EXECUTIONER_RESYNC_INTERVAL", "1")
-            .env("EXECUTIONER_WORKERS", "4")
-            .env_remove("EXECUTIONER_STATE_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(ws.path().join("controller.log")).unwrap(),
-            ));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let file = ws.state_dir().join("http.addr");
-        let start = Instant::now();
-        let addr = loop {
-            if let Some(addr) = std::fs::read_to_string(&file)
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-            {
-                break addr;
-            }
-            let exited = child.try_wait().unwrap();
-            assert!(
-                exited.is_none() && start.elapsed() < Duration::from_secs(30),
-                "no {} (exited: {exited:?}):\n{}",
-                file.display(),
-                log(ws)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Controller {
-            child: Some(child),
-            addr,
-        }
-    }
-
-    /// `/readyz`'s status and body.
-    fn ready(&self) -> (u16, String) {
-        let answer = common::http::get(self.addr, "/readyz");
-        (answer.status, text(&answer.body))
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // A test that froze it and failed must not wait for a stopped process forever.
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
-            common::sigterm(&c);
-            let _ = c.wait();
-        }
+    fn start(ws: &Workspace, url: &str, env: &[(&str, &str)]) -> Served {
+        let mut all = vec![
+            ("EXECUTIONER_DATABASE__URL", url),
+            ("EXECUTIONER_LEASE_TTL", TTL),
+            ("EXECUTIONER_WORKERS", "4"),
+        ];
+        all.extend_from_slice(env);
+        Served::start(ws, &all)
     }
 }
 
@@ -264,7 +201,7 @@ fn exe(ws: &Workspace, url: &str, args: &[&str]) -> Output {
 
 /// Waits until exactly one of `controllers` is ready (leads) and the others answer 503 saying
 /// they stand by; returns the leader's index.
-fn the_one_leader(controllers: &[&Controller], limit: Duration) -> usize {
+fn the_one_leader(controllers: &[&Served], limit: Duration) -> usize {
     let start = Instant::now();
     loop {
         let answers: Vec<(u16, String)> = controllers.iter().map(|c| c.ready()).collect();

@@ -11,7 +11,8 @@ use super::{Workspace, bin, text};
 
 /// A controller serving HTTP on a free port, stopped (SIGTERM) when dropped.
 pub struct Served {
-    child: Option<Child>,
+    /// `None` once a test took it (to stop it its own way).
+    pub child: Option<Child>,
     pub addr: SocketAddr,
 }
 
@@ -58,6 +59,20 @@ impl Served {
         }
     }
 
+    /// `/readyz`'s status and body.
+    pub fn ready(&self) -> (u16, String) {
+        let answer = get(self.addr, "/readyz");
+        (answer.status, text(&answer.body))
+    }
+
+    /// Kills it with SIGKILL (and reaps it).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Whether the controller process is still running.
     pub fn alive(&mut self) -> bool {
         self.child
@@ -69,10 +84,10 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            // A test that froze it (SIGSTOP) and failed must not wait for it forever.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let _ = c.wait();
         }
     }
