@@ -29,7 +29,7 @@ pub use inventory::AppliedFile;
 pub use leader::LeaderRow;
 pub use overlap::EVENT_TICK_SKIPPED;
 pub use pipelines::PipelineRow;
-pub use queue::{Claim, QueueEnd, WorkState};
+pub use queue::{Claim, Finished, QueueEnd, WorkState};
 pub use rounds::{EVENT_JOB_REMOVED, EVENT_MARKED_SUCCESS, RoundChange};
 #[cfg(test)]
 mod test_bodies;

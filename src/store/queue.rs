@@ -30,6 +30,15 @@ pub struct QueueEnd {
     pub worker: Option<String>,
 }
 
+/// A claimed attempt's result as a worker records it, with its log's last chunk (seq, bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    pub attempt: AttemptId,
+    pub token: i64,
+    pub result: &'a str,
+    pub last_chunk: Option<(i64, &'a [u8])>,
+}
+
 /// Where a queued attempt is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkState {
@@ -104,7 +113,7 @@ impl Store {
         &self,
         worker: &str,
         labels: &str,
-        finished: &[(i64, i64, &str)],
+        finished: &[Finished<'_>],
         limit: usize,
         ttl: Duration,
     ) -> Result<(Vec<i64>, Vec<Claim>), StoreError> {

@@ -244,9 +244,14 @@ pub async fn serve(
                 }
                 let busy = running.len().saturating_sub(batch.len());
                 let free = if stop.is_cancelled() { 0 } else { opts.slots.saturating_sub(busy) };
-                let results: Vec<(i64, i64, &str)> = batch
+                let results: Vec<crate::store::Finished<'_>> = batch
                     .iter()
-                    .map(|o| (o.attempt.get(), o.token, o.text.as_str()))
+                    .map(|o| crate::store::Finished {
+                        attempt: o.attempt,
+                        token: o.token,
+                        result: o.text.as_str(),
+                        last_chunk: o.last.as_ref().map(|c| (c.seq, c.data.as_slice())),
+                    })
                     .collect();
                 match store
                     .finish_and_claim(&opts.name, &labels, &results, free, opts.lease_ttl)
@@ -362,6 +367,8 @@ struct Offered {
     attempt: AttemptId,
     token: i64,
     text: String,
+    /// The attempt's last log chunk, stored in the same transaction.
+    last: Option<ship::LastChunk>,
     /// Whether the database took it; `None`: not recorded (the attempt tries on its own).
     reply: oneshot::Sender<Option<bool>>,
 }
@@ -486,20 +493,26 @@ async fn attempt_task(
         )
     });
     let text = run_claimed(work, &interrupted).await;
-    if let Some(shipper) = shipper
-        && let Err(e) = shipper.finish().await
-    {
-        let _ = events.send(WorkerEvent::Warning(format!(
-            "attempt {}: shipping the end of its log: {}",
-            claim.attempt,
-            crate::error_chain::render(&e)
-        )));
+    // The log's last chunk goes with the result (one commit for both).
+    let mut last = None;
+    if let Some(shipper) = shipper {
+        match shipper.finish_but_last().await {
+            Ok((_, chunk)) => last = chunk,
+            Err(e) => {
+                let _ = events.send(WorkerEvent::Warning(format!(
+                    "attempt {}: shipping the end of its log: {}",
+                    claim.attempt,
+                    crate::error_chain::render(&e)
+                )));
+            }
+        }
     }
     let (reply, replied) = oneshot::channel();
     let offer = Offered {
         attempt: claim.attempt,
         token: claim.token,
         text: text.clone(),
+        last: last.clone(),
         reply,
     };
     let first = if abandoned.load(std::sync::atomic::Ordering::SeqCst) {
@@ -516,6 +529,21 @@ async fn attempt_task(
         }
         if abandoned.load(std::sync::atomic::Ordering::SeqCst) {
             break false;
+        }
+        // On its own: the log's last chunk first, while the claim still holds.
+        if let Some(chunk) = &last {
+            match store
+                .append_log_chunk(claim.attempt, claim.token, chunk.seq, &chunk.data)
+                .await
+            {
+                Ok(_) => last = None,
+                Err(e) => {
+                    tracing::debug!("attempt {}: shipping its last chunk: {e}", claim.attempt);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_RESULT_PAUSE);
+                    continue;
+                }
+            }
         }
         match store
             .claimed_finished(claim.attempt, claim.token, &text)

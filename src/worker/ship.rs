@@ -49,8 +49,28 @@ pub struct ShipReport {
 /// A running shipper; [`ShipHandle::finish`] ships the rest and ends it.
 #[derive(Debug)]
 pub struct ShipHandle {
-    finish: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<ShipReport, StoreError>>,
+    finish: tokio::sync::oneshot::Sender<Finish>,
+    task: tokio::task::JoinHandle<Result<Finished, StoreError>>,
+}
+
+/// How the shipper is to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// Ship everything.
+    All,
+    /// Ship everything but the last chunk, which is handed back (see [`ShipHandle::finish_but_last`]).
+    ButLast,
+}
+
+/// A shipper's end: its report, and the last chunk when it was handed back unshipped.
+type Finished = (ShipReport, Option<LastChunk>);
+
+/// The last chunk of an attempt's output, for the caller to store in a transaction of its own
+/// (a worker stores it with the attempt's result: one commit for both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastChunk {
+    pub seq: i64,
+    pub data: Vec<u8>,
 }
 
 impl ShipHandle {
@@ -92,8 +112,19 @@ impl ShipHandle {
     /// line is written) and ends. An error is the last shipment's: the database could not be
     /// reached then, and what was not shipped stays only in the file.
     pub async fn finish(self) -> Result<ShipReport, StoreError> {
+        self.end(Finish::All).await.map(|(report, _)| report)
+    }
+
+    /// As [`ShipHandle::finish`], except that the last chunk (when what is left fits in one,
+    /// under the cap) is returned instead of shipped: the caller stores it, fenced by the same
+    /// token, in the transaction that records the attempt's result.
+    pub async fn finish_but_last(self) -> Result<(ShipReport, Option<LastChunk>), StoreError> {
+        self.end(Finish::ButLast).await
+    }
+
+    async fn end(self, how: Finish) -> Result<Finished, StoreError> {
         // The task may have ended already (capped or rejected): then nobody listens.
-        let _ = self.finish.send(());
+        let _ = self.finish.send(how);
         match self.task.await {
             Ok(result) => result,
             // The task is never aborted, and this runs on the runtime that would cancel it: the
@@ -107,6 +138,8 @@ impl ShipHandle {
 enum Shipped {
     /// Everything readable now was shipped.
     UpToDate,
+    /// Everything but this last chunk was shipped.
+    Last(LastChunk),
     Ended(ShipOutcome),
 }
 
@@ -129,18 +162,31 @@ struct Shipper {
 impl Shipper {
     async fn run(
         mut self,
-        mut finished: tokio::sync::oneshot::Receiver<()>,
-    ) -> Result<ShipReport, StoreError> {
-        let mut every = tokio::time::interval(SHIP_EVERY);
+        mut finished: tokio::sync::oneshot::Receiver<Finish>,
+    ) -> Result<Finished, StoreError> {
+        // The first shipment after a period, not at once: a short job's whole log then goes in
+        // one chunk at finish (a commit per chunk is most of a short job's shipping cost).
+        let mut every =
+            tokio::time::interval_at(tokio::time::Instant::now() + SHIP_EVERY, SHIP_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let last = tokio::select! {
-                _ = every.tick() => false,
-                _ = &mut finished => true,
+            let end = tokio::select! {
+                _ = every.tick() => None,
+                how = &mut finished => Some(how.unwrap_or(Finish::All)),
             };
-            match self.ship_available().await {
-                Ok(Shipped::Ended(outcome)) => return Ok(self.report(outcome)),
-                Ok(Shipped::UpToDate) if last => return Ok(self.report(ShipOutcome::Complete)),
+            let last = end.is_some();
+            let shipped = match end {
+                Some(Finish::ButLast) => self.ship_but_last().await,
+                Some(Finish::All) | None => self.ship_available().await,
+            };
+            match shipped {
+                Ok(Shipped::Ended(outcome)) => return Ok((self.report(outcome), None)),
+                Ok(Shipped::Last(chunk)) => {
+                    return Ok((self.report(ShipOutcome::Complete), Some(chunk)));
+                }
+                Ok(Shipped::UpToDate) if last => {
+                    return Ok((self.report(ShipOutcome::Complete), None));
+                }
                 Ok(Shipped::UpToDate) => {}
                 Err(error) if last => return Err(error),
                 // The database may be back at the next tick; the unshipped bytes wait for it.
@@ -177,6 +223,38 @@ impl Shipper {
                 Ok(false) => return Ok(Shipped::Ended(ShipOutcome::Rejected)),
                 Err(error) => {
                     self.pending = data;
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// As [`Shipper::ship_available`], but the last chunk, when it fits under the cap, is
+    /// returned unshipped.
+    async fn ship_but_last(&mut self) -> Result<Shipped, StoreError> {
+        loop {
+            if self.pending.is_empty() && !self.read_more().await? {
+                return Ok(Shipped::UpToDate);
+            }
+            let room = self.cap.saturating_sub(self.bytes);
+            if (self.pending.len() as u64) > room {
+                return self.ship_truncated(room).await;
+            }
+            let data = std::mem::take(&mut self.pending);
+            if !self.read_more().await? {
+                return Ok(Shipped::Last(LastChunk {
+                    seq: self.seq,
+                    data,
+                }));
+            }
+            // More follows (now in `pending`): this one is not the last.
+            match self.ship_output(&data).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(Shipped::Ended(ShipOutcome::Rejected)),
+                Err(error) => {
+                    let mut both = data;
+                    both.extend_from_slice(&self.pending);
+                    self.pending = both;
                     return Err(error);
                 }
             }

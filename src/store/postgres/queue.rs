@@ -12,7 +12,7 @@ use sqlx::Row;
 use sqlx::postgres::PgListener;
 
 use super::PgStore;
-use crate::store::{AttemptId, Claim, QueueEnd, RunId, StoreError, WorkState};
+use crate::store::{AttemptId, Claim, Finished, QueueEnd, RunId, StoreError, WorkState};
 
 /// Woken when attempts are queued (payload empty): idle workers claim.
 pub const WORK_CHANNEL: &str = "executioner_work";
@@ -46,6 +46,14 @@ const SPAWNED_SQL: &str = "UPDATE attempts AS a SET pid = $3, pgid = $4, process
 const FINISH_SQL: &str = "WITH u AS (UPDATE work_items SET state = 'done', result = $3 \
         WHERE attempt_id = $1 AND token = $2 AND state = 'claimed' RETURNING attempt_id) \
     SELECT pg_notify('executioner_done', attempt_id::text) FROM u";
+
+/// The last log chunks of attempts whose results follow in the same transaction, fenced as
+/// `log_chunks`' own inserts are (the claim must hold under its token).
+const LAST_CHUNKS_SQL: &str = "INSERT INTO log_chunks (attempt_id, seq, data) \
+    SELECT c.id, c.seq, c.data FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[]) \
+        AS c (id, token, seq, data) \
+    JOIN work_items AS w ON w.attempt_id = c.id AND w.token = c.token AND w.state = 'claimed' \
+    ON CONFLICT (attempt_id, seq) DO UPDATE SET data = excluded.data";
 
 /// Several claimed attempts' results at once (a worker's slots that ended together).
 const FINISH_MANY_SQL: &str = "WITH u AS (UPDATE work_items AS w SET state = 'done', \
@@ -236,16 +244,33 @@ impl PgStore {
         &self,
         worker: &str,
         labels: &str,
-        finished: &[(i64, i64, &str)],
+        finished: &[Finished<'_>],
         limit: usize,
         ttl: Duration,
     ) -> Result<(Vec<i64>, Vec<Claim>), StoreError> {
         let sql = self.sql("recording results and claiming queued attempts");
         let mut tx = self.pool.begin().await.map_err(&sql)?;
+        let chunks: Vec<(i64, i64, i64, &[u8])> = finished
+            .iter()
+            .filter_map(|f| {
+                f.last_chunk
+                    .map(|(seq, data)| (f.attempt.get(), f.token, seq, data))
+            })
+            .collect();
+        if !chunks.is_empty() {
+            sqlx::query(LAST_CHUNKS_SQL)
+                .bind(chunks.iter().map(|c| c.0).collect::<Vec<_>>())
+                .bind(chunks.iter().map(|c| c.1).collect::<Vec<_>>())
+                .bind(chunks.iter().map(|c| c.2).collect::<Vec<_>>())
+                .bind(chunks.iter().map(|c| c.3).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await
+                .map_err(&sql)?;
+        }
         let rows = sqlx::query(FINISH_MANY_SQL)
-            .bind(finished.iter().map(|f| f.0).collect::<Vec<_>>())
-            .bind(finished.iter().map(|f| f.1).collect::<Vec<_>>())
-            .bind(finished.iter().map(|f| f.2).collect::<Vec<_>>())
+            .bind(finished.iter().map(|f| f.attempt.get()).collect::<Vec<_>>())
+            .bind(finished.iter().map(|f| f.token).collect::<Vec<_>>())
+            .bind(finished.iter().map(|f| f.result).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await
             .map_err(&sql)?;
