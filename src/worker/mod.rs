@@ -185,8 +185,13 @@ pub async fn serve(
             && paused_until.is_none_or(|t| t <= now);
         if want_claim && can_claim {
             let free = opts.slots - running.len();
+            let began = tokio::time::Instant::now();
             match store.claim(&opts.name, &labels, free, opts.lease_ttl).await {
                 Ok(claims) => {
+                    if running.is_empty() && !claims.is_empty() {
+                        // New leases, from the claim's start; nothing older is held.
+                        last_renewed = began;
+                    }
                     if failing {
                         failing = false;
                         let _ = events.send(WorkerEvent::Reconnected);
@@ -253,11 +258,15 @@ pub async fn serve(
                         last_chunk: o.last.as_ref().map(|c| (c.seq, c.data.as_slice())),
                     })
                     .collect();
+                let began = tokio::time::Instant::now();
                 match store
                     .finish_and_claim(&opts.name, &labels, &results, free, opts.lease_ttl)
                     .await
                 {
                     Ok((accepted, claims)) => {
+                        if busy == 0 && !claims.is_empty() {
+                            last_renewed = began;
+                        }
                         want_claim = claims.len() == free && free > 0;
                         for o in batch {
                             let _ = o.reply.send(Some(accepted.contains(&o.attempt.get())));
@@ -283,7 +292,15 @@ pub async fn serve(
             }
             _ = renew.tick() => {
                 let tokens: Vec<i64> = running.keys().copied().collect();
-                let renewed = async {
+                // The lease runs from the renewal's start (the server's now() is no earlier), and
+                // a renewal that cannot finish before the give-up point is abandoned there: a
+                // database refusing connections must not hold this loop past it.
+                let began = tokio::time::Instant::now();
+                let budget = (last_renewed + give_up_after)
+                    .saturating_duration_since(began)
+                    .min(renew_every)
+                    .max(Duration::from_millis(50));
+                let renewed = tokio::time::timeout(budget, async {
                     let held = if tokens.is_empty() {
                         Vec::new()
                     } else {
@@ -291,11 +308,17 @@ pub async fn serve(
                     };
                     store.worker_heartbeat(&opts.name, pid).await?;
                     Ok::<_, StoreError>(held)
-                }
-                .await;
+                })
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Connect {
+                        database: "the state database".into(),
+                        detail: format!("no answer within {budget:?}"),
+                    })
+                });
                 match renewed {
                     Ok(held) => {
-                        last_renewed = tokio::time::Instant::now();
+                        last_renewed = began;
                         let held: HashMap<i64, bool> = held.into_iter().collect();
                         for (token, r) in &running {
                             match held.get(token) {
