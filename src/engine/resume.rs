@@ -217,7 +217,11 @@ pub fn owner_alive(run: &RunRow) -> bool {
                 .owner_host
                 .as_deref()
                 .is_none_or(|h| h == process::hostname().as_str());
-            same_host && process::is_same_process(pid as i32, start as u64)
+            // A zombie (killed, not yet reaped: a parent that does not reap, as a container's
+            // first process may not) owns nothing any more.
+            same_host
+                && process::is_same_process(pid as i32, start as u64)
+                && process::pid_exists(pid as i32)
         }
         _ => false,
     }

@@ -516,3 +516,28 @@ async fn a_remembered_program_that_has_gone_is_looked_up_again() {
     let exited = run().expect("spawn").wait().await.expect("wait");
     assert_eq!(exited.status, ExitStatus::Code(4), "looked up again");
 }
+
+/// A process killed and not yet reaped (a zombie) is gone: it owns no run and holds no name.
+#[test]
+fn a_killed_unreaped_process_does_not_exist() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn sleep");
+    let pid = child.id() as i32;
+    assert!(pid_exists(pid));
+    let start = read_start_time(pid).expect("start time");
+    child.kill().expect("kill");
+    // Not reaped yet: the kernel keeps its entry (and start time) as a zombie.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while pid_exists(pid) {
+        assert!(std::time::Instant::now() < deadline, "{pid} still alive");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        is_same_process(pid, start),
+        "a zombie keeps its pid and start time"
+    );
+    child.wait().expect("reap");
+    assert!(!pid_exists(pid));
+}
