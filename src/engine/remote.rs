@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::process::{self, ExitStatus, Exited, Usage};
+use crate::process::{ExitStatus, Exited, Usage};
 use crate::scheduler::retry::Failure;
 use crate::state_dir::{
     create_private_dir, job_log_path, job_output_path, run_log_dir, run_outputs_dir,
@@ -577,12 +577,6 @@ pub async fn run_claimed(attempt: ClaimedAttempt, interrupted: &CancellationToke
     let _ = recorder.await;
     let wire = Wire::encode(&result, interrupted.is_cancelled());
     serde_json::to_string(&wire).unwrap_or_default()
-}
-
-/// The process group of a pid recorded by a worker, to stop what an earlier worker on this host
-/// left (pid and start time checked, as recovery does).
-pub fn kill_leftover(pgid: i32, start_time: u64) -> bool {
-    process::kill_leftover_group(pgid, start_time)
 }
 
 #[cfg(test)]

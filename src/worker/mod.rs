@@ -658,7 +658,7 @@ async fn kill_leftovers(store: &Store, name: &str) -> Result<usize, StoreError> 
     let killed = tokio::task::spawn_blocking(move || {
         groups
             .into_iter()
-            .filter(|(pgid, start)| crate::engine::remote::kill_leftover(*pgid, *start))
+            .filter(|(pgid, start)| crate::process::kill_leftover_group(*pgid, *start))
             .count()
     })
     .await
